@@ -1,0 +1,122 @@
+/*
+ * config: the worker's settings. One table row per key (name, type, default,
+ * bounds, help); values come from, in rising precedence: defaults, a
+ * properties file (-c FILE), environment variables (KAFKA_MAILER_<KEY> with
+ * the key upper-cased and '.' as '_'), and -X key=value.
+ *
+ * Keys under "kafka." are passed to librdkafka with the prefix removed:
+ * "kafka.X" to both the consumer and the producer, "kafka.consumer.X" to the
+ * consumer only, "kafka.producer.X" to the producer only. The worker's own
+ * keys contain only [a-z0-9.].
+ */
+#ifndef KM_CONFIG_H
+#define KM_CONFIG_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+
+enum config_tls_mode {
+        CONFIG_TLS_REQUIRED = 0, /* STARTTLS must succeed (smtp://) */
+        CONFIG_TLS_OPPORTUNISTIC, /* STARTTLS when offered */
+        CONFIG_TLS_OFF /* never STARTTLS */
+};
+
+/* The kafka.* passthrough pairs of one client. */
+struct config_kv {
+        char *key; /* without the "kafka.[consumer.|producer.]" prefix */
+        char *value;
+};
+
+struct config {
+        /* topics */
+        char *topic_requests; /* topic.requests */
+        char *topic_results; /* topic.results */
+        char *topic_deadletter; /* topic.deadletter */
+
+        /* identity */
+        char *worker_id; /* worker.id, default "<hostname>-<pid>" */
+
+        /* SMTP relay */
+        char *smtp_url; /* smtp.url: smtp://host:port or smtps://host:port */
+        enum config_tls_mode smtp_starttls; /* smtp.starttls */
+        char *smtp_username; /* smtp.username, "" = no AUTH */
+        char *smtp_password; /* smtp.password or read from smtp.password.file */
+        char *smtp_ca_file; /* smtp.tls.ca.file, "" = system store */
+        int smtp_tls_verify; /* smtp.tls.verify (bool) */
+        char *smtp_helo_name; /* smtp.helo.name, "" = libcurl's default */
+        int smtp_pipelining; /* smtp.pipelining (bool): use PIPELINING if offered */
+        int smtp_sessions_max; /* smtp.sessions.max */
+        int smtp_session_max_messages; /* smtp.session.max.messages */
+        int smtp_session_idle_ms; /* smtp.session.idle.ms */
+        int smtp_timeout_connect_ms; /* smtp.timeout.connect.ms (greeting..AUTH) */
+        int smtp_timeout_command_ms; /* smtp.timeout.command.ms (MAIL/RCPT/DATA) */
+        int smtp_timeout_data_ms; /* smtp.timeout.data.ms (reply to final .) */
+        int smtp_relay_backoff_initial_ms; /* smtp.relay.backoff.initial.ms */
+        int smtp_relay_backoff_max_ms; /* smtp.relay.backoff.max.ms */
+
+        /* in flight and retries */
+        int inflight_max; /* inflight.max */
+        int inflight_resume_percent; /* inflight.resume.percent */
+        int retry_attempts_max; /* retry.attempts.max (total attempts) */
+        int retry_backoff_initial_ms; /* retry.backoff.initial.ms */
+        int retry_backoff_max_ms; /* retry.backoff.max.ms */
+        int retry_jitter_percent; /* retry.jitter.percent */
+
+        /* requests */
+        int request_max_bytes; /* request.max.bytes */
+        int request_max_recipients; /* request.max.recipients */
+        char *message_id_domain; /* message.id.domain, "" = the From domain */
+
+        /* commits, rebalance, shutdown */
+        int commit_interval_ms; /* commit.interval.ms */
+        int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */
+        int shutdown_timeout_ms; /* shutdown.timeout.ms */
+
+        /* logging */
+        char *log_level; /* log.level */
+
+        /* kafka.* passthrough, kafka.bootstrap.servers and kafka.group.id
+         * have defaults ("127.0.0.1:9092", "kafka-mailer") */
+        struct config_kv *kafka_consumer;
+        size_t kafka_consumer_cnt;
+        struct config_kv *kafka_producer;
+        size_t kafka_producer_cnt;
+};
+
+/* @returns a config holding every default. */
+struct config *config_new(void);
+void config_destroy(struct config *conf);
+
+/*
+ * Sets one key. @source names where it came from for errors ("-X",
+ * "env KAFKA_MAILER_X", "path:line").
+ * @returns 0, or -1 with "<source>: <key>: <reason>" in @errstr (unknown key,
+ * bad number, out of bounds, bad enum value).
+ */
+int config_set(struct config *conf, const char *key, const char *value,
+               const char *source, char *errstr, size_t errstr_size);
+
+/* Reads a properties file: "key=value" lines, '#' comments, blank lines,
+ * whitespace around key and value trimmed. @returns 0 or -1 with
+ * "path:line: key: reason" in @errstr. */
+int config_load_file(struct config *conf, const char *path, char *errstr,
+                     size_t errstr_size);
+
+/* Applies KAFKA_MAILER_* variables from @envp (NULL-terminated).
+ * @returns 0 or -1 with the variable named in @errstr. */
+int config_load_env(struct config *conf, char *const *envp, char *errstr,
+                    size_t errstr_size);
+
+/* Checks cross-key rules and reads smtp.password.file when set.
+ * @returns 0 or -1 with @errstr. Call once after all sources. */
+int config_finish(struct config *conf, char *errstr, size_t errstr_size);
+
+/* Prints every key with its default, bounds and help to @fp (for --help).
+ * Secrets show no value. */
+void config_print_help(FILE *fp);
+
+/* Prints the effective configuration (secrets masked) to @fp. */
+void config_dump(const struct config *conf, FILE *fp);
+
+#endif

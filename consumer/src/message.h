@@ -1,0 +1,44 @@
+/*
+ * message: builds the RFC 5322 / MIME message for a request and the SMTP
+ * envelope. Output uses CRLF line ends, keeps every line within 998
+ * octets (78 where folding allows), encodes non-ASCII header text as RFC 2047
+ * encoded words, bodies as quoted-printable when needed and attachments as
+ * base64, and never writes Bcc into the headers.
+ */
+#ifndef KM_MESSAGE_H
+#define KM_MESSAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "request.h"
+
+struct message_opts {
+        const char *message_id_domain; /* NULL or "": the From address's domain */
+        int64_t date_ms; /* Unix ms for the Date header */
+};
+
+/* One built message, ready for SMTP. */
+struct message {
+        char *message_id; /* "<id@domain>", the Message-ID header value */
+        char *mail_from; /* envelope sender: the From address */
+        char **rcpts; /* envelope recipients: to, cc and bcc addresses */
+        size_t rcpt_cnt;
+        char *data; /* DATA payload: dot-stuffed, CRLF, ends with CRLF,
+                       without the terminating ".\r\n" */
+        size_t data_len;
+};
+
+/* @returns the Message-ID value ("<id@domain>") for a request, written to
+ * @buf; the same request id always gives the same Message-ID. */
+int message_id_for(const struct mail_request *req, const char *domain,
+                   char *buf, size_t buf_size);
+
+/* Builds the message. @returns a new message, or NULL with @errstr. */
+struct message *message_build(const struct mail_request *req,
+                              const struct message_opts *opts, char *errstr,
+                              size_t errstr_size);
+
+void message_destroy(struct message *msg);
+
+#endif

@@ -1,0 +1,79 @@
+/*
+ * request: one email request (wire format v1, docs/wire-format.md) parsed
+ * from JSON bytes and validated into a struct mail_request. Every rejection
+ * carries a reason naming the field, e.g. "to[2]: CR or LF in address".
+ */
+#ifndef KM_REQUEST_H
+#define KM_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+struct request_limits {
+        size_t max_bytes; /* request.max.bytes: the whole JSON value */
+        size_t max_recipients; /* request.max.recipients: to + cc + bcc */
+};
+
+/* An address as given: "Ann <ann@example.com>" gives
+ * display "Ann" (UTF-8, unquoted; NULL when none) and addr "ann@example.com". */
+struct mail_address {
+        char *display;
+        char *addr;
+};
+
+struct mail_header {
+        char *name;
+        char *value; /* UTF-8, encoded when the message is built */
+};
+
+struct mail_attachment {
+        char *filename; /* UTF-8 */
+        char *content_type; /* "type/subtype", default application/octet-stream */
+        unsigned char *data; /* decoded bytes */
+        size_t data_len;
+};
+
+struct mail_request {
+        char *id; /* RFC 5322 atext and '.', 1..200 chars */
+        struct mail_address from;
+        struct mail_address *to;
+        size_t to_cnt;
+        struct mail_address *cc;
+        size_t cc_cnt;
+        struct mail_address *bcc;
+        size_t bcc_cnt;
+        struct mail_address *reply_to;
+        size_t reply_to_cnt;
+        char *subject; /* UTF-8, "" when absent */
+        char *text; /* UTF-8 or NULL */
+        char *html; /* UTF-8 or NULL; at least one of text/html is set */
+        struct mail_header *headers;
+        size_t header_cnt;
+        struct mail_attachment *attachments;
+        size_t attachment_cnt;
+        int64_t deadline_ms; /* Unix ms, 0 when none */
+        json_t *metadata; /* owned reference, NULL when absent; echoed in the result */
+};
+
+/*
+ * Parses and validates @len bytes of JSON.
+ * @returns a new request, or NULL with the reason in @errstr. When the
+ * bytes are valid JSON with a string "id", @idbuf receives it (truncated to
+ * @idbuf_size, "" otherwise) so a rejection can still be keyed by id.
+ */
+struct mail_request *request_parse(const char *json, size_t len,
+                                   const struct request_limits *limits,
+                                   char *idbuf, size_t idbuf_size,
+                                   char *errstr, size_t errstr_size);
+
+void request_destroy(struct mail_request *req);
+
+/* @returns the number of envelope recipients (to + cc + bcc). */
+size_t request_recipient_count(const struct mail_request *req);
+
+/* Checks one bare address (local@domain, RFC 5321 mailbox, ASCII).
+ * @returns 0 or -1 with a reason in @errstr. */
+int request_check_addr(const char *addr, char *errstr, size_t errstr_size);
+
+#endif
