@@ -42,6 +42,7 @@ struct config {
         enum config_tls_mode smtp_starttls; /* smtp.starttls */
         char *smtp_username; /* smtp.username, "" = no AUTH */
         char *smtp_password; /* smtp.password or read from smtp.password.file */
+        char *smtp_password_file; /* smtp.password.file, "" = none */
         char *smtp_ca_file; /* smtp.tls.ca.file, "" = system store */
         int smtp_tls_verify; /* smtp.tls.verify (bool) */
         char *smtp_helo_name; /* smtp.helo.name, "" = libcurl's default */
@@ -118,5 +119,10 @@ void config_print_help(FILE *fp);
 
 /* Prints the effective configuration (secrets masked) to @fp. */
 void config_dump(const struct config *conf, FILE *fp);
+
+/* The key table, for tests and docs: @returns the number of keys, and the
+ * name of key @i (< config_key_count()). kafka.* keys are not in it. */
+size_t config_key_count(void);
+const char *config_key_name(size_t i);
 
 #endif

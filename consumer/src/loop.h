@@ -34,6 +34,9 @@ typedef void(loop_timer_cb)(loop_t *loop, void *opaque);
 typedef struct loop_timer {
         int64_t lt_due_ms; /* monotonic ms */
         size_t lt_heap_idx; /* position in the heap, SIZE_MAX when idle */
+        uint64_t lt_seq; /* start order: ties on lt_due_ms run first-started
+                          * first; a timer (re)started by a timer callback
+                          * runs on the next iteration at the earliest */
         loop_timer_cb *lt_cb;
         void *lt_opaque;
 } loop_timer_t;

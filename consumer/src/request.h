@@ -1,7 +1,7 @@
 /*
  * request: one email request (wire format v1, docs/wire-format.md) parsed
  * from JSON bytes and validated into a struct mail_request. Every rejection
- * carries a reason naming the field, e.g. "to[2]: CR or LF in address".
+ * carries a reason naming the field, e.g. "to[2]: CR or LF not allowed".
  */
 #ifndef KM_REQUEST_H
 #define KM_REQUEST_H

@@ -1,0 +1,861 @@
+#include "config.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define CONFIG_LINE_MAX 65536 /* longest line of a properties file */
+#define CONFIG_SECRET_MAX 4096 /* longest line read from smtp.password.file */
+#define CONFIG_ENV_PREFIX "KAFKA_MAILER_"
+
+enum config_type {
+        CONFIG_T_STR, /* char *, copied */
+        CONFIG_T_SECRET, /* char *, never printed */
+        CONFIG_T_INT, /* int within [min, max] */
+        CONFIG_T_BOOL, /* int 0 or 1 */
+        CONFIG_T_ENUM, /* an enum: the index of the value in choices */
+        CONFIG_T_ENUM_STR /* char *, one of choices */
+};
+
+struct config_key {
+        const char *name;
+        enum config_type type;
+        size_t offset; /* of the field in struct config */
+        const char *def; /* default, parsed like any other value */
+        long min, max; /* CONFIG_T_INT */
+        const char *const *choices; /* CONFIG_T_ENUM*, NULL-terminated */
+        const char *help;
+};
+
+/* CONFIG_T_ENUM fields are written through an int pointer. */
+_Static_assert(sizeof(enum config_tls_mode) == sizeof(int),
+               "enum config_tls_mode is not int-sized");
+
+static const char *const config_tls_choices[] = {"required", "opportunistic",
+                                                 "off", NULL};
+static const char *const config_log_choices[] = {"error", "warn", "info",
+                                                 "debug", NULL};
+
+#define F(field) offsetof(struct config, field)
+#define STR(n, field, def, help) {n, CONFIG_T_STR, F(field), def, 0, 0, NULL, help}
+#define SECRET(n, field, help) {n, CONFIG_T_SECRET, F(field), "", 0, 0, NULL, help}
+#define INT(n, field, def, min, max, help)                                     \
+        {n, CONFIG_T_INT, F(field), def, min, max, NULL, help}
+#define BOOL(n, field, def, help) {n, CONFIG_T_BOOL, F(field), def, 0, 1, NULL, help}
+
+static const struct config_key config_keys[] = {
+        STR("topic.requests", topic_requests, "email.requests",
+            "topic the email requests are consumed from"),
+        STR("topic.results", topic_results, "email.results",
+            "topic one delivery result per request is published to"),
+        STR("topic.deadletter", topic_deadletter, "email.deadletter",
+            "topic the original bytes of rejected requests are copied to"),
+        STR("worker.id", worker_id, "",
+            "name of this worker in results and logs, \"\" = <hostname>-<pid>"),
+        STR("smtp.url", smtp_url, "smtp://127.0.0.1:25",
+            "SMTP relay, smtp://host:port or smtps://host:port (implicit TLS)"),
+        {"smtp.starttls", CONFIG_T_ENUM, F(smtp_starttls), "required", 0, 0,
+         config_tls_choices,
+         "STARTTLS on smtp:// URLs: required, opportunistic or off"},
+        STR("smtp.username", smtp_username, "",
+            "user name for SMTP AUTH, \"\" = no AUTH"),
+        SECRET("smtp.password", smtp_password,
+               "password for SMTP AUTH (prefer smtp.password.file)"),
+        STR("smtp.password.file", smtp_password_file, "",
+            "file whose first line is the SMTP AUTH password"),
+        STR("smtp.tls.ca.file", smtp_ca_file, "",
+            "CA bundle to verify the relay with, \"\" = system store"),
+        BOOL("smtp.tls.verify", smtp_tls_verify, "true",
+             "verify the relay's certificate and host name"),
+        STR("smtp.helo.name", smtp_helo_name, "",
+            "name sent in EHLO, \"\" = libcurl's default"),
+        BOOL("smtp.pipelining", smtp_pipelining, "true",
+             "pipeline MAIL/RCPT/DATA when the relay offers PIPELINING"),
+        INT("smtp.sessions.max", smtp_sessions_max, "100", 1, 20000,
+            "most SMTP sessions open to the relay at once"),
+        INT("smtp.session.max.messages", smtp_session_max_messages, "1000", 1,
+            1000000, "messages sent on one session before it is closed"),
+        INT("smtp.session.idle.ms", smtp_session_idle_ms, "10000", 100, 3600000,
+            "an idle session is closed after this long"),
+        INT("smtp.timeout.connect.ms", smtp_timeout_connect_ms, "30000", 100,
+            600000, "time from connect to the end of AUTH"),
+        INT("smtp.timeout.command.ms", smtp_timeout_command_ms, "60000", 100,
+            900000, "time to wait for the reply to MAIL, RCPT or DATA"),
+        INT("smtp.timeout.data.ms", smtp_timeout_data_ms, "300000", 100, 3600000,
+            "time to wait for the reply to the final dot of DATA"),
+        INT("smtp.relay.backoff.initial.ms", smtp_relay_backoff_initial_ms,
+            "1000", 10, 600000,
+            "first wait after the relay failed a session's set-up"),
+        INT("smtp.relay.backoff.max.ms", smtp_relay_backoff_max_ms, "60000", 10,
+            3600000, "longest wait between attempts to reach an unhealthy relay"),
+        INT("inflight.max", inflight_max, "1000", 1, 100000,
+            "requests in flight before the partitions are paused"),
+        INT("inflight.resume.percent", inflight_resume_percent, "50", 0, 99,
+            "partitions resume below this percentage of inflight.max"),
+        INT("retry.attempts.max", retry_attempts_max, "5", 1, 100,
+            "send attempts per request, the first included"),
+        INT("retry.backoff.initial.ms", retry_backoff_initial_ms, "1000", 1,
+            3600000, "wait before the first retry, doubled on each retry"),
+        INT("retry.backoff.max.ms", retry_backoff_max_ms, "60000", 1, 86400000,
+            "longest wait between retries"),
+        INT("retry.jitter.percent", retry_jitter_percent, "20", 0, 100,
+            "random spread added to each retry wait, in percent"),
+        INT("request.max.bytes", request_max_bytes, "4194304", 1024, 104857600,
+            "largest request accepted, in bytes"),
+        INT("request.max.recipients", request_max_recipients, "100", 1, 10000,
+            "most recipients (to+cc+bcc) in one request"),
+        STR("message.id.domain", message_id_domain, "",
+            "domain of generated Message-IDs, \"\" = the From domain"),
+        INT("commit.interval.ms", commit_interval_ms, "1000", 10, 600000,
+            "how often committable offsets are committed"),
+        INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000", 0,
+            600000, "time revoked partitions' in-flight sends get to finish"),
+        INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,
+            "time in-flight sends get to finish on SIGTERM/SIGINT"),
+        {"log.level", CONFIG_T_ENUM_STR, F(log_level), "info", 0, 0,
+         config_log_choices, "least severe level logged: error, warn, info, debug"},
+};
+
+#undef F
+#undef STR
+#undef SECRET
+#undef INT
+#undef BOOL
+
+#define CONFIG_KEY_CNT (sizeof(config_keys) / sizeof(config_keys[0]))
+
+size_t config_key_count(void) {
+        return CONFIG_KEY_CNT;
+}
+
+const char *config_key_name(size_t i) {
+        return config_keys[i].name;
+}
+
+static const struct config_key *config_key_find(const char *name) {
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                if (strcmp(config_keys[i].name, name) == 0)
+                        return &config_keys[i];
+        }
+        return NULL;
+}
+
+static char **config_str_field(struct config *conf, const struct config_key *k) {
+        return (char **)(void *)((char *)conf + k->offset);
+}
+
+static int *config_int_field(struct config *conf, const struct config_key *k) {
+        return (int *)(void *)((char *)conf + k->offset);
+}
+
+static char *const *config_str_field_c(const struct config *conf,
+                                       const struct config_key *k) {
+        return (char *const *)(const void *)((const char *)conf + k->offset);
+}
+
+static const int *config_int_field_c(const struct config *conf,
+                                     const struct config_key *k) {
+        return (const int *)(const void *)((const char *)conf + k->offset);
+}
+
+/* Replaces the string *@dst with a copy of @value.
+ * @returns 0 or -1 when out of memory (*@dst is then unchanged). */
+static int config_str_replace(char **dst, const char *value) {
+        char *copy = strdup(value);
+
+        if (!copy)
+                return -1;
+        free(*dst);
+        *dst = copy;
+        return 0;
+}
+
+/* @returns 0 with *@out set, or -1 with the reason in @errstr. */
+static int config_parse_int(const struct config_key *k, const char *value,
+                            int *out, const char *source, char *errstr,
+                            size_t errstr_size) {
+        char *end = NULL;
+        long v;
+
+        /* strtol skips leading white space and accepts an empty string. */
+        if (!((value[0] >= '0' && value[0] <= '9') || value[0] == '-' ||
+              value[0] == '+')) {
+                snprintf(errstr, errstr_size, "%s: %s: \"%s\" is not an integer",
+                         source, k->name, value);
+                return -1;
+        }
+        errno = 0;
+        v = strtol(value, &end, 10);
+        if (end == value || *end != '\0') {
+                snprintf(errstr, errstr_size, "%s: %s: \"%s\" is not an integer",
+                         source, k->name, value);
+                return -1;
+        }
+        if (errno == ERANGE) {
+                snprintf(errstr, errstr_size,
+                         "%s: %s: %s is out of range (%ld..%ld)", source, k->name,
+                         value, k->min, k->max);
+                return -1;
+        }
+        if (v < k->min) {
+                snprintf(errstr, errstr_size, "%s: %s: %ld is below the minimum %ld",
+                         source, k->name, v, k->min);
+                return -1;
+        }
+        if (v > k->max) {
+                snprintf(errstr, errstr_size, "%s: %s: %ld is above the maximum %ld",
+                         source, k->name, v, k->max);
+                return -1;
+        }
+        *out = (int)v;
+        return 0;
+}
+
+static int config_parse_bool(const struct config_key *k, const char *value,
+                             int *out, const char *source, char *errstr,
+                             size_t errstr_size) {
+        static const char *const yes[] = {"true", "1", "yes", "on"};
+        static const char *const no[] = {"false", "0", "no", "off"};
+
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+                if (strcasecmp(value, yes[i]) == 0) {
+                        *out = 1;
+                        return 0;
+                }
+                if (strcasecmp(value, no[i]) == 0) {
+                        *out = 0;
+                        return 0;
+                }
+        }
+        snprintf(errstr, errstr_size,
+                 "%s: %s: \"%s\" is not a boolean (true, false, 1, 0, yes, no, "
+                 "on, off)",
+                 source, k->name, value);
+        return -1;
+}
+
+/* @returns the index of @value in @k's choices, or -1 with @errstr. */
+static int config_parse_enum(const struct config_key *k, const char *value,
+                             const char *source, char *errstr,
+                             size_t errstr_size) {
+        size_t len;
+        int n;
+
+        for (int i = 0; k->choices[i]; i++) {
+                if (strcmp(value, k->choices[i]) == 0)
+                        return i;
+        }
+        n = snprintf(errstr, errstr_size, "%s: %s: \"%s\" is not one of ",
+                     source, k->name, value);
+        if (n < 0 || (size_t)n >= errstr_size)
+                return -1;
+        len = (size_t)n;
+        for (int i = 0; k->choices[i] && len < errstr_size; i++) {
+                n = snprintf(errstr + len, errstr_size - len, "%s%s",
+                             i > 0 ? ", " : "", k->choices[i]);
+                if (n < 0)
+                        break;
+                len += (size_t)n;
+        }
+        return -1;
+}
+
+static int config_set_key(struct config *conf, const struct config_key *k,
+                          const char *value, const char *source, char *errstr,
+                          size_t errstr_size) {
+        int v;
+
+        switch (k->type) {
+        case CONFIG_T_STR:
+        case CONFIG_T_SECRET:
+                break;
+        case CONFIG_T_INT:
+                if (config_parse_int(k, value, &v, source, errstr,
+                                     errstr_size) == -1)
+                        return -1;
+                *config_int_field(conf, k) = v;
+                return 0;
+        case CONFIG_T_BOOL:
+                if (config_parse_bool(k, value, &v, source, errstr,
+                                      errstr_size) == -1)
+                        return -1;
+                *config_int_field(conf, k) = v;
+                return 0;
+        case CONFIG_T_ENUM:
+                v = config_parse_enum(k, value, source, errstr, errstr_size);
+                if (v == -1)
+                        return -1;
+                *config_int_field(conf, k) = v;
+                return 0;
+        case CONFIG_T_ENUM_STR:
+                if (config_parse_enum(k, value, source, errstr, errstr_size) ==
+                    -1)
+                        return -1;
+                break;
+        }
+        if (config_str_replace(config_str_field(conf, k), value) == -1) {
+                snprintf(errstr, errstr_size, "%s: %s: out of memory", source,
+                         k->name);
+                return -1;
+        }
+        return 0;
+}
+
+/* Sets @key=@value in one client's kafka.* list, replacing an earlier value.
+ * @returns 0 or -1 when out of memory. */
+static int config_kv_set(struct config_kv **kvs, size_t *cnt, const char *key,
+                         const char *value) {
+        struct config_kv *grown;
+        char *k, *v;
+
+        for (size_t i = 0; i < *cnt; i++) {
+                if (strcmp((*kvs)[i].key, key) == 0)
+                        return config_str_replace(&(*kvs)[i].value, value);
+        }
+        k = strdup(key);
+        v = strdup(value);
+        grown = realloc(*kvs, (*cnt + 1) * sizeof(**kvs));
+        if (!k || !v || !grown) {
+                free(k);
+                free(v);
+                if (grown)
+                        *kvs = grown;
+                return -1;
+        }
+        *kvs = grown;
+        (*kvs)[*cnt].key = k;
+        (*kvs)[*cnt].value = v;
+        (*cnt)++;
+        return 0;
+}
+
+/* Routes a "kafka." key to the consumer's and/or the producer's list. */
+static int config_set_kafka(struct config *conf, const char *key,
+                            const char *value, const char *source, char *errstr,
+                            size_t errstr_size) {
+        const char *prop = key + strlen("kafka.");
+        int consumer = 1, producer = 1;
+        int r = 0;
+
+        if (strncmp(prop, "consumer.", strlen("consumer.")) == 0) {
+                prop += strlen("consumer.");
+                producer = 0;
+        } else if (strncmp(prop, "producer.", strlen("producer.")) == 0) {
+                prop += strlen("producer.");
+                consumer = 0;
+        } else if (strcmp(prop, "consumer") == 0 ||
+                   strcmp(prop, "producer") == 0) {
+                prop = "";
+        }
+        if (prop[0] == '\0') {
+                snprintf(errstr, errstr_size,
+                         "%s: %s: no librdkafka property name after the prefix",
+                         source, key);
+                return -1;
+        }
+        if (consumer)
+                r |= config_kv_set(&conf->kafka_consumer,
+                                   &conf->kafka_consumer_cnt, prop, value);
+        if (producer)
+                r |= config_kv_set(&conf->kafka_producer,
+                                   &conf->kafka_producer_cnt, prop, value);
+        if (r != 0) {
+                snprintf(errstr, errstr_size, "%s: %s: out of memory", source,
+                         key);
+                return -1;
+        }
+        return 0;
+}
+
+int config_set(struct config *conf, const char *key, const char *value,
+               const char *source, char *errstr, size_t errstr_size) {
+        const struct config_key *k;
+
+        if (strncmp(key, "kafka.", strlen("kafka.")) == 0)
+                return config_set_kafka(conf, key, value, source, errstr,
+                                        errstr_size);
+        k = config_key_find(key);
+        if (!k) {
+                snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source,
+                         key);
+                return -1;
+        }
+        return config_set_key(conf, k, value, source, errstr, errstr_size);
+}
+
+struct config *config_new(void) {
+        struct config *conf;
+        char errstr[256];
+
+        conf = calloc(1, sizeof(*conf));
+        if (!conf)
+                return NULL;
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                if (config_set_key(conf, &config_keys[i], config_keys[i].def,
+                                   "default", errstr, sizeof(errstr)) == -1)
+                        goto err;
+        }
+        if (config_set(conf, "kafka.bootstrap.servers", "127.0.0.1:9092",
+                       "default", errstr, sizeof(errstr)) == -1 ||
+            config_set(conf, "kafka.consumer.group.id", "kafka-mailer",
+                       "default", errstr, sizeof(errstr)) == -1)
+                goto err;
+        return conf;
+
+err:
+        config_destroy(conf);
+        return NULL;
+}
+
+static void config_kv_free(struct config_kv *kvs, size_t cnt) {
+        for (size_t i = 0; i < cnt; i++) {
+                free(kvs[i].key);
+                free(kvs[i].value);
+        }
+        free(kvs);
+}
+
+void config_destroy(struct config *conf) {
+        if (!conf)
+                return;
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                const struct config_key *k = &config_keys[i];
+
+                if (k->type == CONFIG_T_STR || k->type == CONFIG_T_SECRET ||
+                    k->type == CONFIG_T_ENUM_STR)
+                        free(*config_str_field(conf, k));
+        }
+        config_kv_free(conf->kafka_consumer, conf->kafka_consumer_cnt);
+        config_kv_free(conf->kafka_producer, conf->kafka_producer_cnt);
+        free(conf);
+}
+
+static int config_is_space(char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' ||
+               c == '\v';
+}
+
+/* Trims white space at both ends of @s in place. @returns @s's new start. */
+static char *config_trim(char *s) {
+        size_t len;
+
+        while (config_is_space(*s))
+                s++;
+        len = strlen(s);
+        while (len > 0 && config_is_space(s[len - 1]))
+                s[--len] = '\0';
+        return s;
+}
+
+int config_load_file(struct config *conf, const char *path, char *errstr,
+                     size_t errstr_size) {
+        FILE *fp = NULL;
+        char *line = NULL;
+        size_t line_size = 0;
+        unsigned long lineno = 0;
+        char source[4096 + 32];
+        ssize_t len;
+        int r = -1;
+
+        fp = fopen(path, "r");
+        if (!fp) {
+                snprintf(errstr, errstr_size, "%s: cannot open: %s", path,
+                         strerror(errno));
+                goto out;
+        }
+        errno = 0;
+        while ((len = getline(&line, &line_size, fp)) != -1) {
+                char *key, *value, *eq;
+
+                lineno++;
+                snprintf(source, sizeof(source), "%s:%lu", path, lineno);
+                if (len > CONFIG_LINE_MAX) {
+                        snprintf(errstr, errstr_size,
+                                 "%s: line longer than %d bytes", source,
+                                 CONFIG_LINE_MAX);
+                        goto out;
+                }
+                if ((size_t)len != strlen(line)) {
+                        snprintf(errstr, errstr_size, "%s: NUL byte in line",
+                                 source);
+                        goto out;
+                }
+                key = config_trim(line);
+                if (key[0] == '\0' || key[0] == '#')
+                        continue;
+                /* The line is not echoed in errors: it may hold a secret. */
+                eq = strchr(key, '=');
+                if (!eq) {
+                        snprintf(errstr, errstr_size, "%s: expected key=value",
+                                 source);
+                        goto out;
+                }
+                *eq = '\0';
+                value = config_trim(eq + 1);
+                key = config_trim(key);
+                if (key[0] == '\0') {
+                        snprintf(errstr, errstr_size, "%s: no key before '='",
+                                 source);
+                        goto out;
+                }
+                if (config_set(conf, key, value, source, errstr, errstr_size) ==
+                    -1)
+                        goto out;
+                errno = 0;
+        }
+        if (ferror(fp)) {
+                snprintf(errstr, errstr_size, "%s: read error: %s", path,
+                         strerror(errno ? errno : EIO));
+                goto out;
+        }
+        r = 0;
+
+out:
+        free(line);
+        if (fp)
+                fclose(fp);
+        return r;
+}
+
+/* Turns the part of a variable's name after KAFKA_MAILER_ into a key:
+ * "SMTP_URL" -> "smtp.url". @returns 0, or -1 when the name has characters
+ * no key has (only A-Z, 0-9 and '_' are). */
+static int config_env_key(const char *name, size_t len, char *key,
+                          size_t key_size) {
+        if (len == 0 || len >= key_size)
+                return -1;
+        for (size_t i = 0; i < len; i++) {
+                char c = name[i];
+
+                if (c >= 'A' && c <= 'Z')
+                        key[i] = (char)(c - 'A' + 'a');
+                else if (c >= '0' && c <= '9')
+                        key[i] = c;
+                else if (c == '_')
+                        key[i] = '.';
+                else
+                        return -1;
+        }
+        key[len] = '\0';
+        return 0;
+}
+
+/* Applies the KAFKA_MAILER_* variables of @envp. @pass 0 takes every
+ * variable but kafka.consumer.* and kafka.producer.*, pass 1 takes those, so
+ * a client-specific kafka value wins over a shared one whatever the order of
+ * the environment. */
+static int config_load_env_pass(struct config *conf, char *const *envp,
+                                int pass, char *errstr, size_t errstr_size) {
+        const size_t plen = strlen(CONFIG_ENV_PREFIX);
+
+        for (size_t i = 0; envp[i]; i++) {
+                const char *var = envp[i];
+                const char *eq = strchr(var, '=');
+                char source[512];
+                char key[256];
+                size_t nlen;
+                int specific;
+
+                if (strncmp(var, CONFIG_ENV_PREFIX, plen) != 0 || !eq)
+                        continue;
+                nlen = (size_t)(eq - var);
+                snprintf(source, sizeof(source), "env %.*s", (int)nlen, var);
+                if (config_env_key(var + plen, nlen - plen, key, sizeof(key)) ==
+                    -1) {
+                        snprintf(errstr, errstr_size,
+                                 "%s: unknown variable (expected "
+                                 "KAFKA_MAILER_<KEY>, KEY upper case with '_' "
+                                 "for '.')",
+                                 source);
+                        return -1;
+                }
+                specific = strncmp(key, "kafka.consumer.",
+                                   strlen("kafka.consumer.")) == 0 ||
+                           strncmp(key, "kafka.producer.",
+                                   strlen("kafka.producer.")) == 0;
+                if (specific != pass)
+                        continue;
+                if (config_set(conf, key, eq + 1, source, errstr,
+                               errstr_size) == -1)
+                        return -1;
+        }
+        return 0;
+}
+
+int config_load_env(struct config *conf, char *const *envp, char *errstr,
+                    size_t errstr_size) {
+        if (config_load_env_pass(conf, envp, 0, errstr, errstr_size) == -1)
+                return -1;
+        return config_load_env_pass(conf, envp, 1, errstr, errstr_size);
+}
+
+/* Reads the first line of smtp.password.file into smtp_password. */
+static int config_read_password_file(struct config *conf, char *errstr,
+                                     size_t errstr_size) {
+        const char *path = conf->smtp_password_file;
+        char buf[CONFIG_SECRET_MAX + 2];
+        FILE *fp = NULL;
+        size_t len;
+        int r = -1;
+
+        fp = fopen(path, "r");
+        if (!fp) {
+                snprintf(errstr, errstr_size,
+                         "smtp.password.file: cannot open \"%s\": %s", path,
+                         strerror(errno));
+                goto out;
+        }
+        if (!fgets(buf, sizeof(buf), fp)) {
+                if (ferror(fp))
+                        snprintf(errstr, errstr_size,
+                                 "smtp.password.file: cannot read \"%s\"",
+                                 path);
+                else
+                        snprintf(errstr, errstr_size,
+                                 "smtp.password.file: \"%s\" is empty", path);
+                goto out;
+        }
+        len = strlen(buf);
+        if (len > 0 && buf[len - 1] == '\n')
+                buf[--len] = '\0';
+        else if (len > CONFIG_SECRET_MAX) {
+                snprintf(errstr, errstr_size,
+                         "smtp.password.file: \"%s\": first line longer than "
+                         "%d bytes",
+                         path, CONFIG_SECRET_MAX);
+                goto out;
+        }
+        if (len > 0 && buf[len - 1] == '\r')
+                buf[--len] = '\0';
+        if (len == 0) {
+                snprintf(errstr, errstr_size,
+                         "smtp.password.file: \"%s\": first line is empty", path);
+                goto out;
+        }
+        if (config_str_replace(&conf->smtp_password, buf) == -1) {
+                snprintf(errstr, errstr_size, "smtp.password.file: out of memory");
+                goto out;
+        }
+        r = 0;
+
+out:
+        explicit_bzero(buf, sizeof(buf));
+        if (fp)
+                fclose(fp);
+        return r;
+}
+
+/* Checks smtp.url: scheme smtp:// or smtps://, a host, no credentials.
+ * The URL is not echoed when it may hold credentials. */
+static int config_check_url(const struct config *conf, char *errstr,
+                            size_t errstr_size) {
+        const char *url = conf->smtp_url;
+        const char *authority;
+        size_t alen;
+
+        if (strncmp(url, "smtp://", strlen("smtp://")) == 0)
+                authority = url + strlen("smtp://");
+        else if (strncmp(url, "smtps://", strlen("smtps://")) == 0)
+                authority = url + strlen("smtps://");
+        else
+                authority = NULL;
+        if (authority) {
+                alen = strcspn(authority, "/?#");
+                if (memchr(authority, '@', alen)) {
+                        snprintf(errstr, errstr_size,
+                                 "smtp.url: has credentials in it: put "
+                                 "credentials in smtp.username/smtp.password");
+                        return -1;
+                }
+                if (alen == 0) {
+                        snprintf(errstr, errstr_size,
+                                 "smtp.url: \"%s\" has no host", url);
+                        return -1;
+                }
+                return 0;
+        }
+        if (strchr(url, '@')) {
+                snprintf(errstr, errstr_size,
+                         "smtp.url: must start with smtp:// or smtps:// (and "
+                         "put credentials in smtp.username/smtp.password)");
+                return -1;
+        }
+        snprintf(errstr, errstr_size,
+                 "smtp.url: \"%s\" must start with smtp:// or smtps://", url);
+        return -1;
+}
+
+static int config_check_backoff(const char *initial_name, int initial,
+                                const char *max_name, int max, char *errstr,
+                                size_t errstr_size) {
+        if (initial <= max)
+                return 0;
+        snprintf(errstr, errstr_size, "%s: %d is above %s %d", initial_name,
+                 initial, max_name, max);
+        return -1;
+}
+
+/* Fills worker.id with "<hostname>-<pid>". */
+static int config_default_worker_id(struct config *conf, char *errstr,
+                                    size_t errstr_size) {
+        char host[256];
+        char id[320];
+
+        if (gethostname(host, sizeof(host)) == -1)
+                snprintf(host, sizeof(host), "unknown");
+        host[sizeof(host) - 1] = '\0';
+        snprintf(id, sizeof(id), "%s-%ld", host, (long)getpid());
+        if (config_str_replace(&conf->worker_id, id) == -1) {
+                snprintf(errstr, errstr_size, "worker.id: out of memory");
+                return -1;
+        }
+        return 0;
+}
+
+int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
+        static const char *const topics[] = {"topic.requests", "topic.results",
+                                             "topic.deadletter"};
+
+        for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+                const struct config_key *k = config_key_find(topics[i]);
+
+                if ((*config_str_field(conf, k))[0] == '\0') {
+                        snprintf(errstr, errstr_size, "%s: must not be empty",
+                                 topics[i]);
+                        return -1;
+                }
+        }
+        if (conf->worker_id[0] == '\0' &&
+            config_default_worker_id(conf, errstr, errstr_size) == -1)
+                return -1;
+
+        if (config_check_url(conf, errstr, errstr_size) == -1)
+                return -1;
+        if (strncmp(conf->smtp_url, "smtps://", strlen("smtps://")) == 0 &&
+            conf->smtp_starttls == CONFIG_TLS_OFF)
+                LOG(LOG_INFO,
+                    "smtp.url is smtps://: TLS is implicit, smtp.starttls=off "
+                    "does not turn it off");
+
+        if (conf->smtp_password[0] != '\0' &&
+            conf->smtp_password_file[0] != '\0') {
+                snprintf(errstr, errstr_size,
+                         "smtp.password, smtp.password.file: set only one");
+                return -1;
+        }
+        if (conf->smtp_password_file[0] != '\0' &&
+            config_read_password_file(conf, errstr, errstr_size) == -1)
+                return -1;
+        if (conf->smtp_username[0] != '\0' && conf->smtp_password[0] == '\0') {
+                snprintf(errstr, errstr_size,
+                         "smtp.username: set without smtp.password or "
+                         "smtp.password.file");
+                return -1;
+        }
+        if (conf->smtp_username[0] != '\0' &&
+            strncmp(conf->smtp_url, "smtp://", strlen("smtp://")) == 0 &&
+            conf->smtp_starttls == CONFIG_TLS_OFF)
+                LOG(LOG_WARN, "smtp.starttls=off with smtp.username set: the "
+                              "password crosses the network in clear");
+
+        if (config_check_backoff("smtp.relay.backoff.initial.ms",
+                                 conf->smtp_relay_backoff_initial_ms,
+                                 "smtp.relay.backoff.max.ms",
+                                 conf->smtp_relay_backoff_max_ms, errstr,
+                                 errstr_size) == -1 ||
+            config_check_backoff("retry.backoff.initial.ms",
+                                 conf->retry_backoff_initial_ms,
+                                 "retry.backoff.max.ms",
+                                 conf->retry_backoff_max_ms, errstr,
+                                 errstr_size) == -1)
+                return -1;
+        return 0;
+}
+
+static const char *config_type_name(enum config_type type) {
+        switch (type) {
+        case CONFIG_T_STR:
+                return "string";
+        case CONFIG_T_SECRET:
+                return "secret string";
+        case CONFIG_T_INT:
+                return "int";
+        case CONFIG_T_BOOL:
+                return "bool";
+        case CONFIG_T_ENUM:
+        case CONFIG_T_ENUM_STR:
+                return "enum";
+        }
+        return "?";
+}
+
+void config_print_help(FILE *fp) {
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                const struct config_key *k = &config_keys[i];
+
+                fprintf(fp, "  %s (%s", k->name, config_type_name(k->type));
+                if (k->type != CONFIG_T_SECRET)
+                        fprintf(fp, ", default \"%s\"", k->def);
+                if (k->type == CONFIG_T_INT)
+                        fprintf(fp, ", %ld..%ld", k->min, k->max);
+                fprintf(fp, ")\n      %s\n", k->help);
+        }
+        fprintf(fp, "  kafka.X, kafka.consumer.X, kafka.producer.X (string)\n"
+                    "      librdkafka property X for both clients, the "
+                    "consumer or the producer\n");
+}
+
+/* @returns whether a kafka.* property holds a secret. */
+static int config_kafka_is_secret(const char *key) {
+        return strstr(key, "password") != NULL || strstr(key, "secret") != NULL ||
+               strcmp(key, "ssl.key.pem") == 0 ||
+               strcmp(key, "sasl.oauthbearer.config") == 0;
+}
+
+static void config_dump_kv(const char *prefix, const struct config_kv *kvs,
+                           size_t cnt, FILE *fp) {
+        for (size_t i = 0; i < cnt; i++)
+                fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
+                        config_kafka_is_secret(kvs[i].key) ? "***"
+                                                           : kvs[i].value);
+}
+
+void config_dump(const struct config *conf, FILE *fp) {
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                const struct config_key *k = &config_keys[i];
+                const char *s;
+                int v;
+
+                switch (k->type) {
+                case CONFIG_T_STR:
+                case CONFIG_T_ENUM_STR:
+                        fprintf(fp, "%s=%s\n", k->name,
+                                *config_str_field_c(conf, k));
+                        break;
+                case CONFIG_T_SECRET:
+                        s = *config_str_field_c(conf, k);
+                        fprintf(fp, "%s=%s\n", k->name, s[0] ? "***" : "");
+                        break;
+                case CONFIG_T_INT:
+                        fprintf(fp, "%s=%d\n", k->name, *config_int_field_c(conf, k));
+                        break;
+                case CONFIG_T_BOOL:
+                        v = *config_int_field_c(conf, k);
+                        fprintf(fp, "%s=%s\n", k->name, v ? "true" : "false");
+                        break;
+                case CONFIG_T_ENUM:
+                        v = *config_int_field_c(conf, k);
+                        fprintf(fp, "%s=%s\n", k->name, k->choices[v]);
+                        break;
+                }
+        }
+        config_dump_kv("kafka.consumer.", conf->kafka_consumer,
+                       conf->kafka_consumer_cnt, fp);
+        config_dump_kv("kafka.producer.", conf->kafka_producer,
+                       conf->kafka_producer_cnt, fp);
+}

@@ -1,0 +1,324 @@
+#include "consumer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* Messages handled per wake-up before other fds get a turn. */
+#define CONSUMER_BATCH 1000
+/* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
+ * even while every partition is paused. */
+#define CONSUMER_POLL_MS 100
+
+struct consumer {
+        loop_t *c_loop;
+        rd_kafka_t *c_rk;
+        rd_kafka_queue_t *c_queue;
+        int c_pipe[2];
+        loop_timer_t c_timer;
+        struct consumer_handlers c_h;
+        void *c_opaque;
+        int c_paused;
+        uint64_t c_commit_errors;
+        int c_in_rebalance;
+        int c_closing;
+};
+
+static void consumer_drain(consumer_t *c);
+
+static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                  rd_kafka_topic_partition_list_t *parts,
+                                  void *opaque) {
+        consumer_t *c = opaque;
+        int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+        rd_kafka_error_t *error = NULL;
+        rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+        c->c_in_rebalance = 1;
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                LOG(LOG_INFO, "partitions assigned count=%d cooperative=%d",
+                    parts->cnt, cooperative);
+                if (cooperative)
+                        error = rd_kafka_incremental_assign(rk, parts);
+                else
+                        ret = rd_kafka_assign(rk, parts);
+                if (!error && !ret) {
+                        if (c->c_paused)
+                                rd_kafka_pause_partitions(rk, parts);
+                        c->c_h.on_assign(c->c_opaque, parts);
+                }
+        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+                int lost = rd_kafka_assignment_lost(rk);
+
+                LOG(LOG_INFO, "partitions revoked count=%d lost=%d", parts->cnt,
+                    lost);
+                c->c_h.on_revoke(c->c_opaque, parts, lost);
+                if (cooperative)
+                        error = rd_kafka_incremental_unassign(rk, parts);
+                else
+                        ret = rd_kafka_assign(rk, NULL);
+        } else {
+                LOG(LOG_ERROR, "rebalance error err=\"%s\"", rd_kafka_err2str(err));
+                c->c_h.on_revoke(c->c_opaque, parts, 1);
+                if (cooperative)
+                        error = rd_kafka_incremental_unassign(rk, parts);
+                else
+                        ret = rd_kafka_assign(rk, NULL);
+        }
+        if (error) {
+                LOG(LOG_ERROR, "assignment change failed err=\"%s\"",
+                    rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+        } else if (ret) {
+                LOG(LOG_ERROR, "assignment change failed err=\"%s\"",
+                    rd_kafka_err2str(ret));
+        }
+        c->c_in_rebalance = 0;
+}
+
+static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                               rd_kafka_topic_partition_list_t *offsets,
+                               void *opaque) {
+        consumer_t *c = opaque;
+
+        (void)rk;
+        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+                c->c_commit_errors++;
+                LOG(LOG_WARN, "offset commit failed err=\"%s\" partitions=%d",
+                    rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
+        }
+}
+
+static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
+                              void *opaque) {
+        (void)rk;
+        (void)opaque;
+        LOG(LOG_WARN, "consumer error err=%s reason=\"%s\"",
+            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+/* Serves the consumer queue: events always, messages while receiving. */
+static void consumer_drain(consumer_t *c) {
+        rd_kafka_message_t *m;
+
+        if (c->c_in_rebalance || c->c_closing)
+                return;
+        for (int i = 0; i < CONSUMER_BATCH; i++) {
+                m = rd_kafka_consumer_poll(c->c_rk, 0);
+                if (!m)
+                        return;
+                if (m->err) {
+                        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                                LOG(LOG_WARN, "consume error err=\"%s\"",
+                                    rd_kafka_message_errstr(m));
+                } else {
+                        c->c_h.on_message(c->c_opaque, m);
+                }
+                rd_kafka_message_destroy(m);
+        }
+        /* More may be queued: come back on the next iteration. */
+        loop_timer_start(c->c_loop, &c->c_timer, 0);
+}
+
+static void consumer_on_pipe(loop_t *loop, int fd, unsigned events,
+                             void *opaque) {
+        char buf[64];
+
+        (void)loop;
+        (void)events;
+        while (read(fd, buf, sizeof(buf)) > 0)
+                ;
+        consumer_drain(opaque);
+}
+
+static void consumer_on_timer(loop_t *loop, void *opaque) {
+        consumer_t *c = opaque;
+
+        /* Also keeps the membership alive while every partition is
+         * paused and no event wakes the loop. */
+        loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
+        consumer_drain(c);
+}
+
+static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
+                             const char *value, char *errstr,
+                             size_t errstr_size) {
+        char rderr[256];
+
+        if (rd_kafka_conf_set(kc, key, value, rderr, sizeof(rderr)) !=
+            RD_KAFKA_CONF_OK) {
+                snprintf(errstr, errstr_size, "kafka.consumer.%s: %s", key,
+                         rderr);
+                return -1;
+        }
+        return 0;
+}
+
+consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const struct consumer_handlers *h, void *opaque,
+                         char *errstr, size_t errstr_size) {
+        static const char *const defaults[][2] = {
+            {"partition.assignment.strategy", "cooperative-sticky"},
+            {"auto.offset.reset", "earliest"},
+            {"queued.max.messages.kbytes", "8192"},
+        };
+        /* Settings the delivery contract depends on: not overridable. */
+        static const char *const fixed[][2] = {
+            {"enable.auto.commit", "false"},
+            {"enable.auto.offset.store", "false"},
+            {"enable.partition.eof", "false"},
+        };
+        rd_kafka_conf_t *kc = NULL;
+        rd_kafka_topic_partition_list_t *topics = NULL;
+        rd_kafka_resp_err_t err;
+        consumer_t *c;
+        char rderr[512];
+
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
+        c->c_loop = loop;
+        c->c_h = *h;
+        c->c_opaque = opaque;
+        c->c_pipe[0] = c->c_pipe[1] = -1;
+        loop_timer_init(&c->c_timer, consumer_on_timer, c);
+
+        kc = rd_kafka_conf_new();
+        for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+                if (consumer_conf_set(kc, defaults[i][0], defaults[i][1],
+                                      errstr, errstr_size))
+                        goto fail;
+        for (size_t i = 0; i < conf->kafka_consumer_cnt; i++)
+                if (consumer_conf_set(kc, conf->kafka_consumer[i].key,
+                                      conf->kafka_consumer[i].value, errstr,
+                                      errstr_size))
+                        goto fail;
+        for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+                if (consumer_conf_set(kc, fixed[i][0], fixed[i][1], errstr,
+                                      errstr_size))
+                        goto fail;
+        rd_kafka_conf_set_rebalance_cb(kc, consumer_rebalance_cb);
+        rd_kafka_conf_set_offset_commit_cb(kc, consumer_commit_cb);
+        rd_kafka_conf_set_error_cb(kc, consumer_error_cb);
+        rd_kafka_conf_set_opaque(kc, c);
+
+        c->c_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, rderr, sizeof(rderr));
+        if (!c->c_rk) {
+                snprintf(errstr, errstr_size, "consumer: %s", rderr);
+                goto fail;
+        }
+        kc = NULL; /* owned by c_rk now */
+        rd_kafka_poll_set_consumer(c->c_rk);
+
+        if (pipe2(c->c_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
+                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                goto fail;
+        }
+        c->c_queue = rd_kafka_queue_get_consumer(c->c_rk);
+        rd_kafka_queue_io_event_enable(c->c_queue, c->c_pipe[1], "1", 1);
+        if (loop_io_add(loop, c->c_pipe[0], LOOP_READ, consumer_on_pipe, c)) {
+                snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
+                goto fail;
+        }
+
+        topics = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(topics, conf->topic_requests,
+                                          RD_KAFKA_PARTITION_UA);
+        err = rd_kafka_subscribe(c->c_rk, topics);
+        rd_kafka_topic_partition_list_destroy(topics);
+        if (err) {
+                snprintf(errstr, errstr_size, "subscribe %s: %s",
+                         conf->topic_requests, rd_kafka_err2str(err));
+                goto fail;
+        }
+        loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
+        return c;
+
+fail:
+        if (kc)
+                rd_kafka_conf_destroy(kc);
+        c->c_closing = 1;
+        consumer_close(c);
+        return NULL;
+}
+
+void consumer_close(consumer_t *c) {
+        rd_kafka_resp_err_t err;
+
+        if (!c)
+                return;
+        loop_timer_stop(c->c_loop, &c->c_timer);
+        if (c->c_pipe[0] != -1) {
+                loop_io_del(c->c_loop, c->c_pipe[0]);
+                close(c->c_pipe[0]);
+                c->c_pipe[0] = -1;
+        }
+        if (c->c_queue) {
+                rd_kafka_queue_io_event_enable(c->c_queue, -1, NULL, 0);
+                rd_kafka_queue_destroy(c->c_queue);
+        }
+        if (c->c_rk) {
+                /* Serves the final revoke through the rebalance callback. */
+                c->c_closing = 1;
+                err = rd_kafka_consumer_close(c->c_rk);
+                if (err)
+                        LOG(LOG_WARN, "consumer close err=\"%s\"",
+                            rd_kafka_err2str(err));
+                rd_kafka_destroy(c->c_rk);
+        }
+        if (c->c_pipe[1] != -1)
+                close(c->c_pipe[1]);
+        free(c);
+}
+
+void consumer_set_paused(consumer_t *c, int paused) {
+        rd_kafka_topic_partition_list_t *parts = NULL;
+
+        if (c->c_paused == paused)
+                return;
+        c->c_paused = paused;
+        if (rd_kafka_assignment(c->c_rk, &parts) || !parts)
+                return;
+        if (parts->cnt > 0) {
+                if (paused)
+                        rd_kafka_pause_partitions(c->c_rk, parts);
+                else
+                        rd_kafka_resume_partitions(c->c_rk, parts);
+        }
+        LOG(LOG_DEBUG, "partitions %s count=%d", paused ? "paused" : "resumed",
+            parts->cnt);
+        rd_kafka_topic_partition_list_destroy(parts);
+        if (!paused)
+                loop_timer_start(c->c_loop, &c->c_timer, 0);
+}
+
+int consumer_paused(const consumer_t *c) {
+        return c->c_paused;
+}
+
+int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
+                    int async) {
+        rd_kafka_resp_err_t err;
+
+        err = rd_kafka_commit(c->c_rk, offsets, async);
+        if (err && !async && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+                LOG(LOG_WARN, "offset commit failed err=\"%s\"",
+                    rd_kafka_err2str(err));
+                return -1;
+        }
+        return 0;
+}
+
+rd_kafka_t *consumer_handle(consumer_t *c) {
+        return c->c_rk;
+}
+
+uint64_t consumer_commit_errors(const consumer_t *c) {
+        return c->c_commit_errors;
+}

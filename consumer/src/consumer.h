@@ -1,0 +1,63 @@
+/*
+ * consumer: the worker's Kafka consumer of the requests topic. Joins the
+ * group (cooperative-sticky by default), hands messages and partition
+ * changes to its owner on the loop, pauses and resumes the whole assignment
+ * for back-pressure (newly assigned partitions inherit the paused state) and
+ * commits offsets it is given. Offsets are never committed automatically.
+ */
+#ifndef KM_CONSUMER_H
+#define KM_CONSUMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "config.h"
+#include "loop.h"
+
+typedef struct consumer consumer_t;
+
+struct consumer_handlers {
+        /* A message from an assigned partition; @m is destroyed after the
+         * call returns. */
+        void (*on_message)(void *opaque, const rd_kafka_message_t *m);
+        /* Partitions were added to the assignment (already assigned). */
+        void (*on_assign)(void *opaque,
+                          const rd_kafka_topic_partition_list_t *parts);
+        /* Partitions are about to be removed from the assignment; they are
+         * released when this returns. @lost: the group already gave them to
+         * someone else, so nothing of them may be committed. The handler may
+         * run the loop (consumer events are held meanwhile). */
+        void (*on_revoke)(void *opaque,
+                          const rd_kafka_topic_partition_list_t *parts,
+                          int lost);
+};
+
+/* @returns a consumer subscribed to conf->topic_requests or NULL with
+ * @errstr. */
+consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const struct consumer_handlers *h, void *opaque,
+                         char *errstr, size_t errstr_size);
+
+/* Leaves the group (revoke handler runs), then frees. NULL ok. */
+void consumer_close(consumer_t *c);
+
+/* Pauses or resumes every assigned partition; while paused, new partitions
+ * are paused as they are assigned. */
+void consumer_set_paused(consumer_t *c, int paused);
+int consumer_paused(const consumer_t *c);
+
+/* Commits @offsets (next offset to consume per partition), asynchronously
+ * when @async. @returns 0 or -1 (sync commit failed; logged). */
+int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
+                    int async);
+
+/* @returns how many commits failed so far (their offsets must be committed
+ * again). */
+uint64_t consumer_commit_errors(const consumer_t *c);
+
+/* @returns the librdkafka handle (for watermark queries in tests/tools). */
+rd_kafka_t *consumer_handle(consumer_t *c);
+
+#endif

@@ -1,0 +1,960 @@
+#include "message.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define LINE_SOFT 78 /* RFC 5322 "SHOULD" line length */
+#define LINE_HARD 998 /* RFC 5322 "MUST" line length */
+#define WORD_MAX 75 /* RFC 2047 encoded-word length */
+#define QP_LINE 76 /* RFC 2045 quoted-printable line length */
+#define B64_LINE_BYTES 57 /* 76 base64 characters per line */
+/* A header word longer than this cannot be folded to fit LINE_HARD: the
+ * value is sent as encoded words instead. */
+#define WORD_UNFOLDABLE 900
+
+/* One growing output buffer; @err is set on the first failed allocation and
+ * makes every later write a no-op. */
+struct buf {
+        char *p;
+        size_t len;
+        size_t cap;
+        int err;
+};
+
+static int buf_reserve(struct buf *b, size_t extra) {
+        size_t need;
+        size_t cap;
+        char *p;
+
+        if (b->err)
+                return -1;
+        need = b->len + extra;
+        if (need <= b->cap)
+                return 0;
+        cap = b->cap ? b->cap : 256;
+        while (cap < need)
+                cap *= 2;
+        p = realloc(b->p, cap);
+        if (p == NULL) {
+                b->err = 1;
+                return -1;
+        }
+        b->p = p;
+        b->cap = cap;
+        return 0;
+}
+
+static void buf_put(struct buf *b, const void *s, size_t n) {
+        if (buf_reserve(b, n) != 0)
+                return;
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+}
+
+static void buf_puts(struct buf *b, const char *s) {
+        buf_put(b, s, strlen(s));
+}
+
+static void buf_putc(struct buf *b, char c) {
+        if (buf_reserve(b, 1) != 0)
+                return;
+        b->p[b->len++] = c;
+}
+
+static void buf_printf(struct buf *b, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+static void buf_printf(struct buf *b, const char *fmt, ...) {
+        char tmp[256];
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+        va_end(ap);
+        if (n < 0 || (size_t)n >= sizeof(tmp)) {
+                b->err = 1;
+                return;
+        }
+        buf_put(b, tmp, (size_t)n);
+}
+
+static const char hex_upper[] = "0123456789ABCDEF";
+
+/*
+ * Header writer: tracks the length of the current line so that tokens can
+ * be folded (CRLF + space) before they would pass LINE_SOFT.
+ */
+struct hdr {
+        struct buf *b;
+        size_t line;
+};
+
+static void hdr_begin(struct hdr *h, struct buf *b, const char *name) {
+        size_t n = strlen(name);
+
+        h->b = b;
+        if (name[0] == '.')
+                buf_putc(b, '.'); /* dot-stuffing */
+        buf_put(b, name, n);
+        buf_putc(b, ':');
+        h->line = n + 1;
+}
+
+static void hdr_put(struct hdr *h, const char *s, size_t n) {
+        buf_put(h->b, s, n);
+        h->line += n;
+}
+
+/* Writes the white space before a token of @toklen octets: a space, or a
+ * fold when the token would not fit on the current line. */
+static void hdr_sep(struct hdr *h, size_t toklen) {
+        if (h->line > 1 && h->line + 1 + toklen > LINE_SOFT) {
+                buf_put(h->b, "\r\n ", 3);
+                h->line = 1;
+        } else {
+                buf_putc(h->b, ' ');
+                h->line++;
+        }
+}
+
+static void hdr_token(struct hdr *h, const char *s, size_t n) {
+        hdr_sep(h, n);
+        hdr_put(h, s, n);
+}
+
+static void hdr_end(struct hdr *h) {
+        buf_put(h->b, "\r\n", 2);
+}
+
+static int is_wsp(char c) {
+        return c == ' ' || c == '\t';
+}
+
+static int is_atext(unsigned char c) {
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+            (c >= '0' && c <= '9'))
+                return 1;
+        return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+}
+
+/* Characters a Q encoded word may carry as they are (RFC 2047 5(3)). */
+static int is_q_plain(unsigned char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+               (c >= '0' && c <= '9') || c == '!' || c == '*' || c == '+' ||
+               c == '-' || c == '/';
+}
+
+/* Width of one byte in a Q encoded word: 1, or 3 for =XX. */
+static size_t q_width(unsigned char c) {
+        return (is_q_plain(c) || c == ' ') ? 1 : 3;
+}
+
+/* Length of the UTF-8 sequence starting at @s, at most @left. */
+static size_t utf8_len(const char *s, size_t left) {
+        unsigned char c = (unsigned char)s[0];
+        size_t n = 1;
+
+        if (c >= 0xf0)
+                n = 4;
+        else if (c >= 0xe0)
+                n = 3;
+        else if (c >= 0xc0)
+                n = 2;
+        return n < left ? n : left;
+}
+
+/*
+ * @returns 1 when header text cannot go out as it is: non-ASCII, control
+ * characters other than tab, a "=?" that a reader would take for an encoded
+ * word, or a word too long to fold within LINE_HARD.
+ */
+static int needs_encoding(const char *s, size_t len) {
+        size_t run = 0;
+
+        for (size_t i = 0; i < len; i++) {
+                unsigned char c = (unsigned char)s[i];
+
+                if (c >= 0x7f || (c < 0x20 && c != '\t'))
+                        return 1;
+                if (c == '=' && i + 1 < len && s[i + 1] == '?')
+                        return 1;
+                run = is_wsp((char)c) ? 0 : run + 1;
+                if (run > WORD_UNFOLDABLE)
+                        return 1;
+        }
+        return 0;
+}
+
+static const char b64_chars[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Base64 of @n bytes into @out (4 * ceil(n / 3) chars, no NUL). */
+static size_t b64_encode(const unsigned char *in, size_t n, char *out) {
+        size_t o = 0;
+        size_t i = 0;
+
+        for (; i + 3 <= n; i += 3) {
+                uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
+                             in[i + 2];
+
+                out[o++] = b64_chars[v >> 18];
+                out[o++] = b64_chars[(v >> 12) & 63];
+                out[o++] = b64_chars[(v >> 6) & 63];
+                out[o++] = b64_chars[v & 63];
+        }
+        if (i < n) {
+                uint32_t v = (uint32_t)in[i] << 16;
+
+                if (i + 1 < n)
+                        v |= (uint32_t)in[i + 1] << 8;
+                out[o++] = b64_chars[v >> 18];
+                out[o++] = b64_chars[(v >> 12) & 63];
+                out[o++] = i + 1 < n ? b64_chars[(v >> 6) & 63] : '=';
+                out[o++] = '=';
+        }
+        return o;
+}
+
+/*
+ * Writes @s as RFC 2047 encoded words (UTF-8, Q when that is shorter, else
+ * B), each at most WORD_MAX long and sized to the room left on the line; a
+ * UTF-8 character is never split between words.
+ */
+static void hdr_encoded(struct hdr *h, const char *s, size_t len) {
+        size_t qlen = 0;
+        int use_q;
+        size_t i = 0;
+        char word[WORD_MAX + 1];
+
+        for (size_t k = 0; k < len; k++)
+                qlen += q_width((unsigned char)s[k]);
+        use_q = qlen <= (len + 2) / 3 * 4;
+
+        while (i < len) {
+                size_t room;
+                size_t budget;
+                size_t j = i;
+                size_t enc = 0;
+                size_t w = 0;
+
+                if (h->line + 1 + 20 > LINE_SOFT)
+                        room = LINE_SOFT - 2; /* will fold */
+                else
+                        room = LINE_SOFT - h->line - 1;
+                if (room > WORD_MAX)
+                        room = WORD_MAX;
+                budget = room - 12; /* "=?UTF-8?B?" and "?=" */
+                while (j < len) {
+                        size_t cl = utf8_len(s + j, len - j);
+                        size_t next;
+
+                        if (use_q) {
+                                next = enc;
+                                for (size_t k = 0; k < cl; k++)
+                                        next += q_width((unsigned char)s[j + k]);
+                        } else {
+                                next = (j + cl - i + 2) / 3 * 4;
+                        }
+                        if (next > budget && j > i)
+                                break;
+                        enc = next;
+                        j += cl;
+                }
+                memcpy(word, use_q ? "=?UTF-8?Q?" : "=?UTF-8?B?", 10);
+                w = 10;
+                if (use_q) {
+                        for (size_t k = i; k < j; k++) {
+                                unsigned char c = (unsigned char)s[k];
+
+                                if (c == ' ') {
+                                        word[w++] = '_';
+                                } else if (is_q_plain(c)) {
+                                        word[w++] = (char)c;
+                                } else {
+                                        word[w++] = '=';
+                                        word[w++] = hex_upper[c >> 4];
+                                        word[w++] = hex_upper[c & 15];
+                                }
+                        }
+                } else {
+                        w += b64_encode((const unsigned char *)s + i, j - i,
+                                        word + w);
+                }
+                word[w++] = '?';
+                word[w++] = '=';
+                hdr_token(h, word, w);
+                i = j;
+        }
+}
+
+/*
+ * Writes unstructured text (Subject, custom header values): as it is,
+ * folded before white space, or as encoded words when needs_encoding().
+ */
+static void hdr_unstructured(struct hdr *h, const char *s) {
+        size_t len = strlen(s);
+        size_t i = 0;
+        int first = 1;
+
+        if (needs_encoding(s, len)) {
+                hdr_encoded(h, s, len);
+                return;
+        }
+        while (i < len) {
+                size_t j = i;
+                size_t k;
+
+                while (j < len && is_wsp(s[j]))
+                        j++;
+                k = j;
+                while (k < len && !is_wsp(s[k]))
+                        k++;
+                if (k == j && !first) {
+                        hdr_put(h, s + i, k - i); /* trailing white space */
+                        break;
+                }
+                if (h->line > 1 && h->line + (k - i) + first > LINE_SOFT) {
+                        buf_put(h->b, "\r\n", 2);
+                        h->line = 0;
+                        if (j == i)
+                                hdr_put(h, " ", 1);
+                } else if (first) {
+                        hdr_put(h, " ", 1);
+                }
+                hdr_put(h, s + i, k - i);
+                first = 0;
+                i = k;
+        }
+}
+
+/* Writes a display name: atoms, a quoted-string or encoded words. */
+static void hdr_phrase(struct hdr *h, const char *s) {
+        size_t len = strlen(s);
+        int atoms = 1;
+        size_t qlen = 2;
+
+        if (needs_encoding(s, len) || len > WORD_UNFOLDABLE / 2) {
+                hdr_encoded(h, s, len);
+                return;
+        }
+        for (size_t i = 0; i < len; i++) {
+                unsigned char c = (unsigned char)s[i];
+
+                if (!is_atext(c) && c != ' ')
+                        atoms = 0;
+                qlen += (c == '"' || c == '\\') ? 2 : 1;
+        }
+        if (atoms) {
+                size_t i = 0;
+
+                while (i < len) {
+                        size_t j;
+
+                        while (i < len && s[i] == ' ')
+                                i++;
+                        j = i;
+                        while (j < len && s[j] != ' ')
+                                j++;
+                        if (j > i)
+                                hdr_token(h, s + i, j - i);
+                        i = j;
+                }
+                return;
+        }
+        hdr_sep(h, qlen);
+        buf_reserve(h->b, qlen);
+        buf_putc(h->b, '"');
+        for (size_t i = 0; i < len; i++) {
+                if (s[i] == '"' || s[i] == '\\')
+                        buf_putc(h->b, '\\');
+                buf_putc(h->b, s[i]);
+        }
+        buf_putc(h->b, '"');
+        h->line += qlen;
+}
+
+/* Writes one mailbox token by token, with a trailing ',' when @comma. */
+static void hdr_mailbox(struct hdr *h, const struct mail_address *a,
+                        int comma) {
+        size_t alen = strlen(a->addr);
+
+        if (a->display != NULL) {
+                hdr_phrase(h, a->display);
+                hdr_sep(h, alen + 2 + (size_t)comma);
+                hdr_put(h, "<", 1);
+                hdr_put(h, a->addr, alen);
+                hdr_put(h, comma ? ">," : ">", comma ? 2 : 1);
+        } else {
+                hdr_sep(h, alen + (size_t)comma);
+                hdr_put(h, a->addr, alen);
+                if (comma)
+                        hdr_put(h, ",", 1);
+        }
+}
+
+/*
+ * Writes an address header. A mailbox that fits on a line of its own is
+ * never split: the fold goes before it. Only a mailbox longer than a line
+ * is folded between its own words. @scratch is reused between calls.
+ */
+static void write_addresses(struct buf *b, struct buf *scratch,
+                            const char *name, const struct mail_address *a,
+                            size_t cnt) {
+        struct hdr h;
+
+        if (cnt == 0)
+                return;
+        hdr_begin(&h, b, name);
+        for (size_t i = 0; i < cnt; i++) {
+                int comma = i + 1 < cnt;
+                struct hdr t = {scratch, 0};
+
+                /* Rendered alone as on a fresh line: " Display <addr>,". */
+                scratch->len = 0;
+                hdr_mailbox(&t, &a[i], comma);
+                if (scratch->err) {
+                        b->err = 1;
+                        return;
+                }
+                if (memmem(scratch->p, scratch->len, "\r\n", 2) != NULL) {
+                        hdr_mailbox(&h, &a[i], comma);
+                        continue;
+                }
+                if (h.line > 1 && h.line + scratch->len > LINE_SOFT) {
+                        buf_put(b, "\r\n", 2);
+                        h.line = 0;
+                }
+                hdr_put(&h, scratch->p, scratch->len);
+        }
+        hdr_end(&h);
+}
+
+static void write_date(struct buf *b, int64_t ms) {
+        static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
+                                           "Thu", "Fri", "Sat"};
+        static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
+                                             "May", "Jun", "Jul", "Aug",
+                                             "Sep", "Oct", "Nov", "Dec"};
+        time_t t = (time_t)(ms / 1000);
+        struct tm tm;
+
+        if (gmtime_r(&t, &tm) == NULL) {
+                b->err = 1;
+                return;
+        }
+        buf_printf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
+                   days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* RFC 5987 attr-char: sent as it is in an extended parameter value. */
+static int is_attr_char(unsigned char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+               (c >= '0' && c <= '9') ||
+               (c != '\0' && strchr("!#$&+-.^_`|~", c) != NULL);
+}
+
+/*
+ * Writes a parameter ("; name=value" where the caller already wrote the
+ * ';'): a quoted-string when @value is short printable ASCII, else RFC 2231
+ * utf-8'' percent-encoding, split into numbered sections when long.
+ */
+static void hdr_param(struct hdr *h, const char *name, const char *value) {
+        size_t nlen = strlen(name);
+        size_t vlen = strlen(value);
+        int plain = 1;
+        size_t qlen = 2;
+        size_t elen = 0;
+        char tok[LINE_SOFT + 1];
+
+        for (size_t i = 0; i < vlen; i++) {
+                unsigned char c = (unsigned char)value[i];
+
+                if (c < 0x20 || c >= 0x7f)
+                        plain = 0;
+                qlen += (c == '"' || c == '\\') ? 2 : 1;
+                elen += is_attr_char(c) ? 1 : 3;
+        }
+        if (plain && nlen + 1 + qlen <= LINE_SOFT - 2) {
+                hdr_sep(h, nlen + 1 + qlen);
+                hdr_put(h, name, nlen);
+                hdr_put(h, "=\"", 2);
+                for (size_t i = 0; i < vlen; i++) {
+                        if (value[i] == '"' || value[i] == '\\')
+                                hdr_put(h, "\\", 1);
+                        hdr_put(h, value + i, 1);
+                }
+                hdr_put(h, "\"", 1);
+                return;
+        }
+        if (nlen + 9 + elen <= LINE_SOFT - 2) {
+                /* name*=utf-8''value */
+                hdr_sep(h, nlen + 9 + elen);
+                hdr_put(h, name, nlen);
+                hdr_put(h, "*=utf-8''", 9);
+                for (size_t i = 0; i < vlen; i++) {
+                        unsigned char c = (unsigned char)value[i];
+                        char pct[3] = {'%', hex_upper[c >> 4], hex_upper[c & 15]};
+
+                        if (is_attr_char(c))
+                                hdr_put(h, value + i, 1);
+                        else
+                                hdr_put(h, pct, 3);
+                }
+                return;
+        }
+        /* name*0*=utf-8''...; name*1*=...; sections of at most ~70 chars,
+         * never splitting a UTF-8 character. */
+        size_t i = 0;
+
+        for (unsigned sec = 0; i < vlen; sec++) {
+                int n = snprintf(tok, sizeof(tok), "%s*%u*=%s", name, sec,
+                                 sec == 0 ? "utf-8''" : "");
+                size_t t;
+
+                if (n < 0 || (size_t)n >= sizeof(tok) - 16) {
+                        h->b->err = 1;
+                        return;
+                }
+                t = (size_t)n;
+                while (i < vlen) {
+                        size_t cl = utf8_len(value + i, vlen - i);
+                        size_t need = 0;
+
+                        for (size_t k = 0; k < cl; k++)
+                                need += is_attr_char((unsigned char)value[i + k])
+                                                ? 1
+                                                : 3;
+                        if (t + need + 1 > LINE_SOFT - 2 && t > (size_t)n)
+                                break;
+                        for (size_t k = 0; k < cl; k++) {
+                                unsigned char c = (unsigned char)value[i + k];
+
+                                if (is_attr_char(c)) {
+                                        tok[t++] = (char)c;
+                                } else {
+                                        tok[t++] = '%';
+                                        tok[t++] = hex_upper[c >> 4];
+                                        tok[t++] = hex_upper[c & 15];
+                                }
+                        }
+                        i += cl;
+                }
+                if (i < vlen)
+                        tok[t++] = ';';
+                hdr_token(h, tok, t);
+        }
+}
+
+struct body_info {
+        int qp; /* 1: quoted-printable, 0: 7bit */
+        size_t out7; /* 7bit output length: CRLF line ends, dot-stuffed */
+};
+
+/*
+ * Chooses the transfer encoding of a text body: 7bit when it is ASCII, each
+ * line (dot-stuffed) fits LINE_HARD and it cannot contain a boundary ("=_km_"),
+ * quoted-printable otherwise.
+ */
+static void body_scan(const char *s, size_t len, struct body_info *bi) {
+        size_t line = 0;
+        size_t out = 0;
+        int ascii = 1;
+        int too_long = 0;
+
+        for (size_t i = 0; i < len; i++) {
+                unsigned char c = (unsigned char)s[i];
+
+                if (c == '\r' || c == '\n') {
+                        if (c == '\r' && i + 1 < len && s[i + 1] == '\n')
+                                i++;
+                        out += 2;
+                        line = 0;
+                        continue;
+                }
+                if (c >= 0x80)
+                        ascii = 0;
+                if (line == 0 && c == '.') {
+                        line++;
+                        out++;
+                }
+                line++;
+                out++;
+                if (line > LINE_HARD)
+                        too_long = 1;
+        }
+        bi->out7 = out;
+        bi->qp = !ascii || too_long || memmem(s, len, "=_km_", 5) != NULL;
+}
+
+/* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
+static void write_7bit(struct buf *b, const char *s, size_t len, size_t out) {
+        char *o;
+        size_t i = 0;
+
+        if (buf_reserve(b, out) != 0)
+                return;
+        o = b->p + b->len;
+        while (i < len) {
+                const char *nl = s + i;
+                size_t n = 0;
+
+                while (i + n < len && nl[n] != '\r' && nl[n] != '\n')
+                        n++;
+                if (n > 0 && nl[0] == '.')
+                        *o++ = '.';
+                memcpy(o, nl, n);
+                o += n;
+                i += n;
+                if (i < len) {
+                        if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
+                                i++;
+                        i++;
+                        *o++ = '\r';
+                        *o++ = '\n';
+                }
+        }
+        b->len = (size_t)(o - b->p);
+}
+
+/*
+ * Writes a quoted-printable body (RFC 2045 6.7): line ends to CRLF (hard
+ * breaks), lines at most QP_LINE, trailing white space and a leading '.'
+ * encoded.
+ */
+static void write_qp(struct buf *b, const char *s, size_t len) {
+        size_t i = 0;
+
+        while (i <= len) {
+                size_t n = 0;
+                size_t col = 0;
+                char *o;
+
+                while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
+                        n++;
+                /* Worst case: every byte as =XX, a soft break per 25. */
+                if (buf_reserve(b, 3 * n + 3 * (n / 24 + 1) + 2) != 0)
+                        return;
+                o = b->p + b->len;
+                for (size_t k = 0; k < n; k++) {
+                        unsigned char c = (unsigned char)s[i + k];
+                        int last = k + 1 == n;
+                        int enc = !((c >= 33 && c <= 126 && c != '=') ||
+                                    ((c == ' ' || c == '\t') && !last)) ||
+                                  (c == '.' && col == 0);
+                        size_t w = enc ? 3 : 1;
+
+                        /* Soft break unless the token ends the line within
+                         * QP_LINE. */
+                        if (col + w > QP_LINE - 1 &&
+                            !(last && col + w <= QP_LINE)) {
+                                *o++ = '=';
+                                *o++ = '\r';
+                                *o++ = '\n';
+                                col = 0;
+                                if (c == '.') {
+                                        enc = 1;
+                                        w = 3;
+                                }
+                        }
+                        if (enc) {
+                                *o++ = '=';
+                                *o++ = hex_upper[c >> 4];
+                                *o++ = hex_upper[c & 15];
+                        } else {
+                                *o++ = (char)c;
+                        }
+                        col += w;
+                }
+                i += n;
+                if (i < len) {
+                        if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
+                                i++;
+                        i++;
+                        *o++ = '\r';
+                        *o++ = '\n';
+                        b->len = (size_t)(o - b->p);
+                        continue;
+                }
+                b->len = (size_t)(o - b->p);
+                break;
+        }
+}
+
+/* Writes a text part's headers, blank line and body. */
+static void write_text_part(struct buf *b, const char *subtype,
+                            const char *body) {
+        size_t len = strlen(body);
+        struct body_info bi;
+
+        body_scan(body, len, &bi);
+        buf_printf(b, "Content-Type: text/%s; charset=utf-8\r\n"
+                      "Content-Transfer-Encoding: %s\r\n\r\n",
+                   subtype, bi.qp ? "quoted-printable" : "7bit");
+        if (bi.qp)
+                write_qp(b, body, len);
+        else
+                write_7bit(b, body, len, bi.out7);
+}
+
+static void write_base64_lines(struct buf *b, const unsigned char *data,
+                               size_t len) {
+        size_t lines = (len + B64_LINE_BYTES - 1) / B64_LINE_BYTES;
+        char *o;
+
+        if (len == 0)
+                return;
+        if (buf_reserve(b, (len + 2) / 3 * 4 + 2 * lines) != 0)
+                return;
+        o = b->p + b->len;
+        for (size_t i = 0; i < len; i += B64_LINE_BYTES) {
+                size_t n = len - i < B64_LINE_BYTES ? len - i : B64_LINE_BYTES;
+
+                if (i > 0) {
+                        *o++ = '\r';
+                        *o++ = '\n';
+                }
+                o += b64_encode(data + i, n, o);
+        }
+        b->len = (size_t)(o - b->p);
+}
+
+static void write_attachment(struct buf *b, const struct mail_attachment *a) {
+        struct hdr h;
+
+        hdr_begin(&h, b, "Content-Type");
+        hdr_sep(&h, strlen(a->content_type) + 1);
+        hdr_put(&h, a->content_type, strlen(a->content_type));
+        hdr_put(&h, ";", 1);
+        hdr_param(&h, "name", a->filename);
+        hdr_end(&h);
+        hdr_begin(&h, b, "Content-Disposition");
+        hdr_token(&h, "attachment;", 11);
+        hdr_param(&h, "filename", a->filename);
+        hdr_end(&h);
+        buf_puts(b, "Content-Transfer-Encoding: base64\r\n\r\n");
+        write_base64_lines(b, a->data, a->data_len);
+}
+
+static void write_multipart_header(struct buf *b, const char *subtype,
+                                   const char *boundary) {
+        buf_printf(b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
+                   subtype, boundary);
+}
+
+/* Writes the body part(s) of @req: one text part or a multipart/alternative. */
+static void write_body(struct buf *b, const struct mail_request *req,
+                       const char *alt_boundary) {
+        if (req->text != NULL && req->html != NULL) {
+                write_multipart_header(b, "alternative", alt_boundary);
+                buf_printf(b, "--%s\r\n", alt_boundary);
+                write_text_part(b, "plain", req->text);
+                buf_printf(b, "\r\n--%s\r\n", alt_boundary);
+                write_text_part(b, "html", req->html);
+                buf_printf(b, "\r\n--%s--\r\n", alt_boundary);
+        } else if (req->text != NULL) {
+                write_text_part(b, "plain", req->text);
+        } else {
+                write_text_part(b, "html", req->html);
+        }
+}
+
+/* FNV-1a: a stable hash of the request id for the boundaries. */
+static uint64_t id_hash(const char *s) {
+        uint64_t h = 14695981039346656037ULL;
+
+        for (; *s != '\0'; s++) {
+                h ^= (unsigned char)*s;
+                h *= 1099511628211ULL;
+        }
+        return h;
+}
+
+/* A domain for a Message-ID: printable ASCII without specials. */
+static int check_msgid_domain(const char *d) {
+        if (*d == '\0')
+                return -1;
+        for (; *d != '\0'; d++) {
+                unsigned char c = (unsigned char)*d;
+
+                if (c <= 32 || c >= 127 || strchr("<>@()\",;:\\", c) != NULL)
+                        return -1;
+        }
+        return 0;
+}
+
+int message_id_for(const struct mail_request *req, const char *domain,
+                   char *buf, size_t buf_size) {
+        int n;
+
+        if (domain == NULL || *domain == '\0') {
+                const char *at = strrchr(req->from.addr, '@');
+
+                if (at == NULL)
+                        return -1;
+                domain = at + 1;
+        }
+        if (check_msgid_domain(domain) != 0)
+                return -1;
+        n = snprintf(buf, buf_size, "<%s@%s>", req->id, domain);
+        if (n < 0 || (size_t)n >= buf_size)
+                return -1;
+        return 0;
+}
+
+/* A first guess of the output size, so most messages need one allocation. */
+static size_t estimate_size(const struct mail_request *req) {
+        size_t n = 2048 + strlen(req->subject) * 3;
+        const struct mail_address *lists[] = {req->to, req->cc, req->reply_to};
+        const size_t cnts[] = {req->to_cnt, req->cc_cnt, req->reply_to_cnt};
+
+        for (size_t l = 0; l < 3; l++)
+                for (size_t i = 0; i < cnts[l]; i++)
+                        n += strlen(lists[l][i].addr) + 8 +
+                             (lists[l][i].display != NULL
+                                      ? strlen(lists[l][i].display) * 3
+                                      : 0);
+        for (size_t i = 0; i < req->header_cnt; i++)
+                n += strlen(req->headers[i].name) +
+                     strlen(req->headers[i].value) * 3 + 8;
+        if (req->text != NULL)
+                n += strlen(req->text) * 9 / 8 + 64;
+        if (req->html != NULL)
+                n += strlen(req->html) * 9 / 8 + 64;
+        for (size_t i = 0; i < req->attachment_cnt; i++)
+                n += req->attachments[i].data_len / 57 * 78 + 78 + 512 +
+                     strlen(req->attachments[i].filename) * 6;
+        return n;
+}
+
+/* Fills the envelope: one block holds the rcpts array and every string. */
+static int build_envelope(struct message *msg, const struct mail_request *req,
+                          const char *mid) {
+        const struct mail_address *lists[] = {req->to, req->cc, req->bcc};
+        const size_t cnts[] = {req->to_cnt, req->cc_cnt, req->bcc_cnt};
+        size_t cnt = request_recipient_count(req);
+        size_t size = (cnt + 1) * sizeof(char *) + strlen(mid) + 1 +
+                      strlen(req->from.addr) + 1;
+        char **block;
+        char *p;
+        size_t r = 0;
+
+        for (size_t l = 0; l < 3; l++)
+                for (size_t i = 0; i < cnts[l]; i++)
+                        size += strlen(lists[l][i].addr) + 1;
+        block = malloc(size);
+        if (block == NULL)
+                return -1;
+        p = (char *)(block + cnt + 1);
+        for (size_t l = 0; l < 3; l++) {
+                for (size_t i = 0; i < cnts[l]; i++) {
+                        size_t n = strlen(lists[l][i].addr) + 1;
+
+                        memcpy(p, lists[l][i].addr, n);
+                        block[r++] = p;
+                        p += n;
+                }
+        }
+        block[r] = NULL;
+        msg->rcpts = block;
+        msg->rcpt_cnt = cnt;
+        msg->message_id = p;
+        memcpy(p, mid, strlen(mid) + 1);
+        p += strlen(mid) + 1;
+        msg->mail_from = p;
+        memcpy(p, req->from.addr, strlen(req->from.addr) + 1);
+        return 0;
+}
+
+struct message *message_build(const struct mail_request *req,
+                              const struct message_opts *opts, char *errstr,
+                              size_t errstr_size) {
+        struct message *msg = NULL;
+        struct buf b = {0};
+        struct buf scratch = {0};
+        struct hdr h;
+        char mid[512];
+        char alt[40];
+        char mixed[40];
+        uint64_t hash = id_hash(req->id);
+        int ok = 0;
+
+        if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) != 0) {
+                snprintf(errstr, errstr_size, "message: invalid Message-ID "
+                         "domain");
+                goto out;
+        }
+        msg = calloc(1, sizeof(*msg));
+        if (msg == NULL || build_envelope(msg, req, mid) != 0)
+                goto oom;
+        snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
+        snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
+        if (buf_reserve(&b, estimate_size(req)) != 0)
+                goto oom;
+
+        write_date(&b, opts->date_ms);
+        write_addresses(&b, &scratch, "From", &req->from, 1);
+        write_addresses(&b, &scratch, "To", req->to, req->to_cnt);
+        write_addresses(&b, &scratch, "Cc", req->cc, req->cc_cnt);
+        write_addresses(&b, &scratch, "Reply-To", req->reply_to,
+                        req->reply_to_cnt);
+        hdr_begin(&h, &b, "Subject");
+        hdr_unstructured(&h, req->subject);
+        hdr_end(&h);
+        hdr_begin(&h, &b, "Message-ID");
+        hdr_token(&h, mid, strlen(mid));
+        hdr_end(&h);
+        buf_puts(&b, "MIME-Version: 1.0\r\n");
+        for (size_t i = 0; i < req->header_cnt; i++) {
+                hdr_begin(&h, &b, req->headers[i].name);
+                hdr_unstructured(&h, req->headers[i].value);
+                hdr_end(&h);
+        }
+
+        if (req->attachment_cnt > 0) {
+                write_multipart_header(&b, "mixed", mixed);
+                buf_printf(&b, "--%s\r\n", mixed);
+                write_body(&b, req, alt);
+                for (size_t i = 0; i < req->attachment_cnt; i++) {
+                        buf_printf(&b, "\r\n--%s\r\n", mixed);
+                        write_attachment(&b, &req->attachments[i]);
+                }
+                buf_printf(&b, "\r\n--%s--\r\n", mixed);
+        } else {
+                write_body(&b, req, alt);
+                if (b.len < 2 || b.p[b.len - 2] != '\r' ||
+                    b.p[b.len - 1] != '\n')
+                        buf_put(&b, "\r\n", 2);
+        }
+        if (b.err)
+                goto oom;
+        msg->data = b.p;
+        msg->data_len = b.len;
+        b.p = NULL;
+        ok = 1;
+        goto out;
+
+oom:
+        snprintf(errstr, errstr_size, "message: out of memory");
+out:
+        free(b.p);
+        free(scratch.p);
+        if (!ok) {
+                message_destroy(msg);
+                msg = NULL;
+        }
+        return msg;
+}
+
+void message_destroy(struct message *msg) {
+        if (msg == NULL)
+                return;
+        free(msg->rcpts); /* holds message_id, mail_from and the rcpts */
+        free(msg->data);
+        free(msg);
+}

@@ -1,0 +1,98 @@
+/*
+ * results: the worker's producer. Publishes one result record (wire format
+ * v1, docs/wire-format.md) per request to the results topic and the original
+ * bytes of rejected requests to the dead-letter topic, through an idempotent
+ * producer whose delivery reports are served on the loop.
+ *
+ * A record is never dropped: a delivery failure is retried with the same
+ * bytes; while Kafka is unavailable records stay queued in librdkafka
+ * (message.timeout.ms defaults to 0, infinite).
+ */
+#ifndef KM_RESULTS_H
+#define KM_RESULTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "loop.h"
+
+typedef struct results results_t;
+
+/* Called on the loop thread once a record produced with @opaque is acknowledged
+ * by Kafka (all in-sync replicas, idempotent). */
+typedef void(results_ack_cb)(void *opaque);
+
+/* Final statuses of a request. */
+enum result_status {
+        RESULT_SENT = 0,
+        RESULT_FAILED,
+        RESULT_REJECTED,
+        RESULT_EXPIRED,
+};
+
+const char *result_status_name(enum result_status st);
+
+/* Where a request came from. */
+struct result_source {
+        const char *topic;
+        int32_t partition;
+        int64_t offset;
+};
+
+/* A result record's fields; NULL / 0 fields are written as null or left out
+ * as docs/wire-format.md says. */
+struct result_rec {
+        const char *id; /* NULL when the request had no usable id */
+        enum result_status status;
+        int attempts;
+        int smtp_code; /* 0: null */
+        const char *smtp_reply;
+        const char *message_id;
+        const char *error; /* reason for failed/rejected/expired */
+        json_t *failed_recipients; /* borrowed, NULL when none */
+        struct result_source source;
+        int64_t request_ts_ms; /* Kafka timestamp of the request, 0 unknown */
+        int64_t received_ms; /* wall clock when consumed */
+        int64_t completed_ms; /* wall clock when final */
+        json_t *metadata; /* borrowed, echoed */
+};
+
+/* @returns a producer for the results and dead-letter topics or NULL with
+ * @errstr. */
+results_t *results_new(loop_t *loop, const struct config *conf,
+                       results_ack_cb *ack_cb, char *errstr, size_t errstr_size);
+
+/* Flushes for at most @timeout_ms, then frees. Records not acknowledged by
+ * then are lost from this process (their requests are not committed, so they
+ * are consumed again). NULL ok. */
+void results_destroy(results_t *r, int timeout_ms);
+
+/* Publishes a result keyed by its id. @returns 0; the ack callback runs later
+ * with @opaque. Never fails: a record librdkafka cannot take right now is
+ * kept and offered again. */
+int results_publish(results_t *r, const struct result_rec *rec, void *opaque);
+
+/* Publishes a rejected request's original bytes to the dead-letter topic with
+ * headers km.reason, km.source.topic, km.source.partition, km.source.offset,
+ * km.worker. The ack callback runs later with @opaque. */
+int results_deadletter(results_t *r, const void *key, size_t key_len,
+                       const void *value, size_t value_len, const char *reason,
+                       const struct result_source *src, void *opaque);
+
+/* @returns the records handed to librdkafka and not yet acknowledged plus
+ * those still waiting to be handed over. */
+size_t results_pending(const results_t *r);
+
+/* Serves delivery reports now (also done on the loop by itself). */
+void results_poll(results_t *r);
+
+/* Formats Unix ms as RFC 3339 UTC with milliseconds into @buf. */
+void results_format_time(int64_t unix_ms, char *buf, size_t buf_size);
+
+/* @returns the wall clock in Unix ms. */
+int64_t results_wall_ms(void);
+
+#endif

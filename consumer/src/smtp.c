@@ -1,0 +1,1799 @@
+/*
+ * smtp: a pool of persistent SMTP sessions to one relay. See smtp.h.
+ *
+ * A session is a libcurl easy handle with CURLOPT_CONNECT_ONLY on the
+ * client's multi handle: libcurl runs greeting, EHLO, STARTTLS and AUTH
+ * inside the loop (socket and timer callbacks), then CURLMSG_DONE hands the
+ * authenticated connection over. From then on this module watches the socket
+ * itself and runs transactions with curl_easy_send()/curl_easy_recv().
+ *
+ * Facts about libcurl 7.88.1 this relies on (lib/multi.c, lib/url.c):
+ * - curl_multi_remove_handle() closes a CONNECT_ONLY connection at once, so
+ *   the easy handle stays on the multi handle until the session is closed;
+ * - the first curl_easy_send()/recv() attaches the connection to the handle
+ *   again, which keeps the connection-cache pruning away from it; before
+ *   that, pruning may close a connection whose peer hung up: the
+ *   CURLOPT_CLOSESOCKETFUNCTION below notices when that is one of ours;
+ * - connections idle longer than CURLOPT_MAXAGE_CONN are pruned too, so it
+ *   is set far beyond any session lifetime.
+ *
+ * Sessions are freed only from the client's kick timer (closed sessions wait
+ * on a zombie list), so a done callback may call back into this module while
+ * a session further up the stack is being closed.
+ */
+#include "smtp.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
+#define SMTP_IN_MAX (64 * 1024) /* input buffer of a session */
+#define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
+/* Messages up to this size are copied next to their final "." so both go
+ * out in one send; larger ones are sent from the caller's buffer. */
+#define SMTP_COPY_MAX (16 * 1024)
+#define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
+
+/* job->sj_state */
+#define SJ_IDLE 0
+#define SJ_QUEUED 1
+#define SJ_ACTIVE 2
+#define SJ_STATE_MASK 0xff
+#define SJ_F_REQUEUED 0x100 /* handed back once after a dead session */
+
+enum ss_state {
+        SS_CONNECTING, /* libcurl is connecting */
+        SS_IDLE, /* connected, no job */
+        SS_TXN, /* a transaction of ss_job */
+        SS_DRAIN, /* job decided; discarding replies still pipelined */
+        SS_RSET, /* waiting for the reply to RSET */
+        SS_QUIT, /* QUIT sent, waiting for 221 or EOF */
+        SS_DEAD, /* closed, on the zombie list */
+};
+
+struct smtp_session {
+        smtp_client_t *ss_client;
+        struct smtp_session *ss_next; /* sc_sessions or sc_zombies */
+        struct smtp_session *ss_prev;
+        struct smtp_session *ss_idle_next; /* sc_idle */
+        struct smtp_session *ss_idle_prev;
+        int ss_in_idle;
+        enum ss_state ss_state;
+        CURL *ss_easy;
+        int ss_fd; /* watched by this session; -1 when none */
+        unsigned ss_watch; /* LOOP_* events asked for on ss_fd */
+        int ss_probe; /* opened while the relay was unhealthy */
+        int ss_sock_gone; /* libcurl closed the socket under us */
+        loop_timer_t ss_timer;
+        unsigned ss_messages; /* transactions started */
+
+        /* EHLO capabilities (reset on every 220 line) */
+        int ss_cap_pipelining;
+        int ss_cap_size;
+        uint64_t ss_size_max; /* 0: no limit given */
+        int ss_cap_8bitmime;
+        int ss_cap_smtputf8;
+        int ss_cap_auth;
+        char ss_last_line[256]; /* last reply line seen while connecting */
+        char ss_errbuf[CURL_ERROR_SIZE];
+
+        /* the transaction */
+        struct smtp_job *ss_job;
+        int ss_pipelined;
+        size_t ss_step; /* command whose reply comes next: 0 MAIL,
+                         * 1..n RCPT, n+1 DATA, n+2 end of data */
+        size_t ss_sent; /* commands sent so far */
+        size_t ss_drain; /* SS_DRAIN: replies still to discard */
+        size_t ss_rcpt_ok;
+        int ss_rcpt_4xx;
+        int ss_acked; /* a reply of this transaction arrived */
+
+        /* output: ss_out[pos..len), then ss_data[pos..len), then the tail */
+        char *ss_out;
+        size_t ss_out_len;
+        size_t ss_out_pos;
+        size_t ss_out_cap;
+        const char *ss_data;
+        size_t ss_data_len;
+        size_t ss_data_pos;
+        const char *ss_tail;
+        size_t ss_tail_len;
+        size_t ss_tail_pos;
+
+        /* input */
+        char *ss_in;
+        size_t ss_in_len;
+};
+
+struct smtp_client {
+        loop_t *sc_loop;
+        CURLM *sc_multi;
+        struct smtp_client_conf sc_conf; /* strings point to copies below */
+        char *sc_url; /* the URL given to libcurl (HELO name as path) */
+        char *sc_relay; /* scheme://host:port, for messages */
+        char *sc_username;
+        char *sc_password;
+        char *sc_ca_file;
+        char *sc_helo_name;
+        smtp_done_cb *sc_done_cb;
+        void *sc_opaque;
+
+        struct smtp_job *sc_q_head;
+        struct smtp_job *sc_q_tail;
+        size_t sc_queued;
+
+        struct smtp_session *sc_sessions;
+        size_t sc_session_cnt;
+        size_t sc_connecting;
+        size_t sc_busy;
+        struct smtp_session *sc_idle;
+        struct smtp_session *sc_zombies;
+
+        loop_timer_t sc_kick_timer;
+        loop_timer_t sc_curl_timer;
+        loop_timer_t sc_retry_timer;
+        int sc_healthy;
+        int sc_closing;
+        int64_t sc_backoff_ms;
+        uint64_t sc_rand;
+        uint64_t sc_opened_total;
+        uint64_t sc_failures_total;
+        char sc_last_error[256];
+
+        unsigned char *sc_curl_fds; /* fds libcurl watches through us */
+        size_t sc_curl_fds_cnt;
+};
+
+static void session_next(struct smtp_session *s);
+static void session_read(struct smtp_session *s);
+static void client_kick(smtp_client_t *sc);
+
+/*
+ * Reply parsing
+ */
+
+long smtp_reply_parse(const char *buf, size_t len, int *code, char *text,
+                      size_t text_size) {
+        size_t off = 0;
+
+        for (;;) {
+                const char *line = buf + off;
+                size_t avail = len - off;
+                size_t scan, line_len, tlen;
+                const char *nl;
+
+                for (size_t i = 0; i < 3 && i < avail; i++) {
+                        if (line[i] < '0' || line[i] > '9')
+                                return -1;
+                }
+                if (avail >= 1 && (line[0] < '2' || line[0] > '5'))
+                        return -1;
+                if (avail >= 4 && line[3] != ' ' && line[3] != '-' &&
+                    line[3] != '\r' && line[3] != '\n')
+                        return -1;
+                scan = avail < SMTP_LINE_MAX + 2 ? avail : SMTP_LINE_MAX + 2;
+                nl = memchr(line, '\n', scan);
+                if (!nl)
+                        return avail >= SMTP_LINE_MAX + 2 ? -1 : 0;
+                line_len = (size_t)(nl - line);
+                if (line_len > 0 && line[line_len - 1] == '\r')
+                        line_len--;
+                if (line_len < 3 || line_len > SMTP_LINE_MAX)
+                        return -1;
+                off += (size_t)(nl - line) + 1;
+                if (line_len > 3 && line[3] == '-')
+                        continue;
+
+                *code = (line[0] - '0') * 100 + (line[1] - '0') * 10 +
+                        (line[2] - '0');
+                if (text_size > 0) {
+                        tlen = line_len > 4 ? line_len - 4 : 0;
+                        if (tlen > text_size - 1)
+                                tlen = text_size - 1;
+                        for (size_t i = 0; i < tlen; i++) {
+                                unsigned char ch = (unsigned char)line[4 + i];
+
+                                text[i] = (ch < 0x20 && ch != '\t') ? '?'
+                                                                    : (char)ch;
+                        }
+                        text[tlen] = '\0';
+                }
+                return (long)off;
+        }
+}
+
+/*
+ * Small helpers
+ */
+
+static char *smtp_strdup0(const char *s) {
+        return (s && *s) ? strdup(s) : NULL;
+}
+
+static uint64_t client_rand(smtp_client_t *sc) {
+        uint64_t x = sc->sc_rand;
+
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sc->sc_rand = x;
+        return x;
+}
+
+/* Copies @src into @dst (size @dst_size) with every occurrence of the
+ * password replaced by "***". */
+static void client_redact(const smtp_client_t *sc, char *dst, size_t dst_size,
+                          const char *src) {
+        const char *pw = sc->sc_password;
+        size_t pwlen = pw ? strlen(pw) : 0;
+        size_t o = 0;
+
+        if (dst_size == 0)
+                return;
+        while (*src && o + 1 < dst_size) {
+                if (pwlen >= 3 && strncmp(src, pw, pwlen) == 0) {
+                        for (int i = 0; i < 3 && o + 1 < dst_size; i++)
+                                dst[o++] = '*';
+                        src += pwlen;
+                        continue;
+                }
+                dst[o++] = *src++;
+        }
+        dst[o] = '\0';
+}
+
+/* @returns 1 when @addr may go between <> in MAIL/RCPT: no control
+ * characters (CR/LF injection), no angle brackets. */
+static int smtp_addr_ok(const char *addr, int *non_ascii) {
+        for (const unsigned char *p = (const unsigned char *)addr; *p; p++) {
+                if (*p < 0x20 || *p == 0x7f || *p == '<' || *p == '>')
+                        return 0;
+                if (*p >= 0x80)
+                        *non_ascii = 1;
+        }
+        return 1;
+}
+
+/*
+ * The queue
+ */
+
+static void queue_push(smtp_client_t *sc, struct smtp_job *job, int front) {
+        job->sj_session = NULL;
+        job->sj_state = (job->sj_state & ~SJ_STATE_MASK) | SJ_QUEUED;
+        if (front) {
+                job->sj_prev = NULL;
+                job->sj_next = sc->sc_q_head;
+                if (sc->sc_q_head)
+                        sc->sc_q_head->sj_prev = job;
+                else
+                        sc->sc_q_tail = job;
+                sc->sc_q_head = job;
+        } else {
+                job->sj_next = NULL;
+                job->sj_prev = sc->sc_q_tail;
+                if (sc->sc_q_tail)
+                        sc->sc_q_tail->sj_next = job;
+                else
+                        sc->sc_q_head = job;
+                sc->sc_q_tail = job;
+        }
+        sc->sc_queued++;
+}
+
+static void queue_unlink(smtp_client_t *sc, struct smtp_job *job) {
+        if (job->sj_prev)
+                job->sj_prev->sj_next = job->sj_next;
+        else
+                sc->sc_q_head = job->sj_next;
+        if (job->sj_next)
+                job->sj_next->sj_prev = job->sj_prev;
+        else
+                sc->sc_q_tail = job->sj_prev;
+        job->sj_next = job->sj_prev = NULL;
+        job->sj_state &= ~SJ_STATE_MASK;
+        sc->sc_queued--;
+}
+
+/* Sets the outcome of @job (already detached from any session) and runs the
+ * done callback. @text may be job->reply itself. */
+static void job_complete(smtp_client_t *sc, struct smtp_job *job,
+                         enum smtp_outcome outcome, int code,
+                         const char *text) {
+        job->outcome = outcome;
+        job->code = code;
+        if (text != job->reply)
+                snprintf(job->reply, sizeof(job->reply), "%s", text);
+        job->sj_state = SJ_IDLE;
+        job->sj_session = NULL;
+        sc->sc_done_cb(job, sc->sc_opaque);
+}
+
+static void job_add_rcpt_failure(struct smtp_job *job, size_t idx, int code,
+                                 const char *text) {
+        struct smtp_rcpt_failure *f;
+
+        if (job->rcpt_failure_cnt >= job->rcpt_cnt)
+                return; /* not reset since the last submit */
+        if (!job->rcpt_failures) {
+                job->rcpt_failures =
+                    calloc(job->rcpt_cnt, sizeof(*job->rcpt_failures));
+                if (!job->rcpt_failures)
+                        return;
+                job->rcpt_failure_cnt = 0;
+        }
+        f = &job->rcpt_failures[job->rcpt_failure_cnt];
+        f->rcpt = strdup(job->rcpts[idx]);
+        f->code = code;
+        f->reply = strdup(text);
+        job->rcpt_failure_cnt++;
+}
+
+void smtp_job_reset(struct smtp_job *job) {
+        for (size_t i = 0; i < job->rcpt_failure_cnt; i++) {
+                free(job->rcpt_failures[i].rcpt);
+                free(job->rcpt_failures[i].reply);
+        }
+        free(job->rcpt_failures);
+        job->rcpt_failures = NULL;
+        job->rcpt_failure_cnt = 0;
+        job->outcome = SMTP_OK;
+        job->code = 0;
+        job->reply[0] = '\0';
+        job->sj_next = job->sj_prev = NULL;
+        job->sj_session = NULL;
+        job->sj_state = SJ_IDLE;
+}
+
+/*
+ * Session lists
+ */
+
+static void idle_add(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        if (s->ss_in_idle)
+                return;
+        s->ss_idle_prev = NULL;
+        s->ss_idle_next = sc->sc_idle;
+        if (sc->sc_idle)
+                sc->sc_idle->ss_idle_prev = s;
+        sc->sc_idle = s;
+        s->ss_in_idle = 1;
+}
+
+static void idle_remove(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        if (!s->ss_in_idle)
+                return;
+        if (s->ss_idle_prev)
+                s->ss_idle_prev->ss_idle_next = s->ss_idle_next;
+        else
+                sc->sc_idle = s->ss_idle_next;
+        if (s->ss_idle_next)
+                s->ss_idle_next->ss_idle_prev = s->ss_idle_prev;
+        s->ss_idle_next = s->ss_idle_prev = NULL;
+        s->ss_in_idle = 0;
+}
+
+static void list_insert(struct smtp_session **head, struct smtp_session *s) {
+        s->ss_prev = NULL;
+        s->ss_next = *head;
+        if (*head)
+                (*head)->ss_prev = s;
+        *head = s;
+}
+
+static void list_remove(struct smtp_session **head, struct smtp_session *s) {
+        if (s->ss_prev)
+                s->ss_prev->ss_next = s->ss_next;
+        else
+                *head = s->ss_next;
+        if (s->ss_next)
+                s->ss_next->ss_prev = s->ss_prev;
+        s->ss_next = s->ss_prev = NULL;
+}
+
+/*
+ * libcurl's own sockets (while sessions connect)
+ */
+
+static int curl_fd_owned(const smtp_client_t *sc, int fd) {
+        return fd >= 0 && (size_t)fd < sc->sc_curl_fds_cnt &&
+               sc->sc_curl_fds[fd];
+}
+
+static int curl_fd_set(smtp_client_t *sc, int fd, unsigned char v) {
+        if ((size_t)fd >= sc->sc_curl_fds_cnt) {
+                size_t cnt = sc->sc_curl_fds_cnt ? sc->sc_curl_fds_cnt : 64;
+                unsigned char *p;
+
+                if (!v)
+                        return 0;
+                while (cnt <= (size_t)fd)
+                        cnt *= 2;
+                p = realloc(sc->sc_curl_fds, cnt);
+                if (!p)
+                        return -1;
+                memset(p + sc->sc_curl_fds_cnt, 0, cnt - sc->sc_curl_fds_cnt);
+                sc->sc_curl_fds = p;
+                sc->sc_curl_fds_cnt = cnt;
+        }
+        sc->sc_curl_fds[fd] = v;
+        return 0;
+}
+
+static void curl_fd_release(smtp_client_t *sc, int fd) {
+        if (!curl_fd_owned(sc, fd))
+                return;
+        loop_io_del(sc->sc_loop, fd);
+        sc->sc_curl_fds[fd] = 0;
+}
+
+static void client_check_multi(smtp_client_t *sc);
+
+static void curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
+        smtp_client_t *sc = opaque;
+        int flags = 0, running;
+
+        (void)loop;
+        if (events & LOOP_READ)
+                flags |= CURL_CSELECT_IN;
+        if (events & LOOP_WRITE)
+                flags |= CURL_CSELECT_OUT;
+        if (events & LOOP_ERROR)
+                flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(sc->sc_multi, fd, flags, &running);
+        client_check_multi(sc);
+}
+
+static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
+                          void *socketp) {
+        smtp_client_t *sc = userp;
+        unsigned events = 0;
+
+        (void)easy;
+        (void)socketp;
+        if (what == CURL_POLL_REMOVE) {
+                curl_fd_release(sc, fd);
+                return 0;
+        }
+        if (what & CURL_POLL_IN)
+                events |= LOOP_READ;
+        if (what & CURL_POLL_OUT)
+                events |= LOOP_WRITE;
+        if (curl_fd_owned(sc, fd)) {
+                if (loop_io_mod(sc->sc_loop, fd, events) == -1)
+                        LOG(LOG_ERROR, "smtp: epoll mod fd=%d: %s", fd,
+                            strerror(errno));
+                return 0;
+        }
+        if (curl_fd_set(sc, fd, 1) == -1 ||
+            loop_io_add(sc->sc_loop, fd, events, curl_io_cb, sc) == -1) {
+                LOG(LOG_ERROR, "smtp: cannot watch libcurl fd=%d: %s", fd,
+                    strerror(errno));
+                curl_fd_set(sc, fd, 0);
+                return -1;
+        }
+        return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+        smtp_client_t *sc = userp;
+
+        (void)multi;
+        if (timeout_ms < 0)
+                loop_timer_stop(sc->sc_loop, &sc->sc_curl_timer);
+        else
+                loop_timer_start(sc->sc_loop, &sc->sc_curl_timer, timeout_ms);
+        return 0;
+}
+
+static void curl_timeout_fire(loop_t *loop, void *opaque) {
+        smtp_client_t *sc = opaque;
+        int running;
+
+        (void)loop;
+        curl_multi_socket_action(sc->sc_multi, CURL_SOCKET_TIMEOUT, 0,
+                                 &running);
+        client_check_multi(sc);
+}
+
+/*
+ * Session output
+ */
+
+/* Appends a command line (CRLF added) to the output buffer.
+ * @returns 0 or -1 on allocation failure. */
+static int session_cmd(struct smtp_session *s, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
+        va_list ap;
+        int n;
+
+        if (s->ss_out_pos == s->ss_out_len)
+                s->ss_out_pos = s->ss_out_len = 0;
+        for (;;) {
+                size_t room = s->ss_out_cap - s->ss_out_len;
+
+                va_start(ap, fmt);
+                n = vsnprintf(s->ss_out + s->ss_out_len, room, fmt, ap);
+                va_end(ap);
+                if (n < 0)
+                        return -1;
+                if ((size_t)n + 2 < room) {
+                        s->ss_out_len += (size_t)n;
+                        memcpy(s->ss_out + s->ss_out_len, "\r\n", 2);
+                        s->ss_out_len += 2;
+                        return 0;
+                }
+                {
+                        size_t cap = s->ss_out_cap * 2 + (size_t)n + 3;
+                        char *p = realloc(s->ss_out, cap);
+
+                        if (!p)
+                                return -1;
+                        s->ss_out = p;
+                        s->ss_out_cap = cap;
+                }
+        }
+}
+
+/* Appends @len raw bytes to the output buffer. @returns 0 or -1. */
+static int session_out_append(struct smtp_session *s, const char *p,
+                              size_t len) {
+        if (s->ss_out_pos == s->ss_out_len)
+                s->ss_out_pos = s->ss_out_len = 0;
+        if (s->ss_out_cap - s->ss_out_len < len) {
+                size_t cap = s->ss_out_cap * 2 + len;
+                char *n = realloc(s->ss_out, cap);
+
+                if (!n)
+                        return -1;
+                s->ss_out = n;
+                s->ss_out_cap = cap;
+        }
+        memcpy(s->ss_out + s->ss_out_len, p, len);
+        s->ss_out_len += len;
+        return 0;
+}
+
+static int session_out_pending(const struct smtp_session *s) {
+        return s->ss_out_pos < s->ss_out_len ||
+               s->ss_data_pos < s->ss_data_len ||
+               s->ss_tail_pos < s->ss_tail_len;
+}
+
+static void session_watch(struct smtp_session *s, unsigned events) {
+        if (s->ss_fd == -1 || s->ss_watch == events)
+                return;
+        if (loop_io_mod(s->ss_client->sc_loop, s->ss_fd, events) == 0)
+                s->ss_watch = events;
+}
+
+static const char *session_step_name(const struct smtp_session *s,
+                                     size_t step) {
+        size_t n;
+
+        switch (s->ss_state) {
+        case SS_TXN:
+                break;
+        case SS_RSET:
+                return "RSET";
+        case SS_QUIT:
+                return "QUIT";
+        case SS_DRAIN:
+                return "a failed transaction";
+        default:
+                return "idle";
+        }
+        n = s->ss_job->rcpt_cnt;
+        if (step == 0)
+                return "MAIL";
+        if (step <= n)
+                return "RCPT";
+        if (step == n + 1)
+                return "DATA";
+        return "end of data";
+}
+
+/* (Re)arms the session timer for the current state. */
+static void session_arm(struct smtp_session *s) {
+        const struct smtp_client_conf *c = &s->ss_client->sc_conf;
+        loop_t *loop = s->ss_client->sc_loop;
+        int64_t ms;
+
+        switch (s->ss_state) {
+        case SS_IDLE:
+                ms = c->session_idle_ms;
+                break;
+        case SS_TXN:
+                ms = s->ss_step == s->ss_job->rcpt_cnt + 2
+                         ? c->timeout_data_ms
+                         : c->timeout_command_ms;
+                break;
+        case SS_DRAIN:
+        case SS_RSET:
+                ms = c->timeout_command_ms;
+                break;
+        case SS_QUIT:
+                ms = c->timeout_command_ms < SMTP_QUIT_WAIT_MS
+                         ? c->timeout_command_ms
+                         : SMTP_QUIT_WAIT_MS;
+                break;
+        default:
+                return;
+        }
+        loop_timer_start(loop, &s->ss_timer, ms);
+}
+
+/*
+ * Session teardown
+ */
+
+/* Closes the connection and moves @s to the zombie list (freed by the kick
+ * timer). A job still attached must have been taken off by the caller. */
+static void session_close(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        if (s->ss_state == SS_DEAD)
+                return;
+        idle_remove(s);
+        loop_timer_stop(sc->sc_loop, &s->ss_timer);
+        if (s->ss_fd != -1) {
+                loop_io_del(sc->sc_loop, s->ss_fd);
+                s->ss_fd = -1;
+        }
+        if (s->ss_state == SS_CONNECTING)
+                sc->sc_connecting--;
+        s->ss_state = SS_DEAD;
+        list_remove(&sc->sc_sessions, s);
+        sc->sc_session_cnt--;
+        if (s->ss_easy) {
+                /* closes a CONNECT_ONLY connection at once */
+                curl_multi_remove_handle(sc->sc_multi, s->ss_easy);
+                curl_easy_cleanup(s->ss_easy);
+                s->ss_easy = NULL;
+        }
+        free(s->ss_in);
+        s->ss_in = NULL;
+        free(s->ss_out);
+        s->ss_out = NULL;
+        s->ss_out_cap = s->ss_out_len = s->ss_out_pos = 0;
+        list_insert(&sc->sc_zombies, s);
+        client_kick(sc);
+}
+
+static struct smtp_job *session_take_job(struct smtp_session *s) {
+        struct smtp_job *job = s->ss_job;
+
+        if (job) {
+                s->ss_job = NULL;
+                s->ss_client->sc_busy--;
+        }
+        return job;
+}
+
+/*
+ * The connection broke (EOF, I/O error, timeout, protocol error): the job,
+ * if any, is TRANSIENT with @reason, or queued again when none of its
+ * commands was answered yet (once per job). The session is closed.
+ */
+static void session_fail(struct smtp_session *s, const char *reason) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_job *job;
+        char msg[sizeof(job->reply)];
+
+        snprintf(msg, sizeof(msg), "%s after %s", reason,
+                 session_step_name(s, s->ss_step));
+        LOG(LOG_DEBUG, "smtp session closed relay=%s reason=\"%s\"",
+            sc->sc_relay, msg);
+        job = session_take_job(s);
+        session_close(s);
+        if (!job)
+                return;
+        if (!s->ss_acked && !(job->sj_state & SJ_F_REQUEUED)) {
+                job->sj_state |= SJ_F_REQUEUED;
+                queue_push(sc, job, 1);
+                client_kick(sc);
+                return;
+        }
+        job_complete(sc, job, SMTP_TRANSIENT, 0, msg);
+}
+
+/* Sends what is pending. @returns 0, or -1 when the session failed. */
+static int session_flush(struct smtp_session *s) {
+        int progress = 0;
+
+        while (session_out_pending(s)) {
+                const char *p;
+                size_t len, n = 0, *pos;
+                CURLcode rc;
+
+                if (s->ss_out_pos < s->ss_out_len) {
+                        p = s->ss_out + s->ss_out_pos;
+                        len = s->ss_out_len - s->ss_out_pos;
+                        pos = &s->ss_out_pos;
+                } else if (s->ss_data_pos < s->ss_data_len) {
+                        p = s->ss_data + s->ss_data_pos;
+                        len = s->ss_data_len - s->ss_data_pos;
+                        pos = &s->ss_data_pos;
+                } else {
+                        p = s->ss_tail + s->ss_tail_pos;
+                        len = s->ss_tail_len - s->ss_tail_pos;
+                        pos = &s->ss_tail_pos;
+                }
+                rc = curl_easy_send(s->ss_easy, p, len, &n);
+                if (rc == CURLE_AGAIN)
+                        break;
+                if (rc != CURLE_OK) {
+                        session_fail(s, curl_easy_strerror(rc));
+                        return -1;
+                }
+                *pos += n;
+                progress = 1;
+        }
+        if (progress && s->ss_state == SS_TXN)
+                session_arm(s);
+        session_watch(s, LOOP_READ | (session_out_pending(s) ? LOOP_WRITE : 0));
+        return 0;
+}
+
+static void session_quit(struct smtp_session *s) {
+        idle_remove(s);
+        s->ss_state = SS_QUIT;
+        if (session_cmd(s, "QUIT") == -1) {
+                session_close(s);
+                return;
+        }
+        session_arm(s);
+        session_flush(s);
+}
+
+static void session_rset(struct smtp_session *s) {
+        s->ss_state = SS_RSET;
+        if (session_cmd(s, "RSET") == -1) {
+                session_close(s);
+                return;
+        }
+        session_arm(s);
+        session_flush(s);
+}
+
+/*
+ * Transactions
+ */
+
+/* The job's outcome is decided before its transaction ended normally:
+ * discard the replies still in the pipeline, then RSET. The session must
+ * not be used by the caller afterwards. */
+static void session_abort_txn(struct smtp_session *s, enum smtp_outcome outcome,
+                              int code, const char *text) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_job *job;
+
+        s->ss_drain = s->ss_sent > s->ss_step ? s->ss_sent - s->ss_step : 0;
+        job = session_take_job(s);
+        if (s->ss_drain > 0) {
+                s->ss_state = SS_DRAIN;
+                session_arm(s);
+        } else {
+                session_rset(s);
+        }
+        job_complete(sc, job, outcome, code, text);
+}
+
+static enum smtp_outcome smtp_outcome_of(int code) {
+        if (code >= 500)
+                return SMTP_PERMANENT;
+        return SMTP_TRANSIENT;
+}
+
+/* Starts @job on idle session @s. @returns 0 when it started, 1 when the
+ * job was decided locally (its callback ran; @s is still usable unless its
+ * state changed). */
+static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
+        smtp_client_t *sc = s->ss_client;
+        int non_ascii = 0, eightbit = 0, rc = 0;
+        const char *why = NULL;
+        char msg[sizeof(job->reply)];
+
+        idle_remove(s);
+        loop_timer_stop(sc->sc_loop, &s->ss_timer);
+
+        if (job->rcpt_cnt == 0)
+                why = "no recipients";
+        else if (!smtp_addr_ok(job->mail_from ? job->mail_from : "",
+                               &non_ascii))
+                why = "invalid sender address";
+        for (size_t i = 0; !why && i < job->rcpt_cnt; i++) {
+                if (!job->rcpts[i][0] || !smtp_addr_ok(job->rcpts[i],
+                                                        &non_ascii))
+                        why = "invalid recipient address";
+        }
+        if (!why && non_ascii && !s->ss_cap_smtputf8)
+                why = "relay does not offer SMTPUTF8 for a non-ASCII address";
+        if (!why && s->ss_cap_size && s->ss_size_max > 0 &&
+            job->data_len > s->ss_size_max) {
+                snprintf(msg, sizeof(msg),
+                         "message of %zu bytes exceeds the relay's SIZE %llu",
+                         job->data_len, (unsigned long long)s->ss_size_max);
+                why = msg;
+        }
+        if (why) {
+                if (why != msg)
+                        snprintf(msg, sizeof(msg), "%s", why);
+                s->ss_state = SS_IDLE;
+                job_complete(sc, job, SMTP_PERMANENT, 0, msg);
+                return 1;
+        }
+
+        if (s->ss_cap_8bitmime) {
+                for (size_t i = 0; i < job->data_len; i++) {
+                        if ((unsigned char)job->data[i] & 0x80) {
+                                eightbit = 1;
+                                break;
+                        }
+                }
+        }
+
+        job->sj_state = (job->sj_state & ~SJ_STATE_MASK) | SJ_ACTIVE;
+        job->sj_session = s;
+        job->code = 0;
+        job->reply[0] = '\0';
+        s->ss_job = job;
+        sc->sc_busy++;
+        s->ss_state = SS_TXN;
+        s->ss_messages++;
+        s->ss_step = 0;
+        s->ss_rcpt_ok = 0;
+        s->ss_rcpt_4xx = 0;
+        s->ss_acked = 0;
+        s->ss_data = NULL;
+        s->ss_data_len = s->ss_data_pos = 0;
+        s->ss_tail = NULL;
+        s->ss_tail_len = s->ss_tail_pos = 0;
+        s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
+
+        if (s->ss_cap_size)
+                rc = session_cmd(s, "MAIL FROM:<%s> SIZE=%zu%s%s",
+                                 job->mail_from ? job->mail_from : "",
+                                 job->data_len,
+                                 eightbit ? " BODY=8BITMIME" : "",
+                                 non_ascii ? " SMTPUTF8" : "");
+        else
+                rc = session_cmd(s, "MAIL FROM:<%s>%s%s",
+                                 job->mail_from ? job->mail_from : "",
+                                 eightbit ? " BODY=8BITMIME" : "",
+                                 non_ascii ? " SMTPUTF8" : "");
+        s->ss_sent = 1;
+        if (s->ss_pipelined) {
+                for (size_t i = 0; rc == 0 && i < job->rcpt_cnt; i++)
+                        rc = session_cmd(s, "RCPT TO:<%s>", job->rcpts[i]);
+                if (rc == 0)
+                        rc = session_cmd(s, "DATA");
+                s->ss_sent = job->rcpt_cnt + 2;
+        }
+        if (rc == -1) {
+                session_fail(s, "out of memory");
+                return 0;
+        }
+        session_arm(s);
+        session_flush(s);
+        return 0;
+}
+
+/* Sends command @step (non-pipelined mode). @returns 0 or -1 (failed). */
+static int session_send_step(struct smtp_session *s, size_t step) {
+        const struct smtp_job *job = s->ss_job;
+        int rc;
+
+        if (step <= job->rcpt_cnt)
+                rc = session_cmd(s, "RCPT TO:<%s>", job->rcpts[step - 1]);
+        else
+                rc = session_cmd(s, "DATA");
+        if (rc == -1) {
+                session_fail(s, "out of memory");
+                return -1;
+        }
+        s->ss_sent = step + 1;
+        return session_flush(s);
+}
+
+static void session_start_data(struct smtp_session *s) {
+        const struct smtp_job *job = s->ss_job;
+        const char *tail;
+
+        if (job->data_len == 0 ||
+            (job->data_len >= 2 && job->data[job->data_len - 2] == '\r' &&
+             job->data[job->data_len - 1] == '\n'))
+                tail = ".\r\n";
+        else
+                tail = "\r\n.\r\n";
+        s->ss_sent = job->rcpt_cnt + 3;
+        if (job->data_len <= SMTP_COPY_MAX) {
+                if (session_out_append(s, job->data, job->data_len) == -1 ||
+                    session_out_append(s, tail, strlen(tail)) == -1) {
+                        session_fail(s, "out of memory");
+                        return;
+                }
+        } else {
+                s->ss_data = job->data;
+                s->ss_data_len = job->data_len;
+                s->ss_data_pos = 0;
+                s->ss_tail = tail;
+                s->ss_tail_len = strlen(tail);
+                s->ss_tail_pos = 0;
+        }
+        session_arm(s);
+        session_flush(s);
+}
+
+/* Handles one reply of a transaction. */
+static void session_txn_reply(struct smtp_session *s, int code,
+                              const char *text) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_job *job = s->ss_job;
+        size_t n = job->rcpt_cnt;
+        size_t step = s->ss_step;
+        int klass = code / 100;
+
+        if (step >= s->ss_sent || (step == n + 2 && session_out_pending(s))) {
+                /* a reply nobody asked for yet, e.g. a rejection while
+                 * the message is still being sent */
+                job = session_take_job(s);
+                session_close(s);
+                job_complete(sc, job,
+                             klass == 2 ? SMTP_TRANSIENT : smtp_outcome_of(code),
+                             code, text);
+                return;
+        }
+        s->ss_acked = 1;
+        s->ss_step++;
+
+        if (code == 421) {
+                job = session_take_job(s);
+                session_close(s);
+                job_complete(sc, job, SMTP_TRANSIENT, code, text);
+                return;
+        }
+
+        if (step == 0) { /* MAIL */
+                if (klass != 2) {
+                        session_abort_txn(s, smtp_outcome_of(code), code, text);
+                        return;
+                }
+                if (!s->ss_pipelined)
+                        session_send_step(s, 1);
+                else
+                        session_arm(s);
+                return;
+        }
+
+        if (step <= n) { /* RCPT */
+                if (klass == 2) {
+                        s->ss_rcpt_ok++;
+                } else {
+                        job_add_rcpt_failure(job, step - 1, code, text);
+                        /* the deciding reply when all fail: the first 4xx,
+                         * else the last 5xx */
+                        if (klass == 4 && !s->ss_rcpt_4xx) {
+                                s->ss_rcpt_4xx = 1;
+                                job->code = code;
+                                snprintf(job->reply, sizeof(job->reply), "%s",
+                                         text);
+                        } else if (!s->ss_rcpt_4xx) {
+                                job->code = code;
+                                snprintf(job->reply, sizeof(job->reply), "%s",
+                                         text);
+                        }
+                }
+                if (step == n && s->ss_rcpt_ok == 0) {
+                        session_abort_txn(s,
+                                          s->ss_rcpt_4xx ? SMTP_TRANSIENT
+                                                         : SMTP_PERMANENT,
+                                          job->code, job->reply);
+                        return;
+                }
+                if (!s->ss_pipelined)
+                        session_send_step(s, step + 1);
+                else
+                        session_arm(s);
+                return;
+        }
+
+        if (step == n + 1) { /* DATA */
+                if (code == 354) {
+                        session_start_data(s);
+                        return;
+                }
+                session_abort_txn(s,
+                                  klass == 2 ? SMTP_TRANSIENT
+                                             : smtp_outcome_of(code),
+                                  code, text);
+                return;
+        }
+
+        /* end of data */
+        job = session_take_job(s);
+        if (klass == 2) {
+                s->ss_state = SS_IDLE;
+                job_complete(sc, job, SMTP_OK, code, text);
+                if (s->ss_state == SS_IDLE)
+                        session_next(s);
+                return;
+        }
+        session_rset(s);
+        job_complete(sc, job, klass == 5 ? SMTP_PERMANENT : SMTP_TRANSIENT,
+                     code, text);
+}
+
+/* Dispatches one complete reply by session state. */
+static void session_on_reply(struct smtp_session *s, int code,
+                             const char *text) {
+        switch (s->ss_state) {
+        case SS_TXN:
+                session_txn_reply(s, code, text);
+                break;
+        case SS_DRAIN:
+                if (code == 421) {
+                        session_close(s);
+                        break;
+                }
+                s->ss_drain--;
+                if (code == 354) {
+                        /* DATA accepted although the transaction failed:
+                         * end it empty, its reply is discarded too */
+                        if (session_cmd(s, ".") == -1) {
+                                session_close(s);
+                                break;
+                        }
+                        s->ss_drain++;
+                        if (session_flush(s) == -1)
+                                break;
+                }
+                if (s->ss_drain == 0)
+                        session_rset(s);
+                else
+                        session_arm(s);
+                break;
+        case SS_RSET:
+                if (code / 100 != 2) {
+                        session_close(s);
+                        break;
+                }
+                s->ss_state = SS_IDLE;
+                session_next(s);
+                break;
+        case SS_IDLE:
+        case SS_QUIT:
+        default:
+                /* QUIT's reply, or something unsolicited (a 421 before an
+                 * idle close): either way the session is over */
+                session_close(s);
+                break;
+        }
+}
+
+/* Parses the complete replies in the input buffer. @returns 0, or -1 when
+ * the session is closed. */
+static int session_process_input(struct smtp_session *s) {
+        size_t off = 0;
+
+        while (off < s->ss_in_len) {
+                char text[sizeof(((struct smtp_job *)0)->reply)];
+                int code = 0;
+                long r;
+
+                r = smtp_reply_parse(s->ss_in + off, s->ss_in_len - off, &code,
+                                     text, sizeof(text));
+                if (r == 0)
+                        break;
+                if (r < 0) {
+                        session_fail(s, "protocol error (not an SMTP reply)");
+                        return -1;
+                }
+                off += (size_t)r;
+                session_on_reply(s, code, text);
+                if (s->ss_state == SS_DEAD)
+                        return -1;
+        }
+        if (off > 0) {
+                memmove(s->ss_in, s->ss_in + off, s->ss_in_len - off);
+                s->ss_in_len -= off;
+        }
+        return 0;
+}
+
+/* Reads until libcurl says CURLE_AGAIN (TLS may hold decrypted bytes the
+ * socket no longer shows) and handles every complete reply. */
+static void session_read(struct smtp_session *s) {
+        for (;;) {
+                size_t room = SMTP_IN_MAX - s->ss_in_len, n = 0;
+                CURLcode rc;
+
+                if (room == 0) {
+                        session_fail(s, "protocol error (reply too long)");
+                        return;
+                }
+                rc = curl_easy_recv(s->ss_easy, s->ss_in + s->ss_in_len, room,
+                                    &n);
+                if (rc == CURLE_AGAIN)
+                        return;
+                if (rc != CURLE_OK) {
+                        session_fail(s, "connection lost");
+                        return;
+                }
+                if (n == 0) {
+                        if (s->ss_state == SS_QUIT) {
+                                session_close(s);
+                                return;
+                        }
+                        session_fail(s, "connection lost");
+                        return;
+                }
+                s->ss_in_len += n;
+                if (session_process_input(s) == -1)
+                        return;
+        }
+}
+
+static void session_io_cb(loop_t *loop, int fd, unsigned events,
+                          void *opaque) {
+        struct smtp_session *s = opaque;
+
+        (void)loop;
+        (void)fd;
+        if ((events & LOOP_WRITE) && session_out_pending(s)) {
+                if (session_flush(s) == -1)
+                        return;
+        }
+        if (events & (LOOP_READ | LOOP_ERROR))
+                session_read(s);
+}
+
+static void session_timer_cb(loop_t *loop, void *opaque) {
+        struct smtp_session *s = opaque;
+        const struct smtp_client_conf *c = &s->ss_client->sc_conf;
+        char reason[96];
+
+        (void)loop;
+        if (s->ss_sock_gone) {
+                session_fail(s, "connection closed");
+                return;
+        }
+        switch (s->ss_state) {
+        case SS_IDLE:
+                session_quit(s);
+                break;
+        case SS_TXN:
+                snprintf(reason, sizeof(reason), "timeout (%d ms)",
+                         s->ss_step == s->ss_job->rcpt_cnt + 2
+                             ? c->timeout_data_ms
+                             : c->timeout_command_ms);
+                /* a timeout is an attempt: the server saw the command */
+                s->ss_acked = 1;
+                session_fail(s, reason);
+                break;
+        default:
+                session_close(s);
+                break;
+        }
+}
+
+/* Gives @s the next queued job, or QUITs it, or leaves it idle. */
+static void session_next(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        while (s->ss_state == SS_IDLE) {
+                if (s->ss_messages >= (unsigned)sc->sc_conf.session_max_messages) {
+                        session_quit(s);
+                        return;
+                }
+                if (sc->sc_q_head) {
+                        struct smtp_job *job = sc->sc_q_head;
+
+                        queue_unlink(sc, job);
+                        if (session_start_job(s, job) == 0)
+                                return;
+                        continue;
+                }
+                if (sc->sc_closing) {
+                        session_quit(s);
+                        return;
+                }
+                idle_add(s);
+                session_arm(s);
+                return;
+        }
+}
+
+/*
+ * Connecting
+ */
+
+/* Captures reply lines and EHLO capabilities while libcurl connects. */
+static size_t session_header_cb(char *buf, size_t size, size_t nitems,
+                                void *userdata) {
+        struct smtp_session *s = userdata;
+        size_t len = size * nitems, l = len;
+        const char *kw;
+        size_t kwlen;
+
+        while (l > 0 && (buf[l - 1] == '\r' || buf[l - 1] == '\n'))
+                l--;
+        if (l >= sizeof(s->ss_last_line))
+                l = sizeof(s->ss_last_line) - 1;
+        memcpy(s->ss_last_line, buf, l);
+        s->ss_last_line[l] = '\0';
+        for (size_t i = 0; i < l; i++) {
+                if ((unsigned char)s->ss_last_line[i] < 0x20)
+                        s->ss_last_line[i] = '?';
+        }
+
+        if (l >= 3 && memcmp(buf, "220", 3) == 0) {
+                /* greeting, or ready for TLS: EHLO follows again */
+                s->ss_cap_pipelining = s->ss_cap_size = 0;
+                s->ss_cap_8bitmime = s->ss_cap_smtputf8 = 0;
+                s->ss_cap_auth = 0;
+                s->ss_size_max = 0;
+                return len;
+        }
+        if (l < 5 || memcmp(buf, "250", 3) != 0 ||
+            (buf[3] != '-' && buf[3] != ' '))
+                return len;
+        kw = buf + 4;
+        kwlen = 0;
+        while (4 + kwlen < l && kw[kwlen] != ' ' && kw[kwlen] != '=')
+                kwlen++;
+#define KW_IS(name)                                                            \
+        (kwlen == sizeof(name) - 1 && strncasecmp(kw, name, kwlen) == 0)
+        if (KW_IS("PIPELINING")) {
+                s->ss_cap_pipelining = 1;
+        } else if (KW_IS("SIZE")) {
+                uint64_t v = 0;
+
+                s->ss_cap_size = 1;
+                for (size_t i = 4 + kwlen + 1; i < l; i++) {
+                        if (buf[i] < '0' || buf[i] > '9')
+                                break;
+                        if (v < UINT64_MAX / 10)
+                                v = v * 10 + (uint64_t)(buf[i] - '0');
+                }
+                s->ss_size_max = v;
+        } else if (KW_IS("8BITMIME")) {
+                s->ss_cap_8bitmime = 1;
+        } else if (KW_IS("SMTPUTF8")) {
+                s->ss_cap_smtputf8 = 1;
+        } else if (KW_IS("AUTH")) {
+                s->ss_cap_auth = 1;
+        }
+#undef KW_IS
+        return len;
+}
+
+/* libcurl closes a socket: when it is the one a session drives (libcurl
+ * pruned the connection as dead), the session must let go of it first. */
+static int session_closesocket_cb(void *clientp, curl_socket_t fd) {
+        struct smtp_session *s = clientp;
+        smtp_client_t *sc = s->ss_client;
+
+        if (s->ss_state != SS_DEAD && s->ss_fd == fd) {
+                loop_io_del(sc->sc_loop, fd);
+                s->ss_fd = -1;
+                s->ss_sock_gone = 1;
+                idle_remove(s);
+                loop_timer_start(sc->sc_loop, &s->ss_timer, 0);
+        } else {
+                curl_fd_release(sc, fd);
+        }
+        return close(fd);
+}
+
+static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
+                                const char *what, const char *detail) {
+        char raw[sizeof(sc->sc_last_error)];
+        int64_t delay;
+
+        sc->sc_failures_total++;
+        snprintf(raw, sizeof(raw), "relay %s: %s: %s", sc->sc_relay, what,
+                 detail);
+        client_redact(sc, sc->sc_last_error, sizeof(sc->sc_last_error), raw);
+        if (!sc->sc_healthy && !s->ss_probe) {
+                /* one of several sessions opened together failed the same
+                 * way: the failure was counted and logged already */
+                LOG(LOG_DEBUG, "smtp session failed error=\"%s\"",
+                    sc->sc_last_error);
+                return;
+        }
+        sc->sc_healthy = 0;
+        if (sc->sc_backoff_ms == 0)
+                sc->sc_backoff_ms = sc->sc_conf.relay_backoff_initial_ms;
+        else if (sc->sc_backoff_ms < sc->sc_conf.relay_backoff_max_ms / 2)
+                sc->sc_backoff_ms *= 2;
+        else
+                sc->sc_backoff_ms = sc->sc_conf.relay_backoff_max_ms;
+        /* +-20% jitter */
+        delay = sc->sc_backoff_ms * 4 / 5 +
+                (int64_t)(client_rand(sc) %
+                          (uint64_t)(sc->sc_backoff_ms * 2 / 5 + 1));
+        if (delay < 1)
+                delay = 1;
+        loop_timer_start(sc->sc_loop, &sc->sc_retry_timer, delay);
+        LOG(LOG_WARN,
+            "relay unhealthy relay=%s retry_in_ms=%lld queued=%zu error=\"%s\"",
+            sc->sc_relay, (long long)delay, sc->sc_queued, sc->sc_last_error);
+}
+
+static void session_connect_failed(struct smtp_session *s, CURLcode res) {
+        smtp_client_t *sc = s->ss_client;
+        long code = 0;
+        const char *what;
+        char detail[CURL_ERROR_SIZE + 64];
+
+        curl_easy_getinfo(s->ss_easy, CURLINFO_RESPONSE_CODE, &code);
+        switch (res) {
+        case CURLE_LOGIN_DENIED:
+                what = "AUTH failed";
+                break;
+        case CURLE_USE_SSL_FAILED:
+                what = "STARTTLS failed";
+                break;
+        case CURLE_COULDNT_RESOLVE_HOST:
+                what = "cannot resolve host";
+                break;
+        case CURLE_COULDNT_CONNECT:
+                what = "connect failed";
+                break;
+        case CURLE_OPERATION_TIMEDOUT:
+                what = "timeout";
+                break;
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_CIPHER:
+                what = "TLS failed";
+                break;
+        case CURLE_WEIRD_SERVER_REPLY:
+                what = "unexpected reply";
+                break;
+        default:
+                what = "session setup failed";
+                break;
+        }
+        if (code >= 400 && code <= 599 &&
+            strtol(s->ss_last_line, NULL, 10) == code)
+                snprintf(detail, sizeof(detail), "%s", s->ss_last_line);
+        else if (s->ss_errbuf[0])
+                snprintf(detail, sizeof(detail), "%s", s->ss_errbuf);
+        else
+                snprintf(detail, sizeof(detail), "%s",
+                         curl_easy_strerror(res));
+        client_relay_failed(sc, s, what, detail);
+        session_close(s);
+}
+
+/* libcurl finished greeting..AUTH: take the connection over. */
+static void session_connected(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+        curl_socket_t fd = CURL_SOCKET_BAD;
+
+        if (curl_easy_getinfo(s->ss_easy, CURLINFO_ACTIVESOCKET, &fd) !=
+                CURLE_OK ||
+            fd == CURL_SOCKET_BAD) {
+                session_connect_failed(s, CURLE_RECV_ERROR);
+                return;
+        }
+        if (sc->sc_username && !s->ss_cap_auth) {
+                client_relay_failed(sc, s, "AUTH failed",
+                                    "server offers no AUTH");
+                session_close(s);
+                return;
+        }
+        s->ss_in = malloc(SMTP_IN_MAX);
+        s->ss_out_cap = 1024;
+        s->ss_out = malloc(s->ss_out_cap);
+        if (!s->ss_in || !s->ss_out) {
+                session_close(s);
+                return;
+        }
+        /* libcurl said CURL_POLL_REMOVE for it already; be sure */
+        curl_fd_release(sc, fd);
+        if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
+                LOG(LOG_ERROR, "smtp: cannot watch session fd=%d: %s", fd,
+                    strerror(errno));
+                session_close(s);
+                return;
+        }
+        s->ss_fd = fd;
+        s->ss_watch = LOOP_READ;
+        sc->sc_connecting--;
+        s->ss_state = SS_IDLE;
+        if (!sc->sc_healthy) {
+                sc->sc_healthy = 1;
+                sc->sc_backoff_ms = 0;
+                loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
+                LOG(LOG_INFO, "relay healthy relay=%s", sc->sc_relay);
+                client_kick(sc);
+        }
+        LOG(LOG_DEBUG,
+            "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
+            sc->sc_relay, fd, s->ss_cap_pipelining,
+            (unsigned long long)s->ss_size_max);
+        /* the first recv re-attaches the connection to the handle (no
+         * pruning from now on) and notices a server that hung up */
+        session_read(s);
+        if (s->ss_state == SS_IDLE)
+                session_next(s);
+}
+
+static void client_check_multi(smtp_client_t *sc) {
+        CURLMsg *msg;
+        int left;
+
+        while ((msg = curl_multi_info_read(sc->sc_multi, &left)) != NULL) {
+                struct smtp_session *s = NULL;
+
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &s);
+                if (!s || s->ss_state != SS_CONNECTING)
+                        continue;
+                if (msg->data.result == CURLE_OK)
+                        session_connected(s);
+                else
+                        session_connect_failed(s, msg->data.result);
+        }
+}
+
+static int session_open(smtp_client_t *sc) {
+        const struct smtp_client_conf *c = &sc->sc_conf;
+        struct smtp_session *s;
+        CURL *e;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -1;
+        s->ss_client = sc;
+        s->ss_fd = -1;
+        s->ss_state = SS_CONNECTING;
+        s->ss_probe = !sc->sc_healthy;
+        loop_timer_init(&s->ss_timer, session_timer_cb, s);
+        e = curl_easy_init();
+        if (!e) {
+                free(s);
+                return -1;
+        }
+        s->ss_easy = e;
+        curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
+        curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, s);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->ss_errbuf);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, session_header_cb);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION,
+                         session_closesocket_cb);
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
+        curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, SMTP_MAXAGE_CONN_S);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)c->timeout_connect_ms);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_connect_ms);
+        switch (c->starttls) {
+        case CONFIG_TLS_REQUIRED:
+                curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
+                break;
+        case CONFIG_TLS_OPPORTUNISTIC:
+                curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+                break;
+        default:
+                curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_NONE);
+                break;
+        }
+        if (sc->sc_username) {
+                curl_easy_setopt(e, CURLOPT_USERNAME, sc->sc_username);
+                curl_easy_setopt(e, CURLOPT_PASSWORD,
+                                 sc->sc_password ? sc->sc_password : "");
+        }
+        if (sc->sc_ca_file)
+                curl_easy_setopt(e, CURLOPT_CAINFO, sc->sc_ca_file);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->tls_verify ? 1L : 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->tls_verify ? 2L : 0L);
+
+        list_insert(&sc->sc_sessions, s);
+        sc->sc_session_cnt++;
+        sc->sc_connecting++;
+        sc->sc_opened_total++;
+        if (curl_multi_add_handle(sc->sc_multi, e) != CURLM_OK) {
+                session_close(s);
+                return -1;
+        }
+        return 0;
+}
+
+/*
+ * The client
+ */
+
+static void client_free_zombies(smtp_client_t *sc) {
+        while (sc->sc_zombies) {
+                struct smtp_session *s = sc->sc_zombies;
+
+                list_remove(&sc->sc_zombies, s);
+                loop_timer_stop(sc->sc_loop, &s->ss_timer);
+                free(s);
+        }
+}
+
+static void client_kick_cb(loop_t *loop, void *opaque) {
+        smtp_client_t *sc = opaque;
+        size_t want;
+
+        (void)loop;
+        client_free_zombies(sc);
+
+        while (sc->sc_q_head && sc->sc_idle)
+                session_next(sc->sc_idle);
+
+        if (sc->sc_closing || sc->sc_queued <= sc->sc_connecting)
+                return;
+        want = sc->sc_queued - sc->sc_connecting;
+        if (sc->sc_healthy) {
+                while (want > 0 && sc->sc_session_cnt <
+                                       (size_t)sc->sc_conf.sessions_max) {
+                        if (session_open(sc) == -1)
+                                break;
+                        want--;
+                }
+        } else if (!loop_timer_pending(&sc->sc_retry_timer) &&
+                   sc->sc_connecting == 0 &&
+                   sc->sc_session_cnt < (size_t)sc->sc_conf.sessions_max) {
+                session_open(sc); /* the probe */
+        }
+}
+
+static void client_kick(smtp_client_t *sc) {
+        if (!loop_timer_pending(&sc->sc_kick_timer))
+                loop_timer_start(sc->sc_loop, &sc->sc_kick_timer, 0);
+}
+
+static void client_retry_cb(loop_t *loop, void *opaque) {
+        (void)loop;
+        client_kick(opaque);
+}
+
+void smtp_client_conf_from_config(struct smtp_client_conf *scc,
+                                  const struct config *conf) {
+        memset(scc, 0, sizeof(*scc));
+        scc->url = conf->smtp_url;
+        scc->starttls = conf->smtp_starttls;
+        scc->username = conf->smtp_username;
+        scc->password = conf->smtp_password;
+        scc->ca_file = conf->smtp_ca_file;
+        scc->tls_verify = conf->smtp_tls_verify;
+        scc->helo_name = conf->smtp_helo_name;
+        scc->pipelining = conf->smtp_pipelining;
+        scc->sessions_max = conf->smtp_sessions_max;
+        scc->session_max_messages = conf->smtp_session_max_messages;
+        scc->session_idle_ms = conf->smtp_session_idle_ms;
+        scc->timeout_connect_ms = conf->smtp_timeout_connect_ms;
+        scc->timeout_command_ms = conf->smtp_timeout_command_ms;
+        scc->timeout_data_ms = conf->smtp_timeout_data_ms;
+        scc->relay_backoff_initial_ms = conf->smtp_relay_backoff_initial_ms;
+        scc->relay_backoff_max_ms = conf->smtp_relay_backoff_max_ms;
+}
+
+/* Builds the libcurl URL (HELO name as the path) and the display name
+ * scheme://host:port (no credentials). @returns 0 or -1 with @errstr. */
+static int client_parse_url(smtp_client_t *sc, const char *url,
+                            const char *helo, char *errstr,
+                            size_t errstr_size) {
+        CURLU *u = curl_url();
+        char *scheme = NULL, *host = NULL, *port = NULL, *full = NULL;
+        char *path = NULL;
+        int ret = -1;
+
+        if (!u) {
+                snprintf(errstr, errstr_size, "smtp.url: out of memory");
+                goto out;
+        }
+        if (!url || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) !=
+                CURLUE_OK) {
+                snprintf(errstr, errstr_size, "smtp.url: not a valid URL");
+                goto out;
+        }
+        if (strcmp(scheme, "smtp") != 0 && strcmp(scheme, "smtps") != 0) {
+                snprintf(errstr, errstr_size,
+                         "smtp.url: scheme must be smtp:// or smtps://");
+                goto out;
+        }
+        if (helo && *helo) {
+                size_t len = strlen(helo) + 2;
+
+                path = malloc(len);
+                if (!path)
+                        goto oom;
+                snprintf(path, len, "/%s", helo);
+                if (curl_url_set(u, CURLUPART_PATH, path, CURLU_URLENCODE) !=
+                    CURLUE_OK) {
+                        snprintf(errstr, errstr_size,
+                                 "smtp.helo.name: not usable in a URL");
+                        goto out;
+                }
+        }
+        if (curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK)
+                goto oom;
+        sc->sc_url = strdup(full);
+        {
+                size_t len = strlen(scheme) + strlen(host) + strlen(port) + 5;
+
+                sc->sc_relay = malloc(len);
+                if (sc->sc_relay)
+                        snprintf(sc->sc_relay, len, "%s://%s:%s", scheme, host,
+                                 port);
+        }
+        if (!sc->sc_url || !sc->sc_relay)
+                goto oom;
+        ret = 0;
+        goto out;
+oom:
+        snprintf(errstr, errstr_size, "smtp: out of memory");
+out:
+        free(path);
+        curl_free(full);
+        curl_free(port);
+        curl_free(host);
+        curl_free(scheme);
+        curl_url_cleanup(u);
+        return ret;
+}
+
+smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
+                               smtp_done_cb *done_cb, void *opaque,
+                               char *errstr, size_t errstr_size) {
+        smtp_client_t *sc;
+
+        if (scc->sessions_max < 1 || scc->session_max_messages < 1 ||
+            scc->session_idle_ms < 0 || scc->timeout_connect_ms < 1 ||
+            scc->timeout_command_ms < 1 || scc->timeout_data_ms < 1 ||
+            scc->relay_backoff_initial_ms < 1 ||
+            scc->relay_backoff_max_ms < scc->relay_backoff_initial_ms) {
+                snprintf(errstr, errstr_size,
+                         "smtp: invalid client settings (limits, timeouts "
+                         "or backoff out of range)");
+                return NULL;
+        }
+        sc = calloc(1, sizeof(*sc));
+        if (!sc) {
+                snprintf(errstr, errstr_size, "smtp: out of memory");
+                return NULL;
+        }
+        sc->sc_loop = loop;
+        sc->sc_done_cb = done_cb;
+        sc->sc_opaque = opaque;
+        sc->sc_conf = *scc;
+        sc->sc_healthy = 1;
+        sc->sc_rand = (uint64_t)loop_clock_ms() ^ (uint64_t)(uintptr_t)sc ^
+                      0x9e3779b97f4a7c15ull;
+        loop_timer_init(&sc->sc_kick_timer, client_kick_cb, sc);
+        loop_timer_init(&sc->sc_curl_timer, curl_timeout_fire, sc);
+        loop_timer_init(&sc->sc_retry_timer, client_retry_cb, sc);
+
+        if (client_parse_url(sc, scc->url, scc->helo_name, errstr,
+                             errstr_size) == -1)
+                goto err;
+        sc->sc_username = smtp_strdup0(scc->username);
+        sc->sc_password = smtp_strdup0(scc->password);
+        sc->sc_ca_file = smtp_strdup0(scc->ca_file);
+        sc->sc_helo_name = smtp_strdup0(scc->helo_name);
+        if ((scc->username && *scc->username && !sc->sc_username) ||
+            (scc->password && *scc->password && !sc->sc_password) ||
+            (scc->ca_file && *scc->ca_file && !sc->sc_ca_file) ||
+            (scc->helo_name && *scc->helo_name && !sc->sc_helo_name)) {
+                snprintf(errstr, errstr_size, "smtp: out of memory");
+                goto err;
+        }
+        sc->sc_conf.url = sc->sc_url;
+        sc->sc_conf.username = sc->sc_username;
+        sc->sc_conf.password = sc->sc_password;
+        sc->sc_conf.ca_file = sc->sc_ca_file;
+        sc->sc_conf.helo_name = sc->sc_helo_name;
+
+        sc->sc_multi = curl_multi_init();
+        if (!sc->sc_multi) {
+                snprintf(errstr, errstr_size, "smtp: curl_multi_init failed");
+                goto err;
+        }
+        curl_multi_setopt(sc->sc_multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+        curl_multi_setopt(sc->sc_multi, CURLMOPT_SOCKETDATA, sc);
+        curl_multi_setopt(sc->sc_multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+        curl_multi_setopt(sc->sc_multi, CURLMOPT_TIMERDATA, sc);
+        return sc;
+
+err:
+        smtp_client_destroy(sc);
+        return NULL;
+}
+
+void smtp_client_destroy(smtp_client_t *sc) {
+        if (!sc)
+                return;
+        while (sc->sc_sessions) {
+                struct smtp_session *s = sc->sc_sessions;
+
+                if (s->ss_job) {
+                        s->ss_job->sj_state = SJ_IDLE;
+                        s->ss_job->sj_session = NULL;
+                        session_take_job(s);
+                }
+                session_close(s);
+        }
+        while (sc->sc_q_head)
+                queue_unlink(sc, sc->sc_q_head);
+        /* before the zombies go: a socket closed here reaches
+         * session_closesocket_cb() */
+        if (sc->sc_multi)
+                curl_multi_cleanup(sc->sc_multi);
+        client_free_zombies(sc);
+        for (size_t fd = 0; fd < sc->sc_curl_fds_cnt; fd++) {
+                if (sc->sc_curl_fds[fd])
+                        loop_io_del(sc->sc_loop, (int)fd);
+        }
+        loop_timer_stop(sc->sc_loop, &sc->sc_kick_timer);
+        loop_timer_stop(sc->sc_loop, &sc->sc_curl_timer);
+        loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
+        free(sc->sc_curl_fds);
+        free(sc->sc_url);
+        free(sc->sc_relay);
+        free(sc->sc_username);
+        free(sc->sc_password);
+        free(sc->sc_ca_file);
+        free(sc->sc_helo_name);
+        free(sc);
+}
+
+void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job) {
+        job->sj_state = SJ_IDLE;
+        queue_push(sc, job, 0);
+        client_kick(sc);
+}
+
+int smtp_client_cancel(smtp_client_t *sc, struct smtp_job *job) {
+        if ((job->sj_state & SJ_STATE_MASK) != SJ_QUEUED)
+                return -1;
+        queue_unlink(sc, job);
+        return 0;
+}
+
+void smtp_client_close_idle(smtp_client_t *sc) {
+        sc->sc_closing = 1;
+        while (sc->sc_idle)
+                session_quit(sc->sc_idle);
+}
+
+void smtp_client_stats(const smtp_client_t *sc, struct smtp_stats *st) {
+        memset(st, 0, sizeof(*st));
+        st->sessions_open = sc->sc_session_cnt;
+        st->sessions_busy = sc->sc_busy;
+        st->jobs_queued = sc->sc_queued;
+        st->relay_healthy = sc->sc_healthy;
+        st->sessions_opened_total = sc->sc_opened_total;
+        st->relay_failures_total = sc->sc_failures_total;
+        snprintf(st->last_relay_error, sizeof(st->last_relay_error), "%s",
+                 sc->sc_last_error);
+}

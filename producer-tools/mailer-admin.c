@@ -1,0 +1,608 @@
+/*
+ * mailer-admin: small Kafka chores for running and testing kafka-mailer.
+ *
+ *   mailer-admin [-b BOOTSTRAP] [-X prop=value]... COMMAND [ARGS]
+ *
+ *   create-topics NAME:PARTITIONS...   create topics (replication 1) and wait
+ *                                      until every partition has a leader
+ *   offsets GROUP TOPIC                committed offset, end and lag per
+ *                                      partition; exit 3 if any lag
+ *   wait-ready [--timeout S]           wait until the broker answers
+ *   count TOPIC                        number of messages in the topic
+ */
+#include "tools.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADMIN_QUERY_TIMEOUT_MS 10000
+#define ADMIN_CREATE_TIMEOUT_MS 30000
+#define ADMIN_READY_TIMEOUT_MS 30000
+#define ADMIN_MAX_PARTITIONS 100000
+/* Exit status of "offsets" when some partition has a lag. */
+#define ADMIN_EXIT_LAG 3
+
+struct admin_opts {
+        int64_t ao_timeout_ms; /* -1: the command's default */
+};
+
+static void admin_usage(FILE *fp) {
+        fprintf(fp,
+"Usage: mailer-admin [options] COMMAND [ARGS]\n"
+"\n"
+"Commands:\n"
+"  create-topics NAME:PARTITIONS [NAME:PARTITIONS...]\n"
+"        create topics with replication factor 1; a topic that exists with\n"
+"        the same partition count is fine. Waits until the metadata shows\n"
+"        every partition with a leader (--timeout, default 30 s).\n"
+"  offsets GROUP TOPIC\n"
+"        print \"partition=P committed=C end=E lag=L\" per partition and a\n"
+"        total line; exit 0 if every lag is 0, 3 otherwise.\n"
+"  wait-ready [--timeout S]\n"
+"        wait until the broker answers a metadata request (default 30 s);\n"
+"        exit 0 when it does, 1 on timeout.\n"
+"  count TOPIC\n"
+"        print the number of messages in TOPIC (sum of high - low\n"
+"        watermarks over its partitions).\n"
+"\n"
+"Options (before or after COMMAND):\n"
+"  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
+"  -X prop=value     librdkafka property (repeatable; later wins)\n"
+"      --timeout S   how long to wait (default 30 s for create-topics and\n"
+"                    wait-ready, 10 s for each query otherwise)\n"
+"  -h, --help        this help\n"
+"\n"
+"Exit status: 0 ok, 1 usage error or timeout, 2 Kafka error,\n"
+"3 (offsets) some partition has a lag.\n");
+}
+
+/* Parses the options found before and after the command.
+ * @returns 0, 1 after --help, or -1 after printing why. */
+static int admin_parse_opts(int argc, char **argv, const char *optstring,
+                            rd_kafka_conf_t *conf, struct admin_opts *ao) {
+        static const struct option longopts[] = {
+                {"timeout", required_argument, NULL, 'T'},
+                {"help", no_argument, NULL, 'h'},
+                {NULL, 0, NULL, 0},
+        };
+        int opt;
+
+        while ((opt = getopt_long(argc, argv, optstring, longopts, NULL)) !=
+               -1) {
+                switch (opt) {
+                case 'b':
+                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
+                                          optarg) == -1)
+                                return -1;
+                        break;
+                case 'X':
+                        if (tool_conf_set_kv(conf, optarg) == -1)
+                                return -1;
+                        break;
+                case 'T':
+                        if (tool_parse_seconds(optarg, &ao->ao_timeout_ms) ==
+                            -1) {
+                                tool_err("--timeout %s: expected seconds",
+                                         optarg);
+                                return -1;
+                        }
+                        break;
+                case 'h':
+                        admin_usage(stdout);
+                        return 1;
+                default:
+                        admin_usage(stderr);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+static int admin_timeout(const struct admin_opts *ao, int dflt_ms) {
+        if (ao->ao_timeout_ms < 0)
+                return dflt_ms;
+        if (ao->ao_timeout_ms > INT32_MAX)
+                return INT32_MAX;
+        return (int)ao->ao_timeout_ms;
+}
+
+/*
+ * create-topics
+ */
+
+struct admin_topic {
+        char *at_name;
+        int at_partitions;
+};
+
+/* Parses "NAME:PARTITIONS" into *at (at_name owned by the caller).
+ * @returns 0 or -1 after printing why. */
+static int admin_topic_parse(const char *arg, struct admin_topic *at) {
+        const char *colon = strrchr(arg, ':');
+        long long n;
+
+        if (colon == NULL || colon == arg ||
+            tool_parse_int(colon + 1, 1, ADMIN_MAX_PARTITIONS, &n) == -1) {
+                tool_err("%s: expected NAME:PARTITIONS (1..%d partitions)",
+                         arg, ADMIN_MAX_PARTITIONS);
+                return -1;
+        }
+        at->at_name = strndup(arg, (size_t)(colon - arg));
+        if (at->at_name == NULL) {
+                tool_err("out of memory");
+                return -1;
+        }
+        at->at_partitions = (int)n;
+        return 0;
+}
+
+/* Checks the metadata of one topic.
+ * @returns 1 if it exists and every partition has a leader, 0 if not yet,
+ * -1 if it exists with another partition count (printed). */
+static int admin_topic_ready(rd_kafka_t *rk, const struct admin_topic *at,
+                             int timeout_ms) {
+        const struct rd_kafka_metadata *md = NULL;
+        const rd_kafka_metadata_topic_t *mt;
+        rd_kafka_topic_t *rkt;
+        int ret = 0;
+
+        rkt = rd_kafka_topic_new(rk, at->at_name, NULL);
+        if (rkt == NULL)
+                return 0;
+        if (rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR)
+                goto out;
+        if (md->topic_cnt != 1)
+                goto out;
+        mt = &md->topics[0];
+        if (mt->err != RD_KAFKA_RESP_ERR_NO_ERROR || mt->partition_cnt == 0)
+                goto out;
+        if (mt->partition_cnt != at->at_partitions) {
+                tool_err("topic %s exists with %d partitions, not %d",
+                         at->at_name, mt->partition_cnt, at->at_partitions);
+                ret = -1;
+                goto out;
+        }
+        for (int i = 0; i < mt->partition_cnt; i++) {
+                if (mt->partitions[i].err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+                    mt->partitions[i].leader < 0)
+                        goto out;
+        }
+        ret = 1;
+out:
+        if (md != NULL)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        return ret;
+}
+
+/* @returns the exit code for a topic the broker refused to create. */
+static int admin_create_exit(rd_kafka_resp_err_t err) {
+        switch (err) {
+        case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+        case RD_KAFKA_RESP_ERR_INVALID_PARTITIONS:
+        case RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR:
+                return TOOL_EXIT_INPUT; /* a bad name or count */
+        default:
+                return TOOL_EXIT_KAFKA;
+        }
+}
+
+/* Sends one CreateTopics request for every topic and reports each result.
+ * @returns TOOL_EXIT_OK or an exit code. */
+static int admin_create_request(rd_kafka_t *rk, struct admin_topic *topics,
+                                int cnt, int timeout_ms) {
+        rd_kafka_NewTopic_t **nts = NULL;
+        rd_kafka_AdminOptions_t *opts = NULL;
+        rd_kafka_queue_t *q = NULL;
+        rd_kafka_event_t *ev = NULL;
+        const rd_kafka_CreateTopics_result_t *res;
+        const rd_kafka_topic_result_t **trs;
+        char errstr[512];
+        size_t tr_cnt = 0;
+        int rc = TOOL_EXIT_KAFKA;
+
+        nts = calloc((size_t)cnt, sizeof(*nts));
+        if (nts == NULL) {
+                tool_err("out of memory");
+                goto out;
+        }
+        for (int i = 0; i < cnt; i++) {
+                nts[i] = rd_kafka_NewTopic_new(topics[i].at_name,
+                                               topics[i].at_partitions, 1,
+                                               errstr, sizeof(errstr));
+                if (nts[i] == NULL) {
+                        tool_err("topic %s: %s", topics[i].at_name, errstr);
+                        rc = TOOL_EXIT_INPUT;
+                        goto out;
+                }
+        }
+        opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+        if (rd_kafka_AdminOptions_set_request_timeout(
+                    opts, timeout_ms, errstr, sizeof(errstr)) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR ||
+            rd_kafka_AdminOptions_set_operation_timeout(
+                    opts, timeout_ms, errstr, sizeof(errstr)) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("admin options: %s", errstr);
+                goto out;
+        }
+        q = rd_kafka_queue_new(rk);
+        rd_kafka_CreateTopics(rk, nts, (size_t)cnt, opts, q);
+        /* The request times out on its own; wait a little longer. */
+        ev = rd_kafka_queue_poll(q, timeout_ms + 5000);
+        if (ev == NULL) {
+                tool_err("CreateTopics: no reply");
+                goto out;
+        }
+        if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("CreateTopics: %s", rd_kafka_event_error_string(ev));
+                goto out;
+        }
+        res = rd_kafka_event_CreateTopics_result(ev);
+        if (res == NULL) {
+                tool_err("CreateTopics: unexpected %s event",
+                         rd_kafka_event_name(ev));
+                goto out;
+        }
+        trs = rd_kafka_CreateTopics_result_topics(res, &tr_cnt);
+        rc = TOOL_EXIT_OK;
+        for (size_t i = 0; i < tr_cnt; i++) {
+                rd_kafka_resp_err_t err = rd_kafka_topic_result_error(trs[i]);
+                const char *name = rd_kafka_topic_result_name(trs[i]);
+
+                if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        fprintf(stderr, "%s: created %s\n", tool_name(), name);
+                } else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                        fprintf(stderr, "%s: %s already exists\n", tool_name(),
+                                name);
+                } else {
+                        const char *msg = rd_kafka_topic_result_error_string(
+                                trs[i]);
+
+                        tool_err("cannot create %s: %s", name,
+                                 msg != NULL ? msg : rd_kafka_err2str(err));
+                        rc = admin_create_exit(err);
+                }
+        }
+out:
+        if (ev != NULL)
+                rd_kafka_event_destroy(ev);
+        if (q != NULL)
+                rd_kafka_queue_destroy(q);
+        if (opts != NULL)
+                rd_kafka_AdminOptions_destroy(opts);
+        if (nts != NULL) {
+                for (int i = 0; i < cnt; i++) {
+                        if (nts[i] != NULL)
+                                rd_kafka_NewTopic_destroy(nts[i]);
+                }
+                free(nts);
+        }
+        return rc;
+}
+
+static int admin_create_topics(rd_kafka_t *rk, int argc, char **argv,
+                               const struct admin_opts *ao) {
+        struct admin_topic *topics = NULL;
+        int timeout_ms = admin_timeout(ao, ADMIN_CREATE_TIMEOUT_MS);
+        int64_t deadline;
+        int rc = TOOL_EXIT_INPUT;
+        int cnt = 0;
+
+        if (argc < 1) {
+                tool_err("create-topics: expected NAME:PARTITIONS...");
+                return TOOL_EXIT_INPUT;
+        }
+        topics = calloc((size_t)argc, sizeof(*topics));
+        if (topics == NULL) {
+                tool_err("out of memory");
+                goto out;
+        }
+        for (cnt = 0; cnt < argc; cnt++) {
+                if (admin_topic_parse(argv[cnt], &topics[cnt]) == -1)
+                        goto out;
+        }
+        deadline = tool_now_ms() + timeout_ms;
+        rc = admin_create_request(rk, topics, cnt, timeout_ms);
+        if (rc != TOOL_EXIT_OK)
+                goto out;
+
+        /* The topics exist on the controller; wait until the broker's
+         * metadata shows them with leaders, so producers can use them. */
+        for (int i = 0; i < cnt; i++) {
+                int ready = 0;
+
+                while (tool_running()) {
+                        ready = admin_topic_ready(rk, &topics[i], 2000);
+                        if (ready != 0 || tool_now_ms() >= deadline)
+                                break;
+                        rd_kafka_poll(rk, 200);
+                }
+                if (ready == -1) {
+                        rc = TOOL_EXIT_KAFKA;
+                        goto out;
+                }
+                if (ready == 0) {
+                        tool_err("topic %s: no leaders after %d ms",
+                                 topics[i].at_name, timeout_ms);
+                        rc = TOOL_EXIT_INPUT;
+                        goto out;
+                }
+        }
+        rc = TOOL_EXIT_OK;
+out:
+        if (topics != NULL) {
+                for (int i = 0; i < argc; i++)
+                        free(topics[i].at_name);
+                free(topics);
+        }
+        return rc;
+}
+
+/*
+ * offsets
+ */
+
+static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
+                         const struct admin_opts *ao) {
+        rd_kafka_topic_partition_list_t *tpl = NULL;
+        rd_kafka_t *rk = NULL;
+        int timeout_ms = admin_timeout(ao, ADMIN_QUERY_TIMEOUT_MS);
+        const char *group;
+        const char *topic;
+        char errstr[512];
+        int32_t *parts = NULL;
+        int cnt = 0;
+        int64_t total_end = 0;
+        int64_t total_lag = 0;
+        int lagging = 0;
+        rd_kafka_resp_err_t err;
+        int rc = TOOL_EXIT_INPUT;
+
+        if (argc != 2) {
+                tool_err("offsets: expected GROUP TOPIC");
+                goto out;
+        }
+        group = argv[0];
+        topic = argv[1];
+        /* A consumer with the group's id that never subscribes: it reads the
+         * group's committed offsets without joining or disturbing it. */
+        if (tool_conf_set(*confp, "group", "group.id", group) == -1 ||
+            tool_conf_set(*confp, "defaults", "enable.auto.commit", "false") ==
+                    -1)
+                goto out;
+        rc = TOOL_EXIT_KAFKA;
+        rk = tool_kafka_new(RD_KAFKA_CONSUMER, confp);
+        if (rk == NULL)
+                goto out;
+        if (tool_topic_partitions(rk, topic, timeout_ms, &parts, &cnt, errstr,
+                                  sizeof(errstr)) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("%s", errstr);
+                goto out;
+        }
+        tpl = rd_kafka_topic_partition_list_new(cnt);
+        for (int i = 0; i < cnt; i++)
+                rd_kafka_topic_partition_list_add(tpl, topic, parts[i]);
+        err = rd_kafka_committed(rk, tpl, timeout_ms);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("committed offsets of group %s: %s", group,
+                         rd_kafka_err2str(err));
+                goto out;
+        }
+        for (int i = 0; i < tpl->cnt; i++) {
+                rd_kafka_topic_partition_t *tp = &tpl->elems[i];
+                int64_t lo = 0;
+                int64_t hi = 0;
+                int64_t lag;
+
+                if (tp->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        tool_err("%s [%" PRId32 "]: %s", topic, tp->partition,
+                                 rd_kafka_err2str(tp->err));
+                        goto out;
+                }
+                err = rd_kafka_query_watermark_offsets(rk, topic, tp->partition,
+                                                       &lo, &hi, timeout_ms);
+                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        tool_err("%s [%" PRId32 "]: end offset: %s", topic,
+                                 tp->partition, rd_kafka_err2str(err));
+                        goto out;
+                }
+                if (tp->offset >= 0) {
+                        lag = hi - tp->offset;
+                        if (lag < 0)
+                                lag = 0;
+                        printf("partition=%" PRId32 " committed=%" PRId64
+                               " end=%" PRId64 " lag=%" PRId64 "\n",
+                               tp->partition, tp->offset, hi, lag);
+                } else {
+                        /* Nothing committed: everything still there is
+                         * unconsumed. */
+                        lag = hi - lo;
+                        printf("partition=%" PRId32 " committed=none"
+                               " end=%" PRId64 " lag=%" PRId64 "\n",
+                               tp->partition, hi, lag);
+                }
+                total_end += hi;
+                total_lag += lag;
+                if (lag > 0)
+                        lagging++;
+        }
+        printf("total partitions=%d end=%" PRId64 " lag=%" PRId64
+               " lagging=%d\n",
+               tpl->cnt, total_end, total_lag, lagging);
+        rc = lagging > 0 ? ADMIN_EXIT_LAG : TOOL_EXIT_OK;
+out:
+        if (tpl != NULL)
+                rd_kafka_topic_partition_list_destroy(tpl);
+        free(parts);
+        if (rk != NULL) {
+                rd_kafka_consumer_close(rk);
+                rd_kafka_destroy(rk);
+        }
+        return rc;
+}
+
+/*
+ * wait-ready
+ */
+
+static int admin_wait_ready(rd_kafka_t *rk, const struct admin_opts *ao) {
+        int timeout_ms = admin_timeout(ao, ADMIN_READY_TIMEOUT_MS);
+        int64_t deadline = tool_now_ms() + timeout_ms;
+
+        tool_kafka_set_quiet(1);
+        while (tool_running()) {
+                const struct rd_kafka_metadata *md = NULL;
+                int64_t left = deadline - tool_now_ms();
+                rd_kafka_resp_err_t err;
+                int brokers;
+
+                if (left <= 0)
+                        break;
+                err = rd_kafka_metadata(rk, 0, NULL, &md,
+                                        left < 1000 ? (int)left : 1000);
+                if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        brokers = md->broker_cnt;
+                        rd_kafka_metadata_destroy(md);
+                        if (brokers > 0) {
+                                tool_kafka_set_quiet(0);
+                                return TOOL_EXIT_OK;
+                        }
+                }
+                rd_kafka_poll(rk, 100);
+        }
+        tool_kafka_set_quiet(0);
+        tool_err("broker not ready after %.1f s%s%s",
+                 (double)timeout_ms / 1000.0,
+                 *tool_kafka_last_error() != '\0' ? ": " : "",
+                 tool_kafka_last_error());
+        return TOOL_EXIT_INPUT;
+}
+
+/*
+ * count
+ */
+
+static int admin_count(rd_kafka_t *rk, int argc, char **argv,
+                       const struct admin_opts *ao) {
+        int timeout_ms = admin_timeout(ao, ADMIN_QUERY_TIMEOUT_MS);
+        char errstr[512];
+        int32_t *parts = NULL;
+        int cnt = 0;
+        int64_t total = 0;
+        int rc = TOOL_EXIT_KAFKA;
+
+        if (argc != 1) {
+                tool_err("count: expected TOPIC");
+                return TOOL_EXIT_INPUT;
+        }
+        if (tool_topic_partitions(rk, argv[0], timeout_ms, &parts, &cnt,
+                                  errstr, sizeof(errstr)) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("%s", errstr);
+                goto out;
+        }
+        for (int i = 0; i < cnt; i++) {
+                int64_t lo = 0;
+                int64_t hi = 0;
+                rd_kafka_resp_err_t err;
+
+                err = rd_kafka_query_watermark_offsets(rk, argv[0], parts[i],
+                                                       &lo, &hi, timeout_ms);
+                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        tool_err("%s [%" PRId32 "]: %s", argv[0], parts[i],
+                                 rd_kafka_err2str(err));
+                        goto out;
+                }
+                total += hi - lo;
+        }
+        printf("%" PRId64 "\n", total);
+        rc = TOOL_EXIT_OK;
+out:
+        free(parts);
+        return rc;
+}
+
+int main(int argc, char **argv) {
+        struct admin_opts ao = {.ao_timeout_ms = -1};
+        rd_kafka_conf_t *conf = NULL;
+        rd_kafka_t *rk = NULL;
+        const char *cmd;
+        int sub_argc;
+        char **sub_argv;
+        int rc = TOOL_EXIT_INPUT;
+
+        tool_init("mailer-admin");
+        conf = tool_conf_new();
+        if (conf == NULL)
+                goto out;
+        /* Never create a topic by asking for its metadata. */
+        if (tool_conf_set(conf, "defaults", "allow.auto.create.topics",
+                          "false") == -1)
+                goto out;
+        /* "+": stop at the command. */
+        switch (admin_parse_opts(argc, argv, "+b:X:h", conf, &ao)) {
+        case 0:
+                break;
+        case 1:
+                rc = TOOL_EXIT_OK;
+                goto out;
+        default:
+                goto out;
+        }
+        if (optind >= argc) {
+                tool_err("expected a command");
+                admin_usage(stderr);
+                goto out;
+        }
+        cmd = argv[optind];
+        /* Options may also follow the command. In the command's own argv
+         * (the command is its argv[0]) getopt moves them before the
+         * arguments, which end up at sub_argv[optind..]. */
+        sub_argc = argc - optind;
+        sub_argv = argv + optind;
+        optind = 0;
+        switch (admin_parse_opts(sub_argc, sub_argv, "b:X:h", conf, &ao)) {
+        case 0:
+                break;
+        case 1:
+                rc = TOOL_EXIT_OK;
+                goto out;
+        default:
+                goto out;
+        }
+        sub_argv += optind;
+        sub_argc -= optind;
+
+        if (strcmp(cmd, "offsets") == 0) {
+                rc = admin_offsets(&conf, sub_argc, sub_argv, &ao);
+                goto out;
+        }
+        if (strcmp(cmd, "create-topics") != 0 &&
+            strcmp(cmd, "wait-ready") != 0 && strcmp(cmd, "count") != 0) {
+                tool_err("unknown command: %s", cmd);
+                admin_usage(stderr);
+                goto out;
+        }
+        rc = TOOL_EXIT_KAFKA;
+        rk = tool_kafka_new(RD_KAFKA_PRODUCER, &conf);
+        if (rk == NULL)
+                goto out;
+        if (strcmp(cmd, "create-topics") == 0)
+                rc = admin_create_topics(rk, sub_argc, sub_argv, &ao);
+        else if (strcmp(cmd, "wait-ready") == 0)
+                rc = admin_wait_ready(rk, &ao);
+        else
+                rc = admin_count(rk, sub_argc, sub_argv, &ao);
+out:
+        if (rk != NULL)
+                rd_kafka_destroy(rk);
+        if (conf != NULL)
+                rd_kafka_conf_destroy(conf);
+        return rc;
+}

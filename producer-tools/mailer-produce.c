@@ -1,0 +1,349 @@
+/*
+ * mailer-produce: publishes email requests, one JSON object per input line,
+ * to the requests topic, keyed by the request's "id".
+ *
+ *   mailer-produce [-b BOOTSTRAP] [-t TOPIC] [-X prop=value]...
+ *                  [--partitions-by-key] [FILE]
+ *
+ * Bad lines are reported with their file:line and skipped; the good ones are
+ * still published. Exit: 0 all published, 1 some lines skipped (or usage or
+ * input error), 2 Kafka error (some messages not delivered).
+ */
+#include "tools.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#define PRODUCE_DEFAULT_TOPIC "email.requests"
+#define PRODUCE_MAX_LINE (16 * 1024 * 1024)
+#define PRODUCE_METADATA_TIMEOUT_MS 10000
+/* Delivery failures printed one by one; the rest are only counted. */
+#define PRODUCE_MAX_FAILURES_SHOWN 10
+
+struct produce_state {
+        const char *ps_input;       /* input name for messages */
+        unsigned long ps_delivered;
+        unsigned long ps_failed;
+};
+
+static void produce_usage(FILE *fp) {
+        fprintf(fp,
+"Usage: mailer-produce [options] [FILE]\n"
+"\n"
+"Publishes email requests, one JSON object per line of FILE (or stdin), to\n"
+"a Kafka topic. Each message's key is the request's \"id\" (when it is a\n"
+"string), so one id always goes to the same partition.\n"
+"\n"
+"Options:\n"
+"  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
+"  -t TOPIC              topic (default " PRODUCE_DEFAULT_TOPIC ")\n"
+"  -X prop=value         librdkafka property (repeatable; later wins)\n"
+"      --partitions-by-key\n"
+"                        pick partitions with murmur2, as the Java client\n"
+"                        does, so keys land where Java producers put them\n"
+"  -h, --help            this help\n"
+"\n"
+"The producer is idempotent (enable.idempotence=true, linger.ms=5).\n"
+"Blank lines are ignored; lines may be up to 16 MiB (raise\n"
+"message.max.bytes with -X, and on the broker, for messages over 1 MB).\n"
+"\n"
+"Prints \"produced=N skipped=M\" on stderr at the end.\n"
+"Exit status: 0 all lines published, 1 some lines skipped or a usage or\n"
+"input error, 2 Kafka error (messages not delivered).\n");
+}
+
+/* Runs from rd_kafka_poll()/rd_kafka_flush() on the main thread. */
+static void produce_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+                          void *opaque) {
+        struct produce_state *ps = opaque;
+        unsigned long lineno = (unsigned long)(uintptr_t)rkm->_private;
+
+        (void)rk;
+        if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                ps->ps_delivered++;
+                return;
+        }
+        ps->ps_failed++;
+        if (ps->ps_failed <= PRODUCE_MAX_FAILURES_SHOWN)
+                tool_err("%s:%lu: delivery failed: %s", ps->ps_input, lineno,
+                         rd_kafka_err2str(rkm->err));
+        else if (ps->ps_failed == PRODUCE_MAX_FAILURES_SHOWN + 1)
+                tool_err("more delivery failures; only counting them now");
+}
+
+static int produce_is_blank(const char *line, size_t len) {
+        for (size_t i = 0; i < len; i++) {
+                if (line[i] != ' ' && line[i] != '\t')
+                        return 0;
+        }
+        return 1;
+}
+
+/* Validates one line and finds its key.
+ * @returns the parsed object (caller releases it) with *keyp and *keylenp set
+ * (NULL/0 if there is no string "id"), or NULL after reporting why. */
+static json_t *produce_parse(const struct tool_lines *tl, const char *line,
+                             size_t len, const char **keyp, size_t *keylenp) {
+        json_error_t jerr;
+        json_t *obj;
+        json_t *id;
+
+        obj = json_loadb(line, len, 0, &jerr);
+        if (obj == NULL) {
+                tool_err("%s:%lu: invalid JSON: %s (column %d)",
+                         tool_lines_name(tl), tool_lines_lineno(tl), jerr.text,
+                         jerr.column);
+                return NULL;
+        }
+        if (!json_is_object(obj)) {
+                tool_err("%s:%lu: not a JSON object", tool_lines_name(tl),
+                         tool_lines_lineno(tl));
+                json_decref(obj);
+                return NULL;
+        }
+        id = json_object_get(obj, "id");
+        *keyp = NULL;
+        *keylenp = 0;
+        if (json_is_string(id) && json_string_length(id) > 0) {
+                *keyp = json_string_value(id);
+                *keylenp = json_string_length(id);
+        }
+        return obj;
+}
+
+/* Enqueues one message, serving delivery reports while the queue is full.
+ * @returns RD_KAFKA_RESP_ERR_NO_ERROR or the error. */
+static rd_kafka_resp_err_t produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                                       const char *line, size_t len,
+                                       const char *key, size_t keylen,
+                                       unsigned long lineno) {
+        for (;;) {
+                if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA,
+                                     RD_KAFKA_MSG_F_COPY, (void *)line, len,
+                                     key, keylen,
+                                     (void *)(uintptr_t)lineno) == 0)
+                        return RD_KAFKA_RESP_ERR_NO_ERROR;
+                if (rd_kafka_last_error() != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                        return rd_kafka_last_error();
+                /* Wait for deliveries to make room; never drop a line. */
+                rd_kafka_poll(rk, 100);
+                if (!tool_running() || tool_kafka_fatal())
+                        return RD_KAFKA_RESP_ERR__QUEUE_FULL;
+        }
+}
+
+/* Waits until every message is delivered or failed, or a signal arrives.
+ * @returns the number of messages still queued. */
+static int produce_drain(rd_kafka_t *rk) {
+        while (rd_kafka_outq_len(rk) > 0 && tool_running())
+                rd_kafka_flush(rk, 500);
+        /* Interrupted: a last short chance for what is in flight. */
+        if (rd_kafka_outq_len(rk) > 0)
+                rd_kafka_flush(rk, 2000);
+        return rd_kafka_outq_len(rk);
+}
+
+int main(int argc, char **argv) {
+        static const struct option longopts[] = {
+                {"partitions-by-key", no_argument, NULL, 'P'},
+                {"help", no_argument, NULL, 'h'},
+                {NULL, 0, NULL, 0},
+        };
+        struct produce_state ps;
+        rd_kafka_conf_t *conf = NULL;
+        rd_kafka_t *rk = NULL;
+        rd_kafka_topic_t *rkt = NULL;
+        struct tool_lines *tl = NULL;
+        const char *topic = PRODUCE_DEFAULT_TOPIC;
+        const char *path = NULL;
+        char errstr[512];
+        int32_t *parts = NULL;
+        int part_cnt = 0;
+        unsigned long skipped = 0;
+        int kafka_failed = 0;
+        int input_failed = 0;
+        int left = 0;
+        int rc = TOOL_EXIT_INPUT;
+        int opt;
+
+        tool_init("mailer-produce");
+        memset(&ps, 0, sizeof(ps));
+        conf = tool_conf_new();
+        if (conf == NULL ||
+            tool_conf_set(conf, "defaults", "enable.idempotence", "true") ||
+            tool_conf_set(conf, "defaults", "linger.ms", "5"))
+                goto out;
+
+        while ((opt = getopt_long(argc, argv, "b:t:X:h", longopts, NULL)) !=
+               -1) {
+                switch (opt) {
+                case 'b':
+                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
+                                          optarg))
+                                goto out;
+                        break;
+                case 't':
+                        topic = optarg;
+                        break;
+                case 'X':
+                        if (tool_conf_set_kv(conf, optarg))
+                                goto out;
+                        break;
+                case 'P':
+                        if (tool_conf_set(conf, "--partitions-by-key",
+                                          "partitioner", "murmur2_random"))
+                                goto out;
+                        break;
+                case 'h':
+                        produce_usage(stdout);
+                        rc = TOOL_EXIT_OK;
+                        goto out;
+                default:
+                        produce_usage(stderr);
+                        goto out;
+                }
+        }
+        if (argc - optind > 1) {
+                tool_err("at most one input file");
+                produce_usage(stderr);
+                goto out;
+        }
+        if (optind < argc)
+                path = argv[optind];
+        if (*topic == '\0') {
+                tool_err("-t: empty topic name");
+                goto out;
+        }
+
+        tl = tool_lines_open(path, PRODUCE_MAX_LINE, errstr, sizeof(errstr));
+        if (tl == NULL) {
+                tool_err("%s", errstr);
+                goto out;
+        }
+        ps.ps_input = tool_lines_name(tl);
+        rd_kafka_conf_set_opaque(conf, &ps);
+        rd_kafka_conf_set_dr_msg_cb(conf, produce_dr_cb);
+
+        rc = TOOL_EXIT_KAFKA;
+        rk = tool_kafka_new(RD_KAFKA_PRODUCER, &conf);
+        if (rk == NULL)
+                goto out;
+        /* Fail early and clearly rather than after message.timeout.ms. */
+        if (tool_topic_partitions(rk, topic, PRODUCE_METADATA_TIMEOUT_MS,
+                                  &parts, &part_cnt, errstr,
+                                  sizeof(errstr)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("%s", errstr);
+                goto out;
+        }
+        rkt = rd_kafka_topic_new(rk, topic, NULL);
+        if (rkt == NULL) {
+                tool_err("topic %s: %s", topic,
+                         rd_kafka_err2str(rd_kafka_last_error()));
+                goto out;
+        }
+
+        while (tool_running() && !tool_kafka_fatal()) {
+                enum tool_line_status st;
+                const char *line = NULL;
+                const char *key = NULL;
+                size_t len = 0;
+                size_t keylen = 0;
+                rd_kafka_resp_err_t err;
+                json_t *obj;
+
+                st = tool_lines_next(tl, &line, &len);
+                if (st == TOOL_LINE_EOF)
+                        break;
+                if (st == TOOL_LINE_ERROR) {
+                        tool_err("%s: read error after line %lu: %s",
+                                 tool_lines_name(tl), tool_lines_lineno(tl),
+                                 strerror(errno));
+                        input_failed = 1;
+                        break;
+                }
+                if (st == TOOL_LINE_TOO_LONG) {
+                        tool_err("%s:%lu: line longer than %d bytes",
+                                 tool_lines_name(tl), tool_lines_lineno(tl),
+                                 PRODUCE_MAX_LINE);
+                        skipped++;
+                        continue;
+                }
+                if (produce_is_blank(line, len))
+                        continue;
+                obj = produce_parse(tl, line, len, &key, &keylen);
+                if (obj == NULL) {
+                        skipped++;
+                        continue;
+                }
+                err = produce_one(rk, rkt, line, len, key, keylen,
+                                  tool_lines_lineno(tl));
+                json_decref(obj);
+                if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+                        tool_err("%s:%lu: %zu bytes is over message.max.bytes; "
+                                 "skipped",
+                                 tool_lines_name(tl), tool_lines_lineno(tl),
+                                 len);
+                        skipped++;
+                        continue;
+                }
+                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                                tool_err("%s:%lu: cannot produce: %s",
+                                         tool_lines_name(tl),
+                                         tool_lines_lineno(tl),
+                                         rd_kafka_err2str(err));
+                        kafka_failed = 1;
+                        break;
+                }
+                rd_kafka_poll(rk, 0);
+                /* Kafka is failing: pushing more lines into it would only
+                 * make more of them fail. */
+                if (ps.ps_failed > 0) {
+                        tool_err("stopped reading after %s:%lu: delivery "
+                                 "failures",
+                                 tool_lines_name(tl), tool_lines_lineno(tl));
+                        break;
+                }
+        }
+        if (!tool_running())
+                tool_err("interrupted after %s:%lu", tool_lines_name(tl),
+                         tool_lines_lineno(tl));
+
+        left = produce_drain(rk);
+        if (left > 0) {
+                tool_err("%d messages not delivered before exit", left);
+                kafka_failed = 1;
+        }
+        if (ps.ps_failed > 0 || tool_kafka_fatal())
+                kafka_failed = 1;
+
+        if (ps.ps_failed > 0 || left > 0)
+                fprintf(stderr, "produced=%lu skipped=%lu failed=%lu\n",
+                        ps.ps_delivered, skipped,
+                        ps.ps_failed + (unsigned long)left);
+        else
+                fprintf(stderr, "produced=%lu skipped=%lu\n", ps.ps_delivered,
+                        skipped);
+
+        if (kafka_failed)
+                rc = TOOL_EXIT_KAFKA;
+        else if (skipped > 0 || input_failed || !tool_running())
+                rc = TOOL_EXIT_INPUT;
+        else
+                rc = TOOL_EXIT_OK;
+out:
+        free(parts);
+        if (rkt != NULL)
+                rd_kafka_topic_destroy(rkt);
+        if (rk != NULL)
+                rd_kafka_destroy(rk);
+        if (conf != NULL)
+                rd_kafka_conf_destroy(conf);
+        tool_lines_destroy(tl);
+        return rc;
+}

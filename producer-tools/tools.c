@@ -1,0 +1,589 @@
+#include "tools.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *tool_prog = "mailer-tool";
+static volatile sig_atomic_t tool_run = 1;
+
+static int tool_quiet;
+static int tool_fatal_seen;
+static char tool_last_error[1024];
+
+static void tool_on_signal(int sig) {
+        if (!tool_run)
+                signal(sig, SIG_DFL);
+        tool_run = 0;
+}
+
+void tool_init(const char *name) {
+        struct sigaction sa;
+
+        tool_prog = name;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = tool_on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+}
+
+const char *tool_name(void) {
+        return tool_prog;
+}
+
+void tool_err(const char *fmt, ...) {
+        char line[4096];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "%s: %s\n", tool_prog, line);
+}
+
+int tool_running(void) {
+        return tool_run != 0;
+}
+
+int64_t tool_now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int tool_parse_int(const char *s, long long min, long long max,
+                   long long *out) {
+        char *end = NULL;
+        long long v;
+
+        if (*s == '\0')
+                return -1;
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno != 0 || *end != '\0' || v < min || v > max)
+                return -1;
+        *out = v;
+        return 0;
+}
+
+int tool_parse_seconds(const char *s, int64_t *out_ms) {
+        char *end = NULL;
+        double v;
+
+        if (*s == '\0')
+                return -1;
+        errno = 0;
+        v = strtod(s, &end);
+        /* Ten years is more than any tool should wait. */
+        if (errno != 0 || *end != '\0' || !(v >= 0.0) || v > 315360000.0)
+                return -1;
+        *out_ms = (int64_t)llround(v * 1000.0);
+        return 0;
+}
+
+/*
+ * librdkafka
+ */
+
+/* Runs on librdkafka's threads; only writes to stderr and simple flags. */
+static void tool_error_cb(rd_kafka_t *rk, int err, const char *reason,
+                          void *opaque) {
+        (void)opaque;
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                char fatal[256];
+                rd_kafka_resp_err_t ferr;
+
+                ferr = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+                snprintf(tool_last_error, sizeof(tool_last_error),
+                         "fatal error: %s: %s", rd_kafka_err2name(ferr),
+                         fatal);
+                tool_fatal_seen = 1;
+        } else {
+                snprintf(tool_last_error, sizeof(tool_last_error), "%s: %s",
+                         rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        }
+        if (!tool_quiet)
+                fprintf(stderr, "%s: kafka: %s\n", tool_prog, tool_last_error);
+}
+
+/* Errors also arrive on the error callback; only warnings and worse that
+ * are not the log twin of an error are printed. */
+static void tool_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                        const char *buf) {
+        (void)rk;
+        if (tool_quiet || level > LOG_WARNING)
+                return;
+        if (strcmp(fac, "FAIL") == 0 || strcmp(fac, "ERROR") == 0)
+                return;
+        fprintf(stderr, "%s: librdkafka: %s: %s\n", tool_prog, fac, buf);
+}
+
+int tool_conf_set(rd_kafka_conf_t *conf, const char *what, const char *name,
+                  const char *value) {
+        char errstr[512];
+
+        if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) !=
+            RD_KAFKA_CONF_OK) {
+                tool_err("%s: %s", what, errstr);
+                return -1;
+        }
+        return 0;
+}
+
+rd_kafka_conf_t *tool_conf_new(void) {
+        rd_kafka_conf_t *conf;
+
+        conf = rd_kafka_conf_new();
+        if (tool_conf_set(conf, "bootstrap", "bootstrap.servers",
+                          TOOL_DEFAULT_BOOTSTRAP) == -1 ||
+            tool_conf_set(conf, "client.id", "client.id", tool_prog) == -1) {
+                rd_kafka_conf_destroy(conf);
+                return NULL;
+        }
+        rd_kafka_conf_set_error_cb(conf, tool_error_cb);
+        rd_kafka_conf_set_log_cb(conf, tool_log_cb);
+        return conf;
+}
+
+int tool_conf_set_kv(rd_kafka_conf_t *conf, const char *kv) {
+        char name[256];
+        const char *eq;
+        size_t len;
+        char what[300];
+
+        eq = strchr(kv, '=');
+        if (eq == NULL || eq == kv) {
+                tool_err("-X %s: expected property=value", kv);
+                return -1;
+        }
+        len = (size_t)(eq - kv);
+        if (len >= sizeof(name)) {
+                tool_err("-X %s: property name too long", kv);
+                return -1;
+        }
+        memcpy(name, kv, len);
+        name[len] = '\0';
+        snprintf(what, sizeof(what), "-X %s", name);
+        return tool_conf_set(conf, what, name, eq + 1);
+}
+
+rd_kafka_t *tool_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t **confp) {
+        char errstr[512];
+        rd_kafka_t *rk;
+
+        rk = rd_kafka_new(type, *confp, errstr, sizeof(errstr));
+        if (rk == NULL) {
+                tool_err("cannot create the Kafka client: %s", errstr);
+                return NULL;
+        }
+        *confp = NULL; /* now owned by rk */
+        return rk;
+}
+
+void tool_kafka_set_quiet(int quiet) {
+        tool_quiet = quiet;
+}
+
+const char *tool_kafka_last_error(void) {
+        return tool_last_error;
+}
+
+int tool_kafka_fatal(void) {
+        return tool_fatal_seen;
+}
+
+static int tool_cmp_i32(const void *a, const void *b) {
+        int32_t x = *(const int32_t *)a;
+        int32_t y = *(const int32_t *)b;
+
+        return (x > y) - (x < y);
+}
+
+rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
+                                          int timeout_ms, int32_t **partsp,
+                                          int *cntp, char *errstr,
+                                          size_t errstr_size) {
+        const struct rd_kafka_metadata *md = NULL;
+        const rd_kafka_metadata_topic_t *mt;
+        rd_kafka_topic_t *rkt;
+        rd_kafka_resp_err_t err;
+        int32_t *parts = NULL;
+
+        rkt = rd_kafka_topic_new(rk, topic, NULL);
+        if (rkt == NULL) {
+                err = rd_kafka_last_error();
+                snprintf(errstr, errstr_size, "topic %s: %s", topic,
+                         rd_kafka_err2str(err));
+                return err;
+        }
+        err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                snprintf(errstr, errstr_size,
+                         "cannot get metadata for topic %s: %s", topic,
+                         rd_kafka_err2str(err));
+                goto out;
+        }
+        if (md->topic_cnt != 1 || strcmp(md->topics[0].topic, topic) != 0) {
+                err = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+                snprintf(errstr, errstr_size,
+                         "metadata for topic %s has no such topic", topic);
+                goto out;
+        }
+        mt = &md->topics[0];
+        if (mt->err == RD_KAFKA_RESP_ERR_NO_ERROR && mt->partition_cnt == 0)
+                err = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+        else
+                err = mt->err;
+        if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+                snprintf(errstr, errstr_size, "topic %s does not exist",
+                         topic);
+                goto out;
+        }
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                snprintf(errstr, errstr_size, "topic %s: %s", topic,
+                         rd_kafka_err2str(err));
+                goto out;
+        }
+        parts = calloc((size_t)mt->partition_cnt, sizeof(*parts));
+        if (parts == NULL) {
+                err = RD_KAFKA_RESP_ERR__FAIL;
+                snprintf(errstr, errstr_size, "out of memory");
+                goto out;
+        }
+        for (int i = 0; i < mt->partition_cnt; i++)
+                parts[i] = mt->partitions[i].id;
+        qsort(parts, (size_t)mt->partition_cnt, sizeof(*parts), tool_cmp_i32);
+        *partsp = parts;
+        *cntp = mt->partition_cnt;
+        parts = NULL;
+out:
+        free(parts);
+        if (md != NULL)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        return err;
+}
+
+/*
+ * JSON-lines reader
+ */
+
+#define TOOL_LINES_CHUNK (64 * 1024)
+
+struct tool_lines {
+        int tl_fd;
+        int tl_owned;        /* tl_fd is ours to close */
+        char *tl_name;
+        char *tl_buf;
+        size_t tl_cap;
+        size_t tl_start;     /* unconsumed data is tl_buf[tl_start..tl_end) */
+        size_t tl_end;
+        size_t tl_scanned;   /* bytes after tl_start known to hold no '\n' */
+        size_t tl_max;
+        unsigned long tl_lineno;
+        int tl_eof;
+        int tl_discarding;   /* inside a line that is too long */
+};
+
+struct tool_lines *tool_lines_open(const char *path, size_t max_line,
+                                   char *errstr, size_t errstr_size) {
+        struct tool_lines *tl;
+
+        tl = calloc(1, sizeof(*tl));
+        if (tl == NULL)
+                goto nomem;
+        tl->tl_max = max_line;
+        tl->tl_cap = TOOL_LINES_CHUNK;
+        tl->tl_buf = malloc(tl->tl_cap);
+        if (tl->tl_buf == NULL)
+                goto nomem;
+        if (path == NULL || strcmp(path, "-") == 0) {
+                tl->tl_fd = STDIN_FILENO;
+                tl->tl_name = strdup("<stdin>");
+        } else {
+                tl->tl_name = strdup(path);
+                tl->tl_fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (tl->tl_fd == -1) {
+                        snprintf(errstr, errstr_size, "%s: %s", path,
+                                 strerror(errno));
+                        goto fail;
+                }
+                tl->tl_owned = 1;
+        }
+        if (tl->tl_name == NULL)
+                goto nomem;
+        return tl;
+
+nomem:
+        snprintf(errstr, errstr_size, "out of memory");
+fail:
+        tool_lines_destroy(tl);
+        return NULL;
+}
+
+void tool_lines_destroy(struct tool_lines *tl) {
+        if (tl == NULL)
+                return;
+        if (tl->tl_owned)
+                close(tl->tl_fd);
+        free(tl->tl_name);
+        free(tl->tl_buf);
+        free(tl);
+}
+
+/* Makes room for more input: moves unconsumed data to the front, grows the
+ * buffer up to what a line of the maximum length needs.
+ * @returns 0, or -1 if out of memory. */
+static int tool_lines_make_room(struct tool_lines *tl) {
+        size_t used = tl->tl_end - tl->tl_start;
+        size_t want;
+        char *nbuf;
+
+        if (tl->tl_start > 0) {
+                memmove(tl->tl_buf, tl->tl_buf + tl->tl_start, used);
+                tl->tl_start = 0;
+                tl->tl_end = used;
+        }
+        if (tl->tl_end < tl->tl_cap)
+                return 0;
+        want = tl->tl_cap * 2;
+        if (want > tl->tl_max + TOOL_LINES_CHUNK)
+                want = tl->tl_max + TOOL_LINES_CHUNK;
+        if (want <= tl->tl_cap)
+                return 0;
+        nbuf = realloc(tl->tl_buf, want);
+        if (nbuf == NULL)
+                return -1;
+        tl->tl_buf = nbuf;
+        tl->tl_cap = want;
+        return 0;
+}
+
+enum tool_line_status tool_lines_next(struct tool_lines *tl,
+                                      const char **linep, size_t *lenp) {
+        for (;;) {
+                char *start = tl->tl_buf + tl->tl_start;
+                size_t avail = tl->tl_end - tl->tl_start;
+                char *nl = NULL;
+                size_t len;
+                ssize_t n;
+
+                if (tl->tl_scanned < avail)
+                        nl = memchr(start + tl->tl_scanned, '\n',
+                                    avail - tl->tl_scanned);
+                if (nl != NULL || (tl->tl_eof && avail > 0)) {
+                        len = nl != NULL ? (size_t)(nl - start) : avail;
+                        tl->tl_start += nl != NULL ? len + 1 : len;
+                        tl->tl_scanned = 0;
+                        tl->tl_lineno++;
+                        if (tl->tl_discarding) {
+                                tl->tl_discarding = 0;
+                                return TOOL_LINE_TOO_LONG;
+                        }
+                        if (len > 0 && start[len - 1] == '\r')
+                                len--;
+                        if (len > tl->tl_max)
+                                return TOOL_LINE_TOO_LONG;
+                        *linep = start;
+                        *lenp = len;
+                        return TOOL_LINE_OK;
+                }
+                if (tl->tl_eof) {
+                        if (tl->tl_discarding) {
+                                tl->tl_discarding = 0;
+                                tl->tl_lineno++;
+                                return TOOL_LINE_TOO_LONG;
+                        }
+                        return TOOL_LINE_EOF;
+                }
+                tl->tl_scanned = avail;
+                /* The line so far is longer than allowed (one more byte for
+                 * a '\r'): drop it and skip to its end. */
+                if (avail > tl->tl_max + 1) {
+                        tl->tl_discarding = 1;
+                        tl->tl_start = 0;
+                        tl->tl_end = 0;
+                        tl->tl_scanned = 0;
+                }
+                if (tool_lines_make_room(tl) == -1) {
+                        errno = ENOMEM;
+                        return TOOL_LINE_ERROR;
+                }
+                /* read(2), not fread(): a line from a pipe is handled as
+                 * soon as it arrives, not when a whole buffer is full. */
+                n = read(tl->tl_fd, tl->tl_buf + tl->tl_end,
+                         tl->tl_cap - tl->tl_end);
+                if (n == -1 && errno == EINTR) {
+                        /* A signal: go on, or stop if the tool stops. */
+                        if (tool_running())
+                                continue;
+                        return TOOL_LINE_EOF;
+                }
+                if (n == -1)
+                        return TOOL_LINE_ERROR;
+                if (n == 0)
+                        tl->tl_eof = 1;
+                tl->tl_end += (size_t)n;
+        }
+}
+
+unsigned long tool_lines_lineno(const struct tool_lines *tl) {
+        return tl->tl_lineno;
+}
+
+const char *tool_lines_name(const struct tool_lines *tl) {
+        return tl->tl_name;
+}
+
+/*
+ * String set: open addressing with linear probing, FNV-1a hashes.
+ */
+
+struct tool_idset_slot {
+        uint64_t ts_hash;
+        char *ts_id;  /* NULL: empty slot; NUL-terminated copy */
+        size_t ts_len;
+};
+
+struct tool_idset {
+        struct tool_idset_slot *is_slots;
+        size_t is_cap; /* power of two */
+        size_t is_cnt;
+};
+
+static uint64_t tool_hash(const char *s, size_t len) {
+        uint64_t h = 1469598103934665603ULL;
+
+        for (size_t i = 0; i < len; i++) {
+                h ^= (unsigned char)s[i];
+                h *= 1099511628211ULL;
+        }
+        return h;
+}
+
+struct tool_idset *tool_idset_new(void) {
+        struct tool_idset *set;
+
+        set = calloc(1, sizeof(*set));
+        if (set == NULL)
+                return NULL;
+        set->is_cap = 1024;
+        set->is_slots = calloc(set->is_cap, sizeof(*set->is_slots));
+        if (set->is_slots == NULL) {
+                free(set);
+                return NULL;
+        }
+        return set;
+}
+
+void tool_idset_destroy(struct tool_idset *set) {
+        if (set == NULL)
+                return;
+        for (size_t i = 0; i < set->is_cap; i++)
+                free(set->is_slots[i].ts_id);
+        free(set->is_slots);
+        free(set);
+}
+
+static int tool_idset_grow(struct tool_idset *set) {
+        size_t ncap = set->is_cap * 2;
+        struct tool_idset_slot *nslots;
+
+        nslots = calloc(ncap, sizeof(*nslots));
+        if (nslots == NULL)
+                return -1;
+        for (size_t i = 0; i < set->is_cap; i++) {
+                struct tool_idset_slot *s = &set->is_slots[i];
+                size_t j;
+
+                if (s->ts_id == NULL)
+                        continue;
+                j = (size_t)s->ts_hash & (ncap - 1);
+                while (nslots[j].ts_id != NULL)
+                        j = (j + 1) & (ncap - 1);
+                nslots[j] = *s;
+        }
+        free(set->is_slots);
+        set->is_slots = nslots;
+        set->is_cap = ncap;
+        return 0;
+}
+
+int tool_idset_add(struct tool_idset *set, const char *id, size_t len) {
+        uint64_t h = tool_hash(id, len);
+        struct tool_idset_slot *s;
+        size_t i;
+        char *copy;
+
+        /* Keep the load factor under 1/2. */
+        if ((set->is_cnt + 1) * 2 > set->is_cap && tool_idset_grow(set) == -1)
+                return -1;
+        i = (size_t)h & (set->is_cap - 1);
+        for (;;) {
+                s = &set->is_slots[i];
+                if (s->ts_id == NULL)
+                        break;
+                if (s->ts_hash == h && s->ts_len == len &&
+                    memcmp(s->ts_id, id, len) == 0)
+                        return 0;
+                i = (i + 1) & (set->is_cap - 1);
+        }
+        copy = malloc(len + 1);
+        if (copy == NULL)
+                return -1;
+        memcpy(copy, id, len);
+        copy[len] = '\0';
+        s->ts_hash = h;
+        s->ts_id = copy;
+        s->ts_len = len;
+        set->is_cnt++;
+        return 1;
+}
+
+size_t tool_idset_count(const struct tool_idset *set) {
+        return set->is_cnt;
+}
+
+/*
+ * Percentiles
+ */
+
+static int tool_cmp_i64(const void *a, const void *b) {
+        int64_t x = *(const int64_t *)a;
+        int64_t y = *(const int64_t *)b;
+
+        return (x > y) - (x < y);
+}
+
+void tool_sort_i64(int64_t *v, size_t n) {
+        if (n > 1)
+                qsort(v, n, sizeof(*v), tool_cmp_i64);
+}
+
+int64_t tool_percentile(const int64_t *sorted, size_t n, double p) {
+        double rank;
+        size_t idx;
+
+        if (n == 0)
+                return 0;
+        if (p <= 0.0)
+                return sorted[0];
+        /* The epsilon keeps 90% of 10 at rank 9 despite rounding. */
+        rank = ceil(p * (double)n / 100.0 - 1e-9);
+        if (rank < 1.0)
+                rank = 1.0;
+        idx = (size_t)rank - 1;
+        if (idx >= n)
+                idx = n - 1;
+        return sorted[idx];
+}

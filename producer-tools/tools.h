@@ -1,0 +1,162 @@
+/*
+ * tools: code shared by the command-line tools in producer-tools/
+ * (mailer-produce, mailer-results, mailer-admin).
+ *
+ * A tool calls tool_init() first. Messages go to stderr prefixed with the
+ * tool's name; stdout carries only the tool's output. Exit codes are the same
+ * for every tool (enum tool_exit).
+ *
+ * The tools are single-threaded; the only state kept here is the tool's name,
+ * the signal flag and the librdkafka error/log settings, which is fine for a
+ * CLI and is why this is not part of kmcore.
+ */
+#ifndef KM_TOOLS_H
+#define KM_TOOLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+enum tool_exit {
+        TOOL_EXIT_OK = 0,    /* done */
+        TOOL_EXIT_INPUT = 1, /* usage, bad input, timeout, condition not met */
+        TOOL_EXIT_KAFKA = 2, /* Kafka error: broker, topic, delivery */
+};
+
+#define TOOL_DEFAULT_BOOTSTRAP "127.0.0.1:9092"
+
+/* Sets the name used as the prefix of messages and installs SIGINT/SIGTERM
+ * handlers that only clear the flag read by tool_running(). A second signal
+ * restores the default action, so a third one kills the tool. */
+void tool_init(const char *name);
+
+const char *tool_name(void);
+
+/* Prints "<tool>: <message>\n" on stderr. */
+void tool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* @returns 0 once SIGINT or SIGTERM was received, else 1. */
+int tool_running(void);
+
+/* @returns a monotonic clock in milliseconds. */
+int64_t tool_now_ms(void);
+
+/* Parses a whole decimal integer in [min, max].
+ * @returns 0 and sets *out, or -1 (nothing printed). */
+int tool_parse_int(const char *s, long long min, long long max, long long *out);
+
+/* Parses a non-negative number of seconds ("2", "0.5") into milliseconds.
+ * @returns 0 and sets *out_ms, or -1 (nothing printed). */
+int tool_parse_seconds(const char *s, int64_t *out_ms);
+
+/*
+ * librdkafka configuration.
+ */
+
+/* @returns a new configuration with bootstrap.servers = the default,
+ * client.id = the tool's name and the tool's error and log callbacks, or NULL
+ * after printing why. The caller owns it. */
+rd_kafka_conf_t *tool_conf_new(void);
+
+/* Sets one property; prints "<tool>: <what>: <librdkafka's reason>" on error.
+ * @returns 0 or -1. */
+int tool_conf_set(rd_kafka_conf_t *conf, const char *what, const char *name,
+                  const char *value);
+
+/* Applies "-X name=value".
+ * @returns 0 or -1 after printing why. */
+int tool_conf_set_kv(rd_kafka_conf_t *conf, const char *kv);
+
+/* Creates a handle. On success the handle owns the configuration and *confp
+ * is set to NULL; on failure *confp is left to the caller and the reason is
+ * printed. @returns the handle or NULL. */
+rd_kafka_t *tool_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t **confp);
+
+/* While quiet, librdkafka errors and logs are not printed (mailer-admin
+ * wait-ready polls a broker that may not be up yet). The last error is kept
+ * either way. */
+void tool_kafka_set_quiet(int quiet);
+
+/* @returns the text of the last error reported by librdkafka's error
+ * callback, or "" if there was none. */
+const char *tool_kafka_last_error(void);
+
+/* @returns 1 once librdkafka reported a fatal error (idempotent producer). */
+int tool_kafka_fatal(void);
+
+/* Lists the partitions of a topic from the cluster's metadata.
+ * @returns RD_KAFKA_RESP_ERR_NO_ERROR with *partsp (caller frees) sorted by
+ * id and *cntp set, or an error (RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART if
+ * the topic does not exist) with errstr filled. */
+rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
+                                          int timeout_ms, int32_t **partsp,
+                                          int *cntp, char *errstr,
+                                          size_t errstr_size);
+
+/*
+ * JSON-lines reader: one line at a time from a file or stdin, with its
+ * number, bounded in length.
+ */
+
+struct tool_lines;
+
+enum tool_line_status {
+        TOOL_LINE_OK,       /* a line, without its '\n' or "\r\n" */
+        TOOL_LINE_EOF,      /* no more input */
+        TOOL_LINE_TOO_LONG, /* a line longer than the limit was skipped */
+        TOOL_LINE_ERROR,    /* read error; errno is set */
+};
+
+/* Opens path, or stdin if path is NULL or "-". max_line bounds the length of
+ * a line without its newline.
+ * @returns the reader or NULL with errstr filled. */
+struct tool_lines *tool_lines_open(const char *path, size_t max_line,
+                                   char *errstr, size_t errstr_size);
+
+/* Closes the file (not stdin) and frees the reader. Accepts NULL. */
+void tool_lines_destroy(struct tool_lines *tl);
+
+/* Reads the next line. The line stays valid until the next call; it is not
+ * NUL-terminated. */
+enum tool_line_status tool_lines_next(struct tool_lines *tl,
+                                      const char **linep, size_t *lenp);
+
+/* @returns the number of the line last returned (1-based). */
+unsigned long tool_lines_lineno(const struct tool_lines *tl);
+
+/* @returns the name for messages: the path, or "<stdin>". */
+const char *tool_lines_name(const struct tool_lines *tl);
+
+/*
+ * A set of strings (request ids), for counting distinct and duplicate ids.
+ */
+
+struct tool_idset;
+
+/* @returns an empty set, or NULL if out of memory. */
+struct tool_idset *tool_idset_new(void);
+
+/* Accepts NULL. */
+void tool_idset_destroy(struct tool_idset *set);
+
+/* Adds a copy of id[0..len).
+ * @returns 1 if it was added, 0 if it was already there, -1 if out of
+ * memory. */
+int tool_idset_add(struct tool_idset *set, const char *id, size_t len);
+
+size_t tool_idset_count(const struct tool_idset *set);
+
+/*
+ * Percentiles.
+ */
+
+/* Sorts v ascending. */
+void tool_sort_i64(int64_t *v, size_t n);
+
+/* Nearest-rank percentile of an ascending array: the smallest value such that
+ * at least p percent of the values are <= it. p is in (0, 100].
+ * @returns the value, or 0 if n == 0. */
+int64_t tool_percentile(const int64_t *sorted, size_t n, double p);
+
+#endif

@@ -1,0 +1,142 @@
+"""pytest fixtures for the integration tests (see harness.py for the pieces).
+
+Run with Debian's interpreter, which has python3-aiosmtpd:
+    KM_BUILD_DIR=build /usr/bin/python3 -m pytest -q tests/integration
+"""
+
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import harness  # noqa: E402
+from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker,  # noqa: E402,F401
+                     have_binary, make_tmpdir)
+
+
+def _sigterm_to_interrupt(signum, frame):
+    # A SIGTERM (e.g. from `timeout` in tests/run) becomes KeyboardInterrupt, so pytest
+    # still runs the fixtures' teardown and every child is stopped by pid.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "needs_worker: needs the kafka-mailer binary")
+    config.addinivalue_line("markers", "needs_tools: needs the mailer-* tools")
+
+
+def pytest_collection_modifyitems(config, items):
+    missing_worker = not have_binary("kafka-mailer")
+    missing_tools = not all(have_binary(t) for t in
+                            ("mailer-produce", "mailer-results", "mailer-admin"))
+    for item in items:
+        if missing_worker and "needs_worker" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=f"no {harness.binary('kafka-mailer')}"))
+        if missing_tools and "needs_tools" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="mailer-* tools not built"))
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    """The run's folder (Kafka's data and logs, every server's and worker's logs)."""
+    return harness.run_root()
+
+
+@pytest.fixture(scope="session")
+def kafka(session_dir):
+    """A real single-node Kafka 3.9.1 for the whole session (.bootstrap)."""
+    k = Kafka.start(session_dir / "kafka")
+    try:
+        k.wait_ready(60)
+        yield k
+    finally:
+        k.stop()
+
+
+@pytest.fixture
+def topics(kafka):
+    """Unique, created topics and group for one test (4 partitions)."""
+    return Topics.new(partitions=4).create(kafka)
+
+
+@pytest.fixture
+def tmpdir_fast():
+    """A per-test folder under the run's folder (on tmpfs when available)."""
+    return make_tmpdir("t")
+
+
+@pytest.fixture
+def capture_server():
+    """Factory: capture_server(tls=..., auth="u:p", ...) -> CaptureServer; all stopped at
+    the end of the test."""
+    started = []
+
+    def start(**kw):
+        s = CaptureServer.start(**kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def smtp_sink():
+    """Factory: smtp_sink(extra=["-W", ".:1"]) -> SmtpSink; all stopped at the end."""
+    started = []
+
+    def start(extra=()):
+        s = SmtpSink.start(extra=extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def worker(request):
+    """Factory: worker(config, overrides=None, ...) -> a started Worker; every worker is
+    stopped (SIGTERM, bounded wait, then SIGKILL) at the end, and a failing test gets the
+    tail of each worker's log in its report."""
+    started = []
+    request.node._km_workers = started
+
+    def start(config, overrides=None, **kw):
+        w = Worker(config, overrides, **kw).start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.alive():
+            w.stop(timeout=30)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    if rep.when == "call" and rep.failed:
+        for w in getattr(item, "_km_workers", []):
+            rep.sections.append((f"{w.name} log tail", w.log_tail(80)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    harness.stop_all()
+    if harness._run_root is None:
+        return
+    if exitstatus in (0, 5) and os.environ.get("KM_KEEP_TMP") != "1":
+        harness.remove_run_root()
+    else:
+        print(f"\nharness: logs and data kept in {harness._run_root}", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Smoke tests of the test infrastructure itself: Kafka, capture-server, smtp-sink."""
+
+import smtplib
+import ssl
+
+import pytest
+
+from harness import have_binary, make_request, unique
+
+
+def _msg(subject: str) -> bytes:
+    return (f"From: a@shop.example\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject}@shop.example>\r\n\r\n"
+            ".leading dot line\r\nbody\r\n").encode()
+
+
+def test_kafka_is_reachable(kafka):
+    kafka.wait_ready(timeout=30)
+    assert kafka.bootstrap.startswith("127.0.0.1:")
+
+
+@pytest.mark.needs_tools
+def test_kafka_topic_roundtrip_with_tools(kafka):
+    topic = unique("infra")
+    kafka.create_topics(f"{topic}:2")
+    assert kafka.count(topic) == 0
+    kafka.produce(topic, [make_request(i) for i in range(5)])
+    assert kafka.count(topic) == 5
+
+
+def test_capture_server_stores_plain_message(capture_server):
+    srv = capture_server()
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+        s.ehlo()
+        assert s.has_extn("pipelining")
+        assert not s.has_extn("auth")
+        s.sendmail("a@shop.example", ["b@example.com", "c@example.com"], _msg("plain"))
+    [m] = srv.wait_messages(1, timeout=10)
+    assert m.mail_from == "a@shop.example"
+    assert m.rcpt_tos == ["b@example.com", "c@example.com"]
+    assert m.meta["tls"] is False and m.meta["auth_user"] is None
+    assert m.msg["Subject"] == "plain"
+    assert b"\r\n.leading dot line\r\n" in m.raw  # dot-unstuffed, CRLF kept
+
+
+def test_capture_server_starttls_and_auth(capture_server):
+    srv = capture_server(tls=True, require_tls=True, auth="mailer:s3cret")
+    ctx = ssl.create_default_context(cafile=str(srv.ca_file))  # verifies name and chain
+
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+        s.ehlo()
+        assert s.has_extn("starttls")
+        assert not s.has_extn("auth")  # AUTH only after STARTTLS
+        code, _ = s.mail("a@shop.example")
+        assert code == 530  # --require-tls
+        s.starttls(context=ctx)
+        s.ehlo()
+        assert s.has_extn("auth")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login("mailer", "wrong")
+        assert e.value.smtp_code == 535
+        s.login("mailer", "s3cret")
+        s.sendmail("a@shop.example", ["b@example.com"], _msg("tls-auth"))
+
+    with smtplib.SMTP("localhost", srv.port, timeout=10) as s:
+        s.starttls(context=ctx)  # the certificate names localhost too
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail("a@shop.example", ["b@example.com"], _msg("no-auth"))
+        assert e.value.smtp_code == 530  # authentication required
+
+    [m] = srv.wait_messages(1, timeout=10)
+    assert m.meta["tls"] is True
+    assert m.meta["auth_user"] == "mailer"
+    assert m.msg["Subject"] == "tls-auth"
+
+
+def test_capture_server_faults(capture_server):
+    srv = capture_server(tempfail_first=1, reject_rcpt="bounce")
+    with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@shop.example", ["b@example.com"], _msg("first"))
+        assert e.value.smtp_code == 451
+        s.rset()
+        refused = s.sendmail("a@shop.example", ["bounce@example.com", "ok@example.com"],
+                             _msg("second"))
+        assert refused["bounce@example.com"][0] == 550
+    [m] = srv.wait_messages(1, timeout=10)
+    assert m.rcpt_tos == ["ok@example.com"]
+    assert srv.count() == 1
+
+
+def test_smtp_sink_accepts(smtp_sink):
+    sink = smtp_sink()
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as s:
+        s.sendmail("a@shop.example", ["b@example.com"], _msg("sink"))
+
+
+@pytest.mark.needs_worker
+def test_worker_binary_runs():
+    from harness import binary, run
+    r = run([binary("kafka-mailer"), "--help"], timeout=10)
+    assert r.returncode in (0, 1, 2)
+    assert "kafka-mailer" in (r.stdout + r.stderr)

@@ -1,0 +1,807 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+#define SECRET_VALUE "hunter2-do-not-print"
+
+static char errstr[512];
+
+static int set(struct config *conf, const char *key, const char *value) {
+        errstr[0] = '\0';
+        return config_set(conf, key, value, "-X", errstr, sizeof(errstr));
+}
+
+static void assert_set_fails(struct config *conf, const char *key,
+                             const char *value, const char *expected) {
+        assert_int_equal(set(conf, key, value), -1);
+        assert_string_equal(errstr, expected);
+}
+
+/* Writes @content to a new temporary file. @path gets its name. */
+static void write_tmp(const char *content, char *path, size_t path_size) {
+        int fd;
+        size_t len = strlen(content);
+
+        snprintf(path, path_size, "/tmp/test_config.XXXXXX");
+        fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, content, len), (ssize_t)len);
+        close(fd);
+}
+
+/* @returns a malloc'd string of everything @conf's dump prints (or help
+ * when @conf is NULL). */
+static char *capture(const struct config *conf) {
+        char *buf = NULL;
+        size_t size = 0;
+        FILE *fp = open_memstream(&buf, &size);
+
+        assert_non_null(fp);
+        if (conf)
+                config_dump(conf, fp);
+        else
+                config_print_help(fp);
+        fclose(fp);
+        return buf;
+}
+
+static const char *kv_get(const struct config_kv *kvs, size_t cnt,
+                          const char *key) {
+        for (size_t i = 0; i < cnt; i++) {
+                if (strcmp(kvs[i].key, key) == 0)
+                        return kvs[i].value;
+        }
+        return NULL;
+}
+
+static const char *consumer_get(const struct config *conf, const char *key) {
+        return kv_get(conf->kafka_consumer, conf->kafka_consumer_cnt, key);
+}
+
+static const char *producer_get(const struct config *conf, const char *key) {
+        return kv_get(conf->kafka_producer, conf->kafka_producer_cnt, key);
+}
+
+static int setup(void **state) {
+        *state = config_new();
+        return *state ? 0 : -1;
+}
+
+static int teardown(void **state) {
+        config_destroy(*state);
+        return 0;
+}
+
+static void test_defaults(void **state) {
+        struct config *conf = *state;
+
+        assert_string_equal(conf->topic_requests, "email.requests");
+        assert_string_equal(conf->topic_results, "email.results");
+        assert_string_equal(conf->topic_deadletter, "email.deadletter");
+        assert_string_equal(conf->worker_id, "");
+        assert_string_equal(conf->smtp_url, "smtp://127.0.0.1:25");
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_REQUIRED);
+        assert_string_equal(conf->smtp_username, "");
+        assert_string_equal(conf->smtp_password, "");
+        assert_string_equal(conf->smtp_password_file, "");
+        assert_string_equal(conf->smtp_ca_file, "");
+        assert_int_equal(conf->smtp_tls_verify, 1);
+        assert_string_equal(conf->smtp_helo_name, "");
+        assert_int_equal(conf->smtp_pipelining, 1);
+        assert_int_equal(conf->smtp_sessions_max, 100);
+        assert_int_equal(conf->smtp_session_max_messages, 1000);
+        assert_int_equal(conf->smtp_session_idle_ms, 10000);
+        assert_int_equal(conf->smtp_timeout_connect_ms, 30000);
+        assert_int_equal(conf->smtp_timeout_command_ms, 60000);
+        assert_int_equal(conf->smtp_timeout_data_ms, 300000);
+        assert_int_equal(conf->smtp_relay_backoff_initial_ms, 1000);
+        assert_int_equal(conf->smtp_relay_backoff_max_ms, 60000);
+        assert_int_equal(conf->inflight_max, 1000);
+        assert_int_equal(conf->inflight_resume_percent, 50);
+        assert_int_equal(conf->retry_attempts_max, 5);
+        assert_int_equal(conf->retry_backoff_initial_ms, 1000);
+        assert_int_equal(conf->retry_backoff_max_ms, 60000);
+        assert_int_equal(conf->retry_jitter_percent, 20);
+        assert_int_equal(conf->request_max_bytes, 4194304);
+        assert_int_equal(conf->request_max_recipients, 100);
+        assert_string_equal(conf->message_id_domain, "");
+        assert_int_equal(conf->commit_interval_ms, 1000);
+        assert_int_equal(conf->rebalance_drain_timeout_ms, 10000);
+        assert_int_equal(conf->shutdown_timeout_ms, 30000);
+        assert_string_equal(conf->log_level, "info");
+        assert_string_equal(consumer_get(conf, "bootstrap.servers"),
+                            "127.0.0.1:9092");
+        assert_string_equal(producer_get(conf, "bootstrap.servers"),
+                            "127.0.0.1:9092");
+        assert_string_equal(consumer_get(conf, "group.id"), "kafka-mailer");
+        assert_null(producer_get(conf, "group.id"));
+}
+
+static void test_defaults_pass_finish(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+}
+
+/* The bounds of every int key, as specified. */
+static const struct {
+        const char *key;
+        long min, max;
+} int_keys[] = {
+        {"smtp.sessions.max", 1, 20000},
+        {"smtp.session.max.messages", 1, 1000000},
+        {"smtp.session.idle.ms", 100, 3600000},
+        {"smtp.timeout.connect.ms", 100, 600000},
+        {"smtp.timeout.command.ms", 100, 900000},
+        {"smtp.timeout.data.ms", 100, 3600000},
+        {"smtp.relay.backoff.initial.ms", 10, 600000},
+        {"smtp.relay.backoff.max.ms", 10, 3600000},
+        {"inflight.max", 1, 100000},
+        {"inflight.resume.percent", 0, 99},
+        {"retry.attempts.max", 1, 100},
+        {"retry.backoff.initial.ms", 1, 3600000},
+        {"retry.backoff.max.ms", 1, 86400000},
+        {"retry.jitter.percent", 0, 100},
+        {"request.max.bytes", 1024, 104857600},
+        {"request.max.recipients", 1, 10000},
+        {"commit.interval.ms", 10, 600000},
+        {"rebalance.drain.timeout.ms", 0, 600000},
+        {"shutdown.timeout.ms", 0, 3600000},
+};
+
+static void test_int_bounds_of_every_int_key(void **state) {
+        struct config *conf = *state;
+        char value[32], expected[256];
+
+        for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++) {
+                const char *key = int_keys[i].key;
+
+                snprintf(value, sizeof(value), "%ld", int_keys[i].min);
+                assert_int_equal(set(conf, key, value), 0);
+                snprintf(value, sizeof(value), "%ld", int_keys[i].max);
+                assert_int_equal(set(conf, key, value), 0);
+
+                snprintf(value, sizeof(value), "%ld", int_keys[i].min - 1);
+                snprintf(expected, sizeof(expected),
+                         "-X: %s: %ld is below the minimum %ld", key,
+                         int_keys[i].min - 1, int_keys[i].min);
+                assert_set_fails(conf, key, value, expected);
+
+                snprintf(value, sizeof(value), "%ld", int_keys[i].max + 1);
+                snprintf(expected, sizeof(expected),
+                         "-X: %s: %ld is above the maximum %ld", key,
+                         int_keys[i].max + 1, int_keys[i].max);
+                assert_set_fails(conf, key, value, expected);
+        }
+}
+
+static void test_int_parsing(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "smtp.sessions.max", "1"), 0);
+        assert_int_equal(conf->smtp_sessions_max, 1);
+        assert_int_equal(set(conf, "smtp.sessions.max", "20000"), 0);
+        assert_int_equal(conf->smtp_sessions_max, 20000);
+        assert_int_equal(set(conf, "smtp.sessions.max", "+7"), 0);
+        assert_int_equal(conf->smtp_sessions_max, 7);
+
+        assert_set_fails(conf, "smtp.sessions.max", "0",
+                         "-X: smtp.sessions.max: 0 is below the minimum 1");
+        assert_set_fails(conf, "smtp.sessions.max", "-5",
+                         "-X: smtp.sessions.max: -5 is below the minimum 1");
+        assert_set_fails(conf, "smtp.sessions.max", "20001",
+                         "-X: smtp.sessions.max: 20001 is above the maximum "
+                         "20000");
+        assert_set_fails(conf, "smtp.sessions.max", "many",
+                         "-X: smtp.sessions.max: \"many\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", "12abc",
+                         "-X: smtp.sessions.max: \"12abc\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", "",
+                         "-X: smtp.sessions.max: \"\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", " 5",
+                         "-X: smtp.sessions.max: \" 5\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", "0x10",
+                         "-X: smtp.sessions.max: \"0x10\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", "-",
+                         "-X: smtp.sessions.max: \"-\" is not an integer");
+        assert_set_fails(conf, "smtp.sessions.max", "99999999999999999999",
+                         "-X: smtp.sessions.max: 99999999999999999999 is out "
+                         "of range (1..20000)");
+        assert_set_fails(conf, "smtp.sessions.max", "-99999999999999999999",
+                         "-X: smtp.sessions.max: -99999999999999999999 is out "
+                         "of range (1..20000)");
+        /* Above INT_MAX but within long: a bounds error, not a wrap. */
+        assert_set_fails(conf, "request.max.bytes", "4294967297",
+                         "-X: request.max.bytes: 4294967297 is above the "
+                         "maximum 104857600");
+        /* A failed set leaves the value as it was. */
+        assert_int_equal(conf->smtp_sessions_max, 7);
+}
+
+static void test_bool_parsing(void **state) {
+        struct config *conf = *state;
+        static const char *const yes[] = {"true", "1", "yes", "on", "TRUE", "On"};
+        static const char *const no[] = {"false", "0", "no", "off", "FALSE", "Off"};
+
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+                assert_int_equal(set(conf, "smtp.tls.verify", no[i]), 0);
+                assert_int_equal(conf->smtp_tls_verify, 0);
+                assert_int_equal(set(conf, "smtp.tls.verify", yes[i]), 0);
+                assert_int_equal(conf->smtp_tls_verify, 1);
+        }
+        assert_set_fails(conf, "smtp.pipelining", "maybe",
+                         "-X: smtp.pipelining: \"maybe\" is not a boolean "
+                         "(true, false, 1, 0, yes, no, on, off)");
+        assert_set_fails(conf, "smtp.pipelining", "",
+                         "-X: smtp.pipelining: \"\" is not a boolean (true, "
+                         "false, 1, 0, yes, no, on, off)");
+        assert_set_fails(conf, "smtp.pipelining", "2",
+                         "-X: smtp.pipelining: \"2\" is not a boolean (true, "
+                         "false, 1, 0, yes, no, on, off)");
+        assert_int_equal(conf->smtp_pipelining, 1);
+}
+
+static void test_enum_parsing(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "smtp.starttls", "opportunistic"), 0);
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_OPPORTUNISTIC);
+        assert_int_equal(set(conf, "smtp.starttls", "off"), 0);
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_OFF);
+        assert_int_equal(set(conf, "smtp.starttls", "required"), 0);
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_REQUIRED);
+        assert_int_equal(config_set(conf, "smtp.starttls", "maybe",
+                                    "env KAFKA_MAILER_SMTP_STARTTLS", errstr,
+                                    sizeof(errstr)),
+                         -1);
+        assert_string_equal(errstr, "env KAFKA_MAILER_SMTP_STARTTLS: "
+                                    "smtp.starttls: \"maybe\" is not one of "
+                                    "required, opportunistic, off");
+        assert_set_fails(conf, "smtp.starttls", "Required",
+                         "-X: smtp.starttls: \"Required\" is not one of "
+                         "required, opportunistic, off");
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_REQUIRED);
+
+        assert_int_equal(set(conf, "log.level", "debug"), 0);
+        assert_string_equal(conf->log_level, "debug");
+        assert_int_equal(set(conf, "log.level", "error"), 0);
+        assert_string_equal(conf->log_level, "error");
+        assert_set_fails(conf, "log.level", "trace",
+                         "-X: log.level: \"trace\" is not one of error, warn, "
+                         "info, debug");
+        assert_string_equal(conf->log_level, "error");
+}
+
+static void test_enum_error_truncates_safely(void **state) {
+        struct config *conf = *state;
+        char small[40];
+
+        assert_int_equal(config_set(conf, "smtp.starttls", "maybe", "-X", small,
+                                    sizeof(small)),
+                         -1);
+        assert_int_equal(strlen(small), sizeof(small) - 1);
+        assert_int_equal(config_set(conf, "smtp.starttls", "maybe", "-X", small,
+                                    20),
+                         -1);
+        assert_int_equal(strlen(small), 19);
+}
+
+static void test_string_set_and_replace(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "topic.requests", "a"), 0);
+        assert_int_equal(set(conf, "topic.requests", "b.c-d"), 0);
+        assert_string_equal(conf->topic_requests, "b.c-d");
+        assert_int_equal(set(conf, "smtp.helo.name", ""), 0);
+        assert_string_equal(conf->smtp_helo_name, "");
+        assert_int_equal(set(conf, "message.id.domain", "mail.example"), 0);
+        assert_string_equal(conf->message_id_domain, "mail.example");
+}
+
+static void test_unknown_key_names_source(void **state) {
+        struct config *conf = *state;
+        char *envp[] = {"PATH=/bin", "KAFKA_MAILER_SMTP_URLL=smtp://x", NULL};
+        char path[64], expected[128];
+
+        assert_set_fails(conf, "smpt.url", "x", "-X: unknown key \"smpt.url\"");
+
+        assert_int_equal(config_load_env(conf, envp, errstr, sizeof(errstr)),
+                         -1);
+        assert_string_equal(errstr, "env KAFKA_MAILER_SMTP_URLL: unknown key "
+                                    "\"smtp.urll\"");
+
+        write_tmp("# settings\n\nsmtp.url = smtp://a:25\nsmpt.url=x\n", path,
+                  sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         -1);
+        snprintf(expected, sizeof(expected), "%s:4: unknown key \"smpt.url\"",
+                 path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+}
+
+static void test_file_parsing(void **state) {
+        struct config *conf = *state;
+        char path[64];
+
+        write_tmp("# a comment\n"
+                  "   # an indented comment\n"
+                  "\n"
+                  "   \t\n"
+                  "topic.requests=in\n"
+                  "  topic.results \t=  \tout  \n"
+                  "topic.deadletter=dead\r\n"
+                  "message.id.domain=a=b#c\n"
+                  "smtp.helo.name=\n"
+                  "smtp.sessions.max = 7\n"
+                  "kafka.client.id=km",
+                  path, sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         0);
+        assert_string_equal(conf->topic_requests, "in");
+        assert_string_equal(conf->topic_results, "out");
+        assert_string_equal(conf->topic_deadletter, "dead");
+        assert_string_equal(conf->message_id_domain, "a=b#c");
+        assert_string_equal(conf->smtp_helo_name, "");
+        assert_int_equal(conf->smtp_sessions_max, 7);
+        assert_string_equal(consumer_get(conf, "client.id"), "km");
+        unlink(path);
+}
+
+static void test_file_errors_carry_path_and_line(void **state) {
+        struct config *conf = *state;
+        char path[64], expected[256];
+
+        write_tmp("topic.requests=in\n\n# x\nsmtp.sessions.max=0\n", path,
+                  sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         -1);
+        snprintf(expected, sizeof(expected),
+                 "%s:4: smtp.sessions.max: 0 is below the minimum 1", path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+
+        write_tmp("topic.requests=in\nsmtp.password " SECRET_VALUE "\n", path,
+                  sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         -1);
+        snprintf(expected, sizeof(expected), "%s:2: expected key=value", path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+
+        write_tmp(" = value\n", path, sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         -1);
+        snprintf(expected, sizeof(expected), "%s:1: no key before '='", path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+
+        assert_int_equal(config_load_file(conf, "/nonexistent/km.properties",
+                                          errstr, sizeof(errstr)),
+                         -1);
+        assert_string_equal(errstr, "/nonexistent/km.properties: cannot open: "
+                                    "No such file or directory");
+}
+
+/* file < env < -X: the caller applies the sources in that order and the
+ * last config_set of a key wins. */
+static void test_precedence_file_env_x(void **state) {
+        struct config *conf = *state;
+        char *envp[] = {"KAFKA_MAILER_SMTP_URL=smtp://env:25",
+                        "KAFKA_MAILER_INFLIGHT_MAX=20",
+                        "KAFKA_MAILER_KAFKA_CLIENT_ID=env", NULL};
+        char path[64];
+
+        write_tmp("smtp.url=smtp://file:25\ninflight.max=10\n"
+                  "retry.attempts.max=3\nkafka.client.id=file\n",
+                  path, sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         0);
+        assert_int_equal(config_load_env(conf, envp, errstr, sizeof(errstr)),
+                         0);
+        assert_int_equal(set(conf, "inflight.max", "30"), 0);
+
+        assert_string_equal(conf->smtp_url, "smtp://env:25");
+        assert_int_equal(conf->inflight_max, 30);
+        assert_int_equal(conf->retry_attempts_max, 3);
+        assert_string_equal(consumer_get(conf, "client.id"), "env");
+        assert_string_equal(producer_get(conf, "client.id"), "env");
+        unlink(path);
+}
+
+static void test_kafka_routing(void **state) {
+        struct config *conf = *state;
+        size_t ccnt;
+
+        assert_int_equal(set(conf, "kafka.bootstrap.servers", "k1:9092"), 0);
+        assert_string_equal(consumer_get(conf, "bootstrap.servers"), "k1:9092");
+        assert_string_equal(producer_get(conf, "bootstrap.servers"), "k1:9092");
+
+        assert_int_equal(set(conf, "kafka.consumer.group.id", "g"), 0);
+        assert_string_equal(consumer_get(conf, "group.id"), "g");
+        assert_null(producer_get(conf, "group.id"));
+
+        assert_int_equal(set(conf, "kafka.producer.linger.ms", "5"), 0);
+        assert_string_equal(producer_get(conf, "linger.ms"), "5");
+        assert_null(consumer_get(conf, "linger.ms"));
+
+        /* Later values replace earlier ones, in whichever list they hit. */
+        ccnt = conf->kafka_consumer_cnt;
+        assert_int_equal(set(conf, "kafka.consumer.bootstrap.servers", "k2"), 0);
+        assert_int_equal(conf->kafka_consumer_cnt, ccnt);
+        assert_string_equal(consumer_get(conf, "bootstrap.servers"), "k2");
+        assert_string_equal(producer_get(conf, "bootstrap.servers"), "k1:9092");
+        assert_int_equal(set(conf, "kafka.bootstrap.servers", "k3"), 0);
+        assert_string_equal(consumer_get(conf, "bootstrap.servers"), "k3");
+        assert_string_equal(producer_get(conf, "bootstrap.servers"), "k3");
+
+        assert_set_fails(conf, "kafka.", "x",
+                         "-X: kafka.: no librdkafka property name after the "
+                         "prefix");
+        assert_set_fails(conf, "kafka.consumer.", "x",
+                         "-X: kafka.consumer.: no librdkafka property name "
+                         "after the prefix");
+        assert_set_fails(conf, "kafka.producer", "x",
+                         "-X: kafka.producer: no librdkafka property name "
+                         "after the prefix");
+        assert_set_fails(conf, "kafka", "x", "-X: unknown key \"kafka\"");
+}
+
+static void test_env_mapping(void **state) {
+        struct config *conf = *state;
+        /* The client-specific variable comes first: it still wins. */
+        char *envp[] = {"HOME=/root",
+                        "KAFKA_MAILER_KAFKA_CONSUMER_CLIENT_ID=c",
+                        "KAFKA_MAILER_KAFKA_CLIENT_ID=both",
+                        "KAFKA_MAILER_KAFKA_BOOTSTRAP_SERVERS=kafka:9092",
+                        "KAFKA_MAILER_SMTP_STARTTLS=off",
+                        "KAFKA_MAILER_SMTP_TLS_VERIFY=no",
+                        "KAFKA_MAILER_SMTP_URL=smtps://relay:465",
+                        "KAFKA_MAILER=ignored-not-the-prefix",
+                        "KAFKA_MAILERX_Y=ignored",
+                        NULL};
+
+        assert_int_equal(config_load_env(conf, envp, errstr, sizeof(errstr)),
+                         0);
+        assert_string_equal(consumer_get(conf, "client.id"), "c");
+        assert_string_equal(producer_get(conf, "client.id"), "both");
+        assert_string_equal(consumer_get(conf, "bootstrap.servers"),
+                            "kafka:9092");
+        assert_string_equal(producer_get(conf, "bootstrap.servers"),
+                            "kafka:9092");
+        assert_int_equal(conf->smtp_starttls, CONFIG_TLS_OFF);
+        assert_int_equal(conf->smtp_tls_verify, 0);
+        assert_string_equal(conf->smtp_url, "smtps://relay:465");
+}
+
+static void test_env_errors_name_the_variable(void **state) {
+        struct config *conf = *state;
+        char *bad_name[] = {"KAFKA_MAILER_smtp_url=x", NULL};
+        char *empty_name[] = {"KAFKA_MAILER_=x", NULL};
+        char *bad_value[] = {"KAFKA_MAILER_INFLIGHT_MAX=0", NULL};
+
+        assert_int_equal(
+                config_load_env(conf, bad_name, errstr, sizeof(errstr)), -1);
+        assert_non_null(strstr(errstr, "env KAFKA_MAILER_smtp_url: "));
+        assert_int_equal(
+                config_load_env(conf, empty_name, errstr, sizeof(errstr)), -1);
+        assert_non_null(strstr(errstr, "env KAFKA_MAILER_: "));
+        assert_int_equal(
+                config_load_env(conf, bad_value, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr, "env KAFKA_MAILER_INFLIGHT_MAX: "
+                                    "inflight.max: 0 is below the minimum 1");
+}
+
+static void test_password_file_first_line(void **state) {
+        struct config *conf = *state;
+        char path[64];
+
+        write_tmp(SECRET_VALUE "\r\nsecond line\n", path, sizeof(path));
+        assert_int_equal(set(conf, "smtp.username", "mailer"), 0);
+        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_string_equal(conf->smtp_password, SECRET_VALUE);
+        unlink(path);
+}
+
+static void test_password_file_without_newline(void **state) {
+        struct config *conf = *state;
+        char path[64];
+
+        write_tmp(SECRET_VALUE, path, sizeof(path));
+        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_string_equal(conf->smtp_password, SECRET_VALUE);
+        unlink(path);
+}
+
+static void test_password_file_errors(void **state) {
+        struct config *conf = *state;
+        char path[64], expected[256];
+
+        assert_int_equal(set(conf, "smtp.password.file", "/nonexistent/pw"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr, "smtp.password.file: cannot open "
+                                    "\"/nonexistent/pw\": No such file or "
+                                    "directory");
+
+        write_tmp("", path, sizeof(path));
+        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        snprintf(expected, sizeof(expected),
+                 "smtp.password.file: \"%s\" is empty", path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+
+        write_tmp("\nsecond\n", path, sizeof(path));
+        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        snprintf(expected, sizeof(expected),
+                 "smtp.password.file: \"%s\": first line is empty", path);
+        assert_string_equal(errstr, expected);
+        unlink(path);
+}
+
+static void test_password_and_password_file_exclusive(void **state) {
+        struct config *conf = *state;
+        char path[64];
+
+        write_tmp("x\n", path, sizeof(path));
+        assert_int_equal(set(conf, "smtp.password", SECRET_VALUE), 0);
+        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr,
+                            "smtp.password, smtp.password.file: set only one");
+        unlink(path);
+}
+
+static void test_secrets_never_printed(void **state) {
+        struct config *conf = *state;
+        char *out;
+
+        assert_int_equal(set(conf, "smtp.username", "mailer"), 0);
+        assert_int_equal(set(conf, "smtp.password", SECRET_VALUE), 0);
+        assert_int_equal(set(conf, "kafka.sasl.password", SECRET_VALUE), 0);
+        assert_int_equal(
+                set(conf, "kafka.producer.ssl.key.password", SECRET_VALUE), 0);
+        assert_int_equal(set(conf, "kafka.sasl.oauthbearer.client.secret",
+                             SECRET_VALUE),
+                         0);
+        assert_int_equal(set(conf, "kafka.sasl.username", "kuser"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+
+        out = capture(conf);
+        assert_null(strstr(out, SECRET_VALUE));
+        assert_non_null(strstr(out, "\nsmtp.password=***\n"));
+        assert_non_null(strstr(out, "\nkafka.consumer.sasl.password=***\n"));
+        assert_non_null(strstr(out, "\nkafka.producer.sasl.password=***\n"));
+        assert_non_null(
+                strstr(out, "\nkafka.producer.ssl.key.password=***\n"));
+        assert_non_null(strstr(
+                out, "\nkafka.consumer.sasl.oauthbearer.client.secret=***\n"));
+        assert_non_null(strstr(out, "\nkafka.consumer.sasl.username=kuser\n"));
+        assert_non_null(strstr(out, "\nsmtp.username=mailer\n"));
+        free(out);
+
+        out = capture(NULL);
+        assert_null(strstr(out, SECRET_VALUE));
+        assert_non_null(strstr(out, "  smtp.password (secret string)\n"));
+        free(out);
+
+        /* Errors about the secret keys do not carry their values. */
+        assert_int_equal(set(conf, "smtp.password.file", "/nonexistent"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_null(strstr(errstr, SECRET_VALUE));
+        assert_int_equal(set(conf, "smpt.password", SECRET_VALUE), -1);
+        assert_null(strstr(errstr, SECRET_VALUE));
+        assert_int_equal(set(conf, "smtp.url",
+                             "smtp://mailer:" SECRET_VALUE "@relay:25"),
+                         0);
+        assert_int_equal(set(conf, "smtp.password.file", ""), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_null(strstr(errstr, SECRET_VALUE));
+        assert_int_equal(set(conf, "smtp.url",
+                             "http://mailer:" SECRET_VALUE "@relay:25"),
+                         0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_null(strstr(errstr, SECRET_VALUE));
+}
+
+static void test_empty_password_dumps_empty(void **state) {
+        struct config *conf = *state;
+        char *out = capture(conf);
+
+        assert_non_null(strstr(out, "\nsmtp.password=\n"));
+        assert_non_null(strstr(out, "\nsmtp.starttls=required\n"));
+        assert_non_null(strstr(out, "\nsmtp.tls.verify=true\n"));
+        assert_non_null(strstr(out, "\ninflight.max=1000\n"));
+        assert_non_null(strstr(out, "\nkafka.consumer.group.id=kafka-mailer\n"));
+        free(out);
+}
+
+static void assert_finish_fails(struct config *conf, const char *expected) {
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr, expected);
+}
+
+static void test_backoff_initial_above_max_rejected(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "smtp.relay.backoff.initial.ms", "5000"), 0);
+        assert_int_equal(set(conf, "smtp.relay.backoff.max.ms", "4000"), 0);
+        assert_finish_fails(conf, "smtp.relay.backoff.initial.ms: 5000 is "
+                                  "above smtp.relay.backoff.max.ms 4000");
+        assert_int_equal(set(conf, "smtp.relay.backoff.max.ms", "5000"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+
+        assert_int_equal(set(conf, "retry.backoff.initial.ms", "61000"), 0);
+        assert_finish_fails(conf, "retry.backoff.initial.ms: 61000 is above "
+                                  "retry.backoff.max.ms 60000");
+}
+
+static void test_url_checks(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "smtp.url", "http://relay:25"), 0);
+        assert_finish_fails(conf, "smtp.url: \"http://relay:25\" must start "
+                                  "with smtp:// or smtps://");
+        assert_int_equal(set(conf, "smtp.url", "relay:25"), 0);
+        assert_finish_fails(conf, "smtp.url: \"relay:25\" must start with "
+                                  "smtp:// or smtps://");
+        assert_int_equal(set(conf, "smtp.url", "smtp://"), 0);
+        assert_finish_fails(conf, "smtp.url: \"smtp://\" has no host");
+        assert_int_equal(set(conf, "smtp.url", "smtp://u:p@relay:25"), 0);
+        assert_finish_fails(conf, "smtp.url: has credentials in it: put "
+                                  "credentials in "
+                                  "smtp.username/smtp.password");
+        assert_int_equal(set(conf, "smtp.url", "smtps://u@relay"), 0);
+        assert_finish_fails(conf, "smtp.url: has credentials in it: put "
+                                  "credentials in "
+                                  "smtp.username/smtp.password");
+        /* An '@' after the authority is not a credential. */
+        assert_int_equal(set(conf, "smtp.url", "smtp://relay:25/x@y"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        /* Implicit TLS with STARTTLS off is fine. */
+        assert_int_equal(set(conf, "smtp.url", "smtps://relay:465"), 0);
+        assert_int_equal(set(conf, "smtp.starttls", "off"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+}
+
+static void test_username_without_password_rejected(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "smtp.username", "mailer"), 0);
+        assert_finish_fails(conf, "smtp.username: set without smtp.password "
+                                  "or smtp.password.file");
+        assert_int_equal(set(conf, "smtp.password", "pw"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+}
+
+static void test_empty_topic_rejected(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "topic.results", ""), 0);
+        assert_finish_fails(conf, "topic.results: must not be empty");
+}
+
+static void test_worker_id_default_and_explicit(void **state) {
+        struct config *conf = *state;
+        char host[256], expected[320];
+
+        assert_int_equal(gethostname(host, sizeof(host)), 0);
+        host[sizeof(host) - 1] = '\0';
+        snprintf(expected, sizeof(expected), "%s-%ld", host, (long)getpid());
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_string_equal(conf->worker_id, expected);
+
+        assert_int_equal(set(conf, "worker.id", "w-1"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_string_equal(conf->worker_id, "w-1");
+}
+
+static void test_help_lists_every_key(void **state) {
+        char *out = capture(NULL);
+        char needle[128];
+
+        (void)state;
+        for (size_t i = 0; i < config_key_count(); i++) {
+                snprintf(needle, sizeof(needle), "  %s (", config_key_name(i));
+                assert_non_null(strstr(out, needle));
+        }
+        assert_non_null(strstr(out, "  smtp.sessions.max (int, default \"100\", "
+                                    "1..20000)\n"));
+        assert_non_null(strstr(out, "kafka.consumer.X"));
+        free(out);
+}
+
+static void test_dump_lists_every_key(void **state) {
+        struct config *conf = *state;
+        char *out = capture(conf);
+        char needle[128];
+
+        for (size_t i = 0; i < config_key_count(); i++) {
+                snprintf(needle, sizeof(needle), "%s=", config_key_name(i));
+                assert_non_null(strstr(out, needle));
+        }
+        free(out);
+}
+
+/* docs/configuration.md names every key as `key`: the doc cannot drift. */
+static void test_doc_names_every_key(void **state) {
+        const char *fixtures = getenv("KM_FIXTURES");
+        char path[4096], needle[128];
+        char *doc = NULL;
+        size_t size = 0;
+        FILE *fp;
+        long len;
+
+        (void)state;
+        assert_non_null(fixtures);
+        snprintf(path, sizeof(path), "%s/../../docs/configuration.md", fixtures);
+        fp = fopen(path, "r");
+        assert_non_null(fp);
+        assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+        len = ftell(fp);
+        assert_true(len > 0);
+        rewind(fp);
+        size = (size_t)len;
+        doc = malloc(size + 1);
+        assert_non_null(doc);
+        assert_int_equal(fread(doc, 1, size, fp), size);
+        doc[size] = '\0';
+        fclose(fp);
+
+        for (size_t i = 0; i < config_key_count(); i++) {
+                snprintf(needle, sizeof(needle), "`%s`", config_key_name(i));
+                if (!strstr(doc, needle))
+                        fail_msg("%s does not document %s", path, needle);
+        }
+        free(doc);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                T(test_defaults),
+                T(test_defaults_pass_finish),
+                T(test_int_bounds_of_every_int_key),
+                T(test_int_parsing),
+                T(test_bool_parsing),
+                T(test_enum_parsing),
+                T(test_enum_error_truncates_safely),
+                T(test_string_set_and_replace),
+                T(test_unknown_key_names_source),
+                T(test_file_parsing),
+                T(test_file_errors_carry_path_and_line),
+                T(test_precedence_file_env_x),
+                T(test_kafka_routing),
+                T(test_env_mapping),
+                T(test_env_errors_name_the_variable),
+                T(test_password_file_first_line),
+                T(test_password_file_without_newline),
+                T(test_password_file_errors),
+                T(test_password_and_password_file_exclusive),
+                T(test_secrets_never_printed),
+                T(test_empty_password_dumps_empty),
+                T(test_backoff_initial_above_max_rejected),
+                T(test_url_checks),
+                T(test_username_without_password_rejected),
+                T(test_empty_topic_rejected),
+                T(test_worker_id_default_and_explicit),
+                T(test_help_lists_every_key),
+                T(test_dump_lists_every_key),
+                T(test_doc_names_every_key),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

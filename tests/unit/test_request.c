@@ -1,0 +1,468 @@
+/*
+ * Unit tests of request: every invalid fixture is rejected with its reason,
+ * every valid fixture parses, and the parsed fields are what the wire format
+ * (docs/wire-format.md) says.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fixture.h"
+#include "request.h"
+
+static const struct request_limits test_limits = {
+        .max_bytes = 16384,
+        .max_recipients = 10,
+};
+
+static struct mail_request *parse_str(const char *json, char *err,
+                                      size_t err_size) {
+        char id[64];
+
+        return request_parse(json, strlen(json), &test_limits, id, sizeof(id),
+                             err, err_size);
+}
+
+/* One invalid fixture: request_parse fails and the reason contains the
+ * text of the case's "error" file. */
+static void test_invalid_fixture_rejected_with_reason(void **state) {
+        const char *dir = *state;
+        char path[2048];
+        char *input;
+        char *expect;
+        size_t len;
+        size_t elen;
+        char id[64];
+        char err[512] = "";
+        struct mail_request *req;
+
+        snprintf(path, sizeof(path), "%s/input.json", dir);
+        input = fixture_read(path, &len);
+        assert_non_null(input);
+        snprintf(path, sizeof(path), "%s/error", dir);
+        expect = fixture_read(path, &elen);
+        assert_non_null(expect);
+        while (elen > 0 && (expect[elen - 1] == '\n' || expect[elen - 1] == '\r'))
+                expect[--elen] = '\0';
+        assert_true(elen > 0);
+
+        req = request_parse(input, len, &test_limits, id, sizeof(id), err,
+                            sizeof(err));
+        if (req != NULL)
+                print_error("%s: accepted, expected \"%s\"\n", fixture_name(dir),
+                            expect);
+        assert_null(req);
+        if (strstr(err, expect) == NULL)
+                print_error("%s: reason \"%s\", expected \"%s\"\n",
+                            fixture_name(dir), err, expect);
+        assert_non_null(strstr(err, expect));
+        /* Reasons are short and lower-case, without a trailing period and
+         * without line breaks (they go into logs and result records). */
+        assert_true(strlen(err) > 0 && err[strlen(err) - 1] != '.');
+        assert_null(strpbrk(err, "\r\n"));
+        free(input);
+        free(expect);
+}
+
+static void test_valid_fixture_accepted(void **state) {
+        const char *dir = *state;
+        char path[2048];
+        char *input;
+        size_t len;
+        char id[64];
+        char err[512] = "";
+        struct mail_request *req;
+
+        snprintf(path, sizeof(path), "%s/input.json", dir);
+        input = fixture_read(path, &len);
+        assert_non_null(input);
+        req = request_parse(input, len, &test_limits, id, sizeof(id), err,
+                            sizeof(err));
+        if (req == NULL)
+                print_error("%s: rejected: %s\n", fixture_name(dir), err);
+        assert_non_null(req);
+        assert_string_equal(id, req->id);
+        assert_true(request_recipient_count(req) > 0);
+        assert_true(req->text != NULL || req->html != NULL);
+        assert_non_null(req->subject);
+        request_destroy(req);
+        free(input);
+}
+
+static void test_fixture_folders_hold_at_least_30_invalid_cases(void **state) {
+        char **list;
+        size_t n = fixture_list("requests/invalid", &list);
+
+        (void)state;
+        assert_true(n >= 30);
+        fixture_free_list(list, n);
+        n = fixture_list("requests/valid", &list);
+        assert_true(n >= 1);
+        fixture_free_list(list, n);
+}
+
+static void test_full_request_fields_parsed(void **state) {
+        const char *json =
+                "{\"v\":1,\"id\":\"r.1\",\"from\":\"Shop <no-reply@shop.example>\","
+                "\"to\":[\"Ann <ann@example.com>\",\"bob@example.com\"],"
+                "\"cc\":[\"\\\"Smith, John\\\" <john@example.com>\"],"
+                "\"bcc\":[\"<audit@example.com>\"],"
+                "\"reply_to\":\"help@shop.example\",\"subject\":\"S\","
+                "\"text\":\"T\",\"html\":\"H\",\"headers\":{\"X-A\":\"1\",\"X-B\":\"2\"},"
+                "\"attachments\":[{\"filename\":\"a.txt\",\"content_base64\":\"aGk=\"},"
+                "{\"filename\":\"b\",\"content_type\":\"image/png\",\"content_base64\":\"AA==\"}],"
+                "\"deadline\":\"2026-11-28T12:00:00Z\",\"metadata\":{\"order\":1234}}";
+        char err[256];
+        struct mail_request *req = parse_str(json, err, sizeof(err));
+
+        (void)state;
+        assert_non_null(req);
+        assert_string_equal(req->id, "r.1");
+        assert_string_equal(req->from.display, "Shop");
+        assert_string_equal(req->from.addr, "no-reply@shop.example");
+        assert_int_equal(req->to_cnt, 2);
+        assert_string_equal(req->to[0].display, "Ann");
+        assert_null(req->to[1].display);
+        assert_string_equal(req->to[1].addr, "bob@example.com");
+        assert_int_equal(req->cc_cnt, 1);
+        assert_string_equal(req->cc[0].display, "Smith, John");
+        assert_int_equal(req->bcc_cnt, 1);
+        assert_null(req->bcc[0].display);
+        assert_string_equal(req->bcc[0].addr, "audit@example.com");
+        assert_int_equal(req->reply_to_cnt, 1);
+        assert_string_equal(req->reply_to[0].addr, "help@shop.example");
+        assert_string_equal(req->subject, "S");
+        assert_string_equal(req->text, "T");
+        assert_string_equal(req->html, "H");
+        assert_int_equal(req->header_cnt, 2);
+        assert_string_equal(req->headers[0].name, "X-A");
+        assert_string_equal(req->headers[1].value, "2");
+        assert_int_equal(req->attachment_cnt, 2);
+        assert_string_equal(req->attachments[0].content_type,
+                            "application/octet-stream");
+        assert_int_equal(req->attachments[0].data_len, 2);
+        assert_memory_equal(req->attachments[0].data, "hi", 2);
+        assert_string_equal(req->attachments[1].content_type, "image/png");
+        assert_int_equal(req->attachments[1].data_len, 1);
+        assert_int_equal(req->attachments[1].data[0], 0);
+        assert_int_equal(req->deadline_ms, 1795867200000LL);
+        assert_non_null(req->metadata);
+        assert_int_equal(json_integer_value(json_object_get(req->metadata,
+                                                            "order")),
+                         1234);
+        assert_int_equal(request_recipient_count(req), 4);
+        request_destroy(req);
+}
+
+static int64_t deadline_of(const char *value) {
+        char json[256];
+        char err[256];
+        struct mail_request *req;
+        int64_t ms;
+
+        snprintf(json, sizeof(json),
+                 "{\"id\":\"d\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                 "\"text\":\"x\",\"deadline\":\"%s\"}",
+                 value);
+        req = parse_str(json, err, sizeof(err));
+        if (req == NULL) {
+                print_error("%s: %s\n", value, err);
+                return -1;
+        }
+        ms = req->deadline_ms;
+        request_destroy(req);
+        return ms;
+}
+
+static void test_deadline_rfc3339_zone_offset_and_fraction(void **state) {
+        (void)state;
+        assert_int_equal(deadline_of("2026-11-28T12:00:00Z"), 1795867200000LL);
+        assert_int_equal(deadline_of("2026-11-28T13:00:00+01:00"),
+                         1795867200000LL);
+        assert_int_equal(deadline_of("2026-11-28T06:30:00-05:30"),
+                         1795867200000LL);
+        assert_int_equal(deadline_of("2026-11-28T12:00:00.25Z"),
+                         1795867200250LL);
+        assert_int_equal(deadline_of("2026-11-28T12:00:00.123456789Z"),
+                         1795867200123LL);
+        assert_int_equal(deadline_of("2026-11-28t12:00:00z"), 1795867200000LL);
+        assert_int_equal(deadline_of("2028-02-29T00:00:00Z"), 1835395200000LL);
+        assert_int_equal(deadline_of("1970-01-01T00:00:00Z"), 1);
+}
+
+static void test_deadline_absent_is_zero(void **state) {
+        char err[256];
+        struct mail_request *req = parse_str(
+                "{\"id\":\"d\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"text\":\"x\"}",
+                err, sizeof(err));
+
+        (void)state;
+        assert_non_null(req);
+        assert_int_equal(req->deadline_ms, 0);
+        assert_string_equal(req->subject, "");
+        assert_null(req->html);
+        assert_null(req->metadata);
+        request_destroy(req);
+}
+
+static void test_idbuf_filled_on_rejection(void **state) {
+        const char *json = "{\"id\":\"keep-me\",\"from\":\"nobody\"}";
+        char id[64] = "x";
+        char err[256];
+        struct mail_request *req;
+
+        (void)state;
+        req = request_parse(json, strlen(json), &test_limits, id, sizeof(id),
+                            err, sizeof(err));
+        assert_null(req);
+        assert_string_equal(id, "keep-me");
+        assert_string_equal(err, "from: missing '@' in address");
+}
+
+static void test_idbuf_empty_when_json_invalid(void **state) {
+        const char *json = "{\"id\":\"keep-me\",";
+        char id[64] = "x";
+        char err[256];
+
+        (void)state;
+        assert_null(request_parse(json, strlen(json), &test_limits, id,
+                                  sizeof(id), err, sizeof(err)));
+        assert_string_equal(id, "");
+}
+
+static void test_idbuf_truncated_to_its_size(void **state) {
+        const char *json = "{\"id\":\"0123456789\"}";
+        char id[5];
+        char err[256];
+
+        (void)state;
+        assert_null(request_parse(json, strlen(json), &test_limits, id,
+                                  sizeof(id), err, sizeof(err)));
+        assert_string_equal(id, "0123");
+}
+
+static void test_oversize_rejected_without_reading_bytes(void **state) {
+        char err[256];
+        char id[8];
+        struct request_limits small = {.max_bytes = 10, .max_recipients = 10};
+
+        (void)state;
+        /* Not JSON at all: the size check comes first. */
+        assert_null(request_parse("not json at all", 15, &small, id,
+                                  sizeof(id), err, sizeof(err)));
+        assert_string_equal(err,
+                            "request: 15 bytes exceeds request.max.bytes (10)");
+}
+
+static void test_address_forms_accepted(void **state) {
+        static const struct {
+                const char *in;
+                const char *display;
+                const char *addr;
+        } cases[] = {
+                {"ann@example.com", NULL, "ann@example.com"},
+                {"<ann@example.com>", NULL, "ann@example.com"},
+                {"Ann <ann@example.com>", "Ann", "ann@example.com"},
+                {"  Ann  Lee\t<ann@example.com>  ", "Ann  Lee", "ann@example.com"},
+                {"\"Lee, Ann\" <ann@example.com>", "Lee, Ann", "ann@example.com"},
+                {"\"a \\\"b\\\" \\\\c\"<ann@example.com>", "a \"b\" \\c",
+                 "ann@example.com"},
+                {"\"\" <ann@example.com>", NULL, "ann@example.com"},
+                {"Zoë Ünal <z@example.com>", "Zoë Ünal", "z@example.com"},
+                {"x@[192.0.2.1]", NULL, "x@[192.0.2.1]"},
+                {"x@[IPv6:2001:db8::1]", NULL, "x@[IPv6:2001:db8::1]"},
+                {"\"john doe\"@example.com", NULL, "\"john doe\"@example.com"},
+                {"root@localhost", NULL, "root@localhost"},
+                {"a.b+tag@sub-1.example.co", NULL, "a.b+tag@sub-1.example.co"},
+        };
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                json_t *o = json_pack("{s:s, s:s, s:[s], s:s}", "id", "a",
+                                      "from", cases[i].in, "to",
+                                      "b@example.com", "text", "x");
+                char *s = json_dumps(o, 0);
+                char err[256];
+                struct mail_request *req = parse_str(s, err, sizeof(err));
+
+                if (req == NULL)
+                        print_error("%s: %s\n", cases[i].in, err);
+                assert_non_null(req);
+                if (cases[i].display == NULL)
+                        assert_null(req->from.display);
+                else
+                        assert_string_equal(req->from.display, cases[i].display);
+                assert_string_equal(req->from.addr, cases[i].addr);
+                request_destroy(req);
+                free(s);
+                json_decref(o);
+        }
+}
+
+static void test_check_addr_limits_at_boundaries(void **state) {
+        char addr[300];
+        char err[128];
+        char label[64];
+
+        (void)state;
+        memset(label, 'b', 63);
+        label[63] = '\0';
+        /* local part of exactly 64 is fine */
+        snprintf(addr, sizeof(addr), "%.64s@example.com",
+                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        /* label of exactly 63 is fine */
+        snprintf(addr, sizeof(addr), "a@%s.com", label);
+        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        /* whole address of exactly 254 is fine, 255 is not */
+        snprintf(addr, sizeof(addr), "a@%s.%s.%s.%.60s", label, label, label,
+                 label);
+        assert_int_equal(strlen(addr), 254);
+        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        snprintf(addr, sizeof(addr), "ab@%s.%s.%s.%.60s", label, label, label,
+                 label);
+        assert_int_equal(request_check_addr(addr, err, sizeof(err)), -1);
+        assert_string_equal(err, "address longer than 254 characters");
+        assert_int_equal(request_check_addr("a@b\r\n.com", err, sizeof(err)), -1);
+        assert_string_equal(err, "CR or LF not allowed");
+        assert_int_equal(request_check_addr("", err, sizeof(err)), -1);
+        assert_string_equal(err, "empty address");
+        assert_int_equal(request_check_addr("a@b-.com", err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("a@[1.2.3]", err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("a@[1.2.3.4.5]", err, sizeof(err)),
+                         -1);
+        assert_int_equal(request_check_addr("a@[01.2.3.4]", err, sizeof(err)),
+                         0);
+}
+
+static void test_null_optional_fields_are_absent(void **state) {
+        char err[256];
+        struct mail_request *req = parse_str(
+                "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"cc\":null,\"subject\":null,\"text\":null,\"html\":\"h\","
+                "\"headers\":null,\"attachments\":null,\"deadline\":null}",
+                err, sizeof(err));
+
+        (void)state;
+        assert_non_null(req);
+        assert_int_equal(req->cc_cnt, 0);
+        assert_string_equal(req->subject, "");
+        assert_null(req->text);
+        assert_string_equal(req->html, "h");
+        request_destroy(req);
+}
+
+static void test_recipient_limit_counts_to_cc_and_bcc(void **state) {
+        char err[256];
+        struct request_limits two = {.max_bytes = 4096, .max_recipients = 2};
+        const char *ok = "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                         "\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
+        const char *over = "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                           "\"cc\":[\"g@h.example\"],\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
+        char id[8];
+        struct mail_request *req;
+
+        (void)state;
+        req = request_parse(ok, strlen(ok), &two, id, sizeof(id), err,
+                            sizeof(err));
+        assert_non_null(req);
+        request_destroy(req);
+        assert_null(request_parse(over, strlen(over), &two, id, sizeof(id),
+                                  err, sizeof(err)));
+        assert_string_equal(err, "to: 3 recipients in to, cc and bcc exceed "
+                                 "request.max.recipients (2)");
+}
+
+static void test_base64_with_line_breaks_decodes(void **state) {
+        char err[256];
+        struct mail_request *req = parse_str(
+                "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"text\":\"x\",\"attachments\":[{\"filename\":\"f\","
+                "\"content_base64\":\"aGVs\\r\\nbG8g\\nd29y bGQ=\"}]}",
+                err, sizeof(err));
+
+        (void)state;
+        assert_non_null(req);
+        assert_int_equal(req->attachments[0].data_len, 11);
+        assert_memory_equal(req->attachments[0].data, "hello world", 11);
+        request_destroy(req);
+}
+
+static void test_errstr_truncated_to_its_size(void **state) {
+        char err[8];
+        char id[8];
+        const char *json = "{\"id\":\"a\",\"nope\":1}";
+
+        (void)state;
+        assert_null(request_parse(json, strlen(json), &test_limits, id,
+                                  sizeof(id), err, sizeof(err)));
+        assert_string_equal(err, "unknown");
+}
+
+int main(void) {
+        static const struct CMUnitTest fixed[] = {
+                cmocka_unit_test(test_fixture_folders_hold_at_least_30_invalid_cases),
+                cmocka_unit_test(test_full_request_fields_parsed),
+                cmocka_unit_test(test_deadline_rfc3339_zone_offset_and_fraction),
+                cmocka_unit_test(test_deadline_absent_is_zero),
+                cmocka_unit_test(test_idbuf_filled_on_rejection),
+                cmocka_unit_test(test_idbuf_empty_when_json_invalid),
+                cmocka_unit_test(test_idbuf_truncated_to_its_size),
+                cmocka_unit_test(test_oversize_rejected_without_reading_bytes),
+                cmocka_unit_test(test_address_forms_accepted),
+                cmocka_unit_test(test_check_addr_limits_at_boundaries),
+                cmocka_unit_test(test_null_optional_fields_are_absent),
+                cmocka_unit_test(test_recipient_limit_counts_to_cc_and_bcc),
+                cmocka_unit_test(test_base64_with_line_breaks_decodes),
+                cmocka_unit_test(test_errstr_truncated_to_its_size),
+        };
+        char **invalid;
+        char **valid;
+        size_t ni = fixture_list("requests/invalid", &invalid);
+        size_t nv = fixture_list("requests/valid", &valid);
+        size_t nf = sizeof(fixed) / sizeof(fixed[0]);
+        size_t n = nf + ni + nv;
+        struct CMUnitTest *tests = calloc(n, sizeof(*tests));
+        char **names = calloc(n, sizeof(*names));
+        int rc;
+
+        if (tests == NULL || names == NULL)
+                return 1;
+        memcpy(tests, fixed, sizeof(fixed));
+        for (size_t i = 0; i < ni; i++) {
+                size_t k = nf + i;
+                size_t len = strlen(fixture_name(invalid[i])) + 32;
+
+                names[k] = malloc(len);
+                snprintf(names[k], len, "rejects_invalid/%s",
+                         fixture_name(invalid[i]));
+                tests[k].name = names[k];
+                tests[k].test_func = test_invalid_fixture_rejected_with_reason;
+                tests[k].initial_state = invalid[i];
+        }
+        for (size_t i = 0; i < nv; i++) {
+                size_t k = nf + ni + i;
+                size_t len = strlen(fixture_name(valid[i])) + 32;
+
+                names[k] = malloc(len);
+                snprintf(names[k], len, "accepts_valid/%s",
+                         fixture_name(valid[i]));
+                tests[k].name = names[k];
+                tests[k].test_func = test_valid_fixture_accepted;
+                tests[k].initial_state = valid[i];
+        }
+        rc = _cmocka_run_group_tests("request", tests, n, NULL, NULL);
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
+        free(tests);
+        fixture_free_list(invalid, ni);
+        fixture_free_list(valid, nv);
+        return rc;
+}
