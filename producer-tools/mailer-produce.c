@@ -175,8 +175,9 @@ int main(int argc, char **argv) {
         memset(&ps, 0, sizeof(ps));
         conf = tool_conf_new();
         if (conf == NULL ||
-            tool_conf_set(conf, "defaults", "enable.idempotence", "true") ||
-            tool_conf_set(conf, "defaults", "linger.ms", "5"))
+            tool_conf_set(conf, "defaults", "enable.idempotence", "true") ==
+                    -1 ||
+            tool_conf_set(conf, "defaults", "linger.ms", "5") == -1)
                 goto out;
 
         while ((opt = getopt_long(argc, argv, "b:t:X:h", longopts, NULL)) !=
@@ -184,19 +185,20 @@ int main(int argc, char **argv) {
                 switch (opt) {
                 case 'b':
                         if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg))
+                                          optarg) == -1)
                                 goto out;
                         break;
                 case 't':
                         topic = optarg;
                         break;
                 case 'X':
-                        if (tool_conf_set_kv(conf, optarg))
+                        if (tool_conf_set_kv(conf, optarg) == -1)
                                 goto out;
                         break;
                 case 'P':
                         if (tool_conf_set(conf, "--partitions-by-key",
-                                          "partitioner", "murmur2_random"))
+                                          "partitioner",
+                                          "murmur2_random") == -1)
                                 goto out;
                         break;
                 case 'h':

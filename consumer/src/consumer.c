@@ -17,8 +17,10 @@
 struct consumer {
         loop_t *c_loop;
         rd_kafka_t *c_rk;
-        rd_kafka_queue_t *c_queue;
+        rd_kafka_queue_t *c_queue; /* events: rebalances, errors, commits */
         int c_pipe[2];
+        rd_kafka_queue_t *c_mqueue; /* messages of every assigned partition */
+        int c_mpipe[2];
         loop_timer_t c_timer;
         struct consumer_handlers c_h;
         void *c_opaque;
@@ -29,6 +31,23 @@ struct consumer {
 };
 
 static void consumer_drain(consumer_t *c);
+
+/* Sends the messages of @parts to the message queue, which is read only while
+ * the worker takes work, so that back-pressure needs no pause/resume (after
+ * a resume librdkafka 2.0.2 was measured to take about 1 s to deliver again,
+ * which capped a worker near inflight.max messages per second). */
+static void consumer_forward(consumer_t *c,
+                             const rd_kafka_topic_partition_list_t *parts) {
+        for (int i = 0; i < parts->cnt; i++) {
+                rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
+                    c->c_rk, parts->elems[i].topic, parts->elems[i].partition);
+
+                if (!pq)
+                        continue;
+                rd_kafka_queue_forward(pq, c->c_mqueue);
+                rd_kafka_queue_destroy(pq);
+        }
+}
 
 static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                   rd_kafka_topic_partition_list_t *parts,
@@ -47,8 +66,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 else
                         ret = rd_kafka_assign(rk, parts);
                 if (!error && !ret) {
-                        if (c->c_paused)
-                                rd_kafka_pause_partitions(rk, parts);
+                        consumer_forward(c, parts);
                         c->c_h.on_assign(c->c_opaque, parts);
                 }
         } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -101,27 +119,38 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-/* Serves the consumer queue: events always, messages while receiving. */
+/* Handles one message or error from either queue. */
+static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
+        if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                        LOG(LOG_WARN, "consume error err=\"%s\"",
+                            rd_kafka_message_errstr(m));
+        } else {
+                c->c_h.on_message(c->c_opaque, m);
+        }
+        rd_kafka_message_destroy(m);
+}
+
+/* Serves the event queue always and the message queue while not paused. */
 static void consumer_drain(consumer_t *c) {
         rd_kafka_message_t *m;
+        int i;
 
         if (c->c_in_rebalance || c->c_closing)
                 return;
-        for (int i = 0; i < CONSUMER_BATCH; i++) {
-                m = rd_kafka_consumer_poll(c->c_rk, 0);
+        /* Events (rebalance callbacks run in here); a message only shows up
+         * here before its partition's queue was forwarded. */
+        while ((m = rd_kafka_consumer_poll(c->c_rk, 0)) != NULL)
+                consumer_dispatch(c, m);
+        for (i = 0; i < CONSUMER_BATCH && !c->c_paused; i++) {
+                m = rd_kafka_consume_queue(c->c_mqueue, 0);
                 if (!m)
                         return;
-                if (m->err) {
-                        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                                LOG(LOG_WARN, "consume error err=\"%s\"",
-                                    rd_kafka_message_errstr(m));
-                } else {
-                        c->c_h.on_message(c->c_opaque, m);
-                }
-                rd_kafka_message_destroy(m);
+                consumer_dispatch(c, m);
         }
-        /* More may be queued: come back on the next iteration. */
-        loop_timer_start(c->c_loop, &c->c_timer, 0);
+        if (i == CONSUMER_BATCH)
+                /* More may be queued: come back on the next iteration. */
+                loop_timer_start(c->c_loop, &c->c_timer, 0);
 }
 
 static void consumer_on_pipe(loop_t *loop, int fd, unsigned events,
@@ -187,6 +216,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         c->c_h = *h;
         c->c_opaque = opaque;
         c->c_pipe[0] = c->c_pipe[1] = -1;
+        c->c_mpipe[0] = c->c_mpipe[1] = -1;
         loop_timer_init(&c->c_timer, consumer_on_timer, c);
 
         kc = rd_kafka_conf_new();
@@ -226,6 +256,16 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
                 goto fail;
         }
+        if (pipe2(c->c_mpipe, O_NONBLOCK | O_CLOEXEC) == -1) {
+                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                goto fail;
+        }
+        c->c_mqueue = rd_kafka_queue_new(c->c_rk);
+        rd_kafka_queue_io_event_enable(c->c_mqueue, c->c_mpipe[1], "1", 1);
+        if (loop_io_add(loop, c->c_mpipe[0], LOOP_READ, consumer_on_pipe, c)) {
+                snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
+                goto fail;
+        }
 
         topics = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(topics, conf->topic_requests,
@@ -259,9 +299,18 @@ void consumer_close(consumer_t *c) {
                 close(c->c_pipe[0]);
                 c->c_pipe[0] = -1;
         }
+        if (c->c_mpipe[0] != -1) {
+                loop_io_del(c->c_loop, c->c_mpipe[0]);
+                close(c->c_mpipe[0]);
+                c->c_mpipe[0] = -1;
+        }
         if (c->c_queue) {
                 rd_kafka_queue_io_event_enable(c->c_queue, -1, NULL, 0);
                 rd_kafka_queue_destroy(c->c_queue);
+        }
+        if (c->c_mqueue) {
+                rd_kafka_queue_io_event_enable(c->c_mqueue, -1, NULL, 0);
+                rd_kafka_queue_destroy(c->c_mqueue);
         }
         if (c->c_rk) {
                 /* Serves the final revoke through the rebalance callback. */
@@ -274,26 +323,16 @@ void consumer_close(consumer_t *c) {
         }
         if (c->c_pipe[1] != -1)
                 close(c->c_pipe[1]);
+        if (c->c_mpipe[1] != -1)
+                close(c->c_mpipe[1]);
         free(c);
 }
 
 void consumer_set_paused(consumer_t *c, int paused) {
-        rd_kafka_topic_partition_list_t *parts = NULL;
-
         if (c->c_paused == paused)
                 return;
         c->c_paused = paused;
-        if (rd_kafka_assignment(c->c_rk, &parts) || !parts)
-                return;
-        if (parts->cnt > 0) {
-                if (paused)
-                        rd_kafka_pause_partitions(c->c_rk, parts);
-                else
-                        rd_kafka_resume_partitions(c->c_rk, parts);
-        }
-        LOG(LOG_DEBUG, "partitions %s count=%d", paused ? "paused" : "resumed",
-            parts->cnt);
-        rd_kafka_topic_partition_list_destroy(parts);
+        LOG(LOG_DEBUG, "consumption %s", paused ? "paused" : "resumed");
         if (!paused)
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
 }

@@ -1,9 +1,9 @@
 /*
  * consumer: the worker's Kafka consumer of the requests topic. Joins the
  * group (cooperative-sticky by default), hands messages and partition
- * changes to its owner on the loop, pauses and resumes the whole assignment
- * for back-pressure (newly assigned partitions inherit the paused state) and
- * commits offsets it is given. Offsets are never committed automatically.
+ * changes to its owner on the loop, stops taking messages for back-pressure
+ * (newly assigned partitions inherit that state) and commits offsets it is
+ * given. Offsets are never committed automatically.
  */
 #ifndef KM_CONSUMER_H
 #define KM_CONSUMER_H
@@ -43,8 +43,9 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
 /* Leaves the group (revoke handler runs), then frees. NULL ok. */
 void consumer_close(consumer_t *c);
 
-/* Pauses or resumes every assigned partition; while paused, new partitions
- * are paused as they are assigned. */
+/* Stops or restarts taking messages of every assigned partition, new ones
+ * included. While paused, librdkafka keeps prefetching only up to
+ * queued.max.messages.kbytes; group events are still served. */
 void consumer_set_paused(consumer_t *c, int paused);
 int consumer_paused(const consumer_t *c);
 

@@ -18,8 +18,9 @@
  *   is set far beyond any session lifetime.
  *
  * Sessions are freed only from the client's kick timer (closed sessions wait
- * on a zombie list), so a done callback may call back into this module while
- * a session further up the stack is being closed.
+ * on a zombie list), so a done callback may call back into this module
+ * (submit, cancel, close_idle, stats) while a session further up the stack
+ * is being closed. It must not destroy the client.
  */
 #include "smtp.h"
 
@@ -1442,9 +1443,12 @@ static void client_check_multi(smtp_client_t *sc) {
         CURLMsg *msg;
         int left;
 
-        while ((msg = curl_multi_info_read(sc->sc_multi, &left)) != NULL) {
+        for (;;) {
                 struct smtp_session *s = NULL;
 
+                msg = curl_multi_info_read(sc->sc_multi, &left);
+                if (!msg)
+                        break;
                 if (msg->msg != CURLMSG_DONE)
                         continue;
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &s);

@@ -5,7 +5,7 @@ import ssl
 
 import pytest
 
-from harness import have_binary, make_request, unique
+from harness import make_request, unique
 
 
 def _msg(subject: str) -> bytes:

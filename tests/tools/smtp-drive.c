@@ -7,6 +7,7 @@
  *              [--user U --password P] [--ca FILE] [--insecure]
  *              [--helo NAME] [--no-pipelining] [--max-messages M]
  *              [--timeout-data MS] [--max-seconds SEC] [--log LEVEL]
+ *              [--to ADDR]...
  *
  * Submits N jobs keeping K in flight and prints one line on stdout:
  *   sent=N permanent=P transient=T seconds=S rate=R
@@ -38,7 +39,7 @@ struct drive {
         int verbose_failures;
 };
 
-static const char *drive_rcpts[] = {"a@sink.example", "b@sink.example",
+static const char *drive_rcpts[8] = {"a@sink.example", "b@sink.example",
                                     "c@sink.example", "d@sink.example",
                                     "e@sink.example", "f@sink.example",
                                     "g@sink.example", "h@sink.example"};
@@ -58,13 +59,22 @@ static void drive_done(struct smtp_job *job, void *opaque) {
                 d->transient++;
                 break;
         }
-        if (job->outcome != SMTP_OK && d->verbose_failures-- > 0)
+        if ((job->outcome != SMTP_OK || job->rcpt_failure_cnt) &&
+            d->verbose_failures-- > 0) {
+                for (size_t i = 0; i < job->rcpt_failure_cnt; i++)
+                        fprintf(stderr, "job %ld: rcpt %s: %d %s\n",
+                                (long)(job - d->jobs),
+                                job->rcpt_failures[i].rcpt,
+                                job->rcpt_failures[i].code,
+                                job->rcpt_failures[i].reply);
                 fprintf(stderr, "job %ld: %s code=%d reply=\"%s\" "
                         "rcpt_failures=%zu\n",
                         (long)(job - d->jobs),
-                        job->outcome == SMTP_PERMANENT ? "permanent"
-                                                       : "transient",
+                        job->outcome == SMTP_OK          ? "sent"
+                        : job->outcome == SMTP_PERMANENT ? "permanent"
+                                                         : "transient",
                         job->code, job->reply, job->rcpt_failure_cnt);
+        }
         if (d->next < d->count) {
                 smtp_client_submit(d->sc, &d->jobs[d->next]);
                 d->next++;
@@ -116,7 +126,9 @@ static void drive_usage(void) {
                 "       [--starttls off|opportunistic|required] [--user U "
                 "--password P] [--ca FILE] [--insecure]\n"
                 "       [--helo NAME] [--no-pipelining] [--max-messages M] "
-                "[--timeout-data MS] [--max-seconds SEC] [--log LEVEL]\n");
+                "[--timeout-data MS] [--max-seconds SEC] [--log LEVEL]\n"
+                "       [--to ADDR]... (up to 8, replaces the default "
+                "recipients)\n");
         exit(2);
 }
 
@@ -139,6 +151,7 @@ int main(int argc, char **argv) {
             {"timeout-data", required_argument, NULL, 'D'},
             {"max-seconds", required_argument, NULL, 'x'},
             {"log", required_argument, NULL, 'l'},
+            {"to", required_argument, NULL, 'T'},
             {NULL, 0, NULL, 0},
         };
         struct smtp_client_conf scc = {
@@ -156,6 +169,7 @@ int main(int argc, char **argv) {
         };
         struct drive d;
         long inflight = 100, size = 1024, rcpts = 1, max_seconds = 0;
+        long to_cnt = 0;
         char errstr[256];
         struct smtp_stats st;
         loop_t *loop = NULL;
@@ -227,6 +241,12 @@ int main(int argc, char **argv) {
                         break;
                 case 'x':
                         max_seconds = drive_long(optarg, "--max-seconds");
+                        break;
+                case 'T':
+                        if (to_cnt == 8)
+                                drive_usage();
+                        drive_rcpts[to_cnt++] = optarg;
+                        rcpts = to_cnt;
                         break;
                 case 'l':
                         if (log_set_level(optarg) == -1)
