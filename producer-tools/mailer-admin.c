@@ -12,6 +12,8 @@
  */
 #include "tools.h"
 
+#include <unistd.h>
+
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,6 +30,25 @@
 struct admin_opts {
         int64_t ao_timeout_ms; /* -1: the command's default */
 };
+
+/* Queries a partition's watermarks, retrying for a while on the errors a
+ * newly created topic gives until its leader is known everywhere. */
+static rd_kafka_resp_err_t admin_watermarks(rd_kafka_t *rk, const char *topic,
+                                            int32_t partition, int64_t *lo,
+                                            int64_t *hi, int timeout_ms) {
+        rd_kafka_resp_err_t err;
+
+        for (int attempt = 0; attempt < 20; attempt++) {
+                err = rd_kafka_query_watermark_offsets(rk, topic, partition, lo,
+                                                       hi, timeout_ms);
+                if (err != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+                    err != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE &&
+                    err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                        return err;
+                usleep(250 * 1000);
+        }
+        return err;
+}
 
 static void admin_usage(FILE *fp) {
         fprintf(fp,
@@ -405,8 +426,8 @@ static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
                                  rd_kafka_err2str(tp->err));
                         goto out;
                 }
-                err = rd_kafka_query_watermark_offsets(rk, topic, tp->partition,
-                                                       &lo, &hi, timeout_ms);
+                err = admin_watermarks(rk, topic, tp->partition, &lo, &hi,
+                                       timeout_ms);
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: end offset: %s", topic,
                                  tp->partition, rd_kafka_err2str(err));
@@ -512,8 +533,8 @@ static int admin_count(rd_kafka_t *rk, int argc, char **argv,
                 int64_t hi = 0;
                 rd_kafka_resp_err_t err;
 
-                err = rd_kafka_query_watermark_offsets(rk, argv[0], parts[i],
-                                                       &lo, &hi, timeout_ms);
+                err = admin_watermarks(rk, argv[0], parts[i], &lo, &hi,
+                                       timeout_ms);
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: %s", argv[0], parts[i],
                                  rd_kafka_err2str(err));

@@ -3,7 +3,7 @@
  * to the requests topic, keyed by the request's "id".
  *
  *   mailer-produce [-b BOOTSTRAP] [-t TOPIC] [-X prop=value]...
- *                  [--partitions-by-key] [FILE]
+ *                  [--raw] [--partitions-by-key] [FILE]
  *
  * Bad lines are reported with their file:line and skipped; the good ones are
  * still published. Exit: 0 all published, 1 some lines skipped (or usage or
@@ -43,6 +43,8 @@ static void produce_usage(FILE *fp) {
 "  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
 "  -t TOPIC              topic (default " PRODUCE_DEFAULT_TOPIC ")\n"
 "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+"      --raw             publish every non-blank line as it is, without\n"
+"                        checking it is JSON (no key); for tests\n"
 "      --partitions-by-key\n"
 "                        pick partitions with murmur2, as the Java client\n"
 "                        does, so keys land where Java producers put them\n"
@@ -151,6 +153,7 @@ static int produce_drain(rd_kafka_t *rk) {
 int main(int argc, char **argv) {
         static const struct option longopts[] = {
                 {"partitions-by-key", no_argument, NULL, 'P'},
+                {"raw", no_argument, NULL, 'R'},
                 {"help", no_argument, NULL, 'h'},
                 {NULL, 0, NULL, 0},
         };
@@ -168,6 +171,7 @@ int main(int argc, char **argv) {
         int kafka_failed = 0;
         int input_failed = 0;
         int left = 0;
+        int raw = 0;
         int rc = TOOL_EXIT_INPUT;
         int opt;
 
@@ -194,6 +198,9 @@ int main(int argc, char **argv) {
                 case 'X':
                         if (tool_conf_set_kv(conf, optarg) == -1)
                                 goto out;
+                        break;
+                case 'R':
+                        raw = 1;
                         break;
                 case 'P':
                         if (tool_conf_set(conf, "--partitions-by-key",
@@ -277,10 +284,18 @@ int main(int argc, char **argv) {
                 }
                 if (produce_is_blank(line, len))
                         continue;
-                obj = produce_parse(tl, line, len, &key, &keylen);
-                if (obj == NULL) {
-                        skipped++;
-                        continue;
+                if (raw) {
+                        /* Published as they are: for testing what the worker
+                         * does with bytes that are not a valid request. */
+                        obj = NULL;
+                        key = NULL;
+                        keylen = 0;
+                } else {
+                        obj = produce_parse(tl, line, len, &key, &keylen);
+                        if (obj == NULL) {
+                                skipped++;
+                                continue;
+                        }
                 }
                 err = produce_one(rk, rkt, line, len, key, keylen,
                                   tool_lines_lineno(tl));

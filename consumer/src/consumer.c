@@ -236,6 +236,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         rd_kafka_conf_set_rebalance_cb(kc, consumer_rebalance_cb);
         rd_kafka_conf_set_offset_commit_cb(kc, consumer_commit_cb);
         rd_kafka_conf_set_error_cb(kc, consumer_error_cb);
+        rd_kafka_conf_set_log_cb(kc, log_rdkafka);
         rd_kafka_conf_set_opaque(kc, c);
 
         c->c_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, rderr, sizeof(rderr));

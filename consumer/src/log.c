@@ -42,3 +42,14 @@ void log_write(enum log_level level, const char *fmt, ...) {
         /* One write per line so concurrent workers' lines do not interleave. */
         fprintf(stderr, "%s\n", line);
 }
+
+void log_rdkafka(const struct rd_kafka_s *rk, int level, const char *fac,
+                 const char *buf) {
+        enum log_level l = level <= 3   ? LOG_ERROR
+                           : level == 4 ? LOG_WARN
+                           : level <= 6 ? LOG_INFO
+                                        : LOG_DEBUG;
+
+        (void)rk;
+        LOG(l, "kafka fac=%s \"%s\"", fac, buf);
+}

@@ -16,6 +16,12 @@ int log_set_level(const char *name);
 void log_write(enum log_level level, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
+/* A librdkafka log callback (rd_kafka_conf_set_log_cb) writing through
+ * log_write: syslog levels 0-3 as error, 4 warn, 5-6 info, 7 debug. */
+struct rd_kafka_s;
+void log_rdkafka(const struct rd_kafka_s *rk, int level, const char *fac,
+                 const char *buf);
+
 /* The message is printf-formatted; put key=value fields in the format:
  *   LOG(LOG_WARN, "relay unhealthy relay=%s code=%d", url, code); */
 #define LOG(level, ...)                                                        \

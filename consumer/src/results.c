@@ -262,11 +262,14 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         char rderr[512];
 
         r = calloc(1, sizeof(*r));
-        if (!r)
-                goto fail;
+        if (!r) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
         r->r_pipe[0] = r->r_pipe[1] = -1;
         r->r_loop = loop;
         r->r_ack_cb = ack_cb;
+        loop_timer_init(&r->r_timer, results_on_timer, r);
         r->r_topic_results = strdup(conf->topic_results);
         r->r_topic_deadletter = strdup(conf->topic_deadletter);
         r->r_worker = strdup(conf->worker_id);
@@ -281,7 +284,9 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                                      errstr_size))
                         goto fail_set;
         for (size_t i = 0; i < conf->kafka_producer_cnt; i++)
-                if (results_conf_set(kc, conf->kafka_producer[i].key,
+                /* kafka.group.id reaches both clients; the producer has none. */
+                if (strcmp(conf->kafka_producer[i].key, "group.id") != 0 &&
+                    results_conf_set(kc, conf->kafka_producer[i].key,
                                      conf->kafka_producer[i].value, errstr,
                                      errstr_size))
                         goto fail_set;
@@ -290,6 +295,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 goto fail_set;
         rd_kafka_conf_set_dr_msg_cb(kc, results_dr_cb);
         rd_kafka_conf_set_error_cb(kc, results_error_cb);
+        rd_kafka_conf_set_log_cb(kc, log_rdkafka);
         rd_kafka_conf_set_opaque(kc, r);
 
         r->r_rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, rderr, sizeof(rderr));
@@ -309,7 +315,6 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
                 goto fail_set;
         }
-        loop_timer_init(&r->r_timer, results_on_timer, r);
         loop_timer_start(loop, &r->r_timer, RESULTS_POLL_MS);
         return r;
 

@@ -595,6 +595,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         w->w_limits.max_recipients = (size_t)conf->request_max_recipients;
         w->w_resume_at = (size_t)conf->inflight_max *
                          (size_t)conf->inflight_resume_percent / 100;
+        loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
         w->w_loop = loop_new();
         if (!w->w_loop) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
@@ -613,7 +614,6 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                      errstr_size);
         if (!w->w_consumer)
                 goto fail;
-        loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
         loop_timer_start(w->w_loop, &w->w_commit_timer, conf->commit_interval_ms);
         return w;
 

@@ -1,0 +1,389 @@
+"""The pipeline end to end: real Kafka, real SMTP servers, the real worker.
+
+Each test has its own topics and consumer group, so tests do not see each other's
+requests. Every wait is bounded.
+"""
+
+import base64
+import datetime
+import re
+import signal
+import time
+
+import pytest
+
+from harness import Worker, final_by_id, make_request, make_requests, wait_for
+
+pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools]
+
+PASSWORD = "s3cret-Pa55-word"
+
+
+def parse_ts(s):
+    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def varied_request(i):
+    """Request i of a mix: cc/bcc, HTML, non-ASCII, attachments, custom headers."""
+    req = make_request(i, id=f"mix-{i:05d}", to=[f"User {i} <user{i}@example.com>"],
+                       subject=f"Order {i} confirmed",
+                       metadata={"order": i})
+    if i % 3 == 0:
+        req["html"] = f"<p>Hello <b>{i}</b></p>"
+    if i % 4 == 0:
+        req["cc"] = [f"cc{i}@example.org"]
+    if i % 5 == 0:
+        req["bcc"] = [f"audit{i}@example.net"]
+    if i % 7 == 0:
+        req["subject"] = f"Grüße {i} — ½ price"
+        req["from"] = "Café Zoë <no-reply@shop.example>"
+    if i % 11 == 0:
+        req["attachments"] = [{"filename": f"receipt-{i}.txt",
+                               "content_type": "text/plain",
+                               "content_base64": base64.b64encode(
+                                   f"receipt {i}\n".encode()).decode()}]
+    if i % 13 == 0:
+        req["headers"] = {"X-Campaign": f"fall-{i}"}
+        req["reply_to"] = "help@shop.example"
+    return req
+
+
+def test_thousand_requests_over_four_partitions_are_sent_captured_and_committed(
+        kafka, topics, capture_server, worker):
+    server = capture_server()
+    reqs = [varied_request(i) for i in range(1000)]
+    kafka.produce(topics.requests, reqs)
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                              inflight_max=200, smtp_sessions_max=50))
+
+    results = kafka.results(topics.results, wait=1000, timeout=180)
+    final = final_by_id(results)
+    assert len(final) == 1000
+    assert {r["status"] for r in final.values()} == {"sent"}
+    for r in final.values():
+        assert r["v"] == 1
+        assert r["attempts"] == 1
+        assert r["smtp_code"] == 250
+        assert r["source"]["topic"] == topics.requests
+        assert r["relay"] == server.url
+    assert {r["source"]["partition"] for r in final.values()} == {0, 1, 2, 3}
+
+    captured = server.wait_messages(1000, timeout=60)
+    assert len(captured) == 1000
+    by_id = {}
+    for m in captured:
+        mid = m.msg["Message-ID"]
+        by_id[mid] = m
+    assert len(by_id) == 1000, "every message has its own Message-ID"
+    for req in reqs:
+        i = int(req["id"].split("-")[1])
+        res = final[req["id"]]
+        m = by_id[res["message_id"]]
+        assert res["message_id"] == f"<{req['id']}@shop.example>"
+        expected_rcpts = ([f"user{i}@example.com"] + req.get("cc", []) + req.get("bcc", []))
+        assert m.rcpt_tos == expected_rcpts
+        assert m.mail_from == "no-reply@shop.example"
+        assert m.msg["Subject"] == req["subject"]
+        assert m.msg["To"] == f"User {i} <user{i}@example.com>"
+        assert "Bcc" not in m.msg
+        for bcc in req.get("bcc", []):
+            header_block = m.raw.split(b"\r\n\r\n", 1)[0]
+            assert bcc.encode() not in header_block
+        if "cc" in req:
+            assert m.msg["Cc"] == req["cc"][0]
+        if "reply_to" in req:
+            assert m.msg["Reply-To"] == req["reply_to"]
+        if "headers" in req:
+            assert m.msg["X-Campaign"] == req["headers"]["X-Campaign"]
+        assert str(m.msg["From"]) == req["from"].replace("<", "<", 1)
+        text = m.msg.get_body(preferencelist=("plain",))
+        assert text.get_content().replace("\r\n", "\n") == req["text"]
+        if "html" in req:
+            html = m.msg.get_body(preferencelist=("html",))
+            assert html.get_content().strip() == req["html"]
+        atts = list(m.msg.iter_attachments())
+        if "attachments" in req:
+            assert len(atts) == 1
+            assert atts[0].get_filename() == req["attachments"][0]["filename"]
+            assert atts[0].get_payload(decode=True) == base64.b64decode(
+                req["attachments"][0]["content_base64"])
+        else:
+            assert atts == []
+        for line in m.raw.split(b"\r\n"):
+            assert len(line) <= 998
+        assert res["metadata"] == {"order": i}
+
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+def test_starttls_and_auth_deliver_with_a_verified_certificate(
+        kafka, topics, capture_server, worker):
+    server = capture_server(tls=True, require_tls=True, auth=f"mailer:{PASSWORD}")
+    kafka.produce(topics.requests, make_requests(20))
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="required",
+                                  smtp_tls_ca_file=server.ca_file,
+                                  smtp_username="mailer", smtp_password=PASSWORD))
+    final = final_by_id(kafka.results(topics.results, wait=20, timeout=60))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    captured = server.wait_messages(20, timeout=30)
+    assert all(m.meta["tls"] for m in captured)
+    assert all(m.meta["auth_user"] == "mailer" for m in captured)
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    assert w.stop() == 0
+    assert PASSWORD not in w.all_logs()
+
+
+def test_untrusted_certificate_is_a_relay_error_not_a_failed_message(
+        kafka, topics, capture_server, worker):
+    server = capture_server(tls=True, require_tls=True)
+    kafka.produce(topics.requests, make_requests(5))
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="required",
+                                  smtp_relay_backoff_initial_ms=200,
+                                  smtp_relay_backoff_max_ms=1000))
+    w.wait_log("relay", timeout=30)
+    wait_for(lambda: "certificate" in w.log(), 30, "a certificate error in the log")
+    assert kafka.count(topics.results) == 0
+    assert server.count() == 0
+
+
+def test_wrong_password_backs_off_without_failing_mail_then_recovers(
+        kafka, topics, capture_server, worker):
+    server = capture_server(tls=True, require_tls=True, auth=f"mailer:{PASSWORD}")
+    kafka.produce(topics.requests, make_requests(20))
+    cfg = Worker.base_config(kafka, topics, server.url, smtp_starttls="required",
+                             smtp_tls_ca_file=server.ca_file, smtp_username="mailer",
+                             smtp_password="wrong-" + PASSWORD,
+                             smtp_relay_backoff_initial_ms=200,
+                             smtp_relay_backoff_max_ms=1000)
+    w = worker(cfg)
+    w.wait_log("AUTH failed", timeout=30)
+    time.sleep(4)
+    log = w.log()
+    failures = [l for l in log.splitlines() if "AUTH failed" in l]
+    # Backoff from 200 ms doubling to 1 s: a handful of tries in ~5 s, not a busy loop.
+    assert 2 <= len(failures) <= 20, failures
+    assert server.url in failures[0], "the error names the relay"
+    assert "wrong-" + PASSWORD not in log
+    # No burst of failed results: the mail waits for the relay.
+    assert kafka.count(topics.results) == 0
+    assert not kafka.fully_committed(topics.group, topics.requests)
+
+    # SIGTERM does not hang on mail waiting for an unhealthy relay.
+    t0 = time.monotonic()
+    assert w.stop(timeout=40) == 0
+    assert time.monotonic() - t0 < 35
+
+    w.config["smtp.password"] = PASSWORD
+    w.start()
+    final = final_by_id(kafka.results(topics.results, wait=20, timeout=60))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    assert len(final) == 20
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+HOSTILE = [
+    b'{"id": "broken-1", "from": ',                                   # malformed JSON
+    b'not json at all',
+    b'[1, 2, 3]',
+    b'{"id": "no-from", "to": ["a@example.com"], "text": "x"}',
+    b'{"id": "no-rcpt", "from": "a@example.com", "text": "x"}',
+    b'{"id": "crlf-subject", "from": "a@example.com", "to": ["b@example.com"],'
+    b' "subject": "hi\\r\\nBcc: victim@example.com", "text": "x"}',
+    b'{"id": "crlf-rcpt", "from": "a@example.com",'
+    b' "to": ["b@example.com>\\r\\nRCPT TO:<victim@example.com"], "text": "x"}',
+    b'{"id": "owned-header", "from": "a@example.com", "to": ["b@example.com"],'
+    b' "headers": {"Message-ID": "<x@y>"}, "text": "x"}',
+    b'{"id": "bad-header-name", "from": "a@example.com", "to": ["b@example.com"],'
+    b' "headers": {"X Bad": "v"}, "text": "x"}',
+    b'{"id": "bad-addr", "from": "a@example.com", "to": ["not an address"], "text": "x"}',
+    b'{"id": "unknown-field", "from": "a@example.com", "to": ["b@example.com"],'
+    b' "text": "x", "colour": "red"}',
+    b'{"id": "bad-base64", "from": "a@example.com", "to": ["b@example.com"], "text": "x",'
+    b' "attachments": [{"filename": "a.bin", "content_base64": "!!!"}]}',
+]
+
+
+def test_invalid_requests_are_rejected_dead_lettered_and_do_not_stop_valid_ones(
+        kafka, topics, capture_server, worker):
+    server = capture_server()
+    valid = make_requests(50)
+    kafka.produce(topics.requests, valid[:25])
+    kafka.produce(topics.requests, HOSTILE, "--raw")
+    kafka.produce(topics.requests, valid[25:])
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off"))
+
+    total = len(valid) + len(HOSTILE)
+    results = wait_for(lambda: (lambda r: r if len(r) >= total else None)(
+        kafka.results(topics.results, timeout=10, check=False)), 60, "every result")
+    rejected = [r for r in results if r["status"] == "rejected"]
+    sent = final_by_id(r for r in results if r["status"] == "sent")
+    assert len(rejected) == len(HOSTILE)
+    assert set(sent) == {r["id"] for r in valid}
+    reasons = {r["id"]: r["error"] for r in rejected if r["id"]}
+    assert "subject" in reasons["crlf-subject"]
+    assert "to[0]" in reasons["crlf-rcpt"]
+    assert "headers" in reasons["owned-header"]
+    assert "colour" in reasons["unknown-field"]
+    assert all(r["error"] for r in rejected)
+    assert kafka.count(topics.deadletter) == len(HOSTILE)
+    # Nothing injected reached the server.
+    captured = server.wait_messages(len(valid), timeout=30)
+    assert len(captured) == len(valid)
+    assert all("victim@example.com" not in m.rcpt_tos for m in captured)
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+def test_permanent_rejection_after_data_gives_failed_without_retry(
+        kafka, topics, smtp_sink, worker):
+    sink = smtp_sink(extra=["-f", "."])
+    kafka.produce(topics.requests, make_requests(10))
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              retry_backoff_initial_ms=50))
+    final = final_by_id(kafka.results(topics.results, wait=10, timeout=60))
+    assert {r["status"] for r in final.values()} == {"failed"}
+    for r in final.values():
+        assert 500 <= r["smtp_code"] <= 599
+        assert r["attempts"] == 1
+        assert r["smtp_reply"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+def test_temporary_failure_is_retried_and_then_sent(
+        kafka, topics, capture_server, worker):
+    server = capture_server(tempfail_first=6)
+    reqs = make_requests(6)
+    kafka.produce(topics.requests, reqs)
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                              retry_backoff_initial_ms=100, retry_backoff_max_ms=400))
+    final = final_by_id(kafka.results(topics.results, wait=6, timeout=60))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    # Every transaction the server refused was retried: 6 refusals + 6 successes.
+    assert sum(r["attempts"] for r in final.values()) == 12
+    assert max(r["attempts"] for r in final.values()) > 1
+    assert len(server.wait_messages(6, timeout=30)) == 6
+
+
+def test_retries_are_bounded_by_the_attempt_limit(kafka, topics, smtp_sink, worker):
+    sink = smtp_sink(extra=["-r", "RCPT"])
+    kafka.produce(topics.requests, make_requests(3))
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              retry_attempts_max=3, retry_backoff_initial_ms=50,
+                              retry_backoff_max_ms=100))
+    final = final_by_id(kafka.results(topics.results, wait=3, timeout=60))
+    for r in final.values():
+        assert r["status"] == "failed"
+        assert r["attempts"] == 3
+        assert 400 <= r["smtp_code"] <= 499
+        assert "retries exhausted" in r["error"]
+
+
+def test_a_slow_final_reply_does_not_serialise_sends(kafka, topics, smtp_sink, worker):
+    sink = smtp_sink(extra=["-W", ".:1"])
+    kafka.produce(topics.requests, make_requests(200))
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              inflight_max=200, smtp_sessions_max=200))
+    final = final_by_id(kafka.results(topics.results, wait=200, timeout=60))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    first = min(parse_ts(r["received_at"]) for r in final.values())
+    last = max(parse_ts(r["completed_at"]) for r in final.values())
+    # Serialised, 200 replies delayed 1 s each would take 200 s.
+    assert (last - first).total_seconds() < 10
+
+
+def test_expired_deadline_is_not_sent(kafka, topics, capture_server, worker):
+    server = capture_server()
+    kafka.produce(topics.requests, [
+        make_request(0, id="late", deadline="2020-01-01T00:00:00Z"),
+        make_request(1, id="on-time", deadline="2100-01-01T00:00:00Z"),
+    ])
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off"))
+    final = final_by_id(kafka.results(topics.results, wait=2, timeout=60))
+    assert final["late"]["status"] == "expired"
+    assert final["late"]["attempts"] == 0
+    assert final["on-time"]["status"] == "sent"
+    assert [m.msg["Message-ID"] for m in server.wait_messages(1)] == ["<on-time@shop.example>"]
+    time.sleep(0.5)
+    assert server.count() == 1
+
+
+def test_two_workers_share_partitions_and_a_sigterm_and_restart_lose_nothing(
+        kafka, topics, capture_server, worker):
+    server = capture_server(delay_data=0.05)
+    n = 1500
+    reqs = make_requests(n)
+    cfg = Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                             inflight_max=50, smtp_sessions_max=25)
+    w1 = worker(cfg, name="w1")
+    w2 = worker(cfg, name="w2")
+    w1.wait_log("partitions assigned")
+    w2.wait_log("partitions assigned")
+    kafka.produce(topics.requests, reqs)
+
+    # Mid-load: some results are in, many are not.
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results")
+    assert kafka.count(topics.results) < n
+    assert w1.stop(timeout=60) == 0, w1.log_tail()
+    assert "stopped" in w1.log()
+    w1.start()
+
+    final = final_by_id(kafka.results(topics.results, wait=n, timeout=180))
+    assert set(final) == {r["id"] for r in reqs}, "every request has a final result"
+    assert {r["status"] for r in final.values()} == {"sent"}
+    workers = {r["worker"] for r in final.values()}
+    assert len(workers) >= 2, "both workers took part"
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    captured_ids = {m.msg["Message-ID"] for m in server.messages()}
+    assert captured_ids == {f"<{r['id']}@shop.example>" for r in reqs}
+
+
+def test_sigterm_drains_in_flight_sends_before_exiting(kafka, topics, smtp_sink, worker):
+    sink = smtp_sink(extra=["-W", ".:2"])
+    kafka.produce(topics.requests, make_requests(30))
+    w = worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                                  inflight_max=30, smtp_sessions_max=30))
+    wait_for(lambda: re.search(r"smtp session connected|partitions assigned", w.log()),
+             30, "the worker to start sending")
+    time.sleep(1.0)  # every send is now waiting for its delayed final reply
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    # Sends in progress at SIGTERM finished and were published and committed.
+    final = final_by_id(kafka.results(topics.results, timeout=10, check=False))
+    assert len(final) == 30
+    assert {r["status"] for r in final.values()} == {"sent"}
+    assert kafka.fully_committed(topics.group, topics.requests)
+
+
+def test_second_signal_exits_at_once(kafka, topics, smtp_sink, worker):
+    sink = smtp_sink(extra=["-W", ".:5"])
+    kafka.produce(topics.requests, make_requests(10))
+    w = worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off"))
+    w.wait_log("partitions assigned")
+    time.sleep(1.0)
+    w.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(5) == 130
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("arg, named", [
+    ("smpt.url=smtp://x", "smpt.url"),
+    ("inflight.max=0", "inflight.max"),
+    ("smtp.starttls=maybe", "smtp.starttls"),
+    ("kafka.no.such.property=1", "no.such.property"),
+])
+def test_bad_configuration_stops_start_up_naming_the_key(arg, named):
+    from harness import binary, run
+    r = run([binary("kafka-mailer"), "-X", arg], timeout=30, check=False)
+    assert r.returncode != 0
+    assert named in r.stderr
+
+
+def test_help_lists_every_setting_with_its_default():
+    from harness import binary, run
+    r = run([binary("kafka-mailer"), "--help"], timeout=30, check=True)
+    for key in ("inflight.max", "smtp.url", "retry.attempts.max", "shutdown.timeout.ms",
+                "rebalance.drain.timeout.ms", "smtp.password"):
+        assert key in r.stdout
+    assert "email.requests" in r.stdout
