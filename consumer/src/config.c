@@ -55,6 +55,9 @@ static const struct config_key config_keys[] = {
             "topic one delivery result per request is published to"),
         STR("topic.deadletter", topic_deadletter, "email.deadletter",
             "topic the original bytes of rejected requests are copied to"),
+        STR("topic.retry", topic_retry, "email.retry",
+            "topic that holds requests waiting for a later retry, \"\" = none "
+            "(retries then stay in memory)"),
         STR("worker.id", worker_id, "",
             "name of this worker in results and logs, \"\" = <hostname>-<pid>"),
         STR("smtp.url", smtp_url, "smtp://127.0.0.1:25",
@@ -105,6 +108,23 @@ static const struct config_key config_keys[] = {
             "longest wait between retries"),
         INT("retry.jitter.percent", retry_jitter_percent, "20", 0, 100,
             "random spread added to each retry wait, in percent"),
+        INT("retry.local.window.ms", retry_local_window_ms, "30000", 0, 86400000,
+            "how long a request is retried in memory before it moves to "
+            "topic.retry (and its offset commits)"),
+        INT("retry.window.ms", retry_window_ms, "14400000", 1000, 604800000,
+            "how long after it was first consumed a request may still be "
+            "retried before it is failed"),
+        INT("retry.inflight.max", retry_inflight_max, "1000", 1, 100000,
+            "retry-topic requests held at once (waiting for their due time or "
+            "being sent)"),
+        INT("dedupe.capacity", dedupe_capacity, "100000", 0, 10000000,
+            "request ids remembered after they finish, so that a repeated id is "
+            "not sent again, 0 = off"),
+        INT("dedupe.ttl.ms", dedupe_ttl_ms, "3600000", 1000, 604800000,
+            "how long a finished request id is remembered"),
+        STR("metrics.listen", metrics_listen, "",
+            "address:port of the HTTP endpoint for /metrics and /healthz, "
+            "\"\" = off"),
         INT("request.max.bytes", request_max_bytes, "4194304", 1024, 104857600,
             "largest request accepted, in bytes"),
         INT("request.max.recipients", request_max_recipients, "100", 1, 10000,

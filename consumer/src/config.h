@@ -33,6 +33,7 @@ struct config {
         char *topic_requests; /* topic.requests */
         char *topic_results; /* topic.results */
         char *topic_deadletter; /* topic.deadletter */
+        char *topic_retry; /* topic.retry, "" = no retry topic */
 
         /* identity */
         char *worker_id; /* worker.id, default "<hostname>-<pid>" */
@@ -63,6 +64,16 @@ struct config {
         int retry_backoff_initial_ms; /* retry.backoff.initial.ms */
         int retry_backoff_max_ms; /* retry.backoff.max.ms */
         int retry_jitter_percent; /* retry.jitter.percent */
+        int retry_local_window_ms; /* retry.local.window.ms */
+        int retry_window_ms; /* retry.window.ms */
+        int retry_inflight_max; /* retry.inflight.max */
+
+        /* duplicate suppression */
+        int dedupe_capacity; /* dedupe.capacity, 0 = off */
+        int dedupe_ttl_ms; /* dedupe.ttl.ms */
+
+        /* metrics */
+        char *metrics_listen; /* metrics.listen, "" = off */
 
         /* requests */
         int request_max_bytes; /* request.max.bytes */

@@ -14,17 +14,24 @@
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
 
+/* The messages of one subscribed topic. */
+struct consumer_mq {
+        char *mq_topic;
+        rd_kafka_queue_t *mq_queue; /* every assigned partition forwards here */
+        int mq_pipe[2];
+        int mq_paused;
+};
+
 struct consumer {
         loop_t *c_loop;
         rd_kafka_t *c_rk;
         rd_kafka_queue_t *c_queue; /* events: rebalances, errors, commits */
         int c_pipe[2];
-        rd_kafka_queue_t *c_mqueue; /* messages of every assigned partition */
-        int c_mpipe[2];
+        struct consumer_mq c_mq[CONSUMER_TOPICS_MAX];
+        int c_mq_cnt;
         loop_timer_t c_timer;
         struct consumer_handlers c_h;
         void *c_opaque;
-        int c_paused;
         uint64_t c_commit_errors;
         int c_in_rebalance;
         int c_closing;
@@ -32,19 +39,31 @@ struct consumer {
 
 static void consumer_drain(consumer_t *c);
 
-/* Sends the messages of @parts to the message queue, which is read only while
- * the worker takes work, so that back-pressure needs no pause/resume (after
- * a resume librdkafka 2.0.2 was measured to take about 1 s to deliver again,
- * which capped a worker near inflight.max messages per second). */
+int consumer_topic_index(const consumer_t *c, const char *topic) {
+        for (int i = 0; i < c->c_mq_cnt; i++)
+                if (strcmp(c->c_mq[i].mq_topic, topic) == 0)
+                        return i;
+        return -1;
+}
+
+/* Sends the messages of @parts to their topic's message queue, which is read
+ * only while the worker takes work of that topic, so that back-pressure needs
+ * no pause/resume (after a resume librdkafka 2.0.2 was measured to take about
+ * 1 s to deliver again, which capped a worker near inflight.max messages per
+ * second). */
 static void consumer_forward(consumer_t *c,
                              const rd_kafka_topic_partition_list_t *parts) {
         for (int i = 0; i < parts->cnt; i++) {
-                rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
-                    c->c_rk, parts->elems[i].topic, parts->elems[i].partition);
+                int t = consumer_topic_index(c, parts->elems[i].topic);
+                rd_kafka_queue_t *pq;
 
+                if (t < 0)
+                        continue;
+                pq = rd_kafka_queue_get_partition(c->c_rk, parts->elems[i].topic,
+                                                  parts->elems[i].partition);
                 if (!pq)
                         continue;
-                rd_kafka_queue_forward(pq, c->c_mqueue);
+                rd_kafka_queue_forward(pq, c->c_mq[t].mq_queue);
                 rd_kafka_queue_destroy(pq);
         }
 }
@@ -119,36 +138,50 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-/* Handles one message or error from either queue. */
-static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
+/* Handles one message or error of topic @t (-1: not known). */
+static void consumer_dispatch(consumer_t *c, int t, rd_kafka_message_t *m) {
         if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                         LOG(LOG_WARN, "consume error err=\"%s\"",
                             rd_kafka_message_errstr(m));
+        } else if (t < 0) {
+                LOG(LOG_ERROR, "message of a topic not subscribed topic=%s",
+                    rd_kafka_topic_name(m->rkt));
         } else {
-                c->c_h.on_message(c->c_opaque, m);
+                c->c_h.on_message(c->c_opaque, t, m);
         }
         rd_kafka_message_destroy(m);
 }
 
-/* Serves the event queue always and the message queue while not paused. */
+/* Serves the event queue always and each topic's message queue while that
+ * topic is not paused. */
 static void consumer_drain(consumer_t *c) {
         rd_kafka_message_t *m;
-        int i;
+        int more = 0;
 
         if (c->c_in_rebalance || c->c_closing)
                 return;
         /* Events (rebalance callbacks run in here); a message only shows up
          * here before its partition's queue was forwarded. */
         while ((m = rd_kafka_consumer_poll(c->c_rk, 0)) != NULL)
-                consumer_dispatch(c, m);
-        for (i = 0; i < CONSUMER_BATCH && !c->c_paused; i++) {
-                m = rd_kafka_consume_queue(c->c_mqueue, 0);
-                if (!m)
-                        return;
-                consumer_dispatch(c, m);
+                consumer_dispatch(c, m->rkt ? consumer_topic_index(
+                                                  c, rd_kafka_topic_name(m->rkt))
+                                            : -1,
+                                  m);
+        for (int t = 0; t < c->c_mq_cnt; t++) {
+                struct consumer_mq *mq = &c->c_mq[t];
+                int i;
+
+                for (i = 0; i < CONSUMER_BATCH && !mq->mq_paused; i++) {
+                        m = rd_kafka_consume_queue(mq->mq_queue, 0);
+                        if (!m)
+                                break;
+                        consumer_dispatch(c, t, m);
+                }
+                if (i == CONSUMER_BATCH)
+                        more = 1;
         }
-        if (i == CONSUMER_BATCH)
+        if (more)
                 /* More may be queued: come back on the next iteration. */
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
 }
@@ -188,6 +221,7 @@ static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
 }
 
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const char *const *topic_names, int topic_cnt,
                          const struct consumer_handlers *h, void *opaque,
                          char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
@@ -216,7 +250,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         c->c_h = *h;
         c->c_opaque = opaque;
         c->c_pipe[0] = c->c_pipe[1] = -1;
-        c->c_mpipe[0] = c->c_mpipe[1] = -1;
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+                c->c_mq[t].mq_pipe[0] = c->c_mq[t].mq_pipe[1] = -1;
         loop_timer_init(&c->c_timer, consumer_on_timer, c);
 
         kc = rd_kafka_conf_new();
@@ -257,33 +292,42 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
                 goto fail;
         }
-        if (pipe2(c->c_mpipe, O_NONBLOCK | O_CLOEXEC) == -1) {
-                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail;
-        }
-        c->c_mqueue = rd_kafka_queue_new(c->c_rk);
-        rd_kafka_queue_io_event_enable(c->c_mqueue, c->c_mpipe[1], "1", 1);
-        if (loop_io_add(loop, c->c_mpipe[0], LOOP_READ, consumer_on_pipe, c)) {
-                snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
-                goto fail;
-        }
+        topics = rd_kafka_topic_partition_list_new(topic_cnt);
+        for (int t = 0; t < topic_cnt; t++) {
+                struct consumer_mq *mq = &c->c_mq[t];
 
-        topics = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(topics, conf->topic_requests,
-                                          RD_KAFKA_PARTITION_UA);
+                mq->mq_topic = strdup(topic_names[t]);
+                if (!mq->mq_topic || pipe2(mq->mq_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
+                        snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                        goto fail;
+                }
+                c->c_mq_cnt++;
+                mq->mq_queue = rd_kafka_queue_new(c->c_rk);
+                rd_kafka_queue_io_event_enable(mq->mq_queue, mq->mq_pipe[1], "1", 1);
+                if (loop_io_add(loop, mq->mq_pipe[0], LOOP_READ, consumer_on_pipe,
+                                c)) {
+                        snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
+                        goto fail;
+                }
+                rd_kafka_topic_partition_list_add(topics, topic_names[t],
+                                                  RD_KAFKA_PARTITION_UA);
+        }
         err = rd_kafka_subscribe(c->c_rk, topics);
-        rd_kafka_topic_partition_list_destroy(topics);
         if (err) {
-                snprintf(errstr, errstr_size, "subscribe %s: %s",
-                         conf->topic_requests, rd_kafka_err2str(err));
+                snprintf(errstr, errstr_size, "subscribe: %s",
+                         rd_kafka_err2str(err));
                 goto fail;
         }
+        rd_kafka_topic_partition_list_destroy(topics);
+        topics = NULL;
         loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
         return c;
 
 fail:
         if (kc)
                 rd_kafka_conf_destroy(kc);
+        if (topics)
+                rd_kafka_topic_partition_list_destroy(topics);
         c->c_closing = 1;
         consumer_close(c);
         return NULL;
@@ -300,19 +344,22 @@ void consumer_close(consumer_t *c) {
                 close(c->c_pipe[0]);
                 c->c_pipe[0] = -1;
         }
-        if (c->c_mpipe[0] != -1) {
-                loop_io_del(c->c_loop, c->c_mpipe[0]);
-                close(c->c_mpipe[0]);
-                c->c_mpipe[0] = -1;
-        }
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+                if (c->c_mq[t].mq_pipe[0] != -1) {
+                        loop_io_del(c->c_loop, c->c_mq[t].mq_pipe[0]);
+                        close(c->c_mq[t].mq_pipe[0]);
+                        c->c_mq[t].mq_pipe[0] = -1;
+                }
         if (c->c_queue) {
                 rd_kafka_queue_io_event_enable(c->c_queue, -1, NULL, 0);
                 rd_kafka_queue_destroy(c->c_queue);
         }
-        if (c->c_mqueue) {
-                rd_kafka_queue_io_event_enable(c->c_mqueue, -1, NULL, 0);
-                rd_kafka_queue_destroy(c->c_mqueue);
-        }
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+                if (c->c_mq[t].mq_queue) {
+                        rd_kafka_queue_io_event_enable(c->c_mq[t].mq_queue, -1,
+                                                       NULL, 0);
+                        rd_kafka_queue_destroy(c->c_mq[t].mq_queue);
+                }
         if (c->c_rk) {
                 /* Serves the final revoke through the rebalance callback. */
                 c->c_closing = 1;
@@ -324,22 +371,28 @@ void consumer_close(consumer_t *c) {
         }
         if (c->c_pipe[1] != -1)
                 close(c->c_pipe[1]);
-        if (c->c_mpipe[1] != -1)
-                close(c->c_mpipe[1]);
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                if (c->c_mq[t].mq_pipe[1] != -1)
+                        close(c->c_mq[t].mq_pipe[1]);
+                free(c->c_mq[t].mq_topic);
+        }
         free(c);
 }
 
-void consumer_set_paused(consumer_t *c, int paused) {
-        if (c->c_paused == paused)
+void consumer_set_paused(consumer_t *c, int t, int paused) {
+        struct consumer_mq *mq = &c->c_mq[t];
+
+        if (mq->mq_paused == paused)
                 return;
-        c->c_paused = paused;
-        LOG(LOG_DEBUG, "consumption %s", paused ? "paused" : "resumed");
+        mq->mq_paused = paused;
+        LOG(LOG_DEBUG, "consumption %s topic=%s", paused ? "paused" : "resumed",
+            mq->mq_topic);
         if (!paused)
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
 }
 
-int consumer_paused(const consumer_t *c) {
-        return c->c_paused;
+int consumer_paused(const consumer_t *c, int t) {
+        return c->c_mq[t].mq_paused;
 }
 
 int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,

@@ -18,10 +18,14 @@
 
 typedef struct consumer consumer_t;
 
+/* Most topics one consumer subscribes to (requests and retry). */
+#define CONSUMER_TOPICS_MAX 2
+
 struct consumer_handlers {
-        /* A message from an assigned partition; @m is destroyed after the
-         * call returns. */
-        void (*on_message)(void *opaque, const rd_kafka_message_t *m);
+        /* A message from an assigned partition of topic number @topic (its
+         * index in consumer_new()'s list); @m is destroyed after the call
+         * returns. */
+        void (*on_message)(void *opaque, int topic, const rd_kafka_message_t *m);
         /* Partitions were added to the assignment (already assigned). */
         void (*on_assign)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts);
@@ -34,20 +38,25 @@ struct consumer_handlers {
                           int lost);
 };
 
-/* @returns a consumer subscribed to conf->topic_requests or NULL with
- * @errstr. */
+/* @returns a consumer subscribed to the @topic_cnt (at most
+ * CONSUMER_TOPICS_MAX) topics in @topic_names, or NULL with @errstr. */
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const char *const *topic_names, int topic_cnt,
                          const struct consumer_handlers *h, void *opaque,
                          char *errstr, size_t errstr_size);
+
+/* @returns the index of @topic in consumer_new()'s list, or -1. */
+int consumer_topic_index(const consumer_t *c, const char *topic);
 
 /* Leaves the group (revoke handler runs), then frees. NULL ok. */
 void consumer_close(consumer_t *c);
 
-/* Stops or restarts taking messages of every assigned partition, new ones
- * included. While paused, librdkafka keeps prefetching only up to
- * queued.max.messages.kbytes; group events are still served. */
-void consumer_set_paused(consumer_t *c, int paused);
-int consumer_paused(const consumer_t *c);
+/* Stops or restarts taking messages of every assigned partition of topic
+ * number @topic, new ones included. While paused, librdkafka keeps
+ * prefetching only up to queued.max.messages.kbytes; group events are still
+ * served. */
+void consumer_set_paused(consumer_t *c, int topic, int paused);
+int consumer_paused(const consumer_t *c, int topic);
 
 /* Commits @offsets (next offset to consume per partition), asynchronously
  * when @async. @returns 0 or -1 (sync commit failed; logged). */

@@ -37,6 +37,7 @@ struct results {
         results_ack_cb *r_ack_cb;
         char *r_topic_results;
         char *r_topic_deadletter;
+        char *r_topic_retry;
         char *r_relay;
         char *r_worker;
         struct backlog *r_backlog_head;
@@ -272,9 +273,11 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         loop_timer_init(&r->r_timer, results_on_timer, r);
         r->r_topic_results = strdup(conf->topic_results);
         r->r_topic_deadletter = strdup(conf->topic_deadletter);
+        r->r_topic_retry = strdup(conf->topic_retry);
         r->r_worker = strdup(conf->worker_id);
         r->r_relay = strdup(conf->smtp_url); /* config refuses credentials in it */
-        if (!r->r_topic_results || !r->r_topic_deadletter || !r->r_worker ||
+        if (!r->r_topic_results || !r->r_topic_deadletter ||
+            !r->r_topic_retry || !r->r_worker ||
             !r->r_relay)
                 goto fail;
 
@@ -366,6 +369,7 @@ void results_destroy(results_t *r, int timeout_ms) {
         }
         free(r->r_topic_results);
         free(r->r_topic_deadletter);
+        free(r->r_topic_retry);
         free(r->r_relay);
         free(r->r_worker);
         free(r);
@@ -412,6 +416,14 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
         json_object_set_new(o, "error", json_str_or_null(rec->error));
         if (rec->failed_recipients)
                 json_object_set(o, "failed_recipients", rec->failed_recipients);
+        if (rec->duplicate_of) {
+                json_object_set_new(o, "duplicate", json_true());
+                json_object_set_new(
+                    o, "duplicate_of",
+                    json_pack("{s:s, s:i, s:I}", "topic", rec->duplicate_of->topic,
+                              "partition", (int)rec->duplicate_of->partition,
+                              "offset", (json_int_t)rec->duplicate_of->offset));
+        }
         json_object_set_new(o, "source", src);
         json_object_set_new(o, "received_at", json_string(received));
         json_object_set_new(o, "completed_at", json_string(completed));
@@ -450,5 +462,12 @@ int results_deadletter(results_t *r, const void *key, size_t key_len,
                 return 0;
         results_backlog_add(r, r->r_topic_deadletter, key, key_len, value,
                             value_len, h, opaque);
+        return 0;
+}
+
+int results_handoff(results_t *r, const char *key, const char *value,
+                    size_t value_len, void *opaque) {
+        results_send(r, r->r_topic_retry, key, strlen(key), value, value_len, NULL,
+                     opaque);
         return 0;
 }

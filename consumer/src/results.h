@@ -58,6 +58,8 @@ struct result_rec {
         int64_t received_ms; /* wall clock when consumed */
         int64_t completed_ms; /* wall clock when final */
         json_t *metadata; /* borrowed, echoed */
+        /* Set for a repeated request id: where the earlier request was. */
+        const struct result_source *duplicate_of;
 };
 
 /* @returns a producer for the results and dead-letter topics or NULL with
@@ -81,6 +83,11 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque);
 int results_deadletter(results_t *r, const void *key, size_t key_len,
                        const void *value, size_t value_len, const char *reason,
                        const struct result_source *src, void *opaque);
+
+/* Publishes a retry record (docs/wire-format.md) to the retry topic keyed by
+ * @key. The ack callback runs later with @opaque. */
+int results_handoff(results_t *r, const char *key, const char *value,
+                    size_t value_len, void *opaque);
 
 /* @returns the records handed to librdkafka and not yet acknowledged plus
  * those still waiting to be handed over. */

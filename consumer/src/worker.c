@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "consumer.h"
+#include "dedupe.h"
 #include "log.h"
 #include "loop.h"
 #include "message.h"
@@ -23,15 +24,23 @@
 /* How often a drain (revoke, shutdown) re-checks what is left. */
 #define WORKER_DRAIN_STEP_MS 50
 
+/* The topics a worker consumes, in consumer_new()'s order. */
+enum worker_topic {
+        TOPIC_REQUESTS = 0,
+        TOPIC_RETRY = 1,
+};
+
 /* Where a request is in its life. */
 enum entry_state {
         ENTRY_SENDING = 0, /* submitted to the SMTP pool */
-        ENTRY_WAITING, /* waiting for its retry timer */
-        ENTRY_PUBLISHING, /* final; waiting for Kafka to acknowledge */
+        ENTRY_WAITING, /* waiting for its retry timer (or its due time) */
+        ENTRY_FOLLOWING, /* same id as a request in flight: waits for it */
+        ENTRY_PUBLISHING, /* final or handed over; waiting for Kafka's ack */
 };
 
-/* One assigned partition of the requests topic. */
+/* One assigned partition of a consumed topic. */
 struct part {
+        int p_topic; /* enum worker_topic */
         int32_t p_partition;
         offsets_t *p_offsets;
         int64_t p_committed; /* last offset committed, -1 none */
@@ -39,9 +48,10 @@ struct part {
         int p_revoked; /* released: completions no longer commit */
 };
 
-/* One request from consume to acknowledged result. */
+/* One request from consume to acknowledged result (or hand-over to the retry
+ * topic). */
 struct entry {
-        struct entry *e_next;
+        struct entry *e_next; /* every live entry */
         struct entry *e_prev;
         worker_t *e_worker;
         struct part *e_part;
@@ -49,12 +59,21 @@ struct entry {
         enum entry_state e_state;
         int e_acks_pending;
         int e_attempts;
+        int e_leader; /* holds its id in the dedupe table */
+        struct entry *e_followers; /* requests with the same id, waiting */
+        struct entry *e_follow_next;
+        struct entry *e_following; /* the leader this one waits for */
+        char *e_raw; /* the request's JSON text, for the retry topic */
+        size_t e_raw_len;
         struct mail_request *e_req;
         struct message *e_msg;
         struct smtp_job e_job;
         loop_timer_t e_timer;
+        int32_t e_origin_partition; /* where the request was first consumed */
+        int64_t e_origin_offset;
         int64_t e_request_ts_ms;
-        int64_t e_received_ms;
+        int64_t e_received_ms; /* first consumed (wall clock) */
+        int64_t e_due_ms; /* retry-topic entries: when to send */
 };
 
 struct worker {
@@ -63,14 +82,18 @@ struct worker {
         consumer_t *w_consumer;
         results_t *w_results;
         smtp_client_t *w_smtp;
+        dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
         struct request_limits w_limits;
+        const char *w_topics[CONSUMER_TOPICS_MAX];
+        int w_topic_cnt;
 
-        struct part **w_parts; /* indexed by partition id */
-        size_t w_parts_size;
+        struct part **w_parts[CONSUMER_TOPICS_MAX]; /* indexed by partition id */
+        size_t w_parts_size[CONSUMER_TOPICS_MAX];
 
         struct entry *w_entries; /* every live entry */
-        size_t w_inflight;
-        size_t w_resume_at; /* resume consuming at or below this */
+        size_t w_inflight[CONSUMER_TOPICS_MAX];
+        size_t w_limit[CONSUMER_TOPICS_MAX]; /* stop taking at this count */
+        size_t w_resume_at[CONSUMER_TOPICS_MAX]; /* take again at or below */
 
         loop_timer_t w_commit_timer;
         uint64_t w_commit_errors_seen;
@@ -82,41 +105,44 @@ struct worker {
 };
 
 static void entry_start(struct entry *e);
-static void entry_on_retry_timer(loop_t *loop, void *opaque);
+static void entry_on_timer(loop_t *loop, void *opaque);
+static void entry_finish(struct entry *e, enum result_status status, int code,
+                         const char *reply, const char *error);
 
 /* ---- partitions ---- */
 
-static struct part *part_get(worker_t *w, int32_t partition) {
-        if (partition < 0 || (size_t)partition >= w->w_parts_size)
+static struct part *part_get(worker_t *w, int t, int32_t partition) {
+        if (t < 0 || partition < 0 || (size_t)partition >= w->w_parts_size[t])
                 return NULL;
-        return w->w_parts[partition];
+        return w->w_parts[t][partition];
 }
 
-static struct part *part_add(worker_t *w, int32_t partition) {
+static struct part *part_add(worker_t *w, int t, int32_t partition) {
         struct part *p;
 
-        if ((size_t)partition >= w->w_parts_size) {
+        if ((size_t)partition >= w->w_parts_size[t]) {
                 size_t n = (size_t)partition + 16;
-                struct part **np = realloc(w->w_parts, n * sizeof(*np));
+                struct part **np = realloc(w->w_parts[t], n * sizeof(*np));
 
                 if (!np)
                         abort();
-                memset(np + w->w_parts_size, 0,
-                       (n - w->w_parts_size) * sizeof(*np));
-                w->w_parts = np;
-                w->w_parts_size = n;
+                memset(np + w->w_parts_size[t], 0,
+                       (n - w->w_parts_size[t]) * sizeof(*np));
+                w->w_parts[t] = np;
+                w->w_parts_size[t] = n;
         }
-        if (w->w_parts[partition])
-                return w->w_parts[partition];
+        if (w->w_parts[t][partition])
+                return w->w_parts[t][partition];
         p = calloc(1, sizeof(*p));
         if (!p)
                 abort();
+        p->p_topic = t;
         p->p_partition = partition;
         p->p_offsets = offsets_new();
         if (!p->p_offsets)
                 abort();
         p->p_committed = -1;
-        w->w_parts[partition] = p;
+        w->w_parts[t][partition] = p;
         return p;
 }
 
@@ -127,27 +153,34 @@ static void part_free(struct part *p) {
 
 /* Detaches @p from the assignment; it is freed with its last entry. */
 static void part_release(worker_t *w, struct part *p) {
-        w->w_parts[p->p_partition] = NULL;
+        w->w_parts[p->p_topic][p->p_partition] = NULL;
         p->p_revoked = 1;
         if (p->p_entries == 0)
                 part_free(p);
 }
 
+/* @returns the part of @parts' element @i when it is one of ours, or NULL. */
+static struct part *part_of_elem(worker_t *w,
+                                 const rd_kafka_topic_partition_list_t *parts,
+                                 int i) {
+        return part_get(w, consumer_topic_index(w->w_consumer, parts->elems[i].topic),
+                        parts->elems[i].partition);
+}
+
 /* ---- back-pressure ---- */
 
+/* Stops taking requests of a topic at its in-flight limit and takes them again
+ * at or below its low-water mark. */
 static void worker_check_pressure(worker_t *w) {
-        if (w->w_stopping)
+        if (w->w_stopping || !w->w_consumer)
                 return;
-        if (!consumer_paused(w->w_consumer) &&
-            w->w_inflight >= (size_t)w->w_conf->inflight_max) {
-                LOG(LOG_DEBUG, "in-flight limit reached inflight=%zu, pausing",
-                    w->w_inflight);
-                consumer_set_paused(w->w_consumer, 1);
-        } else if (consumer_paused(w->w_consumer) &&
-                   w->w_inflight <= w->w_resume_at) {
-                LOG(LOG_DEBUG, "below low-water mark inflight=%zu, resuming",
-                    w->w_inflight);
-                consumer_set_paused(w->w_consumer, 0);
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                int paused = consumer_paused(w->w_consumer, t);
+
+                if (!paused && w->w_inflight[t] >= w->w_limit[t])
+                        consumer_set_paused(w->w_consumer, t, 1);
+                else if (paused && w->w_inflight[t] <= w->w_resume_at[t])
+                        consumer_set_paused(w->w_consumer, t, 0);
         }
 }
 
@@ -161,41 +194,46 @@ static struct entry *entry_new(worker_t *w, struct part *p, int64_t offset) {
         e->e_worker = w;
         e->e_part = p;
         e->e_offset = offset;
+        e->e_origin_partition = p->p_partition;
+        e->e_origin_offset = offset;
         e->e_received_ms = results_wall_ms();
-        loop_timer_init(&e->e_timer, entry_on_retry_timer, e);
+        loop_timer_init(&e->e_timer, entry_on_timer, e);
         e->e_next = w->w_entries;
         if (w->w_entries)
                 w->w_entries->e_prev = e;
         w->w_entries = e;
         p->p_entries++;
-        w->w_inflight++;
+        w->w_inflight[p->p_topic]++;
         return e;
 }
 
-/* Frees @e. @final: its result was acknowledged, so its offset is done. */
-static void entry_destroy(struct entry *e, int final) {
+/* Frees @e. @done: its result (or hand-over) was acknowledged, so its offset
+ * is done. */
+static void entry_destroy(struct entry *e, int done) {
         worker_t *w = e->e_worker;
         struct part *p = e->e_part;
 
         loop_timer_stop(w->w_loop, &e->e_timer);
-        if (final && !p->p_revoked &&
+        if (done && !p->p_revoked &&
             offsets_done(p->p_offsets, e->e_offset) == -1)
-                LOG(LOG_ERROR, "offset not tracked partition=%d offset=%lld",
-                    (int)p->p_partition, (long long)e->e_offset);
+                LOG(LOG_ERROR, "offset not tracked topic=%s partition=%d offset=%lld",
+                    w->w_topics[p->p_topic], (int)p->p_partition,
+                    (long long)e->e_offset);
         if (e->e_prev)
                 e->e_prev->e_next = e->e_next;
         else
                 w->w_entries = e->e_next;
         if (e->e_next)
                 e->e_next->e_prev = e->e_prev;
+        w->w_inflight[p->p_topic]--;
         p->p_entries--;
         if (p->p_revoked && p->p_entries == 0)
                 part_free(p);
         smtp_job_reset(&e->e_job);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
+        free(e->e_raw);
         free(e);
-        w->w_inflight--;
         worker_check_pressure(w);
 }
 
@@ -206,6 +244,106 @@ static void worker_on_ack(void *opaque) {
         if (--e->e_acks_pending == 0)
                 entry_destroy(e, 1);
 }
+
+/* ---- duplicates ---- */
+
+/* Takes @f off its leader's list of followers. */
+static void entry_unfollow(struct entry *f) {
+        struct entry **pp = &f->e_following->e_followers;
+
+        while (*pp && *pp != f)
+                pp = &(*pp)->e_follow_next;
+        if (*pp)
+                *pp = f->e_follow_next;
+        f->e_following = NULL;
+        f->e_follow_next = NULL;
+}
+
+/* Publishes the result of a repeated request from what its earlier request
+ * ended with. */
+static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d) {
+        worker_t *w = e->e_worker;
+        struct result_source src, dup;
+        struct result_rec rec;
+
+        memset(&rec, 0, sizeof(rec));
+        rec.id = e->e_req->id;
+        rec.status = (enum result_status)d->status;
+        rec.attempts = 0;
+        rec.smtp_code = d->smtp_code;
+        rec.smtp_reply = d->smtp_reply[0] ? d->smtp_reply : NULL;
+        rec.message_id = d->message_id[0] ? d->message_id : NULL;
+        rec.error = d->error[0] ? d->error : NULL;
+        src.topic = w->w_conf->topic_requests;
+        src.partition = e->e_origin_partition;
+        src.offset = e->e_origin_offset;
+        rec.source = src;
+        dup.topic = d->source_topic;
+        dup.partition = d->source_partition;
+        dup.offset = d->source_offset;
+        rec.duplicate_of = &dup;
+        rec.request_ts_ms = e->e_request_ts_ms;
+        rec.received_ms = e->e_received_ms;
+        rec.completed_ms = results_wall_ms();
+        rec.metadata = e->e_req->metadata;
+        w->w_stats.duplicates++;
+        LOG(LOG_INFO, "repeated request not sent again id=%s status=%s",
+            rec.id, result_status_name(rec.status));
+        e->e_state = ENTRY_PUBLISHING;
+        e->e_acks_pending++;
+        results_publish(w->w_results, &rec, e);
+}
+
+/* Claims @e's id. @returns 1 when @e may be sent, 0 when it was handled as a
+ * repeat (following a request in flight, or finished from an earlier
+ * result). */
+static int entry_claim(struct entry *e) {
+        worker_t *w = e->e_worker;
+        const struct dedupe_done *done = NULL;
+        void *leader = NULL;
+        struct entry *l;
+
+        if (!w->w_dedupe)
+                return 1;
+        switch (dedupe_claim(w->w_dedupe, e->e_req->id, e, results_wall_ms(),
+                             &leader, &done)) {
+        case DEDUPE_NEW:
+                e->e_leader = 1;
+                return 1;
+        case DEDUPE_INFLIGHT:
+                l = leader;
+                e->e_state = ENTRY_FOLLOWING;
+                e->e_following = l;
+                e->e_follow_next = l->e_followers;
+                l->e_followers = e;
+                return 0;
+        case DEDUPE_DONE:
+                entry_finish_duplicate(e, done);
+                return 0;
+        }
+        return 1;
+}
+
+/* @e gives up its id without a final result: its followers claim it again
+ * (the first becomes the leader and is sent). */
+static void entry_release(struct entry *e) {
+        worker_t *w = e->e_worker;
+        struct entry *f;
+
+        if (!e->e_leader)
+                return;
+        e->e_leader = 0;
+        dedupe_release(w->w_dedupe, e->e_req->id);
+        while ((f = e->e_followers) != NULL) {
+                e->e_followers = f->e_follow_next;
+                f->e_following = NULL;
+                f->e_follow_next = NULL;
+                if (entry_claim(f))
+                        entry_start(f);
+        }
+}
+
+/* ---- final results ---- */
 
 static json_t *entry_failed_rcpts(const struct smtp_job *job) {
         json_t *arr;
@@ -224,16 +362,19 @@ static json_t *entry_failed_rcpts(const struct smtp_job *job) {
         return arr;
 }
 
-/* Publishes the final result of @e. @code/@reply: the deciding SMTP reply
- * (0/NULL when none); @error: why it was not sent. */
+/* Publishes the final result of @e and of the requests following it.
+ * @code/@reply: the deciding SMTP reply (0/NULL when none); @error: why it
+ * was not sent. */
 static void entry_finish(struct entry *e, enum result_status status, int code,
                          const char *reply, const char *error) {
         worker_t *w = e->e_worker;
         struct result_rec rec;
+        struct dedupe_done done;
         json_t *failed = NULL;
+        struct entry *f;
 
         memset(&rec, 0, sizeof(rec));
-        rec.id = e->e_req ? e->e_req->id : NULL;
+        rec.id = e->e_req->id;
         rec.status = status;
         rec.attempts = e->e_attempts;
         rec.smtp_code = code;
@@ -244,12 +385,12 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                 failed = entry_failed_rcpts(&e->e_job);
         rec.failed_recipients = failed;
         rec.source.topic = w->w_conf->topic_requests;
-        rec.source.partition = e->e_part->p_partition;
-        rec.source.offset = e->e_offset;
+        rec.source.partition = e->e_origin_partition;
+        rec.source.offset = e->e_origin_offset;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
-        rec.metadata = e->e_req ? e->e_req->metadata : NULL;
+        rec.metadata = e->e_req->metadata;
 
         switch (status) {
         case RESULT_SENT:
@@ -271,7 +412,32 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         e->e_acks_pending++;
         results_publish(w->w_results, &rec, e);
         json_decref(failed);
+
+        if (!e->e_leader)
+                return;
+        memset(&done, 0, sizeof(done));
+        done.status = (int)status;
+        done.smtp_code = code;
+        done.attempts = e->e_attempts;
+        snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s", reply ? reply : "");
+        snprintf(done.error, sizeof(done.error), "%s", error ? error : "");
+        snprintf(done.message_id, sizeof(done.message_id), "%s",
+                 rec.message_id ? rec.message_id : "");
+        snprintf(done.source_topic, sizeof(done.source_topic), "%s",
+                 rec.source.topic);
+        done.source_partition = rec.source.partition;
+        done.source_offset = rec.source.offset;
+        dedupe_finish(w->w_dedupe, e->e_req->id, &done, rec.completed_ms);
+        e->e_leader = 0;
+        while ((f = e->e_followers) != NULL) {
+                e->e_followers = f->e_follow_next;
+                f->e_following = NULL;
+                f->e_follow_next = NULL;
+                entry_finish_duplicate(f, &done);
+        }
 }
+
+/* ---- retries ---- */
 
 /* Milliseconds to wait before attempt number @attempts + 1. */
 static int64_t worker_backoff_ms(const struct config *conf, int attempts) {
@@ -288,7 +454,55 @@ static int64_t worker_backoff_ms(const struct config *conf, int attempts) {
         return ms < 1 ? 1 : (int64_t)ms;
 }
 
-static void entry_on_retry_timer(loop_t *loop, void *opaque) {
+/* Writes @e to the retry topic, to be sent at @due_ms; its offset is done
+ * once Kafka has the record. */
+static void entry_handoff(struct entry *e, int64_t due_ms, int code,
+                          const char *reply) {
+        worker_t *w = e->e_worker;
+        json_t *o;
+        char *value;
+        struct entry *f;
+
+        o = json_pack("{s:i, s:s, s:s%, s:i, s:I, s:I, s:I, s:{s:s, s:i, s:I}, "
+                      "s:i, s:s}",
+                      "v", 1, "id", e->e_req->id, "request", e->e_raw,
+                      e->e_raw_len, "attempts", e->e_attempts, "due_ms",
+                      (json_int_t)due_ms, "first_received_ms",
+                      (json_int_t)e->e_received_ms, "request_ts_ms",
+                      (json_int_t)e->e_request_ts_ms, "source", "topic",
+                      w->w_conf->topic_requests, "partition",
+                      (int)e->e_origin_partition, "offset",
+                      (json_int_t)e->e_origin_offset, "last_smtp_code", code,
+                      "last_smtp_reply", reply ? reply : "");
+        if (!o)
+                abort();
+        value = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (!value)
+                abort();
+        w->w_stats.handoffs++;
+        LOG(LOG_DEBUG, "moved to the retry topic id=%s attempts=%d", e->e_req->id,
+            e->e_attempts);
+        e->e_state = ENTRY_PUBLISHING;
+        e->e_acks_pending++;
+        results_handoff(w->w_results, e->e_req->id, value, strlen(value), e);
+        free(value);
+
+        /* Requests with the same id go along: the retry topic keeps one
+         * partition per id, so they meet again there. */
+        if (e->e_leader) {
+                e->e_leader = 0;
+                dedupe_release(w->w_dedupe, e->e_req->id);
+        }
+        while ((f = e->e_followers) != NULL) {
+                e->e_followers = f->e_follow_next;
+                f->e_following = NULL;
+                f->e_follow_next = NULL;
+                entry_handoff(f, due_ms, code, reply);
+        }
+}
+
+static void entry_on_timer(loop_t *loop, void *opaque) {
         struct entry *e = opaque;
 
         (void)loop;
@@ -298,7 +512,10 @@ static void entry_on_retry_timer(loop_t *loop, void *opaque) {
 static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         struct entry *e = job->opaque;
         worker_t *w = opaque;
-        char why[600];
+        const struct config *conf = w->w_conf;
+        int64_t now = results_wall_ms();
+        int64_t backoff;
+        char why[128];
 
         e->e_attempts++;
         switch (job->outcome) {
@@ -312,27 +529,47 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         case SMTP_TRANSIENT:
                 break;
         }
-        if (e->e_attempts >= w->w_conf->retry_attempts_max) {
+        if (e->e_attempts >= conf->retry_attempts_max) {
                 snprintf(why, sizeof(why), "retries exhausted after %d attempts",
                          e->e_attempts);
                 entry_finish(e, RESULT_FAILED, job->code, job->reply, why);
                 return;
         }
+        backoff = worker_backoff_ms(conf, e->e_attempts);
+        if (now + backoff - e->e_received_ms > conf->retry_window_ms) {
+                snprintf(why, sizeof(why),
+                         "retry window of %d ms passed after %d attempts",
+                         conf->retry_window_ms, e->e_attempts);
+                entry_finish(e, RESULT_FAILED, job->code, job->reply, why);
+                return;
+        }
         w->w_stats.retries++;
+        if (w->w_topic_cnt > TOPIC_RETRY &&
+            (e->e_part->p_topic == TOPIC_RETRY ||
+             now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
+                entry_handoff(e, now + backoff, job->code, job->reply);
+                return;
+        }
         LOG(LOG_DEBUG, "retrying id=%s attempt=%d code=%d reply=\"%s\"",
             e->e_req->id, e->e_attempts, job->code, job->reply);
         e->e_state = ENTRY_WAITING;
-        loop_timer_start(w->w_loop, &e->e_timer,
-                         worker_backoff_ms(w->w_conf, e->e_attempts));
+        loop_timer_start(w->w_loop, &e->e_timer, backoff);
 }
 
-/* Sends @e (first attempt or retry) unless its deadline has passed. */
+/* Sends @e (first attempt, retry or due retry-topic request) unless its
+ * deadline has passed. */
 static void entry_start(struct entry *e) {
         worker_t *w = e->e_worker;
+        int64_t now = results_wall_ms();
 
-        if (e->e_req->deadline_ms && results_wall_ms() >= e->e_req->deadline_ms) {
+        if (e->e_req->deadline_ms && now >= e->e_req->deadline_ms) {
                 entry_finish(e, RESULT_EXPIRED, 0, NULL,
                              "deadline passed before sending");
+                return;
+        }
+        if (e->e_due_ms > now) {
+                e->e_state = ENTRY_WAITING;
+                loop_timer_start(w->w_loop, &e->e_timer, e->e_due_ms - now);
                 return;
         }
         smtp_job_reset(&e->e_job);
@@ -342,16 +579,22 @@ static void entry_start(struct entry *e) {
 
 /* Takes @e out of the pipeline without a result (its request is consumed
  * again by whoever owns the partition next). @returns 0, or -1 when it is in
- * an SMTP transaction and must finish. */
+ * an SMTP transaction or being published and must finish. */
 static int entry_abandon(struct entry *e) {
         worker_t *w = e->e_worker;
 
         switch (e->e_state) {
+        case ENTRY_FOLLOWING:
+                entry_unfollow(e);
+                entry_destroy(e, 0);
+                return 0;
         case ENTRY_WAITING:
+                entry_release(e);
                 entry_destroy(e, 0);
                 return 0;
         case ENTRY_SENDING:
                 if (smtp_client_cancel(w->w_smtp, &e->e_job) == 0) {
+                        entry_release(e);
                         entry_destroy(e, 0);
                         return 0;
                 }
@@ -364,21 +607,29 @@ static int entry_abandon(struct entry *e) {
 
 /* ---- consumer handlers ---- */
 
-static void worker_reject(worker_t *w, struct entry *e,
+static void worker_reject(worker_t *w, struct entry *e, int t,
                           const rd_kafka_message_t *m, const char *id,
                           const char *reason) {
         struct result_source src;
         struct result_rec rec;
 
-        src.topic = w->w_conf->topic_requests;
+        src.topic = w->w_topics[t];
         src.partition = m->partition;
         src.offset = m->offset;
-        LOG(LOG_INFO, "request rejected partition=%d offset=%lld id=%s reason=\"%s\"",
-            (int)m->partition, (long long)m->offset, id[0] ? id : "-", reason);
+        LOG(LOG_INFO, "request rejected topic=%s partition=%d offset=%lld id=%s "
+            "reason=\"%s\"",
+            src.topic, (int)m->partition, (long long)m->offset, id[0] ? id : "-",
+            reason);
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending = 2;
         results_deadletter(w->w_results, m->key, m->key_len,
                            m->payload ? m->payload : "", m->len, reason, &src, e);
+        if (t == TOPIC_RETRY) {
+                /* Report it where the request came from when that is known. */
+                src.topic = w->w_conf->topic_requests;
+                src.partition = e->e_origin_partition;
+                src.offset = e->e_origin_offset;
+        }
         memset(&rec, 0, sizeof(rec));
         rec.id = id[0] ? id : NULL;
         rec.status = RESULT_REJECTED;
@@ -391,9 +642,57 @@ static void worker_reject(worker_t *w, struct entry *e,
         results_publish(w->w_results, &rec, e);
 }
 
-static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
+/* Reads a retry record into @e: the request's text, attempts, due time and
+ * origin. @returns 0 or -1 with @errstr. */
+static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
+                            char *id, size_t id_size, char *errstr,
+                            size_t errstr_size) {
+        json_error_t jerr;
+        json_t *o, *src = NULL;
+        const char *rid = NULL, *req = NULL;
+        size_t req_len = 0;
+        json_int_t attempts = 0, due = 0, first = 0, ts = 0, part = 0, off = 0;
+        int ret = -1;
+
+        o = json_loadb(m->payload, m->len, 0, &jerr);
+        if (!o) {
+                snprintf(errstr, errstr_size, "retry record: invalid JSON: %s",
+                         jerr.text);
+                return -1;
+        }
+        if (json_unpack_ex(o, &jerr, 0, "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o}",
+                           "id", &rid, "request", &req, &req_len, "attempts",
+                           &attempts, "due_ms", &due, "first_received_ms", &first,
+                           "request_ts_ms", &ts, "source", &src) ||
+            json_unpack_ex(src, &jerr, 0, "{s:I, s:I}", "partition", &part,
+                           "offset", &off) ||
+            attempts < 0 || attempts > 1000 || part < 0 || part > INT32_MAX ||
+            off < 0) {
+                snprintf(id, id_size, "%s", rid ? rid : "");
+                snprintf(errstr, errstr_size, "retry record: %s", jerr.text);
+                goto out;
+        }
+        snprintf(id, id_size, "%s", rid);
+        e->e_raw = malloc(req_len ? req_len : 1);
+        if (!e->e_raw)
+                abort();
+        memcpy(e->e_raw, req, req_len);
+        e->e_raw_len = req_len;
+        e->e_attempts = (int)attempts;
+        e->e_due_ms = due;
+        e->e_received_ms = first;
+        e->e_request_ts_ms = ts;
+        e->e_origin_partition = (int32_t)part;
+        e->e_origin_offset = off;
+        ret = 0;
+out:
+        json_decref(o);
+        return ret;
+}
+
+static void worker_on_message(void *opaque, int t, const rd_kafka_message_t *m) {
         worker_t *w = opaque;
-        struct part *p = part_get(w, m->partition);
+        struct part *p = part_get(w, t, m->partition);
         rd_kafka_timestamp_type_t tstype;
         struct message_opts mo;
         struct entry *e;
@@ -401,11 +700,11 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
         char errstr[512];
 
         if (!p)
-                p = part_add(w, m->partition);
+                p = part_add(w, t, m->partition);
         if (offsets_track(p->p_offsets, m->offset) == -1) {
                 /* Seen already in this assignment: still in flight or done. */
-                LOG(LOG_DEBUG, "offset seen already partition=%d offset=%lld",
-                    (int)m->partition, (long long)m->offset);
+                LOG(LOG_DEBUG, "offset seen already topic=%s partition=%d offset=%lld",
+                    w->w_topics[t], (int)m->partition, (long long)m->offset);
                 return;
         }
         w->w_stats.consumed++;
@@ -416,20 +715,34 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
 
         id[0] = '\0';
         if (!m->payload || m->len == 0) {
-                worker_reject(w, e, m, id, "empty value");
+                worker_reject(w, e, t, m, id, "empty value");
                 goto out;
         }
-        e->e_req = request_parse(m->payload, m->len, &w->w_limits, id,
+        if (t == TOPIC_RETRY) {
+                if (entry_read_retry(e, m, id, sizeof(id), errstr, sizeof(errstr))) {
+                        worker_reject(w, e, t, m, id, errstr);
+                        goto out;
+                }
+        } else {
+                e->e_raw = malloc(m->len);
+                if (!e->e_raw)
+                        abort();
+                memcpy(e->e_raw, m->payload, m->len);
+                e->e_raw_len = m->len;
+        }
+        e->e_req = request_parse(e->e_raw, e->e_raw_len, &w->w_limits, id,
                                  sizeof(id), errstr, sizeof(errstr));
         if (!e->e_req) {
-                worker_reject(w, e, m, id, errstr);
+                worker_reject(w, e, t, m, id, errstr);
                 goto out;
         }
         mo.message_id_domain = w->w_conf->message_id_domain;
         mo.date_ms = e->e_received_ms;
         e->e_msg = message_build(e->e_req, &mo, errstr, sizeof(errstr));
         if (!e->e_msg) {
-                worker_reject(w, e, m, id, errstr);
+                request_destroy(e->e_req);
+                e->e_req = NULL;
+                worker_reject(w, e, t, m, id, errstr);
                 goto out;
         }
         e->e_job.mail_from = e->e_msg->mail_from;
@@ -438,7 +751,8 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
         e->e_job.data = e->e_msg->data;
         e->e_job.data_len = e->e_msg->data_len;
         e->e_job.opaque = e;
-        entry_start(e);
+        if (entry_claim(e))
+                entry_start(e);
 out:
         worker_check_pressure(w);
 }
@@ -447,9 +761,25 @@ static void worker_on_assign(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts) {
         worker_t *w = opaque;
 
-        for (int i = 0; i < parts->cnt; i++)
-                if (strcmp(parts->elems[i].topic, w->w_conf->topic_requests) == 0)
-                        part_add(w, parts->elems[i].partition);
+        for (int i = 0; i < parts->cnt; i++) {
+                int t = consumer_topic_index(w->w_consumer, parts->elems[i].topic);
+
+                if (t >= 0)
+                        part_add(w, t, parts->elems[i].partition);
+        }
+}
+
+/* Adds the watermark of @p to @offs when it moved since its last commit. */
+static void worker_commit_part(worker_t *w, struct part *p,
+                               rd_kafka_topic_partition_list_t *offs) {
+        int64_t off = offsets_committable(p->p_offsets);
+
+        if (off < 0 || off <= p->p_committed)
+                return;
+        rd_kafka_topic_partition_list_add(offs, w->w_topics[p->p_topic],
+                                          p->p_partition)
+            ->offset = off;
+        p->p_committed = off;
 }
 
 /* Commits the watermark of every partition in @parts (all assigned ones when
@@ -462,36 +792,31 @@ static void worker_commit(worker_t *w, const rd_kafka_topic_partition_list_t *pa
         if (errors != w->w_commit_errors_seen) {
                 /* A commit failed: offer every partition's watermark again. */
                 w->w_commit_errors_seen = errors;
-                for (size_t i = 0; i < w->w_parts_size; i++)
-                        if (w->w_parts[i])
-                                w->w_parts[i]->p_committed = -1;
+                for (int t = 0; t < w->w_topic_cnt; t++)
+                        for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                                if (w->w_parts[t][i])
+                                        w->w_parts[t][i]->p_committed = -1;
         }
         offs = rd_kafka_topic_partition_list_new(16);
-        for (size_t i = 0; i < w->w_parts_size; i++) {
-                struct part *p = w->w_parts[i];
-                int64_t off;
-                int wanted = parts == NULL;
+        if (parts) {
+                for (int i = 0; i < parts->cnt; i++) {
+                        struct part *p = part_of_elem(w, parts, i);
 
-                if (!p)
-                        continue;
-                for (int j = 0; parts && j < parts->cnt && !wanted; j++)
-                        wanted = parts->elems[j].partition == p->p_partition &&
-                                 strcmp(parts->elems[j].topic,
-                                        w->w_conf->topic_requests) == 0;
-                off = offsets_committable(p->p_offsets);
-                if (!wanted || off < 0 || off <= p->p_committed)
-                        continue;
-                rd_kafka_topic_partition_list_add(offs, w->w_conf->topic_requests,
-                                                  p->p_partition)
-                    ->offset = off;
-                p->p_committed = off;
+                        if (p)
+                                worker_commit_part(w, p, offs);
+                }
+        } else {
+                for (int t = 0; t < w->w_topic_cnt; t++)
+                        for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                                if (w->w_parts[t][i])
+                                        worker_commit_part(w, w->w_parts[t][i], offs);
         }
         if (offs->cnt > 0) {
                 LOG(LOG_DEBUG, "committing partitions=%d async=%d", offs->cnt,
                     async);
                 if (consumer_commit(w->w_consumer, offs, async) == -1)
                         for (int j = 0; j < offs->cnt; j++) {
-                                struct part *p = part_get(w, offs->elems[j].partition);
+                                struct part *p = part_of_elem(w, offs, j);
 
                                 if (p)
                                         p->p_committed = -1;
@@ -507,17 +832,31 @@ static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         loop_timer_start(loop, &w->w_commit_timer, w->w_conf->commit_interval_ms);
 }
 
+/* @returns whether @e belongs to one of @parts (every entry when NULL). */
+static int entry_in(worker_t *w, const struct entry *e,
+                    const rd_kafka_topic_partition_list_t *parts) {
+        if (!parts)
+                return 1;
+        for (int i = 0; i < parts->cnt; i++)
+                if (part_of_elem(w, parts, i) == e->e_part)
+                        return 1;
+        return 0;
+}
+
 /* @returns the live entries of the partitions in @parts (all when NULL). */
 static size_t worker_entries_of(worker_t *w,
                                 const rd_kafka_topic_partition_list_t *parts) {
         size_t n = 0;
 
-        if (!parts)
-                return w->w_inflight;
+        if (!parts) {
+                for (int t = 0; t < w->w_topic_cnt; t++)
+                        n += w->w_inflight[t];
+                return n;
+        }
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_get(w, parts->elems[i].partition);
+                struct part *p = part_of_elem(w, parts, i);
 
-                if (p && strcmp(parts->elems[i].topic, w->w_conf->topic_requests) == 0)
+                if (p)
                         n += p->p_entries;
         }
         return n;
@@ -532,13 +871,15 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
         struct entry *e, *next;
         size_t left;
 
+        /* Followers first: abandoning a leader hands its id to them. */
         for (e = w->w_entries; e; e = next) {
-                int wanted = parts == NULL;
-
                 next = e->e_next;
-                for (int j = 0; parts && j < parts->cnt && !wanted; j++)
-                        wanted = part_get(w, parts->elems[j].partition) == e->e_part;
-                if (wanted)
+                if (e->e_state == ENTRY_FOLLOWING && entry_in(w, e, parts))
+                        entry_abandon(e);
+        }
+        for (e = w->w_entries; e; e = next) {
+                next = e->e_next;
+                if (entry_in(w, e, parts))
                         entry_abandon(e);
         }
         while ((left = worker_entries_of(w, parts)) > 0 &&
@@ -567,9 +908,9 @@ static void worker_on_revoke(void *opaque,
                     "(they may be sent again by the next owner)",
                     left);
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_get(w, parts->elems[i].partition);
+                struct part *p = part_of_elem(w, parts, i);
 
-                if (p && strcmp(parts->elems[i].topic, w->w_conf->topic_requests) == 0)
+                if (p)
                         part_release(w, p);
         }
 }
@@ -593,13 +934,30 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         w->w_conf = conf;
         w->w_limits.max_bytes = (size_t)conf->request_max_bytes;
         w->w_limits.max_recipients = (size_t)conf->request_max_recipients;
-        w->w_resume_at = (size_t)conf->inflight_max *
-                         (size_t)conf->inflight_resume_percent / 100;
+        w->w_topics[TOPIC_REQUESTS] = conf->topic_requests;
+        w->w_limit[TOPIC_REQUESTS] = (size_t)conf->inflight_max;
+        w->w_topic_cnt = 1;
+        if (conf->topic_retry[0]) {
+                w->w_topics[TOPIC_RETRY] = conf->topic_retry;
+                w->w_limit[TOPIC_RETRY] = (size_t)conf->retry_inflight_max;
+                w->w_topic_cnt = 2;
+        }
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                w->w_resume_at[t] =
+                    w->w_limit[t] * (size_t)conf->inflight_resume_percent / 100;
         loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
         w->w_loop = loop_new();
         if (!w->w_loop) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
                 goto fail;
+        }
+        if (conf->dedupe_capacity > 0) {
+                w->w_dedupe = dedupe_new((size_t)conf->dedupe_capacity,
+                                         conf->dedupe_ttl_ms);
+                if (!w->w_dedupe) {
+                        snprintf(errstr, errstr_size, "out of memory");
+                        goto fail;
+                }
         }
         smtp_client_conf_from_config(&scc, conf);
         w->w_smtp = smtp_client_new(w->w_loop, &scc, worker_on_smtp_done, w,
@@ -610,8 +968,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                    errstr_size);
         if (!w->w_results)
                 goto fail;
-        w->w_consumer = consumer_new(w->w_loop, conf, &handlers, w, errstr,
-                                     errstr_size);
+        w->w_consumer = consumer_new(w->w_loop, conf, w->w_topics, w->w_topic_cnt,
+                                     &handlers, w, errstr, errstr_size);
         if (!w->w_consumer)
                 goto fail;
         loop_timer_start(w->w_loop, &w->w_commit_timer, conf->commit_interval_ms);
@@ -630,15 +988,18 @@ void worker_stop(worker_t *w) {
 int worker_run(worker_t *w) {
         size_t left;
 
-        LOG(LOG_INFO, "worker started id=%s topic=%s relay=%s inflight.max=%d",
+        LOG(LOG_INFO, "worker started id=%s topic=%s retry_topic=%s relay=%s "
+            "inflight.max=%d",
             w->w_conf->worker_id, w->w_conf->topic_requests,
+            w->w_topic_cnt > 1 ? w->w_conf->topic_retry : "-",
             w->w_conf->smtp_url, w->w_conf->inflight_max);
         while (!w->w_stop)
                 loop_run_once(w->w_loop, WORKER_IDLE_WAIT_MS);
 
         LOG(LOG_INFO, "stopping: draining in-flight sends inflight=%zu",
-            w->w_inflight);
-        consumer_set_paused(w->w_consumer, 1);
+            worker_entries_of(w, NULL));
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                consumer_set_paused(w->w_consumer, t, 1);
         w->w_stopping = 1;
         left = worker_drain(w, NULL, w->w_conf->shutdown_timeout_ms);
         worker_commit(w, NULL, 0);
@@ -646,18 +1007,20 @@ int worker_run(worker_t *w) {
         w->w_consumer = NULL;
         LOG(LOG_INFO,
             "stopped consumed=%llu sent=%llu failed=%llu rejected=%llu "
-            "expired=%llu left=%zu",
+            "expired=%llu duplicates=%llu left=%zu",
             (unsigned long long)w->w_stats.consumed,
             (unsigned long long)w->w_stats.sent,
             (unsigned long long)w->w_stats.failed,
             (unsigned long long)w->w_stats.rejected,
-            (unsigned long long)w->w_stats.expired, left);
+            (unsigned long long)w->w_stats.expired,
+            (unsigned long long)w->w_stats.duplicates, left);
         return left > 0 ? 1 : 0;
 }
 
 void worker_get_stats(const worker_t *w, struct worker_stats *st) {
         *st = w->w_stats;
-        st->inflight = w->w_inflight;
+        st->inflight = w->w_inflight[TOPIC_REQUESTS];
+        st->retry_inflight = w->w_topic_cnt > 1 ? w->w_inflight[TOPIC_RETRY] : 0;
 }
 
 void worker_destroy(worker_t *w) {
@@ -668,18 +1031,26 @@ void worker_destroy(worker_t *w) {
         w->w_stopping = 1;
         if (w->w_consumer)
                 consumer_close(w->w_consumer);
+        w->w_consumer = NULL;
         /* Entries left are not final: their requests were not committed. */
         smtp_client_destroy(w->w_smtp);
         w->w_smtp = NULL;
         /* Acknowledgements served while flushing still find their entries. */
         results_destroy(w->w_results, 1000);
         w->w_results = NULL;
-        for (size_t i = 0; i < w->w_parts_size; i++)
-                if (w->w_parts[i])
-                        part_release(w, w->w_parts[i]);
-        while ((e = w->w_entries) != NULL)
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                        if (w->w_parts[t][i])
+                                part_release(w, w->w_parts[t][i]);
+                free(w->w_parts[t]);
+                w->w_parts[t] = NULL;
+        }
+        while ((e = w->w_entries) != NULL) {
+                e->e_followers = NULL;
+                e->e_following = NULL;
                 entry_destroy(e, 0);
-        free(w->w_parts);
+        }
+        dedupe_destroy(w->w_dedupe);
         if (w->w_loop)
                 loop_timer_stop(w->w_loop, &w->w_commit_timer);
         loop_destroy(w->w_loop);

@@ -371,6 +371,41 @@ class Kafka:
                 out.append(json.loads(line))
         return out
 
+    def audit(self, topics: "Topics", capture_dir: Optional[Path] = None,
+              timeout: float = 60) -> dict:
+        """mailer-audit --json: joins topics.requests with topics.results (and the
+        capture-server folder) and returns its numbers, with "rc" (0: nothing lost,
+        4: something lost)."""
+        args = [binary("mailer-audit"), "-b", self.bootstrap, "--requests",
+                topics.requests, "--results", topics.results, "--json",
+                "--timeout", str(int(timeout))]
+        if capture_dir is not None:
+            args += ["--capture-dir", capture_dir]
+        r = run(args, timeout=timeout + 30)
+        if r.returncode not in (0, 4):
+            raise AssertionError(f"mailer-audit exited {r.returncode}: {r.stderr[-2000:]}")
+        out = json.loads(r.stdout)
+        out["rc"] = r.returncode
+        return out
+
+    def wait_audit(self, topics: "Topics", n: int, capture_dir: Optional[Path] = None,
+                   timeout: float = 60) -> dict:
+        """Polls the audit until the requests topic holds n requests and none is lost
+        (bounded); returns the last audit."""
+        last: dict = {}
+
+        def done():
+            nonlocal last
+            last = self.audit(topics, capture_dir)
+            return last if last["requests"] >= n and last["lost"] == 0 else None
+        try:
+            return wait_for(done, timeout, f"{n} requests with a final result",
+                            interval=1.0)
+        except TimeoutError as e:
+            summary = {k: last.get(k) for k in ("requests", "final", "lost", "lost_list",
+                                                "results", "status")}
+            raise TimeoutError(f"{e}; last audit: {summary}") from None
+
     def results_summary(self, topic: str, timeout: float = 60) -> str:
         return run([binary("mailer-results"), "-b", self.bootstrap, "-t", topic,
                     "--summary", "--timeout", str(int(timeout))],
@@ -432,11 +467,14 @@ class CaptureServer:
               auth: Optional[str] = None, tempfail_first: int = 0,
               reject_rcpt: Optional[str] = None, delay_data: float = 0.0,
               pipelining: bool = True, extra: Sequence[str] = (),
-              timeout: float = 30) -> "CaptureServer":
+              timeout: float = 30, port: Optional[int] = None) -> "CaptureServer":
+        """port: listen on this port (e.g. to take over from a server that was stopped)
+        instead of a free one; dir may be an earlier server's folder (numbering goes on)."""
         dir = dir or make_tmpdir("capture")
+        fixed_port = port
         last = ""
         for attempt in range(3):
-            port = free_port()
+            port = fixed_port or free_port()
             argv = [SYSTEM_PYTHON, LOCAL / "capture-server", "--port", port, "--dir", dir]
             if tls:
                 argv.append("--tls")
@@ -465,6 +503,8 @@ class CaptureServer:
                 return cls(proc, port, dir, tls)
             last = proc.log()
             proc.stop()
+            if fixed_port:
+                time.sleep(0.5)
         raise RuntimeError(f"capture-server did not start:\n{last[-4000:]}")
 
     @property
@@ -508,11 +548,13 @@ class SmtpSink:
 
     @classmethod
     def start(cls, extra: Sequence[str] = (), logdir: Optional[Path] = None,
-              timeout: float = 15) -> "SmtpSink":
+              timeout: float = 15, port: Optional[int] = None) -> "SmtpSink":
+        """port: listen on this port instead of a free one."""
         logdir = logdir or make_tmpdir("sink")
+        fixed_port = port
         last = ""
         for _ in range(3):
-            port = free_port()
+            port = fixed_port or free_port()
             argv = [SMTP_SINK]
             if os.geteuid() == 0:
                 argv += ["-u", "nobody"]
@@ -528,6 +570,8 @@ class SmtpSink:
                 return cls(proc, port)
             last = proc.log()
             proc.stop()
+            if fixed_port:
+                time.sleep(0.5)
         raise RuntimeError(f"smtp-sink did not start:\n{last[-2000:]}")
 
     @property
@@ -539,6 +583,20 @@ class SmtpSink:
 
 
 # --- the worker --------------------------------------------------------------------------
+
+_worker_help: Optional[str] = None
+
+
+def worker_knows(key: str) -> bool:
+    """True when `kafka-mailer --help` lists the setting key (so tests can run against a
+    worker built before the setting existed)."""
+    global _worker_help
+    if _worker_help is None:
+        if not have_binary("kafka-mailer"):
+            return False
+        _worker_help = run([binary("kafka-mailer"), "--help"], timeout=30).stdout
+    return f"  {key} (" in _worker_help
+
 
 class Worker:
     """A kafka-mailer process: `kafka-mailer -c CONFIG -X key=value...`.
@@ -575,6 +633,9 @@ class Worker:
             "topic.deadletter": topics.deadletter,
             "smtp.url": smtp_url,
         }
+        if worker_knows("topic.retry"):
+            # the default topic (email.retry) would be shared between tests
+            cfg["topic.retry"] = topics.retry
         for k, v in more.items():
             cfg[k.replace("_", ".")] = v
         return cfg

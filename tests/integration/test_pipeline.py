@@ -387,3 +387,47 @@ def test_help_lists_every_setting_with_its_default():
                 "rebalance.drain.timeout.ms", "smtp.password"):
         assert key in r.stdout
     assert "email.requests" in r.stdout
+
+
+def test_a_repeated_request_id_is_sent_once_and_reported_twice(
+        kafka, topics, capture_server, worker):
+    server = capture_server(delay_data=0.3)
+    first = make_request(0, id="twice")
+    kafka.produce(topics.requests, [first, dict(first), make_request(1, id="once")])
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off"))
+    results = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
+        kafka.results(topics.results, timeout=10, check=False)), 60, "three results")
+    twice = [r for r in results if r["id"] == "twice"]
+    assert len(twice) == 2
+    assert {r["status"] for r in twice} == {"sent"}
+    dup = [r for r in twice if r.get("duplicate")]
+    assert len(dup) == 1 and dup[0]["attempts"] == 0
+    orig = [r for r in twice if not r.get("duplicate")][0]
+    assert dup[0]["duplicate_of"]["offset"] == orig["source"]["offset"]
+    assert dup[0]["message_id"] == orig["message_id"]
+    server.wait_messages(2, timeout=30)
+    time.sleep(1.0)
+    ids = [m.msg["Message-ID"] for m in server.messages()]
+    assert sorted(ids) == ["<once@shop.example>", "<twice@shop.example>"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+def test_a_long_temporary_failure_moves_through_the_retry_topic_and_main_commits_go_on(
+        kafka, topics, capture_server, worker):
+    server = capture_server(tempfail_first=12)
+    reqs = make_requests(4)
+    kafka.produce(topics.requests, reqs)
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                                  retry_local_window_ms=300, retry_backoff_initial_ms=100,
+                                  retry_backoff_max_ms=300, retry_attempts_max=20))
+    # The main partitions commit although no request is sent yet.
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    final = final_by_id(kafka.results(topics.results, wait=4, timeout=90))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    assert sum(r["attempts"] for r in final.values()) == 4 + 12
+    assert kafka.count(topics.retry) > 0
+    for r in final.values():
+        assert r["source"]["topic"] == topics.requests
+    assert {r["source"]["offset"] for r in final.values()} <= set(range(4))
+    assert len(server.wait_messages(4, timeout=30)) == 4
+    assert w.alive()

@@ -1,0 +1,202 @@
+#include "dedupe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct node {
+        struct node *n_chain; /* bucket chain */
+        struct node *n_older; /* finished list, towards the oldest */
+        struct node *n_newer;
+        char *n_id;
+        uint64_t n_hash;
+        void *n_leader; /* NULL once finished */
+        int64_t n_finished_ms;
+        struct dedupe_done n_done;
+};
+
+struct dedupe {
+        struct node **d_buckets;
+        size_t d_bucket_cnt; /* power of two */
+        size_t d_size;
+        size_t d_finished;
+        size_t d_capacity;
+        int64_t d_ttl_ms;
+        struct node *d_oldest; /* finished nodes, oldest first */
+        struct node *d_newest;
+};
+
+/* FNV-1a, 64 bit. */
+static uint64_t dedupe_hash(const char *s) {
+        uint64_t h = 1469598103934665603ull;
+
+        while (*s) {
+                h ^= (unsigned char)*s++;
+                h *= 1099511628211ull;
+        }
+        return h;
+}
+
+dedupe_t *dedupe_new(size_t capacity, int64_t ttl_ms) {
+        dedupe_t *d = calloc(1, sizeof(*d));
+
+        if (!d)
+                return NULL;
+        d->d_bucket_cnt = 1024;
+        d->d_buckets = calloc(d->d_bucket_cnt, sizeof(*d->d_buckets));
+        if (!d->d_buckets) {
+                free(d);
+                return NULL;
+        }
+        d->d_capacity = capacity;
+        d->d_ttl_ms = ttl_ms;
+        return d;
+}
+
+static struct node **dedupe_slot(dedupe_t *d, const char *id, uint64_t h) {
+        struct node **pp = &d->d_buckets[h & (d->d_bucket_cnt - 1)];
+
+        while (*pp && ((*pp)->n_hash != h || strcmp((*pp)->n_id, id) != 0))
+                pp = &(*pp)->n_chain;
+        return pp;
+}
+
+static void dedupe_grow(dedupe_t *d) {
+        size_t n = d->d_bucket_cnt * 2;
+        struct node **nb = calloc(n, sizeof(*nb));
+
+        if (!nb)
+                return; /* longer chains, still correct */
+        for (size_t i = 0; i < d->d_bucket_cnt; i++) {
+                struct node *x = d->d_buckets[i], *next;
+
+                for (; x; x = next) {
+                        next = x->n_chain;
+                        x->n_chain = nb[x->n_hash & (n - 1)];
+                        nb[x->n_hash & (n - 1)] = x;
+                }
+        }
+        free(d->d_buckets);
+        d->d_buckets = nb;
+        d->d_bucket_cnt = n;
+}
+
+static void list_unlink(dedupe_t *d, struct node *x) {
+        if (x->n_older)
+                x->n_older->n_newer = x->n_newer;
+        else
+                d->d_oldest = x->n_newer;
+        if (x->n_newer)
+                x->n_newer->n_older = x->n_older;
+        else
+                d->d_newest = x->n_older;
+        x->n_older = x->n_newer = NULL;
+        d->d_finished--;
+}
+
+/* Unlinks and frees the node at @pp. */
+static void dedupe_remove(dedupe_t *d, struct node **pp) {
+        struct node *x = *pp;
+
+        *pp = x->n_chain;
+        if (!x->n_leader)
+                list_unlink(d, x);
+        d->d_size--;
+        free(x->n_id);
+        free(x);
+}
+
+/* Drops finished ids past their time to live or over the capacity. */
+static void dedupe_expire(dedupe_t *d, int64_t now_ms) {
+        struct node *x;
+
+        while ((x = d->d_oldest) != NULL &&
+               (d->d_finished > d->d_capacity ||
+                now_ms - x->n_finished_ms >= d->d_ttl_ms))
+                dedupe_remove(d, dedupe_slot(d, x->n_id, x->n_hash));
+}
+
+enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
+                               int64_t now_ms, void **leader_out,
+                               const struct dedupe_done **done) {
+        uint64_t h = dedupe_hash(id);
+        struct node **pp;
+        struct node *x;
+
+        dedupe_expire(d, now_ms);
+        pp = dedupe_slot(d, id, h);
+        x = *pp;
+        if (x && x->n_leader) {
+                *leader_out = x->n_leader;
+                return DEDUPE_INFLIGHT;
+        }
+        if (x) {
+                *done = &x->n_done;
+                return DEDUPE_DONE;
+        }
+        x = calloc(1, sizeof(*x));
+        if (!x)
+                return DEDUPE_NEW; /* not remembered: at worst a repeat is sent */
+        x->n_id = strdup(id);
+        if (!x->n_id) {
+                free(x);
+                return DEDUPE_NEW;
+        }
+        x->n_hash = h;
+        x->n_leader = leader;
+        *pp = x;
+        d->d_size++;
+        if (d->d_size > d->d_bucket_cnt)
+                dedupe_grow(d);
+        return DEDUPE_NEW;
+}
+
+void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
+                   int64_t now_ms) {
+        struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
+        struct node *x = *pp;
+
+        if (!x || !x->n_leader)
+                return;
+        if (d->d_capacity == 0) {
+                dedupe_remove(d, pp);
+                return;
+        }
+        x->n_leader = NULL;
+        x->n_done = *done;
+        x->n_finished_ms = now_ms;
+        x->n_older = d->d_newest;
+        if (d->d_newest)
+                d->d_newest->n_newer = x;
+        else
+                d->d_oldest = x;
+        d->d_newest = x;
+        d->d_finished++;
+        dedupe_expire(d, now_ms);
+}
+
+void dedupe_release(dedupe_t *d, const char *id) {
+        struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
+
+        if (*pp && (*pp)->n_leader)
+                dedupe_remove(d, pp);
+}
+
+size_t dedupe_size(const dedupe_t *d) {
+        return d->d_size;
+}
+
+void dedupe_destroy(dedupe_t *d) {
+        if (!d)
+                return;
+        for (size_t i = 0; i < d->d_bucket_cnt; i++) {
+                struct node *x = d->d_buckets[i], *next;
+
+                for (; x; x = next) {
+                        next = x->n_chain;
+                        free(x->n_id);
+                        free(x);
+                }
+        }
+        free(d->d_buckets);
+        free(d);
+}
