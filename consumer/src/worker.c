@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loop.h"
 #include "message.h"
+#include "metrics.h"
 #include "offsets.h"
 #include "request.h"
 #include "results.h"
@@ -83,6 +84,7 @@ struct worker {
         results_t *w_results;
         smtp_client_t *w_smtp;
         dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
+        metrics_t *w_metrics; /* NULL when metrics.listen is "" */
         struct request_limits w_limits;
         const char *w_topics[CONSUMER_TOPICS_MAX];
         int w_topic_cnt;
@@ -915,6 +917,84 @@ static void worker_on_revoke(void *opaque,
         }
 }
 
+/* ---- metrics ---- */
+
+static void worker_render_metrics(metrics_out_t *out, void *opaque) {
+        static const char *const topic_labels[] = {"topic=\"requests\"",
+                                                   "topic=\"retry\""};
+        worker_t *w = opaque;
+        struct smtp_stats ss;
+        const struct worker_stats *st = &w->w_stats;
+
+        smtp_client_stats(w->w_smtp, &ss);
+        metrics_sample(out, "kafka_mailer_requests_consumed_total", "counter",
+                       "requests consumed (both topics)", NULL,
+                       (double)st->consumed);
+        metrics_sample(out, "kafka_mailer_results_total", "counter",
+                       "requests this worker finished, by status (repeats are in duplicates_total)", "status=\"sent\"",
+                       (double)st->sent);
+        metrics_sample(out, "kafka_mailer_results_total", "counter", NULL,
+                       "status=\"failed\"", (double)st->failed);
+        metrics_sample(out, "kafka_mailer_results_total", "counter", NULL,
+                       "status=\"rejected\"", (double)st->rejected);
+        metrics_sample(out, "kafka_mailer_results_total", "counter", NULL,
+                       "status=\"expired\"", (double)st->expired);
+        metrics_sample(out, "kafka_mailer_retries_total", "counter",
+                       "transient failures retried", NULL, (double)st->retries);
+        metrics_sample(out, "kafka_mailer_retry_handoffs_total", "counter",
+                       "requests moved to the retry topic", NULL,
+                       (double)st->handoffs);
+        metrics_sample(out, "kafka_mailer_duplicates_total", "counter",
+                       "repeated request ids answered from an earlier result",
+                       NULL, (double)st->duplicates);
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(out, "kafka_mailer_inflight", "gauge",
+                               t == 0 ? "requests held, by topic" : NULL,
+                               topic_labels[t], (double)w->w_inflight[t]);
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(out, "kafka_mailer_inflight_limit", "gauge",
+                               t == 0 ? "in-flight limit, by topic" : NULL,
+                               topic_labels[t], (double)w->w_limit[t]);
+        for (int t = 0; t < w->w_topic_cnt && w->w_consumer; t++)
+                metrics_sample(out, "kafka_mailer_consumption_paused", "gauge",
+                               t == 0 ? "1 while the in-flight limit stops "
+                                        "consumption, by topic"
+                                      : NULL,
+                               topic_labels[t],
+                               consumer_paused(w->w_consumer, t));
+        metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
+                       "result records not yet acknowledged by Kafka", NULL,
+                       (double)results_pending(w->w_results));
+        metrics_sample(out, "kafka_mailer_smtp_sessions", "gauge",
+                       "SMTP sessions open (connecting or connected)", NULL,
+                       (double)ss.sessions_open);
+        metrics_sample(out, "kafka_mailer_smtp_sessions_busy", "gauge",
+                       "SMTP sessions in a transaction", NULL,
+                       (double)ss.sessions_busy);
+        metrics_sample(out, "kafka_mailer_smtp_queued", "gauge",
+                       "messages waiting for an SMTP session", NULL,
+                       (double)ss.jobs_queued);
+        metrics_sample(out, "kafka_mailer_smtp_sessions_opened_total", "counter",
+                       "SMTP sessions opened", NULL,
+                       (double)ss.sessions_opened_total);
+        metrics_sample(out, "kafka_mailer_relay_healthy", "gauge",
+                       "0 while the relay is backed off after refusing a session",
+                       NULL, ss.relay_healthy);
+        metrics_sample(out, "kafka_mailer_relay_failures_total", "counter",
+                       "session set-ups the relay refused or that failed", NULL,
+                       (double)ss.relay_failures_total);
+}
+
+static int worker_health(char *reason, size_t reason_size, void *opaque) {
+        worker_t *w = opaque;
+
+        if (w->w_stop || w->w_stopping) {
+                snprintf(reason, reason_size, "stopping");
+                return 0;
+        }
+        return 1;
+}
+
 /* ---- life cycle ---- */
 
 worker_t *worker_new(const struct config *conf, char *errstr,
@@ -972,6 +1052,13 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                      &handlers, w, errstr, errstr_size);
         if (!w->w_consumer)
                 goto fail;
+        if (conf->metrics_listen[0]) {
+                w->w_metrics = metrics_new(w->w_loop, conf->metrics_listen,
+                                           worker_render_metrics, worker_health, w,
+                                           errstr, errstr_size);
+                if (!w->w_metrics)
+                        goto fail;
+        }
         loop_timer_start(w->w_loop, &w->w_commit_timer, conf->commit_interval_ms);
         return w;
 
@@ -1029,6 +1116,8 @@ void worker_destroy(worker_t *w) {
         if (!w)
                 return;
         w->w_stopping = 1;
+        metrics_destroy(w->w_metrics);
+        w->w_metrics = NULL;
         if (w->w_consumer)
                 consumer_close(w->w_consumer);
         w->w_consumer = NULL;

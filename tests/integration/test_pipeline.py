@@ -431,3 +431,35 @@ def test_a_long_temporary_failure_moves_through_the_retry_topic_and_main_commits
     assert {r["source"]["offset"] for r in final.values()} <= set(range(4))
     assert len(server.wait_messages(4, timeout=30)) == 4
     assert w.alive()
+
+
+def test_metrics_endpoint_counts_results_and_reports_health(
+        kafka, topics, capture_server, worker):
+    import urllib.request
+    from harness import free_port
+    server = capture_server()
+    port = free_port()
+    first = make_request(0, id="m-dup")
+    kafka.produce(topics.requests, make_requests(10) + [first, dict(first)])
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                              metrics_listen=f"127.0.0.1:{port}"))
+    kafka.results(topics.results, wait=11, timeout=60)
+
+    def metric(text, name):
+        m = re.search(r"^" + re.escape(name) + r" (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert r.status == 200
+            return r.read().decode()
+    # The repeated request is counted as a duplicate, not as a second send.
+    text = wait_for(lambda: (lambda t: t if metric(
+        t, 'kafka_mailer_results_total{status="sent"}') == 11 else None)(scrape()),
+        30, "11 sent in /metrics")
+    assert metric(text, "kafka_mailer_duplicates_total") == 1
+    assert metric(text, "kafka_mailer_requests_consumed_total") == 12
+    assert metric(text, 'kafka_mailer_inflight{topic="requests"}') == 0
+    assert metric(text, "kafka_mailer_relay_healthy") == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        assert r.status == 200
