@@ -21,6 +21,7 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import queue
 import signal
 import smtplib
 import sys
@@ -64,19 +65,29 @@ def send(req, smtp_host, smtp_port):
 
 
 class Committer:
-    """Commits offset+1 after each send; never moves a partition backwards
-    (threads finish out of order), so the group's lag reaches 0 at the end."""
+    """Commits offset+1 after each send, from the thread that polls (the
+    consumer is used from one thread only, as its documentation advises):
+    the pool threads queue what they finished and the poll loop commits it.
+    A partition never moves backwards (threads finish out of order), so the
+    group's lag reaches 0 at the end."""
 
     def __init__(self, commit):
         self._commit = commit
-        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
         self._done = {}
 
     def done(self, topic, partition, offset):
-        with self._lock:
+        self._queue.put((topic, partition, offset))
+
+    def commit_finished(self):
+        while True:
+            try:
+                topic, partition, offset = self._queue.get_nowait()
+            except queue.Empty:
+                return
             key = (topic, partition)
             if self._done.get(key, -1) >= offset + 1:
-                return
+                continue
             self._done[key] = offset + 1
             self._commit(topic, partition, offset + 1)
 
@@ -114,11 +125,13 @@ def main():
         consumer.subscribe([args.topic], on_assign=on_assign)
 
         def commit(topic, partition, offset):
-            consumer.commit(offsets=[ck.TopicPartition(topic, partition, offset)],
-                            asynchronous=False)
+            # The client's default (asynchronous) commit. Commits from the
+            # pool threads were tried first: with confluent-kafka 2.16 they
+            # sometimes stalled until the consumer closed.
+            consumer.commit(offsets=[ck.TopicPartition(topic, partition, offset)])
 
         def poll():
-            m = consumer.poll(0.5)
+            m = consumer.poll(0.1)
             if m is None or m.error():
                 return None
             return m.topic(), m.partition(), m.offset(), m.value()
@@ -137,24 +150,17 @@ def main():
                 pass
 
         consumer.subscribe([args.topic], listener=Listener())
-        commit_lock = threading.Lock()  # KafkaConsumer is not thread-safe
-        pending = []
 
         def commit(topic, partition, offset):
-            with commit_lock:
-                pending.append((topic, partition, offset))
+            consumer.commit({kafka.TopicPartition(topic, partition):
+                             kafka.OffsetAndMetadata(offset, None)})
 
         buffered = []
 
         def poll():
-            with commit_lock:
-                if pending:
-                    consumer.commit({kafka.TopicPartition(t, p): kafka.OffsetAndMetadata(o, None)
-                                     for t, p, o in pending})
-                    pending.clear()
-                if not buffered:
-                    for recs in consumer.poll(500).values():
-                        buffered.extend(recs)
+            if not buffered:
+                for recs in consumer.poll(100).values():
+                    buffered.extend(recs)
             if not buffered:
                 return None
             r = buffered.pop(0)
@@ -179,16 +185,17 @@ def main():
                                            "confluent-kafka" if ck else "kafka-python"))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.threads) as pool:
         while not stop.is_set():
+            committer.commit_finished()
             m = poll()
             if m is None:
                 continue
-            while not slots.acquire(timeout=0.5):
+            while not slots.acquire(timeout=0.05):
+                committer.commit_finished()
                 if stop.is_set():
                     break
             else:
                 pool.submit(handle, *m)
-    if ck is None:
-        poll()  # flush pending commits
+    committer.commit_finished()
     consumer.close()
     log("stopped sent=%d failed=%d" % (counts["sent"], counts["failed"]))
 

@@ -260,6 +260,7 @@ static char *rfc2047_decode(const char *v) {
         size_t o = 0;
         size_t i = 0;
         int prev_word = 0;
+        size_t word_end = 0; /* output length after the last encoded word */
 
         assert_non_null(out);
         while (i < n) {
@@ -277,8 +278,7 @@ static char *rfc2047_decode(const char *v) {
                         assert_true(wlen <= 75);
                         /* white space between two encoded words is dropped */
                         if (prev_word) {
-                                while (o > 0 && out[o - 1] == ' ')
-                                        o--;
+                                o = word_end;
                                 before = o;
                         }
                         if (enc == 'B') {
@@ -303,6 +303,7 @@ static char *rfc2047_decode(const char *v) {
                                                o - before));
                         i = (size_t)(end + 2 - v);
                         prev_word = 1;
+                        word_end = o;
                         continue;
                 }
                 if (v[i] != ' ')
@@ -528,6 +529,21 @@ static void test_message_id_for_rejects_bad_domain_and_small_buffer(void **state
         built_free(&a);
 }
 
+/* Found by fuzz_request: a From address literal (valid in the wire format)
+ * made message_build() fail when message.id.domain was unset. */
+static void test_message_id_domain_from_address_literal(void **state) {
+        struct built a = build("{\"id\":\"m\",\"from\":\"a@[IPv6:2001:db8::1]\","
+                               "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
+        struct built b = build("{\"id\":\"m\",\"from\":\"a@[192.0.2.1]\","
+                               "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
+
+        (void)state;
+        assert_string_equal(a.msg->message_id, "<m@[IPv6:2001:db8::1]>");
+        assert_string_equal(b.msg->message_id, "<m@[192.0.2.1]>");
+        built_free(&a);
+        built_free(&b);
+}
+
 static void test_subject_rfc2047_encoded_and_decodes_back(void **state) {
         static const char *const subjects[] = {
                 "Grüße aus Köln",
@@ -633,6 +649,53 @@ static void test_unfoldable_long_header_value_encoded_within_998(void **state) {
         free(raw);
         free(dec);
         free(word);
+        built_free(&b);
+}
+
+/* Found by fuzz_request (tests/fuzz/regressions/fuzz_request/): a fold goes
+ * only before white space, so a long white space run (before a word, at the
+ * end, or alone) used to make a header line over 998 octets. */
+static void test_long_white_space_runs_in_header_values_within_998(void **state) {
+        char *v1 = malloc(1003);
+        char *v2 = malloc(1801);
+        char *v3 = malloc(1001);
+        json_t *o = base_req("w");
+        struct built b;
+        char *raw;
+        char *dec;
+
+        (void)state;
+        v1[0] = 'a';
+        memset(v1 + 1, ' ', 1000);
+        v1[1001] = 'b';
+        v1[1002] = '\0';
+        memset(v2, 'a', 900);
+        memset(v2 + 900, ' ', 900);
+        v2[1800] = '\0';
+        memset(v3, ' ', 1000);
+        v3[1000] = '\0';
+        json_object_set_new(o, "subject", json_string(v1));
+        json_object_set_new(o, "headers", json_pack("{s:s, s:s}", "X-Trail", v2,
+                                                    "X-Pad", v3));
+        b = build_json(o, 1);
+        raw = header_get(b.text, "Subject");
+        dec = rfc2047_decode(raw);
+        assert_string_equal(dec, v1);
+        free(raw);
+        free(dec);
+        raw = header_get(b.text, "X-Trail");
+        dec = rfc2047_decode(raw);
+        assert_string_equal(dec, v2);
+        free(raw);
+        free(dec);
+        raw = header_get(b.text, "X-Pad");
+        dec = rfc2047_decode(raw);
+        assert_string_equal(dec, v3);
+        free(raw);
+        free(dec);
+        free(v1);
+        free(v2);
+        free(v3);
         built_free(&b);
 }
 
@@ -931,6 +994,7 @@ static char *rfc2231_get(const char *h, const char *name) {
         size_t o = 0;
         char key[64];
         const char *p;
+        unsigned sec = 0;
 
         assert_non_null(out);
         snprintf(key, sizeof(key), " %s*=utf-8''", name);
@@ -939,7 +1003,7 @@ static char *rfc2231_get(const char *h, const char *name) {
                 p += strlen(key);
                 goto decode_one;
         }
-        for (unsigned sec = 0;; sec++) {
+        for (;; sec++) {
                 snprintf(key, sizeof(key), " %s*%u*=%s", name, sec,
                          sec == 0 ? "utf-8''" : "");
                 p = strstr(h, key);
@@ -1216,10 +1280,12 @@ int main(void) {
                 cmocka_unit_test(test_bcc_only_request_has_no_to_header),
                 cmocka_unit_test(test_message_id_deterministic_from_domain_or_option),
                 cmocka_unit_test(test_message_id_for_rejects_bad_domain_and_small_buffer),
+                cmocka_unit_test(test_message_id_domain_from_address_literal),
                 cmocka_unit_test(test_subject_rfc2047_encoded_and_decodes_back),
                 cmocka_unit_test(test_encoded_word_uses_shorter_of_q_and_b),
                 cmocka_unit_test(test_long_ascii_subject_folded_and_unfolds_to_original),
                 cmocka_unit_test(test_unfoldable_long_header_value_encoded_within_998),
+                cmocka_unit_test(test_long_white_space_runs_in_header_values_within_998),
                 cmocka_unit_test(test_display_name_with_specials_quoted),
                 cmocka_unit_test(test_display_name_non_ascii_encoded_and_decodes_back),
                 cmocka_unit_test(test_address_list_folded_between_addresses),

@@ -36,8 +36,8 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
         char path[2048];
         char *input;
         char *expect;
-        size_t len;
-        size_t elen;
+        size_t len = 0;
+        size_t elen = 0;
         char id[64];
         char err[512] = "";
         struct mail_request *req;
@@ -74,7 +74,7 @@ static void test_valid_fixture_accepted(void **state) {
         const char *dir = *state;
         char path[2048];
         char *input;
-        size_t len;
+        size_t len = 0;
         char id[64];
         char err[512] = "";
         struct mail_request *req;

@@ -1,0 +1,372 @@
+"""Shared helpers for the benchmarks in bench/ (standard library only).
+
+A benchmark script creates a Run, which owns a directory under bench/.run/
+and every process it starts; Run.close() (also on exit and on SIGINT/SIGTERM)
+stops them by their PID. Nothing here kills by name.
+
+Pieces:
+- build(): configures and builds the release tree (only the targets the
+  benchmarks need) and snapshots the binaries into the run directory, so a
+  rebuild by someone else in the middle of a run cannot change them.
+- Run.start_kafka(), Run.start_sink(), Run.start_worker(),
+  Run.start_process(), Run.stop(): local infrastructure on 127.0.0.1 and free
+  ports, every wait bounded.
+- wait_committed(): polls `mailer-admin offsets GROUP TOPIC` until the lag is
+  0; with first_assigned() (the worker log's first "partitions assigned"
+  timestamp) it gives "time from first consume to last offset committed".
+- peak_rss_kib() (VmHWM) and cpu_seconds() of a process.
+- ensure_venv(): bench/.venv with confluent-kafka (kafka-python as a fallback)
+  for the Python baseline.
+"""
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LOCAL = ROOT / "deploy" / "local"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+TARGETS = ["kafka-mailer", "mailer-admin", "mailer-loadgen", "mailer-results"]
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+def run(cmd, timeout, check=True, **kw):
+    """Runs a command to completion (bounded); returns CompletedProcess with
+    text stdout/stderr."""
+    try:
+        cp = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                            timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        raise BenchError("timed out after %ss: %s" % (timeout, " ".join(map(str, cmd))))
+    if check and cp.returncode != 0:
+        raise BenchError("%s exited %d:\n%s%s" % (" ".join(map(str, cmd)), cp.returncode,
+                                                   cp.stdout[-2000:], cp.stderr[-2000:]))
+    return cp
+
+
+def free_port():
+    return int(run([LOCAL / "free-port"], 10).stdout.strip())
+
+
+def wait_port(port, timeout, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("process %d exited (%d) before port %d opened"
+                             % (proc.pid, proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError("port %d did not open in %ss" % (port, timeout))
+
+
+def build(build_dir=None, targets=TARGETS):
+    """Configures (release preset) if needed and builds only @targets.
+    Only the named targets: other targets of the tree need not build."""
+    build_dir = Path(build_dir) if build_dir else ROOT / "build-release"
+    if not (build_dir / "build.ninja").exists():
+        if build_dir.resolve() != (ROOT / "build-release").resolve():
+            raise BenchError("%s is not configured" % build_dir)
+        log("configuring the release build")
+        run(["cmake", "--preset", "release"], 600, cwd=ROOT)
+    log("building %s in %s" % (" ".join(targets), build_dir))
+    run(["cmake", "--build", build_dir, "--target"] + list(targets), 1200, cwd=ROOT)
+    return build_dir
+
+
+def machine_description():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return "%d cores (%s), %.0f GiB RAM, Linux %s" % (
+        os.cpu_count() or 0, model, mem_kib / 1048576, platform.release())
+
+
+def git_description():
+    try:
+        head = run(["git", "rev-parse", "--short", "HEAD"], 10, cwd=ROOT).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--", "consumer", "producer-tools"],
+                    10, cwd=ROOT).stdout.strip()
+        return head + (" + uncommitted changes" if dirty else "")
+    except BenchError:
+        return "?"
+
+
+def iso_to_epoch(ts):
+    """'2026-11-28T01:04:00.498Z' -> seconds since the epoch."""
+    dt = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+_ASSIGNED = re.compile(r"^ts=(\S+Z) level=\w+ msg=partitions assigned")
+
+
+def first_assigned(log_path):
+    """@returns the epoch time of the first "partitions assigned" line of a
+    worker log (kafka-mailer's format), or None."""
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = _ASSIGNED.match(line)
+                if m:
+                    return iso_to_epoch(m.group(1))
+    except OSError:
+        pass
+    return None
+
+
+def read_status(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_kib(pid):
+    """Peak resident set size (VmHWM) of a running process, in KiB."""
+    return read_status(pid, "VmHWM")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a running process has used, in seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is the state (field 3); utime and stime are fields 14, 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_OFFSETS_TOTAL = re.compile(r"total partitions=(\d+) end=(\d+) lag=(\d+)")
+
+
+def wait_committed(admin, bootstrap, group, topic, timeout, proc=None, interval=0.1,
+                   progress_every=2.0):
+    """Polls `mailer-admin offsets GROUP TOPIC` until every partition's lag
+    is 0. @returns the wall-clock time (epoch) at which the poll that saw lag
+    0 was started: the last commit happened before it, so durations ending
+    there are upper bounds (by at most interval + one query, ~0.1 s).
+    Raises BenchError on timeout or when @proc exits first."""
+    deadline = time.monotonic() + timeout
+    next_progress = time.monotonic() + progress_every
+    last = ""
+    while time.monotonic() < deadline:
+        t = time.time()
+        cp = run([admin, "-b", bootstrap, "offsets", group, topic, "--timeout", "5"],
+                 30, check=False)
+        if cp.returncode == 0:
+            return t
+        m = _OFFSETS_TOTAL.search(cp.stdout)
+        if m:
+            last = "lag=%s of %s" % (m.group(3), m.group(2))
+        elif cp.returncode != 3:
+            last = cp.stderr.strip().splitlines()[-1:] or ["?"]
+            last = "mailer-admin: " + last[0]
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("process %d exited (%d) before its offsets were committed (%s)"
+                             % (proc.pid, proc.returncode, last))
+        if time.monotonic() >= next_progress:
+            log("  %s: %s" % (group, last))
+            next_progress = time.monotonic() + progress_every
+        time.sleep(interval)
+    raise BenchError("group %s did not commit %s in %ss (%s)" % (group, topic, timeout, last))
+
+
+class Run:
+    """One benchmark run: a directory and the processes started for it."""
+
+    def __init__(self, name, keep=False):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.dir = BENCH / ".run" / ("%s-%s-%d" % (name, stamp, os.getpid()))
+        self.dir.mkdir(parents=True)
+        self.keep = keep
+        self.procs = []        # (name, Popen) still to stop
+        self.kafka_dirs = []
+        self.bin = self.dir / "bin"
+        self._closed = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig, frame):
+        raise KeyboardInterrupt("signal %d" % sig)
+
+    def snapshot(self, build_dir, names=TARGETS):
+        """Copies the built binaries into the run directory."""
+        self.bin.mkdir(exist_ok=True)
+        for n in names:
+            shutil.copy2(Path(build_dir) / n, self.bin / n)
+        return self.bin
+
+    def tool(self, name):
+        return self.bin / name
+
+    # --- processes -----------------------------------------------------------
+    def start_process(self, name, cmd, log_name=None, **kw):
+        """Starts a process in its own session (a Ctrl-C on the terminal
+        reaches only this script, which then stops it), output to a log."""
+        log_path = self.dir / (log_name or (name + ".log"))
+        with open(log_path, "ab") as out:
+            p = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        p.log_path = log_path
+        p.started_at = time.time()
+        p.bench_name = name
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p, timeout=20):
+        """SIGTERM, then SIGKILL after @timeout seconds. @returns the exit code."""
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log("  %s (pid %d) did not stop in %ss: SIGKILL" % (p.bench_name, p.pid, timeout))
+                p.kill()
+                p.wait(10)
+        self.procs = [(n, q) for n, q in self.procs if q is not p]
+        return p.returncode
+
+    def start_kafka(self, timeout=120):
+        kdir = self.dir / "kafka"
+        port = free_port()
+        env = dict(os.environ, KAFKA_START_TIMEOUT=str(timeout))
+        self.kafka_dirs.append(kdir)
+        log("starting Kafka on 127.0.0.1:%d" % port)
+        out = run([LOCAL / "kafka-start", kdir, port], timeout + 60, env=env).stdout.strip()
+        bootstrap = out.splitlines()[-1] if out else "127.0.0.1:%d" % port
+        run([self.tool("mailer-admin"), "-b", bootstrap, "wait-ready", "--timeout", "60"], 90)
+        return bootstrap
+
+    def stop_kafka(self, kdir):
+        run([LOCAL / "kafka-stop", kdir], 90, check=False)
+        if kdir in self.kafka_dirs:
+            self.kafka_dirs.remove(kdir)
+
+    def start_sink(self, args=(), backlog=1024):
+        """smtp-sink on 127.0.0.1:<free port> (as nobody when run as root).
+        @returns (Popen, port)."""
+        port = free_port()
+        cmd = [SMTP_SINK]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]
+        cmd += list(args) + ["127.0.0.1:%d" % port, str(backlog)]
+        p = self.start_process("smtp-sink", cmd)
+        wait_port(port, 10, p)
+        log("smtp-sink (pid %d) on 127.0.0.1:%d" % (p.pid, port))
+        return p, port
+
+    def start_worker(self, name, bootstrap, smtp_url, group, topics, extra=()):
+        """kafka-mailer with its topics, group and relay; extra = more
+        "key=value" settings. topics = (requests, results, deadletter)."""
+        req, res, dlq = topics
+        settings = ["kafka.bootstrap.servers=" + bootstrap, "smtp.url=" + smtp_url,
+                    "smtp.starttls=off", "topic.requests=" + req, "topic.results=" + res,
+                    "topic.deadletter=" + dlq, "kafka.consumer.group.id=" + group,
+                    "worker.id=" + name] + list(extra)
+        cmd = [self.tool("kafka-mailer")]
+        for s in settings:
+            cmd += ["-X", s]
+        p = self.start_process(name, cmd)
+        log("%s (pid %d) started" % (name, p.pid))
+        return p
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for name, p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    self.stop(p, timeout=10)
+                except Exception as e:  # keep stopping the others
+                    log("stopping %s (pid %d): %s" % (name, p.pid, e))
+        for kdir in list(self.kafka_dirs):
+            self.stop_kafka(kdir)
+        if not self.keep:
+            shutil.rmtree(self.dir / "kafka" / "data", ignore_errors=True)
+
+
+def ensure_venv(log_to):
+    """bench/.venv with confluent-kafka (the manylinux wheel bundles
+    librdkafka), or kafka-python when that cannot be installed.
+    @returns (python path, client name) or (None, reason)."""
+    venv = BENCH / ".venv"
+    py = venv / "bin" / "python"
+    check = "import confluent_kafka"
+    if py.exists() and run([py, "-c", check], 30, check=False).returncode == 0:
+        return py, "confluent-kafka"
+    if py.exists() and run([py, "-c", "import kafka"], 30, check=False).returncode == 0:
+        return py, "kafka-python"
+    with open(log_to, "a") as out:
+        if not py.exists():
+            log("creating %s" % venv)
+            r = subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], stdout=out,
+                               stderr=subprocess.STDOUT, timeout=300)
+            if r.returncode != 0:
+                return None, "python3 -m venv failed (apt-get install python3-venv)"
+        for pkg, mod, name in (("confluent-kafka", "confluent_kafka", "confluent-kafka"),
+                               ("kafka-python", "kafka", "kafka-python")):
+            log("pip install %s into %s" % (pkg, venv))
+            try:
+                subprocess.run([str(py), "-m", "pip", "install", "-q", pkg], stdout=out,
+                               stderr=subprocess.STDOUT, timeout=600)
+            except subprocess.TimeoutExpired:
+                continue
+            if run([py, "-c", "import " + mod], 30, check=False).returncode == 0:
+                return py, name
+    return None, "neither confluent-kafka nor kafka-python could be installed (see %s)" % log_to
+
+
+def fmt_rate(x):
+    return "-" if x is None else "{:,.0f}".format(x)
+
+
+def print_table(rows, out=sys.stdout):
+    """rows: lists of cells; the first row is the header. Numbers are right
+    aligned."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        cells = []
+        for i, c in enumerate(r):
+            c = str(c)
+            right = i > 0 and re.match(r"^[-\d.,x]+$", c) is not None
+            cells.append(c.rjust(widths[i]) if right else c.ljust(widths[i]))
+        print("  ".join(cells).rstrip(), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
