@@ -227,7 +227,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         static const char *const defaults[][2] = {
             {"partition.assignment.strategy", "cooperative-sticky"},
             {"auto.offset.reset", "earliest"},
-            {"queued.max.messages.kbytes", "8192"},
+            {"queued.max.messages.kbytes", "2048"},
+            {"queued.min.messages", "10000"},
         };
         /* Settings the delivery contract depends on: not overridable. */
         static const char *const fixed[][2] = {
@@ -287,6 +288,11 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 goto fail;
         }
         c->c_queue = rd_kafka_queue_get_consumer(c->c_rk);
+        if (!c->c_queue) {
+                snprintf(errstr, errstr_size, "kafka.group.id: a consumer group id "
+                                              "is required");
+                goto fail;
+        }
         rd_kafka_queue_io_event_enable(c->c_queue, c->c_pipe[1], "1", 1);
         if (loop_io_add(loop, c->c_pipe[0], LOOP_READ, consumer_on_pipe, c)) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));

@@ -1,5 +1,6 @@
 #include "dedupe.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,7 +12,14 @@ struct node {
         uint64_t n_hash;
         void *n_leader; /* NULL once finished */
         int64_t n_finished_ms;
-        struct dedupe_done n_done;
+        /* What a finished request ended with, kept compact: the strings of
+         * struct dedupe_done one after the other in n_strs. */
+        int n_status;
+        int n_smtp_code;
+        int n_attempts;
+        int32_t n_source_partition;
+        int64_t n_source_offset;
+        char *n_strs;
 };
 
 struct dedupe {
@@ -23,6 +31,7 @@ struct dedupe {
         int64_t d_ttl_ms;
         struct node *d_oldest; /* finished nodes, oldest first */
         struct node *d_newest;
+        struct dedupe_done d_scratch; /* what dedupe_claim() points to */
 };
 
 /* FNV-1a, 64 bit. */
@@ -102,7 +111,14 @@ static void dedupe_remove(dedupe_t *d, struct node **pp) {
                 list_unlink(d, x);
         d->d_size--;
         free(x->n_id);
+        free(x->n_strs);
         free(x);
+}
+
+/* Copies the next NUL-terminated string at *@pp into @dst and moves on. */
+static void unpack_str(const char **pp, char *dst, size_t dst_size) {
+        snprintf(dst, dst_size, "%s", *pp);
+        *pp += strlen(*pp) + 1;
 }
 
 /* Drops finished ids past their time to live or over the capacity. */
@@ -130,7 +146,19 @@ enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
                 return DEDUPE_INFLIGHT;
         }
         if (x) {
-                *done = &x->n_done;
+                struct dedupe_done *o = &d->d_scratch;
+                const char *p = x->n_strs;
+
+                o->status = x->n_status;
+                o->smtp_code = x->n_smtp_code;
+                o->attempts = x->n_attempts;
+                o->source_partition = x->n_source_partition;
+                o->source_offset = x->n_source_offset;
+                unpack_str(&p, o->smtp_reply, sizeof(o->smtp_reply));
+                unpack_str(&p, o->error, sizeof(o->error));
+                unpack_str(&p, o->message_id, sizeof(o->message_id));
+                unpack_str(&p, o->source_topic, sizeof(o->source_topic));
+                *done = o;
                 return DEDUPE_DONE;
         }
         x = calloc(1, sizeof(*x));
@@ -154,15 +182,34 @@ void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
                    int64_t now_ms) {
         struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
         struct node *x = *pp;
+        const char *parts[4] = {done->smtp_reply, done->error, done->message_id,
+                                done->source_topic};
+        size_t lens[4], total = 0;
+        char *q;
 
         if (!x || !x->n_leader)
                 return;
-        if (d->d_capacity == 0) {
+        for (int i = 0; i < 4; i++) {
+                lens[i] = strnlen(parts[i], 256) + 1;
+                total += lens[i];
+        }
+        x->n_strs = malloc(total);
+        if (d->d_capacity == 0 || !x->n_strs) {
                 dedupe_remove(d, pp);
                 return;
         }
+        q = x->n_strs;
+        for (int i = 0; i < 4; i++) {
+                memcpy(q, parts[i], lens[i] - 1);
+                q[lens[i] - 1] = '\0';
+                q += lens[i];
+        }
+        x->n_status = done->status;
+        x->n_smtp_code = done->smtp_code;
+        x->n_attempts = done->attempts;
+        x->n_source_partition = done->source_partition;
+        x->n_source_offset = done->source_offset;
         x->n_leader = NULL;
-        x->n_done = *done;
         x->n_finished_ms = now_ms;
         x->n_older = d->d_newest;
         if (d->d_newest)
@@ -194,6 +241,7 @@ void dedupe_destroy(dedupe_t *d) {
                 for (; x; x = next) {
                         next = x->n_chain;
                         free(x->n_id);
+                        free(x->n_strs);
                         free(x);
                 }
         }

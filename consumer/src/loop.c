@@ -28,6 +28,7 @@ struct loop_watch {
         void *lw_opaque;
         unsigned lw_events;
         uint32_t lw_gen;
+        uint64_t lw_run_seq; /* the loop_run_once() call that last ran it */
 };
 
 struct loop {
@@ -39,8 +40,8 @@ struct loop {
         size_t l_heap_len;
         size_t l_heap_cap;
         uint64_t l_timer_seq;
+        uint64_t l_run_seq; /* counts loop_run_once() calls */
         int64_t l_now_ms;
-        struct epoll_event l_events[LOOP_EVENTS_MAX];
 };
 
 int64_t loop_clock_ms(void) {
@@ -357,9 +358,13 @@ static int loop_run_timers(loop_t *loop) {
 }
 
 int loop_run_once(loop_t *loop, int max_wait_ms) {
+        /* On the stack: a callback may run the loop again (the revoke drain
+         * does), and a nested call must not overwrite this call's events. */
+        struct epoll_event events_buf[LOOP_EVENTS_MAX];
+        uint64_t seq = ++loop->l_run_seq;
         int n, ran = 0;
 
-        n = epoll_wait(loop->l_epfd, loop->l_events, LOOP_EVENTS_MAX,
+        n = epoll_wait(loop->l_epfd, events_buf, LOOP_EVENTS_MAX,
                        loop_wait_ms(loop, max_wait_ms));
         if (n == -1) {
                 if (errno != EINTR)
@@ -369,7 +374,7 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
         loop->l_now_ms = loop_clock_ms();
 
         for (int i = 0; i < n; i++) {
-                const struct epoll_event *ev = &loop->l_events[i];
+                const struct epoll_event *ev = &events_buf[i];
                 struct loop_watch *w;
                 unsigned events = 0;
                 uint32_t gen;
@@ -387,6 +392,10 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
                 /* Removed (or replaced) by an earlier callback. */
                 if (!w->lw_cb || w->lw_gen != gen)
                         continue;
+                /* Already run by a nested call made after this one's
+                 * epoll_wait: this call's readiness for it is stale. */
+                if (w->lw_run_seq > seq)
+                        continue;
                 if (ev->events & EPOLLIN)
                         events |= LOOP_READ;
                 if (ev->events & EPOLLOUT)
@@ -398,6 +407,7 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
                 events &= w->lw_events | LOOP_ERROR;
                 if (!events)
                         continue;
+                w->lw_run_seq = seq;
                 w->lw_cb(loop, fd, events, w->lw_opaque);
                 ran++;
         }

@@ -46,6 +46,7 @@ struct part {
         offsets_t *p_offsets;
         int64_t p_committed; /* last offset committed, -1 none */
         size_t p_entries; /* live entries of this partition */
+        int p_draining; /* being revoked: nothing new starts */
         int p_revoked; /* released: completions no longer commit */
 };
 
@@ -99,6 +100,7 @@ struct worker {
 
         loop_timer_t w_commit_timer;
         uint64_t w_commit_errors_seen;
+        size_t w_with_deadline; /* live entries whose request has a deadline */
 
         volatile sig_atomic_t w_stop;
         int w_stopping;
@@ -231,6 +233,8 @@ static void entry_destroy(struct entry *e, int done) {
         p->p_entries--;
         if (p->p_revoked && p->p_entries == 0)
                 part_free(p);
+        if (e->e_req && e->e_req->deadline_ms)
+                w->w_with_deadline--;
         smtp_job_reset(&e->e_job);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
@@ -508,6 +512,12 @@ static void entry_on_timer(loop_t *loop, void *opaque) {
         struct entry *e = opaque;
 
         (void)loop;
+        if (e->e_worker->w_stopping || e->e_part->p_draining ||
+            e->e_part->p_revoked) {
+                entry_release(e);
+                entry_destroy(e, 0);
+                return;
+        }
         entry_start(e);
 }
 
@@ -530,6 +540,13 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 return;
         case SMTP_TRANSIENT:
                 break;
+        }
+        if (w->w_stopping || e->e_part->p_draining || e->e_part->p_revoked) {
+                /* Its partition is being given up: no retry and no hand-over
+                 * from here; the next owner consumes it again. */
+                entry_release(e);
+                entry_destroy(e, 0);
+                return;
         }
         if (e->e_attempts >= conf->retry_attempts_max) {
                 snprintf(why, sizeof(why), "retries exhausted after %d attempts",
@@ -704,8 +721,9 @@ static void worker_on_message(void *opaque, int t, const rd_kafka_message_t *m) 
         if (!p)
                 p = part_add(w, t, m->partition);
         if (offsets_track(p->p_offsets, m->offset) == -1) {
-                /* Seen already in this assignment: still in flight or done. */
-                LOG(LOG_DEBUG, "offset seen already topic=%s partition=%d offset=%lld",
+                /* Seen already in this assignment (the consumer went back):
+                 * still in flight, or done and committed or about to be. */
+                LOG(LOG_WARN, "offset seen already topic=%s partition=%d offset=%lld",
                     w->w_topics[t], (int)m->partition, (long long)m->offset);
                 return;
         }
@@ -738,10 +756,14 @@ static void worker_on_message(void *opaque, int t, const rd_kafka_message_t *m) 
                 worker_reject(w, e, t, m, id, errstr);
                 goto out;
         }
+        if (e->e_req->deadline_ms)
+                w->w_with_deadline++;
         mo.message_id_domain = w->w_conf->message_id_domain;
         mo.date_ms = e->e_received_ms;
         e->e_msg = message_build(e->e_req, &mo, errstr, sizeof(errstr));
         if (!e->e_msg) {
+                if (e->e_req->deadline_ms)
+                        w->w_with_deadline--;
                 request_destroy(e->e_req);
                 e->e_req = NULL;
                 worker_reject(w, e, t, m, id, errstr);
@@ -827,9 +849,33 @@ static void worker_commit(worker_t *w, const rd_kafka_topic_partition_list_t *pa
         rd_kafka_topic_partition_list_destroy(offs);
 }
 
+/* Expires requests whose deadline passed while they waited for a retry or
+ * for an SMTP session (the relay may be backed off for minutes). */
+static void worker_expire_waiting(worker_t *w) {
+        int64_t now = results_wall_ms();
+        struct entry *e, *next;
+
+        for (e = w->w_entries; e && w->w_with_deadline > 0; e = next) {
+                next = e->e_next;
+                if (!e->e_req || !e->e_req->deadline_ms ||
+                    now < e->e_req->deadline_ms)
+                        continue;
+                if (e->e_state == ENTRY_WAITING) {
+                        loop_timer_stop(w->w_loop, &e->e_timer);
+                } else if (e->e_state != ENTRY_SENDING ||
+                           smtp_client_cancel(w->w_smtp, &e->e_job) != 0) {
+                        continue; /* following, publishing, or in a transaction */
+                }
+                entry_finish(e, RESULT_EXPIRED, 0, NULL,
+                             "deadline passed while waiting to be sent");
+        }
+}
+
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
+        if (w->w_with_deadline > 0)
+                worker_expire_waiting(w);
         worker_commit(w, NULL, 1);
         loop_timer_start(loop, &w->w_commit_timer, w->w_conf->commit_interval_ms);
 }
@@ -896,6 +942,17 @@ static void worker_on_revoke(void *opaque,
         worker_t *w = opaque;
         size_t left = 0;
 
+        for (int i = 0; i < parts->cnt; i++) {
+                struct part *p = part_of_elem(w, parts, i);
+
+                if (p) {
+                        p->p_draining = 1;
+                        /* The last watermark is committed synchronously below
+                         * even when an async commit of it is still open and
+                         * may fail in this rebalance. */
+                        p->p_committed = -1;
+                }
+        }
         if (!lost) {
                 left = worker_drain(w, parts,
                                     w->w_stopping ? 0
@@ -1012,6 +1069,15 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 return NULL;
         }
         w->w_conf = conf;
+        if (conf->topic_requests[0] == '^' || conf->topic_retry[0] == '^') {
+                /* A pattern would subscribe to topics the worker cannot tell
+                 * apart, and their messages would be dropped. */
+                snprintf(errstr, errstr_size,
+                         "topic.requests, topic.retry: topic patterns (^...) "
+                         "are not supported");
+                free(w);
+                return NULL;
+        }
         w->w_limits.max_bytes = (size_t)conf->request_max_bytes;
         w->w_limits.max_recipients = (size_t)conf->request_max_recipients;
         w->w_topics[TOPIC_REQUESTS] = conf->topic_requests;

@@ -463,3 +463,20 @@ def test_metrics_endpoint_counts_results_and_reports_health(
     assert metric(text, "kafka_mailer_relay_healthy") == 1
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         assert r.status == 200
+
+
+def test_a_deadline_passing_while_the_relay_is_down_gives_expired(kafka, topics, worker):
+    from harness import free_port
+    dead_port = free_port()  # nothing listens: every session set-up fails
+    deadline = (datetime.datetime.utcnow() + datetime.timedelta(seconds=3)
+                ).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kafka.produce(topics.requests, [make_request(0, id="soon", deadline=deadline)])
+    w = worker(Worker.base_config(kafka, topics, f"smtp://127.0.0.1:{dead_port}",
+                                  smtp_starttls="off", smtp_relay_backoff_initial_ms=200,
+                                  smtp_relay_backoff_max_ms=500))
+    final = final_by_id(kafka.results(topics.results, wait=1, timeout=30))
+    assert final["soon"]["status"] == "expired"
+    assert final["soon"]["attempts"] == 0
+    assert "deadline" in final["soon"]["error"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    assert "relay" in w.log()

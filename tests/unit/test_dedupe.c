@@ -51,6 +51,36 @@ static void test_finished_id_reports_its_result_until_the_ttl(void **state) {
         dedupe_destroy(d);
 }
 
+static void test_finished_fields_come_back_unchanged(void **state) {
+        dedupe_t *d = dedupe_new(10, 1000);
+        struct dedupe_done r = done_with(1, "<abc@example.com>");
+        void *leader = NULL;
+        const struct dedupe_done *done = NULL;
+        int a;
+
+        (void)state;
+        r.smtp_code = 550;
+        r.attempts = 3;
+        snprintf(r.smtp_reply, sizeof(r.smtp_reply), "5.1.1 no such user");
+        snprintf(r.error, sizeof(r.error), "permanent SMTP rejection");
+        snprintf(r.source_topic, sizeof(r.source_topic), "email.requests");
+        r.source_partition = 7;
+        r.source_offset = 123456789012;
+        dedupe_claim(d, "abc", &a, 0, &leader, &done);
+        dedupe_finish(d, "abc", &r, 0);
+        assert_int_equal(dedupe_claim(d, "abc", &a, 1, &leader, &done), DEDUPE_DONE);
+        assert_int_equal(done->status, 1);
+        assert_int_equal(done->smtp_code, 550);
+        assert_int_equal(done->attempts, 3);
+        assert_string_equal(done->smtp_reply, "5.1.1 no such user");
+        assert_string_equal(done->error, "permanent SMTP rejection");
+        assert_string_equal(done->message_id, "<abc@example.com>");
+        assert_string_equal(done->source_topic, "email.requests");
+        assert_int_equal(done->source_partition, 7);
+        assert_true(done->source_offset == 123456789012);
+        dedupe_destroy(d);
+}
+
 static void test_capacity_evicts_the_oldest_finished_ids(void **state) {
         dedupe_t *d = dedupe_new(100, 1000000);
         struct dedupe_done r = done_with(0, "m");
@@ -125,6 +155,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_new_id_makes_the_caller_its_leader),
             cmocka_unit_test(test_finished_id_reports_its_result_until_the_ttl),
+            cmocka_unit_test(test_finished_fields_come_back_unchanged),
             cmocka_unit_test(test_capacity_evicts_the_oldest_finished_ids),
             cmocka_unit_test(test_ids_in_flight_are_never_evicted),
             cmocka_unit_test(test_released_id_can_be_claimed_again),
