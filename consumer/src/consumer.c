@@ -78,8 +78,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
         c->c_in_rebalance = 1;
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-                LOG(LOG_INFO, "partitions assigned count=%d cooperative=%d",
-                    parts->cnt, cooperative);
+                LOG(LOG_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
+                    c->c_mq[0].mq_topic, parts->cnt, cooperative);
                 if (cooperative)
                         error = rd_kafka_incremental_assign(rk, parts);
                 else
@@ -91,8 +91,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
                 int lost = rd_kafka_assignment_lost(rk);
 
-                LOG(LOG_INFO, "partitions revoked count=%d lost=%d", parts->cnt,
-                    lost);
+                LOG(LOG_INFO, "partitions revoked topic=%s count=%d lost=%d",
+                    c->c_mq[0].mq_topic, parts->cnt, lost);
                 c->c_h.on_revoke(c->c_opaque, parts, lost);
                 if (cooperative)
                         error = rd_kafka_incremental_unassign(rk, parts);
@@ -128,6 +128,8 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 LOG(LOG_WARN, "offset commit failed err=\"%s\" partitions=%d",
                     rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
         }
+        if (offsets)
+                c->c_h.on_commit(c->c_opaque, offsets, err);
 }
 
 static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
@@ -221,14 +223,14 @@ static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
 }
 
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const char *group_id,
                          const char *const *topic_names, int topic_cnt,
                          const struct consumer_handlers *h, void *opaque,
                          char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
             {"partition.assignment.strategy", "cooperative-sticky"},
             {"auto.offset.reset", "earliest"},
-            {"queued.max.messages.kbytes", "2048"},
-            {"queued.min.messages", "10000"},
+            {"queued.max.messages.kbytes", "4096"},
         };
         /* Settings the delivery contract depends on: not overridable. */
         static const char *const fixed[][2] = {
@@ -265,6 +267,9 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                                       conf->kafka_consumer[i].value, errstr,
                                       errstr_size))
                         goto fail;
+        if (group_id && consumer_conf_set(kc, "group.id", group_id, errstr,
+                                          errstr_size))
+                goto fail;
         for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
                 if (consumer_conf_set(kc, fixed[i][0], fixed[i][1], errstr,
                                       errstr_size))
@@ -411,6 +416,10 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
                     rd_kafka_err2str(err));
                 return -1;
         }
+        if (!async && !err)
+                /* The owner learns of it now (handlers must accept hearing
+                 * of the same commit twice). */
+                c->c_h.on_commit(c->c_opaque, offsets, err);
         return 0;
 }
 

@@ -36,11 +36,19 @@ struct consumer_handlers {
         void (*on_revoke)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts,
                           int lost);
+        /* A commit finished: @err for the whole request, and each element's
+         * err for its partition. Also called for synchronous commits. */
+        void (*on_commit)(void *opaque,
+                          const rd_kafka_topic_partition_list_t *offsets,
+                          rd_kafka_resp_err_t err);
 };
 
 /* @returns a consumer subscribed to the @topic_cnt (at most
- * CONSUMER_TOPICS_MAX) topics in @topic_names, or NULL with @errstr. */
+ * CONSUMER_TOPICS_MAX) topics in @topic_names, in the group of the kafka.*
+ * settings or, when @group_id is not NULL, in @group_id; or NULL with
+ * @errstr. */
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
+                         const char *group_id,
                          const char *const *topic_names, int topic_cnt,
                          const struct consumer_handlers *h, void *opaque,
                          char *errstr, size_t errstr_size);

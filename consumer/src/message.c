@@ -171,10 +171,13 @@ static size_t utf8_len(const char *s, size_t left) {
 /*
  * @returns 1 when header text cannot go out as it is: non-ASCII, control
  * characters other than tab, a "=?" that a reader would take for an encoded
- * word, or a word too long to fold within LINE_HARD.
+ * word, or a token too long to fold within LINE_HARD. A fold goes only before
+ * white space, so a token is a white space run with the word after it, and
+ * trailing white space stays on the line of the last token.
  */
 static int needs_encoding(const char *s, size_t len) {
-        size_t run = 0;
+        size_t tok = 0; /* the current token */
+        size_t prev = 0; /* the token before it */
 
         for (size_t i = 0; i < len; i++) {
                 unsigned char c = (unsigned char)s[i];
@@ -183,10 +186,19 @@ static int needs_encoding(const char *s, size_t len) {
                         return 1;
                 if (c == '=' && i + 1 < len && s[i + 1] == '?')
                         return 1;
-                run = is_wsp((char)c) ? 0 : run + 1;
-                if (run > WORD_UNFOLDABLE)
+                if (is_wsp((char)c) && i > 0 && !is_wsp(s[i - 1])) {
+                        prev = tok;
+                        tok = 0;
+                }
+                tok++;
+                if (tok > WORD_UNFOLDABLE)
                         return 1;
         }
+        /* Trailing white space: the last line holds at most LINE_SOFT or the
+         * last token, then the white space. */
+        if (len > 0 && is_wsp(s[len - 1]) &&
+            (prev > LINE_SOFT ? prev : LINE_SOFT) + tok > WORD_UNFOLDABLE)
+                return 1;
         return 0;
 }
 
@@ -775,10 +787,24 @@ static uint64_t id_hash(const char *s) {
         return h;
 }
 
-/* A domain for a Message-ID: printable ASCII without specials. */
+/* A domain for a Message-ID: printable ASCII without specials, or an
+ * address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]"), which RFC 5322's
+ * no-fold-literal allows with ':' inside. */
 static int check_msgid_domain(const char *d) {
-        if (*d == '\0')
+        size_t len = strlen(d);
+
+        if (len == 0)
                 return -1;
+        if (d[0] == '[' && len > 2 && d[len - 1] == ']') {
+                for (size_t i = 1; i + 1 < len; i++) {
+                        unsigned char c = (unsigned char)d[i];
+
+                        if (c <= 32 || c >= 127 || c == '[' || c == ']' ||
+                            c == '\\')
+                                return -1;
+                }
+                return 0;
+        }
         for (; *d != '\0'; d++) {
                 unsigned char c = (unsigned char)*d;
 

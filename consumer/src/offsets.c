@@ -23,6 +23,7 @@ struct offsets {
         size_t o_head; /* index of the front entry */
         size_t o_cnt; /* entries in the ring */
         size_t o_pending; /* entries not done */
+        uint64_t o_tracked; /* offsets tracked since creation */
         int64_t o_last; /* last offset tracked, -1 before any */
 };
 
@@ -91,6 +92,7 @@ int offsets_track(offsets_t *o, int64_t offset) {
         e->done = 0;
         o->o_cnt++;
         o->o_pending++;
+        o->o_tracked++;
         o->o_last = offset;
         return 0;
 }
@@ -132,4 +134,12 @@ int64_t offsets_committable(const offsets_t *o) {
 
 size_t offsets_pending(const offsets_t *o) {
         return o->o_pending;
+}
+
+uint64_t offsets_tracked(const offsets_t *o) {
+        return o->o_tracked;
+}
+
+uint64_t offsets_below_watermark(const offsets_t *o) {
+        return o->o_tracked - o->o_cnt;
 }

@@ -31,4 +31,12 @@ int64_t offsets_committable(const offsets_t *o);
 /* @returns the number of tracked offsets not yet done. */
 size_t offsets_pending(const offsets_t *o);
 
+/* @returns how many offsets were tracked since the tracker was created. */
+uint64_t offsets_tracked(const offsets_t *o);
+
+/* @returns how many tracked offsets lie below the committable offset (done,
+ * and passed by the watermark). Committing the watermark covers exactly
+ * these. */
+uint64_t offsets_below_watermark(const offsets_t *o);
+
 #endif

@@ -24,6 +24,8 @@
 #define WORKER_IDLE_WAIT_MS 1000
 /* How often a drain (revoke, shutdown) re-checks what is left. */
 #define WORKER_DRAIN_STEP_MS 50
+/* Shortest gap between commits asked for early by back-pressure. */
+#define WORKER_COMMIT_MIN_GAP_MS 20
 
 /* The topics a worker consumes, in consumer_new()'s order. */
 enum worker_topic {
@@ -44,7 +46,10 @@ struct part {
         int p_topic; /* enum worker_topic */
         int32_t p_partition;
         offsets_t *p_offsets;
-        int64_t p_committed; /* last offset committed, -1 none */
+        int64_t p_committed; /* last offset sent in a commit, -1 none */
+        int64_t p_sent_offset; /* offset of the last commit sent */
+        uint64_t p_sent_below; /* offsets_below_watermark() it covered */
+        uint64_t p_acked_below; /* ... of the last commit Kafka confirmed */
         size_t p_entries; /* live entries of this partition */
         int p_draining; /* being revoked: nothing new starts */
         int p_revoked; /* released: completions no longer commit */
@@ -78,10 +83,26 @@ struct entry {
         int64_t e_due_ms; /* retry-topic entries: when to send */
 };
 
+/* What a consumer's callbacks are given: the worker and the topic. */
+struct worker_topic_ref {
+        worker_t *tr_worker;
+        int tr_topic;
+};
+
 struct worker {
         const struct config *w_conf;
         loop_t *w_loop;
-        consumer_t *w_consumer;
+        /* One consumer per topic, each in its own group, so that the group
+         * balances each topic's partitions on its own. */
+        consumer_t *w_consumer[CONSUMER_TOPICS_MAX];
+        struct worker_topic_ref w_refs[CONSUMER_TOPICS_MAX];
+        uint64_t w_commit_errors_seen[CONSUMER_TOPICS_MAX];
+        /* After a failed commit (likely a rebalance in progress), async
+         * commits of that topic wait until then: committing during a
+         * cooperative rebalance makes librdkafka 2.0.2 lose the assignment
+         * (librdkafka issue 4059). */
+        int64_t w_commit_hold_until[CONSUMER_TOPICS_MAX];
+        char *w_retry_group;
         results_t *w_results;
         smtp_client_t *w_smtp;
         dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
@@ -95,11 +116,16 @@ struct worker {
 
         struct entry *w_entries; /* every live entry */
         size_t w_inflight[CONSUMER_TOPICS_MAX];
+        /* Consumed and not covered by a commit Kafka confirmed: what a crash
+         * would deliver again. Back-pressure bounds this, not only what is
+         * in flight, so that duplicates after a crash stay within the
+         * limit. */
+        size_t w_held[CONSUMER_TOPICS_MAX];
         size_t w_limit[CONSUMER_TOPICS_MAX]; /* stop taking at this count */
         size_t w_resume_at[CONSUMER_TOPICS_MAX]; /* take again at or below */
 
         loop_timer_t w_commit_timer;
-        uint64_t w_commit_errors_seen;
+        int64_t w_last_commit_ms;
         size_t w_with_deadline; /* live entries whose request has a deadline */
 
         volatile sig_atomic_t w_stop;
@@ -157,17 +183,27 @@ static void part_free(struct part *p) {
 
 /* Detaches @p from the assignment; it is freed with its last entry. */
 static void part_release(worker_t *w, struct part *p) {
+        w->w_held[p->p_topic] -=
+            (size_t)(offsets_tracked(p->p_offsets) - p->p_acked_below);
         w->w_parts[p->p_topic][p->p_partition] = NULL;
         p->p_revoked = 1;
         if (p->p_entries == 0)
                 part_free(p);
 }
 
+/* @returns the index of @topic among the worker's topics, or -1. */
+static int worker_topic_index(const worker_t *w, const char *topic) {
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                if (strcmp(w->w_topics[t], topic) == 0)
+                        return t;
+        return -1;
+}
+
 /* @returns the part of @parts' element @i when it is one of ours, or NULL. */
 static struct part *part_of_elem(worker_t *w,
                                  const rd_kafka_topic_partition_list_t *parts,
                                  int i) {
-        return part_get(w, consumer_topic_index(w->w_consumer, parts->elems[i].topic),
+        return part_get(w, worker_topic_index(w, parts->elems[i].topic),
                         parts->elems[i].partition);
 }
 
@@ -176,16 +212,34 @@ static struct part *part_of_elem(worker_t *w,
 /* Stops taking requests of a topic at its in-flight limit and takes them again
  * at or below its low-water mark. */
 static void worker_check_pressure(worker_t *w) {
-        if (w->w_stopping || !w->w_consumer)
+        if (w->w_stopping)
                 return;
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                int paused = consumer_paused(w->w_consumer, t);
+                size_t held = w->w_held[t] > w->w_inflight[t] ? w->w_held[t]
+                                                               : w->w_inflight[t];
+                int paused;
 
-                if (!paused && w->w_inflight[t] >= w->w_limit[t])
-                        consumer_set_paused(w->w_consumer, t, 1);
-                else if (paused && w->w_inflight[t] <= w->w_resume_at[t])
-                        consumer_set_paused(w->w_consumer, t, 0);
+                if (!w->w_consumer[t])
+                        continue;
+                paused = consumer_paused(w->w_consumer[t], 0);
+                if (!paused && held >= w->w_limit[t])
+                        consumer_set_paused(w->w_consumer[t], 0, 1);
+                else if (paused && held <= w->w_resume_at[t])
+                        consumer_set_paused(w->w_consumer[t], 0, 0);
         }
+}
+
+/* Commits soon (at most every WORKER_COMMIT_MIN_GAP_MS) instead of at the
+ * next commit.interval.ms: what is held waits only for commits. */
+static void worker_commit_soon(worker_t *w) {
+        int64_t now = loop_now_ms(w->w_loop);
+        int64_t wait = w->w_last_commit_ms + WORKER_COMMIT_MIN_GAP_MS - now;
+
+        if (wait < 0)
+                wait = 0;
+        if (!loop_timer_pending(&w->w_commit_timer) ||
+            w->w_commit_timer.lt_due_ms > now + wait)
+                loop_timer_start(w->w_loop, &w->w_commit_timer, wait);
 }
 
 /* ---- entries ---- */
@@ -218,11 +272,15 @@ static void entry_destroy(struct entry *e, int done) {
         struct part *p = e->e_part;
 
         loop_timer_stop(w->w_loop, &e->e_timer);
-        if (done && !p->p_revoked &&
-            offsets_done(p->p_offsets, e->e_offset) == -1)
-                LOG(LOG_ERROR, "offset not tracked topic=%s partition=%d offset=%lld",
-                    w->w_topics[p->p_topic], (int)p->p_partition,
-                    (long long)e->e_offset);
+        if (done && !p->p_revoked) {
+                if (offsets_done(p->p_offsets, e->e_offset) == -1)
+                        LOG(LOG_ERROR,
+                            "offset not tracked topic=%s partition=%d offset=%lld",
+                            w->w_topics[p->p_topic], (int)p->p_partition,
+                            (long long)e->e_offset);
+                if (w->w_held[p->p_topic] * 2 >= w->w_limit[p->p_topic])
+                        worker_commit_soon(w);
+        }
         if (e->e_prev)
                 e->e_prev->e_next = e->e_next;
         else
@@ -709,8 +767,11 @@ out:
         return ret;
 }
 
-static void worker_on_message(void *opaque, int t, const rd_kafka_message_t *m) {
-        worker_t *w = opaque;
+static void worker_on_message(void *opaque, int topic_of_consumer,
+                              const rd_kafka_message_t *m) {
+        const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
+        int t = ref->tr_topic;
         struct part *p = part_get(w, t, m->partition);
         rd_kafka_timestamp_type_t tstype;
         struct message_opts mo;
@@ -720,13 +781,16 @@ static void worker_on_message(void *opaque, int t, const rd_kafka_message_t *m) 
 
         if (!p)
                 p = part_add(w, t, m->partition);
-        if (offsets_track(p->p_offsets, m->offset) == -1) {
+        if (offsets_track(p->p_offsets, m->offset) == 0) {
+                w->w_held[t]++;
+        } else {
                 /* Seen already in this assignment (the consumer went back):
                  * still in flight, or done and committed or about to be. */
                 LOG(LOG_WARN, "offset seen already topic=%s partition=%d offset=%lld",
                     w->w_topics[t], (int)m->partition, (long long)m->offset);
                 return;
         }
+        (void)topic_of_consumer;
         w->w_stats.consumed++;
         e = entry_new(w, p, m->offset);
         e->e_request_ts_ms = rd_kafka_message_timestamp(m, &tstype);
@@ -783,14 +847,32 @@ out:
 
 static void worker_on_assign(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts) {
-        worker_t *w = opaque;
+        const struct worker_topic_ref *ref = opaque;
 
-        for (int i = 0; i < parts->cnt; i++) {
-                int t = consumer_topic_index(w->w_consumer, parts->elems[i].topic);
+        for (int i = 0; i < parts->cnt; i++)
+                part_add(ref->tr_worker, ref->tr_topic, parts->elems[i].partition);
+}
 
-                if (t >= 0)
-                        part_add(w, t, parts->elems[i].partition);
+/* A commit finished: what it covered is no longer held. */
+static void worker_on_commit(void *opaque,
+                             const rd_kafka_topic_partition_list_t *offsets,
+                             rd_kafka_resp_err_t err) {
+        const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
+
+        if (err)
+                return;
+        for (int i = 0; i < offsets->cnt; i++) {
+                struct part *p = part_of_elem(w, offsets, i);
+
+                if (!p || offsets->elems[i].err ||
+                    offsets->elems[i].offset != p->p_sent_offset ||
+                    p->p_acked_below >= p->p_sent_below)
+                        continue;
+                w->w_held[p->p_topic] -= (size_t)(p->p_sent_below - p->p_acked_below);
+                p->p_acked_below = p->p_sent_below;
         }
+        worker_check_pressure(w);
 }
 
 /* Adds the watermark of @p to @offs when it moved since its last commit. */
@@ -804,23 +886,32 @@ static void worker_commit_part(worker_t *w, struct part *p,
                                           p->p_partition)
             ->offset = off;
         p->p_committed = off;
+        p->p_sent_offset = off;
+        p->p_sent_below = offsets_below_watermark(p->p_offsets);
 }
 
-/* Commits the watermark of every partition in @parts (all assigned ones when
- * NULL) that moved since its last commit. */
-static void worker_commit(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
-                          int async) {
+/* Commits the watermark of every partition of topic @t in @parts (all its
+ * assigned ones when NULL) that moved since its last commit. */
+static void worker_commit(worker_t *w, int t,
+                          const rd_kafka_topic_partition_list_t *parts, int async) {
         rd_kafka_topic_partition_list_t *offs;
-        uint64_t errors = consumer_commit_errors(w->w_consumer);
+        uint64_t errors;
 
-        if (errors != w->w_commit_errors_seen) {
-                /* A commit failed: offer every partition's watermark again. */
-                w->w_commit_errors_seen = errors;
-                for (int t = 0; t < w->w_topic_cnt; t++)
-                        for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                                if (w->w_parts[t][i])
-                                        w->w_parts[t][i]->p_committed = -1;
+        if (!w->w_consumer[t])
+                return;
+        errors = consumer_commit_errors(w->w_consumer[t]);
+        if (errors != w->w_commit_errors_seen[t]) {
+                /* A commit failed: offer every partition's watermark again,
+                 * after a pause. */
+                w->w_commit_errors_seen[t] = errors;
+                w->w_commit_hold_until[t] =
+                    loop_now_ms(w->w_loop) + w->w_conf->commit_interval_ms;
+                for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                        if (w->w_parts[t][i])
+                                w->w_parts[t][i]->p_committed = -1;
         }
+        if (async && loop_now_ms(w->w_loop) < w->w_commit_hold_until[t])
+                return;
         offs = rd_kafka_topic_partition_list_new(16);
         if (parts) {
                 for (int i = 0; i < parts->cnt; i++) {
@@ -830,15 +921,14 @@ static void worker_commit(worker_t *w, const rd_kafka_topic_partition_list_t *pa
                                 worker_commit_part(w, p, offs);
                 }
         } else {
-                for (int t = 0; t < w->w_topic_cnt; t++)
-                        for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                                if (w->w_parts[t][i])
-                                        worker_commit_part(w, w->w_parts[t][i], offs);
+                for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                        if (w->w_parts[t][i])
+                                worker_commit_part(w, w->w_parts[t][i], offs);
         }
         if (offs->cnt > 0) {
-                LOG(LOG_DEBUG, "committing partitions=%d async=%d", offs->cnt,
-                    async);
-                if (consumer_commit(w->w_consumer, offs, async) == -1)
+                LOG(LOG_DEBUG, "committing topic=%s partitions=%d async=%d",
+                    w->w_topics[t], offs->cnt, async);
+                if (consumer_commit(w->w_consumer[t], offs, async) == -1)
                         for (int j = 0; j < offs->cnt; j++) {
                                 struct part *p = part_of_elem(w, offs, j);
 
@@ -874,9 +964,11 @@ static void worker_expire_waiting(worker_t *w) {
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
+        w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
-        worker_commit(w, NULL, 1);
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                worker_commit(w, t, NULL, 1);
         loop_timer_start(loop, &w->w_commit_timer, w->w_conf->commit_interval_ms);
 }
 
@@ -939,7 +1031,8 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
 static void worker_on_revoke(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts,
                              int lost) {
-        worker_t *w = opaque;
+        const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
         size_t left = 0;
 
         for (int i = 0; i < parts->cnt; i++) {
@@ -957,7 +1050,7 @@ static void worker_on_revoke(void *opaque,
                 left = worker_drain(w, parts,
                                     w->w_stopping ? 0
                                                   : w->w_conf->rebalance_drain_timeout_ms);
-                worker_commit(w, parts, 0);
+                worker_commit(w, ref->tr_topic, parts, 0);
         } else {
                 worker_drain(w, parts, 0);
         }
@@ -972,6 +1065,9 @@ static void worker_on_revoke(void *opaque,
                 if (p)
                         part_release(w, p);
         }
+        /* What the released partitions held no longer counts: consumption
+         * may have been stopped by it. */
+        worker_check_pressure(w);
 }
 
 /* ---- metrics ---- */
@@ -1012,13 +1108,20 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                 metrics_sample(out, "kafka_mailer_inflight_limit", "gauge",
                                t == 0 ? "in-flight limit, by topic" : NULL,
                                topic_labels[t], (double)w->w_limit[t]);
-        for (int t = 0; t < w->w_topic_cnt && w->w_consumer; t++)
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(out, "kafka_mailer_held", "gauge",
+                               t == 0 ? "requests consumed and not yet covered "
+                                        "by a confirmed commit, by topic"
+                                      : NULL,
+                               topic_labels[t], (double)w->w_held[t]);
+        for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_consumption_paused", "gauge",
                                t == 0 ? "1 while the in-flight limit stops "
                                         "consumption, by topic"
                                       : NULL,
                                topic_labels[t],
-                               consumer_paused(w->w_consumer, t));
+                               w->w_consumer[t] ? consumer_paused(w->w_consumer[t], 0)
+                                                : 0);
         metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
                        "result records not yet acknowledged by Kafka", NULL,
                        (double)results_pending(w->w_results));
@@ -1060,6 +1163,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
             .on_message = worker_on_message,
             .on_assign = worker_on_assign,
             .on_revoke = worker_on_revoke,
+            .on_commit = worker_on_commit,
         };
         struct smtp_client_conf scc;
         worker_t *w = calloc(1, sizeof(*w));
@@ -1084,6 +1188,20 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         w->w_limit[TOPIC_REQUESTS] = (size_t)conf->inflight_max;
         w->w_topic_cnt = 1;
         if (conf->topic_retry[0]) {
+                const char *group = "kafka-mailer";
+                size_t n;
+
+                for (size_t i = 0; i < conf->kafka_consumer_cnt; i++)
+                        if (strcmp(conf->kafka_consumer[i].key, "group.id") == 0)
+                                group = conf->kafka_consumer[i].value;
+                n = strlen(group) + sizeof(".retry");
+                w->w_retry_group = malloc(n);
+                if (!w->w_retry_group) {
+                        free(w);
+                        snprintf(errstr, errstr_size, "out of memory");
+                        return NULL;
+                }
+                snprintf(w->w_retry_group, n, "%s.retry", group);
                 w->w_topics[TOPIC_RETRY] = conf->topic_retry;
                 w->w_limit[TOPIC_RETRY] = (size_t)conf->retry_inflight_max;
                 w->w_topic_cnt = 2;
@@ -1114,10 +1232,16 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                    errstr_size);
         if (!w->w_results)
                 goto fail;
-        w->w_consumer = consumer_new(w->w_loop, conf, w->w_topics, w->w_topic_cnt,
-                                     &handlers, w, errstr, errstr_size);
-        if (!w->w_consumer)
-                goto fail;
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                w->w_refs[t].tr_worker = w;
+                w->w_refs[t].tr_topic = t;
+                w->w_consumer[t] = consumer_new(
+                    w->w_loop, conf, t == TOPIC_RETRY ? w->w_retry_group : NULL,
+                    &w->w_topics[t], 1, &handlers, &w->w_refs[t], errstr,
+                    errstr_size);
+                if (!w->w_consumer[t])
+                        goto fail;
+        }
         if (conf->metrics_listen[0]) {
                 w->w_metrics = metrics_new(w->w_loop, conf->metrics_listen,
                                            worker_render_metrics, worker_health, w,
@@ -1152,12 +1276,15 @@ int worker_run(worker_t *w) {
         LOG(LOG_INFO, "stopping: draining in-flight sends inflight=%zu",
             worker_entries_of(w, NULL));
         for (int t = 0; t < w->w_topic_cnt; t++)
-                consumer_set_paused(w->w_consumer, t, 1);
+                consumer_set_paused(w->w_consumer[t], 0, 1);
         w->w_stopping = 1;
         left = worker_drain(w, NULL, w->w_conf->shutdown_timeout_ms);
-        worker_commit(w, NULL, 0);
-        consumer_close(w->w_consumer);
-        w->w_consumer = NULL;
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                worker_commit(w, t, NULL, 0);
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                consumer_close(w->w_consumer[t]);
+                w->w_consumer[t] = NULL;
+        }
         LOG(LOG_INFO,
             "stopped consumed=%llu sent=%llu failed=%llu rejected=%llu "
             "expired=%llu duplicates=%llu left=%zu",
@@ -1184,9 +1311,10 @@ void worker_destroy(worker_t *w) {
         w->w_stopping = 1;
         metrics_destroy(w->w_metrics);
         w->w_metrics = NULL;
-        if (w->w_consumer)
-                consumer_close(w->w_consumer);
-        w->w_consumer = NULL;
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                consumer_close(w->w_consumer[t]);
+                w->w_consumer[t] = NULL;
+        }
         /* Entries left are not final: their requests were not committed. */
         smtp_client_destroy(w->w_smtp);
         w->w_smtp = NULL;
@@ -1206,6 +1334,7 @@ void worker_destroy(worker_t *w) {
                 entry_destroy(e, 0);
         }
         dedupe_destroy(w->w_dedupe);
+        free(w->w_retry_group);
         if (w->w_loop)
                 loop_timer_stop(w->w_loop, &w->w_commit_timer);
         loop_destroy(w->w_loop);

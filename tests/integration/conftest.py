@@ -39,7 +39,8 @@ def pytest_collection_modifyitems(config, items):
         if "needs_worker" in item.keywords:
             needed.add("kafka-mailer")
         if "needs_tools" in item.keywords:
-            needed.update(("mailer-produce", "mailer-results", "mailer-admin"))
+            needed.update(("mailer-produce", "mailer-results", "mailer-admin",
+                           "mailer-audit"))
     missing = sorted(n for n in needed if not have_binary(n))
     if missing:
         raise pytest.UsageError(f"not built in {harness.build_dir()}: {', '.join(missing)}")

@@ -253,8 +253,25 @@ static void test_random_ops_match_reference_model(void **state) {
         offsets_destroy(o);
 }
 
+static void test_counts_cover_what_a_commit_covers(void **state) {
+        offsets_t *o = offsets_new();
+
+        (void)state;
+        for (int64_t off = 10; off < 20; off += 2)
+                assert_int_equal(offsets_track(o, off), 0);
+        assert_true(offsets_tracked(o) == 5);
+        assert_true(offsets_below_watermark(o) == 0);
+        assert_int_equal(offsets_done(o, 12), 0);
+        assert_true(offsets_below_watermark(o) == 0); /* 10 still pending */
+        assert_int_equal(offsets_done(o, 10), 0);
+        assert_true(offsets_below_watermark(o) == 2);
+        assert_true(offsets_committable(o) == 14);
+        offsets_destroy(o);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_counts_cover_what_a_commit_covers),
                 cmocka_unit_test(test_nothing_tracked_is_minus_one),
                 cmocka_unit_test(test_destroy_accepts_null),
                 cmocka_unit_test(test_in_order_completion_advances),

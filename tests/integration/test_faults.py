@@ -1,0 +1,424 @@
+"""Fault tests: the delivery guarantees (docs/operations.md) under the faults production
+brings, against the real broker, real SMTP servers and the real worker.
+
+The oracle is mailer-audit (Kafka.audit / wait_audit): every request message must have a
+final result whose source is its exact location (0 lost). Duplicate sends are counted
+from the capture server's folder (a Message-ID captured more than once).
+
+A test that stops the broker uses a module-scoped broker of its own, so the session's
+broker, which the other tests share, is never stopped. Every wait is bounded.
+"""
+
+import os
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import (LOCAL, CaptureServer, Kafka, SmtpSink, Topics, Worker, final_by_id,
+                     free_port, make_request, make_requests, make_tmpdir, run, wait_for,
+                     worker_knows)
+
+pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
+
+# Group membership: a worker killed with -9 holds its partitions until its session times
+# out; 6 s is the broker's minimum (group.min.session.timeout.ms).
+FAST_GROUP = {"kafka_consumer_session_timeout_ms": 6000,
+              "kafka_consumer_heartbeat_interval_ms": 1000}
+
+
+def cfg(kafka, topics, url, **more):
+    """base_config + plain SMTP + quick group membership."""
+    kw = dict(FAST_GROUP)
+    kw.update(more)
+    return Worker.base_config(kafka, topics, url, smtp_starttls="off", **kw)
+
+
+def needs_retry_topic():
+    """The retry-topic and dedupe tests need a worker that has topic.retry."""
+    assert worker_knows("topic.retry"), (
+        "this worker has no topic.retry setting (retry topic / dedupe not built yet)")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1:port and never says anything."""
+
+    def __init__(self, port=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port or 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.listen(128)
+        self.sock.settimeout(0.2)
+        self.conns = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.conns.append(c)
+            self.accepted += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def own_kafka():
+    """A broker for this module only (tests here may stop and restart it). Always a
+    local one, even when KM_KAFKA_BOOTSTRAP names an external broker."""
+    dir = make_tmpdir("kafka-faults")
+    last = ""
+    k = None
+    for _ in range(3):
+        r = run([LOCAL / "kafka-start", dir, free_port()], timeout=240)
+        if r.returncode == 0:
+            k = Kafka(r.stdout.strip().splitlines()[-1], dir)
+            break
+        last = r.stderr
+    if k is None:
+        raise RuntimeError(f"kafka-start failed:\n{last[-4000:]}")
+    try:
+        k.wait_ready(60)
+        yield k
+    finally:
+        k.stop()
+
+
+@pytest.fixture
+def servers():
+    """Stops every SMTP server (capture, sink, silent) a test started, also on failure."""
+    started = []
+    yield started
+    for s in started:
+        try:
+            s.stop()
+        except Exception as e:  # keep going
+            print(f"stopping {s}: {e}")
+
+
+def start_capture(servers, **kw):
+    s = CaptureServer.start(**kw)
+    servers.append(s)
+    return s
+
+
+def start_sink(servers, **kw):
+    s = SmtpSink.start(**kw)
+    servers.append(s)
+    return s
+
+
+def start_silent(servers, port=None):
+    s = SilentServer(port)
+    servers.append(s)
+    return s
+
+
+def assert_all_sent_once_or_more(a, n):
+    """Audit a: n requests, 0 lost, all sent, every sent Message-ID captured."""
+    assert a["requests"] == n
+    assert a["lost"] == 0, a["lost_list"]
+    assert a["status"]["sent"] == n, a["status"]
+    assert a["orphans"] == 0
+    assert a["capture"]["sent_not_captured"] == 0, a["capture"]["sent_not_captured_list"]
+    assert a["capture"]["message_ids"] == n
+
+
+# --- crashes ----------------------------------------------------------------------------
+
+def test_kill_9_three_times_under_load_loses_nothing_and_bounds_duplicates(
+        kafka, capture_server, worker):
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server(delay_data=0.05)
+    n, inflight = 2000, 100
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10))
+    rng = random.Random()
+    kills = []
+    for k in range(3):
+        base = kafka.count(topics.results)
+        step = rng.randint(100, 300)
+        wait_for(lambda: kafka.count(topics.results) >= base + step, 60,
+                 f"{step} more results before kill {k + 1}", interval=0.1)
+        time.sleep(rng.uniform(0, 0.5))  # a random moment while sending
+        before = server.count()
+        w.kill()
+        kills.append((kafka.count(topics.results), before))
+        w.start()
+    assert kills[-1][0] < n, f"the kills happened under load: {kills}"
+
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    time.sleep(1)  # sends still finishing after the last result was read
+    a = kafka.audit(topics, capture_dir=server.dir)
+    print(f"kills at (results, captured)={kills}; audit: duplicate_sends="
+          f"{a['capture']['duplicate_sends']} duplicate_results={a['duplicate_results']}")
+    assert_all_sent_once_or_more(a, n)
+    # Each kill re-sends at most what was past the committed watermark: inflight.max.
+    assert a["capture"]["duplicate_sends"] <= 3 * inflight, a["capture"]["duplicate_list"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+# --- Kafka unavailable --------------------------------------------------------------------
+
+def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_server, worker):
+    kafka = own_kafka
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server(delay_data=0.05)
+    n = 1500
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, inflight_max=100, smtp_sessions_max=10))
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.2)
+
+    kafka.stop()
+    assert kafka.pid is None
+    down_at = time.monotonic()
+    captured_at_stop = server.count()
+    time.sleep(20)
+    assert w.alive(), w.log_tail()
+    # In-flight sends went on while Kafka was away.
+    captured_while_down = server.count() - captured_at_stop
+    r = run([LOCAL / "kafka-start", kafka.dir, kafka.port], timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(f"broker down {time.monotonic() - down_at:.1f}s; "
+          f"{captured_while_down} sends completed meanwhile")
+    kafka.wait_ready(60)
+
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    assert w.alive(), w.log_tail()
+
+
+# --- SMTP unavailable ---------------------------------------------------------------------
+
+def test_smtp_server_down_for_20s_backs_off_quietly_then_sends_everything(
+        kafka, servers, worker):
+    topics = Topics.new(partitions=4).create(kafka)
+    server = start_capture(servers, delay_data=0.02)
+    port, dir = server.port, server.dir
+    n = 1500
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, inflight_max=100, smtp_sessions_max=10,
+                   retry_attempts_max=20, retry_backoff_initial_ms=100,
+                   retry_backoff_max_ms=1000, smtp_relay_backoff_initial_ms=200,
+                   smtp_relay_backoff_max_ms=2000))
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.1)
+
+    server.stop()  # connections refused from now on
+    time.sleep(2)  # sends cut mid-transaction settle
+    cpu0, t0 = cpu_seconds(w.pid), time.monotonic()
+    results_down = kafka.count(topics.results)
+    time.sleep(18)
+    cpu = cpu_seconds(w.pid) - cpu0
+    elapsed = time.monotonic() - t0
+    assert w.alive(), w.log_tail()
+    assert results_down < n, "the server went down under load"
+    # Mail waits for the relay: no burst of failed results, no busy loop.
+    assert kafka.count(topics.results) - results_down <= 100
+    assert cpu < 0.1 * elapsed, f"worker used {cpu:.2f}s of CPU in {elapsed:.1f}s"
+
+    start_capture(servers, dir=dir, port=port)  # the same port, the same folder
+    a = kafka.wait_audit(topics, n, capture_dir=dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+@pytest.mark.parametrize("fault", ["421-and-disconnect", "silent"])
+def test_broken_smtp_server_retries_until_a_healthy_one_takes_over(
+        kafka, servers, worker, fault):
+    topics = Topics.new(partitions=4).create(kafka)
+    if fault == "silent":
+        bad = start_silent(servers)
+    else:
+        bad = start_sink(servers, extra=["-Q", "MAIL"])
+    port = bad.port
+    n = 100
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, f"smtp://127.0.0.1:{port}", inflight_max=200,
+                   smtp_sessions_max=10, smtp_timeout_connect_ms=500,
+                   smtp_timeout_command_ms=500, smtp_timeout_data_ms=1000,
+                   retry_attempts_max=100, retry_backoff_initial_ms=100,
+                   retry_backoff_max_ms=500, smtp_relay_backoff_initial_ms=100,
+                   smtp_relay_backoff_max_ms=500))
+    w.wait_log("partitions assigned", timeout=30)
+    time.sleep(5)
+    assert kafka.count(topics.results) == 0, "nothing is final while the server is broken"
+    if fault == "silent":
+        assert bad.accepted > 0
+        assert "tim" in w.log().lower(), "a timeout is logged"
+
+    servers.remove(bad)
+    bad.stop()
+    healthy = start_capture(servers, port=port)
+    a = kafka.wait_audit(topics, n, capture_dir=healthy.dir, timeout=60)
+    assert_all_sent_once_or_more(a, n)
+    final = final_by_id(kafka.results(topics.results, timeout=30))
+    if fault != "silent":
+        # every message met the 421 at least once before it was sent
+        assert min(r["attempts"] for r in final.values()) > 1
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+# --- rebalance ----------------------------------------------------------------------------
+
+def test_worker_joining_and_leaving_under_load_loses_nothing(kafka, capture_server, worker):
+    topics = Topics.new(partitions=6).create(kafka)
+    server = capture_server(delay_data=0.05)
+    n, inflight = 2000, 100
+    conf = cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10)
+    w1 = worker(conf, {"worker.id": "w1"}, name="w1")
+    w2 = worker(conf, {"worker.id": "w2"}, name="w2")
+    w1.wait_log("partitions assigned")
+    w2.wait_log("partitions assigned")
+    kafka.produce(topics.requests, make_requests(n))
+    wait_for(lambda: kafka.count(topics.results) >= 300, 60, "300 results", interval=0.1)
+
+    w3 = worker(conf, {"worker.id": "w3"}, name="w3")  # joins
+    w3.wait_log("partitions assigned", timeout=30)
+    base = kafka.count(topics.results)
+    wait_for(lambda: kafka.count(topics.results) >= base + 300, 60, "300 more results",
+             interval=0.1)
+    assert kafka.count(topics.results) < n, "the rebalances happened under load"
+    assert w1.stop(timeout=60) == 0, w1.log_tail()  # leaves
+
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    time.sleep(1)
+    a = kafka.audit(topics, capture_dir=server.dir)
+    print(f"audit: duplicate_sends={a['capture']['duplicate_sends']} "
+          f"duplicate_results={a['duplicate_results']}")
+    assert_all_sent_once_or_more(a, n)
+    # Two rebalances; each moves partitions whose in-flight sends are at most inflight.max.
+    assert a["capture"]["duplicate_sends"] <= 2 * inflight, a["capture"]["duplicate_list"]
+    final = final_by_id(kafka.results(topics.results, timeout=30))
+    assert "w3" in {r["worker"] for r in final.values()}, "the worker that joined took part"
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+# --- retry topic --------------------------------------------------------------------------
+
+def test_4xx_longer_than_the_local_window_goes_through_the_retry_topic(
+        kafka, servers, worker):
+    needs_retry_topic()
+    topics = Topics.new(partitions=4).create(kafka)
+    sink = start_sink(servers, extra=["-r", "RCPT"])
+    port = sink.port
+    n = 50
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, sink.url, retry_local_window_ms=1000,
+                   retry_backoff_initial_ms=100, retry_backoff_max_ms=300,
+                   retry_attempts_max=100, retry_window_ms=120000))
+    # Past the local window the requests move to the retry topic and the main
+    # partitions commit, while the server still answers 4xx.
+    wait_for(lambda: kafka.count(topics.retry) > 0, 30, "records on the retry topic",
+             interval=0.2)
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    assert kafka.count(topics.results) == 0, "nothing final while the server says 4xx"
+    time.sleep(2)  # some requests go round the retry topic more than once
+
+    servers.remove(sink)
+    sink.stop()
+    healthy = start_capture(servers, port=port)
+    a = kafka.wait_audit(topics, n, capture_dir=healthy.dir, timeout=60)
+    assert_all_sent_once_or_more(a, n)
+    final = final_by_id(kafka.results(topics.results, timeout=30))
+    assert all(r["attempts"] > 1 for r in final.values())
+    assert all(r["source"]["topic"] == topics.requests for r in final.values())
+    assert kafka.count(topics.retry) > 0
+    assert w.alive()
+
+
+# --- deadlines ----------------------------------------------------------------------------
+
+def test_expired_deadline_gives_expired_and_nothing_is_sent(kafka, capture_server, worker):
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server()
+    late = [make_request(i, id=f"late-{i}", deadline="2020-01-01T00:00:00Z")
+            for i in range(20)]
+    on_time = [make_request(i, id=f"on-time-{i}", deadline="2100-01-01T00:00:00Z")
+               for i in range(20)]
+    kafka.produce(topics.requests, late + on_time)
+    worker(cfg(kafka, topics, server.url))
+    a = kafka.wait_audit(topics, 40, capture_dir=server.dir, timeout=60)
+    assert a["status"]["expired"] == 20 and a["status"]["sent"] == 20, a["status"]
+    time.sleep(0.5)
+    captured = {m.msg["Message-ID"] for m in server.messages()}
+    assert captured == {f"<{r['id']}@shop.example>" for r in on_time}
+    final = final_by_id(kafka.results(topics.results, timeout=30))
+    for r in late:
+        assert final[r["id"]]["status"] == "expired"
+        assert final[r["id"]]["attempts"] == 0
+
+
+def test_deadline_passing_while_retrying_gives_expired_and_nothing_is_sent(
+        kafka, servers, worker):
+    topics = Topics.new(partitions=4).create(kafka)
+    sink = start_sink(servers, extra=["-r", "RCPT"])
+    port = sink.port
+    deadline = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
+    reqs = [make_request(i, id=f"soon-{i}", deadline=deadline) for i in range(10)]
+    kafka.produce(topics.requests, reqs)
+    worker(cfg(kafka, topics, sink.url, retry_attempts_max=100,
+               retry_backoff_initial_ms=100, retry_backoff_max_ms=300))
+    time.sleep(6)  # the deadline has passed during the retries
+    servers.remove(sink)
+    sink.stop()
+    healthy = start_capture(servers, port=port)
+    a = kafka.wait_audit(topics, 10, capture_dir=healthy.dir, timeout=60)
+    assert a["status"]["expired"] == 10, a["status"]
+    time.sleep(1)
+    assert healthy.count() == 0
+
+
+# --- duplicate suppression ------------------------------------------------------------------
+
+def test_the_same_id_published_twice_is_sent_once_with_two_results(
+        kafka, capture_server, worker):
+    needs_retry_topic()
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server()
+    twice = make_request(0, id="published-twice")
+    kafka.produce(topics.requests, [twice])
+    worker(cfg(kafka, topics, server.url))
+    kafka.wait_audit(topics, 1, timeout=60)
+    others = make_requests(5)
+    kafka.produce(topics.requests, [twice] + others)  # again, after it was finished
+
+    a = kafka.wait_audit(topics, 7, capture_dir=server.dir, timeout=60)
+    time.sleep(0.5)
+    a = kafka.audit(topics, capture_dir=server.dir)
+    assert a["lost"] == 0 and a["status"]["sent"] == 7, a
+    assert a["capture"]["duplicate_sends"] == 0, a["capture"]["duplicate_list"]
+    assert a["capture"]["message_ids"] == 6
+    results = [r for r in kafka.results(topics.results, timeout=30)
+               if r["id"] == "published-twice"]
+    assert len(results) == 2
+    assert len({(r["source"]["partition"], r["source"]["offset"]) for r in results}) == 2
+    flagged = [r for r in results if r.get("duplicate") is True]
+    assert len(flagged) == 1
+    first = min(results, key=lambda r: r["source"]["offset"])
+    assert flagged[0] is not first, "the repeat is the one marked duplicate"
+    assert [m.msg["Message-ID"] for m in server.messages()].count(
+        "<published-twice@shop.example>") == 1
