@@ -137,27 +137,76 @@ static int admin_timeout(const struct admin_opts *ao, int dflt_ms) {
 struct admin_topic {
         char *at_name;
         int at_partitions;
+        char *at_configs; /* "key=value,key=value" or NULL */
 };
 
-/* Parses "NAME:PARTITIONS" into *at (at_name owned by the caller).
- * @returns 0 or -1 after printing why. */
+/* Parses "NAME:PARTITIONS[,key=value...]" into *at (strings owned by the
+ * caller). Topic names cannot hold ':' or ','. @returns 0 or -1 after
+ * printing why. */
 static int admin_topic_parse(const char *arg, struct admin_topic *at) {
-        const char *colon = strrchr(arg, ':');
+        const char *colon = strchr(arg, ':');
+        const char *comma = colon ? strchr(colon, ',') : NULL;
+        char num[16];
         long long n;
 
+        if (colon != NULL && (size_t)((comma ? comma : colon + strlen(colon)) -
+                                      (colon + 1)) < sizeof(num)) {
+                size_t len = (size_t)((comma ? comma : colon + strlen(colon)) -
+                                      (colon + 1));
+
+                memcpy(num, colon + 1, len);
+                num[len] = '\0';
+        } else {
+                num[0] = '\0';
+        }
         if (colon == NULL || colon == arg ||
-            tool_parse_int(colon + 1, 1, ADMIN_MAX_PARTITIONS, &n) == -1) {
-                tool_err("%s: expected NAME:PARTITIONS (1..%d partitions)",
+            tool_parse_int(num, 1, ADMIN_MAX_PARTITIONS, &n) == -1) {
+                tool_err("%s: expected NAME:PARTITIONS[,key=value...] "
+                         "(1..%d partitions)",
                          arg, ADMIN_MAX_PARTITIONS);
                 return -1;
         }
         at->at_name = strndup(arg, (size_t)(colon - arg));
-        if (at->at_name == NULL) {
+        at->at_configs = comma ? strdup(comma + 1) : NULL;
+        if (at->at_name == NULL || (comma && at->at_configs == NULL)) {
                 tool_err("out of memory");
                 return -1;
         }
         at->at_partitions = (int)n;
         return 0;
+}
+
+/* Sets the "key=value,..." topic configs of @at on @nt.
+ * @returns 0 or -1 after printing why. */
+static int admin_topic_configs(const struct admin_topic *at,
+                               rd_kafka_NewTopic_t *nt) {
+        char *copy, *save = NULL, *kv;
+        int ret = 0;
+
+        if (at->at_configs == NULL)
+                return 0;
+        copy = strdup(at->at_configs);
+        if (copy == NULL)
+                return -1;
+        for (kv = strtok_r(copy, ",", &save); kv && ret == 0;
+             kv = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(kv, '=');
+
+                if (eq == NULL || eq == kv) {
+                        tool_err("topic %s: \"%s\": expected key=value",
+                                 at->at_name, kv);
+                        ret = -1;
+                        break;
+                }
+                *eq = '\0';
+                if (rd_kafka_NewTopic_set_config(nt, kv, eq + 1) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        tool_err("topic %s: config %s refused", at->at_name, kv);
+                        ret = -1;
+                }
+        }
+        free(copy);
+        return ret;
 }
 
 /* Checks the metadata of one topic.
@@ -237,6 +286,10 @@ static int admin_create_request(rd_kafka_t *rk, struct admin_topic *topics,
                                                errstr, sizeof(errstr));
                 if (nts[i] == NULL) {
                         tool_err("topic %s: %s", topics[i].at_name, errstr);
+                        rc = TOOL_EXIT_INPUT;
+                        goto out;
+                }
+                if (admin_topic_configs(&topics[i], nts[i]) == -1) {
                         rc = TOOL_EXIT_INPUT;
                         goto out;
                 }
@@ -357,8 +410,10 @@ static int admin_create_topics(rd_kafka_t *rk, int argc, char **argv,
         rc = TOOL_EXIT_OK;
 out:
         if (topics != NULL) {
-                for (int i = 0; i < argc; i++)
+                for (int i = 0; i < argc; i++) {
                         free(topics[i].at_name);
+                        free(topics[i].at_configs);
+                }
                 free(topics);
         }
         return rc;

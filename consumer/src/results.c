@@ -15,10 +15,26 @@
  * how often delivery reports are served when no wake-up came. */
 #define RESULTS_RETRY_MS 50
 #define RESULTS_POLL_MS 100
+/* A record Kafka refused for another reason is offered again after a delay
+ * doubling from the first to the second. */
+#define RESULTS_REOFFER_MIN_MS 1000
+#define RESULTS_REOFFER_MAX_MS 60000
+/* A dead-letter copy too large for the topic is cut to this size. */
+#define RESULTS_DEADLETTER_CUT 65536
+/* A result too large for the topic loses its metadata and long texts. */
+#define RESULTS_REPLY_CUT 512
+
+/* What a record is, which decides what happens when Kafka refuses it. */
+enum rec_kind {
+        REC_RESULT = 0,
+        REC_DEADLETTER,
+        REC_HANDOFF,
+};
 
 /* A record waiting to be handed to librdkafka. */
 struct backlog {
         struct backlog *next;
+        enum rec_kind kind;
         char *topic;
         void *key;
         size_t key_len;
@@ -26,6 +42,8 @@ struct backlog {
         size_t value_len;
         rd_kafka_headers_t *headers; /* owned, NULL when none */
         void *opaque;
+        int64_t not_before_ms; /* loop clock; 0 = at once */
+        int tries;
 };
 
 struct results {
@@ -35,6 +53,7 @@ struct results {
         int r_pipe[2]; /* librdkafka writes here when reports are queued */
         loop_timer_t r_timer;
         results_ack_cb *r_ack_cb;
+        results_ack_cb *r_nack_cb;
         char *r_topic_results;
         char *r_topic_deadletter;
         char *r_topic_retry;
@@ -44,6 +63,7 @@ struct results {
         struct backlog *r_backlog_tail;
         size_t r_backlog_cnt;
         size_t r_inflight; /* produced, not yet reported */
+        int r_fatal;
 };
 
 static const char *const status_names[] = {"sent", "failed", "rejected",
@@ -110,14 +130,17 @@ static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
 
 /* Keeps a record librdkafka could not take; copies everything. @headers is
  * taken. */
-static void results_backlog_add(results_t *r, const char *topic,
-                                const void *key, size_t key_len,
-                                const void *value, size_t value_len,
-                                rd_kafka_headers_t *headers, void *opaque) {
+static struct backlog *results_backlog_add(results_t *r, enum rec_kind kind,
+                                           const char *topic, const void *key,
+                                           size_t key_len, const void *value,
+                                           size_t value_len,
+                                           rd_kafka_headers_t *headers,
+                                           void *opaque) {
         struct backlog *b = calloc(1, sizeof(*b));
 
         if (!b)
                 abort();
+        b->kind = kind;
         b->topic = strdup(topic);
         b->key = key_len ? malloc(key_len) : NULL;
         b->value = malloc(value_len ? value_len : 1);
@@ -136,46 +159,174 @@ static void results_backlog_add(results_t *r, const char *topic,
                 r->r_backlog_head = b;
         r->r_backlog_tail = b;
         r->r_backlog_cnt++;
+        return b;
+}
+
+/* Makes a result record that Kafka found too large smaller: metadata,
+ * failed recipients and long texts go, "truncated" says so. @returns a new
+ * value (caller frees) or NULL when it cannot be made smaller. */
+static char *results_shrink_result(const void *value, size_t len) {
+        json_t *o = json_loadb(value, len, 0, NULL);
+        const char *fields[] = {"smtp_reply", "error"};
+        char *out = NULL;
+
+        if (!o)
+                return NULL;
+        if (json_object_get(o, "truncated") == NULL) {
+                json_object_set_new(o, "metadata", json_null());
+                json_object_del(o, "failed_recipients");
+                for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+                        json_t *v = json_object_get(o, fields[i]);
+
+                        if (json_is_string(v) &&
+                            json_string_length(v) > RESULTS_REPLY_CUT)
+                                json_object_set_new(
+                                    o, fields[i],
+                                    json_stringn(json_string_value(v),
+                                                 RESULTS_REPLY_CUT));
+                }
+                json_object_set_new(o, "truncated", json_true());
+                out = json_dumps(o, JSON_COMPACT);
+        }
+        json_decref(o);
+        return out;
+}
+
+/* Kafka refused a record (before or after taking it) with @err: keeps it to
+ * offer again, smaller when it was too large, or gives a hand-over back to
+ * its owner. @headers is taken. Never drops a result or a dead-letter
+ * copy. */
+static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
+                            const void *key, size_t key_len, const void *value,
+                            size_t value_len, rd_kafka_headers_t *headers,
+                            void *opaque, int tries, rd_kafka_resp_err_t err) {
+        struct backlog *b;
+        char *small = NULL;
+        char num[32];
+        int64_t delay;
+
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+                b = results_backlog_add(r, kind, topic, key, key_len, value,
+                                        value_len, headers, opaque);
+                b->tries = tries;
+                return;
+        }
+        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+                switch (kind) {
+                case REC_HANDOFF:
+                        LOG(LOG_WARN, "retry record too large for topic=%s, "
+                            "retrying in memory instead", topic);
+                        if (headers)
+                                rd_kafka_headers_destroy(headers);
+                        r->r_nack_cb(opaque);
+                        return;
+                case REC_DEADLETTER:
+                        if (value_len > RESULTS_DEADLETTER_CUT) {
+                                LOG(LOG_WARN, "dead-letter copy too large for "
+                                    "topic=%s bytes=%zu, cut to %d",
+                                    topic, value_len, RESULTS_DEADLETTER_CUT);
+                                if (!headers)
+                                        headers = rd_kafka_headers_new(1);
+                                snprintf(num, sizeof(num), "%zu", value_len);
+                                rd_kafka_header_add(headers, "km.truncated", -1,
+                                                    num, -1);
+                                value_len = RESULTS_DEADLETTER_CUT;
+                        }
+                        break;
+                case REC_RESULT:
+                        small = results_shrink_result(value, value_len);
+                        if (small) {
+                                LOG(LOG_WARN, "result too large for topic=%s "
+                                    "bytes=%zu, sent without metadata",
+                                    topic, value_len);
+                                value = small;
+                                value_len = strlen(small);
+                        }
+                        break;
+                }
+        }
+        /* Offered again after a growing delay: the cause (size, rights,
+         * a missing topic) may be fixed by an operator meanwhile. */
+        delay = RESULTS_REOFFER_MIN_MS;
+        for (int i = 0; i < tries && delay < RESULTS_REOFFER_MAX_MS; i++)
+                delay *= 2;
+        if (delay > RESULTS_REOFFER_MAX_MS)
+                delay = RESULTS_REOFFER_MAX_MS;
+        if (tries == 0 || tries % 10 == 0)
+                LOG(LOG_ERROR, "Kafka refused a record topic=%s err=\"%s\" "
+                    "tries=%d, offering it again in %lld ms (its request "
+                    "stays uncommitted)",
+                    topic, rd_kafka_err2str(err), tries + 1, (long long)delay);
+        b = results_backlog_add(r, kind, topic, key, key_len, value, value_len,
+                                headers, opaque);
+        b->tries = tries + 1;
+        b->not_before_ms = loop_clock_ms() + delay;
+        free(small);
 }
 
 /* Offers a record to librdkafka, keeping it when refused. @headers is
  * taken. */
-static void results_send(results_t *r, const char *topic, const void *key,
-                         size_t key_len, const void *value, size_t value_len,
-                         rd_kafka_headers_t *headers, void *opaque) {
-        rd_kafka_resp_err_t err;
+static void results_send(results_t *r, enum rec_kind kind, const char *topic,
+                         const void *key, size_t key_len, const void *value,
+                         size_t value_len, rd_kafka_headers_t *headers,
+                         void *opaque) {
+        rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
 
         if (!r->r_backlog_head) {
                 err = results_produce(r, topic, key, key_len, value, value_len,
                                       headers, opaque);
                 if (!err)
                         return;
-                if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                        LOG(LOG_WARN, "result produce failed topic=%s err=\"%s\"",
-                            topic, rd_kafka_err2str(err));
         }
-        results_backlog_add(r, topic, key, key_len, value, value_len, headers,
-                            opaque);
+        results_refused(r, kind, topic, key, key_len, value, value_len, headers,
+                        opaque, 0, err);
 }
 
-/* Offers the backlog to librdkafka in order, stopping at the first refusal. */
+/* Offers the backlog to librdkafka in order, skipping records not yet due
+ * and stopping when librdkafka's queue is full. */
 static void results_backlog_drain(results_t *r) {
-        struct backlog *b;
+        struct backlog **pp = &r->r_backlog_head;
+        struct backlog *b, *last = NULL;
+        int64_t now = loop_clock_ms();
         rd_kafka_resp_err_t err;
 
-        while ((b = r->r_backlog_head) != NULL) {
-                err = results_produce(r, b->topic, b->key, b->key_len,
-                                      b->value, b->value_len, b->headers,
-                                      b->opaque);
-                if (err)
-                        return;
-                b->headers = NULL; /* taken by librdkafka */
-                r->r_backlog_head = b->next;
-                if (!r->r_backlog_head)
-                        r->r_backlog_tail = NULL;
+        while ((b = *pp) != NULL) {
+                if (b->not_before_ms > now) {
+                        last = b;
+                        pp = &b->next;
+                        continue;
+                }
+                err = results_produce(r, b->topic, b->key, b->key_len, b->value,
+                                      b->value_len, b->headers, b->opaque);
+                if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                        break;
+                *pp = b->next;
                 r->r_backlog_cnt--;
+                if (err) {
+                        /* Refused for another reason: handled as new. */
+                        rd_kafka_headers_t *h = b->headers;
+
+                        b->headers = NULL;
+                        results_refused(r, b->kind, b->topic, b->key, b->key_len,
+                                        b->value, b->value_len, h, b->opaque,
+                                        b->tries, err);
+                } else {
+                        b->headers = NULL; /* taken by librdkafka */
+                }
                 backlog_free(b);
         }
+        /* The tail may have moved (removed, or added by results_refused). */
+        for (last = r->r_backlog_head; last && last->next; last = last->next)
+                ;
+        r->r_backlog_tail = last;
+}
+
+static enum rec_kind results_kind_of(const results_t *r, const char *topic) {
+        if (strcmp(topic, r->r_topic_deadletter) == 0)
+                return REC_DEADLETTER;
+        if (strcmp(topic, r->r_topic_retry) == 0)
+                return REC_HANDOFF;
+        return REC_RESULT;
 }
 
 static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
@@ -183,6 +334,7 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         results_t *r = conf_opaque;
         rd_kafka_headers_t *hdrs = NULL;
         rd_kafka_headers_t *copy = NULL;
+        const char *topic = rd_kafka_topic_name(m->rkt);
 
         (void)rk;
         r->r_inflight--;
@@ -190,22 +342,37 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 r->r_ack_cb(m->_private);
                 return;
         }
-        /* Not delivered: offer the same bytes again. The request stays
-         * uncommitted until a copy is acknowledged. */
-        LOG(LOG_WARN, "result delivery failed, retrying topic=%s err=\"%s\"",
-            rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+        /* Not stored: the request stays uncommitted until a copy is. */
+        LOG(LOG_WARN, "record delivery failed topic=%s err=\"%s\"", topic,
+            rd_kafka_err2str(m->err));
         if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
                 copy = rd_kafka_headers_copy(hdrs);
-        results_backlog_add(r, rd_kafka_topic_name(m->rkt), m->key, m->key_len,
-                            m->payload, m->len, copy, m->_private);
+        results_refused(r, results_kind_of(r, topic), topic, m->key, m->key_len,
+                        m->payload, m->len, copy, m->_private, 0,
+                        m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
+                            ? RD_KAFKA_RESP_ERR__FAIL
+                            : m->err);
 }
 
 static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
                              void *opaque) {
-        (void)rk;
-        (void)opaque;
+        results_t *r = opaque;
+        char fatal[512];
+
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+                LOG(LOG_ERROR, "results producer failed for good reason=\"%s\": "
+                    "stopping (unfinished requests stay uncommitted)",
+                    fatal);
+                r->r_fatal = 1;
+                return;
+        }
         LOG(LOG_WARN, "results producer error err=%s reason=\"%s\"",
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+int results_fatal(const results_t *r) {
+        return r->r_fatal;
 }
 
 void results_poll(results_t *r) {
@@ -247,9 +414,17 @@ static int results_conf_set(rd_kafka_conf_t *kc, const char *key,
         return 0;
 }
 
+/* @returns whether the kafka.* settings of the producer set @key. */
+static int results_conf_has(const struct config *conf, const char *key) {
+        for (size_t i = 0; i < conf->kafka_producer_cnt; i++)
+                if (strcmp(conf->kafka_producer[i].key, key) == 0)
+                        return 1;
+        return 0;
+}
+
 results_t *results_new(loop_t *loop, const struct config *conf,
-                       results_ack_cb *ack_cb, char *errstr,
-                       size_t errstr_size) {
+                       results_ack_cb *ack_cb, results_ack_cb *nack_cb,
+                       char *errstr, size_t errstr_size) {
         /* Defaults first; kafka.* settings may replace any of them except
          * idempotence, which the contract needs. */
         static const char *const defaults[][2] = {
@@ -270,6 +445,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         r->r_pipe[0] = r->r_pipe[1] = -1;
         r->r_loop = loop;
         r->r_ack_cb = ack_cb;
+        r->r_nack_cb = nack_cb;
         loop_timer_init(&r->r_timer, results_on_timer, r);
         r->r_topic_results = strdup(conf->topic_results);
         r->r_topic_deadletter = strdup(conf->topic_deadletter);
@@ -296,6 +472,17 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         if (results_conf_set(kc, "enable.idempotence", "true", errstr,
                              errstr_size))
                 goto fail_set;
+        if (!results_conf_has(conf, "message.max.bytes")) {
+                /* Room for the dead-letter copy or retry record of the
+                 * largest request accepted (a retry record escapes it). */
+                long max = 2L * conf->request_max_bytes + 65536;
+                char num[32];
+
+                snprintf(num, sizeof(num), "%ld", max < 1000000 ? 1000000 : max);
+                if (results_conf_set(kc, "message.max.bytes", num, errstr,
+                                     errstr_size))
+                        goto fail_set;
+        }
         rd_kafka_conf_set_dr_msg_cb(kc, results_dr_cb);
         rd_kafka_conf_set_error_cb(kc, results_error_cb);
         rd_kafka_conf_set_log_cb(kc, log_rdkafka);
@@ -436,7 +623,7 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
         json_decref(o);
         if (!value)
                 abort();
-        results_send(r, r->r_topic_results, rec->id,
+        results_send(r, REC_RESULT, r->r_topic_results, rec->id,
                      rec->id ? strlen(rec->id) : 0, value, strlen(value), NULL,
                      opaque);
         free(value);
@@ -456,18 +643,14 @@ int results_deadletter(results_t *r, const void *key, size_t key_len,
         snprintf(num, sizeof(num), "%lld", (long long)src->offset);
         rd_kafka_header_add(h, "km.source.offset", -1, num, -1);
         rd_kafka_header_add(h, "km.worker", -1, r->r_worker, -1);
-        if (!r->r_backlog_head &&
-            results_produce(r, r->r_topic_deadletter, key, key_len, value,
-                            value_len, h, opaque) == RD_KAFKA_RESP_ERR_NO_ERROR)
-                return 0;
-        results_backlog_add(r, r->r_topic_deadletter, key, key_len, value,
-                            value_len, h, opaque);
+        results_send(r, REC_DEADLETTER, r->r_topic_deadletter, key, key_len,
+                     value, value_len, h, opaque);
         return 0;
 }
 
 int results_handoff(results_t *r, const char *key, const char *value,
                     size_t value_len, void *opaque) {
-        results_send(r, r->r_topic_retry, key, strlen(key), value, value_len, NULL,
-                     opaque);
+        results_send(r, REC_HANDOFF, r->r_topic_retry, key, strlen(key), value,
+                     value_len, NULL, opaque);
         return 0;
 }

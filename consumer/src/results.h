@@ -4,9 +4,10 @@
  * bytes of rejected requests to the dead-letter topic, through an idempotent
  * producer whose delivery reports are served on the loop.
  *
- * A record is never dropped: a delivery failure is retried with the same
- * bytes; while Kafka is unavailable records stay queued in librdkafka
- * (message.timeout.ms defaults to 0, infinite).
+ * A record is never dropped: while Kafka is unavailable records stay queued
+ * in librdkafka (message.timeout.ms defaults to 0, infinite); one Kafka
+ * refuses is offered again after a growing delay, a result or dead-letter
+ * copy too large for its topic is made smaller first.
  */
 #ifndef KM_RESULTS_H
 #define KM_RESULTS_H
@@ -62,10 +63,16 @@ struct result_rec {
         const struct result_source *duplicate_of;
 };
 
-/* @returns a producer for the results and dead-letter topics or NULL with
- * @errstr. */
+/* @returns a producer for the results, dead-letter and retry topics or NULL
+ * with @errstr. @nack_cb runs when a retry record (results_handoff) cannot be
+ * stored because it is too large: its request must be retried otherwise. */
 results_t *results_new(loop_t *loop, const struct config *conf,
-                       results_ack_cb *ack_cb, char *errstr, size_t errstr_size);
+                       results_ack_cb *ack_cb, results_ack_cb *nack_cb,
+                       char *errstr, size_t errstr_size);
+
+/* @returns non-zero once the producer failed for good (a fatal idempotence
+ * error): nothing more can be published, the worker must stop. */
+int results_fatal(const results_t *r);
 
 /* Flushes for at most @timeout_ms, then frees. Records not acknowledged by
  * then are lost from this process (their requests are not committed, so they

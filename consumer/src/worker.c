@@ -67,6 +67,7 @@ struct entry {
         int e_acks_pending;
         int e_attempts;
         int e_leader; /* holds its id in the dedupe table */
+        int e_no_handoff; /* its retry record was too large: retry here */
         struct entry *e_followers; /* requests with the same id, waiting */
         struct entry *e_follow_next;
         struct entry *e_following; /* the leader this one waits for */
@@ -307,6 +308,19 @@ static void worker_on_ack(void *opaque) {
 
         if (--e->e_acks_pending == 0)
                 entry_destroy(e, 1);
+}
+
+/* Results nack callback: @e's retry record could not be stored (too large
+ * for the retry topic); it is retried in memory instead. */
+static void worker_on_nack(void *opaque) {
+        struct entry *e = opaque;
+        worker_t *w = e->e_worker;
+
+        e->e_acks_pending--;
+        e->e_no_handoff = 1;
+        e->e_state = ENTRY_WAITING;
+        loop_timer_start(w->w_loop, &e->e_timer,
+                         w->w_conf->retry_backoff_max_ms);
 }
 
 /* ---- duplicates ---- */
@@ -621,7 +635,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 return;
         }
         w->w_stats.retries++;
-        if (w->w_topic_cnt > TOPIC_RETRY &&
+        if (w->w_topic_cnt > TOPIC_RETRY && !e->e_no_handoff &&
             (e->e_part->p_topic == TOPIC_RETRY ||
              now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
                 entry_handoff(e, now + backoff, job->code, job->reply);
@@ -1228,8 +1242,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                     errstr, errstr_size);
         if (!w->w_smtp)
                 goto fail;
-        w->w_results = results_new(w->w_loop, conf, worker_on_ack, errstr,
-                                   errstr_size);
+        w->w_results = results_new(w->w_loop, conf, worker_on_ack, worker_on_nack,
+                                   errstr, errstr_size);
         if (!w->w_results)
                 goto fail;
         for (int t = 0; t < w->w_topic_cnt; t++) {
@@ -1270,7 +1284,7 @@ int worker_run(worker_t *w) {
             w->w_conf->worker_id, w->w_conf->topic_requests,
             w->w_topic_cnt > 1 ? w->w_conf->topic_retry : "-",
             w->w_conf->smtp_url, w->w_conf->inflight_max);
-        while (!w->w_stop)
+        while (!w->w_stop && !results_fatal(w->w_results))
                 loop_run_once(w->w_loop, WORKER_IDLE_WAIT_MS);
 
         LOG(LOG_INFO, "stopping: draining in-flight sends inflight=%zu",
@@ -1278,7 +1292,12 @@ int worker_run(worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 consumer_set_paused(w->w_consumer[t], 0, 1);
         w->w_stopping = 1;
-        left = worker_drain(w, NULL, w->w_conf->shutdown_timeout_ms);
+        /* Without a producer no result can be acknowledged: nothing to wait
+         * for. */
+        left = worker_drain(w, NULL,
+                            results_fatal(w->w_results)
+                                ? 0
+                                : w->w_conf->shutdown_timeout_ms);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, t, NULL, 0);
         for (int t = 0; t < w->w_topic_cnt; t++) {
@@ -1294,6 +1313,8 @@ int worker_run(worker_t *w) {
             (unsigned long long)w->w_stats.rejected,
             (unsigned long long)w->w_stats.expired,
             (unsigned long long)w->w_stats.duplicates, left);
+        if (results_fatal(w->w_results))
+                return 2;
         return left > 0 ? 1 : 0;
 }
 

@@ -24,7 +24,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
 /* Runs until worker_stop() is called, then stops consuming, drains in-flight
  * sends (bounded by shutdown.timeout.ms), flushes results, commits and leaves
  * the group. @returns 0 on a clean stop, 1 when something was left undone
- * (those requests stay uncommitted and are consumed again). */
+ * (those requests stay uncommitted and are consumed again), 2 when the
+ * results producer failed for good. */
 int worker_run(worker_t *w);
 
 /* Asks a running worker to stop. Async-signal-safe. */

@@ -480,3 +480,23 @@ def test_a_deadline_passing_while_the_relay_is_down_gives_expired(kafka, topics,
     assert "deadline" in final["soon"]["error"]
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
     assert "relay" in w.log()
+
+
+def test_a_dead_letter_copy_too_large_for_its_topic_is_cut_and_the_pipeline_goes_on(
+        kafka, capture_server, worker):
+    from harness import Topics
+    topics = Topics.new(partitions=2)
+    kafka.create_topics(f"{topics.requests}:2", f"{topics.results}:2",
+                        f"{topics.deadletter}:1,max.message.bytes=100000",
+                        f"{topics.retry}:2")
+    server = capture_server()
+    noise = base64.b64encode(__import__("os").urandom(225000)).decode()  # incompressible
+    big_bad = make_request(0, id="big-bad", subject="bad\r\nsubject", text=noise)
+    kafka.produce(topics.requests, [big_bad] + make_requests(5))
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off"))
+    final = final_by_id(kafka.results(topics.results, wait=6, timeout=60))
+    assert final["big-bad"]["status"] == "rejected"
+    assert [r["status"] for k, r in final.items() if k != "big-bad"] == ["sent"] * 5
+    wait_for(lambda: kafka.count(topics.deadletter) == 1, 30, "the cut dead-letter copy")
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    assert "dead-letter copy too large" in w.log()
