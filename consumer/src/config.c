@@ -35,9 +35,12 @@ struct config_key {
 /* CONFIG_T_ENUM fields are written through an int pointer. */
 _Static_assert(sizeof(enum config_tls_mode) == sizeof(int),
                "enum config_tls_mode is not int-sized");
+_Static_assert(sizeof(enum config_tls_version) == sizeof(int),
+               "enum config_tls_version is not int-sized");
 
 static const char *const config_tls_choices[] = {"required", "opportunistic",
                                                  "off", NULL};
+static const char *const config_tls_version_choices[] = {"1.2", "1.3", NULL};
 static const char *const config_log_choices[] = {"error", "warn", "info",
                                                  "debug", NULL};
 
@@ -75,6 +78,9 @@ static const struct config_key config_keys[] = {
             "CA bundle to verify the relay with, \"\" = system store"),
         BOOL("smtp.tls.verify", smtp_tls_verify, "true",
              "verify the relay's certificate and host name"),
+        {"smtp.tls.min.version", CONFIG_T_ENUM, F(smtp_tls_min_version), "1.2",
+         0, 0, config_tls_version_choices,
+         "oldest TLS version accepted from the relay: 1.2 or 1.3"},
         STR("smtp.helo.name", smtp_helo_name, "",
             "name sent in EHLO, \"\" = libcurl's default"),
         BOOL("smtp.pipelining", smtp_pipelining, "true",
@@ -97,7 +103,7 @@ static const struct config_key config_keys[] = {
         INT("smtp.relay.backoff.max.ms", smtp_relay_backoff_max_ms, "60000", 10,
             3600000, "longest wait between attempts to reach an unhealthy relay"),
         INT("inflight.max", inflight_max, "1000", 1, 100000,
-            "requests in flight before the partitions are paused"),
+            "requests consumed and not yet committed before the worker stops taking more"),
         INT("inflight.resume.percent", inflight_resume_percent, "50", 0, 99,
             "partitions resume below this percentage of inflight.max"),
         INT("retry.attempts.max", retry_attempts_max, "5", 1, 100,
