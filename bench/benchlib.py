@@ -219,6 +219,7 @@ class Run:
         self.kafka_dirs = []
         self.bin = self.dir / "bin"
         self._closed = False
+        self.cleanups = []     # callables run by close() after the processes stop
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
@@ -316,6 +317,11 @@ class Run:
                     self.stop(p, timeout=10)
                 except Exception as e:  # keep stopping the others
                     log("stopping %s (pid %d): %s" % (name, p.pid, e))
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # keep cleaning up
+                log("cleanup %s: %s" % (getattr(fn, "__name__", fn), e))
         for kdir in list(self.kafka_dirs):
             self.stop_kafka(kdir)
         if not self.keep:
@@ -370,3 +376,283 @@ def print_table(rows, out=sys.stdout):
         print("  ".join(cells).rstrip(), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
+
+
+# --- shared by B2-B6 ---------------------------------------------------------------
+# (B1 above uses none of this.)
+
+TOOLS_ALL = TARGETS + ["smtp-drive"]
+SLOW_SINK_SRC = BENCH / "slow_sink.c"
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages, as a string."""
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def raise_nofile():
+    """Raises this process's open-file limit to the hard limit, so that
+    the sinks and workers it starts (which inherit it) can hold thousands of
+    sessions. @returns the new soft limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def build_slow_sink(run):
+    """Compiles bench/slow_sink.c into the run's bin/. @returns its path."""
+    run.bin.mkdir(exist_ok=True)
+    out = run.bin / "slow_sink"
+    cp = subprocess.run(["cc", "-O2", "-Wall", "-o", str(out), str(SLOW_SINK_SRC)],
+                        capture_output=True, text=True, timeout=120)
+    if cp.returncode != 0:
+        raise BenchError("cc slow_sink.c failed:\n" + cp.stderr[-2000:])
+    return out
+
+
+def setup(name, quick_note=None, tools=TOOLS_ALL, build_dir=None, slow_sink=True,
+          keep=False):
+    """The common start of a benchmark: a Run, the release build snapshotted,
+    the slow sink compiled, the open-file limit raised. @returns the Run."""
+    run_ = Run(name, keep=keep)
+    log("run directory %s" % run_.dir)
+    raise_nofile()
+    bdir = build(build_dir, targets=tools)
+    run_.snapshot(bdir, names=tools)
+    if slow_sink:
+        build_slow_sink(run_)
+    return run_
+
+
+def start_slow_sink(run_, delay_ms=1000, rtt_ms=0, netns=None, host="127.0.0.1", port=None):
+    """bench/slow_sink on HOST:PORT (default a free port of 127.0.0.1),
+    optionally inside network namespace @netns. @returns (Popen, port)."""
+    port = port or free_port()
+    cmd = []
+    if netns:
+        cmd = ["ip", "netns", "exec", netns]
+    cmd += [run_.bin / "slow_sink", "--delay-ms", delay_ms, "--rtt-ms", rtt_ms,
+            "%s:%d" % (host, port)]
+    p = run_.start_process("slow_sink", cmd)
+    wait_port_host(host, port, 10, p)
+    log("slow_sink (pid %d) on %s:%d, final-reply delay %d ms, emulated RTT %d ms%s"
+        % (p.pid, host, port, delay_ms, rtt_ms, " in netns " + netns if netns else ""))
+    return p, port
+
+
+def wait_port_host(host, port, timeout, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("process %d exited (%d) before %s:%d opened"
+                             % (proc.pid, proc.returncode, host, port))
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError("%s:%d did not open in %ss" % (host, port, timeout))
+
+
+def sink_messages(p):
+    """After a slow_sink has stopped: the message count it printed."""
+    try:
+        m = re.search(r"slow_sink: messages=(\d+)", open(p.log_path).read())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def _assigned_count(log_path):
+    n = 0
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if "msg=partitions assigned" in line:
+                    n += 1
+    except OSError:
+        pass
+    return n
+
+
+def wait_assigned(procs, timeout=60):
+    """Waits until every worker in @procs has logged "partitions assigned"
+    (with several workers in one group, the last one to be assigned ends the
+    rebalance), then 0.5 s more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise BenchError("%s (pid %d) exited (%d); see %s"
+                                 % (p.bench_name, p.pid, p.returncode, p.log_path))
+        if all(_assigned_count(p.log_path) > 0 for p in procs):
+            time.sleep(0.5)
+            return
+        time.sleep(0.1)
+    raise BenchError("workers not assigned partitions in %ss" % timeout)
+
+
+def read_results(run_, bootstrap, topic, timeout=300):
+    """Every result of @topic (to its end now) as parsed JSON objects."""
+    import json
+    out = run([run_.tool("mailer-results"), "-b", bootstrap, "-t", topic], timeout).stdout
+    res = []
+    for line in out.splitlines():
+        try:
+            res.append(json.loads(line))
+        except ValueError:
+            pass
+    return res
+
+
+def results_summary(run_, bootstrap, topic, timeout=300):
+    """`mailer-results --summary` parsed into a flat dict of ints
+    (results, sent, ..., and latency_n, latency_p50, latency_p90, ...)."""
+    out = run([run_.tool("mailer-results"), "-b", bootstrap, "-t", topic, "--summary"],
+              timeout).stdout
+    d = {"text": out.strip()}
+    for line in out.splitlines():
+        prefix = "latency_" if line.startswith("latency_ms") else ""
+        for k, v in re.findall(r"(\w+)=(\d+)", line):
+            d[prefix + k] = int(v)
+    return d
+
+
+def completion_stats(results, lo=0.1, hi=0.9):
+    """From results' completed_at: first and last completion (epoch) and the
+    steady rate between the @lo and @hi fractions of the completions (which
+    leaves out the ramp-up and the tail)."""
+    ts = sorted(iso_to_epoch(r["completed_at"]) for r in results
+                if r.get("status") == "sent" and isinstance(r.get("completed_at"), str))
+    if len(ts) < 10:
+        return {"n": len(ts)}
+    i, j = int(lo * (len(ts) - 1)), int(hi * (len(ts) - 1))
+    span = ts[j] - ts[i]
+    return {"n": len(ts), "first": ts[0], "last": ts[-1],
+            "steady_rate": (j - i) / span if span > 0 else None}
+
+
+def worker_settings(inflight, sessions, extra=()):
+    return ["inflight.max=%d" % inflight, "smtp.sessions.max=%d" % sessions] + list(extra)
+
+
+def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, workers=1,
+               partitions=8, size=1024, extra=(), timeout=None, sink=None):
+    """One measured point: fresh topics NAME.requests/results/deadletter,
+    @workers kafka-mailer workers in group NAME with inflight.max=@inflight
+    and smtp.sessions.max=@sessions (each), started and assigned BEFORE the
+    requests are produced; then @count requests of @size body bytes are
+    produced with mailer-loadgen (as fast as it can) and the point ends when
+    the group has committed every offset.
+
+    @returns a dict: count, seconds (loadgen start -> all committed),
+    rate (count / seconds), steady_rate (10%-90% of the results'
+    completed_at), sent, peak_rss_kib and cpu_seconds of each worker,
+    sink_cpu (CPU seconds the sink used during the point, if @sink),
+    loadavg at the end."""
+    admin = run_.tool("mailer-admin")
+    req, res, dlq = name + ".requests", name + ".results", name + ".deadletter"
+    run([admin, "-b", bootstrap, "create-topics", "%s:%d" % (req, partitions),
+         "%s:%d" % (res, partitions), dlq + ":1"], 60)
+    settings = worker_settings(inflight, sessions, extra)
+    procs = [run_.start_worker("%s-w%d" % (name, i + 1), bootstrap, smtp_url, name,
+                               (req, res, dlq), settings) for i in range(workers)]
+    wait_assigned(procs)
+    sink_cpu0 = cpu_seconds(sink.pid) if sink is not None else None
+    log("%s: %d requests, %d worker(s), inflight.max=%d, smtp.sessions.max=%d %s"
+        % (name, count, workers, inflight, sessions, " ".join(extra)))
+    t0 = time.time()
+    lg = run_.start_process(name + "-loadgen", [
+        run_.tool("mailer-loadgen"), "-b", bootstrap, "-t", req, "-n", count, "--size", size,
+        "--id-prefix", name])
+    if timeout is None:
+        timeout = 60 + 3.0 * count / max(1, min(inflight, sessions) * workers)
+    end = wait_committed(admin, bootstrap, name, req, timeout)
+    try:
+        lg.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    run_.stop(lg)
+    point = {"name": name, "count": count, "inflight": inflight, "sessions": sessions,
+             "workers": workers, "extra": list(extra), "seconds": round(end - t0, 3),
+             "rate": count / (end - t0),
+             "peak_rss_kib": [peak_rss_kib(p.pid) for p in procs],
+             "cpu_seconds": [cpu_seconds(p.pid) for p in procs],
+             "loadavg": loadavg()}
+    if sink is not None and sink_cpu0 is not None:
+        c = cpu_seconds(sink.pid)
+        point["sink_cpu"] = None if c is None else round(c - sink_cpu0, 2)
+    for p in procs:
+        rc = run_.stop(p)
+        if rc not in (0, None):
+            log("  %s exited %d (see %s)" % (p.bench_name, rc, p.log_path))
+    results = read_results(run_, bootstrap, res)
+    st = completion_stats(results)
+    point["sent"] = st["n"]
+    point["steady_rate"] = st.get("steady_rate")
+    if st["n"] != count:
+        log("  WARNING: %d of %d requests sent" % (st["n"], count))
+        point["warning"] = "%d of %d sent" % (st["n"], count)
+    log("  %s: %.2f s, %s msgs/s end to end, %s msgs/s steady, peak RSS %s MiB, load %s"
+        % (name, end - t0, fmt_rate(point["rate"]), fmt_rate(point["steady_rate"]),
+           "/".join("%.1f" % ((k or 0) / 1024) for k in point["peak_rss_kib"]),
+           point["loadavg"]))
+    return point
+
+
+def drive_point(run_, smtp_url, count, inflight, sessions, size=1024, pipelining=True,
+                timeout=None):
+    """smtp-drive (the worker's SMTP layer alone, no Kafka) against the
+    sink. @returns {count, seconds, rate, sent}."""
+    cmd = [run_.tool("smtp-drive"), "--url", smtp_url, "--count", count, "--inflight",
+           inflight, "--sessions", sessions, "--size", size, "--starttls", "off"]
+    if not pipelining:
+        cmd.append("--no-pipelining")
+    if timeout is None:
+        timeout = 60 + 3.0 * count / max(1, min(inflight, sessions))
+    cmd += ["--max-seconds", int(timeout)]
+    cp = run(cmd, timeout + 30, check=False)
+    m = re.search(r"sent=(\d+) .*seconds=([\d.]+) rate=([\d.]+)", cp.stdout)
+    if not m:
+        raise BenchError("smtp-drive failed (%d): %s %s" % (cp.returncode, cp.stdout,
+                                                             cp.stderr[-1000:]))
+    d = {"count": count, "sent": int(m.group(1)), "seconds": float(m.group(2)),
+         "rate": float(m.group(3)), "inflight": inflight, "sessions": sessions,
+         "loadavg": loadavg()}
+    log("  smtp-drive %d in flight, %d sessions: %s msgs/s (%d sent), load %s"
+        % (inflight, sessions, fmt_rate(d["rate"]), d["sent"], d["loadavg"]))
+    return d
+
+
+def finish(run_, result, ok):
+    """Writes result.json; @returns the exit status."""
+    import json
+    (run_.dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if not ok:
+        log("details in %s" % run_.dir)
+    return 0 if ok else 1
+
+
+def header(title, result):
+    print("%s, %s" % (title, result["date"]))
+    print("machine: %s; commit %s" % (result["machine"], result["commit"]))
+    print("load average at start %s, at end %s" % (result.get("load_start", "?"),
+                                                  result.get("load_end", "?")))
+    print()
+
+
+def new_result(name, run_):
+    return {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": machine_description(), "commit": git_description(),
+            "run_dir": str(run_.dir), "load_start": loadavg()}
+
+
+def pf(value, floor, higher_is_better=True):
+    if value is None or floor is None:
+        return "-"
+    return "pass" if (value >= floor if higher_is_better else value <= floor) else "FAIL"

@@ -22,6 +22,12 @@ enum config_tls_mode {
         CONFIG_TLS_OFF /* never STARTTLS */
 };
 
+/* smtp.tls.min.version: the oldest TLS version accepted from the relay. */
+enum config_tls_version {
+        CONFIG_TLS_V1_2 = 0, /* "1.2" */
+        CONFIG_TLS_V1_3 /* "1.3" */
+};
+
 /* The kafka.* passthrough pairs of one client. */
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
@@ -46,6 +52,7 @@ struct config {
         char *smtp_password_file; /* smtp.password.file, "" = none */
         char *smtp_ca_file; /* smtp.tls.ca.file, "" = system store */
         int smtp_tls_verify; /* smtp.tls.verify (bool) */
+        enum config_tls_version smtp_tls_min_version; /* smtp.tls.min.version */
         char *smtp_helo_name; /* smtp.helo.name, "" = libcurl's default */
         int smtp_pipelining; /* smtp.pipelining (bool): use PIPELINING if offered */
         int smtp_sessions_max; /* smtp.sessions.max */

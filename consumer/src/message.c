@@ -789,8 +789,9 @@ static uint64_t id_hash(const char *s) {
 
 /* A domain for a Message-ID: printable ASCII without specials, or an
  * address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]"), which RFC 5322's
- * no-fold-literal allows with ':' inside. */
-static int check_msgid_domain(const char *d) {
+ * no-fold-literal allows with ':' inside. With @utf8 (a message sent with
+ * SMTPUTF8, whose headers may hold UTF-8: RFC 6532), UTF-8 bytes too. */
+static int check_msgid_domain(const char *d, int utf8) {
         size_t len = strlen(d);
 
         if (len == 0)
@@ -808,6 +809,8 @@ static int check_msgid_domain(const char *d) {
         for (; *d != '\0'; d++) {
                 unsigned char c = (unsigned char)*d;
 
+                if (c >= 128 && utf8)
+                        continue;
                 if (c <= 32 || c >= 127 || strchr("<>@()\",;:\\", c) != NULL)
                         return -1;
         }
@@ -825,7 +828,7 @@ int message_id_for(const struct mail_request *req, const char *domain,
                         return -1;
                 domain = at + 1;
         }
-        if (check_msgid_domain(domain) != 0)
+        if (check_msgid_domain(domain, req->smtputf8) != 0)
                 return -1;
         n = snprintf(buf, buf_size, "<%s@%s>", req->id, domain);
         if (n < 0 || (size_t)n >= buf_size)
@@ -918,6 +921,7 @@ struct message *message_build(const struct mail_request *req,
         msg = calloc(1, sizeof(*msg));
         if (msg == NULL || build_envelope(msg, req, mid) != 0)
                 goto oom;
+        msg->smtputf8 = req->smtputf8;
         snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
         snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
         if (buf_reserve(&b, estimate_size(req)) != 0)

@@ -3,7 +3,8 @@
  * envelope. Output uses CRLF line ends, keeps every line within 998
  * octets (78 where folding allows), encodes non-ASCII header text as RFC 2047
  * encoded words, bodies as quoted-printable when needed and attachments as
- * base64, and never writes Bcc into the headers.
+ * base64, and never writes Bcc into the headers. UTF-8 addresses are
+ * written raw (RFC 6532); such a message is marked smtputf8.
  */
 #ifndef KM_MESSAGE_H
 #define KM_MESSAGE_H
@@ -27,6 +28,10 @@ struct message {
         char *data; /* DATA payload: dot-stuffed, CRLF, ends with CRLF,
                        without the terminating ".\r\n" */
         size_t data_len;
+        int smtputf8; /* 1 when an address is UTF-8: the envelope and the
+                         header block carry it raw (RFC 6531, RFC 6532) and
+                         the relay must offer SMTPUTF8. Otherwise the header
+                         block is ASCII. */
 };
 
 /* @returns the Message-ID value ("<id@domain>") for a request, written to

@@ -98,10 +98,12 @@ static int check_header_text(const json_t *v, const char *field, char *errstr,
 }
 
 /* Checks a dot-atom (atext separated by single dots) of @len bytes; @what
- * ends the reason, e.g. " in local part".
- * @returns NULL or the reason (in @rbuf). */
-static const char *check_dot_atom(const char *s, size_t len, char *rbuf,
-                                  size_t rbuf_size, const char *what) {
+ * ends the reason, e.g. " in local part". With @allow_utf8, bytes of UTF-8
+ * sequences count as atext (RFC 6531 atext; the caller has checked the
+ * sequences). @returns NULL or the reason (in @rbuf). */
+static const char *check_dot_atom(const char *s, size_t len, int allow_utf8,
+                                  char *rbuf, size_t rbuf_size,
+                                  const char *what) {
         char cbuf[8];
 
         for (size_t i = 0; i < len; i++) {
@@ -120,7 +122,7 @@ static const char *check_dot_atom(const char *s, size_t len, char *rbuf,
                         }
                         continue;
                 }
-                if (!is_atext(c)) {
+                if (!is_atext(c) && !(allow_utf8 && c >= 0x80)) {
                         snprintf(rbuf, rbuf_size, "invalid character %s%s",
                                  char_repr(c, cbuf, sizeof(cbuf)), what);
                         return rbuf;
@@ -145,7 +147,7 @@ static int check_quoted_local(const char *s, size_t len) {
                                 return -1;
                         continue;
                 }
-                if (c < 32 || c > 126 || c == '"')
+                if (c < 32 || c == 127 || c == '"')
                         return -1;
         }
         return 0;
@@ -217,7 +219,8 @@ static const char *check_domain(const char *d, size_t len, char *rbuf,
                 }
                 unsigned char c = (unsigned char)d[i];
 
-                if (!is_alnum(c) && c != '-') {
+                /* A UTF-8 sequence is part of a U-label (RFC 6531 IDN). */
+                if (!is_alnum(c) && c != '-' && c < 0x80) {
                         char cb[8];
 
                         snprintf(rbuf, rbuf_size, "invalid character %s in "
@@ -228,24 +231,92 @@ static const char *check_domain(const char *d, size_t len, char *rbuf,
         return NULL;
 }
 
-int request_check_addr(const char *addr, char *errstr, size_t errstr_size) {
+/*
+ * Decodes the UTF-8 sequence of 2 to 4 bytes at @s (@left bytes remain).
+ * @returns its length with the code point in *@cp, or 0 when it is not
+ * well-formed (a stray continuation byte, truncated, overlong, a surrogate,
+ * above U+10FFFF).
+ */
+static size_t utf8_decode(const unsigned char *s, size_t left, uint32_t *cp) {
+        size_t n;
+        uint32_t v;
+        uint32_t min;
+
+        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+                n = 2;
+                v = s[0] & 0x1fu;
+                min = 0x80;
+        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+                n = 3;
+                v = s[0] & 0x0fu;
+                min = 0x800;
+        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+                n = 4;
+                v = s[0] & 0x07u;
+                min = 0x10000;
+        } else {
+                return 0;
+        }
+        if (left < n)
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                v = v << 6 | (s[i] & 0x3fu);
+        }
+        if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+                return 0;
+        *cp = v;
+        return n;
+}
+
+/*
+ * Checks the bytes of an address before its structure: no CR or LF, and any
+ * non-ASCII text well-formed UTF-8 without control characters (C1, U+2028,
+ * U+2029). Sets *@utf8 when there is non-ASCII text.
+ * @returns NULL or the reason (in @rbuf).
+ */
+static const char *check_addr_bytes(const unsigned char *a, size_t len,
+                                    int *utf8, char *rbuf, size_t rbuf_size) {
+        size_t i = 0;
+
+        while (i < len) {
+                uint32_t cp;
+                size_t n;
+
+                if (a[i] == '\r' || a[i] == '\n')
+                        return "CR or LF not allowed";
+                if (a[i] < 0x80) {
+                        i++;
+                        continue;
+                }
+                n = utf8_decode(a + i, len - i, &cp);
+                if (n == 0)
+                        return "invalid UTF-8 in address";
+                if (cp < 0xa0 || cp == 0x2028 || cp == 0x2029) {
+                        snprintf(rbuf, rbuf_size, "control character U+%04X "
+                                 "in address", (unsigned)cp);
+                        return rbuf;
+                }
+                *utf8 = 1;
+                i += n;
+        }
+        return NULL;
+}
+
+int request_check_addr(const char *addr, int *utf8, char *errstr,
+                       size_t errstr_size) {
         size_t len = strlen(addr);
         const char *at;
         const char *reason = NULL;
         char rbuf[64];
+        int is_utf8 = 0;
 
-        for (size_t i = 0; i < len; i++) {
-                unsigned char c = (unsigned char)addr[i];
-
-                if (c == '\r' || c == '\n') {
-                        fail(errstr, errstr_size, "CR or LF not allowed");
-                        return -1;
-                }
-                if (c >= 0x80) {
-                        fail(errstr, errstr_size, "non-ASCII address needs "
-                             "SMTPUTF8, not supported");
-                        return -1;
-                }
+        reason = check_addr_bytes((const unsigned char *)addr, len, &is_utf8,
+                                  rbuf, sizeof(rbuf));
+        if (reason != NULL) {
+                fail(errstr, errstr_size, "%s", reason);
+                return -1;
         }
         if (len == 0) {
                 fail(errstr, errstr_size, "empty address");
@@ -274,7 +345,7 @@ int request_check_addr(const char *addr, char *errstr, size_t errstr_size) {
                 if (check_quoted_local(addr, llen) != 0)
                         reason = "invalid quoted local part";
         } else {
-                reason = check_dot_atom(addr, llen, rbuf, sizeof(rbuf),
+                reason = check_dot_atom(addr, llen, 1, rbuf, sizeof(rbuf),
                                         " in local part");
         }
         if (reason == NULL)
@@ -284,6 +355,8 @@ int request_check_addr(const char *addr, char *errstr, size_t errstr_size) {
                 fail(errstr, errstr_size, "%s", reason);
                 return -1;
         }
+        if (utf8 != NULL)
+                *utf8 = is_utf8;
         return 0;
 }
 
@@ -307,7 +380,7 @@ static int is_wsp(char c) {
  * @returns 0 or -1 with "<field>: ..." in @errstr.
  */
 static int parse_mailbox(const json_t *v, const char *field,
-                         struct mail_address *out, char *errstr,
+                         struct mail_address *out, int *utf8, char *errstr,
                          size_t errstr_size) {
         const char *s;
         const char *end;
@@ -316,6 +389,7 @@ static int parse_mailbox(const json_t *v, const char *field,
         const char *addr_end;
         char *display = NULL;
         char reason[128];
+        int is_utf8 = 0;
 
         if (!json_is_string(v)) {
                 fail(errstr, errstr_size, "%s: must be a string", field);
@@ -421,13 +495,16 @@ addr:
                 fail(errstr, errstr_size, "%s: out of memory", field);
                 goto fail;
         }
-        if (request_check_addr(out->addr, reason, sizeof(reason)) != 0) {
+        if (request_check_addr(out->addr, &is_utf8, reason,
+                               sizeof(reason)) != 0) {
                 fail(errstr, errstr_size, "%s: %s", field, reason);
                 free(out->addr);
                 out->addr = NULL;
                 goto fail;
         }
         out->display = display;
+        if (is_utf8)
+                *utf8 = 1;
         return 0;
 
 fail:
@@ -452,7 +529,7 @@ static void addresses_free(struct mail_address *a, size_t cnt) {
  */
 static int parse_address_list(const json_t *root, const char *name,
                               int allow_string, struct mail_address **out,
-                              size_t *out_cnt, char *errstr,
+                              size_t *out_cnt, int *utf8, char *errstr,
                               size_t errstr_size) {
         const json_t *v = json_object_get(root, name);
         struct mail_address *list = NULL;
@@ -469,7 +546,8 @@ static int parse_address_list(const json_t *root, const char *name,
                         fail(errstr, errstr_size, "%s: out of memory", name);
                         return -1;
                 }
-                if (parse_mailbox(v, name, &list[0], errstr, errstr_size) != 0) {
+                if (parse_mailbox(v, name, &list[0], utf8, errstr,
+                                  errstr_size) != 0) {
                         free(list);
                         return -1;
                 }
@@ -493,8 +571,8 @@ static int parse_address_list(const json_t *root, const char *name,
         }
         for (size_t i = 0; i < cnt; i++) {
                 snprintf(field, sizeof(field), "%s[%zu]", name, i);
-                if (parse_mailbox(json_array_get(v, i), field, &list[i], errstr,
-                                  errstr_size) != 0) {
+                if (parse_mailbox(json_array_get(v, i), field, &list[i], utf8,
+                                  errstr, errstr_size) != 0) {
                         addresses_free(list, i);
                         return -1;
                 }
@@ -547,7 +625,7 @@ static int check_id(const json_t *v, char *errstr, size_t errstr_size) {
         }
         /* json_string_length counts past an embedded NUL, so a NUL shows up
          * as an invalid character here. */
-        reason = check_dot_atom(id, len, rbuf, sizeof(rbuf), "");
+        reason = check_dot_atom(id, len, 0, rbuf, sizeof(rbuf), "");
         if (reason != NULL) {
                 fail(errstr, errstr_size, "id: %s", reason);
                 return -1;
@@ -1145,14 +1223,14 @@ struct mail_request *request_parse(const char *json, size_t len,
                 goto out;
         }
         if (parse_mailbox(json_object_get(root, "from"), "from", &req->from,
-                          errstr, errstr_size) != 0)
+                          &req->smtputf8, errstr, errstr_size) != 0)
                 goto out;
-        if (parse_address_list(root, "to", 0, &req->to, &req->to_cnt, errstr,
-                               errstr_size) != 0 ||
-            parse_address_list(root, "cc", 0, &req->cc, &req->cc_cnt, errstr,
-                               errstr_size) != 0 ||
+        if (parse_address_list(root, "to", 0, &req->to, &req->to_cnt,
+                               &req->smtputf8, errstr, errstr_size) != 0 ||
+            parse_address_list(root, "cc", 0, &req->cc, &req->cc_cnt,
+                               &req->smtputf8, errstr, errstr_size) != 0 ||
             parse_address_list(root, "bcc", 0, &req->bcc, &req->bcc_cnt,
-                               errstr, errstr_size) != 0)
+                               &req->smtputf8, errstr, errstr_size) != 0)
                 goto out;
         rcpts = request_recipient_count(req);
         if (rcpts == 0) {
@@ -1166,7 +1244,8 @@ struct mail_request *request_parse(const char *json, size_t len,
                 goto out;
         }
         if (parse_address_list(root, "reply_to", 1, &req->reply_to,
-                               &req->reply_to_cnt, errstr, errstr_size) != 0)
+                               &req->reply_to_cnt, &req->smtputf8, errstr,
+                               errstr_size) != 0)
                 goto out;
 
         if (copy_opt_string(root, "subject", 1, &req->subject, errstr,

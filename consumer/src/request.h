@@ -54,6 +54,8 @@ struct mail_request {
         size_t attachment_cnt;
         int64_t deadline_ms; /* Unix ms, 0 when none */
         json_t *metadata; /* owned reference, NULL when absent; echoed in the result */
+        int smtputf8; /* 1 when an address (from, to, cc, bcc, reply_to) has
+                         UTF-8 text: the message needs SMTPUTF8 (RFC 6531) */
 };
 
 /*
@@ -72,8 +74,11 @@ void request_destroy(struct mail_request *req);
 /* @returns the number of envelope recipients (to + cc + bcc). */
 size_t request_recipient_count(const struct mail_request *req);
 
-/* Checks one bare address (local@domain, RFC 5321 mailbox, ASCII).
+/* Checks one bare address (local@domain): an RFC 5321 mailbox, or with
+ * UTF-8 in the local part or the domain an RFC 6531 one. @utf8 (may be NULL)
+ * is set to 1 when the address holds UTF-8 text, 0 otherwise.
  * @returns 0 or -1 with a reason in @errstr. */
-int request_check_addr(const char *addr, char *errstr, size_t errstr_size);
+int request_check_addr(const char *addr, int *utf8, char *errstr,
+                       size_t errstr_size);
 
 #endif

@@ -263,6 +263,20 @@ static int smtp_addr_ok(const char *addr, int *non_ascii) {
         return 1;
 }
 
+/* @returns 1 when the header block of @data (up to the first empty line)
+ * holds a byte above 0x7f: a UTF-8 address written raw (RFC 6532), which
+ * needs SMTPUTF8 like one in the envelope. */
+static int smtp_header_block_utf8(const char *data, size_t len) {
+        const char *end = memmem(data, len, "\r\n\r\n", 4);
+        size_t hlen = end != NULL ? (size_t)(end - data) : len;
+
+        for (size_t i = 0; i < hlen; i++) {
+                if ((unsigned char)data[i] & 0x80)
+                        return 1;
+        }
+        return 0;
+}
+
 /*
  * The queue
  */
@@ -822,8 +836,11 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
                                                         &non_ascii))
                         why = "invalid recipient address";
         }
+        if (!why && !non_ascii)
+                non_ascii = smtp_header_block_utf8(job->data, job->data_len);
         if (!why && non_ascii && !s->ss_cap_smtputf8)
-                why = "relay does not offer SMTPUTF8 for a non-ASCII address";
+                why = "relay does not offer SMTPUTF8, needed for a UTF-8 "
+                      "address";
         if (!why && s->ss_cap_size && s->ss_size_max > 0 &&
             job->data_len > s->ss_size_max) {
                 snprintf(msg, sizeof(msg),
@@ -1515,6 +1532,10 @@ static int session_open(smtp_client_t *sc) {
                 curl_easy_setopt(e, CURLOPT_CAINFO, sc->sc_ca_file);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->tls_verify ? 1L : 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->tls_verify ? 2L : 0L);
+        curl_easy_setopt(e, CURLOPT_SSLVERSION,
+                         c->tls_min_version == CONFIG_TLS_V1_3
+                                 ? (long)CURL_SSLVERSION_TLSv1_3
+                                 : (long)CURL_SSLVERSION_TLSv1_2);
 
         list_insert(&sc->sc_sessions, s);
         sc->sc_session_cnt++;
@@ -1587,6 +1608,7 @@ void smtp_client_conf_from_config(struct smtp_client_conf *scc,
         scc->password = conf->smtp_password;
         scc->ca_file = conf->smtp_ca_file;
         scc->tls_verify = conf->smtp_tls_verify;
+        scc->tls_min_version = conf->smtp_tls_min_version;
         scc->helo_name = conf->smtp_helo_name;
         scc->pipelining = conf->smtp_pipelining;
         scc->sessions_max = conf->smtp_sessions_max;

@@ -31,7 +31,10 @@ typedef struct smtp_client smtp_client_t;
 
 enum smtp_outcome {
         SMTP_OK = 0, /* 2xx to the final "." (some recipients may have failed) */
-        SMTP_PERMANENT, /* 5xx to MAIL, to every RCPT, to DATA or to the final "." */
+        SMTP_PERMANENT, /* 5xx to MAIL, to every RCPT, to DATA or to the final
+                           "."; or, with code 0, refused before MAIL because
+                           of what the relay advertised (no SMTPUTF8 for a
+                           UTF-8 address, a message over its SIZE) */
         SMTP_TRANSIENT, /* 4xx, timeout, disconnect or I/O error in the transaction */
 };
 
@@ -81,6 +84,7 @@ struct smtp_client_conf {
         const char *password;
         const char *ca_file; /* NULL or "": system store */
         int tls_verify;
+        enum config_tls_version tls_min_version; /* oldest TLS version accepted */
         const char *helo_name; /* NULL or "": libcurl's default */
         int pipelining;
         int sessions_max;

@@ -149,6 +149,39 @@ static void check_envelope(const struct mail_request *req,
                 fuzz_fail("CR or LF in Message-ID");
 }
 
+static int has_high_byte(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                if ((unsigned char)s[i] & 0x80)
+                        return 1;
+        }
+        return 0;
+}
+
+/* SMTPUTF8: the message is marked exactly when an address (envelope, From,
+ * To, Cc, Reply-To) is UTF-8, and only then may the header block hold a
+ * byte above 0x7f (an address written raw, RFC 6532). */
+static void check_smtputf8(const struct mail_request *req,
+                           const struct message *msg, size_t hlen) {
+        const struct mail_address *lists[] = {&req->from, req->to, req->cc,
+                                              req->bcc, req->reply_to};
+        const size_t cnts[] = {1, req->to_cnt, req->cc_cnt, req->bcc_cnt,
+                               req->reply_to_cnt};
+        int utf8 = 0;
+
+        for (size_t l = 0; l < 5; l++) {
+                for (size_t i = 0; i < cnts[l]; i++)
+                        utf8 |= has_high_byte(lists[l][i].addr,
+                                              strlen(lists[l][i].addr));
+        }
+        if (msg->smtputf8 != req->smtputf8)
+                fuzz_fail("message smtputf8 differs from the request's");
+        if (req->smtputf8 != utf8)
+                fuzz_fail("smtputf8 set without a UTF-8 address, or not set "
+                          "with one");
+        if (!msg->smtputf8 && has_high_byte(msg->data, hlen))
+                fuzz_fail("non-ASCII header block without SMTPUTF8");
+}
+
 void message_check(const struct mail_request *req, const struct message *msg) {
         const char *sep;
         size_t hlen;
@@ -162,4 +195,5 @@ void message_check(const struct mail_request *req, const struct message *msg) {
         hlen = (size_t)(sep - msg->data) + 2;
         check_headers(req, msg, hlen);
         check_envelope(req, msg);
+        check_smtputf8(req, msg, hlen);
 }

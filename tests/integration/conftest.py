@@ -123,6 +123,22 @@ def worker(request):
     for w in started:
         if w.alive():
             w.stop(timeout=30)
+    # On a sanitizer build a leak (LeakSanitizer, at exit), a memory error or
+    # undefined behaviour is reported in the worker's log; the exit status alone
+    # is not checked by every test, so the reports fail the test here.
+    found = []
+    for w in started:
+        for line in w.all_logs().splitlines():
+            if any(m in line for m in SANITIZER_MARKERS):
+                found.append(f"{w.name}: {line.strip()}")
+                break
+    if found:
+        pytest.fail("sanitizer report in a worker log:\n" + "\n".join(found),
+                    pytrace=False)
+
+
+SANITIZER_MARKERS = ("ERROR: LeakSanitizer", "ERROR: AddressSanitizer",
+                     "runtime error:")
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -468,6 +468,38 @@ static void test_bcc_absent_from_headers_but_in_rcpts(void **state) {
         built_free(&b);
 }
 
+static void test_utf8_addresses_written_raw_and_message_marked(void **state) {
+        struct built b;
+        const char *hdr_end;
+
+        (void)state;
+        b = build("{\"id\":\"u1\",\"from\":\"J\u00f6rg <j\u00f6rg@b\u00fccher.example>\","
+                  "\"to\":[\"z\u00f6e@example.com\"],\"subject\":\"Gr\u00fc\u00dfe\","
+                  "\"text\":\"x\"}");
+        check_wellformed(b.msg, 0);
+        assert_int_equal(b.msg->smtputf8, 1);
+        assert_string_equal(b.msg->mail_from, "j\xc3\xb6rg@b\xc3\xbc" "cher.example");
+        assert_string_equal(b.msg->rcpts[0], "z\xc3\xb6" "e@example.com");
+        /* RFC 6532: addresses raw; display name and subject still encoded. */
+        assert_non_null(strstr(b.text, "\r\nTo: z\xc3\xb6" "e@example.com\r\n"));
+        assert_non_null(strstr(b.text, "<j\xc3\xb6rg@b\xc3\xbc" "cher.example>\r\n"));
+        assert_non_null(strstr(b.text, "From: =?UTF-8?"));
+        assert_non_null(strstr(b.text, "Subject: =?UTF-8?"));
+        /* The Message-ID domain comes from the From address, UTF-8 too. */
+        assert_string_equal(b.msg->message_id, "<u1@b\xc3\xbc" "cher.example>");
+        built_free(&b);
+
+        /* An ASCII message keeps an ASCII header block. */
+        b = build("{\"id\":\"u2\",\"from\":\"J\u00f6rg <a@example.com>\","
+                  "\"to\":[\"b@example.com\"],\"text\":\"Gr\u00fc\u00dfe\"}");
+        assert_int_equal(b.msg->smtputf8, 0);
+        hdr_end = strstr(b.text, "\r\n\r\n");
+        assert_non_null(hdr_end);
+        for (const char *p = b.text; p < hdr_end; p++)
+                assert_true((unsigned char)*p < 0x80);
+        built_free(&b);
+}
+
 static void test_bcc_only_request_has_no_to_header(void **state) {
         struct built b = build("{\"id\":\"b\",\"from\":\"a@b.example\","
                                "\"bcc\":[\"c@d.example\"],\"text\":\"x\"}");
@@ -1284,6 +1316,7 @@ int main(void) {
                 cmocka_unit_test(test_subject_rfc2047_encoded_and_decodes_back),
                 cmocka_unit_test(test_encoded_word_uses_shorter_of_q_and_b),
                 cmocka_unit_test(test_long_ascii_subject_folded_and_unfolds_to_original),
+                cmocka_unit_test(test_utf8_addresses_written_raw_and_message_marked),
                 cmocka_unit_test(test_unfoldable_long_header_value_encoded_within_998),
                 cmocka_unit_test(test_long_white_space_runs_in_header_values_within_998),
                 cmocka_unit_test(test_display_name_with_specials_quoted),

@@ -316,29 +316,89 @@ static void test_check_addr_limits_at_boundaries(void **state) {
         /* local part of exactly 64 is fine */
         snprintf(addr, sizeof(addr), "%.64s@example.com",
                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
-        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), 0);
         /* label of exactly 63 is fine */
         snprintf(addr, sizeof(addr), "a@%s.com", label);
-        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), 0);
         /* whole address of exactly 254 is fine, 255 is not */
         snprintf(addr, sizeof(addr), "a@%s.%s.%s.%.60s", label, label, label,
                  label);
         assert_int_equal(strlen(addr), 254);
-        assert_int_equal(request_check_addr(addr, err, sizeof(err)), 0);
+        assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), 0);
         snprintf(addr, sizeof(addr), "ab@%s.%s.%s.%.60s", label, label, label,
                  label);
-        assert_int_equal(request_check_addr(addr, err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "address longer than 254 characters");
-        assert_int_equal(request_check_addr("a@b\r\n.com", err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("a@b\r\n.com", NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "CR or LF not allowed");
-        assert_int_equal(request_check_addr("", err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("", NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "empty address");
-        assert_int_equal(request_check_addr("a@b-.com", err, sizeof(err)), -1);
-        assert_int_equal(request_check_addr("a@[1.2.3]", err, sizeof(err)), -1);
-        assert_int_equal(request_check_addr("a@[1.2.3.4.5]", err, sizeof(err)),
+        assert_int_equal(request_check_addr("a@b-.com", NULL, err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("a@[1.2.3]", NULL, err, sizeof(err)), -1);
+        assert_int_equal(request_check_addr("a@[1.2.3.4.5]", NULL, err, sizeof(err)),
                          -1);
-        assert_int_equal(request_check_addr("a@[01.2.3.4]", err, sizeof(err)),
+        assert_int_equal(request_check_addr("a@[01.2.3.4]", NULL, err, sizeof(err)),
                          0);
+}
+
+static void test_utf8_addresses_accepted_and_mark_smtputf8(void **state) {
+        char err[256];
+        int utf8 = -1;
+        struct mail_request *req;
+
+        (void)state;
+        assert_int_equal(request_check_addr("j\xc3\xb6rg@example.com", &utf8,
+                                            err, sizeof(err)), 0);
+        assert_int_equal(utf8, 1);
+        assert_int_equal(request_check_addr("ann@b\xc3\xbc" "cher.example", &utf8,
+                                            err, sizeof(err)), 0);
+        assert_int_equal(utf8, 1);
+        assert_int_equal(request_check_addr("ann@example.com", &utf8, err,
+                                            sizeof(err)), 0);
+        assert_int_equal(utf8, 0);
+        /* Not well-formed UTF-8: a stray continuation byte, an overlong '/',
+         * a surrogate, a truncated sequence. */
+        assert_int_equal(request_check_addr("a\x80@example.com", NULL, err,
+                                            sizeof(err)), -1);
+        assert_string_equal(err, "invalid UTF-8 in address");
+        assert_int_equal(request_check_addr("a\xc0\xaf@example.com", NULL, err,
+                                            sizeof(err)), -1);
+        assert_string_equal(err, "invalid UTF-8 in address");
+        assert_int_equal(request_check_addr("a\xed\xa0\x80@example.com", NULL,
+                                            err, sizeof(err)), -1);
+        assert_string_equal(err, "invalid UTF-8 in address");
+        assert_int_equal(request_check_addr("a@example.co\xc3", NULL, err,
+                                            sizeof(err)), -1);
+        assert_string_equal(err, "invalid UTF-8 in address");
+        /* C1 controls and line separators are control characters. */
+        assert_int_equal(request_check_addr("a\xc2\x85@example.com", NULL, err,
+                                            sizeof(err)), -1);
+        assert_string_equal(err, "control character U+0085 in address");
+        assert_int_equal(request_check_addr("a@ex\xe2\x80\xa9.com", NULL, err,
+                                            sizeof(err)), -1);
+        assert_string_equal(err, "control character U+2029 in address");
+
+        req = parse_str("{\"id\":\"a\",\"from\":\"a@example.com\","
+                        "\"to\":[\"b@example.com\"],\"text\":\"x\"}",
+                        err, sizeof(err));
+        assert_non_null(req);
+        assert_int_equal(req->smtputf8, 0);
+        request_destroy(req);
+        /* A UTF-8 address in any field, reply_to included, marks it. */
+        req = parse_str("{\"id\":\"a\",\"from\":\"a@example.com\","
+                        "\"to\":[\"b@example.com\"],\"text\":\"x\","
+                        "\"reply_to\":\"J\u00f6rg <j\u00f6rg@example.com>\"}",
+                        err, sizeof(err));
+        assert_non_null(req);
+        assert_int_equal(req->smtputf8, 1);
+        request_destroy(req);
+        /* A UTF-8 display name alone does not. */
+        req = parse_str("{\"id\":\"a\",\"from\":\"J\u00f6rg <a@example.com>\","
+                        "\"to\":[\"b@example.com\"],\"text\":\"x\"}",
+                        err, sizeof(err));
+        assert_non_null(req);
+        assert_int_equal(req->smtputf8, 0);
+        request_destroy(req);
 }
 
 static void test_null_optional_fields_are_absent(void **state) {
@@ -417,6 +477,7 @@ int main(void) {
                 cmocka_unit_test(test_oversize_rejected_without_reading_bytes),
                 cmocka_unit_test(test_address_forms_accepted),
                 cmocka_unit_test(test_check_addr_limits_at_boundaries),
+                cmocka_unit_test(test_utf8_addresses_accepted_and_mark_smtputf8),
                 cmocka_unit_test(test_null_optional_fields_are_absent),
                 cmocka_unit_test(test_recipient_limit_counts_to_cc_and_bcc),
                 cmocka_unit_test(test_base64_with_line_breaks_decodes),
