@@ -566,15 +566,163 @@ size_t results_pending(const results_t *r) {
         return r->r_backlog_cnt + r->r_inflight;
 }
 
-static json_t *json_str_or_null(const char *s) {
-        return s ? json_string(s) : json_null();
+/* A growing output buffer for result records, written by hand: building a
+ * jansson object per result cost more than the rest of the result path. */
+struct jbuf {
+        char *jb_p;
+        size_t jb_len;
+        size_t jb_cap;
+        char jb_stack[1024];
+};
+
+static void jb_init(struct jbuf *b) {
+        b->jb_p = b->jb_stack;
+        b->jb_len = 0;
+        b->jb_cap = sizeof(b->jb_stack);
 }
 
-int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
+static void jb_put(struct jbuf *b, const char *s, size_t n) {
+        if (b->jb_len + n > b->jb_cap) {
+                size_t cap = b->jb_cap * 2;
+                char *p;
+
+                while (cap < b->jb_len + n)
+                        cap *= 2;
+                if (b->jb_p == b->jb_stack) {
+                        p = malloc(cap);
+                        if (p)
+                                memcpy(p, b->jb_stack, b->jb_len);
+                } else {
+                        p = realloc(b->jb_p, cap);
+                }
+                if (!p)
+                        abort();
+                b->jb_p = p;
+                b->jb_cap = cap;
+        }
+        memcpy(b->jb_p + b->jb_len, s, n);
+        b->jb_len += n;
+}
+
+static void jb_lit(struct jbuf *b, const char *s) {
+        jb_put(b, s, strlen(s));
+}
+
+/* @returns the length of the valid UTF-8 sequence at @s (at most @n bytes),
+ * or 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+        size_t len;
+        uint32_t cp;
+
+        if (s[0] < 0x80)
+                return 1;
+        if (s[0] >= 0xc2 && s[0] <= 0xdf)
+                len = 2, cp = s[0] & 0x1f;
+        else if (s[0] >= 0xe0 && s[0] <= 0xef)
+                len = 3, cp = s[0] & 0x0f;
+        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+                len = 4, cp = s[0] & 0x07;
+        else
+                return 0;
+        if (len > n)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = (cp << 6) | (s[i] & 0x3f);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+                return 0;
+        return len;
+}
+
+/* Writes @s as a JSON string, or null when NULL. Bytes that are not UTF-8
+ * (a relay's reply may hold any) become U+FFFD. */
+static void jb_str(struct jbuf *b, const char *s) {
+        static const char hex[] = "0123456789abcdef";
+        const unsigned char *p = (const unsigned char *)s;
+        size_t n, run = 0;
+
+        if (!s) {
+                jb_lit(b, "null");
+                return;
+        }
+        n = strlen(s);
+        jb_put(b, "\"", 1);
+        for (size_t i = 0; i < n;) {
+                unsigned char c = p[i];
+                size_t len;
+                char esc[6];
+
+                if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+                        run++;
+                        i++;
+                        continue;
+                }
+                jb_put(b, (const char *)p + i - run, run);
+                run = 0;
+                if (c == '"' || c == '\\') {
+                        esc[0] = '\\';
+                        esc[1] = (char)c;
+                        jb_put(b, esc, 2);
+                        i++;
+                } else if (c < 0x20) {
+                        memcpy(esc, "\\u00", 4);
+                        esc[4] = hex[c >> 4];
+                        esc[5] = hex[c & 15];
+                        jb_put(b, esc, 6);
+                        i++;
+                } else if ((len = utf8_seq(p + i, n - i)) > 0) {
+                        jb_put(b, (const char *)p + i, len);
+                        i += len;
+                } else {
+                        jb_lit(b, "\\ufffd");
+                        i++;
+                }
+        }
+        jb_put(b, (const char *)p + n - run, run);
+        jb_put(b, "\"", 1);
+}
+
+static void jb_int(struct jbuf *b, long long v) {
+        char num[24];
+        int n = snprintf(num, sizeof(num), "%lld", v);
+
+        jb_put(b, num, (size_t)n);
+}
+
+/* Writes a jansson value (metadata, failed recipients) compactly. */
+static void jb_json(struct jbuf *b, const json_t *v) {
+        char *text;
+
+        if (!v) {
+                jb_lit(b, "null");
+                return;
+        }
+        text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!text)
+                abort();
+        jb_lit(b, text);
+        free(text);
+}
+
+static void jb_source(struct jbuf *b, const struct result_source *src) {
+        jb_lit(b, "{\"topic\":");
+        jb_str(b, src->topic);
+        jb_lit(b, ",\"partition\":");
+        jb_int(b, src->partition);
+        jb_lit(b, ",\"offset\":");
+        jb_int(b, src->offset);
+        jb_lit(b, "}");
+}
+
+char *results_format(const struct result_rec *rec, const char *relay,
+                     const char *worker, size_t *lenp) {
         char received[40], completed[40];
-        json_t *o, *src;
-        char *value;
+        struct jbuf b;
         int64_t latency;
+        char *out;
 
         results_format_time(rec->received_ms, received, sizeof(received));
         results_format_time(rec->completed_ms, completed, sizeof(completed));
@@ -583,49 +731,65 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
         if (latency < 0)
                 latency = 0;
 
-        src = json_pack("{s:s, s:i, s:I}", "topic", rec->source.topic,
-                        "partition", (int)rec->source.partition, "offset",
-                        (json_int_t)rec->source.offset);
-        o = json_object();
-        if (!src || !o)
-                abort();
-        json_object_set_new(o, "v", json_integer(1));
-        json_object_set_new(o, "id", json_str_or_null(rec->id));
-        json_object_set_new(o, "status",
-                            json_string(result_status_name(rec->status)));
-        json_object_set_new(o, "attempts", json_integer(rec->attempts));
-        json_object_set_new(o, "smtp_code", rec->smtp_code
-                                                ? json_integer(rec->smtp_code)
-                                                : json_null());
-        json_object_set_new(o, "smtp_reply", json_str_or_null(rec->smtp_reply));
-        json_object_set_new(o, "message_id", json_str_or_null(rec->message_id));
-        json_object_set_new(o, "relay", json_str_or_null(r->r_relay));
-        json_object_set_new(o, "error", json_str_or_null(rec->error));
-        if (rec->failed_recipients)
-                json_object_set(o, "failed_recipients", rec->failed_recipients);
-        if (rec->duplicate_of) {
-                json_object_set_new(o, "duplicate", json_true());
-                json_object_set_new(
-                    o, "duplicate_of",
-                    json_pack("{s:s, s:i, s:I}", "topic", rec->duplicate_of->topic,
-                              "partition", (int)rec->duplicate_of->partition,
-                              "offset", (json_int_t)rec->duplicate_of->offset));
+        jb_init(&b);
+        jb_lit(&b, "{\"v\":1,\"id\":");
+        jb_str(&b, rec->id);
+        jb_lit(&b, ",\"status\":\"");
+        jb_lit(&b, result_status_name(rec->status));
+        jb_lit(&b, "\",\"attempts\":");
+        jb_int(&b, rec->attempts);
+        jb_lit(&b, ",\"smtp_code\":");
+        if (rec->smtp_code)
+                jb_int(&b, rec->smtp_code);
+        else
+                jb_lit(&b, "null");
+        jb_lit(&b, ",\"smtp_reply\":");
+        jb_str(&b, rec->smtp_reply);
+        jb_lit(&b, ",\"message_id\":");
+        jb_str(&b, rec->message_id);
+        jb_lit(&b, ",\"relay\":");
+        jb_str(&b, relay);
+        jb_lit(&b, ",\"error\":");
+        jb_str(&b, rec->error);
+        if (rec->failed_recipients) {
+                jb_lit(&b, ",\"failed_recipients\":");
+                jb_json(&b, rec->failed_recipients);
         }
-        json_object_set_new(o, "source", src);
-        json_object_set_new(o, "received_at", json_string(received));
-        json_object_set_new(o, "completed_at", json_string(completed));
-        json_object_set_new(o, "latency_ms", json_integer(latency));
-        json_object_set_new(o, "worker", json_string(r->r_worker));
-        json_object_set(o, "metadata",
-                        rec->metadata ? rec->metadata : json_null());
+        if (rec->duplicate_of) {
+                jb_lit(&b, ",\"duplicate\":true,\"duplicate_of\":");
+                jb_source(&b, rec->duplicate_of);
+        }
+        jb_lit(&b, ",\"source\":");
+        jb_source(&b, &rec->source);
+        jb_lit(&b, ",\"received_at\":\"");
+        jb_lit(&b, received);
+        jb_lit(&b, "\",\"completed_at\":\"");
+        jb_lit(&b, completed);
+        jb_lit(&b, "\",\"latency_ms\":");
+        jb_int(&b, latency);
+        jb_lit(&b, ",\"worker\":");
+        jb_str(&b, worker);
+        jb_lit(&b, ",\"metadata\":");
+        jb_json(&b, rec->metadata);
+        jb_lit(&b, "}");
+        jb_put(&b, "", 1);
 
-        value = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (!value)
+        *lenp = b.jb_len - 1;
+        if (b.jb_p != b.jb_stack)
+                return b.jb_p;
+        out = malloc(b.jb_len);
+        if (!out)
                 abort();
+        memcpy(out, b.jb_p, b.jb_len);
+        return out;
+}
+
+int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
+        size_t len;
+        char *value = results_format(rec, r->r_relay, r->r_worker, &len);
+
         results_send(r, REC_RESULT, r->r_topic_results, rec->id,
-                     rec->id ? strlen(rec->id) : 0, value, strlen(value), NULL,
-                     opaque);
+                     rec->id ? strlen(rec->id) : 0, value, len, NULL, opaque);
         free(value);
         return 0;
 }

@@ -84,6 +84,12 @@ void results_destroy(results_t *r, int timeout_ms);
  * kept and offered again. */
 int results_publish(results_t *r, const struct result_rec *rec, void *opaque);
 
+/* @returns the result record's JSON text (wire format v1; caller frees),
+ * its length in *@lenp. Strings that are not UTF-8 are repaired with
+ * U+FFFD. */
+char *results_format(const struct result_rec *rec, const char *relay,
+                     const char *worker, size_t *lenp);
+
 /* Publishes a rejected request's original bytes to the dead-letter topic with
  * headers km.reason, km.source.topic, km.source.partition, km.source.offset,
  * km.worker. The ack callback runs later with @opaque. */

@@ -1,0 +1,154 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "results.h"
+
+static json_t *format_and_parse(const struct result_rec *rec) {
+        size_t len;
+        char *text = results_format(rec, "smtp://relay:587", "host-1", &len);
+        json_error_t err;
+        json_t *o;
+
+        assert_non_null(text);
+        assert_int_equal(strlen(text), len);
+        o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+        if (!o)
+                fail_msg("not JSON: %s in %s", err.text, text);
+        free(text);
+        return o;
+}
+
+static struct result_rec base_rec(void) {
+        struct result_rec rec;
+
+        memset(&rec, 0, sizeof(rec));
+        rec.id = "7f3c";
+        rec.status = RESULT_SENT;
+        rec.attempts = 2;
+        rec.smtp_code = 250;
+        rec.smtp_reply = "2.0.0 Ok: queued as 4XyZ";
+        rec.message_id = "<7f3c@shop.example>";
+        rec.source.topic = "email.requests";
+        rec.source.partition = 3;
+        rec.source.offset = 1842;
+        rec.request_ts_ms = 1795800000000;
+        rec.received_ms = 1795800000020;
+        rec.completed_ms = 1795800000104;
+        return rec;
+}
+
+static void test_sent_result_has_every_v1_field(void **state) {
+        struct result_rec rec = base_rec();
+        json_t *meta = json_pack("{s:i}", "order", 1234);
+        json_t *o;
+
+        (void)state;
+        rec.metadata = meta;
+        o = format_and_parse(&rec);
+        assert_int_equal(json_integer_value(json_object_get(o, "v")), 1);
+        assert_string_equal(json_string_value(json_object_get(o, "id")), "7f3c");
+        assert_string_equal(json_string_value(json_object_get(o, "status")), "sent");
+        assert_int_equal(json_integer_value(json_object_get(o, "attempts")), 2);
+        assert_int_equal(json_integer_value(json_object_get(o, "smtp_code")), 250);
+        assert_string_equal(json_string_value(json_object_get(o, "relay")),
+                            "smtp://relay:587");
+        assert_true(json_is_null(json_object_get(o, "error")));
+        assert_int_equal(json_integer_value(json_object_get(
+                             json_object_get(o, "source"), "offset")),
+                         1842);
+        assert_string_equal(json_string_value(json_object_get(o, "received_at")),
+                            "2026-11-27T17:20:00.020Z");
+        assert_int_equal(json_integer_value(json_object_get(o, "latency_ms")), 104);
+        assert_string_equal(json_string_value(json_object_get(o, "worker")), "host-1");
+        assert_true(json_equal(json_object_get(o, "metadata"), meta));
+        assert_null(json_object_get(o, "duplicate"));
+        json_decref(o);
+        json_decref(meta);
+}
+
+static void test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json(
+    void **state) {
+        struct result_rec rec = base_rec();
+        json_t *o;
+
+        (void)state;
+        rec.smtp_reply = "bad \xff\xfe bytes \"quoted\" back\\slash \x01 tab\t "
+                         "caf\xc3\xa9 \xed\xa0\x80 end";
+        o = format_and_parse(&rec);
+        assert_string_equal(json_string_value(json_object_get(o, "smtp_reply")),
+                            "bad \xef\xbf\xbd\xef\xbf\xbd bytes \"quoted\" "
+                            "back\\slash \x01 tab\t caf\xc3\xa9 "
+                            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
+        json_decref(o);
+}
+
+static void test_missing_id_code_and_metadata_are_null(void **state) {
+        struct result_rec rec = base_rec();
+        json_t *o;
+
+        (void)state;
+        rec.id = NULL;
+        rec.status = RESULT_REJECTED;
+        rec.smtp_code = 0;
+        rec.smtp_reply = NULL;
+        rec.message_id = NULL;
+        rec.error = "to[0]: CR or LF not allowed";
+        o = format_and_parse(&rec);
+        assert_true(json_is_null(json_object_get(o, "id")));
+        assert_true(json_is_null(json_object_get(o, "smtp_code")));
+        assert_true(json_is_null(json_object_get(o, "metadata")));
+        assert_string_equal(json_string_value(json_object_get(o, "status")),
+                            "rejected");
+        assert_string_equal(json_string_value(json_object_get(o, "error")),
+                            "to[0]: CR or LF not allowed");
+        json_decref(o);
+}
+
+static void test_duplicate_names_the_earlier_request(void **state) {
+        struct result_rec rec = base_rec();
+        struct result_source dup = {"email.requests", 1, 99};
+        json_t *o;
+
+        (void)state;
+        rec.duplicate_of = &dup;
+        o = format_and_parse(&rec);
+        assert_true(json_is_true(json_object_get(o, "duplicate")));
+        assert_int_equal(json_integer_value(json_object_get(
+                             json_object_get(o, "duplicate_of"), "offset")),
+                         99);
+        json_decref(o);
+}
+
+static void test_long_values_grow_past_the_stack_buffer(void **state) {
+        struct result_rec rec = base_rec();
+        char *big = malloc(100000);
+        json_t *o;
+
+        (void)state;
+        memset(big, 'a', 99999);
+        big[99999] = '\0';
+        rec.smtp_reply = big;
+        o = format_and_parse(&rec);
+        assert_int_equal(json_string_length(json_object_get(o, "smtp_reply")), 99999);
+        json_decref(o);
+        free(big);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_sent_result_has_every_v1_field),
+            cmocka_unit_test(
+                test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
+            cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
+            cmocka_unit_test(test_duplicate_names_the_earlier_request),
+            cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
