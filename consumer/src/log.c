@@ -39,6 +39,13 @@ void log_write(enum log_level level, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
         va_end(ap);
+        /* Values from requests (an id with CR/LF, an escape sequence) must not
+         * start a forged line or drive a terminal: control characters show as
+         * '?'. */
+        for (char *p = line + n; *p != '\0'; p++) {
+                if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                        *p = '?';
+        }
         /* One write per line so concurrent workers' lines do not interleave. */
         fprintf(stderr, "%s\n", line);
 }

@@ -607,8 +607,13 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 entry_finish(e, RESULT_SENT, job->code, job->reply, NULL);
                 return;
         case SMTP_PERMANENT:
-                entry_finish(e, RESULT_FAILED, job->code, job->reply,
-                             "permanent SMTP rejection");
+                if (job->code == 0)
+                        /* Refused before the relay was asked (SIZE,
+                         * SMTPUTF8): the reason is the worker's own. */
+                        entry_finish(e, RESULT_FAILED, 0, NULL, job->reply);
+                else
+                        entry_finish(e, RESULT_FAILED, job->code, job->reply,
+                                     "permanent SMTP rejection");
                 return;
         case SMTP_TRANSIENT:
                 break;
