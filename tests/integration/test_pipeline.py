@@ -500,3 +500,16 @@ def test_a_dead_letter_copy_too_large_for_its_topic_is_cut_and_the_pipeline_goes
     wait_for(lambda: kafka.count(topics.deadletter) == 1, 30, "the cut dead-letter copy")
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
     assert "dead-letter copy too large" in w.log()
+
+
+def test_smtps_with_implicit_tls_and_auth_delivers(kafka, topics, capture_server, worker):
+    server = capture_server(tls=True, auth=f"mailer:{PASSWORD}", extra=["--implicit-tls"])
+    kafka.produce(topics.requests, make_requests(5))
+    url = f"smtps://127.0.0.1:{server.port}"
+    w = worker(Worker.base_config(kafka, topics, url, smtp_tls_ca_file=server.ca_file,
+                                  smtp_username="mailer", smtp_password=PASSWORD))
+    final = final_by_id(kafka.results(topics.results, wait=5, timeout=60))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    assert {r["relay"] for r in final.values()} == {url}
+    assert all(m.meta["auth_user"] == "mailer" for m in server.wait_messages(5))
+    assert PASSWORD not in w.log()
