@@ -91,26 +91,11 @@ static int admin_parse_opts(int argc, char **argv, const char *optstring,
         };
         int opt;
 
-        while ((opt = getopt_long(argc, argv, optstring, longopts, NULL)) !=
-               -1) {
+        while ((opt = tool_getopt(argc, argv, optstring, longopts, conf,
+                                  &ao->ao_timeout_ms)) != -1) {
                 switch (opt) {
-                case 'b':
-                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg) == -1)
-                                return -1;
-                        break;
-                case 'X':
-                        if (tool_conf_set_kv(conf, optarg) == -1)
-                                return -1;
-                        break;
-                case 'T':
-                        if (tool_parse_seconds(optarg, &ao->ao_timeout_ms) ==
-                            -1) {
-                                tool_err("--timeout %s: expected seconds",
-                                         optarg);
-                                return -1;
-                        }
-                        break;
+                case TOOL_OPT_ERROR:
+                        return -1;
                 case 'h':
                         admin_usage(stdout);
                         return 1;

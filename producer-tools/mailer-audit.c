@@ -71,29 +71,18 @@ struct audit_req {
         int rq_status;        /* last final status, -1 if none */
 };
 
-/* One partition of a topic being read: where its end was at start. */
+/* The requests read from one partition of the requests topic. */
 struct audit_part {
-        struct audit_req *ap_reqs; /* requests topic only, ascending offsets */
+        struct audit_req *ap_reqs; /* ascending offsets */
         size_t ap_cnt;
         size_t ap_cap;
-        int64_t ap_end;
-        int ap_reached;
-        int ap_listed;
 };
 
+/* A topic being read: where its partitions ended at start. */
 struct audit_topic {
         const char *at_name;
-        struct audit_part *at_parts; /* indexed by partition id */
-        int32_t at_cnt;
-        int32_t at_pending;
-};
-
-/* A string -> count map (open addressing). */
-struct audit_map {
-        char **am_keys;
-        unsigned *am_counts;
-        size_t am_cap;
-        size_t am_cnt;
+        struct tool_ends at_ends;
+        struct audit_part *at_parts; /* indexed by partition id, like at_ends */
 };
 
 struct audit_stats {
@@ -168,17 +157,11 @@ static int audit_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
         };
         int opt;
 
-        while ((opt = getopt_long(argc, argv, "b:X:h", longopts, NULL)) != -1) {
+        while ((opt = tool_getopt(argc, argv, "b:X:h", longopts, conf,
+                                  &ao->ao_timeout_ms)) != -1) {
                 switch (opt) {
-                case 'b':
-                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg) == -1)
-                                return -1;
-                        break;
-                case 'X':
-                        if (tool_conf_set_kv(conf, optarg) == -1)
-                                return -1;
-                        break;
+                case TOOL_OPT_ERROR:
+                        return -1;
                 case 'R':
                         ao->ao_requests = optarg;
                         break;
@@ -195,14 +178,6 @@ static int audit_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
                         if (tool_parse_int(optarg, 0, 1000000000LL,
                                            &ao->ao_list) == -1) {
                                 tool_err("--list %s: expected a count >= 0",
-                                         optarg);
-                                return -1;
-                        }
-                        break;
-                case 'T':
-                        if (tool_parse_seconds(optarg, &ao->ao_timeout_ms) ==
-                            -1) {
-                                tool_err("--timeout %s: expected seconds",
                                          optarg);
                                 return -1;
                         }
@@ -236,86 +211,9 @@ static int audit_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
         return 0;
 }
 
-/*
- * String map.
- */
-
-static uint64_t audit_hash(const char *s) {
-        uint64_t h = 1469598103934665603ULL;
-
-        for (; *s != '\0'; s++) {
-                h ^= (unsigned char)*s;
-                h *= 1099511628211ULL;
-        }
-        return h;
-}
-
-static size_t audit_map_slot(const struct audit_map *m, const char *key) {
-        size_t i = (size_t)(audit_hash(key) & (m->am_cap - 1));
-
-        while (m->am_keys[i] != NULL && strcmp(m->am_keys[i], key) != 0)
-                i = (i + 1) & (m->am_cap - 1);
-        return i;
-}
-
-static int audit_map_grow(struct audit_map *m) {
-        struct audit_map n;
-
-        n.am_cap = m->am_cap ? m->am_cap * 2 : 1024;
-        n.am_cnt = m->am_cnt;
-        n.am_keys = calloc(n.am_cap, sizeof(*n.am_keys));
-        n.am_counts = calloc(n.am_cap, sizeof(*n.am_counts));
-        if (n.am_keys == NULL || n.am_counts == NULL) {
-                free(n.am_keys);
-                free(n.am_counts);
-                return -1;
-        }
-        for (size_t i = 0; i < m->am_cap; i++) {
-                size_t j;
-
-                if (m->am_keys[i] == NULL)
-                        continue;
-                j = audit_map_slot(&n, m->am_keys[i]);
-                n.am_keys[j] = m->am_keys[i];
-                n.am_counts[j] = m->am_counts[i];
-        }
-        free(m->am_keys);
-        free(m->am_counts);
-        *m = n;
-        return 0;
-}
-
-/* Adds one to key's count. @returns the new count, or 0 if out of memory. */
-static unsigned audit_map_add(struct audit_map *m, const char *key) {
-        size_t i;
-
-        if ((m->am_cnt + 1) * 10 >= m->am_cap * 7 && audit_map_grow(m) == -1)
-                return 0;
-        i = audit_map_slot(m, key);
-        if (m->am_keys[i] == NULL) {
-                m->am_keys[i] = strdup(key);
-                if (m->am_keys[i] == NULL)
-                        return 0;
-                m->am_cnt++;
-        }
-        return ++m->am_counts[i];
-}
-
-static unsigned audit_map_get(const struct audit_map *m, const char *key) {
-        size_t i;
-
-        if (m->am_cap == 0)
-                return 0;
-        i = audit_map_slot(m, key);
-        return m->am_keys[i] != NULL ? m->am_counts[i] : 0;
-}
-
-static void audit_map_free(struct audit_map *m) {
-        for (size_t i = 0; i < m->am_cap; i++)
-                free(m->am_keys[i]);
-        free(m->am_keys);
-        free(m->am_counts);
-        memset(m, 0, sizeof(*m));
+/* @returns how many times the string key was added to set. */
+static unsigned audit_times(const struct tool_idset *set, const char *key) {
+        return tool_idset_times(set, key, strlen(key));
 }
 
 /*
@@ -350,62 +248,26 @@ static int audit_topic_init(rd_kafka_t *rk, struct audit_topic *at,
                 tool_err("%s", errstr);
                 goto out;
         }
-        at->at_cnt = parts[cnt - 1] + 1;
-        at->at_parts = calloc((size_t)at->at_cnt, sizeof(*at->at_parts));
+        rc = tool_ends_init(rk, &at->at_ends, at->at_name, parts, cnt,
+                            AUDIT_QUERY_TIMEOUT_MS);
+        if (rc != TOOL_EXIT_OK)
+                goto out;
+        at->at_parts = calloc((size_t)at->at_ends.te_cnt,
+                              sizeof(*at->at_parts));
         if (at->at_parts == NULL) {
                 tool_err("out of memory");
                 rc = TOOL_EXIT_INPUT;
                 goto out;
         }
-        for (int32_t p = 0; p < at->at_cnt; p++)
-                at->at_parts[p].ap_reached = 1;
         for (int i = 0; i < cnt; i++) {
-                struct audit_part *ap = &at->at_parts[parts[i]];
-                int64_t lo = 0;
-                int64_t hi = 0;
-
-                err = RD_KAFKA_RESP_ERR_NO_ERROR;
-                for (int attempt = 0; attempt < 20; attempt++) {
-                        err = rd_kafka_query_watermark_offsets(
-                                rk, at->at_name, parts[i], &lo, &hi,
-                                AUDIT_QUERY_TIMEOUT_MS);
-                        if (err != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
-                            err != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
-                                break;
-                        rd_kafka_poll(rk, 250);
-                }
-                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("%s [%" PRId32 "]: cannot get offsets: %s",
-                                 at->at_name, parts[i], rd_kafka_err2str(err));
-                        goto out;
-                }
-                ap->ap_listed = 1;
-                ap->ap_end = hi;
-                if (hi > lo) {
-                        ap->ap_reached = 0;
-                        at->at_pending++;
+                if (!at->at_ends.te_reached[parts[i]])
                         rd_kafka_topic_partition_list_add(tpl, at->at_name,
                                                           parts[i])
                                 ->offset = RD_KAFKA_OFFSET_BEGINNING;
-                }
         }
-        rc = TOOL_EXIT_OK;
 out:
         free(parts);
         return rc;
-}
-
-static void audit_mark(struct audit_topic *at, int32_t partition,
-                       int64_t next_offset) {
-        struct audit_part *ap;
-
-        if (partition < 0 || partition >= at->at_cnt)
-                return;
-        ap = &at->at_parts[partition];
-        if (ap->ap_reached || next_offset < ap->ap_end)
-                return;
-        ap->ap_reached = 1;
-        at->at_pending--;
 }
 
 static int audit_status_of(const char *s) {
@@ -426,8 +288,8 @@ static int audit_add_request(struct audit_topic *at,
         json_t *obj;
         json_t *id;
 
-        if (rkm->partition < 0 || rkm->partition >= at->at_cnt ||
-            rkm->offset >= at->at_parts[rkm->partition].ap_end)
+        if (rkm->partition < 0 || rkm->partition >= at->at_ends.te_cnt ||
+            rkm->offset >= at->at_ends.te_end[rkm->partition])
                 return 0; /* published after the tool started */
         ap = &at->at_parts[rkm->partition];
         if (ap->ap_cnt > 0 && rkm->offset <= ap->ap_reqs[ap->ap_cnt - 1].rq_offset)
@@ -552,7 +414,7 @@ static struct audit_req *audit_find(struct audit_topic *at, int32_t partition,
         size_t lo = 0;
         size_t hi;
 
-        if (partition < 0 || partition >= at->at_cnt)
+        if (partition < 0 || partition >= at->at_ends.te_cnt)
                 return NULL;
         ap = &at->at_parts[partition];
         hi = ap->ap_cnt;
@@ -587,9 +449,9 @@ static void audit_join(struct audit_topic *req, struct audit_results *ar,
                 }
                 rq = audit_find(req, r->rs_src_partition, r->rs_src_offset);
                 if (rq == NULL) {
-                        if (r->rs_src_partition < req->at_cnt &&
+                        if (r->rs_src_partition < req->at_ends.te_cnt &&
                             r->rs_src_offset >=
-                                    req->at_parts[r->rs_src_partition].ap_end)
+                                    req->at_ends.te_end[r->rs_src_partition])
                                 as->as_after_end++;
                         else
                                 as->as_orphans++;
@@ -607,7 +469,7 @@ static void audit_join(struct audit_topic *req, struct audit_results *ar,
                         r->rs_message_id = NULL;
                 }
         }
-        for (int32_t p = 0; p < req->at_cnt; p++) {
+        for (int32_t p = 0; p < req->at_ends.te_cnt; p++) {
                 struct audit_part *ap = &req->at_parts[p];
 
                 for (size_t j = 0; j < ap->ap_cnt; j++) {
@@ -713,7 +575,7 @@ static int audit_is_eml_name(const char *name) {
 
 /* Reads every NNNNNN.eml of dir and counts its Message-IDs into mids.
  * @returns 0, or -1 after printing why. */
-static int audit_read_capture(const char *dir, struct audit_map *mids,
+static int audit_read_capture(const char *dir, struct tool_idset *mids,
                               struct audit_stats *as) {
         DIR *d = opendir(dir);
         struct dirent *de;
@@ -749,7 +611,7 @@ static int audit_read_capture(const char *dir, struct audit_map *mids,
                         as->as_captured_no_mid++;
                         continue;
                 }
-                if (audit_map_add(mids, mid) == 0) {
+                if (tool_idset_add(mids, mid, strlen(mid)) == -1) {
                         free(mid);
                         tool_err("out of memory");
                         goto out;
@@ -765,15 +627,19 @@ out:
 }
 
 static void audit_capture_join(struct audit_topic *req,
-                               const struct audit_map *mids,
+                               const struct tool_idset *mids,
                                struct audit_stats *as) {
-        for (size_t i = 0; i < mids->am_cap; i++) {
-                if (mids->am_keys[i] == NULL || mids->am_counts[i] < 2)
+        size_t pos = 0;
+        const char *mid;
+        unsigned times;
+
+        while (tool_idset_next(mids, &pos, &mid, &times)) {
+                if (times < 2)
                         continue;
                 as->as_dup_mids++;
-                as->as_dup_sends += mids->am_counts[i] - 1;
+                as->as_dup_sends += times - 1;
         }
-        for (int32_t p = 0; p < req->at_cnt; p++) {
+        for (int32_t p = 0; p < req->at_ends.te_cnt; p++) {
                 struct audit_part *ap = &req->at_parts[p];
 
                 for (size_t j = 0; j < ap->ap_cnt; j++) {
@@ -783,7 +649,7 @@ static void audit_capture_join(struct audit_topic *req,
                                 continue;
                         if (rq->rq_message_id == NULL)
                                 as->as_sent_no_mid++;
-                        else if (audit_map_get(mids, rq->rq_message_id) == 0)
+                        else if (audit_times(mids, rq->rq_message_id) == 0)
                                 as->as_sent_not_captured++;
                 }
         }
@@ -794,7 +660,7 @@ static void audit_capture_join(struct audit_topic *req,
  */
 
 static json_t *audit_req_json(int32_t partition, const struct audit_req *rq,
-                              struct audit_map *result_ids) {
+                              const struct tool_idset *result_ids) {
         json_t *o = json_object();
 
         json_object_set_new(o, "partition", json_integer(partition));
@@ -805,7 +671,7 @@ static json_t *audit_req_json(int32_t partition, const struct audit_req *rq,
                 json_object_set_new(
                         o, "id_has_result",
                         json_boolean(rq->rq_id != NULL &&
-                                     audit_map_get(result_ids, rq->rq_id) > 0));
+                                     audit_times(result_ids, rq->rq_id) > 0));
         if (rq->rq_message_id != NULL)
                 json_object_set_new(o, "message_id",
                                     json_string(rq->rq_message_id));
@@ -825,8 +691,8 @@ static json_t *audit_counts_json(const unsigned long *v) {
 
 static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
                        const struct audit_stats *as,
-                       struct audit_map *result_ids,
-                       const struct audit_map *mids) {
+                       const struct tool_idset *result_ids,
+                       const struct tool_idset *mids) {
         json_t *o = json_object();
         json_t *lost = json_array();
         json_t *dup_mids = json_array();
@@ -835,7 +701,7 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
         char *dump;
         int ret;
 
-        for (int32_t p = 0; p < req->at_cnt; p++) {
+        for (int32_t p = 0; p < req->at_ends.te_cnt; p++) {
                 struct audit_part *ap = &req->at_parts[p];
 
                 for (size_t j = 0; j < ap->ap_cnt; j++) {
@@ -846,25 +712,25 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
                                         lost, audit_req_json(p, rq, result_ids));
                         if (mids != NULL && rq->rq_status == ST_SENT &&
                             rq->rq_message_id != NULL &&
-                            audit_map_get(mids, rq->rq_message_id) == 0 &&
+                            audit_times(mids, rq->rq_message_id) == 0 &&
                             json_array_size(uncaptured) < max)
                                 json_array_append_new(
                                         uncaptured, audit_req_json(p, rq, NULL));
                 }
         }
         if (mids != NULL) {
-                for (size_t i = 0; i < mids->am_cap; i++) {
+                size_t pos = 0;
+                const char *mid;
+                unsigned times;
+
+                while (tool_idset_next(mids, &pos, &mid, &times)) {
                         json_t *d;
 
-                        if (mids->am_keys[i] == NULL ||
-                            mids->am_counts[i] < 2 ||
-                            json_array_size(dup_mids) >= max)
+                        if (times < 2 || json_array_size(dup_mids) >= max)
                                 continue;
                         d = json_object();
-                        json_object_set_new(d, "message_id",
-                                            json_string(mids->am_keys[i]));
-                        json_object_set_new(d, "count",
-                                            JI(mids->am_counts[i]));
+                        json_object_set_new(d, "message_id", json_string(mid));
+                        json_object_set_new(d, "count", JI(times));
                         json_array_append_new(dup_mids, d);
                 }
         }
@@ -892,7 +758,8 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
                 json_t *c = json_object();
 
                 json_object_set_new(c, "messages", JI(as->as_captured));
-                json_object_set_new(c, "message_ids", JI(mids->am_cnt));
+                json_object_set_new(c, "message_ids",
+                                    JI(tool_idset_count(mids)));
                 json_object_set_new(c, "no_message_id",
                                     JI(as->as_captured_no_mid));
                 json_object_set_new(c, "duplicate_message_ids",
@@ -951,7 +818,7 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
                 printf("captured=%lu message_ids=%zu duplicate_message_ids=%lu "
                        "duplicate_sends=%lu sent_not_captured=%lu "
                        "no_message_id=%lu\n",
-                       as->as_captured, mids->am_cnt, as->as_dup_mids,
+                       as->as_captured, tool_idset_count(mids), as->as_dup_mids,
                        as->as_dup_sends, as->as_sent_not_captured,
                        as->as_captured_no_mid);
                 dup_mids = json_object_get(c, "duplicate_list");
@@ -983,7 +850,9 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
 
 static void audit_free(struct audit_topic *req, struct audit_topic *res,
                        struct audit_results *ar) {
-        for (int32_t p = 0; p < req->at_cnt; p++) {
+        /* at_parts is NULL if reading the ends failed. */
+        for (int32_t p = 0; req->at_parts != NULL && p < req->at_ends.te_cnt;
+             p++) {
                 struct audit_part *ap = &req->at_parts[p];
 
                 for (size_t j = 0; j < ap->ap_cnt; j++) {
@@ -994,26 +863,14 @@ static void audit_free(struct audit_topic *req, struct audit_topic *res,
         }
         free(req->at_parts);
         free(res->at_parts);
+        tool_ends_destroy(&req->at_ends);
+        tool_ends_destroy(&res->at_ends);
         for (size_t i = 0; i < ar->ar_cnt; i++) {
                 free(ar->ar_v[i].rs_src_topic);
                 free(ar->ar_v[i].rs_id);
                 free(ar->ar_v[i].rs_message_id);
         }
         free(ar->ar_v);
-}
-
-static int audit_err_is_fatal(rd_kafka_resp_err_t err) {
-        switch (err) {
-        case RD_KAFKA_RESP_ERR__FATAL:
-        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
-        case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
-        case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
-        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR__INVALID_ARG:
-                return 1;
-        default:
-                return 0;
-        }
 }
 
 int main(int argc, char **argv) {
@@ -1025,8 +882,8 @@ int main(int argc, char **argv) {
         struct audit_topic res;
         struct audit_results ar;
         struct audit_stats as;
-        struct audit_map mids;
-        struct audit_map result_ids;
+        struct tool_idset *mids = NULL;
+        struct tool_idset *result_ids = NULL;
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
         rd_kafka_topic_partition_list_t *tpl = NULL;
@@ -1040,8 +897,6 @@ int main(int argc, char **argv) {
         memset(&res, 0, sizeof(res));
         memset(&ar, 0, sizeof(ar));
         memset(&as, 0, sizeof(as));
-        memset(&mids, 0, sizeof(mids));
-        memset(&result_ids, 0, sizeof(result_ids));
         conf = tool_conf_new();
         if (conf == NULL)
                 goto out;
@@ -1056,6 +911,12 @@ int main(int argc, char **argv) {
         }
         if (audit_conf(conf) == -1)
                 goto out;
+        mids = tool_idset_new();
+        result_ids = tool_idset_new();
+        if (mids == NULL || result_ids == NULL) {
+                tool_err("out of memory");
+                goto out;
+        }
         req.at_name = ao.ao_requests;
         res.at_name = ao.ao_results;
         deadline = tool_now_ms() + ao.ao_timeout_ms;
@@ -1079,7 +940,8 @@ int main(int argc, char **argv) {
         }
         consuming = 1;
 
-        while (tool_running() && (req.at_pending > 0 || res.at_pending > 0) &&
+        while (tool_running() &&
+               (req.at_ends.te_pending > 0 || res.at_ends.te_pending > 0) &&
                tool_now_ms() < deadline) {
                 rd_kafka_message_t *rkm;
                 const char *topic;
@@ -1091,7 +953,8 @@ int main(int argc, char **argv) {
                 topic = rkm->rkt != NULL ? rd_kafka_topic_name(rkm->rkt) : "";
                 at = strcmp(topic, req.at_name) == 0 ? &req : &res;
                 if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                        audit_mark(at, rkm->partition, rkm->offset);
+                        tool_ends_mark(&at->at_ends, rkm->partition,
+                                       rkm->offset);
                         rd_kafka_message_destroy(rkm);
                         continue;
                 }
@@ -1099,11 +962,11 @@ int main(int argc, char **argv) {
                         tool_err("consume: %s", rd_kafka_message_errstr(rkm));
                         err = rkm->err;
                         rd_kafka_message_destroy(rkm);
-                        if (audit_err_is_fatal(err))
+                        if (tool_consume_err_is_fatal(err))
                                 goto out;
                         continue;
                 }
-                audit_mark(at, rkm->partition, rkm->offset + 1);
+                tool_ends_mark(&at->at_ends, rkm->partition, rkm->offset + 1);
                 if ((at == &req ? audit_add_request(&req, rkm, &as)
                                 : audit_add_result(&ar, rkm, &as,
                                                    res.at_name)) == -1) {
@@ -1119,18 +982,20 @@ int main(int argc, char **argv) {
                 rc = TOOL_EXIT_INPUT;
                 goto out;
         }
-        if (req.at_pending > 0 || res.at_pending > 0) {
+        if (req.at_ends.te_pending > 0 || res.at_ends.te_pending > 0) {
                 tool_err("timed out after %.1f s before the end of %s "
                          "(%d partitions left) and %s (%d partitions left)",
                          (double)ao.ao_timeout_ms / 1000.0, req.at_name,
-                         req.at_pending, res.at_name, res.at_pending);
+                         req.at_ends.te_pending, res.at_name,
+                         res.at_ends.te_pending);
                 rc = TOOL_EXIT_INPUT;
                 goto out;
         }
 
         for (size_t i = 0; i < ar.ar_cnt; i++) {
                 if (ar.ar_v[i].rs_id != NULL &&
-                    audit_map_add(&result_ids, ar.ar_v[i].rs_id) == 0) {
+                    tool_idset_add(result_ids, ar.ar_v[i].rs_id,
+                                   strlen(ar.ar_v[i].rs_id)) == -1) {
                         tool_err("out of memory");
                         rc = TOOL_EXIT_INPUT;
                         goto out;
@@ -1138,14 +1003,14 @@ int main(int argc, char **argv) {
         }
         audit_join(&req, &ar, &as);
         if (ao.ao_capture_dir != NULL) {
-                if (audit_read_capture(ao.ao_capture_dir, &mids, &as) == -1) {
+                if (audit_read_capture(ao.ao_capture_dir, mids, &as) == -1) {
                         rc = TOOL_EXIT_INPUT;
                         goto out;
                 }
-                audit_capture_join(&req, &mids, &as);
+                audit_capture_join(&req, mids, &as);
         }
-        if (audit_print(&ao, &req, &as, &result_ids,
-                        ao.ao_capture_dir != NULL ? &mids : NULL) == -1) {
+        if (audit_print(&ao, &req, &as, result_ids,
+                        ao.ao_capture_dir != NULL ? mids : NULL) == -1) {
                 tool_err("stdout: %s", strerror(errno));
                 rc = TOOL_EXIT_INPUT;
                 goto out;
@@ -1177,7 +1042,7 @@ out:
         if (tpl != NULL)
                 rd_kafka_topic_partition_list_destroy(tpl);
         audit_free(&req, &res, &ar);
-        audit_map_free(&mids);
-        audit_map_free(&result_ids);
+        tool_idset_destroy(mids);
+        tool_idset_destroy(result_ids);
         return rc;
 }

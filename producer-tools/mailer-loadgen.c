@@ -28,16 +28,16 @@
 #include <unistd.h>
 
 #define LOADGEN_DEFAULT_TOPIC "email.requests"
-#define LOADGEN_METADATA_TIMEOUT_MS 10000
-#define LOADGEN_MAX_FAILURES_SHOWN 10
 /* Longest id-prefix: the id is at most 200 characters and the ".<seq>"
  * suffix takes at most 21. */
 #define LOADGEN_MAX_PREFIX 160
 
 struct loadgen_state {
-        unsigned long ls_delivered;
-        unsigned long ls_failed;
+        struct tool_deliveries ls_dr;
         int64_t ls_last_dr_ms; /* monotonic time of the last delivery report */
+        unsigned long ls_queued;
+        int64_t ls_start_ms;
+        int64_t ls_next_progress_ms;
 };
 
 /* A buffer that grows; the tool exits when memory runs out. */
@@ -112,16 +112,9 @@ static void loadgen_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
 
         (void)rk;
         ls->ls_last_dr_ms = tool_now_ms();
-        if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                ls->ls_delivered++;
-                return;
-        }
-        ls->ls_failed++;
-        if (ls->ls_failed <= LOADGEN_MAX_FAILURES_SHOWN)
+        if (tool_delivery_count(&ls->ls_dr, rkm->err))
                 tool_err("%.*s: delivery failed: %s", (int)rkm->key_len,
                          (const char *)rkm->key, rd_kafka_err2str(rkm->err));
-        else if (ls->ls_failed == LOADGEN_MAX_FAILURES_SHOWN + 1)
-                tool_err("more delivery failures; only counting them now");
 }
 
 /* RFC 5322 atext plus '.', as the request id allows. */
@@ -256,14 +249,21 @@ static void loadgen_head(struct lg_buf *b, long long rcpts) {
         lg_buf_str(b, "],\"id\":\"");
 }
 
-static void loadgen_progress(const struct loadgen_state *ls,
-                             unsigned long queued, int64_t start_ms,
-                             int64_t now_ms) {
-        double secs = (double)(now_ms - start_ms) / 1000.0;
+/* Prints the progress line if a second has passed since the last one. */
+static void loadgen_progress(struct loadgen_state *ls, int64_t now_ms) {
+        double secs = (double)(now_ms - ls->ls_start_ms) / 1000.0;
 
+        if (now_ms < ls->ls_next_progress_ms)
+                return;
         tool_err("queued=%lu delivered=%lu failed=%lu seconds=%.1f rate=%.0f",
-                 queued, ls->ls_delivered, ls->ls_failed, secs,
-                 secs > 0 ? (double)ls->ls_delivered / secs : 0.0);
+                 ls->ls_queued, ls->ls_dr.td_delivered, ls->ls_dr.td_failed,
+                 secs, secs > 0 ? (double)ls->ls_dr.td_delivered / secs : 0.0);
+        ls->ls_next_progress_ms = now_ms + 1000;
+}
+
+/* tool_producer_drain()'s progress callback. */
+static void loadgen_drain_progress(void *arg) {
+        loadgen_progress(arg, tool_now_ms());
 }
 
 int main(int argc, char **argv) {
@@ -291,11 +291,9 @@ int main(int argc, char **argv) {
         struct lg_buf msg = {0};
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
-        char errstr[512];
         char prefix_buf[32];
         const char *topic = LOADGEN_DEFAULT_TOPIC;
         const char *prefix = NULL;
-        int32_t *parts = NULL;
         int part_cnt = 0;
         long long count = -1;
         long long size = 1024;
@@ -303,9 +301,6 @@ int main(int argc, char **argv) {
         long long attachment = -1;
         long long rate = 0;
         int html = 0;
-        unsigned long queued = 0;
-        int64_t start_ms;
-        int64_t next_progress_ms;
         int64_t end_ms;
         int kafka_failed = 0;
         int left;
@@ -327,14 +322,11 @@ int main(int argc, char **argv) {
                           "1000000") == -1)
                 goto out;
 
-        while ((opt = getopt_long(argc, argv, "b:t:n:X:h", longopts, NULL)) !=
-               -1) {
+        while ((opt = tool_getopt(argc, argv, "b:t:n:X:h", longopts, conf,
+                                  NULL)) != -1) {
                 switch (opt) {
-                case 'b':
-                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg) == -1)
-                                goto out;
-                        break;
+                case TOOL_OPT_ERROR:
+                        goto out;
                 case 't':
                         topic = optarg;
                         break;
@@ -345,10 +337,6 @@ int main(int argc, char **argv) {
                                          "\"%s\"", optarg);
                                 goto out;
                         }
-                        break;
-                case 'X':
-                        if (tool_conf_set_kv(conf, optarg) == -1)
-                                goto out;
                         break;
                 case OPT_SIZE:
                         if (tool_parse_int(optarg, 1, 64LL * 1024 * 1024,
@@ -426,26 +414,18 @@ int main(int argc, char **argv) {
         loadgen_head(&head, rcpts);
         loadgen_tail(&tail, (size_t)size, html, attachment);
 
-        rd_kafka_conf_set_opaque(conf, &ls);
-        rd_kafka_conf_set_dr_msg_cb(conf, loadgen_dr_cb);
         rc = TOOL_EXIT_KAFKA;
-        rk = tool_kafka_new(RD_KAFKA_PRODUCER, &conf);
+        rk = tool_producer_new(&conf, loadgen_dr_cb, &ls, topic, &part_cnt);
         if (rk == NULL)
                 goto out;
-        if (tool_topic_partitions(rk, topic, LOADGEN_METADATA_TIMEOUT_MS,
-                                  &parts, &part_cnt, errstr,
-                                  sizeof(errstr)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                tool_err("%s", errstr);
-                goto out;
-        }
         tool_err("topic %s: %d partitions; %lld requests of about %zu bytes "
                  "(id prefix %s)",
                  topic, part_cnt, count,
                  head.b_len + tail.b_len + 2 * strlen(prefix) + 40, prefix);
 
-        start_ms = tool_now_ms();
-        next_progress_ms = start_ms + 1000;
-        ls.ls_last_dr_ms = start_ms;
+        ls.ls_start_ms = tool_now_ms();
+        ls.ls_next_progress_ms = ls.ls_start_ms + 1000;
+        ls.ls_last_dr_ms = ls.ls_start_ms;
         for (long long i = 1; i <= count; i++) {
                 char idbuf[LOADGEN_MAX_PREFIX + 32];
                 char subj[LOADGEN_MAX_PREFIX + 64];
@@ -456,26 +436,23 @@ int main(int argc, char **argv) {
 
                 if (!tool_running() || tool_kafka_fatal())
                         break;
-                if (ls.ls_failed > 0) {
+                if (ls.ls_dr.td_failed > 0) {
                         tool_err("stopped after %lu requests: delivery "
                                  "failures",
-                                 queued);
+                                 ls.ls_queued);
                         break;
                 }
                 now = tool_now_ms();
                 if (rate > 0) {
                         /* Request i is due at start + (i - 1) / rate. */
-                        int64_t due = start_ms + (i - 1) * 1000 / rate;
+                        int64_t due = ls.ls_start_ms + (i - 1) * 1000 / rate;
 
                         while (now < due && tool_running()) {
                                 rd_kafka_poll(rk, (int)(due - now));
                                 now = tool_now_ms();
                         }
                 }
-                if (now >= next_progress_ms) {
-                        loadgen_progress(&ls, queued, start_ms, now);
-                        next_progress_ms = now + 1000;
-                }
+                loadgen_progress(&ls, now);
 
                 idlen = snprintf(idbuf, sizeof(idbuf), "%s.%lld", prefix, i);
                 subjlen = snprintf(subj, sizeof(subj),
@@ -506,48 +483,37 @@ int main(int argc, char **argv) {
                         kafka_failed = 1;
                         break;
                 }
-                queued++;
+                ls.ls_queued++;
                 /* Serve delivery reports now and then, not per message. */
-                if ((queued & 1023) == 0)
+                if ((ls.ls_queued & 1023) == 0)
                         rd_kafka_poll(rk, 0);
         }
 
-        while (rd_kafka_outq_len(rk) > 0 && tool_running()) {
-                int64_t now;
-
-                rd_kafka_flush(rk, 200);
-                now = tool_now_ms();
-                if (now >= next_progress_ms) {
-                        loadgen_progress(&ls, queued, start_ms, now);
-                        next_progress_ms = now + 1000;
-                }
-        }
-        if (rd_kafka_outq_len(rk) > 0)
-                rd_kafka_flush(rk, 2000);
-        left = rd_kafka_outq_len(rk);
-        end_ms = ls.ls_delivered > 0 ? ls.ls_last_dr_ms : tool_now_ms();
+        left = tool_producer_drain(rk, 200, loadgen_drain_progress, &ls);
+        end_ms = ls.ls_dr.td_delivered > 0 ? ls.ls_last_dr_ms : tool_now_ms();
         if (left > 0) {
                 tool_err("%d messages not delivered before exit", left);
                 kafka_failed = 1;
         }
         if (!tool_running())
-                tool_err("interrupted after %lu requests", queued);
-        if (ls.ls_failed > 0 || tool_kafka_fatal())
+                tool_err("interrupted after %lu requests", ls.ls_queued);
+        if (ls.ls_dr.td_failed > 0 || tool_kafka_fatal())
                 kafka_failed = 1;
 
         {
-                double secs = (double)(end_ms - start_ms) / 1000.0;
-                double r = secs > 0 ? (double)ls.ls_delivered / secs : 0.0;
+                double secs = (double)(end_ms - ls.ls_start_ms) / 1000.0;
+                double r = secs > 0 ? (double)ls.ls_dr.td_delivered / secs
+                                    : 0.0;
 
-                if (ls.ls_failed > 0 || left > 0)
+                if (ls.ls_dr.td_failed > 0 || left > 0)
                         fprintf(stderr,
                                 "produced=%lu seconds=%.3f rate=%.0f "
                                 "failed=%lu\n",
-                                ls.ls_delivered, secs, r,
-                                ls.ls_failed + (unsigned long)left);
+                                ls.ls_dr.td_delivered, secs, r,
+                                ls.ls_dr.td_failed + (unsigned long)left);
                 else
                         fprintf(stderr, "produced=%lu seconds=%.3f rate=%.0f\n",
-                                ls.ls_delivered, secs, r);
+                                ls.ls_dr.td_delivered, secs, r);
         }
 
         if (kafka_failed)
@@ -557,7 +523,6 @@ int main(int argc, char **argv) {
         else
                 rc = TOOL_EXIT_OK;
 out:
-        free(parts);
         free(head.b_data);
         free(tail.b_data);
         free(msg.b_data);

@@ -21,14 +21,10 @@
 
 #define PRODUCE_DEFAULT_TOPIC "email.requests"
 #define PRODUCE_MAX_LINE (16 * 1024 * 1024)
-#define PRODUCE_METADATA_TIMEOUT_MS 10000
-/* Delivery failures printed one by one; the rest are only counted. */
-#define PRODUCE_MAX_FAILURES_SHOWN 10
 
 struct produce_state {
         const char *ps_input;       /* input name for messages */
-        unsigned long ps_delivered;
-        unsigned long ps_failed;
+        struct tool_deliveries ps_dr;
 };
 
 static void produce_usage(FILE *fp) {
@@ -66,16 +62,9 @@ static void produce_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
         unsigned long lineno = (unsigned long)(uintptr_t)rkm->_private;
 
         (void)rk;
-        if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                ps->ps_delivered++;
-                return;
-        }
-        ps->ps_failed++;
-        if (ps->ps_failed <= PRODUCE_MAX_FAILURES_SHOWN)
+        if (tool_delivery_count(&ps->ps_dr, rkm->err))
                 tool_err("%s:%lu: delivery failed: %s", ps->ps_input, lineno,
                          rd_kafka_err2str(rkm->err));
-        else if (ps->ps_failed == PRODUCE_MAX_FAILURES_SHOWN + 1)
-                tool_err("more delivery failures; only counting them now");
 }
 
 static int produce_is_blank(const char *line, size_t len) {
@@ -139,17 +128,6 @@ static rd_kafka_resp_err_t produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
         }
 }
 
-/* Waits until every message is delivered or failed, or a signal arrives.
- * @returns the number of messages still queued. */
-static int produce_drain(rd_kafka_t *rk) {
-        while (rd_kafka_outq_len(rk) > 0 && tool_running())
-                rd_kafka_flush(rk, 500);
-        /* Interrupted: a last short chance for what is in flight. */
-        if (rd_kafka_outq_len(rk) > 0)
-                rd_kafka_flush(rk, 2000);
-        return rd_kafka_outq_len(rk);
-}
-
 int main(int argc, char **argv) {
         static const struct option longopts[] = {
                 {"partitions-by-key", no_argument, NULL, 'P'},
@@ -165,8 +143,6 @@ int main(int argc, char **argv) {
         const char *topic = PRODUCE_DEFAULT_TOPIC;
         const char *path = NULL;
         char errstr[512];
-        int32_t *parts = NULL;
-        int part_cnt = 0;
         unsigned long skipped = 0;
         int kafka_failed = 0;
         int input_failed = 0;
@@ -184,20 +160,13 @@ int main(int argc, char **argv) {
             tool_conf_set(conf, "defaults", "linger.ms", "5") == -1)
                 goto out;
 
-        while ((opt = getopt_long(argc, argv, "b:t:X:h", longopts, NULL)) !=
-               -1) {
+        while ((opt = tool_getopt(argc, argv, "b:t:X:h", longopts, conf,
+                                  NULL)) != -1) {
                 switch (opt) {
-                case 'b':
-                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg) == -1)
-                                goto out;
-                        break;
+                case TOOL_OPT_ERROR:
+                        goto out;
                 case 't':
                         topic = optarg;
-                        break;
-                case 'X':
-                        if (tool_conf_set_kv(conf, optarg) == -1)
-                                goto out;
                         break;
                 case 'R':
                         raw = 1;
@@ -235,20 +204,11 @@ int main(int argc, char **argv) {
                 goto out;
         }
         ps.ps_input = tool_lines_name(tl);
-        rd_kafka_conf_set_opaque(conf, &ps);
-        rd_kafka_conf_set_dr_msg_cb(conf, produce_dr_cb);
 
         rc = TOOL_EXIT_KAFKA;
-        rk = tool_kafka_new(RD_KAFKA_PRODUCER, &conf);
+        rk = tool_producer_new(&conf, produce_dr_cb, &ps, topic, NULL);
         if (rk == NULL)
                 goto out;
-        /* Fail early and clearly rather than after message.timeout.ms. */
-        if (tool_topic_partitions(rk, topic, PRODUCE_METADATA_TIMEOUT_MS,
-                                  &parts, &part_cnt, errstr,
-                                  sizeof(errstr)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                tool_err("%s", errstr);
-                goto out;
-        }
         rkt = rd_kafka_topic_new(rk, topic, NULL);
         if (rkt == NULL) {
                 tool_err("topic %s: %s", topic,
@@ -320,7 +280,7 @@ int main(int argc, char **argv) {
                 rd_kafka_poll(rk, 0);
                 /* Kafka is failing: pushing more lines into it would only
                  * make more of them fail. */
-                if (ps.ps_failed > 0) {
+                if (ps.ps_dr.td_failed > 0) {
                         tool_err("stopped reading after %s:%lu: delivery "
                                  "failures",
                                  tool_lines_name(tl), tool_lines_lineno(tl));
@@ -331,21 +291,21 @@ int main(int argc, char **argv) {
                 tool_err("interrupted after %s:%lu", tool_lines_name(tl),
                          tool_lines_lineno(tl));
 
-        left = produce_drain(rk);
+        left = tool_producer_drain(rk, 500, NULL, NULL);
         if (left > 0) {
                 tool_err("%d messages not delivered before exit", left);
                 kafka_failed = 1;
         }
-        if (ps.ps_failed > 0 || tool_kafka_fatal())
+        if (ps.ps_dr.td_failed > 0 || tool_kafka_fatal())
                 kafka_failed = 1;
 
-        if (ps.ps_failed > 0 || left > 0)
+        if (ps.ps_dr.td_failed > 0 || left > 0)
                 fprintf(stderr, "produced=%lu skipped=%lu failed=%lu\n",
-                        ps.ps_delivered, skipped,
-                        ps.ps_failed + (unsigned long)left);
+                        ps.ps_dr.td_delivered, skipped,
+                        ps.ps_dr.td_failed + (unsigned long)left);
         else
-                fprintf(stderr, "produced=%lu skipped=%lu\n", ps.ps_delivered,
-                        skipped);
+                fprintf(stderr, "produced=%lu skipped=%lu\n",
+                        ps.ps_dr.td_delivered, skipped);
 
         if (kafka_failed)
                 rc = TOOL_EXIT_KAFKA;
@@ -354,7 +314,6 @@ int main(int argc, char **argv) {
         else
                 rc = TOOL_EXIT_OK;
 out:
-        free(parts);
         if (rkt != NULL)
                 rd_kafka_topic_destroy(rkt);
         if (rk != NULL)

@@ -37,15 +37,6 @@ struct results_opts {
         int ro_follow;
 };
 
-/* Where each partition's end was when the tool started, and whether the
- * tool has read up to it. Indexed by partition id. */
-struct results_ends {
-        int64_t *re_end;
-        char *re_reached;
-        int32_t re_cnt;      /* array size: highest partition id + 1 */
-        int32_t re_pending;  /* partitions listed and not yet reached */
-};
-
 struct results_stats {
         unsigned long rs_total;
         unsigned long rs_sent;
@@ -101,23 +92,16 @@ static int results_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
         };
         int opt;
 
-        while ((opt = getopt_long(argc, argv, "b:t:g:X:h", longopts, NULL)) !=
-               -1) {
+        while ((opt = tool_getopt(argc, argv, "b:t:g:X:h", longopts, conf,
+                                  &ro->ro_timeout_ms)) != -1) {
                 switch (opt) {
-                case 'b':
-                        if (tool_conf_set(conf, "-b", "bootstrap.servers",
-                                          optarg) == -1)
-                                return -1;
-                        break;
+                case TOOL_OPT_ERROR:
+                        return -1;
                 case 't':
                         ro->ro_topic = optarg;
                         break;
                 case 'g':
                         ro->ro_group = optarg;
-                        break;
-                case 'X':
-                        if (tool_conf_set_kv(conf, optarg) == -1)
-                                return -1;
                         break;
                 case 'S':
                         ro->ro_summary = 1;
@@ -126,14 +110,6 @@ static int results_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
                         if (tool_parse_int(optarg, 1, 1000000000LL,
                                            &ro->ro_wait) == -1) {
                                 tool_err("--wait %s: expected a count >= 1",
-                                         optarg);
-                                return -1;
-                        }
-                        break;
-                case 'T':
-                        if (tool_parse_seconds(optarg, &ro->ro_timeout_ms) ==
-                            -1) {
-                                tool_err("--timeout %s: expected seconds",
                                          optarg);
                                 return -1;
                         }
@@ -183,11 +159,12 @@ static int results_conf(rd_kafka_conf_t *conf, const struct results_opts *ro) {
         return tool_conf_set(conf, "defaults", "enable.auto.commit", "false");
 }
 
-/* Lists the topic's partitions and their current ends. Waiting modes retry
- * until the topic exists, bounded by the deadline.
+/* Lists the topic's partitions and their current ends; every partition is
+ * put in *assignp from its beginning. Waiting modes retry until the topic
+ * exists, bounded by the deadline.
  * @returns TOOL_EXIT_OK, or an exit code after printing why. */
 static int results_ends_init(rd_kafka_t *rk, const struct results_opts *ro,
-                             int64_t deadline, struct results_ends *re,
+                             int64_t deadline, struct tool_ends *re,
                              rd_kafka_topic_partition_list_t **assignp) {
         rd_kafka_topic_partition_list_t *tpl = NULL;
         char errstr[512];
@@ -221,54 +198,18 @@ static int results_ends_init(rd_kafka_t *rk, const struct results_opts *ro,
                 rd_kafka_poll(rk, 1000);
         }
 
-        re->re_cnt = parts[cnt - 1] + 1;
-        re->re_end = calloc((size_t)re->re_cnt, sizeof(*re->re_end));
-        re->re_reached = calloc((size_t)re->re_cnt, 1);
-        tpl = rd_kafka_topic_partition_list_new(cnt);
-        if (re->re_end == NULL || re->re_reached == NULL) {
-                tool_err("out of memory");
+        rc = tool_ends_init(rk, re, ro->ro_topic, parts, cnt,
+                            RESULTS_QUERY_TIMEOUT_MS);
+        if (rc != TOOL_EXIT_OK)
                 goto out;
-        }
-        /* Ids missing from the listing (never seen in practice) are done. */
-        memset(re->re_reached, 1, (size_t)re->re_cnt);
-        for (int i = 0; i < cnt; i++) {
-                int64_t lo = 0;
-                int64_t hi = 0;
-
-                err = rd_kafka_query_watermark_offsets(
-                        rk, ro->ro_topic, parts[i], &lo, &hi,
-                        RESULTS_QUERY_TIMEOUT_MS);
-                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("%s [%" PRId32 "]: cannot get offsets: %s",
-                                 ro->ro_topic, parts[i],
-                                 rd_kafka_err2str(err));
-                        goto out;
-                }
-                re->re_end[parts[i]] = hi;
-                if (hi > lo) {
-                        re->re_reached[parts[i]] = 0;
-                        re->re_pending++;
-                }
+        tpl = rd_kafka_topic_partition_list_new(cnt);
+        for (int i = 0; i < cnt; i++)
                 rd_kafka_topic_partition_list_add(tpl, ro->ro_topic, parts[i])
                         ->offset = RD_KAFKA_OFFSET_BEGINNING;
-        }
         *assignp = tpl;
-        tpl = NULL;
-        rc = TOOL_EXIT_OK;
 out:
-        if (tpl != NULL)
-                rd_kafka_topic_partition_list_destroy(tpl);
         free(parts);
         return rc;
-}
-
-static void results_mark(struct results_ends *re, int32_t partition,
-                         int64_t next_offset) {
-        if (partition < 0 || partition >= re->re_cnt ||
-            re->re_reached[partition] || next_offset < re->re_end[partition])
-                return;
-        re->re_reached[partition] = 1;
-        re->re_pending--;
 }
 
 static int results_lat_add(struct results_stats *rs, int64_t v) {
@@ -374,28 +315,12 @@ static void results_summary(struct results_stats *rs) {
                rs->rs_lat[rs->rs_lat_cnt - 1]);
 }
 
-/* @returns 1 for errors after which reading cannot go on. */
-static int results_err_is_fatal(rd_kafka_resp_err_t err) {
-        switch (err) {
-        case RD_KAFKA_RESP_ERR__FATAL:
-        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
-        case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
-        case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
-        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR__INVALID_ARG:
-                return 1;
-        default:
-                return 0;
-        }
-}
-
 int main(int argc, char **argv) {
         struct results_opts ro = {
                 .ro_topic = RESULTS_DEFAULT_TOPIC,
                 .ro_timeout_ms = -1,
         };
-        struct results_ends re;
+        struct tool_ends re;
         struct results_stats rs;
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
@@ -471,7 +396,7 @@ int main(int argc, char **argv) {
                         done = tool_idset_count(rs.rs_final_ids) >=
                                (size_t)ro.ro_wait;
                 } else if (!ro.ro_follow) {
-                        done = re.re_pending == 0;
+                        done = re.te_pending == 0;
                 }
                 if (done)
                         break;
@@ -488,7 +413,7 @@ int main(int argc, char **argv) {
                 if (rkm == NULL)
                         continue;
                 if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                        results_mark(&re, rkm->partition, rkm->offset);
+                        tool_ends_mark(&re, rkm->partition, rkm->offset);
                         rd_kafka_message_destroy(rkm);
                         continue;
                 }
@@ -496,11 +421,13 @@ int main(int argc, char **argv) {
                         tool_err("consume: %s", rd_kafka_message_errstr(rkm));
                         err = rkm->err;
                         rd_kafka_message_destroy(rkm);
-                        if (results_err_is_fatal(err))
+                        /* With -g the group's authorization matters too. */
+                        if (tool_consume_err_is_fatal(err) ||
+                            err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED)
                                 goto out;
                         continue;
                 }
-                results_mark(&re, rkm->partition, rkm->offset + 1);
+                tool_ends_mark(&re, rkm->partition, rkm->offset + 1);
                 if (rkm->payload == NULL) {
                         rd_kafka_message_destroy(rkm);
                         continue;
@@ -552,7 +479,7 @@ int main(int argc, char **argv) {
                 tool_err("timed out after %.1f s before the end of %s "
                          "(%d partitions left)",
                          (double)ro.ro_timeout_ms / 1000.0, ro.ro_topic,
-                         re.re_pending);
+                         re.te_pending);
                 rc = TOOL_EXIT_INPUT;
         }
 out:
@@ -572,8 +499,7 @@ out:
                 rd_kafka_conf_destroy(conf);
         if (tpl != NULL)
                 rd_kafka_topic_partition_list_destroy(tpl);
-        free(re.re_end);
-        free(re.re_reached);
+        tool_ends_destroy(&re);
         free(rs.rs_lat);
         tool_idset_destroy(rs.rs_ids);
         tool_idset_destroy(rs.rs_final_ids);

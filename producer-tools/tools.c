@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+
+#define TOOL_METADATA_TIMEOUT_MS 10000
 
 static const char *tool_prog = "mailer-tool";
 static volatile sig_atomic_t tool_run = 1;
@@ -89,6 +92,48 @@ int tool_parse_seconds(const char *s, int64_t *out_ms) {
                 return -1;
         *out_ms = (int64_t)llround(v * 1000.0);
         return 0;
+}
+
+/* @returns 1 if opt is a common option and was applied, 0 if it is another
+ * one, -1 after printing why its value is wrong. */
+static int tool_common_opt(rd_kafka_conf_t *conf, int opt, const char *arg,
+                           int64_t *timeout_ms) {
+        switch (opt) {
+        case 'b':
+                return tool_conf_set(conf, "-b", "bootstrap.servers", arg) ==
+                                       -1
+                               ? -1
+                               : 1;
+        case 'X':
+                return tool_conf_set_kv(conf, arg) == -1 ? -1 : 1;
+        case 'T':
+                if (timeout_ms == NULL)
+                        return 0;
+                if (tool_parse_seconds(arg, timeout_ms) == -1) {
+                        tool_err("--timeout %s: expected seconds", arg);
+                        return -1;
+                }
+                return 1;
+        default:
+                return 0;
+        }
+}
+
+int tool_getopt(int argc, char **argv, const char *optstring,
+                const struct option *longopts, rd_kafka_conf_t *conf,
+                int64_t *timeout_ms) {
+        int opt;
+
+        while ((opt = getopt_long(argc, argv, optstring, longopts, NULL)) !=
+               -1) {
+                switch (tool_common_opt(conf, opt, optarg, timeout_ms)) {
+                case 0:
+                        return opt;
+                case -1:
+                        return TOOL_OPT_ERROR;
+                }
+        }
+        return -1;
 }
 
 /*
@@ -274,6 +319,136 @@ out:
         return err;
 }
 
+int tool_consume_err_is_fatal(rd_kafka_resp_err_t err) {
+        switch (err) {
+        case RD_KAFKA_RESP_ERR__FATAL:
+        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+        case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+        case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        case RD_KAFKA_RESP_ERR__INVALID_ARG:
+                return 1;
+        default:
+                return 0;
+        }
+}
+
+rd_kafka_t *tool_producer_new(rd_kafka_conf_t **confp,
+                              void (*dr_cb)(rd_kafka_t *rk,
+                                            const rd_kafka_message_t *rkm,
+                                            void *opaque),
+                              void *opaque, const char *topic,
+                              int *part_cntp) {
+        char errstr[512];
+        int32_t *parts = NULL;
+        int cnt = 0;
+        rd_kafka_t *rk;
+
+        rd_kafka_conf_set_opaque(*confp, opaque);
+        rd_kafka_conf_set_dr_msg_cb(*confp, dr_cb);
+        rk = tool_kafka_new(RD_KAFKA_PRODUCER, confp);
+        if (rk == NULL)
+                return NULL;
+        if (tool_topic_partitions(rk, topic, TOOL_METADATA_TIMEOUT_MS, &parts,
+                                  &cnt, errstr, sizeof(errstr)) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("%s", errstr);
+                rd_kafka_destroy(rk);
+                return NULL;
+        }
+        free(parts);
+        if (part_cntp != NULL)
+                *part_cntp = cnt;
+        return rk;
+}
+
+int tool_delivery_count(struct tool_deliveries *td, rd_kafka_resp_err_t err) {
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                td->td_delivered++;
+                return 0;
+        }
+        td->td_failed++;
+        if (td->td_failed <= TOOL_FAILURES_SHOWN)
+                return 1;
+        if (td->td_failed == TOOL_FAILURES_SHOWN + 1)
+                tool_err("more delivery failures; only counting them now");
+        return 0;
+}
+
+int tool_producer_drain(rd_kafka_t *rk, int step_ms,
+                        void (*progress)(void *arg), void *arg) {
+        while (rd_kafka_outq_len(rk) > 0 && tool_running()) {
+                rd_kafka_flush(rk, step_ms);
+                if (progress != NULL)
+                        progress(arg);
+        }
+        /* Interrupted: a last short chance for what is in flight. */
+        if (rd_kafka_outq_len(rk) > 0)
+                rd_kafka_flush(rk, 2000);
+        return rd_kafka_outq_len(rk);
+}
+
+/*
+ * End offsets
+ */
+
+int tool_ends_init(rd_kafka_t *rk, struct tool_ends *te, const char *topic,
+                   const int32_t *parts, int cnt, int timeout_ms) {
+        rd_kafka_resp_err_t err;
+
+        te->te_topic = topic;
+        te->te_cnt = parts[cnt - 1] + 1;
+        te->te_end = calloc((size_t)te->te_cnt, sizeof(*te->te_end));
+        te->te_reached = calloc((size_t)te->te_cnt, 1);
+        if (te->te_end == NULL || te->te_reached == NULL) {
+                tool_err("out of memory");
+                return TOOL_EXIT_INPUT;
+        }
+        /* Ids missing from the listing (never seen in practice) are done. */
+        memset(te->te_reached, 1, (size_t)te->te_cnt);
+        for (int i = 0; i < cnt; i++) {
+                int64_t lo = 0;
+                int64_t hi = 0;
+
+                err = RD_KAFKA_RESP_ERR_NO_ERROR;
+                for (int attempt = 0; attempt < 20; attempt++) {
+                        err = rd_kafka_query_watermark_offsets(
+                                rk, topic, parts[i], &lo, &hi, timeout_ms);
+                        if (err != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+                            err != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
+                                break;
+                        rd_kafka_poll(rk, 250);
+                }
+                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        tool_err("%s [%" PRId32 "]: cannot get offsets: %s",
+                                 topic, parts[i], rd_kafka_err2str(err));
+                        return TOOL_EXIT_KAFKA;
+                }
+                te->te_end[parts[i]] = hi;
+                if (hi > lo) {
+                        te->te_reached[parts[i]] = 0;
+                        te->te_pending++;
+                }
+        }
+        return TOOL_EXIT_OK;
+}
+
+void tool_ends_mark(struct tool_ends *te, int32_t partition,
+                    int64_t next_offset) {
+        if (partition < 0 || partition >= te->te_cnt ||
+            te->te_reached[partition] || next_offset < te->te_end[partition])
+                return;
+        te->te_reached[partition] = 1;
+        te->te_pending--;
+}
+
+void tool_ends_destroy(struct tool_ends *te) {
+        free(te->te_end);
+        free(te->te_reached);
+        te->te_end = NULL;
+        te->te_reached = NULL;
+}
+
 /*
  * JSON-lines reader
  */
@@ -453,6 +628,7 @@ struct tool_idset_slot {
         uint64_t ts_hash;
         char *ts_id;  /* NULL: empty slot; NUL-terminated copy */
         size_t ts_len;
+        unsigned ts_times;
 };
 
 struct tool_idset {
@@ -519,24 +695,37 @@ static int tool_idset_grow(struct tool_idset *set) {
         return 0;
 }
 
+/* @returns the slot holding id[0..len) with hash h, or the empty slot where
+ * it would go. */
+static struct tool_idset_slot *tool_idset_slot(const struct tool_idset *set,
+                                               uint64_t h, const char *id,
+                                               size_t len) {
+        size_t i = (size_t)h & (set->is_cap - 1);
+
+        for (;;) {
+                struct tool_idset_slot *s = &set->is_slots[i];
+
+                if (s->ts_id == NULL ||
+                    (s->ts_hash == h && s->ts_len == len &&
+                     memcmp(s->ts_id, id, len) == 0))
+                        return s;
+                i = (i + 1) & (set->is_cap - 1);
+        }
+}
+
 int tool_idset_add(struct tool_idset *set, const char *id, size_t len) {
         uint64_t h = tool_hash(id, len);
         struct tool_idset_slot *s;
-        size_t i;
         char *copy;
 
-        /* Keep the load factor under 1/2. */
-        if ((set->is_cnt + 1) * 2 > set->is_cap && tool_idset_grow(set) == -1)
+        /* Keep the load factor under 7/10. */
+        if ((set->is_cnt + 1) * 10 >= set->is_cap * 7 &&
+            tool_idset_grow(set) == -1)
                 return -1;
-        i = (size_t)h & (set->is_cap - 1);
-        for (;;) {
-                s = &set->is_slots[i];
-                if (s->ts_id == NULL)
-                        break;
-                if (s->ts_hash == h && s->ts_len == len &&
-                    memcmp(s->ts_id, id, len) == 0)
-                        return 0;
-                i = (i + 1) & (set->is_cap - 1);
+        s = tool_idset_slot(set, h, id, len);
+        if (s->ts_id != NULL) {
+                s->ts_times++;
+                return 0;
         }
         copy = malloc(len + 1);
         if (copy == NULL)
@@ -546,12 +735,35 @@ int tool_idset_add(struct tool_idset *set, const char *id, size_t len) {
         s->ts_hash = h;
         s->ts_id = copy;
         s->ts_len = len;
+        s->ts_times = 1;
         set->is_cnt++;
         return 1;
 }
 
 size_t tool_idset_count(const struct tool_idset *set) {
         return set->is_cnt;
+}
+
+unsigned tool_idset_times(const struct tool_idset *set, const char *id,
+                          size_t len) {
+        const struct tool_idset_slot *s;
+
+        s = tool_idset_slot(set, tool_hash(id, len), id, len);
+        return s->ts_id != NULL ? s->ts_times : 0;
+}
+
+int tool_idset_next(const struct tool_idset *set, size_t *pos,
+                    const char **idp, unsigned *timesp) {
+        while (*pos < set->is_cap) {
+                const struct tool_idset_slot *s = &set->is_slots[(*pos)++];
+
+                if (s->ts_id == NULL)
+                        continue;
+                *idp = s->ts_id;
+                *timesp = s->ts_times;
+                return 1;
+        }
+        return 0;
 }
 
 /*

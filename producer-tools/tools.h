@@ -1,6 +1,7 @@
 /*
  * tools: code shared by the command-line tools in producer-tools/
- * (mailer-produce, mailer-results, mailer-admin).
+ * (mailer-produce, mailer-results, mailer-admin, mailer-audit,
+ * mailer-loadgen).
  *
  * A tool calls tool_init() first. Messages go to stderr prefixed with the
  * tool's name; stdout carries only the tool's output. Exit codes are the same
@@ -13,6 +14,7 @@
 #ifndef KM_TOOLS_H
 #define KM_TOOLS_H
 
+#include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +51,18 @@ int tool_parse_int(const char *s, long long min, long long max, long long *out);
 /* Parses a non-negative number of seconds ("2", "0.5") into milliseconds.
  * @returns 0 and sets *out_ms, or -1 (nothing printed). */
 int tool_parse_seconds(const char *s, int64_t *out_ms);
+
+/* Returned by tool_getopt() after a bad value of a common option. */
+#define TOOL_OPT_ERROR (-2)
+
+/* getopt_long() that applies the options every tool spells the same way
+ * itself: -b BOOTSTRAP and -X prop=value to conf and, when timeout_ms is not
+ * NULL, --timeout S (which longopts must map to 'T') to *timeout_ms.
+ * @returns the next other option as getopt_long() does, -1 at the end, or
+ * TOOL_OPT_ERROR after printing why a value is wrong. */
+int tool_getopt(int argc, char **argv, const char *optstring,
+                const struct option *longopts, rd_kafka_conf_t *conf,
+                int64_t *timeout_ms);
 
 /*
  * librdkafka configuration.
@@ -94,6 +108,74 @@ rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
                                           int *cntp, char *errstr,
                                           size_t errstr_size);
 
+/* @returns 1 for consumer errors after which reading cannot go on (fatal
+ * error, unknown topic or partition, topic not authorized, invalid
+ * argument), else 0. */
+int tool_consume_err_is_fatal(rd_kafka_resp_err_t err);
+
+/* Creates a producer whose delivery reports go to dr_cb with opaque, and
+ * checks that topic exists, to fail early and clearly rather than after
+ * message.timeout.ms. confp as for tool_kafka_new().
+ * @returns the handle with *part_cntp (if not NULL) set to the topic's
+ * partition count, or NULL after printing why. */
+rd_kafka_t *tool_producer_new(rd_kafka_conf_t **confp,
+                              void (*dr_cb)(rd_kafka_t *rk,
+                                            const rd_kafka_message_t *rkm,
+                                            void *opaque),
+                              void *opaque, const char *topic,
+                              int *part_cntp);
+
+/* What a producer's delivery reports said. */
+struct tool_deliveries {
+        unsigned long td_delivered;
+        unsigned long td_failed;
+};
+
+/* Delivery failures printed one by one; the rest are only counted. */
+#define TOOL_FAILURES_SHOWN 10
+
+/* Counts one delivery report. The first TOOL_FAILURES_SHOWN failures are
+ * for the caller to print; after them it says once that failures are only
+ * counted from then on.
+ * @returns 1 if err is a failure the caller should print, else 0. */
+int tool_delivery_count(struct tool_deliveries *td, rd_kafka_resp_err_t err);
+
+/* Waits until the producer's queue is empty or a signal arrives, flushing
+ * step_ms at a time and calling progress(arg) (if not NULL) after each step;
+ * if interrupted, gives what is in flight 2 s more.
+ * @returns the number of messages still queued. */
+int tool_producer_drain(rd_kafka_t *rk, int step_ms,
+                        void (*progress)(void *arg), void *arg);
+
+/*
+ * End offsets: where each partition of a topic ended when the tool started,
+ * and whether the tool has read up to it.
+ */
+
+struct tool_ends {
+        const char *te_topic;
+        int64_t *te_end;     /* indexed by partition id */
+        char *te_reached;    /* indexed by partition id */
+        int32_t te_cnt;      /* array size: highest partition id + 1 */
+        int32_t te_pending;  /* partitions listed and not yet reached */
+};
+
+/* Sets te->te_topic to topic and queries the watermarks of the partitions
+ * parts[0..cnt) (ascending, cnt > 0, as from tool_topic_partitions()),
+ * retrying while a partition has no leader. A partition that holds
+ * messages is pending; empty and unlisted ones are reached.
+ * @returns TOOL_EXIT_OK, or an exit code after printing why. */
+int tool_ends_init(rd_kafka_t *rk, struct tool_ends *te, const char *topic,
+                   const int32_t *parts, int cnt, int timeout_ms);
+
+/* Marks the partition reached once next_offset (the offset after the last
+ * message read, or that of a partition EOF) is at its end. */
+void tool_ends_mark(struct tool_ends *te, int32_t partition,
+                    int64_t next_offset);
+
+/* Frees the arrays; accepts a zeroed struct. */
+void tool_ends_destroy(struct tool_ends *te);
+
 /*
  * JSON-lines reader: one line at a time from a file or stdin, with its
  * number, bounded in length.
@@ -129,7 +211,8 @@ unsigned long tool_lines_lineno(const struct tool_lines *tl);
 const char *tool_lines_name(const struct tool_lines *tl);
 
 /*
- * A set of strings (request ids), for counting distinct and duplicate ids.
+ * A set of strings (request ids, Message-IDs) with a count per string, for
+ * counting distinct and duplicate ones.
  */
 
 struct tool_idset;
@@ -140,12 +223,22 @@ struct tool_idset *tool_idset_new(void);
 /* Accepts NULL. */
 void tool_idset_destroy(struct tool_idset *set);
 
-/* Adds a copy of id[0..len).
+/* Adds a copy of id[0..len), or one to its count if it is there.
  * @returns 1 if it was added, 0 if it was already there, -1 if out of
  * memory. */
 int tool_idset_add(struct tool_idset *set, const char *id, size_t len);
 
+/* @returns the number of distinct strings. */
 size_t tool_idset_count(const struct tool_idset *set);
+
+/* @returns how many times id[0..len) was added, 0 if never. */
+unsigned tool_idset_times(const struct tool_idset *set, const char *id,
+                          size_t len);
+
+/* Iterates over the set in its internal order: start with *pos = 0.
+ * @returns 1 with *idp (NUL-terminated) and *timesp set, or 0 at the end. */
+int tool_idset_next(const struct tool_idset *set, size_t *pos,
+                    const char **idp, unsigned *timesp);
 
 /*
  * Percentiles.
