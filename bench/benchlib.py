@@ -523,6 +523,14 @@ def results_summary(run_, bootstrap, topic, timeout=300):
     return d
 
 
+def avg_value_bytes(run_, bootstrap, topic, timeout=300):
+    """Average size in bytes of the values of @topic (JSON objects, as
+    mailer-results prints them: unchanged when on one line)."""
+    out = run([run_.tool("mailer-results"), "-b", bootstrap, "-t", topic], timeout).stdout
+    lines = out.splitlines()
+    return sum(len(x.encode()) for x in lines) / len(lines) if lines else None
+
+
 def completion_stats(results, lo=0.1, hi=0.9):
     """From results' completed_at: first and last completion (epoch) and the
     steady rate between the @lo and @hi fractions of the completions (which
@@ -542,7 +550,8 @@ def worker_settings(inflight, sessions, extra=()):
 
 
 def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, workers=1,
-               partitions=8, size=1024, extra=(), timeout=None, sink=None):
+               partitions=8, size=1024, extra=(), timeout=None, sink=None, rate=0,
+               summary=False, request_bytes=False):
     """One measured point: fresh topics NAME.requests/results/deadletter,
     @workers kafka-mailer workers in group NAME with inflight.max=@inflight
     and smtp.sessions.max=@sessions (each), started and assigned BEFORE the
@@ -564,20 +573,25 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
                                (req, res, dlq), settings) for i in range(workers)]
     wait_assigned(procs)
     sink_cpu0 = cpu_seconds(sink.pid) if sink is not None else None
-    log("%s: %d requests, %d worker(s), inflight.max=%d, smtp.sessions.max=%d %s"
-        % (name, count, workers, inflight, sessions, " ".join(extra)))
+    log("%s: %d requests%s, %d worker(s), inflight.max=%d, smtp.sessions.max=%d %s"
+        % (name, count, " at %d/s" % rate if rate else "", workers, inflight, sessions,
+           " ".join(extra)))
     t0 = time.time()
     lg = run_.start_process(name + "-loadgen", [
         run_.tool("mailer-loadgen"), "-b", bootstrap, "-t", req, "-n", count, "--size", size,
-        "--id-prefix", name])
+        "--id-prefix", name, "--rate", rate])
     if timeout is None:
         timeout = 60 + 3.0 * count / max(1, min(inflight, sessions) * workers)
-    end = wait_committed(admin, bootstrap, name, req, timeout)
+    # The topic is empty until loadgen has produced (lag 0 at once): wait for
+    # it first (it is fast), then for the commits.
     try:
-        lg.wait(30)
+        lg.wait(60 + (count / rate if rate else count / 2000))
     except subprocess.TimeoutExpired:
-        pass
+        raise BenchError("mailer-loadgen did not finish (see %s)" % lg.log_path)
     run_.stop(lg)
+    if lg.returncode != 0:
+        raise BenchError("mailer-loadgen exited %d (see %s)" % (lg.returncode, lg.log_path))
+    end = wait_committed(admin, bootstrap, name, req, timeout)
     point = {"name": name, "count": count, "inflight": inflight, "sessions": sessions,
              "workers": workers, "extra": list(extra), "seconds": round(end - t0, 3),
              "rate": count / (end - t0),
@@ -598,6 +612,10 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     if st["n"] != count:
         log("  WARNING: %d of %d requests sent" % (st["n"], count))
         point["warning"] = "%d of %d sent" % (st["n"], count)
+    if summary:
+        point["summary"] = results_summary(run_, bootstrap, res)
+    if request_bytes:
+        point["request_bytes"] = avg_value_bytes(run_, bootstrap, req)
     log("  %s: %.2f s, %s msgs/s end to end, %s msgs/s steady, peak RSS %s MiB, load %s"
         % (name, end - t0, fmt_rate(point["rate"]), fmt_rate(point["steady_rate"]),
            "/".join("%.1f" % ((k or 0) / 1024) for k in point["peak_rss_kib"]),

@@ -104,8 +104,8 @@ static const struct config_key config_keys[] = {
             3600000, "longest wait between attempts to reach an unhealthy relay"),
         INT("inflight.max", inflight_max, "1000", 1, 100000,
             "requests consumed and not yet committed before the worker stops taking more"),
-        INT("inflight.resume.percent", inflight_resume_percent, "50", 0, 99,
-            "partitions resume below this percentage of inflight.max"),
+        INT("inflight.resume.percent", inflight_resume_percent, "100", 0, 100,
+            "consumption restarts at or below this percentage of inflight.max"),
         INT("retry.attempts.max", retry_attempts_max, "5", 1, 100,
             "send attempts per request, the first included"),
         INT("retry.backoff.initial.ms", retry_backoff_initial_ms, "1000", 1,
@@ -123,9 +123,9 @@ static const struct config_key config_keys[] = {
         INT("retry.inflight.max", retry_inflight_max, "1000", 1, 100000,
             "retry-topic requests held at once (waiting for their due time or "
             "being sent)"),
-        INT("dedupe.capacity", dedupe_capacity, "100000", 0, 10000000,
-            "request ids remembered after they finish, so that a repeated id is "
-            "not sent again, 0 = off"),
+        INT("dedupe.capacity", dedupe_capacity, "50000", 0, 10000000,
+            "request ids remembered after they finish (about 200 bytes each), so "
+            "that a repeated id is not sent again, 0 = off"),
         INT("dedupe.ttl.ms", dedupe_ttl_ms, "3600000", 1000, 604800000,
             "how long a finished request id is remembered"),
         STR("metrics.listen", metrics_listen, "",

@@ -36,7 +36,8 @@
 #include "log.h"
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
-#define SMTP_IN_MAX (64 * 1024) /* input buffer of a session */
+#define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
+#define SMTP_IN_INITIAL 2048 /* ... at first: replies are short */
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
 /* Messages up to this size are copied next to their final "." so both go
  * out in one send; larger ones are sent from the caller's buffer. */
@@ -112,6 +113,7 @@ struct smtp_session {
         /* input */
         char *ss_in;
         size_t ss_in_len;
+        size_t ss_in_cap;
 };
 
 struct smtp_client {
@@ -1137,9 +1139,20 @@ static int session_process_input(struct smtp_session *s) {
  * socket no longer shows) and handles every complete reply. */
 static void session_read(struct smtp_session *s) {
         for (;;) {
-                size_t room = SMTP_IN_MAX - s->ss_in_len, n = 0;
+                size_t room = s->ss_in_cap - s->ss_in_len, n = 0;
                 CURLcode rc;
 
+                if (room == 0 && s->ss_in_cap < SMTP_IN_MAX) {
+                        char *in = realloc(s->ss_in, s->ss_in_cap * 2);
+
+                        if (!in) {
+                                session_fail(s, "out of memory");
+                                return;
+                        }
+                        s->ss_in = in;
+                        s->ss_in_cap *= 2;
+                        room = s->ss_in_cap - s->ss_in_len;
+                }
                 if (room == 0) {
                         session_fail(s, "protocol error (reply too long)");
                         return;
@@ -1419,7 +1432,8 @@ static void session_connected(struct smtp_session *s) {
                 session_close(s);
                 return;
         }
-        s->ss_in = malloc(SMTP_IN_MAX);
+        s->ss_in = malloc(SMTP_IN_INITIAL);
+        s->ss_in_cap = SMTP_IN_INITIAL;
         s->ss_out_cap = 1024;
         s->ss_out = malloc(s->ss_out_cap);
         if (!s->ss_in || !s->ss_out) {
@@ -1499,6 +1513,9 @@ static int session_open(smtp_client_t *sc) {
         s->ss_easy = e;
         curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+        /* libcurl reads only the greeting, EHLO and AUTH replies: its 16 KiB
+         * default buffer per session is mostly unused. */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PRIVATE, s);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->ss_errbuf);

@@ -106,7 +106,7 @@ static void test_defaults(void **state) {
         assert_int_equal(conf->smtp_relay_backoff_initial_ms, 1000);
         assert_int_equal(conf->smtp_relay_backoff_max_ms, 60000);
         assert_int_equal(conf->inflight_max, 1000);
-        assert_int_equal(conf->inflight_resume_percent, 50);
+        assert_int_equal(conf->inflight_resume_percent, 100);
         assert_int_equal(conf->retry_attempts_max, 5);
         assert_int_equal(conf->retry_backoff_initial_ms, 1000);
         assert_int_equal(conf->retry_backoff_max_ms, 60000);
@@ -146,7 +146,7 @@ static const struct {
         {"smtp.relay.backoff.initial.ms", 10, 600000},
         {"smtp.relay.backoff.max.ms", 10, 3600000},
         {"inflight.max", 1, 100000},
-        {"inflight.resume.percent", 0, 99},
+        {"inflight.resume.percent", 0, 100},
         {"retry.attempts.max", 1, 100},
         {"retry.backoff.initial.ms", 1, 3600000},
         {"retry.backoff.max.ms", 1, 86400000},
