@@ -13,6 +13,8 @@
 /* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
+/* Longest a cooperative rebalance is assumed to last between its rounds. */
+#define CONSUMER_REBALANCE_MAX_MS 10000
 
 /* The messages of one subscribed topic. */
 struct consumer_mq {
@@ -33,6 +35,11 @@ struct consumer {
         struct consumer_handlers c_h;
         void *c_opaque;
         uint64_t c_commit_errors;
+        /* Loop time of a cooperative revoke whose second round has not
+         * ended yet (0: none), and the assignment callbacks still to come
+         * before it has: one closes the revoke's round, one the next. */
+        int64_t c_revoked_ms;
+        int c_rounds_left;
         int c_in_rebalance;
         int c_closing;
 };
@@ -88,16 +95,24 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         consumer_forward(c, parts);
                         c->c_h.on_assign(c->c_opaque, parts);
                 }
+                if (c->c_rounds_left > 0 && --c->c_rounds_left == 0)
+                        c->c_revoked_ms = 0;
         } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
                 int lost = rd_kafka_assignment_lost(rk);
 
                 LOG(LOG_INFO, "partitions revoked topic=%s count=%d lost=%d",
                     c->c_mq[0].mq_topic, parts->cnt, lost);
                 c->c_h.on_revoke(c->c_opaque, parts, lost);
-                if (cooperative)
+                if (cooperative) {
                         error = rd_kafka_incremental_unassign(rk, parts);
-                else
+                        /* A second round follows; a commit sent before it
+                         * ends fails with an old generation, and librdkafka
+                         * 2.0.2 then drops the whole assignment as lost. */
+                        c->c_revoked_ms = loop_clock_ms();
+                        c->c_rounds_left = 2;
+                } else {
                         ret = rd_kafka_assign(rk, NULL);
+                }
         } else {
                 LOG(LOG_ERROR, "rebalance error err=\"%s\"", rd_kafka_err2str(err));
                 c->c_h.on_revoke(c->c_opaque, parts, 1);
@@ -128,8 +143,7 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 LOG(LOG_WARN, "offset commit failed err=\"%s\" partitions=%d",
                     rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
         }
-        if (offsets)
-                c->c_h.on_commit(c->c_opaque, offsets, err);
+        c->c_h.on_commit(c->c_opaque, offsets, err);
 }
 
 static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
@@ -425,6 +439,11 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
 
 rd_kafka_t *consumer_handle(consumer_t *c) {
         return c->c_rk;
+}
+
+int consumer_rebalancing(const consumer_t *c) {
+        return c->c_revoked_ms != 0 &&
+               loop_clock_ms() - c->c_revoked_ms < CONSUMER_REBALANCE_MAX_MS;
 }
 
 uint64_t consumer_commit_errors(const consumer_t *c) {

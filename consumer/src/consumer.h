@@ -37,7 +37,8 @@ struct consumer_handlers {
                           const rd_kafka_topic_partition_list_t *parts,
                           int lost);
         /* A commit finished: @err for the whole request, and each element's
-         * err for its partition. Also called for synchronous commits. */
+         * err for its partition (@offsets may be NULL on an error). Also
+         * called for synchronous commits. */
         void (*on_commit)(void *opaque,
                           const rd_kafka_topic_partition_list_t *offsets,
                           rd_kafka_resp_err_t err);
@@ -70,6 +71,11 @@ int consumer_paused(const consumer_t *c, int topic);
  * when @async. @returns 0 or -1 (sync commit failed; logged). */
 int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
                     int async);
+
+/* @returns non-zero between the two rounds of a cooperative rebalance, when
+ * an async commit would only fail (and make librdkafka 2.0.2 treat the
+ * assignment as lost). */
+int consumer_rebalancing(const consumer_t *c);
 
 /* @returns how many commits failed so far (their offsets must be committed
  * again). */

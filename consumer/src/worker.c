@@ -26,6 +26,8 @@
 #define WORKER_DRAIN_STEP_MS 50
 /* Shortest gap between commits asked for early by back-pressure. */
 #define WORKER_COMMIT_MIN_GAP_MS 20
+/* An async commit unanswered this long no longer holds back the next. */
+#define WORKER_COMMIT_ANSWER_MS 10000
 
 /* The topics a worker consumes, in consumer_new()'s order. */
 enum worker_topic {
@@ -103,6 +105,9 @@ struct worker {
          * cooperative rebalance makes librdkafka 2.0.2 lose the assignment
          * (librdkafka issue 4059). */
         int64_t w_commit_hold_until[CONSUMER_TOPICS_MAX];
+        /* When the async commit still unanswered was sent (0: none): one at
+         * a time, so that a rebalance meets one commit, not a queue. */
+        int64_t w_commit_sent_ms[CONSUMER_TOPICS_MAX];
         char *w_retry_group;
         results_t *w_results;
         smtp_client_t *w_smtp;
@@ -879,8 +884,11 @@ static void worker_on_commit(void *opaque,
         const struct worker_topic_ref *ref = opaque;
         worker_t *w = ref->tr_worker;
 
-        if (err)
+        w->w_commit_sent_ms[ref->tr_topic] = 0;
+        if (err || !offsets) {
+                worker_check_pressure(w);
                 return;
+        }
         for (int i = 0; i < offsets->cnt; i++) {
                 struct part *p = part_of_elem(w, offsets, i);
 
@@ -892,6 +900,9 @@ static void worker_on_commit(void *opaque,
                 p->p_acked_below = p->p_sent_below;
         }
         worker_check_pressure(w);
+        /* Completions that came while this commit was out may be waiting. */
+        if (w->w_held[ref->tr_topic] * 2 >= w->w_limit[ref->tr_topic])
+                worker_commit_soon(w);
 }
 
 /* Adds the watermark of @p to @offs when it moved since its last commit. */
@@ -929,7 +940,11 @@ static void worker_commit(worker_t *w, int t,
                         if (w->w_parts[t][i])
                                 w->w_parts[t][i]->p_committed = -1;
         }
-        if (async && loop_now_ms(w->w_loop) < w->w_commit_hold_until[t])
+        if (async && (loop_now_ms(w->w_loop) < w->w_commit_hold_until[t] ||
+                      consumer_rebalancing(w->w_consumer[t]) ||
+                      (w->w_commit_sent_ms[t] &&
+                       loop_now_ms(w->w_loop) - w->w_commit_sent_ms[t] <
+                           WORKER_COMMIT_ANSWER_MS)))
                 return;
         offs = rd_kafka_topic_partition_list_new(16);
         if (parts) {
@@ -947,6 +962,8 @@ static void worker_commit(worker_t *w, int t,
         if (offs->cnt > 0) {
                 LOG(LOG_DEBUG, "committing topic=%s partitions=%d async=%d",
                     w->w_topics[t], offs->cnt, async);
+                if (async)
+                        w->w_commit_sent_ms[t] = loop_now_ms(w->w_loop);
                 if (consumer_commit(w->w_consumer[t], offs, async) == -1)
                         for (int j = 0; j < offs->cnt; j++) {
                                 struct part *p = part_of_elem(w, offs, j);
