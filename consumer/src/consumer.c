@@ -437,10 +437,6 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
         return 0;
 }
 
-rd_kafka_t *consumer_handle(consumer_t *c) {
-        return c->c_rk;
-}
-
 int consumer_rebalancing(const consumer_t *c) {
         return c->c_revoked_ms != 0 &&
                loop_clock_ms() - c->c_revoked_ms < CONSUMER_REBALANCE_MAX_MS;

@@ -81,7 +81,4 @@ int consumer_rebalancing(const consumer_t *c);
  * again). */
 uint64_t consumer_commit_errors(const consumer_t *c);
 
-/* @returns the librdkafka handle (for watermark queries in tests/tools). */
-rd_kafka_t *consumer_handle(consumer_t *c);
-
 #endif

@@ -29,6 +29,18 @@
 /* An async commit unanswered this long no longer holds back the next. */
 #define WORKER_COMMIT_ANSWER_MS 10000
 
+/* Counters since start (served on /metrics). */
+struct worker_stats {
+        uint64_t consumed;
+        uint64_t sent;
+        uint64_t failed;
+        uint64_t rejected;
+        uint64_t expired;
+        uint64_t retries; /* transient failures retried */
+        uint64_t handoffs; /* requests moved to the retry topic */
+        uint64_t duplicates; /* repeated ids answered from an earlier result */
+};
+
 /* The topics a worker consumes, in consumer_new()'s order. */
 enum worker_topic {
         TOPIC_REQUESTS = 0,
@@ -1338,12 +1350,6 @@ int worker_run(worker_t *w) {
         if (results_fatal(w->w_results))
                 return 2;
         return left > 0 ? 1 : 0;
-}
-
-void worker_get_stats(const worker_t *w, struct worker_stats *st) {
-        *st = w->w_stats;
-        st->inflight = w->w_inflight[TOPIC_REQUESTS];
-        st->retry_inflight = w->w_topic_cnt > 1 ? w->w_inflight[TOPIC_RETRY] : 0;
 }
 
 void worker_destroy(worker_t *w) {

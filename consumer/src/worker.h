@@ -33,20 +33,4 @@ void worker_stop(worker_t *w);
 
 void worker_destroy(worker_t *w);
 
-/* Counters since start. */
-struct worker_stats {
-        uint64_t consumed;
-        uint64_t sent;
-        uint64_t failed;
-        uint64_t rejected;
-        uint64_t expired;
-        uint64_t retries; /* transient failures retried */
-        uint64_t handoffs; /* requests moved to the retry topic */
-        uint64_t duplicates; /* repeated ids answered from an earlier result */
-        size_t inflight; /* requests-topic entries held */
-        size_t retry_inflight; /* retry-topic entries held */
-};
-
-void worker_get_stats(const worker_t *w, struct worker_stats *st);
-
 #endif
