@@ -19,6 +19,7 @@ Pieces:
   for the Python baseline.
 """
 import datetime
+import json
 import os
 import platform
 import re
@@ -606,6 +607,9 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
         if rc not in (0, None):
             log("  %s exited %d (see %s)" % (p.bench_name, rc, p.log_path))
     results = read_results(run_, bootstrap, res)
+    with open(os.path.join(run_.dir, name + "-results.jsonl"), "w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
     st = completion_stats(results)
     point["sent"] = st["n"]
     point["steady_rate"] = st.get("steady_rate")

@@ -17,6 +17,12 @@
  * - connections idle longer than CURLOPT_MAXAGE_CONN are pruned too, so it
  *   is set far beyond any session lifetime.
  *
+ * - curl_easy_send()/recv() find the handle's connection by scanning the
+ *   connection cache of its multi handle (Curl_getconnectinfo()): one
+ *   multi handle for 5,000 sessions made each call walk 5,000 connections,
+ *   half of the worker's CPU. Sessions are therefore spread over multi
+ *   handles of at most SMTP_MULTI_SESSIONS each.
+ *
  * Sessions are freed only from the client's kick timer (closed sessions wait
  * on a zombie list), so a done callback may call back into this module
  * (submit, cancel, close_idle, stats) while a session further up the stack
@@ -43,6 +49,9 @@
  * out in one send; larger ones are sent from the caller's buffer. */
 #define SMTP_COPY_MAX (16 * 1024)
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
+/* Sessions per libcurl multi handle: bounds the connection-cache scan of
+ * every curl_easy_send()/recv(); a multi handle costs about 25 KB. */
+#define SMTP_MULTI_SESSIONS 32
 
 /* job->sj_state */
 #define SJ_IDLE 0
@@ -61,8 +70,18 @@ enum ss_state {
         SS_DEAD, /* closed, on the zombie list */
 };
 
+/* A libcurl multi handle and the sessions opened on it. */
+struct smtp_multi {
+        smtp_client_t *m_client;
+        CURLM *m_multi;
+        loop_timer_t m_timer;
+        size_t m_sessions;
+        struct smtp_multi *m_next;
+};
+
 struct smtp_session {
         smtp_client_t *ss_client;
+        struct smtp_multi *ss_multi;
         struct smtp_session *ss_next; /* sc_sessions or sc_zombies */
         struct smtp_session *ss_prev;
         struct smtp_session *ss_idle_next; /* sc_idle */
@@ -118,7 +137,7 @@ struct smtp_session {
 
 struct smtp_client {
         loop_t *sc_loop;
-        CURLM *sc_multi;
+        struct smtp_multi *sc_multis;
         struct smtp_client_conf sc_conf; /* strings point to copies below */
         char *sc_url; /* the URL given to libcurl (HELO name as path) */
         char *sc_relay; /* scheme://host:port, for messages */
@@ -141,7 +160,6 @@ struct smtp_client {
         struct smtp_session *sc_zombies;
 
         loop_timer_t sc_kick_timer;
-        loop_timer_t sc_curl_timer;
         loop_timer_t sc_retry_timer;
         int sc_healthy;
         int sc_closing;
@@ -151,7 +169,8 @@ struct smtp_client {
         uint64_t sc_failures_total;
         char sc_last_error[256];
 
-        unsigned char *sc_curl_fds; /* fds libcurl watches through us */
+        /* fds libcurl watches through us: the multi handle of each */
+        struct smtp_multi **sc_curl_fds;
         size_t sc_curl_fds_cnt;
 };
 
@@ -429,19 +448,20 @@ static int curl_fd_owned(const smtp_client_t *sc, int fd) {
                sc->sc_curl_fds[fd];
 }
 
-static int curl_fd_set(smtp_client_t *sc, int fd, unsigned char v) {
+static int curl_fd_set(smtp_client_t *sc, int fd, struct smtp_multi *v) {
         if ((size_t)fd >= sc->sc_curl_fds_cnt) {
                 size_t cnt = sc->sc_curl_fds_cnt ? sc->sc_curl_fds_cnt : 64;
-                unsigned char *p;
+                struct smtp_multi **p;
 
                 if (!v)
                         return 0;
                 while (cnt <= (size_t)fd)
                         cnt *= 2;
-                p = realloc(sc->sc_curl_fds, cnt);
+                p = realloc(sc->sc_curl_fds, cnt * sizeof(*p));
                 if (!p)
                         return -1;
-                memset(p + sc->sc_curl_fds_cnt, 0, cnt - sc->sc_curl_fds_cnt);
+                memset(p + sc->sc_curl_fds_cnt, 0,
+                       (cnt - sc->sc_curl_fds_cnt) * sizeof(*p));
                 sc->sc_curl_fds = p;
                 sc->sc_curl_fds_cnt = cnt;
         }
@@ -453,13 +473,13 @@ static void curl_fd_release(smtp_client_t *sc, int fd) {
         if (!curl_fd_owned(sc, fd))
                 return;
         loop_io_del(sc->sc_loop, fd);
-        sc->sc_curl_fds[fd] = 0;
+        sc->sc_curl_fds[fd] = NULL;
 }
 
-static void client_check_multi(smtp_client_t *sc);
+static void client_check_multi(struct smtp_multi *m);
 
 static void curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
-        smtp_client_t *sc = opaque;
+        struct smtp_multi *m = opaque;
         int flags = 0, running;
 
         (void)loop;
@@ -469,13 +489,14 @@ static void curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
                 flags |= CURL_CSELECT_OUT;
         if (events & LOOP_ERROR)
                 flags |= CURL_CSELECT_ERR;
-        curl_multi_socket_action(sc->sc_multi, fd, flags, &running);
-        client_check_multi(sc);
+        curl_multi_socket_action(m->m_multi, fd, flags, &running);
+        client_check_multi(m);
 }
 
 static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
                           void *socketp) {
-        smtp_client_t *sc = userp;
+        struct smtp_multi *m = userp;
+        smtp_client_t *sc = m->m_client;
         unsigned events = 0;
 
         (void)easy;
@@ -489,40 +510,66 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
         if (what & CURL_POLL_OUT)
                 events |= LOOP_WRITE;
         if (curl_fd_owned(sc, fd)) {
+                sc->sc_curl_fds[fd] = m;
                 if (loop_io_mod(sc->sc_loop, fd, events) == -1)
                         LOG(LOG_ERROR, "smtp: epoll mod fd=%d: %s", fd,
                             strerror(errno));
                 return 0;
         }
-        if (curl_fd_set(sc, fd, 1) == -1 ||
-            loop_io_add(sc->sc_loop, fd, events, curl_io_cb, sc) == -1) {
+        if (curl_fd_set(sc, fd, m) == -1 ||
+            loop_io_add(sc->sc_loop, fd, events, curl_io_cb, m) == -1) {
                 LOG(LOG_ERROR, "smtp: cannot watch libcurl fd=%d: %s", fd,
                     strerror(errno));
-                curl_fd_set(sc, fd, 0);
+                curl_fd_set(sc, fd, NULL);
                 return -1;
         }
         return 0;
 }
 
 static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
-        smtp_client_t *sc = userp;
+        struct smtp_multi *m = userp;
 
         (void)multi;
         if (timeout_ms < 0)
-                loop_timer_stop(sc->sc_loop, &sc->sc_curl_timer);
+                loop_timer_stop(m->m_client->sc_loop, &m->m_timer);
         else
-                loop_timer_start(sc->sc_loop, &sc->sc_curl_timer, timeout_ms);
+                loop_timer_start(m->m_client->sc_loop, &m->m_timer, timeout_ms);
         return 0;
 }
 
 static void curl_timeout_fire(loop_t *loop, void *opaque) {
-        smtp_client_t *sc = opaque;
+        struct smtp_multi *m = opaque;
         int running;
 
         (void)loop;
-        curl_multi_socket_action(sc->sc_multi, CURL_SOCKET_TIMEOUT, 0,
-                                 &running);
-        client_check_multi(sc);
+        curl_multi_socket_action(m->m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        client_check_multi(m);
+}
+
+/* @returns a multi handle with room for one more session, or NULL. */
+static struct smtp_multi *client_multi_for_session(smtp_client_t *sc) {
+        struct smtp_multi *m;
+
+        for (m = sc->sc_multis; m; m = m->m_next)
+                if (m->m_sessions < SMTP_MULTI_SESSIONS)
+                        return m;
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return NULL;
+        m->m_multi = curl_multi_init();
+        if (!m->m_multi) {
+                free(m);
+                return NULL;
+        }
+        m->m_client = sc;
+        loop_timer_init(&m->m_timer, curl_timeout_fire, m);
+        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETDATA, m);
+        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERDATA, m);
+        m->m_next = sc->sc_multis;
+        sc->sc_multis = m;
+        return m;
 }
 
 /*
@@ -678,9 +725,10 @@ static void session_close(struct smtp_session *s) {
         sc->sc_session_cnt--;
         if (s->ss_easy) {
                 /* closes a CONNECT_ONLY connection at once */
-                curl_multi_remove_handle(sc->sc_multi, s->ss_easy);
+                curl_multi_remove_handle(s->ss_multi->m_multi, s->ss_easy);
                 curl_easy_cleanup(s->ss_easy);
                 s->ss_easy = NULL;
+                s->ss_multi->m_sessions--;
         }
         free(s->ss_in);
         s->ss_in = NULL;
@@ -1470,14 +1518,14 @@ static void session_connected(struct smtp_session *s) {
                 session_next(s);
 }
 
-static void client_check_multi(smtp_client_t *sc) {
+static void client_check_multi(struct smtp_multi *m) {
         CURLMsg *msg;
         int left;
 
         for (;;) {
                 struct smtp_session *s = NULL;
 
-                msg = curl_multi_info_read(sc->sc_multi, &left);
+                msg = curl_multi_info_read(m->m_multi, &left);
                 if (!msg)
                         break;
                 if (msg->msg != CURLMSG_DONE)
@@ -1505,12 +1553,14 @@ static int session_open(smtp_client_t *sc) {
         s->ss_state = SS_CONNECTING;
         s->ss_probe = !sc->sc_healthy;
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
-        e = curl_easy_init();
+        s->ss_multi = client_multi_for_session(sc);
+        e = s->ss_multi ? curl_easy_init() : NULL;
         if (!e) {
                 free(s);
                 return -1;
         }
         s->ss_easy = e;
+        s->ss_multi->m_sessions++;
         curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
         /* libcurl reads only the greeting, EHLO and AUTH replies: its 16 KiB
@@ -1558,7 +1608,7 @@ static int session_open(smtp_client_t *sc) {
         sc->sc_session_cnt++;
         sc->sc_connecting++;
         sc->sc_opened_total++;
-        if (curl_multi_add_handle(sc->sc_multi, e) != CURLM_OK) {
+        if (curl_multi_add_handle(s->ss_multi->m_multi, e) != CURLM_OK) {
                 session_close(s);
                 return -1;
         }
@@ -1734,7 +1784,6 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
         sc->sc_rand = (uint64_t)loop_clock_ms() ^ (uint64_t)(uintptr_t)sc ^
                       0x9e3779b97f4a7c15ull;
         loop_timer_init(&sc->sc_kick_timer, client_kick_cb, sc);
-        loop_timer_init(&sc->sc_curl_timer, curl_timeout_fire, sc);
         loop_timer_init(&sc->sc_retry_timer, client_retry_cb, sc);
 
         if (client_parse_url(sc, scc->url, scc->helo_name, errstr,
@@ -1756,16 +1805,6 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
         sc->sc_conf.password = sc->sc_password;
         sc->sc_conf.ca_file = sc->sc_ca_file;
         sc->sc_conf.helo_name = sc->sc_helo_name;
-
-        sc->sc_multi = curl_multi_init();
-        if (!sc->sc_multi) {
-                snprintf(errstr, errstr_size, "smtp: curl_multi_init failed");
-                goto err;
-        }
-        curl_multi_setopt(sc->sc_multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-        curl_multi_setopt(sc->sc_multi, CURLMOPT_SOCKETDATA, sc);
-        curl_multi_setopt(sc->sc_multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-        curl_multi_setopt(sc->sc_multi, CURLMOPT_TIMERDATA, sc);
         return sc;
 
 err:
@@ -1790,15 +1829,20 @@ void smtp_client_destroy(smtp_client_t *sc) {
                 queue_unlink(sc, sc->sc_q_head);
         /* before the zombies go: a socket closed here reaches
          * session_closesocket_cb() */
-        if (sc->sc_multi)
-                curl_multi_cleanup(sc->sc_multi);
+        while (sc->sc_multis) {
+                struct smtp_multi *m = sc->sc_multis;
+
+                sc->sc_multis = m->m_next;
+                curl_multi_cleanup(m->m_multi);
+                loop_timer_stop(sc->sc_loop, &m->m_timer);
+                free(m);
+        }
         client_free_zombies(sc);
         for (size_t fd = 0; fd < sc->sc_curl_fds_cnt; fd++) {
                 if (sc->sc_curl_fds[fd])
                         loop_io_del(sc->sc_loop, (int)fd);
         }
         loop_timer_stop(sc->sc_loop, &sc->sc_kick_timer);
-        loop_timer_stop(sc->sc_loop, &sc->sc_curl_timer);
         loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
         free(sc->sc_curl_fds);
         free(sc->sc_url);

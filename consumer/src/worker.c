@@ -248,12 +248,14 @@ static void worker_check_pressure(worker_t *w) {
 }
 
 /* Commits soon (at most every WORKER_COMMIT_MIN_GAP_MS) instead of at the
- * next commit.interval.ms: what is held waits only for commits. */
-static void worker_commit_soon(worker_t *w) {
+ * next commit.interval.ms: what is held waits only for commits. While intake
+ * of topic @t is stopped, at once: each millisecond is a slot idle (one
+ * async commit is out at a time, so this is one commit per round trip). */
+static void worker_commit_soon(worker_t *w, int t) {
         int64_t now = loop_now_ms(w->w_loop);
         int64_t wait = w->w_last_commit_ms + WORKER_COMMIT_MIN_GAP_MS - now;
 
-        if (wait < 0)
+        if (wait < 0 || (w->w_consumer[t] && consumer_paused(w->w_consumer[t], 0)))
                 wait = 0;
         if (!loop_timer_pending(&w->w_commit_timer) ||
             w->w_commit_timer.lt_due_ms > now + wait)
@@ -296,8 +298,11 @@ static void entry_destroy(struct entry *e, int done) {
                             "offset not tracked topic=%s partition=%d offset=%lld",
                             w->w_topics[p->p_topic], (int)p->p_partition,
                             (long long)e->e_offset);
-                if (w->w_held[p->p_topic] * 2 >= w->w_limit[p->p_topic])
-                        worker_commit_soon(w);
+                /* Also when this was the last entry: an idle worker
+                 * commits what it did now, not at the next interval. */
+                if (w->w_held[p->p_topic] * 2 >= w->w_limit[p->p_topic] ||
+                    w->w_inflight[p->p_topic] == 1)
+                        worker_commit_soon(w, p->p_topic);
         }
         if (e->e_prev)
                 e->e_prev->e_next = e->e_next;
@@ -913,8 +918,9 @@ static void worker_on_commit(void *opaque,
         }
         worker_check_pressure(w);
         /* Completions that came while this commit was out may be waiting. */
-        if (w->w_held[ref->tr_topic] * 2 >= w->w_limit[ref->tr_topic])
-                worker_commit_soon(w);
+        if (w->w_held[ref->tr_topic] * 2 >= w->w_limit[ref->tr_topic] ||
+            (w->w_held[ref->tr_topic] > 0 && w->w_inflight[ref->tr_topic] == 0))
+                worker_commit_soon(w, ref->tr_topic);
 }
 
 /* Adds the watermark of @p to @offs when it moved since its last commit. */
