@@ -43,7 +43,7 @@
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
-#define SMTP_IN_INITIAL 2048 /* ... at first: replies are short */
+#define SMTP_IN_INITIAL 1024 /* ... at first: replies are short */
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
 /* Messages up to this size are copied next to their final "." so both go
  * out in one send; larger ones are sent from the caller's buffer. */
@@ -1482,7 +1482,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_in = malloc(SMTP_IN_INITIAL);
         s->ss_in_cap = SMTP_IN_INITIAL;
-        s->ss_out_cap = 1024;
+        s->ss_out_cap = 512;
         s->ss_out = malloc(s->ss_out_cap);
         if (!s->ss_in || !s->ss_out) {
                 session_close(s);
@@ -1563,9 +1563,10 @@ static int session_open(smtp_client_t *sc) {
         s->ss_multi->m_sessions++;
         curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-        /* libcurl reads only the greeting, EHLO and AUTH replies: its 16 KiB
-         * default buffer per session is mostly unused. */
-        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+        /* libcurl reads only the greeting, EHLO and AUTH replies (lines of
+         * at most 512 octets, RFC 5321 4.5.3.1.5): its 16 KiB default
+         * buffer per session is mostly unused. 1 KiB is libcurl's least. */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PRIVATE, s);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->ss_errbuf);

@@ -290,6 +290,20 @@ def test_a_slow_final_reply_does_not_serialise_sends(kafka, topics, smtp_sink, w
     assert (last - first).total_seconds() < 10
 
 
+def test_a_larger_kafka_message_max_bytes_raises_the_consumers_fetch_limit(
+        kafka, topics, smtp_sink, worker):
+    # librdkafka refuses a consumer whose fetch.max.bytes (the worker's
+    # default: 1 MiB) is below message.max.bytes, which kafka.* gives to
+    # both clients.
+    sink = smtp_sink()
+    kafka.produce(topics.requests, make_requests(20))
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              kafka_message_max_bytes=5000000))
+    final = final_by_id(kafka.results(topics.results, wait=20, timeout=60))
+    assert len(final) == 20
+    assert {r["status"] for r in final.values()} == {"sent"}
+
+
 def test_expired_deadline_is_not_sent(kafka, topics, capture_server, worker):
     server = capture_server()
     kafka.produce(topics.requests, [
