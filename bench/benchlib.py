@@ -11,7 +11,7 @@ Pieces:
 - Run.start_kafka(), Run.start_sink(), Run.start_worker(),
   Run.start_process(), Run.stop(): local infrastructure on 127.0.0.1 and free
   ports, every wait bounded.
-- wait_committed(): polls `mailer-admin offsets GROUP TOPIC` until the lag is
+- wait_committed(): `mailer-admin offsets GROUP TOPIC --wait` until the lag is
   0; with first_assigned() (the worker log's first "partitions assigned"
   timestamp) it gives "time from first consume to last offset committed".
 - peak_rss_kib() (VmHWM) and cpu_seconds() of a process.
@@ -176,35 +176,35 @@ def cpu_seconds(pid):
 _OFFSETS_TOTAL = re.compile(r"total partitions=(\d+) end=(\d+) lag=(\d+)")
 
 
-def wait_committed(admin, bootstrap, group, topic, timeout, proc=None, interval=0.1,
-                   progress_every=2.0):
-    """Polls `mailer-admin offsets GROUP TOPIC` until every partition's lag
-    is 0. @returns the wall-clock time (epoch) at which the poll that saw lag
-    0 was started: the last commit happened before it, so durations ending
-    there are upper bounds (by at most interval + one query, ~0.1 s).
+def wait_committed(admin, bootstrap, group, topic, timeout, proc=None, chunk=2.0):
+    """Waits until every partition's lag is 0 with `mailer-admin offsets
+    GROUP TOPIC --wait`: one client that queries every 50 ms (one process
+    per @chunk seconds, so that a dead @proc and progress are noticed).
+    @returns the wall-clock time (epoch) at which the query that saw lag 0
+    was sent: the last commit happened before it, so durations ending there
+    are upper bounds (by at most 50 ms and one query).
     Raises BenchError on timeout or when @proc exits first."""
     deadline = time.monotonic() + timeout
-    next_progress = time.monotonic() + progress_every
     last = ""
     while time.monotonic() < deadline:
-        t = time.time()
-        cp = run([admin, "-b", bootstrap, "offsets", group, topic, "--timeout", "5"],
-                 30, check=False)
+        cp = run([admin, "-b", bootstrap, "offsets", group, topic, "--timeout", "5",
+                  "--wait", "%.1f" % chunk], 30 + chunk, check=False)
         if cp.returncode == 0:
-            return t
+            m = re.search(r"caught_up_ms=(\d+)", cp.stdout)
+            if m:
+                return int(m.group(1)) / 1000.0
+            return time.time()
         m = _OFFSETS_TOTAL.search(cp.stdout)
         if m:
             last = "lag=%s of %s" % (m.group(3), m.group(2))
         elif cp.returncode != 3:
             last = cp.stderr.strip().splitlines()[-1:] or ["?"]
             last = "mailer-admin: " + last[0]
+            time.sleep(0.1)
         if proc is not None and proc.poll() is not None:
             raise BenchError("process %d exited (%d) before its offsets were committed (%s)"
                              % (proc.pid, proc.returncode, last))
-        if time.monotonic() >= next_progress:
-            log("  %s: %s" % (group, last))
-            next_progress = time.monotonic() + progress_every
-        time.sleep(interval)
+        log("  %s: %s" % (group, last))
     raise BenchError("group %s did not commit %s in %ss (%s)" % (group, topic, timeout, last))
 
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ADMIN_QUERY_TIMEOUT_MS 10000
 #define ADMIN_CREATE_TIMEOUT_MS 30000
@@ -27,8 +28,14 @@
 /* Exit status of "offsets" when some partition has a lag. */
 #define ADMIN_EXIT_LAG 3
 
+/* offsets --wait: the pause between two queries. */
+#define ADMIN_WAIT_INTERVAL_MS 50
+/* offsets --wait: how often progress goes to stderr. */
+#define ADMIN_WAIT_PROGRESS_MS 2000
+
 struct admin_opts {
         int64_t ao_timeout_ms; /* -1: the command's default */
+        int64_t ao_wait_ms; /* offsets: query until no lag for this long; 0: once */
 };
 
 /* Queries a partition's watermarks, retrying for a while on the errors a
@@ -59,9 +66,13 @@ static void admin_usage(FILE *fp) {
 "        create topics with replication factor 1; a topic that exists with\n"
 "        the same partition count is fine. Waits until the metadata shows\n"
 "        every partition with a leader (--timeout, default 30 s).\n"
-"  offsets GROUP TOPIC\n"
+"  offsets GROUP TOPIC [--wait S]\n"
 "        print \"partition=P committed=C end=E lag=L\" per partition and a\n"
-"        total line; exit 0 if every lag is 0, 3 otherwise.\n"
+"        total line; exit 0 if every lag is 0, 3 otherwise. With --wait,\n"
+"        query every 50 ms until every lag is 0 or S seconds passed (the\n"
+"        lag goes to stderr every 2 s), then print the last answer and\n"
+"        \"caught_up_ms=T\": when the query that found no lag was sent\n"
+"        (Unix time in ms; the group's last commit came before it).\n"
 "  wait-ready [--timeout S]\n"
 "        wait until the broker answers a metadata request (default 30 s);\n"
 "        exit 0 when it does, 1 on timeout.\n"
@@ -86,6 +97,7 @@ static int admin_parse_opts(int argc, char **argv, const char *optstring,
                             rd_kafka_conf_t *conf, struct admin_opts *ao) {
         static const struct option longopts[] = {
                 {"timeout", required_argument, NULL, 'T'},
+                {"wait", required_argument, NULL, 'W'},
                 {"help", no_argument, NULL, 'h'},
                 {NULL, 0, NULL, 0},
         };
@@ -96,6 +108,19 @@ static int admin_parse_opts(int argc, char **argv, const char *optstring,
                 switch (opt) {
                 case TOOL_OPT_ERROR:
                         return -1;
+                case 'W': {
+                        char *end;
+                        double sec = strtod(optarg, &end);
+
+                        if (end == optarg || *end != '\0' || !(sec > 0) ||
+                            sec > 86400) {
+                                tool_err("--wait: expected seconds in (0, "
+                                         "86400], got \"%s\"", optarg);
+                                return -1;
+                        }
+                        ao->ao_wait_ms = (int64_t)(sec * 1000);
+                        break;
+                }
                 case 'h':
                         admin_usage(stdout);
                         return 1;
@@ -408,44 +433,27 @@ out:
  * offsets
  */
 
-static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
-                         const struct admin_opts *ao) {
-        rd_kafka_topic_partition_list_t *tpl = NULL;
-        rd_kafka_t *rk = NULL;
-        int timeout_ms = admin_timeout(ao, ADMIN_QUERY_TIMEOUT_MS);
-        const char *group;
-        const char *topic;
-        char errstr[512];
-        int32_t *parts = NULL;
-        int cnt = 0;
-        int64_t total_end = 0;
-        int64_t total_lag = 0;
-        int lagging = 0;
+/* One query of @group's committed offsets and @topic's end offsets.
+ * @returns 0 with the lines for stdout in @out (freed by the caller) and
+ * the totals, or -1 after printing why. */
+static int admin_offsets_query(rd_kafka_t *rk, const char *group,
+                               const char *topic, const int32_t *parts, int cnt,
+                               int timeout_ms, char **out, int64_t *total_end,
+                               int64_t *total_lag) {
+        rd_kafka_topic_partition_list_t *tpl;
         rd_kafka_resp_err_t err;
-        int rc = TOOL_EXIT_INPUT;
+        char *text = NULL;
+        size_t text_len = 0;
+        FILE *fp;
+        int lagging = 0;
+        int rc = -1;
 
-        if (argc != 2) {
-                tool_err("offsets: expected GROUP TOPIC");
-                goto out;
+        fp = open_memstream(&text, &text_len);
+        if (fp == NULL) {
+                tool_err("out of memory");
+                return -1;
         }
-        group = argv[0];
-        topic = argv[1];
-        /* A consumer with the group's id that never subscribes: it reads the
-         * group's committed offsets without joining or disturbing it. */
-        if (tool_conf_set(*confp, "group", "group.id", group) == -1 ||
-            tool_conf_set(*confp, "defaults", "enable.auto.commit", "false") ==
-                    -1)
-                goto out;
-        rc = TOOL_EXIT_KAFKA;
-        rk = tool_kafka_new(RD_KAFKA_CONSUMER, confp);
-        if (rk == NULL)
-                goto out;
-        if (tool_topic_partitions(rk, topic, timeout_ms, &parts, &cnt, errstr,
-                                  sizeof(errstr)) !=
-            RD_KAFKA_RESP_ERR_NO_ERROR) {
-                tool_err("%s", errstr);
-                goto out;
-        }
+        *total_end = *total_lag = 0;
         tpl = rd_kafka_topic_partition_list_new(cnt);
         for (int i = 0; i < cnt; i++)
                 rd_kafka_topic_partition_list_add(tpl, topic, parts[i]);
@@ -477,29 +485,107 @@ static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
                         lag = hi - tp->offset;
                         if (lag < 0)
                                 lag = 0;
-                        printf("partition=%" PRId32 " committed=%" PRId64
-                               " end=%" PRId64 " lag=%" PRId64 "\n",
-                               tp->partition, tp->offset, hi, lag);
+                        fprintf(fp, "partition=%" PRId32 " committed=%" PRId64
+                                    " end=%" PRId64 " lag=%" PRId64 "\n",
+                                tp->partition, tp->offset, hi, lag);
                 } else {
                         /* Nothing committed: everything still there is
                          * unconsumed. */
                         lag = hi - lo;
-                        printf("partition=%" PRId32 " committed=none"
-                               " end=%" PRId64 " lag=%" PRId64 "\n",
-                               tp->partition, hi, lag);
+                        fprintf(fp, "partition=%" PRId32 " committed=none"
+                                    " end=%" PRId64 " lag=%" PRId64 "\n",
+                                tp->partition, hi, lag);
                 }
-                total_end += hi;
-                total_lag += lag;
+                *total_end += hi;
+                *total_lag += lag;
                 if (lag > 0)
                         lagging++;
         }
-        printf("total partitions=%d end=%" PRId64 " lag=%" PRId64
-               " lagging=%d\n",
-               tpl->cnt, total_end, total_lag, lagging);
-        rc = lagging > 0 ? ADMIN_EXIT_LAG : TOOL_EXIT_OK;
+        fprintf(fp, "total partitions=%d end=%" PRId64 " lag=%" PRId64
+                    " lagging=%d\n",
+                tpl->cnt, *total_end, *total_lag, lagging);
+        rc = 0;
 out:
-        if (tpl != NULL)
-                rd_kafka_topic_partition_list_destroy(tpl);
+        fclose(fp);
+        rd_kafka_topic_partition_list_destroy(tpl);
+        if (rc == 0)
+                *out = text;
+        else
+                free(text);
+        return rc;
+}
+
+static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
+                         const struct admin_opts *ao) {
+        rd_kafka_t *rk = NULL;
+        int timeout_ms = admin_timeout(ao, ADMIN_QUERY_TIMEOUT_MS);
+        const char *group;
+        const char *topic;
+        char errstr[512];
+        int32_t *parts = NULL;
+        int cnt = 0;
+        int64_t total_end = 0;
+        int64_t total_lag = 0;
+        int64_t sent_ms = 0; /* Unix time, ms */
+        int64_t deadline;
+        int64_t next_progress;
+        char *text = NULL;
+        int rc = TOOL_EXIT_INPUT;
+
+        if (argc != 2) {
+                tool_err("offsets: expected GROUP TOPIC");
+                goto out;
+        }
+        group = argv[0];
+        topic = argv[1];
+        /* A consumer with the group's id that never subscribes: it reads the
+         * group's committed offsets without joining or disturbing it. */
+        if (tool_conf_set(*confp, "group", "group.id", group) == -1 ||
+            tool_conf_set(*confp, "defaults", "enable.auto.commit", "false") ==
+                    -1)
+                goto out;
+        rc = TOOL_EXIT_KAFKA;
+        rk = tool_kafka_new(RD_KAFKA_CONSUMER, confp);
+        if (rk == NULL)
+                goto out;
+        if (tool_topic_partitions(rk, topic, timeout_ms, &parts, &cnt, errstr,
+                                  sizeof(errstr)) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_err("%s", errstr);
+                goto out;
+        }
+        deadline = tool_now_ms() + ao->ao_wait_ms;
+        next_progress = tool_now_ms() + ADMIN_WAIT_PROGRESS_MS;
+        for (;;) {
+                free(text);
+                text = NULL;
+                {
+                        struct timespec ts;
+
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        sent_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+                }
+                if (admin_offsets_query(rk, group, topic, parts, cnt,
+                                        timeout_ms, &text, &total_end,
+                                        &total_lag) == -1)
+                        goto out;
+                if (total_lag == 0 || ao->ao_wait_ms == 0 ||
+                    tool_now_ms() >= deadline || !tool_running())
+                        break;
+                if (tool_now_ms() >= next_progress) {
+                        fprintf(stderr, "mailer-admin: lag=%" PRId64
+                                        " of %" PRId64 "\n",
+                                total_lag, total_end);
+                        next_progress = tool_now_ms() + ADMIN_WAIT_PROGRESS_MS;
+                }
+                usleep(ADMIN_WAIT_INTERVAL_MS * 1000);
+        }
+        fputs(text, stdout);
+        if (ao->ao_wait_ms > 0 && total_lag == 0)
+                printf("caught_up_ms=%" PRId64 "\n", sent_ms);
+        rc = total_lag > 0 ? ADMIN_EXIT_LAG : TOOL_EXIT_OK;
+out:
+        free(text);
         free(parts);
         if (rk != NULL) {
                 rd_kafka_consumer_close(rk);

@@ -262,7 +262,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         static const char *const defaults[][2] = {
             {"partition.assignment.strategy", "cooperative-sticky"},
             {"auto.offset.reset", "earliest"},
-            {"queued.max.messages.kbytes", "1024"},
+            {"queued.max.messages.kbytes", "4096"},
             /* A fetch response stays in memory while any of its messages
              * is queued: with librdkafka's defaults (1 MiB a partition,
              * 50 MiB a fetch) the worker held about 60 MiB of prefetched

@@ -304,6 +304,33 @@ def test_a_larger_kafka_message_max_bytes_raises_the_consumers_fetch_limit(
     assert {r["status"] for r in final.values()} == {"sent"}
 
 
+def test_admin_offsets_wait_returns_when_the_group_has_caught_up(
+        kafka, topics, smtp_sink, worker):
+    sink = smtp_sink()
+    kafka.produce(topics.requests, make_requests(30))
+    # Nothing committed yet: after the wait, exit 3 with the lag.
+    t0 = time.time()
+    cp = kafka.admin("offsets", topics.group, topics.requests, "--wait", "0.5")
+    assert cp.returncode == 3
+    assert time.time() - t0 >= 0.5
+    assert "total partitions=4 end=30 lag=30" in cp.stdout
+    assert "caught_up_ms" not in cp.stdout
+    assert kafka.admin("offsets", topics.group, topics.requests, "--wait",
+                       "0").returncode == 1
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off"))
+    cp = kafka.admin("offsets", topics.group, topics.requests, "--wait", "60",
+                     timeout=90)
+    assert cp.returncode == 0, cp.stderr
+    assert "lag=0 lagging=0" in cp.stdout
+    caught = int(re.search(r"caught_up_ms=(\d+)", cp.stdout).group(1)) / 1000
+    assert t0 < caught <= time.time()
+    final = final_by_id(kafka.results(topics.results, wait=30, timeout=60))
+    assert len(final) == 30
+    # Every result was published before its offset was committed.
+    assert max(parse_ts(r["completed_at"]).timestamp()
+               for r in final.values()) <= caught
+
+
 def test_expired_deadline_is_not_sent(kafka, topics, capture_server, worker):
     server = capture_server()
     kafka.produce(topics.requests, [
