@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonparse.h"
+
 #define REQUEST_ID_MAX 200
 #define REQUEST_ADDR_MAX 254
 #define REQUEST_LOCAL_MAX 64
@@ -1185,10 +1187,14 @@ struct mail_request *request_parse(const char *json, size_t len,
                      "request.max.bytes (%zu)", len, limits->max_bytes);
                 goto out;
         }
-        root = json_loadb(json, len,
-                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
-                                  JSON_ALLOW_NUL,
-                          &jerr);
+        /* The fast path; json_loadb() decides what it leaves (and gives
+         * the error message). */
+        root = jsonparse_loadb(json, len);
+        if (root == NULL)
+                root = json_loadb(json, len,
+                                  JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                                          JSON_ALLOW_NUL,
+                                  &jerr);
         if (root == NULL) {
                 fail(errstr, errstr_size, "request: invalid JSON at line %d "
                      "column %d: %s", jerr.line, jerr.column, jerr.text);

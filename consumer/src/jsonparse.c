@@ -1,0 +1,399 @@
+#include "jsonparse.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Integers of more digits than this are left to jansson (overflow). */
+#define JSONPARSE_INT_DIGITS 18
+
+struct jp {
+        const unsigned char *p;
+        const unsigned char *end;
+        char *scratch; /* decoded escaped strings */
+        size_t scratch_cap;
+        int depth;
+};
+
+static json_t *jp_value(struct jp *jp);
+
+static void jp_ws(struct jp *jp) {
+        while (jp->p < jp->end && (*jp->p == ' ' || *jp->p == '\t' ||
+                                   *jp->p == '\n' || *jp->p == '\r'))
+                jp->p++;
+}
+
+/* @returns the length of the UTF-8 sequence at @p (at most @n bytes
+ * available) when it is one jansson accepts (shortest form, no surrogate,
+ * at most U+10FFFF), else 0. */
+static size_t jp_utf8(const unsigned char *p, size_t n) {
+        unsigned char c = p[0];
+        size_t len;
+        uint32_t cp;
+
+        if (c >= 0xC2 && c <= 0xDF) {
+                len = 2;
+                cp = c & 0x1Fu;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+                len = 3;
+                cp = c & 0x0Fu;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+                len = 4;
+                cp = c & 0x07u;
+        } else {
+                return 0;
+        }
+        if (n < len)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if (p[i] < 0x80 || p[i] > 0xBF)
+                        return 0;
+                cp = (cp << 6) | (p[i] & 0x3Fu);
+        }
+        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ||
+            (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000))
+                return 0;
+        return len;
+}
+
+static int jp_hex4(const unsigned char *p, uint32_t *out) {
+        uint32_t v = 0;
+
+        for (int i = 0; i < 4; i++) {
+                unsigned char c = p[i];
+
+                v <<= 4;
+                if (c >= '0' && c <= '9')
+                        v |= (uint32_t)(c - '0');
+                else if (c >= 'a' && c <= 'f')
+                        v |= (uint32_t)(c - 'a' + 10);
+                else if (c >= 'A' && c <= 'F')
+                        v |= (uint32_t)(c - 'A' + 10);
+                else
+                        return -1;
+        }
+        *out = v;
+        return 0;
+}
+
+static size_t jp_put_utf8(char *o, uint32_t cp) {
+        if (cp < 0x80) {
+                o[0] = (char)cp;
+                return 1;
+        }
+        if (cp < 0x800) {
+                o[0] = (char)(0xC0 | (cp >> 6));
+                o[1] = (char)(0x80 | (cp & 0x3F));
+                return 2;
+        }
+        if (cp < 0x10000) {
+                o[0] = (char)(0xE0 | (cp >> 12));
+                o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                o[2] = (char)(0x80 | (cp & 0x3F));
+                return 3;
+        }
+        o[0] = (char)(0xF0 | (cp >> 18));
+        o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[3] = (char)(0x80 | (cp & 0x3F));
+        return 4;
+}
+
+/* Reads the string whose opening quote is at jp->p. Unescaped, it is left
+ * in the input; escaped, it is decoded into jp->scratch.
+ * @returns 0 with *s and *n set, or -1. */
+static int jp_string(struct jp *jp, const char **s, size_t *n) {
+        const unsigned char *p = jp->p + 1;
+        const unsigned char *start = p;
+        size_t o = 0;
+        int escaped = 0;
+
+        for (;;) {
+                const unsigned char *run = p;
+                size_t len;
+
+                /* the run up to a quote, a backslash or a byte to check */
+                while (p < jp->end && *p >= 0x20 && *p < 0x80 && *p != '"' &&
+                       *p != '\\')
+                        p++;
+                if (escaped) {
+                        memcpy(jp->scratch + o, run, (size_t)(p - run));
+                        o += (size_t)(p - run);
+                }
+                if (p >= jp->end || *p < 0x20)
+                        return -1;
+                if (*p == '"')
+                        break;
+                if (*p >= 0x80) {
+                        len = jp_utf8(p, (size_t)(jp->end - p));
+                        if (len == 0)
+                                return -1;
+                        if (escaped) {
+                                memcpy(jp->scratch + o, p, len);
+                                o += len;
+                        }
+                        p += len;
+                        continue;
+                }
+                /* a backslash */
+                if (!escaped) {
+                        /* Decoded, the string is never longer than in the
+                         * input. */
+                        size_t need = (size_t)(jp->end - start);
+
+                        if (need > jp->scratch_cap) {
+                                char *ns = realloc(jp->scratch, need);
+
+                                if (!ns)
+                                        return -1;
+                                jp->scratch = ns;
+                                jp->scratch_cap = need;
+                        }
+                        o = (size_t)(p - start);
+                        memcpy(jp->scratch, start, o);
+                        escaped = 1;
+                }
+                if (jp->end - p < 2)
+                        return -1;
+                switch (p[1]) {
+                case '"':
+                case '\\':
+                case '/':
+                        jp->scratch[o++] = (char)p[1];
+                        p += 2;
+                        break;
+                case 'b':
+                        jp->scratch[o++] = '\b';
+                        p += 2;
+                        break;
+                case 'f':
+                        jp->scratch[o++] = '\f';
+                        p += 2;
+                        break;
+                case 'n':
+                        jp->scratch[o++] = '\n';
+                        p += 2;
+                        break;
+                case 'r':
+                        jp->scratch[o++] = '\r';
+                        p += 2;
+                        break;
+                case 't':
+                        jp->scratch[o++] = '\t';
+                        p += 2;
+                        break;
+                case 'u': {
+                        uint32_t cp, lo;
+
+                        if (jp->end - p < 6 || jp_hex4(p + 2, &cp) != 0)
+                                return -1;
+                        p += 6;
+                        if (cp >= 0xDC00 && cp <= 0xDFFF)
+                                return -1;
+                        if (cp >= 0xD800 && cp <= 0xDBFF) {
+                                if (jp->end - p < 6 || p[0] != '\\' ||
+                                    p[1] != 'u' || jp_hex4(p + 2, &lo) != 0 ||
+                                    lo < 0xDC00 || lo > 0xDFFF)
+                                        return -1;
+                                p += 6;
+                                cp = 0x10000 + ((cp - 0xD800) << 10) +
+                                     (lo - 0xDC00);
+                        }
+                        o += jp_put_utf8(jp->scratch + o, cp);
+                        break;
+                }
+                default:
+                        return -1;
+                }
+        }
+        if (escaped) {
+                *s = jp->scratch;
+                *n = o;
+        } else {
+                *s = (const char *)start;
+                *n = (size_t)(p - start);
+        }
+        jp->p = p + 1;
+        return 0;
+}
+
+static json_t *jp_number(struct jp *jp) {
+        const unsigned char *p = jp->p;
+        int neg = 0;
+        size_t digits = 0;
+        json_int_t v = 0;
+
+        if (*p == '-') {
+                neg = 1;
+                p++;
+        }
+        if (p >= jp->end || *p < '0' || *p > '9')
+                return NULL;
+        if (*p == '0') {
+                p++;
+                digits = 1;
+                if (p < jp->end && *p >= '0' && *p <= '9')
+                        return NULL;
+        } else {
+                while (p < jp->end && *p >= '0' && *p <= '9') {
+                        if (++digits > JSONPARSE_INT_DIGITS)
+                                return NULL;
+                        v = v * 10 + (*p - '0');
+                        p++;
+                }
+        }
+        /* real numbers are left to jansson */
+        if (p < jp->end && (*p == '.' || *p == 'e' || *p == 'E'))
+                return NULL;
+        jp->p = p;
+        return json_integer(neg ? -v : v);
+}
+
+static int jp_literal(struct jp *jp, const char *word, size_t n) {
+        if ((size_t)(jp->end - jp->p) < n || memcmp(jp->p, word, n) != 0)
+                return -1;
+        jp->p += n;
+        return 0;
+}
+
+static json_t *jp_object(struct jp *jp) {
+        json_t *obj = json_object();
+
+        if (!obj)
+                return NULL;
+        jp->p++; /* '{' */
+        jp_ws(jp);
+        if (jp->p < jp->end && *jp->p == '}') {
+                jp->p++;
+                return obj;
+        }
+        for (;;) {
+                const char *key;
+                size_t key_len;
+                char *key_copy = NULL;
+                json_t *v;
+
+                if (jp->p >= jp->end || *jp->p != '"' ||
+                    jp_string(jp, &key, &key_len) != 0 ||
+                    memchr(key, '\0', key_len) != NULL)
+                        goto fail;
+                if (key == jp->scratch) {
+                        /* The value may reuse the scratch buffer. */
+                        key_copy = malloc(key_len ? key_len : 1);
+                        if (!key_copy)
+                                goto fail;
+                        memcpy(key_copy, key, key_len);
+                        key = key_copy;
+                }
+                jp_ws(jp);
+                if (jp->p >= jp->end || *jp->p != ':' ||
+                    json_object_getn(obj, key, key_len) != NULL) {
+                        free(key_copy);
+                        goto fail;
+                }
+                jp->p++;
+                jp_ws(jp);
+                v = jp_value(jp);
+                if (!v || json_object_setn_new_nocheck(obj, key, key_len, v) != 0) {
+                        free(key_copy);
+                        goto fail;
+                }
+                free(key_copy);
+                jp_ws(jp);
+                if (jp->p >= jp->end)
+                        goto fail;
+                if (*jp->p == '}') {
+                        jp->p++;
+                        return obj;
+                }
+                if (*jp->p != ',')
+                        goto fail;
+                jp->p++;
+                jp_ws(jp);
+        }
+fail:
+        json_decref(obj);
+        return NULL;
+}
+
+static json_t *jp_array(struct jp *jp) {
+        json_t *arr = json_array();
+
+        if (!arr)
+                return NULL;
+        jp->p++; /* '[' */
+        jp_ws(jp);
+        if (jp->p < jp->end && *jp->p == ']') {
+                jp->p++;
+                return arr;
+        }
+        for (;;) {
+                json_t *v = jp_value(jp);
+
+                if (!v || json_array_append_new(arr, v) != 0)
+                        goto fail;
+                jp_ws(jp);
+                if (jp->p >= jp->end)
+                        goto fail;
+                if (*jp->p == ']') {
+                        jp->p++;
+                        return arr;
+                }
+                if (*jp->p != ',')
+                        goto fail;
+                jp->p++;
+                jp_ws(jp);
+        }
+fail:
+        json_decref(arr);
+        return NULL;
+}
+
+/* Reads the value at jp->p (white space before it already skipped). */
+static json_t *jp_value(struct jp *jp) {
+        json_t *v = NULL;
+        const char *s;
+        size_t n;
+
+        if (jp->p >= jp->end)
+                return NULL;
+        switch (*jp->p) {
+        case '{':
+        case '[':
+                if (++jp->depth > JSONPARSE_MAX_DEPTH)
+                        return NULL;
+                v = *jp->p == '{' ? jp_object(jp) : jp_array(jp);
+                jp->depth--;
+                return v;
+        case '"':
+                if (jp_string(jp, &s, &n) != 0)
+                        return NULL;
+                return json_stringn_nocheck(s, n);
+        case 't':
+                return jp_literal(jp, "true", 4) == 0 ? json_true() : NULL;
+        case 'f':
+                return jp_literal(jp, "false", 5) == 0 ? json_false() : NULL;
+        case 'n':
+                return jp_literal(jp, "null", 4) == 0 ? json_null() : NULL;
+        default:
+                return jp_number(jp);
+        }
+}
+
+json_t *jsonparse_loadb(const char *buf, size_t len) {
+        struct jp jp = {.p = (const unsigned char *)buf,
+                        .end = (const unsigned char *)buf + len};
+        json_t *v;
+
+        jp_ws(&jp);
+        v = jp_value(&jp);
+        if (v) {
+                jp_ws(&jp);
+                if (jp.p != jp.end) {
+                        json_decref(v);
+                        v = NULL;
+                }
+        }
+        free(jp.scratch);
+        return v;
+}

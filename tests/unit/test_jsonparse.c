@@ -1,0 +1,145 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "jsonparse.h"
+
+static json_t *reference(const char *s, size_t len) {
+        json_error_t err;
+
+        return json_loadb(s, len,
+                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                          &err);
+}
+
+/* @s is parsed by the fast path, to a value equal to jansson's. */
+static void assert_fast(const char *s, size_t len) {
+        json_t *fast = jsonparse_loadb(s, len);
+        json_t *ref = reference(s, len);
+
+        if (fast == NULL || ref == NULL || !json_equal(fast, ref))
+                fail_msg("not parsed alike: %.*s", (int)len, s);
+        json_decref(fast);
+        json_decref(ref);
+}
+
+/* @s is left to jansson, which accepts it (@ok) or rejects it. */
+static void assert_left(const char *s, size_t len, int ok) {
+        json_t *fast = jsonparse_loadb(s, len);
+        json_t *ref = reference(s, len);
+
+        if (fast != NULL)
+                fail_msg("fast path took: %.*s", (int)len, s);
+        if ((ref != NULL) != ok)
+                fail_msg("jansson %s: %.*s", ref ? "accepts" : "rejects", (int)len, s);
+        json_decref(ref);
+}
+
+#define FAST(lit) assert_fast(lit, sizeof(lit) - 1)
+#define LEFT_OK(lit) assert_left(lit, sizeof(lit) - 1, 1)
+#define REJECTED(lit) assert_left(lit, sizeof(lit) - 1, 0)
+
+static void test_a_request_takes_the_fast_path(void **state) {
+        (void)state;
+        FAST("{\"v\":1,\"id\":\"r-1\",\"from\":{\"email\":\"a@shop.example\",\"name\":\"Shop\"},"
+             "\"to\":[\"c@example.com\",{\"email\":\"d@example.com\"}],\"subject\":\"Hi\","
+             "\"text\":\"line 1\\nline 2\\r\\n\\tend\",\"html\":\"<p>x</p>\","
+             "\"headers\":{\"X-Campaign\":\"c1\"},\"metadata\":{\"n\":-42,\"ok\":true,"
+             "\"none\":null,\"off\":false,\"list\":[]},\"deadline_ms\":1700000000000}");
+        FAST(" \t\r\n{ \"a\" : [ 1 , 2 ] } \n");
+        FAST("[]");
+        FAST("{}");
+        FAST("\"\"");
+        FAST("0");
+        FAST("-0");
+        FAST("123456789012345678");
+        FAST("-123456789012345678");
+}
+
+static void test_escapes_and_utf8_decode_like_jansson(void **state) {
+        json_t *v;
+
+        (void)state;
+        FAST("\"\\\" \\\\ \\/ \\b \\f \\n \\r \\t\"");
+        FAST("\"caf\\u00e9 \\u20AC \\ud83d\\ude00 \\uDBFF\\uDFFF\"");
+        FAST("\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf\"");
+        FAST("{\"k\\u00e9y\":\"v\\u00e9\",\"k\\u00e9z\":{\"\\u00e9\":\"\\u00e9\"}}");
+        v = jsonparse_loadb("\"a\\u0000b\"", 10);
+        assert_non_null(v);
+        assert_int_equal(json_string_length(v), 3);
+        assert_memory_equal(json_string_value(v), "a\0b", 3);
+        json_decref(v);
+        v = jsonparse_loadb("\"\\ud83d\\ude00\"", 14);
+        assert_non_null(v);
+        assert_string_equal(json_string_value(v), "\xf0\x9f\x98\x80");
+        json_decref(v);
+}
+
+static void test_what_the_fast_path_leaves_to_jansson(void **state) {
+        char deep[2 * (JSONPARSE_MAX_DEPTH + 1) + 1];
+
+        (void)state;
+        LEFT_OK("1.5");
+        LEFT_OK("[1e3]");
+        LEFT_OK("{\"n\":-2.5E-3}");
+        LEFT_OK("1234567890123456789");
+        memset(deep, '[', JSONPARSE_MAX_DEPTH + 1);
+        memset(deep + JSONPARSE_MAX_DEPTH + 1, ']', JSONPARSE_MAX_DEPTH + 1);
+        deep[sizeof(deep) - 1] = '\0';
+        assert_left(deep, sizeof(deep) - 1, 1);
+        memset(deep, '[', JSONPARSE_MAX_DEPTH);
+        memset(deep + JSONPARSE_MAX_DEPTH, ']', JSONPARSE_MAX_DEPTH);
+        assert_fast(deep, 2 * JSONPARSE_MAX_DEPTH);
+}
+
+static void test_invalid_json_is_rejected_by_both(void **state) {
+        (void)state;
+        REJECTED("");
+        REJECTED("   ");
+        REJECTED("01");
+        REJECTED("-");
+        REJECTED("+1");
+        REJECTED("[1,]");
+        REJECTED("{\"a\":1,}");
+        REJECTED("{\"a\" 1}");
+        REJECTED("{a:1}");
+        REJECTED("{\"a\":1,\"a\":2}");
+        REJECTED("{\"a\\u0000\":1}");
+        REJECTED("\"\\ud800\"");
+        REJECTED("\"\\udc00\"");
+        REJECTED("\"\\ud800\\u0041\"");
+        REJECTED("\"\\x\"");
+        REJECTED("\"\\u12g4\"");
+        REJECTED("\"tab\there\"");
+        REJECTED("\"unterminated");
+        REJECTED("\"\xc3\x28\"");
+        REJECTED("\"\xc0\x80\"");
+        REJECTED("\"\xed\xa0\x80\"");
+        REJECTED("\"\xf4\x90\x80\x80\"");
+        REJECTED("\"\xe2\x82\"");
+        REJECTED("truex");
+        REJECTED("nul");
+        REJECTED("{} {}");
+        REJECTED("[1] x");
+        REJECTED("\xef\xbb\xbf{}");
+        REJECTED("9223372036854775808");
+        assert_left("{}\0", 3, 0);
+        assert_left("\"a\0b\"", 5, 0);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_a_request_takes_the_fast_path),
+                cmocka_unit_test(test_escapes_and_utf8_decode_like_jansson),
+                cmocka_unit_test(test_what_the_fast_path_leaves_to_jansson),
+                cmocka_unit_test(test_invalid_json_is_rejected_by_both),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
