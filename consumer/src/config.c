@@ -139,6 +139,8 @@ static const struct config_key config_keys[] = {
             "domain of generated Message-IDs, \"\" = the From domain"),
         INT("commit.interval.ms", commit_interval_ms, "1000", 10, 600000,
             "how often committable offsets are committed"),
+        INT("fetch.nudge.ms", fetch_nudge_ms, "50", 0, 10000,
+            "least gap between two fetch nudges, 0 = none (operations.md)"),
         INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000", 0,
             600000, "time revoked partitions' in-flight sends get to finish"),
         INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,

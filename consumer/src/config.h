@@ -89,6 +89,7 @@ struct config {
 
         /* commits, rebalance, shutdown */
         int commit_interval_ms; /* commit.interval.ms */
+        int fetch_nudge_ms; /* fetch.nudge.ms */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */
         int shutdown_timeout_ms; /* shutdown.timeout.ms */
 

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +16,29 @@
 #define CONSUMER_POLL_MS 100
 /* Longest a cooperative rebalance is assumed to last between its rounds. */
 #define CONSUMER_REBALANCE_MAX_MS 10000
+/* How long the nudger waits for the end offsets it asked for (only the
+ * request matters; this bounds how long closing waits for the thread). */
+#define CONSUMER_NUDGE_WAIT_MS 500
+
+/*
+ * The fetch nudger. librdkafka 2.0.2 stops fetching a partition while the
+ * prefetch queue is above queued.max.messages.kbytes and looks again only
+ * when its broker thread wakes up: at the latest a second later, or when a
+ * request is queued for that broker. A worker that empties the queue faster
+ * than that waited, idle, for the rest of the second (benchmark B1: half
+ * its rate). When the queue has run dry while Kafka holds more, a helper
+ * thread asks the partitions' leaders for their end offsets
+ * (rd_kafka_offsets_for_times(), which blocks, hence the thread): one
+ * ListOffsets request per leader, which wakes its broker thread.
+ */
+struct consumer_nudger {
+        pthread_t n_thread;
+        pthread_mutex_t n_lock;
+        pthread_cond_t n_cond;
+        rd_kafka_topic_partition_list_t *n_parts; /* to ask about, or NULL */
+        int n_stop;
+        int n_started;
+};
 
 /* The messages of one subscribed topic. */
 struct consumer_mq {
@@ -42,6 +66,10 @@ struct consumer {
         int c_rounds_left;
         int c_in_rebalance;
         int c_closing;
+        int c_nudge_ms; /* fetch.nudge.ms; 0: no nudger */
+        int64_t c_nudge_last_ms;
+        uint64_t c_nudges;
+        struct consumer_nudger c_nudger;
 };
 
 static void consumer_drain(consumer_t *c);
@@ -169,6 +197,94 @@ static void consumer_dispatch(consumer_t *c, int t, rd_kafka_message_t *m) {
         rd_kafka_message_destroy(m);
 }
 
+static void *consumer_nudger_main(void *arg) {
+        consumer_t *c = arg;
+        struct consumer_nudger *n = &c->c_nudger;
+
+        pthread_mutex_lock(&n->n_lock);
+        for (;;) {
+                rd_kafka_topic_partition_list_t *parts;
+
+                while (!n->n_stop && !n->n_parts)
+                        pthread_cond_wait(&n->n_cond, &n->n_lock);
+                if (n->n_stop)
+                        break;
+                parts = n->n_parts;
+                n->n_parts = NULL;
+                pthread_mutex_unlock(&n->n_lock);
+                /* The answer does not matter: the request woke the
+                 * leaders' broker threads. */
+                rd_kafka_offsets_for_times(c->c_rk, parts, CONSUMER_NUDGE_WAIT_MS);
+                rd_kafka_topic_partition_list_destroy(parts);
+                pthread_mutex_lock(&n->n_lock);
+        }
+        pthread_mutex_unlock(&n->n_lock);
+        return NULL;
+}
+
+/* Called when the message queue ran dry: nudges the fetcher (at most every
+ * fetch.nudge.ms) when an assigned partition has more in Kafka than the
+ * worker took, by the high watermark of the last fetch. */
+static void consumer_nudge(consumer_t *c) {
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        rd_kafka_topic_partition_list_t *lagging = NULL;
+        int64_t now = loop_now_ms(c->c_loop);
+
+        if (!c->c_nudger.n_started || now - c->c_nudge_last_ms < c->c_nudge_ms)
+                return;
+        c->c_nudge_last_ms = now;
+        if (rd_kafka_assignment(c->c_rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+                return;
+        if (parts->cnt > 0 &&
+            rd_kafka_position(c->c_rk, parts) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                for (int i = 0; i < parts->cnt; i++) {
+                        const rd_kafka_topic_partition_t *tp = &parts->elems[i];
+                        int64_t lo, hi;
+
+                        if (tp->offset < 0 ||
+                            rd_kafka_get_watermark_offsets(c->c_rk, tp->topic,
+                                                           tp->partition, &lo,
+                                                           &hi) !=
+                                RD_KAFKA_RESP_ERR_NO_ERROR ||
+                            hi <= tp->offset)
+                                continue;
+                        if (!lagging)
+                                lagging = rd_kafka_topic_partition_list_new(parts->cnt);
+                        rd_kafka_topic_partition_list_add(lagging, tp->topic,
+                                                          tp->partition)
+                            ->offset = RD_KAFKA_OFFSET_END;
+                }
+        }
+        rd_kafka_topic_partition_list_destroy(parts);
+        if (!lagging)
+                return;
+        c->c_nudges++;
+        pthread_mutex_lock(&c->c_nudger.n_lock);
+        if (c->c_nudger.n_parts)
+                rd_kafka_topic_partition_list_destroy(c->c_nudger.n_parts);
+        c->c_nudger.n_parts = lagging;
+        pthread_cond_signal(&c->c_nudger.n_cond);
+        pthread_mutex_unlock(&c->c_nudger.n_lock);
+}
+
+static void consumer_nudger_stop(consumer_t *c) {
+        struct consumer_nudger *n = &c->c_nudger;
+
+        if (!n->n_started)
+                return;
+        pthread_mutex_lock(&n->n_lock);
+        n->n_stop = 1;
+        pthread_cond_signal(&n->n_cond);
+        pthread_mutex_unlock(&n->n_lock);
+        pthread_join(n->n_thread, NULL);
+        n->n_started = 0;
+        if (n->n_parts)
+                rd_kafka_topic_partition_list_destroy(n->n_parts);
+        n->n_parts = NULL;
+        pthread_cond_destroy(&n->n_cond);
+        pthread_mutex_destroy(&n->n_lock);
+}
+
 /* Serves the event queue always and each topic's message queue while that
  * topic is not paused. */
 static void consumer_drain(consumer_t *c) {
@@ -190,8 +306,10 @@ static void consumer_drain(consumer_t *c) {
 
                 for (i = 0; i < CONSUMER_BATCH && !mq->mq_paused; i++) {
                         m = rd_kafka_consume_queue(mq->mq_queue, 0);
-                        if (!m)
+                        if (!m) {
+                                consumer_nudge(c);
                                 break;
+                        }
                         consumer_dispatch(c, t, m);
                 }
                 if (i == CONSUMER_BATCH)
@@ -364,6 +482,20 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 rd_kafka_topic_partition_list_add(topics, topic_names[t],
                                                   RD_KAFKA_PARTITION_UA);
         }
+        c->c_nudge_ms = conf->fetch_nudge_ms;
+        if (c->c_nudge_ms > 0) {
+                pthread_mutex_init(&c->c_nudger.n_lock, NULL);
+                pthread_cond_init(&c->c_nudger.n_cond, NULL);
+                if (pthread_create(&c->c_nudger.n_thread, NULL,
+                                   consumer_nudger_main, c) != 0) {
+                        pthread_cond_destroy(&c->c_nudger.n_cond);
+                        pthread_mutex_destroy(&c->c_nudger.n_lock);
+                        snprintf(errstr, errstr_size, "consumer: cannot start "
+                                                      "the fetch nudger");
+                        goto fail;
+                }
+                c->c_nudger.n_started = 1;
+        }
         err = rd_kafka_subscribe(c->c_rk, topics);
         if (err) {
                 snprintf(errstr, errstr_size, "subscribe: %s",
@@ -412,6 +544,7 @@ void consumer_close(consumer_t *c) {
                                                        NULL, 0);
                         rd_kafka_queue_destroy(c->c_mq[t].mq_queue);
                 }
+        consumer_nudger_stop(c);
         if (c->c_rk) {
                 /* Serves the final revoke through the rebalance callback. */
                 c->c_closing = 1;
@@ -471,4 +604,8 @@ int consumer_rebalancing(const consumer_t *c) {
 
 uint64_t consumer_commit_errors(const consumer_t *c) {
         return c->c_commit_errors;
+}
+
+uint64_t consumer_nudges(const consumer_t *c) {
+        return c->c_nudges;
 }

@@ -81,4 +81,7 @@ int consumer_rebalancing(const consumer_t *c);
  * again). */
 uint64_t consumer_commit_errors(const consumer_t *c);
 
+/* @returns how many times the fetcher was nudged (fetch.nudge.ms). */
+uint64_t consumer_nudges(const consumer_t *c);
+
 #endif

@@ -1176,6 +1176,15 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                topic_labels[t],
                                w->w_consumer[t] ? consumer_paused(w->w_consumer[t], 0)
                                                 : 0);
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(out, "kafka_mailer_fetch_nudges_total", "counter",
+                               t == 0 ? "fetch nudges sent (fetch.nudge.ms), by "
+                                        "topic"
+                                      : NULL,
+                               topic_labels[t],
+                               w->w_consumer[t] ? (double)consumer_nudges(
+                                                      w->w_consumer[t])
+                                                : 0);
         metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
                        "result records not yet acknowledged by Kafka", NULL,
                        (double)results_pending(w->w_results));

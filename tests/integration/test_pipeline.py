@@ -331,6 +331,20 @@ def test_admin_offsets_wait_returns_when_the_group_has_caught_up(
                for r in final.values()) <= caught
 
 
+def test_an_idle_worker_commits_at_once_not_at_the_commit_interval(
+        kafka, topics, smtp_sink, worker):
+    sink = smtp_sink()
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              commit_interval_ms=120000))
+    kafka.produce(topics.requests, make_requests(10))
+    # The interval is two minutes; the last send leaves the worker idle,
+    # which commits.
+    cp = kafka.admin("offsets", topics.group, topics.requests, "--wait", "30",
+                     timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "end=10 lag=0" in cp.stdout
+
+
 def test_expired_deadline_is_not_sent(kafka, topics, capture_server, worker):
     server = capture_server()
     kafka.produce(topics.requests, [
@@ -504,6 +518,41 @@ def test_metrics_endpoint_counts_results_and_reports_health(
     assert metric(text, "kafka_mailer_relay_healthy") == 1
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         assert r.status == 200
+
+
+def _scrape_metric(port, name):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^" + re.escape(name) + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("nudge_ms", [20, 0])
+def test_a_dry_prefetch_queue_nudges_the_fetcher_unless_disabled(
+        kafka, topics, smtp_sink, worker, nudge_ms):
+    # With a 16 KiB prefetch queue librdkafka 2.0.2 stops fetching all the
+    # time; fetch.nudge.ms wakes it, 0 leaves it to its own second.
+    from harness import free_port
+    sink = smtp_sink()
+    port = free_port()
+    import secrets
+    # 2 MB that compress little, in 20 producer batches (Kafka returns a
+    # batch whole, whatever the fetch size): many fetches.
+    for k in range(20):
+        kafka.produce(topics.requests, [make_request(i, text=secrets.token_hex(1000))
+                                        for i in range(50 * k, 50 * k + 50)])
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              fetch_nudge_ms=nudge_ms,
+                              metrics_listen=f"127.0.0.1:{port}",
+                              **{"kafka.consumer.queued.max.messages.kbytes": 16}))
+    final = final_by_id(kafka.results(topics.results, wait=1000, timeout=240))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    nudges = _scrape_metric(port, 'kafka_mailer_fetch_nudges_total{topic="requests"}')
+    if nudge_ms:
+        assert nudges > 0
+    else:
+        assert nudges == 0
 
 
 def test_a_deadline_passing_while_the_relay_is_down_gives_expired(kafka, topics, worker):
