@@ -96,7 +96,7 @@ static void loadgen_usage(FILE *fp) {
 "  -h, --help            this help\n"
 "\n"
 "Producer defaults: enable.idempotence=true, linger.ms=20,\n"
-"batch.size=4000000, batch.num.messages=100000, compression.type=lz4,\n"
+"batch.size=1000000, batch.num.messages=10000, compression.type=lz4,\n"
 "queue.buffering.max.messages=1000000 (override with -X).\n"
 "\n"
 "Progress on stderr every second; at the end\n"
@@ -314,8 +314,8 @@ int main(int argc, char **argv) {
             tool_conf_set(conf, "defaults", "enable.idempotence", "true") ==
                     -1 ||
             tool_conf_set(conf, "defaults", "linger.ms", "20") == -1 ||
-            tool_conf_set(conf, "defaults", "batch.size", "4000000") == -1 ||
-            tool_conf_set(conf, "defaults", "batch.num.messages", "100000") ==
+            tool_conf_set(conf, "defaults", "batch.size", "1000000") == -1 ||
+            tool_conf_set(conf, "defaults", "batch.num.messages", "10000") ==
                     -1 ||
             tool_conf_set(conf, "defaults", "compression.type", "lz4") == -1 ||
             tool_conf_set(conf, "defaults", "queue.buffering.max.messages",

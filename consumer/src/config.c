@@ -123,8 +123,8 @@ static const struct config_key config_keys[] = {
         INT("retry.inflight.max", retry_inflight_max, "1000", 1, 100000,
             "retry-topic requests held at once (waiting for their due time or "
             "being sent)"),
-        INT("dedupe.capacity", dedupe_capacity, "50000", 0, 10000000,
-            "request ids remembered after they finish (about 200 bytes each), so "
+        INT("dedupe.capacity", dedupe_capacity, "20000", 0, 10000000,
+            "request ids remembered after they finish (about 250 bytes each), so "
             "that a repeated id is not sent again, 0 = off"),
         INT("dedupe.ttl.ms", dedupe_ttl_ms, "3600000", 1000, 604800000,
             "how long a finished request id is remembered"),

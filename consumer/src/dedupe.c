@@ -4,22 +4,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One allocation a node: the header, the id and, once finished, what the
+ * request ended with (the strings of struct dedupe_done, each
+ * NUL-terminated, after the id). */
 struct node {
         struct node *n_chain; /* bucket chain */
         struct node *n_older; /* finished list, towards the oldest */
         struct node *n_newer;
-        char *n_id;
         uint64_t n_hash;
         void *n_leader; /* NULL once finished */
         int64_t n_finished_ms;
-        /* What a finished request ended with, kept compact: the strings of
-         * struct dedupe_done one after the other in n_strs. */
-        int n_status;
-        int n_smtp_code;
-        int n_attempts;
-        int32_t n_source_partition;
         int64_t n_source_offset;
-        char *n_strs;
+        int32_t n_source_partition;
+        int16_t n_status;
+        int16_t n_smtp_code;
+        int32_t n_attempts;
+        char n_id[];
 };
 
 struct dedupe {
@@ -110,8 +110,6 @@ static void dedupe_remove(dedupe_t *d, struct node **pp) {
         if (!x->n_leader)
                 list_unlink(d, x);
         d->d_size--;
-        free(x->n_id);
-        free(x->n_strs);
         free(x);
 }
 
@@ -147,7 +145,7 @@ enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
         }
         if (x) {
                 struct dedupe_done *o = &d->d_scratch;
-                const char *p = x->n_strs;
+                const char *p = x->n_id + strlen(x->n_id) + 1;
 
                 o->status = x->n_status;
                 o->smtp_code = x->n_smtp_code;
@@ -161,14 +159,10 @@ enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
                 *done = o;
                 return DEDUPE_DONE;
         }
-        x = calloc(1, sizeof(*x));
+        x = calloc(1, sizeof(*x) + strlen(id) + 1);
         if (!x)
                 return DEDUPE_NEW; /* not remembered: at worst a repeat is sent */
-        x->n_id = strdup(id);
-        if (!x->n_id) {
-                free(x);
-                return DEDUPE_NEW;
-        }
+        memcpy(x->n_id, id, strlen(id) + 1);
         x->n_hash = h;
         x->n_leader = leader;
         *pp = x;
@@ -184,29 +178,38 @@ void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
         struct node *x = *pp;
         const char *parts[4] = {done->smtp_reply, done->error, done->message_id,
                                 done->source_topic};
-        size_t lens[4], total = 0;
+        size_t lens[4], total = 0, id_size;
+        struct node *nx;
         char *q;
 
         if (!x || !x->n_leader)
                 return;
+        if (d->d_capacity == 0) {
+                dedupe_remove(d, pp);
+                return;
+        }
         for (int i = 0; i < 4; i++) {
                 lens[i] = strnlen(parts[i], 256) + 1;
                 total += lens[i];
         }
-        x->n_strs = malloc(total);
-        if (d->d_capacity == 0 || !x->n_strs) {
+        /* In flight, the node is in its bucket chain only: *pp is the one
+         * pointer to it. */
+        id_size = strlen(x->n_id) + 1;
+        nx = realloc(x, sizeof(*x) + id_size + total);
+        if (!nx) {
                 dedupe_remove(d, pp);
                 return;
         }
-        q = x->n_strs;
+        x = *pp = nx;
+        q = x->n_id + id_size;
         for (int i = 0; i < 4; i++) {
                 memcpy(q, parts[i], lens[i] - 1);
                 q[lens[i] - 1] = '\0';
                 q += lens[i];
         }
-        x->n_status = done->status;
-        x->n_smtp_code = done->smtp_code;
-        x->n_attempts = done->attempts;
+        x->n_status = (int16_t)done->status;
+        x->n_smtp_code = (int16_t)done->smtp_code;
+        x->n_attempts = (int32_t)done->attempts;
         x->n_source_partition = done->source_partition;
         x->n_source_offset = done->source_offset;
         x->n_leader = NULL;
@@ -240,8 +243,6 @@ void dedupe_destroy(dedupe_t *d) {
 
                 for (; x; x = next) {
                         next = x->n_chain;
-                        free(x->n_id);
-                        free(x->n_strs);
                         free(x);
                 }
         }

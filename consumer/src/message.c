@@ -961,10 +961,13 @@ struct message *message_build(const struct mail_request *req,
                     b.p[b.len - 1] != '\n')
                         buf_put(&b, "\r\n", 2);
         }
+        /* The terminator follows the payload, so that a session sends both
+         * from here in one write (struct message). */
+        buf_put(&b, ".\r\n", 3);
         if (b.err)
                 goto oom;
         msg->data = b.p;
-        msg->data_len = b.len;
+        msg->data_len = b.len - 3;
         b.p = NULL;
         ok = 1;
         goto out;

@@ -25,8 +25,9 @@ struct message {
         char *mail_from; /* envelope sender: the From address */
         char **rcpts; /* envelope recipients: to, cc and bcc addresses */
         size_t rcpt_cnt;
-        char *data; /* DATA payload: dot-stuffed, CRLF, ends with CRLF,
-                       without the terminating ".\r\n" */
+        char *data; /* DATA payload: dot-stuffed, CRLF, ends with CRLF;
+                       data_len does not count the terminating ".\r\n",
+                       which follows it in memory */
         size_t data_len;
         int smtputf8; /* 1 when an address is UTF-8: the envelope and the
                          header block carry it raw (RFC 6531, RFC 6532) and

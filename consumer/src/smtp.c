@@ -989,7 +989,14 @@ static void session_start_data(struct smtp_session *s) {
         else
                 tail = "\r\n.\r\n";
         s->ss_sent = job->rcpt_cnt + 3;
-        if (job->data_len <= SMTP_COPY_MAX) {
+        if (job->data_terminated) {
+                s->ss_data = job->data;
+                s->ss_data_len = job->data_len + 3;
+                s->ss_data_pos = 0;
+                s->ss_tail = "";
+                s->ss_tail_len = 0;
+                s->ss_tail_pos = 0;
+        } else if (job->data_len <= SMTP_COPY_MAX) {
                 if (session_out_append(s, job->data, job->data_len) == -1 ||
                     session_out_append(s, tail, strlen(tail)) == -1) {
                         session_fail(s, "out of memory");

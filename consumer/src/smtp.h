@@ -57,6 +57,10 @@ struct smtp_job {
         size_t rcpt_cnt;
         const char *data; /* dot-stuffed payload ending in CRLF, no ".\r\n" */
         size_t data_len;
+        /* 1: data[data_len..data_len+3) holds ".\r\n", and the session
+         * sends payload and terminator straight from data, without a copy
+         * into its output buffer */
+        int data_terminated;
         void *opaque; /* the caller's */
 
         /* output, valid in the done callback */

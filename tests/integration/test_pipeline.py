@@ -304,6 +304,26 @@ def test_a_larger_kafka_message_max_bytes_raises_the_consumers_fetch_limit(
     assert {r["status"] for r in final.values()} == {"sent"}
 
 
+def test_a_request_larger_than_a_fetch_is_consumed_and_sent(
+        kafka, topics, capture_server, worker):
+    # The consumer fetches at most 256 KiB at a time; Kafka still hands over
+    # a larger record batch whole.
+    import os
+    server = capture_server()
+    blob = os.urandom(600 * 1024)
+    big = make_request(0, attachments=[{
+        "filename": "big.bin", "content_type": "application/octet-stream",
+        "content_base64": base64.b64encode(blob).decode()}])
+    kafka.produce(topics.requests, [big] + make_requests(5))
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off"))
+    final = final_by_id(kafka.results(topics.results, wait=6, timeout=90))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    captured = server.wait_messages(6, timeout=60)
+    sizes = sorted(len(part.get_content()) for m in captured
+                   for part in m.msg.iter_attachments())
+    assert sizes == [len(blob)]
+
+
 def test_admin_offsets_wait_returns_when_the_group_has_caught_up(
         kafka, topics, smtp_sink, worker):
     sink = smtp_sink()

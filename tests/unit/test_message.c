@@ -115,6 +115,9 @@ static struct built build_opts(const char *json, const char *domain) {
         assert_non_null(b.req);
         b.msg = message_build(b.req, &opts, err, sizeof(err));
         assert_non_null(b.msg);
+        /* The payload ends with CRLF and the terminator follows it. */
+        assert_true(b.msg->data_len >= 2);
+        assert_memory_equal(b.msg->data + b.msg->data_len - 2, "\r\n.\r\n", 5);
         b.text = unstuff(b.msg->data, b.msg->data_len);
         return b;
 }
