@@ -1270,9 +1270,13 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 w->w_limit[TOPIC_RETRY] = (size_t)conf->retry_inflight_max;
                 w->w_topic_cnt = 2;
         }
-        for (int t = 0; t < w->w_topic_cnt; t++)
+        for (int t = 0; t < w->w_topic_cnt; t++) {
                 w->w_resume_at[t] =
                     w->w_limit[t] * (size_t)conf->inflight_resume_percent / 100;
+                /* Below the limit: resuming at it took one request over. */
+                if (w->w_resume_at[t] >= w->w_limit[t])
+                        w->w_resume_at[t] = w->w_limit[t] - 1;
+        }
         loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
         w->w_loop = loop_new();
         if (!w->w_loop) {

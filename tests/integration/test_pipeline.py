@@ -575,6 +575,34 @@ def test_a_dry_prefetch_queue_nudges_the_fetcher_unless_disabled(
         assert nudges == 0
 
 
+def test_what_a_worker_holds_never_exceeds_the_in_flight_limit(
+        kafka, topics, smtp_sink, worker):
+    # Held = consumed and not covered by a confirmed commit: what a crash
+    # would send again. It must stay within inflight.max, also with the
+    # default inflight.resume.percent of 100.
+    from harness import free_port
+    sink = smtp_sink(extra=["-W", ".:1"])
+    port = free_port()
+    kafka.produce(topics.requests, make_requests(300))
+    worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                              inflight_max=20, smtp_sessions_max=20,
+                              metrics_listen=f"127.0.0.1:{port}"))
+    most = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            held = _scrape_metric(port, 'kafka_mailer_held{topic="requests"}')
+        except OSError:
+            held = None
+        if held is not None:
+            most = max(most, held)
+        if kafka.admin("offsets", topics.group, topics.requests).returncode == 0:
+            break
+        time.sleep(0.02)
+    assert kafka.admin("offsets", topics.group, topics.requests).returncode == 0
+    assert 0 < most <= 20
+
+
 def test_a_deadline_passing_while_the_relay_is_down_gives_expired(kafka, topics, worker):
     from harness import free_port
     dead_port = free_port()  # nothing listens: every session set-up fails
