@@ -366,7 +366,7 @@ static int consumer_fetch_fit(rd_kafka_conf_t *kc, char *errstr,
                 RD_KAFKA_CONF_OK ||
             rd_kafka_conf_get(kc, "fetch.max.bytes", fetch_max, &n2) !=
                 RD_KAFKA_CONF_OK ||
-            atoll(fetch_max) >= atoll(msg_max))
+            strtoll(fetch_max, NULL, 10) >= strtoll(msg_max, NULL, 10))
                 return 0;
         return consumer_conf_set(kc, "fetch.max.bytes", msg_max, errstr,
                                  errstr_size);
