@@ -551,7 +551,9 @@ def completion_stats(results, lo=0.1, hi=0.9):
       between the @lo and @hi fractions (steady_method "fractions").
     Fractions alone would cut through bursts: a window that ends just as a
     burst begins has that burst's idle second and not its completions, one
-    cycle in sixteen (6 %) at 1,000 in flight in B2."""
+    cycle in sixteen (6 %) at 1,000 in flight in B2. steady_count and
+    steady_seconds are the completions and the time the rate is taken over
+    (so that runs can be pooled)."""
     ts = sorted(iso_to_epoch(r["completed_at"]) for r in results
                 if r.get("status") == "sent" and isinstance(r.get("completed_at"), str))
     if len(ts) < 10:
@@ -560,12 +562,13 @@ def completion_stats(results, lo=0.1, hi=0.9):
     span = ts[j] - ts[i]
     st = {"n": len(ts), "first": ts[0], "last": ts[-1],
           "steady_rate": (j - i) / span if span > 0 else None,
-          "steady_method": "fractions"}
+          "steady_method": "fractions", "steady_count": j - i, "steady_seconds": span}
     starts = [k for k in range(max(i, 1), j + 1) if ts[k] - ts[k - 1] > BURST_GAP_S]
     if len(starts) >= 3:
         a, b = starts[0], starts[-1]
         st.update(steady_rate=(b - a) / (ts[b] - ts[a]), steady_method="cycles",
-                  steady_cycles=len(starts) - 1)
+                  steady_cycles=len(starts) - 1, steady_count=b - a,
+                  steady_seconds=ts[b] - ts[a])
     return st
 
 
@@ -636,9 +639,9 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     st = completion_stats(results)
     point["sent"] = st["n"]
     point["steady_rate"] = st.get("steady_rate")
-    point["steady_method"] = st.get("steady_method")
-    if "steady_cycles" in st:
-        point["steady_cycles"] = st["steady_cycles"]
+    for k in ("steady_method", "steady_cycles", "steady_count", "steady_seconds"):
+        if k in st:
+            point[k] = st[k]
     if st["n"] != count:
         log("  WARNING: %d of %d requests sent" % (st["n"], count))
         point["warning"] = "%d of %d sent" % (st["n"], count)

@@ -34,6 +34,9 @@ def test_steady_rate_of_bursts_counts_whole_cycles_wherever_the_fractions_fall(s
     assert st["steady_method"] == "cycles"
     assert st["steady_cycles"] >= 14
     assert st["steady_rate"] == pytest.approx(1000 / 1.1, rel=0.005)
+    # What the rate is taken over, for pooling runs: whole bursts.
+    assert st["steady_count"] % 1000 == 0
+    assert st["steady_count"] / st["steady_seconds"] == pytest.approx(st["steady_rate"])
 
 
 def test_the_fractions_alone_would_be_off_by_a_burst():
