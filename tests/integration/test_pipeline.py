@@ -290,6 +290,48 @@ def test_a_slow_final_reply_does_not_serialise_sends(kafka, topics, smtp_sink, w
     assert (last - first).total_seconds() < 10
 
 
+def test_sessions_closed_when_idle_give_back_their_libcurl_multi_handles(
+        kafka, topics, smtp_sink, worker):
+    # Sessions are spread over libcurl multi handles of 32, and each multi
+    # handle holds a socket pair. When the sessions of a burst have closed,
+    # all but one spare multi handle go: the worker's descriptors fall back.
+    import os
+    from harness import free_port
+    sink = smtp_sink(extra=["-W", ".:1"])
+    port = free_port()
+    w = worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                                  inflight_max=160, smtp_sessions_max=160,
+                                  smtp_session_idle_ms=300,
+                                  metrics_listen=f"127.0.0.1:{port}"))
+
+    def fds():
+        return len(os.listdir(f"/proc/{w.pid}/fd"))
+
+    def sessions():
+        try:
+            return _scrape_metric(port, "kafka_mailer_smtp_sessions")
+        except OSError:
+            return None
+
+    # A few requests first, so that every Kafka connection is open.
+    kafka.produce(topics.requests, make_requests(5))
+    kafka.results(topics.results, wait=5, timeout=60)
+    wait_for(lambda: sessions() == 0, 30, "the first sessions closing")
+    before = fds()
+    kafka.produce(topics.requests, [make_request(i) for i in range(5, 165)])
+    # More than four multi handles' worth of sessions, with their sockets.
+    during = wait_for(lambda: fds() > before + 128 and fds(), 30,
+                      "more than 128 sessions' sockets")
+    final = final_by_id(kafka.results(topics.results, wait=165, timeout=90))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    wait_for(lambda: sessions() == 0, 30, "the burst's sessions closing")
+    # The sessions' sockets and the multi handles' socket pairs are gone
+    # (one spare multi handle may stay, as it may before the burst).
+    after = wait_for(lambda: fds() <= before + 2 and fds(), 10,
+                     "descriptors back near %d (during the burst %d)" % (before, during))
+    assert after <= before + 2
+
+
 def test_a_larger_kafka_message_max_bytes_raises_the_consumers_fetch_limit(
         kafka, topics, smtp_sink, worker):
     # librdkafka refuses a consumer whose fetch.max.bytes (the worker's
