@@ -1653,7 +1653,7 @@ static void multi_free(smtp_client_t *sc, struct smtp_multi *m) {
 /* Frees the multi handles that hold no session, but one kept for the next
  * sessions: each costs about 25 KB and a socket pair, and a worker that
  * once had 5,000 sessions would keep 157 of them. Runs before the zombies
- * are freed, as in smtp_client_free(): a connection closed here reaches
+ * are freed, as in smtp_client_destroy(): a connection closed here reaches
  * session_closesocket_cb(). */
 static void client_free_empty_multis(smtp_client_t *sc) {
         struct smtp_multi **pp = &sc->sc_multis;
