@@ -45,9 +45,6 @@
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
 #define SMTP_IN_INITIAL 1024 /* ... at first: replies are short */
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
-/* Messages up to this size are copied next to their final "." so both go
- * out in one send; larger ones are sent from the caller's buffer. */
-#define SMTP_COPY_MAX (16 * 1024)
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
  * every curl_easy_send()/recv(); a multi handle costs about 25 KB. */
@@ -117,7 +114,8 @@ struct smtp_session {
         int ss_rcpt_4xx;
         int ss_acked; /* a reply of this transaction arrived */
 
-        /* output: ss_out[pos..len), then ss_data[pos..len), then the tail */
+        /* output: ss_out[pos..len), then ss_data[pos..len): the job's
+         * payload and its ".\r\n", sent from the job's buffer */
         char *ss_out;
         size_t ss_out_len;
         size_t ss_out_pos;
@@ -125,9 +123,6 @@ struct smtp_session {
         const char *ss_data;
         size_t ss_data_len;
         size_t ss_data_pos;
-        const char *ss_tail;
-        size_t ss_tail_len;
-        size_t ss_tail_pos;
 
         /* input */
         char *ss_in;
@@ -613,29 +608,9 @@ static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
         }
 }
 
-/* Appends @len raw bytes to the output buffer. @returns 0 or -1. */
-static int session_out_append(struct smtp_session *s, const char *p,
-                              size_t len) {
-        if (s->ss_out_pos == s->ss_out_len)
-                s->ss_out_pos = s->ss_out_len = 0;
-        if (s->ss_out_cap - s->ss_out_len < len) {
-                size_t cap = s->ss_out_cap * 2 + len;
-                char *n = realloc(s->ss_out, cap);
-
-                if (!n)
-                        return -1;
-                s->ss_out = n;
-                s->ss_out_cap = cap;
-        }
-        memcpy(s->ss_out + s->ss_out_len, p, len);
-        s->ss_out_len += len;
-        return 0;
-}
-
 static int session_out_pending(const struct smtp_session *s) {
         return s->ss_out_pos < s->ss_out_len ||
-               s->ss_data_pos < s->ss_data_len ||
-               s->ss_tail_pos < s->ss_tail_len;
+               s->ss_data_pos < s->ss_data_len;
 }
 
 static void session_watch(struct smtp_session *s, unsigned events) {
@@ -789,14 +764,10 @@ static int session_flush(struct smtp_session *s) {
                         p = s->ss_out + s->ss_out_pos;
                         len = s->ss_out_len - s->ss_out_pos;
                         pos = &s->ss_out_pos;
-                } else if (s->ss_data_pos < s->ss_data_len) {
+                } else {
                         p = s->ss_data + s->ss_data_pos;
                         len = s->ss_data_len - s->ss_data_pos;
                         pos = &s->ss_data_pos;
-                } else {
-                        p = s->ss_tail + s->ss_tail_pos;
-                        len = s->ss_tail_len - s->ss_tail_pos;
-                        pos = &s->ss_tail_pos;
                 }
                 rc = curl_easy_send(s->ss_easy, p, len, &n);
                 if (rc == CURLE_AGAIN)
@@ -929,8 +900,6 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         s->ss_acked = 0;
         s->ss_data = NULL;
         s->ss_data_len = s->ss_data_pos = 0;
-        s->ss_tail = NULL;
-        s->ss_tail_len = s->ss_tail_pos = 0;
         s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
 
         if (s->ss_cap_size)
@@ -980,36 +949,11 @@ static int session_send_step(struct smtp_session *s, size_t step) {
 
 static void session_start_data(struct smtp_session *s) {
         const struct smtp_job *job = s->ss_job;
-        const char *tail;
 
-        if (job->data_len == 0 ||
-            (job->data_len >= 2 && job->data[job->data_len - 2] == '\r' &&
-             job->data[job->data_len - 1] == '\n'))
-                tail = ".\r\n";
-        else
-                tail = "\r\n.\r\n";
         s->ss_sent = job->rcpt_cnt + 3;
-        if (job->data_terminated) {
-                s->ss_data = job->data;
-                s->ss_data_len = job->data_len + 3;
-                s->ss_data_pos = 0;
-                s->ss_tail = "";
-                s->ss_tail_len = 0;
-                s->ss_tail_pos = 0;
-        } else if (job->data_len <= SMTP_COPY_MAX) {
-                if (session_out_append(s, job->data, job->data_len) == -1 ||
-                    session_out_append(s, tail, strlen(tail)) == -1) {
-                        session_fail(s, "out of memory");
-                        return;
-                }
-        } else {
-                s->ss_data = job->data;
-                s->ss_data_len = job->data_len;
-                s->ss_data_pos = 0;
-                s->ss_tail = tail;
-                s->ss_tail_len = strlen(tail);
-                s->ss_tail_pos = 0;
-        }
+        s->ss_data = job->data;
+        s->ss_data_len = job->data_len + 3; /* with its ".\r\n" */
+        s->ss_data_pos = 0;
         session_arm(s);
         session_flush(s);
 }
@@ -1680,6 +1624,10 @@ static void client_kick_cb(loop_t *loop, void *opaque) {
         (void)loop;
         client_free_empty_multis(sc);
         client_free_zombies(sc);
+        for (size_t fd = 0; fd < sc->sc_curl_fds_cnt; fd++) {
+                if (sc->sc_curl_fds[fd])
+                        loop_io_del(sc->sc_loop, (int)fd);
+        }
 
         while (sc->sc_q_head && sc->sc_idle)
                 session_next(sc->sc_idle);

@@ -55,12 +55,12 @@ struct smtp_job {
         const char *mail_from;
         const char *const *rcpts;
         size_t rcpt_cnt;
-        const char *data; /* dot-stuffed payload ending in CRLF, no ".\r\n" */
+        /* The dot-stuffed payload, empty or ending in CRLF; data_len does
+         * not count the terminating ".\r\n", which must follow it in
+         * memory (data[data_len..data_len+3)): the session sends both
+         * straight from here, without a copy. */
+        const char *data;
         size_t data_len;
-        /* 1: data[data_len..data_len+3) holds ".\r\n", and the session
-         * sends payload and terminator straight from data, without a copy
-         * into its output buffer */
-        int data_terminated;
         void *opaque; /* the caller's */
 
         /* output, valid in the done callback */

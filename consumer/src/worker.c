@@ -879,7 +879,6 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
         e->e_job.rcpt_cnt = e->e_msg->rcpt_cnt;
         e->e_job.data = e->e_msg->data;
         e->e_job.data_len = e->e_msg->data_len;
-        e->e_job.data_terminated = 1;
         e->e_job.opaque = e;
         if (entry_claim(e))
                 entry_start(e);

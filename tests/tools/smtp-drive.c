@@ -102,6 +102,7 @@ static char *drive_message(size_t size, size_t *lenp) {
                 m[len++] = '\r';
                 m[len++] = '\n';
         }
+        memcpy(m + len, ".\r\n", 3); /* follows the payload (struct smtp_job) */
         *lenp = len;
         return m;
 }
