@@ -133,6 +133,7 @@ struct smtp_session {
 struct smtp_client {
         loop_t *sc_loop;
         struct smtp_multi *sc_multis;
+        int sc_multi_emptied; /* a multi handle lost its last session */
         struct smtp_client_conf sc_conf; /* strings point to copies below */
         char *sc_url; /* the URL given to libcurl (HELO name as path) */
         char *sc_relay; /* scheme://host:port, for messages */
@@ -703,7 +704,8 @@ static void session_close(struct smtp_session *s) {
                 curl_multi_remove_handle(s->ss_multi->m_multi, s->ss_easy);
                 curl_easy_cleanup(s->ss_easy);
                 s->ss_easy = NULL;
-                s->ss_multi->m_sessions--;
+                if (--s->ss_multi->m_sessions == 0)
+                        sc->sc_multi_emptied = 1;
         }
         free(s->ss_in);
         s->ss_in = NULL;
@@ -1596,7 +1598,8 @@ static void multi_free(smtp_client_t *sc, struct smtp_multi *m) {
 
 /* Frees the multi handles that hold no session, but one kept for the next
  * sessions: each costs about 25 KB and a socket pair, and a worker that
- * once had 5,000 sessions would keep 157 of them. Runs before the zombies
+ * once had 5,000 sessions would keep 157 of them. Runs (from the kick timer,
+ * once a session has left a multi handle empty) before the zombies
  * are freed, as in smtp_client_destroy(): a connection closed here reaches
  * session_closesocket_cb(). */
 static void client_free_empty_multis(smtp_client_t *sc) {
@@ -1622,12 +1625,11 @@ static void client_kick_cb(loop_t *loop, void *opaque) {
         size_t want;
 
         (void)loop;
-        client_free_empty_multis(sc);
-        client_free_zombies(sc);
-        for (size_t fd = 0; fd < sc->sc_curl_fds_cnt; fd++) {
-                if (sc->sc_curl_fds[fd])
-                        loop_io_del(sc->sc_loop, (int)fd);
+        if (sc->sc_multi_emptied) {
+                sc->sc_multi_emptied = 0;
+                client_free_empty_multis(sc);
         }
+        client_free_zombies(sc);
 
         while (sc->sc_q_head && sc->sc_idle)
                 session_next(sc->sc_idle);
@@ -1829,10 +1831,6 @@ void smtp_client_destroy(smtp_client_t *sc) {
                 multi_free(sc, m);
         }
         client_free_zombies(sc);
-        for (size_t fd = 0; fd < sc->sc_curl_fds_cnt; fd++) {
-                if (sc->sc_curl_fds[fd])
-                        loop_io_del(sc->sc_loop, (int)fd);
-        }
         loop_timer_stop(sc->sc_loop, &sc->sc_kick_timer);
         loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
         free(sc->sc_curl_fds);
