@@ -587,9 +587,9 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     the group has committed every offset.
 
     @returns a dict: count, seconds (loadgen start -> all committed),
-    rate (count / seconds), steady_rate and steady_method (from the
-    results' completed_at: completion_stats()), sent, peak_rss_kib and cpu_seconds of each worker,
-    sink_cpu (CPU seconds the sink used during the point, if @sink),
+    rate (count / seconds), steady_rate, steady_method, steady_count and
+    steady_seconds (from the results' completed_at: completion_stats()),
+    sent, peak_rss_kib and cpu_seconds of each worker, sink_cpu (CPU seconds the sink used during the point, if @sink),
     loadavg at the end."""
     admin = run_.tool("mailer-admin")
     req, res, dlq = name + ".requests", name + ".results", name + ".deadletter"
