@@ -83,11 +83,15 @@ def build(build_dir=None, targets=TARGETS):
     """Configures (release preset) if needed and builds only @targets.
     Only the named targets: other targets of the tree need not build."""
     build_dir = Path(build_dir) if build_dir else ROOT / "build-release"
+    presets = {"build-release": "release", "build-release-debian": "release-debian"}
     if not (build_dir / "build.ninja").exists():
-        if build_dir.resolve() != (ROOT / "build-release").resolve():
+        preset = presets.get(build_dir.name)
+        if preset is None or build_dir.resolve() != (ROOT / build_dir.name).resolve():
             raise BenchError("%s is not configured" % build_dir)
-        log("configuring the release build")
-        run(["cmake", "--preset", "release"], 600, cwd=ROOT)
+        log("configuring the %s build" % preset)
+        if preset == "release":
+            run([LOCAL / "librdkafka-build"], 900, cwd=ROOT)
+        run(["cmake", "--preset", preset], 600, cwd=ROOT)
     log("building %s in %s" % (" ".join(targets), build_dir))
     run(["cmake", "--build", build_dir, "--target"] + list(targets), 1200, cwd=ROOT)
     return build_dir
@@ -227,11 +231,11 @@ class Run:
     def _on_signal(self, sig, frame):
         raise KeyboardInterrupt("signal %d" % sig)
 
-    def snapshot(self, build_dir, names=TARGETS):
-        """Copies the built binaries into the run directory."""
+    def snapshot(self, build_dir, names=TARGETS, suffix=""):
+        """Copies the built binaries into the run directory (name + suffix)."""
         self.bin.mkdir(exist_ok=True)
         for n in names:
-            shutil.copy2(Path(build_dir) / n, self.bin / n)
+            shutil.copy2(Path(build_dir) / n, self.bin / (n + suffix))
         return self.bin
 
     def tool(self, name):
@@ -293,15 +297,15 @@ class Run:
         log("smtp-sink (pid %d) on 127.0.0.1:%d" % (p.pid, port))
         return p, port
 
-    def start_worker(self, name, bootstrap, smtp_url, group, topics, extra=()):
-        """kafka-mailer with its topics, group and relay; extra = more
+    def start_worker(self, name, bootstrap, smtp_url, group, topics, extra=(), binary=None):
+        """kafka-mailer (or @binary) with its topics, group and relay; extra = more
         "key=value" settings. topics = (requests, results, deadletter)."""
         req, res, dlq = topics
         settings = ["kafka.bootstrap.servers=" + bootstrap, "smtp.url=" + smtp_url,
                     "smtp.starttls=off", "topic.requests=" + req, "topic.results=" + res,
                     "topic.deadletter=" + dlq, "kafka.consumer.group.id=" + group,
                     "worker.id=" + name] + list(extra)
-        cmd = [self.tool("kafka-mailer")]
+        cmd = [binary or self.tool("kafka-mailer")]
         for s in settings:
             cmd += ["-X", s]
         p = self.start_process(name, cmd)

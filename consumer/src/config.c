@@ -37,10 +37,14 @@ _Static_assert(sizeof(enum config_tls_mode) == sizeof(int),
                "enum config_tls_mode is not int-sized");
 _Static_assert(sizeof(enum config_tls_version) == sizeof(int),
                "enum config_tls_version is not int-sized");
+_Static_assert(sizeof(enum config_group_protocol) == sizeof(int),
+               "enum config_group_protocol is not int-sized");
 
 static const char *const config_tls_choices[] = {"required", "opportunistic",
                                                  "off", NULL};
 static const char *const config_tls_version_choices[] = {"1.2", "1.3", NULL};
+static const char *const config_group_protocol_choices[] = {"classic",
+                                                            "consumer", NULL};
 static const char *const config_log_choices[] = {"error", "warn", "info",
                                                  "debug", NULL};
 
@@ -137,10 +141,15 @@ static const struct config_key config_keys[] = {
             "most recipients (to+cc+bcc) in one request"),
         STR("message.id.domain", message_id_domain, "",
             "domain of generated Message-IDs, \"\" = the From domain"),
+        {"group.protocol", CONFIG_T_ENUM, F(group_protocol), "classic", 0, 0,
+         config_group_protocol_choices,
+         "consumer group protocol: classic (cooperative-sticky, any broker) or "
+         "consumer (KIP-848, Kafka 4.0+ and librdkafka 2.12+)"},
         INT("commit.interval.ms", commit_interval_ms, "1000", 10, 600000,
             "how often committable offsets are committed"),
-        INT("fetch.nudge.ms", fetch_nudge_ms, "50", 0, 10000,
-            "least gap between two fetch nudges, 0 = none (operations.md)"),
+        INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
+            "least gap between two fetch nudges, 0 = none, -1 = 50 on "
+            "librdkafka before 2.2 and none from 2.2 on (operations.md)"),
         INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000", 0,
             600000, "time revoked partitions' in-flight sends get to finish"),
         INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,
@@ -745,6 +754,61 @@ static int config_default_worker_id(struct config *conf, char *errstr,
         return 0;
 }
 
+/* librdkafka group settings that only one group protocol takes: the worker
+ * refuses them under the other, with the reason, rather than let librdkafka
+ * refuse to start or ignore them. */
+static const struct {
+        const char *key;
+        enum config_group_protocol only_under;
+        const char *why;
+} config_group_only[] = {
+    {"partition.assignment.strategy", CONFIG_GROUP_CLASSIC,
+     "under group.protocol=consumer the broker assigns partitions "
+     "(group.remote.assignor picks its assignor)"},
+    {"session.timeout.ms", CONFIG_GROUP_CLASSIC,
+     "under group.protocol=consumer the broker sets it "
+     "(group.consumer.session.timeout.ms)"},
+    {"heartbeat.interval.ms", CONFIG_GROUP_CLASSIC,
+     "under group.protocol=consumer the broker sets it "
+     "(group.consumer.heartbeat.interval.ms)"},
+    {"group.protocol.type", CONFIG_GROUP_CLASSIC,
+     "it belongs to the classic protocol"},
+    {"group.remote.assignor", CONFIG_GROUP_CONSUMER,
+     "it is a setting of group.protocol=consumer; the classic protocol "
+     "assigns with partition.assignment.strategy"},
+};
+
+/* Checks the consumer's kafka.* settings against group.protocol. */
+static int config_check_group(const struct config *conf, char *errstr,
+                              size_t errstr_size) {
+        for (size_t i = 0; i < conf->kafka_consumer_cnt; i++) {
+                const char *key = conf->kafka_consumer[i].key;
+
+                if (strcmp(key, "group.protocol") == 0) {
+                        snprintf(errstr, errstr_size,
+                                 "kafka.group.protocol: set group.protocol "
+                                 "instead (the worker picks the settings that "
+                                 "go with it)");
+                        return -1;
+                }
+                for (size_t j = 0;
+                     j < sizeof(config_group_only) / sizeof(config_group_only[0]);
+                     j++) {
+                        if (strcmp(key, config_group_only[j].key) != 0 ||
+                            conf->group_protocol == config_group_only[j].only_under)
+                                continue;
+                        snprintf(errstr, errstr_size,
+                                 "kafka.%s: not allowed with group.protocol=%s: "
+                                 "%s",
+                                 key,
+                                 config_group_protocol_choices[conf->group_protocol],
+                                 config_group_only[j].why);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
 int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
         static const char *const topics[] = {"topic.requests", "topic.results",
                                              "topic.deadletter"};
@@ -762,7 +826,8 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
             config_default_worker_id(conf, errstr, errstr_size) == -1)
                 return -1;
 
-        if (config_check_url(conf, errstr, errstr_size) == -1)
+        if (config_check_url(conf, errstr, errstr_size) == -1 ||
+            config_check_group(conf, errstr, errstr_size) == -1)
                 return -1;
         if (strncmp(conf->smtp_url, "smtps://", strlen("smtps://")) == 0 &&
             conf->smtp_starttls == CONFIG_TLS_OFF)

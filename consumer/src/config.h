@@ -28,6 +28,12 @@ enum config_tls_version {
         CONFIG_TLS_V1_3 /* "1.3" */
 };
 
+/* group.protocol: how the consumer group assigns partitions. */
+enum config_group_protocol {
+        CONFIG_GROUP_CLASSIC = 0, /* "classic": JoinGroup/SyncGroup, cooperative-sticky */
+        CONFIG_GROUP_CONSUMER /* "consumer": KIP-848, the broker assigns */
+};
+
 /* The kafka.* passthrough pairs of one client. */
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
@@ -87,9 +93,10 @@ struct config {
         int request_max_recipients; /* request.max.recipients */
         char *message_id_domain; /* message.id.domain, "" = the From domain */
 
-        /* commits, rebalance, shutdown */
+        /* group membership, commits, rebalance, shutdown */
+        enum config_group_protocol group_protocol; /* group.protocol */
         int commit_interval_ms; /* commit.interval.ms */
-        int fetch_nudge_ms; /* fetch.nudge.ms */
+        int fetch_nudge_ms; /* fetch.nudge.ms, -1 = by librdkafka version */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */
         int shutdown_timeout_ms; /* shutdown.timeout.ms */
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,8 +15,19 @@
 /* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
-/* Longest a cooperative rebalance is assumed to last between its rounds. */
+/* Longest a cooperative rebalance is assumed to last between its rounds
+ * (librdkafka before 2.10 only, see consumer_new()). */
 #define CONSUMER_REBALANCE_MAX_MS 10000
+/* librdkafka versions (rd_kafka_version()) whose behaviour the consumer
+ * follows. */
+#define CONSUMER_RDK_FETCH_BACKOFF 0x020200ff /* fetch.queue.backoff.ms */
+#define CONSUMER_RDK_REBALANCE_COMMIT 0x020a00ff /* commits in a rebalance ok */
+#define CONSUMER_RDK_KIP848 0x020c00ff /* group.protocol=consumer GA */
+/* What fetch.nudge.ms=-1 means before CONSUMER_RDK_FETCH_BACKOFF. */
+#define CONSUMER_NUDGE_DEFAULT_MS 50
+/* librdkafka's debug line (context cgrp) that says the broker lacks the
+ * KIP-848 protocol; librdkafka itself only retries, silently. */
+#define CONSUMER_NO_KIP848 "ConsumerGroupHeartbeatRequest not supported by broker"
 /* How long the nudger waits for the end offsets it asked for (only the
  * request matters; this bounds how long closing waits for the thread). */
 #define CONSUMER_NUDGE_WAIT_MS 500
@@ -66,6 +78,13 @@ struct consumer {
         int c_rounds_left;
         int c_in_rebalance;
         int c_closing;
+        int c_group_consumer; /* group.protocol=consumer (KIP-848) */
+        /* Commits between the two rounds of a cooperative rebalance fail and
+         * make librdkafka before 2.10 drop the assignment as lost: hold
+         * them (classic protocol on such a librdkafka only). */
+        int c_hold_in_rebalance;
+        atomic_int c_no_kip848; /* set from librdkafka's threads */
+        const char *c_fatal; /* why the consumer cannot go on, or NULL */
         int c_nudge_ms; /* fetch.nudge.ms; 0: no nudger */
         int64_t c_nudge_last_ms;
         uint64_t c_nudges;
@@ -107,7 +126,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                   rd_kafka_topic_partition_list_t *parts,
                                   void *opaque) {
         consumer_t *c = opaque;
-        int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+        int cooperative = c->c_group_consumer ||
+                          strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
         rd_kafka_error_t *error = NULL;
         rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
@@ -133,11 +153,15 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 c->c_h.on_revoke(c->c_opaque, parts, lost);
                 if (cooperative) {
                         error = rd_kafka_incremental_unassign(rk, parts);
-                        /* A second round follows; a commit sent before it
-                         * ends fails with an old generation, and librdkafka
-                         * 2.0.2 then drops the whole assignment as lost. */
-                        c->c_revoked_ms = loop_clock_ms();
-                        c->c_rounds_left = 2;
+                        /* Under the classic protocol a second round follows;
+                         * a commit sent before it ends fails with an old
+                         * generation, and librdkafka before 2.10 then drops
+                         * the whole assignment as lost. KIP-848 has one
+                         * round. */
+                        if (c->c_hold_in_rebalance) {
+                                c->c_revoked_ms = loop_clock_ms();
+                                c->c_rounds_left = 2;
+                        }
                 } else {
                         ret = rd_kafka_assign(rk, NULL);
                 }
@@ -172,6 +196,18 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
         }
         c->c_h.on_commit(c->c_opaque, offsets, err);
+}
+
+/* librdkafka's log lines: written through log_rdkafka(), and watched for the
+ * one that says the broker lacks the KIP-848 protocol. Runs on librdkafka's
+ * threads: it only sets an atomic flag the loop reads. */
+static void consumer_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                            const char *buf) {
+        consumer_t *c = rd_kafka_opaque(rk);
+
+        if (c && c->c_group_consumer && strstr(buf, CONSUMER_NO_KIP848))
+                atomic_store(&c->c_no_kip848, 1);
+        log_rdkafka(rk, level, fac, buf);
 }
 
 static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
@@ -334,6 +370,15 @@ static void consumer_on_pipe(loop_t *loop, int fd, unsigned events,
 static void consumer_on_timer(loop_t *loop, void *opaque) {
         consumer_t *c = opaque;
 
+        if (!c->c_fatal && atomic_load(&c->c_no_kip848)) {
+                c->c_fatal = "the broker does not support group.protocol="
+                             "consumer (KIP-848 needs Kafka 4.0 or newer): "
+                             "set group.protocol=classic";
+                LOG(LOG_ERROR, "consumer group cannot be joined topic=%s "
+                               "reason=\"%s\"",
+                    c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
+        }
+
         /* Also keeps the membership alive while every partition is
          * paused and no event wakes the loop. */
         loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
@@ -352,6 +397,22 @@ static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
                 return -1;
         }
         return 0;
+}
+
+/* Adds librdkafka's debug context "cgrp" to those already set: its debug
+ * lines are the only sign that a broker lacks the KIP-848 protocol
+ * (consumer_log_cb()). They are logged at level debug only. */
+static int consumer_debug_cgrp(rd_kafka_conf_t *kc, char *errstr,
+                               size_t errstr_size) {
+        char debug[512], value[560];
+        size_t n = sizeof(debug);
+
+        if (rd_kafka_conf_get(kc, "debug", debug, &n) != RD_KAFKA_CONF_OK)
+                debug[0] = '\0';
+        if (strstr(debug, "cgrp") || strstr(debug, "all"))
+                return 0;
+        snprintf(value, sizeof(value), "%s%scgrp", debug, debug[0] ? "," : "");
+        return consumer_conf_set(kc, "debug", value, errstr, errstr_size);
 }
 
 /* librdkafka refuses a fetch.max.bytes below message.max.bytes: a larger
@@ -378,7 +439,6 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                          const struct consumer_handlers *h, void *opaque,
                          char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
-            {"partition.assignment.strategy", "cooperative-sticky"},
             {"auto.offset.reset", "earliest"},
             {"queued.max.messages.kbytes", "4096"},
             /* A fetch response stays in memory while any of its messages
@@ -418,11 +478,45 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 c->c_mq[t].mq_pipe[0] = c->c_mq[t].mq_pipe[1] = -1;
         loop_timer_init(&c->c_timer, consumer_on_timer, c);
 
+        c->c_group_consumer = conf->group_protocol == CONFIG_GROUP_CONSUMER;
+        if (c->c_group_consumer && rd_kafka_version() < CONSUMER_RDK_KIP848) {
+                snprintf(errstr, errstr_size,
+                         "group.protocol=consumer needs librdkafka 2.12 or "
+                         "newer; this worker runs librdkafka %s",
+                         rd_kafka_version_str());
+                goto fail;
+        }
+        c->c_hold_in_rebalance = !c->c_group_consumer &&
+                                 rd_kafka_version() < CONSUMER_RDK_REBALANCE_COMMIT;
+
         kc = rd_kafka_conf_new();
         for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
                 if (consumer_conf_set(kc, defaults[i][0], defaults[i][1],
                                       errstr, errstr_size))
                         goto fail;
+        /* From librdkafka 2.2 on, a partition whose prefetch queue was full
+         * is fetched again only after fetch.queue.backoff.ms (1 s by
+         * default), whatever empties the queue sooner: the worker idled
+         * half a second at a time (benchmark B1). */
+        if (rd_kafka_version() >= CONSUMER_RDK_FETCH_BACKOFF &&
+            consumer_conf_set(kc, "fetch.queue.backoff.ms", "20", errstr,
+                              errstr_size))
+                goto fail;
+        if (c->c_group_consumer) {
+                if (consumer_conf_set(kc, "group.protocol", "consumer", errstr,
+                                      errstr_size))
+                        goto fail;
+        } else if (consumer_conf_set(kc, "partition.assignment.strategy",
+                                     "cooperative-sticky", errstr,
+                                     errstr_size) ||
+                   /* The second round of a cooperative rebalance starts
+                    * when every member has seen, in its next heartbeat,
+                    * that the first one ended; commits wait for it. 1 s
+                    * instead of librdkafka's 3 s. */
+                   consumer_conf_set(kc, "heartbeat.interval.ms", "1000",
+                                     errstr, errstr_size)) {
+                goto fail;
+        }
         for (size_t i = 0; i < conf->kafka_consumer_cnt; i++)
                 if (consumer_conf_set(kc, conf->kafka_consumer[i].key,
                                       conf->kafka_consumer[i].value, errstr,
@@ -433,6 +527,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 goto fail;
         if (consumer_fetch_fit(kc, errstr, errstr_size))
                 goto fail;
+        if (c->c_group_consumer && consumer_debug_cgrp(kc, errstr, errstr_size))
+                goto fail;
         for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
                 if (consumer_conf_set(kc, fixed[i][0], fixed[i][1], errstr,
                                       errstr_size))
@@ -440,7 +536,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         rd_kafka_conf_set_rebalance_cb(kc, consumer_rebalance_cb);
         rd_kafka_conf_set_offset_commit_cb(kc, consumer_commit_cb);
         rd_kafka_conf_set_error_cb(kc, consumer_error_cb);
-        rd_kafka_conf_set_log_cb(kc, log_rdkafka);
+        rd_kafka_conf_set_log_cb(kc, consumer_log_cb);
         rd_kafka_conf_set_opaque(kc, c);
 
         c->c_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, rderr, sizeof(rderr));
@@ -487,6 +583,10 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                                                   RD_KAFKA_PARTITION_UA);
         }
         c->c_nudge_ms = conf->fetch_nudge_ms;
+        if (c->c_nudge_ms < 0)
+                c->c_nudge_ms = rd_kafka_version() < CONSUMER_RDK_FETCH_BACKOFF
+                                    ? CONSUMER_NUDGE_DEFAULT_MS
+                                    : 0;
         if (c->c_nudge_ms > 0) {
                 pthread_mutex_init(&c->c_nudger.n_lock, NULL);
                 pthread_cond_init(&c->c_nudger.n_cond, NULL);
@@ -599,6 +699,10 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
                  * of the same commit twice). */
                 c->c_h.on_commit(c->c_opaque, offsets, err);
         return 0;
+}
+
+const char *consumer_fatal(const consumer_t *c) {
+        return c->c_fatal;
 }
 
 int consumer_rebalancing(const consumer_t *c) {

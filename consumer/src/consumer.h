@@ -72,10 +72,15 @@ int consumer_paused(const consumer_t *c, int topic);
 int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
                     int async);
 
-/* @returns non-zero between the two rounds of a cooperative rebalance, when
- * an async commit would only fail (and make librdkafka 2.0.2 treat the
- * assignment as lost). */
+/* @returns non-zero between the two rounds of a classic cooperative
+ * rebalance on librdkafka before 2.10, when an async commit would only fail
+ * and make librdkafka treat the assignment as lost; always 0 under KIP-848
+ * and on later librdkafka. */
 int consumer_rebalancing(const consumer_t *c);
+
+/* @returns why the consumer cannot go on (the broker lacks the chosen group
+ * protocol), or NULL. The worker stops on it. */
+const char *consumer_fatal(const consumer_t *c);
 
 /* @returns how many commits failed so far (their offsets must be committed
  * again). */

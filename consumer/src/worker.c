@@ -1329,16 +1329,33 @@ void worker_stop(worker_t *w) {
         loop_wakeup(w->w_loop);
 }
 
+/* @returns why a consumer cannot go on, or NULL. */
+static const char *worker_consumer_fatal(const worker_t *w) {
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                const char *why = consumer_fatal(w->w_consumer[t]);
+
+                if (why)
+                        return why;
+        }
+        return NULL;
+}
+
 int worker_run(worker_t *w) {
         size_t left;
+        int fatal;
 
-        LOG(LOG_INFO, "worker started id=%s topic=%s retry_topic=%s relay=%s "
-            "inflight.max=%d",
-            w->w_conf->worker_id, w->w_conf->topic_requests,
+        LOG(LOG_INFO, "worker started id=%s version=%s librdkafka=%s "
+            "group.protocol=%s topic=%s retry_topic=%s relay=%s inflight.max=%d",
+            w->w_conf->worker_id, KM_VERSION, rd_kafka_version_str(),
+            w->w_conf->group_protocol == CONFIG_GROUP_CONSUMER ? "consumer"
+                                                               : "classic",
+            w->w_conf->topic_requests,
             w->w_topic_cnt > 1 ? w->w_conf->topic_retry : "-",
             w->w_conf->smtp_url, w->w_conf->inflight_max);
-        while (!w->w_stop && !results_fatal(w->w_results))
+        while (!w->w_stop && !results_fatal(w->w_results) &&
+               !worker_consumer_fatal(w))
                 loop_run_once(w->w_loop, WORKER_IDLE_WAIT_MS);
+        fatal = results_fatal(w->w_results) || worker_consumer_fatal(w);
 
         LOG(LOG_INFO, "stopping: draining in-flight sends inflight=%zu",
             worker_entries_of(w, NULL));
@@ -1366,7 +1383,7 @@ int worker_run(worker_t *w) {
             (unsigned long long)w->w_stats.rejected,
             (unsigned long long)w->w_stats.expired,
             (unsigned long long)w->w_stats.duplicates, left);
-        if (results_fatal(w->w_results))
+        if (fatal)
                 return 2;
         return left > 0 ? 1 : 0;
 }

@@ -54,7 +54,8 @@ def session_dir():
 
 @pytest.fixture(scope="session")
 def kafka(session_dir):
-    """A real single-node Kafka 3.9.1 for the whole session (.bootstrap)."""
+    """A real single-node Kafka (KM_KAFKA_VERSION, default 4.4.0) for the whole session
+    (.bootstrap)."""
     k = Kafka.start(session_dir / "kafka")
     try:
         k.wait_ready(60)

@@ -18,21 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import (LOCAL, CaptureServer, Kafka, SmtpSink, Topics, Worker, final_by_id,
-                     free_port, make_request, make_requests, make_tmpdir, run, wait_for,
-                     worker_knows)
+from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, fast_group,
+                     final_by_id, free_port, kafka_start_argv, make_request, make_requests,
+                     make_tmpdir, run, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
-# Group membership: a worker killed with -9 holds its partitions until its session times
-# out; 6 s is the broker's minimum (group.min.session.timeout.ms).
-FAST_GROUP = {"kafka_consumer_session_timeout_ms": 6000,
-              "kafka_consumer_heartbeat_interval_ms": 1000}
-
-
 def cfg(kafka, topics, url, **more):
-    """base_config + plain SMTP + quick group membership."""
-    kw = dict(FAST_GROUP)
+    """base_config + plain SMTP + quick group membership (harness.fast_group)."""
+    kw = fast_group()
     kw.update(more)
     return Worker.base_config(kafka, topics, url, smtp_starttls="off", **kw)
 
@@ -93,7 +87,7 @@ def own_kafka():
     last = ""
     k = None
     for _ in range(3):
-        r = run([LOCAL / "kafka-start", dir, free_port()], timeout=240)
+        r = run(kafka_start_argv(dir, free_port()), timeout=240)
         if r.returncode == 0:
             k = Kafka(r.stdout.strip().splitlines()[-1], dir)
             break
@@ -200,7 +194,7 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
     assert w.alive(), w.log_tail()
     # In-flight sends went on while Kafka was away.
     captured_while_down = server.count() - captured_at_stop
-    r = run([LOCAL / "kafka-start", kafka.dir, kafka.port], timeout=240)
+    r = kafka.restart()
     assert r.returncode == 0, r.stderr[-3000:]
     print(f"broker down {time.monotonic() - down_at:.1f}s; "
           f"{captured_while_down} sends completed meanwhile")

@@ -768,6 +768,70 @@ static void test_doc_names_every_key(void **state) {
         free(doc);
 }
 
+static void test_group_protocol_default_and_choices(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(conf->group_protocol, CONFIG_GROUP_CLASSIC);
+        assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
+        assert_int_equal(conf->group_protocol, CONFIG_GROUP_CONSUMER);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_int_equal(set(conf, "group.protocol", "eager"), -1);
+        assert_string_equal(errstr, "-X: group.protocol: \"eager\" is not one "
+                                    "of classic, consumer");
+}
+
+static void test_kafka_group_protocol_refused(void **state) {
+        struct config *conf = *state;
+
+        assert_int_equal(set(conf, "kafka.consumer.group.protocol", "consumer"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr, "kafka.group.protocol: set group.protocol "
+                                    "instead (the worker picks the settings that "
+                                    "go with it)");
+}
+
+/* Each classic-only setting is refused under KIP-848 with the reason, and is
+ * fine under classic; group.remote.assignor the other way round. */
+static void test_settings_of_the_other_group_protocol_refused(void **state) {
+        static const char *const classic_only[] = {
+            "kafka.partition.assignment.strategy", "kafka.consumer.session.timeout.ms",
+            "kafka.heartbeat.interval.ms", "kafka.group.protocol.type"};
+        struct config *conf;
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(classic_only) / sizeof(classic_only[0]); i++) {
+                conf = config_new();
+                assert_non_null(conf);
+                assert_int_equal(set(conf, classic_only[i], "1000"), 0);
+                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+                assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
+                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+                assert_non_null(strstr(errstr, "not allowed with "
+                                               "group.protocol=consumer: "));
+                config_destroy(conf);
+        }
+        conf = config_new();
+        assert_non_null(conf);
+        assert_int_equal(set(conf, "kafka.consumer.session.timeout.ms", "6000"), 0);
+        assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr,
+                            "kafka.session.timeout.ms: not allowed with "
+                            "group.protocol=consumer: under group.protocol=consumer "
+                            "the broker sets it (group.consumer.session.timeout.ms)");
+        config_destroy(conf);
+
+        conf = config_new();
+        assert_non_null(conf);
+        assert_int_equal(set(conf, "kafka.group.remote.assignor", "range"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_non_null(strstr(errstr, "kafka.group.remote.assignor: not allowed "
+                                       "with group.protocol=classic: "));
+        assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        config_destroy(conf);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -801,6 +865,9 @@ int main(void) {
                 T(test_help_lists_every_key),
                 T(test_dump_lists_every_key),
                 T(test_doc_names_every_key),
+                T(test_group_protocol_default_and_choices),
+                T(test_kafka_group_protocol_refused),
+                T(test_settings_of_the_other_group_protocol_refused),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
