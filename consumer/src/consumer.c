@@ -23,6 +23,8 @@
 #define CONSUMER_RDK_FETCH_BACKOFF 0x020200ff /* fetch.queue.backoff.ms */
 #define CONSUMER_RDK_REBALANCE_COMMIT 0x020a00ff /* commits in a rebalance ok */
 #define CONSUMER_RDK_KIP848 0x020c00ff /* group.protocol=consumer GA */
+/* librdkafka's own log level (syslog), without debug lines. */
+#define CONSUMER_RDK_LOG_INFO 6
 /* What fetch.nudge.ms=-1 means before CONSUMER_RDK_FETCH_BACKOFF. */
 #define CONSUMER_NUDGE_DEFAULT_MS 50
 /* librdkafka's debug line (context cgrp) that says the broker lacks the
@@ -84,6 +86,9 @@ struct consumer {
          * them (classic protocol on such a librdkafka only). */
         int c_hold_in_rebalance;
         atomic_int c_no_kip848; /* set from librdkafka's threads */
+        /* The worker turned librdkafka's debug lines on (only to watch for
+         * CONSUMER_NO_KIP848) and turns them off at the first assignment. */
+        int c_debug_ours;
         const char *c_fatal; /* why the consumer cannot go on, or NULL */
         int c_nudge_ms; /* fetch.nudge.ms; 0: no nudger */
         int64_t c_nudge_last_ms;
@@ -132,6 +137,12 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
         c->c_in_rebalance = 1;
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && c->c_debug_ours) {
+                /* The broker speaks KIP-848: nothing left to watch for. The
+                 * level check comes before librdkafka formats a line. */
+                rd_kafka_set_log_level(rk, CONSUMER_RDK_LOG_INFO);
+                c->c_debug_ours = 0;
+        }
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                 LOG(LOG_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq[0].mq_topic, parts->cnt, cooperative);
@@ -401,9 +412,10 @@ static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
 
 /* Adds librdkafka's debug context "cgrp" to those already set: its debug
  * lines are the only sign that a broker lacks the KIP-848 protocol
- * (consumer_log_cb()). They are logged at level debug only. */
-static int consumer_debug_cgrp(rd_kafka_conf_t *kc, char *errstr,
-                               size_t errstr_size) {
+ * (consumer_log_cb()). They are logged at level debug only, and when the
+ * user set no debug context of their own, stop at the first assignment. */
+static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc,
+                               char *errstr, size_t errstr_size) {
         char debug[512], value[560];
         size_t n = sizeof(debug);
 
@@ -411,6 +423,7 @@ static int consumer_debug_cgrp(rd_kafka_conf_t *kc, char *errstr,
                 debug[0] = '\0';
         if (strstr(debug, "cgrp") || strstr(debug, "all"))
                 return 0;
+        c->c_debug_ours = debug[0] == '\0';
         snprintf(value, sizeof(value), "%s%scgrp", debug, debug[0] ? "," : "");
         return consumer_conf_set(kc, "debug", value, errstr, errstr_size);
 }
@@ -527,7 +540,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 goto fail;
         if (consumer_fetch_fit(kc, errstr, errstr_size))
                 goto fail;
-        if (c->c_group_consumer && consumer_debug_cgrp(kc, errstr, errstr_size))
+        if (c->c_group_consumer &&
+            consumer_debug_cgrp(c, kc, errstr, errstr_size))
                 goto fail;
         for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
                 if (consumer_conf_set(kc, fixed[i][0], fixed[i][1], errstr,
