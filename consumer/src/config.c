@@ -106,6 +106,9 @@ static const struct config_key config_keys[] = {
             "first wait after the relay failed a session's set-up"),
         INT("smtp.relay.backoff.max.ms", smtp_relay_backoff_max_ms, "60000", 10,
             3600000, "longest wait between attempts to reach an unhealthy relay"),
+        INT("smtp.relay.probe.ms", smtp_relay_probe_ms, "1000", 100, 600000,
+            "longest wait between attempts to reach a relay that cannot be "
+            "reached at all (connection refused, unknown host, connect timeout)"),
         INT("inflight.max", inflight_max, "1000", 1, 100000,
             "requests consumed and not yet committed before the worker stops taking more"),
         INT("inflight.resume.percent", inflight_resume_percent, "100", 0, 100,

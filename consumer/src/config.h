@@ -69,6 +69,7 @@ struct config {
         int smtp_timeout_data_ms; /* smtp.timeout.data.ms (reply to final .) */
         int smtp_relay_backoff_initial_ms; /* smtp.relay.backoff.initial.ms */
         int smtp_relay_backoff_max_ms; /* smtp.relay.backoff.max.ms */
+        int smtp_relay_probe_ms; /* smtp.relay.probe.ms */
 
         /* in flight and retries */
         int inflight_max; /* inflight.max */

@@ -49,6 +49,8 @@
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
  * every curl_easy_send()/recv(); a multi handle costs about 25 KB. */
 #define SMTP_MULTI_SESSIONS 32
+/* Least gap between two "relay unhealthy" warnings for the same error. */
+#define SMTP_RELAY_WARN_MS 30000
 
 /* job->sj_state */
 #define SJ_IDLE 0
@@ -160,6 +162,9 @@ struct smtp_client {
         int sc_healthy;
         int sc_closing;
         int64_t sc_backoff_ms;
+        int64_t sc_warned_ms; /* last "relay unhealthy" warning, 0: none */
+        const char *sc_warned_what; /* the kind of failure it named */
+        uint64_t sc_failures_quiet; /* failures since that warning */
         uint64_t sc_rand;
         uint64_t sc_opened_total;
         uint64_t sc_failures_total;
@@ -1332,10 +1337,15 @@ static int session_closesocket_cb(void *clientp, curl_socket_t fd) {
         return close(fd);
 }
 
+/* A session could not be opened: the relay is unhealthy; the next attempt
+ * waits for the backoff, or at most relay_probe_ms when the relay could not
+ * be reached at all (@unreachable), since trying to connect costs a relay
+ * that is down nothing. */
 static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
-                                const char *what, const char *detail) {
+                                const char *what, const char *detail,
+                                int unreachable) {
         char raw[sizeof(sc->sc_last_error)];
-        int64_t delay;
+        int64_t delay, now = loop_now_ms(sc->sc_loop);
 
         sc->sc_failures_total++;
         snprintf(raw, sizeof(raw), "relay %s: %s: %s", sc->sc_relay, what,
@@ -1359,12 +1369,29 @@ static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
         delay = sc->sc_backoff_ms * 4 / 5 +
                 (int64_t)(client_rand(sc) %
                           (uint64_t)(sc->sc_backoff_ms * 2 / 5 + 1));
+        if (unreachable && delay > sc->sc_conf.relay_probe_ms)
+                delay = sc->sc_conf.relay_probe_ms;
         if (delay < 1)
                 delay = 1;
         loop_timer_start(sc->sc_loop, &sc->sc_retry_timer, delay);
+        /* One warning when the relay turns unhealthy or fails another way,
+         * then one every SMTP_RELAY_WARN_MS: a relay down for an hour and
+         * probed every second does not fill the log. */
+        if (sc->sc_warned_ms && now - sc->sc_warned_ms < SMTP_RELAY_WARN_MS &&
+            sc->sc_warned_what && strcmp(sc->sc_warned_what, what) == 0) {
+                sc->sc_failures_quiet++;
+                LOG(LOG_DEBUG, "relay still unhealthy relay=%s retry_in_ms=%lld",
+                    sc->sc_relay, (long long)delay);
+                return;
+        }
         LOG(LOG_WARN,
-            "relay unhealthy relay=%s retry_in_ms=%lld queued=%zu error=\"%s\"",
-            sc->sc_relay, (long long)delay, sc->sc_queued, sc->sc_last_error);
+            "relay unhealthy relay=%s retry_in_ms=%lld queued=%zu "
+            "failures_since_last_warning=%llu error=\"%s\"",
+            sc->sc_relay, (long long)delay, sc->sc_queued,
+            (unsigned long long)sc->sc_failures_quiet, sc->sc_last_error);
+        sc->sc_warned_ms = now;
+        sc->sc_failures_quiet = 0;
+        sc->sc_warned_what = what; /* a string literal */
 }
 
 static void session_connect_failed(struct smtp_session *s, CURLcode res) {
@@ -1412,7 +1439,11 @@ static void session_connect_failed(struct smtp_session *s, CURLcode res) {
         else
                 snprintf(detail, sizeof(detail), "%s",
                          curl_easy_strerror(res));
-        client_relay_failed(sc, s, what, detail);
+        /* No reply from the relay at all: down, not refusing us. */
+        client_relay_failed(sc, s, what, detail,
+                            code == 0 && (res == CURLE_COULDNT_CONNECT ||
+                                          res == CURLE_COULDNT_RESOLVE_HOST ||
+                                          res == CURLE_OPERATION_TIMEDOUT));
         session_close(s);
 }
 
@@ -1429,7 +1460,7 @@ static void session_connected(struct smtp_session *s) {
         }
         if (sc->sc_username && !s->ss_cap_auth) {
                 client_relay_failed(sc, s, "AUTH failed",
-                                    "server offers no AUTH");
+                                    "server offers no AUTH", 0);
                 session_close(s);
                 return;
         }
@@ -1456,6 +1487,8 @@ static void session_connected(struct smtp_session *s) {
         if (!sc->sc_healthy) {
                 sc->sc_healthy = 1;
                 sc->sc_backoff_ms = 0;
+                sc->sc_warned_ms = 0;
+                sc->sc_failures_quiet = 0;
                 loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
                 LOG(LOG_INFO, "relay healthy relay=%s", sc->sc_relay);
                 client_kick(sc);
@@ -1681,6 +1714,7 @@ void smtp_client_conf_from_config(struct smtp_client_conf *scc,
         scc->timeout_data_ms = conf->smtp_timeout_data_ms;
         scc->relay_backoff_initial_ms = conf->smtp_relay_backoff_initial_ms;
         scc->relay_backoff_max_ms = conf->smtp_relay_backoff_max_ms;
+        scc->relay_probe_ms = conf->smtp_relay_probe_ms;
 }
 
 /* Builds the libcurl URL (HELO name as the path) and the display name
@@ -1760,7 +1794,8 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
             scc->session_idle_ms < 0 || scc->timeout_connect_ms < 1 ||
             scc->timeout_command_ms < 1 || scc->timeout_data_ms < 1 ||
             scc->relay_backoff_initial_ms < 1 ||
-            scc->relay_backoff_max_ms < scc->relay_backoff_initial_ms) {
+            scc->relay_backoff_max_ms < scc->relay_backoff_initial_ms ||
+            scc->relay_probe_ms < 1) {
                 snprintf(errstr, errstr_size,
                          "smtp: invalid client settings (limits, timeouts "
                          "or backoff out of range)");

@@ -16,7 +16,11 @@
  * greeting, EHLO, STARTTLS, AUTH) is about the relay, not a message: the relay
  * is marked unhealthy, no session is opened until its backoff has passed
  * (doubling from relay_backoff_initial_ms to relay_backoff_max_ms), and the
- * queued jobs wait. A failure inside a transaction is the job's outcome.
+ * queued jobs wait. A relay that cannot be reached at all (connection
+ * refused, host unknown, connect timeout) is tried again every
+ * relay_probe_ms at most, so that sending resumes soon after it is back; one
+ * that answers and refuses the session backs off in full. A failure inside a
+ * transaction is the job's outcome.
  */
 #ifndef KM_SMTP_H
 #define KM_SMTP_H
@@ -99,6 +103,7 @@ struct smtp_client_conf {
         int timeout_data_ms;
         int relay_backoff_initial_ms;
         int relay_backoff_max_ms;
+        int relay_probe_ms; /* longest wait while the relay is unreachable */
 };
 
 /* Fills @scc from @conf (pointers into @conf). */

@@ -95,7 +95,7 @@ struct entry {
         int64_t e_origin_offset;
         int64_t e_request_ts_ms;
         int64_t e_received_ms; /* first consumed (wall clock) */
-        int64_t e_due_ms; /* retry-topic entries: when to send */
+        int64_t e_due_ms; /* when to send: retry-topic entries, retries */
 };
 
 /* What a consumer's callbacks are given: the worker and the topic. */
@@ -671,6 +671,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         LOG(LOG_DEBUG, "retrying id=%s attempt=%d code=%d reply=\"%s\"",
             e->e_req->id, e->e_attempts, job->code, job->reply);
         e->e_state = ENTRY_WAITING;
+        e->e_due_ms = now + backoff; /* for a hand-over before then */
         loop_timer_start(w->w_loop, &e->e_timer, backoff);
 }
 
@@ -1056,15 +1057,44 @@ static size_t worker_entries_of(worker_t *w,
         return n;
 }
 
-/* Abandons what has not started and runs the loop until the entries of
- * @parts (all when NULL) are done or @timeout_ms passed. @returns what is
- * left. */
+/* Hands the entries of @parts (all when NULL) that wait for a retry to the
+ * retry topic, with their due time and attempts: their offsets become
+ * committable, so the next owner of the partition does not consume again
+ * what was finished after them. @returns how many. */
+static size_t worker_hand_over_waiting(worker_t *w,
+                                       const rd_kafka_topic_partition_list_t *parts) {
+        struct entry *e, *next;
+        size_t n = 0;
+
+        if (w->w_topic_cnt <= TOPIC_RETRY || results_fatal(w->w_results))
+                return 0;
+        for (e = w->w_entries; e; e = next) {
+                next = e->e_next;
+                if (e->e_state != ENTRY_WAITING || e->e_no_handoff ||
+                    !entry_in(w, e, parts))
+                        continue;
+                loop_timer_stop(w->w_loop, &e->e_timer);
+                /* Its followers go along (entry_handoff()). */
+                entry_handoff(e, e->e_due_ms, e->e_job.code, e->e_job.reply);
+                n++;
+        }
+        return n;
+}
+
+/* Hands waiting retries over (@hand_over), abandons what has not started and
+ * runs the loop until the entries of @parts (all when NULL) are done or
+ * @timeout_ms passed. @returns what is left. */
 static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
-                           int timeout_ms) {
+                           int timeout_ms, int hand_over) {
         int64_t deadline = loop_clock_ms() + timeout_ms;
         struct entry *e, *next;
-        size_t left;
+        size_t left, handed = 0;
 
+        if (hand_over)
+                handed = worker_hand_over_waiting(w, parts);
+        if (handed > 0)
+                LOG(LOG_INFO, "retries moved to the retry topic before release "
+                              "count=%zu", handed);
         /* Followers first: abandoning a leader hands its id to them. */
         for (e = w->w_entries; e; e = next) {
                 next = e->e_next;
@@ -1103,10 +1133,13 @@ static void worker_on_revoke(void *opaque,
         if (!lost) {
                 left = worker_drain(w, parts,
                                     w->w_stopping ? 0
-                                                  : w->w_conf->rebalance_drain_timeout_ms);
+                                                  : w->w_conf->rebalance_drain_timeout_ms,
+                                    1);
                 worker_commit(w, ref->tr_topic, parts, 0);
         } else {
-                worker_drain(w, parts, 0);
+                /* Someone else owns them already: a hand-over would
+                 * send them twice. */
+                worker_drain(w, parts, 0, 0);
         }
         if (left > 0)
                 LOG(LOG_WARN,
@@ -1367,7 +1400,8 @@ int worker_run(worker_t *w) {
         left = worker_drain(w, NULL,
                             results_fatal(w->w_results)
                                 ? 0
-                                : w->w_conf->shutdown_timeout_ms);
+                                : w->w_conf->shutdown_timeout_ms,
+                            1);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, t, NULL, 0);
         for (int t = 0; t < w->w_topic_cnt; t++) {

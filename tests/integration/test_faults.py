@@ -240,6 +240,42 @@ def test_smtp_server_down_for_20s_backs_off_quietly_then_sends_everything(
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 
+def test_relay_back_after_20s_down_is_used_within_2s_with_default_backoff(
+        kafka, servers, worker):
+    """smtp.relay.backoff.* at their defaults (1 s doubling to 60 s): by the end of a
+    20 s outage the backoff has grown past 10 s, but a relay that refuses connections
+    is tried every smtp.relay.probe.ms (1 s), so sending resumes within 2 s of its
+    return; no request fails and the worker neither spins nor fills its log."""
+    topics = Topics.new(partitions=4).create(kafka)
+    server = start_capture(servers, delay_data=0.02)
+    port, dir = server.port, server.dir
+    n = 1500
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, inflight_max=100, smtp_sessions_max=10))
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.1)
+
+    server.stop()  # connections refused from now on
+    down_at = time.monotonic()
+    cpu0 = cpu_seconds(w.pid)
+    time.sleep(20)
+    cpu = cpu_seconds(w.pid) - cpu0
+    captured_before = server.count()
+    back = start_capture(servers, dir=dir, port=port)  # the same port, the same folder
+    back_at = time.monotonic()
+    wait_for(lambda: back.count() > captured_before, 10, "a message after the relay's return",
+             interval=0.05)
+    resumed = time.monotonic() - back_at
+    print(f"relay down {back_at - down_at:.1f} s; first message {resumed:.2f} s after its "
+          f"return; worker CPU while down {cpu:.2f} s")
+    assert resumed < 2.0, f"sending resumed {resumed:.2f} s after the relay came back"
+    assert cpu < 0.1 * 20, f"worker used {cpu:.2f} s of CPU in 20 s"
+
+    a = kafka.wait_audit(topics, n, capture_dir=dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    warnings = [ln for ln in w.log().splitlines() if "relay unhealthy" in ln]
+    assert 1 <= len(warnings) <= 3, warnings
+
+
 @pytest.mark.parametrize("fault", ["421-and-disconnect", "silent"])
 def test_broken_smtp_server_retries_until_a_healthy_one_takes_over(
         kafka, servers, worker, fault):
@@ -312,6 +348,34 @@ def test_worker_joining_and_leaving_under_load_loses_nothing(kafka, capture_serv
 
 
 # --- retry topic --------------------------------------------------------------------------
+
+def test_sigterm_while_a_retry_waits_hands_it_to_the_retry_topic_and_repeats_nothing(
+        kafka, capture_server, worker):
+    """A request that got a 451 waits in memory for its retry (backoff 15 s, local
+    window 60 s) while the rest of its partition is sent. At SIGTERM it goes to the
+    retry topic, so its partition's watermark passes it and is committed: after a
+    restart nothing that was sent is consumed, and so sent, again."""
+    needs_retry_topic()
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server(tempfail_first=1)
+    n = 400
+    kafka.produce(topics.requests, make_requests(n))
+    conf = cfg(kafka, topics, server.url, inflight_max=1000, smtp_sessions_max=10,
+               retry_backoff_initial_ms=15000, retry_backoff_max_ms=15000,
+               retry_local_window_ms=60000, retry_jitter_percent=0)
+    w = worker(conf)
+    wait_for(lambda: server.count() >= n - 1, 60, f"{n - 1} messages", interval=0.1)
+    wait_for(lambda: kafka.count(topics.results) >= n - 1, 60, f"{n - 1} results",
+             interval=0.1)
+    assert w.stop(timeout=60) == 0, w.log_tail()
+    assert "retries moved to the retry topic before release count=1" in w.log(), w.log_tail()
+
+    w.config.update({"retry.backoff.initial.ms": 100, "retry.backoff.max.ms": 300})
+    w.start()
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    assert a["capture"]["duplicate_sends"] == 0, a["capture"]["duplicate_list"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
 
 def test_4xx_longer_than_the_local_window_goes_through_the_retry_topic(
         kafka, servers, worker):
