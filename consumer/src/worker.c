@@ -640,9 +640,9 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         case SMTP_TRANSIENT:
                 break;
         }
-        if (w->w_stopping || e->e_part->p_draining || e->e_part->p_revoked) {
-                /* Its partition is being given up: no retry and no hand-over
-                 * from here; the next owner consumes it again. */
+        if (e->e_part->p_revoked) {
+                /* Its partition is someone else's already: the next owner
+                 * consumes it again. */
                 entry_release(e);
                 entry_destroy(e, 0);
                 return;
@@ -663,9 +663,18 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         }
         w->w_stats.retries++;
         if (w->w_topic_cnt > TOPIC_RETRY && !e->e_no_handoff &&
-            (e->e_part->p_topic == TOPIC_RETRY ||
+            !results_fatal(w->w_results) &&
+            (e->e_part->p_topic == TOPIC_RETRY || w->w_stopping ||
+             e->e_part->p_draining ||
              now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
                 entry_handoff(e, now + backoff, job->code, job->reply);
+                return;
+        }
+        if (w->w_stopping || e->e_part->p_draining) {
+                /* Its partition is being given up and there is no retry
+                 * topic: the next owner consumes it again. */
+                entry_release(e);
+                entry_destroy(e, 0);
                 return;
         }
         LOG(LOG_DEBUG, "retrying id=%s attempt=%d code=%d reply=\"%s\"",
@@ -1081,20 +1090,29 @@ static size_t worker_hand_over_waiting(worker_t *w,
         return n;
 }
 
-/* Hands waiting retries over (@hand_over), abandons what has not started and
- * runs the loop until the entries of @parts (all when NULL) are done or
- * @timeout_ms passed. @returns what is left. */
-static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
-                           int timeout_ms, int hand_over) {
-        int64_t deadline = loop_clock_ms() + timeout_ms;
+/* Takes the entries of @parts (all when NULL) that have not started out of
+ * the pipeline: requests queued for a session go to the retry topic to be
+ * sent at once (@hand_over, when there is one), else they are abandoned and
+ * consumed again by the partition's next owner; requests waiting for a
+ * request with the same id are abandoned. @returns how many were handed
+ * over. */
+static size_t worker_give_up_queued(worker_t *w,
+                                    const rd_kafka_topic_partition_list_t *parts,
+                                    int hand_over) {
         struct entry *e, *next;
-        size_t left, handed = 0;
+        size_t n = 0;
 
-        if (hand_over)
-                handed = worker_hand_over_waiting(w, parts);
-        if (handed > 0)
-                LOG(LOG_INFO, "retries moved to the retry topic before release "
-                              "count=%zu", handed);
+        hand_over = hand_over && w->w_topic_cnt > TOPIC_RETRY &&
+                    !results_fatal(w->w_results);
+        for (e = w->w_entries; e; e = next) {
+                next = e->e_next;
+                if (e->e_state != ENTRY_SENDING || !entry_in(w, e, parts) ||
+                    e->e_no_handoff || !hand_over ||
+                    smtp_client_cancel(w->w_smtp, &e->e_job) != 0)
+                        continue;
+                entry_handoff(e, results_wall_ms(), 0, "not sent before release");
+                n++;
+        }
         /* Followers first: abandoning a leader hands its id to them. */
         for (e = w->w_entries; e; e = next) {
                 next = e->e_next;
@@ -1106,9 +1124,50 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
                 if (entry_in(w, e, parts))
                         entry_abandon(e);
         }
-        while ((left = worker_entries_of(w, parts)) > 0 &&
-               loop_clock_ms() < deadline)
+        return n;
+}
+
+/* Empties the partitions in @parts (all when NULL) before they are released,
+ * within @timeout_ms. With @hand_over (they are not lost): requests waiting
+ * for a retry go to the retry topic at once, requests queued for a session
+ * are sent while the relay is healthy, and those not started by four fifths
+ * of the time (at once when the relay is unhealthy) go to the retry topic
+ * too; so the partitions' watermarks pass everything the worker finished,
+ * and their next owner sends none of it again. Without: what has not started
+ * is abandoned. Runs the loop until the entries are done or the time is up.
+ * @returns what is left (in an SMTP transaction, or not yet acknowledged). */
+static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
+                           int timeout_ms, int hand_over) {
+        int64_t start = loop_clock_ms();
+        int64_t deadline = start + timeout_ms;
+        int64_t give_up = start + (int64_t)timeout_ms * 4 / 5;
+        int given_up = 0;
+        size_t left, retries = 0, queued = 0;
+        struct smtp_stats ss;
+
+        if (hand_over)
+                retries = worker_hand_over_waiting(w, parts);
+        for (;;) {
+                left = worker_entries_of(w, parts);
+                if (left == 0 || loop_clock_ms() >= deadline)
+                        break;
+                smtp_client_stats(w->w_smtp, &ss);
+                if (!given_up &&
+                    (!hand_over || !ss.relay_healthy || loop_clock_ms() >= give_up)) {
+                        queued = worker_give_up_queued(w, parts, hand_over);
+                        given_up = 1;
+                        continue;
+                }
                 loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
+        }
+        if (!given_up) {
+                queued = worker_give_up_queued(w, parts, 0);
+                left = worker_entries_of(w, parts);
+        }
+        if (retries + queued > 0)
+                LOG(LOG_INFO, "moved to the retry topic before release "
+                              "waiting_retries=%zu not_started=%zu",
+                    retries, queued);
         return left;
 }
 

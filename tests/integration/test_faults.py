@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, fast_group,
-                     final_by_id, free_port, kafka_start_argv, make_request, make_requests,
-                     make_tmpdir, run, wait_for, worker_knows)
+                     final_by_id, free_port, kafka_start_argv, librdkafka_version,
+                     make_request, make_requests, make_tmpdir, run, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
@@ -340,8 +340,15 @@ def test_worker_joining_and_leaving_under_load_loses_nothing(kafka, capture_serv
     print(f"audit: duplicate_sends={a['capture']['duplicate_sends']} "
           f"duplicate_results={a['duplicate_results']}")
     assert_all_sent_once_or_more(a, n)
-    # Two rebalances; each moves partitions whose in-flight sends are at most inflight.max.
-    assert a["capture"]["duplicate_sends"] <= 2 * inflight, a["capture"]["duplicate_list"]
+    if librdkafka_version() >= (2, 10, 0):
+        # Revoked partitions are emptied before release (sent, or handed to the retry
+        # topic) and their watermark committed: their next owner repeats nothing.
+        assert a["capture"]["duplicate_sends"] == 0, a["capture"]["duplicate_list"]
+    else:
+        # librdkafka before 2.10 may drop an assignment as lost when a commit meets
+        # the rebalance (its issue 4059): each of the two rebalances may then repeat
+        # up to inflight.max requests.
+        assert a["capture"]["duplicate_sends"] <= 2 * inflight, a["capture"]["duplicate_list"]
     final = final_by_id(kafka.results(topics.results, timeout=30))
     assert "w3" in {r["worker"] for r in final.values()}, "the worker that joined took part"
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
@@ -368,7 +375,7 @@ def test_sigterm_while_a_retry_waits_hands_it_to_the_retry_topic_and_repeats_not
     wait_for(lambda: kafka.count(topics.results) >= n - 1, 60, f"{n - 1} results",
              interval=0.1)
     assert w.stop(timeout=60) == 0, w.log_tail()
-    assert "retries moved to the retry topic before release count=1" in w.log(), w.log_tail()
+    assert "moved to the retry topic before release waiting_retries=1" in w.log(), w.log_tail()
 
     w.config.update({"retry.backoff.initial.ms": 100, "retry.backoff.max.ms": 300})
     w.start()
