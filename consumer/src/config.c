@@ -150,6 +150,9 @@ static const struct config_key config_keys[] = {
          "consumer (KIP-848, Kafka 4.0+ and librdkafka 2.12+)"},
         INT("commit.interval.ms", commit_interval_ms, "1000", 10, 600000,
             "how often committable offsets are committed"),
+        INT("commit.timeout.ms", commit_timeout_ms, "5000", 100, 600000,
+            "longest wait for the answer to the commit made on revoke and on "
+            "SIGTERM (there also within shutdown.timeout.ms)"),
         INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
             "least gap between two fetch nudges, 0 = none, -1 = 50 on "
             "librdkafka before 2.2 and none from 2.2 on (operations.md)"),

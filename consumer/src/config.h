@@ -97,6 +97,7 @@ struct config {
         /* group membership, commits, rebalance, shutdown */
         enum config_group_protocol group_protocol; /* group.protocol */
         int commit_interval_ms; /* commit.interval.ms */
+        int commit_timeout_ms; /* commit.timeout.ms */
         int fetch_nudge_ms; /* fetch.nudge.ms, -1 = by librdkafka version */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */
         int shutdown_timeout_ms; /* shutdown.timeout.ms */

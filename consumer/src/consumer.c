@@ -631,12 +631,21 @@ fail:
         if (topics)
                 rd_kafka_topic_partition_list_destroy(topics);
         c->c_closing = 1;
-        consumer_close(c);
+        consumer_close(c, 0);
         return NULL;
 }
 
-void consumer_close(consumer_t *c) {
-        rd_kafka_resp_err_t err;
+/* Consumers that could not leave their group in time: librdkafka's
+ * rd_kafka_destroy() would wait for the group (40 s and more with Kafka
+ * away), so their handles, and the consumers their callbacks point to, are
+ * left to the process's exit. */
+static consumer_t *consumer_left_running[2 * CONSUMER_TOPICS_MAX];
+
+void consumer_close(consumer_t *c, int timeout_ms) {
+        rd_kafka_queue_t *q;
+        rd_kafka_error_t *error;
+        int closing;
+        int64_t deadline = loop_clock_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 
         if (!c)
                 return;
@@ -664,13 +673,46 @@ void consumer_close(consumer_t *c) {
                 }
         consumer_nudger_stop(c);
         if (c->c_rk) {
-                /* Serves the final revoke through the rebalance callback. */
+                /* Leaves the group, serving the final revoke through the
+                 * rebalance callback, for at most @timeout_ms: with Kafka
+                 * away rd_kafka_consumer_close() waited 40 s. */
                 c->c_closing = 1;
-                err = rd_kafka_consumer_close(c->c_rk);
-                if (err)
+                q = rd_kafka_queue_new(c->c_rk);
+                error = rd_kafka_consumer_close_queue(c->c_rk, q);
+                closing = error == NULL;
+                if (error) {
                         LOG(LOG_WARN, "consumer close err=\"%s\"",
-                            rd_kafka_err2str(err));
-                rd_kafka_destroy(c->c_rk);
+                            rd_kafka_error_string(error));
+                        rd_kafka_error_destroy(error);
+                }
+                while (closing && !rd_kafka_consumer_closed(c->c_rk)) {
+                        int64_t left = deadline - loop_clock_ms();
+
+                        if (left <= 0)
+                                break;
+                        rd_kafka_queue_poll_callback(
+                            q, left < CONSUMER_POLL_MS ? (int)left
+                                                       : CONSUMER_POLL_MS);
+                }
+                rd_kafka_queue_destroy(q);
+                if (!closing || rd_kafka_consumer_closed(c->c_rk)) {
+                        rd_kafka_destroy(c->c_rk);
+                } else {
+                        LOG(LOG_WARN, "consumer group not left within %d ms: "
+                                      "its partitions move when the member's "
+                                      "session times out",
+                            timeout_ms);
+                        for (size_t i = 0; i < sizeof(consumer_left_running) /
+                                                   sizeof(consumer_left_running[0]);
+                             i++) {
+                                if (!consumer_left_running[i]) {
+                                        consumer_left_running[i] = c;
+                                        return;
+                                }
+                        }
+                        rd_kafka_destroy_flags(c->c_rk,
+                                               RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+                }
         }
         if (c->c_pipe[1] != -1)
                 close(c->c_pipe[1]);
@@ -698,17 +740,68 @@ int consumer_paused(const consumer_t *c, int t) {
         return c->c_mq[t].mq_paused;
 }
 
+/* The answer to a commit consumer_commit() waits for. */
+struct consumer_commit_wait {
+        int cw_done;
+        rd_kafka_resp_err_t cw_err;
+};
+
+static void consumer_commit_wait_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                    rd_kafka_topic_partition_list_t *offsets,
+                                    void *opaque) {
+        struct consumer_commit_wait *cw = opaque;
+
+        (void)rk;
+        (void)offsets;
+        cw->cw_done = 1;
+        cw->cw_err = err;
+}
+
 int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
-                    int async) {
+                    int wait_ms) {
+        struct consumer_commit_wait cw = {0, RD_KAFKA_RESP_ERR_NO_ERROR};
+        int64_t deadline = loop_clock_ms() + (wait_ms > 0 ? wait_ms : 0);
+        rd_kafka_queue_t *q;
         rd_kafka_resp_err_t err;
 
-        err = rd_kafka_commit(c->c_rk, offsets, async);
-        if (err && !async && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+        if (wait_ms < 0) {
+                rd_kafka_commit(c->c_rk, offsets, 1);
+                return 0;
+        }
+        /* rd_kafka_commit(.., 0) waits as long as librdkafka likes: with
+         * the coordinator away, a session timeout (45 s) on SIGTERM. The
+         * answer comes on a queue of our own, waited for at most @wait_ms. */
+        q = rd_kafka_queue_new(c->c_rk);
+        err = rd_kafka_commit_queue(c->c_rk, offsets, q, consumer_commit_wait_cb,
+                                    &cw);
+        while (!err && !cw.cw_done) {
+                int64_t left = deadline - loop_clock_ms();
+                rd_kafka_event_t *ev;
+
+                if (left <= 0)
+                        break;
+                ev = rd_kafka_queue_poll(q, (int)left);
+                if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
+                        cw.cw_done = 1;
+                        cw.cw_err = rd_kafka_event_error(ev);
+                }
+                if (ev)
+                        rd_kafka_event_destroy(ev);
+        }
+        rd_kafka_queue_destroy(q);
+        if (!err && !cw.cw_done) {
+                LOG(LOG_WARN, "offset commit not answered within %d ms "
+                              "partitions=%d", wait_ms, offsets->cnt);
+                return -1;
+        }
+        if (!err)
+                err = cw.cw_err;
+        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
                 LOG(LOG_WARN, "offset commit failed err=\"%s\"",
                     rd_kafka_err2str(err));
                 return -1;
         }
-        if (!async && !err)
+        if (!err)
                 /* The owner learns of it now (handlers must accept hearing
                  * of the same commit twice). */
                 c->c_h.on_commit(c->c_opaque, offsets, err);

@@ -57,8 +57,12 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
 /* @returns the index of @topic in consumer_new()'s list, or -1. */
 int consumer_topic_index(const consumer_t *c, const char *topic);
 
-/* Leaves the group (revoke handler runs), then frees. NULL ok. */
-void consumer_close(consumer_t *c);
+/* Leaves the group (revoke handler runs) within @timeout_ms, then frees.
+ * When the group was not left by then (Kafka away), the consumer is left as
+ * it is until the process exits (librdkafka would wait for the group before
+ * freeing it): call only when the process is about to exit. Its partitions
+ * move when the member's session times out. NULL ok. */
+void consumer_close(consumer_t *c, int timeout_ms);
 
 /* Stops or restarts taking messages of every assigned partition of topic
  * number @topic, new ones included. While paused, librdkafka keeps
@@ -67,10 +71,12 @@ void consumer_close(consumer_t *c);
 void consumer_set_paused(consumer_t *c, int topic, int paused);
 int consumer_paused(const consumer_t *c, int topic);
 
-/* Commits @offsets (next offset to consume per partition), asynchronously
- * when @async. @returns 0 or -1 (sync commit failed; logged). */
+/* Commits @offsets (next offset to consume per partition): asynchronously
+ * when @wait_ms < 0 (the commit callback reports the answer), else waiting at
+ * most @wait_ms for it. @returns 0, or -1 when a waited-for commit failed or
+ * got no answer in time (logged). */
 int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
-                    int async);
+                    int wait_ms);
 
 /* @returns non-zero between the two rounds of a classic cooperative
  * rebalance on librdkafka before 2.10, when an async commit would only fail

@@ -148,6 +148,7 @@ struct worker {
 
         volatile sig_atomic_t w_stop;
         int w_stopping;
+        int64_t w_stop_deadline_ms; /* loop_clock_ms() by which to exit */
 
         struct worker_stats w_stats;
 };
@@ -948,6 +949,21 @@ static void worker_commit_part(worker_t *w, struct part *p,
         p->p_sent_below = offsets_below_watermark(p->p_offsets);
 }
 
+/* @returns how long a synchronous commit may wait for its answer:
+ * commit.timeout.ms, and on SIGTERM no longer than shutdown.timeout.ms
+ * allows. */
+static int worker_commit_wait_ms(const worker_t *w) {
+        int64_t left;
+
+        if (!w->w_stopping)
+                return w->w_conf->commit_timeout_ms;
+        left = w->w_stop_deadline_ms - loop_clock_ms();
+        if (left < 0)
+                left = 0;
+        return left < w->w_conf->commit_timeout_ms ? (int)left
+                                                   : w->w_conf->commit_timeout_ms;
+}
+
 /* Commits the watermark of every partition of topic @t in @parts (all its
  * assigned ones when NULL) that moved since its last commit. */
 static void worker_commit(worker_t *w, int t,
@@ -992,7 +1008,8 @@ static void worker_commit(worker_t *w, int t,
                     w->w_topics[t], offs->cnt, async);
                 if (async)
                         w->w_commit_sent_ms[t] = loop_now_ms(w->w_loop);
-                if (consumer_commit(w->w_consumer[t], offs, async) == -1)
+                if (consumer_commit(w->w_consumer[t], offs,
+                                    async ? -1 : worker_commit_wait_ms(w)) == -1)
                         for (int j = 0; j < offs->cnt; j++) {
                                 struct part *p = part_of_elem(w, offs, j);
 
@@ -1421,6 +1438,13 @@ void worker_stop(worker_t *w) {
         loop_wakeup(w->w_loop);
 }
 
+/* @returns the part of shutdown.timeout.ms kept for the last commits. */
+static int worker_stop_reserve_ms(const struct config *conf) {
+        int quarter = conf->shutdown_timeout_ms / 4;
+
+        return quarter < conf->commit_timeout_ms ? quarter : conf->commit_timeout_ms;
+}
+
 /* @returns why a consumer cannot go on, or NULL. */
 static const char *worker_consumer_fatal(const worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++) {
@@ -1454,17 +1478,22 @@ int worker_run(worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 consumer_set_paused(w->w_consumer[t], 0, 1);
         w->w_stopping = 1;
-        /* Without a producer no result can be acknowledged: nothing to wait
-         * for. */
+        w->w_stop_deadline_ms = loop_clock_ms() + w->w_conf->shutdown_timeout_ms;
+        /* The drain leaves the commits and the group's goodbye part of
+         * shutdown.timeout.ms: a quarter, at most commit.timeout.ms. Without
+         * a producer no result can be acknowledged: nothing to wait for. */
         left = worker_drain(w, NULL,
                             results_fatal(w->w_results)
                                 ? 0
-                                : w->w_conf->shutdown_timeout_ms,
+                                : w->w_conf->shutdown_timeout_ms -
+                                      worker_stop_reserve_ms(w->w_conf),
                             1);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, t, NULL, 0);
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                consumer_close(w->w_consumer[t]);
+                int64_t close_ms = w->w_stop_deadline_ms - loop_clock_ms();
+
+                consumer_close(w->w_consumer[t], close_ms > 0 ? (int)close_ms : 0);
                 w->w_consumer[t] = NULL;
         }
         LOG(LOG_INFO,
@@ -1490,7 +1519,7 @@ void worker_destroy(worker_t *w) {
         metrics_destroy(w->w_metrics);
         w->w_metrics = NULL;
         for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
-                consumer_close(w->w_consumer[t]);
+                consumer_close(w->w_consumer[t], w->w_conf->commit_timeout_ms);
                 w->w_consumer[t] = NULL;
         }
         /* Entries left are not final: their requests were not committed. */

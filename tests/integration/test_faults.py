@@ -11,6 +11,7 @@ broker, which the other tests share, is never stopped. Every wait is bounded.
 
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -204,6 +205,37 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
     assert_all_sent_once_or_more(a, n)
     kafka.wait_committed(topics.group, topics.requests, timeout=60)
     assert w.alive(), w.log_tail()
+
+
+def test_sigterm_with_kafka_away_exits_within_the_shutdown_timeout(
+        own_kafka, capture_server, worker):
+    """Kafka is stopped, then the worker gets SIGTERM: its last commits cannot be
+    answered. It still exits within shutdown.timeout.ms (librdkafka's own wait for
+    a commit without a coordinator is a session timeout, 45 s)."""
+    kafka = own_kafka
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server()
+    kafka.produce(topics.requests, make_requests(200))
+    w = worker(cfg(kafka, topics, server.url, shutdown_timeout_ms=5000))
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.1)
+    kafka.stop()
+    try:
+        time.sleep(2)
+        t0 = time.monotonic()
+        w.send_signal(signal.SIGTERM)
+        rc = w.wait(60)
+        took = time.monotonic() - t0
+        print(f"exit {rc} {took:.1f} s after SIGTERM with Kafka away")
+        assert took < 5 + 2, f"exit took {took:.1f} s"
+        assert "stopped" in w.log(), w.log_tail()
+    finally:
+        r = kafka.restart()
+        assert r.returncode == 0, r.stderr[-3000:]
+        kafka.wait_ready(60)
+    # Nothing is lost: whatever was not committed is consumed again.
+    w.start()
+    a = kafka.wait_audit(topics, 200, capture_dir=server.dir, timeout=120)
+    assert a["lost"] == 0, a["lost_list"]
 
 
 # --- SMTP unavailable ---------------------------------------------------------------------
