@@ -1127,7 +1127,7 @@ static size_t worker_give_up_queued(worker_t *w,
                     e->e_no_handoff || !hand_over ||
                     smtp_client_cancel(w->w_smtp, &e->e_job) != 0)
                         continue;
-                entry_handoff(e, results_wall_ms(), 0, "not sent before release");
+                entry_handoff(e, results_wall_ms(), e->e_job.code, e->e_job.reply);
                 n++;
         }
         /* Followers first: abandoning a leader hands its id to them. */

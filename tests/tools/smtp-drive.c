@@ -167,6 +167,7 @@ int main(int argc, char **argv) {
             .timeout_data_ms = 60000,
             .relay_backoff_initial_ms = 500,
             .relay_backoff_max_ms = 10000,
+            .relay_probe_ms = 1000,
         };
         struct drive d;
         long inflight = 100, size = 1024, rcpts = 1, max_seconds = 0;
