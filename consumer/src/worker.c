@@ -555,6 +555,12 @@ static int64_t worker_backoff_ms(const struct config *conf, int attempts) {
         return ms < 1 ? 1 : (int64_t)ms;
 }
 
+/* @returns whether requests can be handed to the retry topic: there is one,
+ * and the producer still works. */
+static int worker_can_hand_over(const worker_t *w) {
+        return w->w_topic_cnt > TOPIC_RETRY && !results_fatal(w->w_results);
+}
+
 /* Writes @e to the retry topic, to be sent at @due_ms; its offset is done
  * once Kafka has the record. */
 static void entry_handoff(struct entry *e, int64_t due_ms, int code,
@@ -663,8 +669,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 return;
         }
         w->w_stats.retries++;
-        if (w->w_topic_cnt > TOPIC_RETRY && !e->e_no_handoff &&
-            !results_fatal(w->w_results) &&
+        if (worker_can_hand_over(w) && !e->e_no_handoff &&
             (e->e_part->p_topic == TOPIC_RETRY || w->w_stopping ||
              e->e_part->p_draining ||
              now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
@@ -949,19 +954,23 @@ static void worker_commit_part(worker_t *w, struct part *p,
         p->p_sent_below = offsets_below_watermark(p->p_offsets);
 }
 
+/* @returns the milliseconds left before a stopping worker must exit (>= 0). */
+static int worker_stop_left_ms(const worker_t *w) {
+        int64_t left = w->w_stop_deadline_ms - loop_clock_ms();
+
+        return left > 0 ? (int)left : 0;
+}
+
 /* @returns how long a synchronous commit may wait for its answer:
  * commit.timeout.ms, and on SIGTERM no longer than shutdown.timeout.ms
  * allows. */
 static int worker_commit_wait_ms(const worker_t *w) {
-        int64_t left;
+        int left;
 
         if (!w->w_stopping)
                 return w->w_conf->commit_timeout_ms;
-        left = w->w_stop_deadline_ms - loop_clock_ms();
-        if (left < 0)
-                left = 0;
-        return left < w->w_conf->commit_timeout_ms ? (int)left
-                                                   : w->w_conf->commit_timeout_ms;
+        left = worker_stop_left_ms(w);
+        return left < w->w_conf->commit_timeout_ms ? left : w->w_conf->commit_timeout_ms;
 }
 
 /* Commits the watermark of every partition of topic @t in @parts (all its
@@ -1092,7 +1101,7 @@ static size_t worker_hand_over_waiting(worker_t *w,
         struct entry *e, *next;
         size_t n = 0;
 
-        if (w->w_topic_cnt <= TOPIC_RETRY || results_fatal(w->w_results))
+        if (!worker_can_hand_over(w))
                 return 0;
         for (e = w->w_entries; e; e = next) {
                 next = e->e_next;
@@ -1119,8 +1128,7 @@ static size_t worker_give_up_queued(worker_t *w,
         struct entry *e, *next;
         size_t n = 0;
 
-        hand_over = hand_over && w->w_topic_cnt > TOPIC_RETRY &&
-                    !results_fatal(w->w_results);
+        hand_over = hand_over && worker_can_hand_over(w);
         for (e = w->w_entries; e; e = next) {
                 next = e->e_next;
                 if (e->e_state != ENTRY_SENDING || !entry_in(w, e, parts) ||
@@ -1164,22 +1172,19 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
 
         if (hand_over)
                 retries = worker_hand_over_waiting(w, parts);
-        for (;;) {
-                left = worker_entries_of(w, parts);
-                if (left == 0 || loop_clock_ms() >= deadline)
-                        break;
-                smtp_client_stats(w->w_smtp, &ss);
-                if (!given_up &&
-                    (!hand_over || !ss.relay_healthy || loop_clock_ms() >= give_up)) {
-                        queued = worker_give_up_queued(w, parts, hand_over);
-                        given_up = 1;
-                        continue;
+        while ((left = worker_entries_of(w, parts)) > 0) {
+                if (!given_up) {
+                        smtp_client_stats(w->w_smtp, &ss);
+                        if (!hand_over || !ss.relay_healthy ||
+                            loop_clock_ms() >= give_up) {
+                                queued = worker_give_up_queued(w, parts, hand_over);
+                                given_up = 1;
+                                continue;
+                        }
                 }
+                if (loop_clock_ms() >= deadline)
+                        break;
                 loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
-        }
-        if (!given_up) {
-                queued = worker_give_up_queued(w, parts, 0);
-                left = worker_entries_of(w, parts);
         }
         if (retries + queued > 0)
                 LOG(LOG_INFO, "moved to the retry topic before release "
@@ -1491,9 +1496,7 @@ int worker_run(worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, t, NULL, 0);
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                int64_t close_ms = w->w_stop_deadline_ms - loop_clock_ms();
-
-                consumer_close(w->w_consumer[t], close_ms > 0 ? (int)close_ms : 0);
+                consumer_close(w->w_consumer[t], worker_stop_left_ms(w));
                 w->w_consumer[t] = NULL;
         }
         LOG(LOG_INFO,

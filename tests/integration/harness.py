@@ -58,10 +58,12 @@ FAST_GROUP_CLASSIC = {"kafka_consumer_session_timeout_ms": 6000,
                       "kafka_consumer_heartbeat_interval_ms": 1000}
 
 
-def kafka_start_argv(dir, port) -> list:
-    """deploy/local/kafka-start for KM_KAFKA_VERSION with the test broker settings."""
-    argv = [LOCAL / "kafka-start", "--version", KAFKA_VERSION]
-    if not KAFKA_VERSION.startswith("3."):
+def kafka_start_argv(dir, port, version: Optional[str] = None) -> list:
+    """deploy/local/kafka-start for @version (default KM_KAFKA_VERSION) with the test
+    broker settings."""
+    version = version or KAFKA_VERSION
+    argv = [LOCAL / "kafka-start", "--version", version]
+    if not version.startswith("3."):
         for prop in KAFKA4_TEST_PROPS:
             argv += ["--set", prop]
     return argv + [dir, port]
@@ -322,15 +324,18 @@ class Kafka:
         self.port = int(bootstrap.rsplit(":", 1)[1])
 
     @classmethod
-    def start(cls, dir: Optional[Path] = None) -> "Kafka":
+    def start(cls, dir: Optional[Path] = None, version: Optional[str] = None,
+              local: bool = False) -> "Kafka":
+        """A broker of @version (default KM_KAFKA_VERSION); KM_KAFKA_BOOTSTRAP's
+        instead unless @local (a test that stops its broker needs its own)."""
         external = os.environ.get("KM_KAFKA_BOOTSTRAP")
-        if external:
+        if external and not local:
             return cls(external)
         dir = dir or make_tmpdir("kafka")
         last = ""
         for _ in range(3):  # a port picked free can be taken before the broker binds it
             port = free_port()
-            r = run(kafka_start_argv(dir, port), timeout=KAFKA_START_TIMEOUT)
+            r = run(kafka_start_argv(dir, port, version), timeout=KAFKA_START_TIMEOUT)
             if r.returncode == 0:
                 return cls(r.stdout.strip().splitlines()[-1], dir)
             last = r.stderr

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, fast_group,
-                     final_by_id, free_port, kafka_start_argv, librdkafka_version,
-                     make_request, make_requests, make_tmpdir, run, wait_for, worker_knows)
+                     final_by_id, librdkafka_version, make_request, make_requests,
+                     make_tmpdir, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
@@ -84,17 +84,7 @@ class SilentServer:
 def own_kafka():
     """A broker for this module only (tests here may stop and restart it). Always a
     local one, even when KM_KAFKA_BOOTSTRAP names an external broker."""
-    dir = make_tmpdir("kafka-faults")
-    last = ""
-    k = None
-    for _ in range(3):
-        r = run(kafka_start_argv(dir, free_port()), timeout=240)
-        if r.returncode == 0:
-            k = Kafka(r.stdout.strip().splitlines()[-1], dir)
-            break
-        last = r.stderr
-    if k is None:
-        raise RuntimeError(f"kafka-start failed:\n{last[-4000:]}")
+    k = Kafka.start(make_tmpdir("kafka-faults"), local=True)
     try:
         k.wait_ready(60)
         yield k

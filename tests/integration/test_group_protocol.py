@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (Kafka, Topics, Worker, binary, final_by_id, free_port,
-                     kafka_start_argv, librdkafka_version, make_requests, make_tmpdir, run,
+from harness import (Kafka, Topics, Worker, binary, final_by_id,
+                     librdkafka_version, make_requests, make_tmpdir, run,
                      wait_for)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools]
@@ -27,12 +27,7 @@ def _completed(r):
 @pytest.fixture(scope="module")
 def kafka39():
     """A Kafka 3.9.1 broker of this module: one without the KIP-848 protocol."""
-    dir = make_tmpdir("kafka39")
-    argv = kafka_start_argv(dir, free_port())
-    argv[argv.index("--version") + 1] = "3.9.1"
-    r = run(argv, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    k = Kafka(r.stdout.strip().splitlines()[-1], dir)
+    k = Kafka.start(make_tmpdir("kafka39"), version="3.9.1", local=True)
     try:
         k.wait_ready(60)
         yield k
