@@ -135,6 +135,12 @@ static const struct config_key config_keys[] = {
             "that a repeated id is not sent again, 0 = off"),
         INT("dedupe.ttl.ms", dedupe_ttl_ms, "3600000", 1000, 604800000,
             "how long a finished request id is remembered"),
+        INT("dedupe.recall.timeout.ms", dedupe_recall_timeout_ms, "10000", 0,
+            600000,
+            "longest time a newly assigned partition waits while the worker "
+            "reads which of its requests already have a result on "
+            "topic.results, 0 = no reading (and no repeat check across "
+            "workers)"),
         STR("metrics.listen", metrics_listen, "",
             "address:port of the HTTP endpoint for /metrics and /healthz, "
             "\"\" = off"),

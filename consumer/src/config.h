@@ -85,6 +85,7 @@ struct config {
         /* duplicate suppression */
         int dedupe_capacity; /* dedupe.capacity, 0 = off */
         int dedupe_ttl_ms; /* dedupe.ttl.ms */
+        int dedupe_recall_timeout_ms; /* dedupe.recall.timeout.ms, 0 = off */
 
         /* metrics */
         char *metrics_listen; /* metrics.listen, "" = off */

@@ -80,6 +80,7 @@ struct consumer {
         int c_rounds_left;
         int c_in_rebalance;
         int c_closing;
+        int c_hold_assigned; /* consumer_hold_assigned() */
         int c_group_consumer; /* group.protocol=consumer (KIP-848) */
         /* Commits between the two rounds of a cooperative rebalance fail and
          * make librdkafka before 2.10 drop the assignment as lost: hold
@@ -127,6 +128,45 @@ static void consumer_forward(consumer_t *c,
         }
 }
 
+/* Keeps the messages of @parts in their partitions' own queues:
+ * forwarding to nothing also stops librdkafka from forwarding them to the
+ * consumer queue when fetching starts (RD_KAFKA_Q_F_FWD_APP). */
+static void consumer_hold(consumer_t *c,
+                          const rd_kafka_topic_partition_list_t *parts) {
+        for (int i = 0; i < parts->cnt; i++) {
+                rd_kafka_queue_t *pq;
+
+                if (consumer_topic_index(c, parts->elems[i].topic) < 0)
+                        continue;
+                pq = rd_kafka_queue_get_partition(c->c_rk, parts->elems[i].topic,
+                                                  parts->elems[i].partition);
+                if (!pq)
+                        continue;
+                rd_kafka_queue_forward(pq, NULL);
+                rd_kafka_queue_destroy(pq);
+        }
+}
+
+void consumer_hold_assigned(consumer_t *c) {
+        c->c_hold_assigned = 1;
+}
+
+void consumer_release(consumer_t *c, const char *topic, int32_t partition) {
+        rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+
+        rd_kafka_topic_partition_list_add(one, topic, partition);
+        /* Messages already held move to the topic's queue with it. */
+        consumer_forward(c, one);
+        rd_kafka_topic_partition_list_destroy(one);
+        loop_timer_start(c->c_loop, &c->c_timer, 0);
+}
+
+rd_kafka_resp_err_t consumer_committed(consumer_t *c,
+                                       rd_kafka_topic_partition_list_t *parts,
+                                       int timeout_ms) {
+        return rd_kafka_committed(c->c_rk, parts, timeout_ms);
+}
+
 static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                   rd_kafka_topic_partition_list_t *parts,
                                   void *opaque) {
@@ -151,7 +191,10 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 else
                         ret = rd_kafka_assign(rk, parts);
                 if (!error && !ret) {
-                        consumer_forward(c, parts);
+                        if (c->c_hold_assigned)
+                                consumer_hold(c, parts);
+                        else
+                                consumer_forward(c, parts);
                         c->c_h.on_assign(c->c_opaque, parts);
                 }
                 if (c->c_rounds_left > 0 && --c->c_rounds_left == 0)
@@ -815,6 +858,10 @@ const char *consumer_fatal(const consumer_t *c) {
 int consumer_rebalancing(const consumer_t *c) {
         return c->c_revoked_ms != 0 &&
                loop_clock_ms() - c->c_revoked_ms < CONSUMER_REBALANCE_MAX_MS;
+}
+
+int consumer_holds_commits(const consumer_t *c) {
+        return c->c_hold_in_rebalance;
 }
 
 uint64_t consumer_commit_errors(const consumer_t *c) {

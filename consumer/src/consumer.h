@@ -71,6 +71,24 @@ void consumer_close(consumer_t *c, int timeout_ms);
 void consumer_set_paused(consumer_t *c, int topic, int paused);
 int consumer_paused(const consumer_t *c, int topic);
 
+/* From now on, partitions assigned are held: their messages wait in
+ * librdkafka (up to queued.max.messages.kbytes) until consumer_release()
+ * lets them through. The worker holds a partition until it has read what
+ * the results topic says of it. */
+void consumer_hold_assigned(consumer_t *c);
+
+/* Lets the messages of a held, assigned partition through. A no-op when the
+ * partition is no longer assigned. */
+void consumer_release(consumer_t *c, const char *topic, int32_t partition);
+
+/* Reads the group's committed offsets (and their metadata) of @parts into
+ * it, waiting at most @timeout_ms. The one call that may be made from
+ * another thread, while the consumer is open. @returns the librdkafka
+ * error. */
+rd_kafka_resp_err_t consumer_committed(consumer_t *c,
+                                       rd_kafka_topic_partition_list_t *parts,
+                                       int timeout_ms);
+
 /* Commits @offsets (next offset to consume per partition): asynchronously
  * when @wait_ms < 0 (the commit callback reports the answer), else waiting at
  * most @wait_ms for it. @returns 0, or -1 when a waited-for commit failed or
@@ -83,6 +101,12 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
  * and make librdkafka treat the assignment as lost; always 0 under KIP-848
  * and on later librdkafka. */
 int consumer_rebalancing(const consumer_t *c);
+
+/* @returns non-zero when a failed commit must be followed by a pause before
+ * the next (classic protocol on librdkafka before 2.10, where committing in
+ * a rebalance loses the assignment); else a refused commit is offered again
+ * at once for the partitions still owned. */
+int consumer_holds_commits(const consumer_t *c);
 
 /* @returns why the consumer cannot go on (the broker lacks the chosen group
  * protocol), or NULL. The worker stops on it. */

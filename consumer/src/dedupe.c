@@ -224,6 +224,17 @@ void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
         dedupe_expire(d, now_ms);
 }
 
+void dedupe_remember(dedupe_t *d, const char *id, const struct dedupe_done *done,
+                     int64_t now_ms) {
+        const struct dedupe_done *known;
+        void *leader;
+
+        /* The table itself stands in as the leader for the moment between
+         * the two calls. */
+        if (dedupe_claim(d, id, d, now_ms, &leader, &known) == DEDUPE_NEW)
+                dedupe_finish(d, id, done, now_ms);
+}
+
 void dedupe_release(dedupe_t *d, const char *id) {
         struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
 

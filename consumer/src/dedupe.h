@@ -52,6 +52,12 @@ enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
 void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
                    int64_t now_ms);
 
+/* Remembers @id as finished with @done (copied) from @now_ms on, as if its
+ * request had been sent here: a result another worker published. Nothing
+ * changes when @id is known already (in flight or finished). */
+void dedupe_remember(dedupe_t *d, const char *id, const struct dedupe_done *done,
+                     int64_t now_ms);
+
 /* The leader of @id stopped without a final result (abandoned or handed to
  * the retry topic): forgets the id. */
 void dedupe_release(dedupe_t *d, const char *id);

@@ -14,6 +14,7 @@
 
 struct offsets_entry {
         int64_t off;
+        int64_t tag; /* the caller's, given at offsets_track_tag() */
         int done;
 };
 
@@ -81,6 +82,10 @@ static int offsets_grow(offsets_t *o) {
 /* Offsets below 0 are not Kafka offsets; INT64_MAX has no next offset to
  * commit. Both are refused, as is running out of memory. */
 int offsets_track(offsets_t *o, int64_t offset) {
+        return offsets_track_tag(o, offset, -1);
+}
+
+int offsets_track_tag(offsets_t *o, int64_t offset, int64_t tag) {
         struct offsets_entry *e;
 
         if (offset <= o->o_last || offset < 0 || offset == INT64_MAX)
@@ -89,6 +94,7 @@ int offsets_track(offsets_t *o, int64_t offset) {
                 return -1;
         e = offsets_at(o, o->o_cnt);
         e->off = offset;
+        e->tag = tag;
         e->done = 0;
         o->o_cnt++;
         o->o_pending++;
@@ -130,6 +136,10 @@ int64_t offsets_committable(const offsets_t *o) {
         if (o->o_last < 0)
                 return -1;
         return o->o_last + 1;
+}
+
+int64_t offsets_front_tag(const offsets_t *o) {
+        return o->o_cnt > 0 ? offsets_at(o, 0)->tag : -1;
 }
 
 size_t offsets_pending(const offsets_t *o) {

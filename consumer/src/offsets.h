@@ -20,6 +20,12 @@ void offsets_destroy(offsets_t *o);
  * @returns 0, or -1 when @offset is not increasing (it is then ignored). */
 int offsets_track(offsets_t *o, int64_t offset);
 
+/* As offsets_track(), with a @tag the caller attaches to @offset (-1 when
+ * none); offsets_front_tag() returns it while @offset is the committable
+ * one. The worker tags each request with how far the results topic had got
+ * when it was consumed. */
+int offsets_track_tag(offsets_t *o, int64_t offset, int64_t tag);
+
 /* Marks a tracked @offset done. @returns 0, or -1 when it is not tracked
  * or already done. */
 int offsets_done(offsets_t *o, int64_t offset);
@@ -27,6 +33,10 @@ int offsets_done(offsets_t *o, int64_t offset);
 /* @returns the offset to commit (next to consume), or -1 when nothing has
  * been tracked yet. Does not change with repeated calls. */
 int64_t offsets_committable(const offsets_t *o);
+
+/* @returns the tag of the committable offset while it is tracked and not
+ * done, or -1 when every tracked offset is done (or none was tracked). */
+int64_t offsets_front_tag(const offsets_t *o);
 
 /* @returns the number of tracked offsets not yet done. */
 size_t offsets_pending(const offsets_t *o);

@@ -36,6 +36,7 @@ struct backlog {
         struct backlog *next;
         enum rec_kind kind;
         char *topic;
+        int32_t partition; /* RD_KAFKA_PARTITION_UA: by key */
         void *key;
         size_t key_len;
         void *value;
@@ -67,6 +68,10 @@ struct results {
         struct backlog *r_backlog_tail;
         size_t r_backlog_cnt;
         size_t r_inflight; /* produced, not yet reported */
+        /* Per results partition, one past the highest offset Kafka
+         * acknowledged for this producer (0: none yet). */
+        int64_t *r_end;
+        size_t r_end_cnt;
         int r_fatal;
 };
 
@@ -106,6 +111,7 @@ static void backlog_free(struct backlog *b) {
 /* Hands one record to librdkafka. @headers is taken on success only.
  * @returns the librdkafka error. */
 static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
+                                           int32_t partition,
                                            const void *key, size_t key_len,
                                            const void *value, size_t value_len,
                                            rd_kafka_headers_t *headers,
@@ -115,6 +121,7 @@ static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
         if (headers)
                 err = rd_kafka_producev(
                     r->r_rk, RD_KAFKA_V_TOPIC(topic),
+                    RD_KAFKA_V_PARTITION(partition),
                     RD_KAFKA_V_KEY(key, key_len),
                     RD_KAFKA_V_VALUE((void *)value, value_len),
                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -123,6 +130,7 @@ static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
         else
                 err = rd_kafka_producev(
                     r->r_rk, RD_KAFKA_V_TOPIC(topic),
+                    RD_KAFKA_V_PARTITION(partition),
                     RD_KAFKA_V_KEY(key, key_len),
                     RD_KAFKA_V_VALUE((void *)value, value_len),
                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -135,7 +143,8 @@ static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
 /* Keeps a record librdkafka could not take; copies everything. @headers is
  * taken. */
 static struct backlog *results_backlog_add(results_t *r, enum rec_kind kind,
-                                           const char *topic, const void *key,
+                                           const char *topic, int32_t partition,
+                                           const void *key,
                                            size_t key_len, const void *value,
                                            size_t value_len,
                                            rd_kafka_headers_t *headers,
@@ -146,6 +155,7 @@ static struct backlog *results_backlog_add(results_t *r, enum rec_kind kind,
                 abort();
         b->kind = kind;
         b->topic = strdup(topic);
+        b->partition = partition;
         b->key = key_len ? malloc(key_len) : NULL;
         b->value = malloc(value_len ? value_len : 1);
         if (!b->topic || (key_len && !b->key) || !b->value)
@@ -201,7 +211,7 @@ static char *results_shrink_result(const void *value, size_t len) {
  * its owner. @headers is taken. Never drops a result or a dead-letter
  * copy. */
 static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
-                            const void *key, size_t key_len, const void *value,
+                            int32_t partition, const void *key, size_t key_len, const void *value,
                             size_t value_len, rd_kafka_headers_t *headers,
                             void *opaque, int tries, rd_kafka_resp_err_t err) {
         struct backlog *b;
@@ -210,8 +220,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         int64_t delay;
 
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-                b = results_backlog_add(r, kind, topic, key, key_len, value,
-                                        value_len, headers, opaque);
+                b = results_backlog_add(r, kind, topic, partition, key, key_len,
+                                        value, value_len, headers, opaque);
                 b->tries = tries;
                 return;
         }
@@ -261,8 +271,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
                     "tries=%d, offering it again in %lld ms (its request "
                     "stays uncommitted)",
                     topic, rd_kafka_err2str(err), tries + 1, (long long)delay);
-        b = results_backlog_add(r, kind, topic, key, key_len, value, value_len,
-                                headers, opaque);
+        b = results_backlog_add(r, kind, topic, partition, key, key_len, value,
+                                value_len, headers, opaque);
         b->tries = tries + 1;
         b->not_before_ms = loop_clock_ms() + delay;
         free(small);
@@ -271,19 +281,19 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
 /* Offers a record to librdkafka, keeping it when refused. @headers is
  * taken. */
 static void results_send(results_t *r, enum rec_kind kind, const char *topic,
-                         const void *key, size_t key_len, const void *value,
+                         int32_t partition, const void *key, size_t key_len, const void *value,
                          size_t value_len, rd_kafka_headers_t *headers,
                          void *opaque) {
         rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
 
         if (!r->r_backlog_head) {
-                err = results_produce(r, topic, key, key_len, value, value_len,
-                                      headers, opaque);
+                err = results_produce(r, topic, partition, key, key_len, value,
+                                      value_len, headers, opaque);
                 if (!err)
                         return;
         }
-        results_refused(r, kind, topic, key, key_len, value, value_len, headers,
-                        opaque, 0, err);
+        results_refused(r, kind, topic, partition, key, key_len, value, value_len,
+                        headers, opaque, 0, err);
 }
 
 /* Offers the backlog to librdkafka in order, skipping records not yet due
@@ -300,7 +310,8 @@ static void results_backlog_drain(results_t *r) {
                         pp = &b->next;
                         continue;
                 }
-                err = results_produce(r, b->topic, b->key, b->key_len, b->value,
+                err = results_produce(r, b->topic, b->partition, b->key,
+                                      b->key_len, b->value,
                                       b->value_len, b->headers, b->opaque);
                 if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
@@ -311,7 +322,8 @@ static void results_backlog_drain(results_t *r) {
                         rd_kafka_headers_t *h = b->headers;
 
                         b->headers = NULL;
-                        results_refused(r, b->kind, b->topic, b->key, b->key_len,
+                        results_refused(r, b->kind, b->topic, b->partition,
+                                        b->key, b->key_len,
                                         b->value, b->value_len, h, b->opaque,
                                         b->tries, err);
                 } else {
@@ -333,6 +345,28 @@ static enum rec_kind results_kind_of(const results_t *r, const char *topic) {
         return REC_RESULT;
 }
 
+/* Kafka holds a result of results partition @partition below @end. */
+static void results_note_end(results_t *r, int32_t partition, int64_t end) {
+        if ((size_t)partition >= r->r_end_cnt) {
+                size_t n = (size_t)partition + 16;
+                int64_t *ne = realloc(r->r_end, n * sizeof(*ne));
+
+                if (!ne)
+                        return; /* not known: a later read starts lower */
+                memset(ne + r->r_end_cnt, 0, (n - r->r_end_cnt) * sizeof(*ne));
+                r->r_end = ne;
+                r->r_end_cnt = n;
+        }
+        if (end > r->r_end[partition])
+                r->r_end[partition] = end;
+}
+
+int64_t results_end(const results_t *r, int32_t partition) {
+        if (partition < 0 || (size_t)partition >= r->r_end_cnt)
+                return 0;
+        return r->r_end[partition];
+}
+
 static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                           void *conf_opaque) {
         results_t *r = conf_opaque;
@@ -343,6 +377,9 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         (void)rk;
         r->r_inflight--;
         if (!m->err) {
+                if (m->partition >= 0 && m->offset >= 0 &&
+                    results_kind_of(r, topic) == REC_RESULT)
+                        results_note_end(r, m->partition, m->offset + 1);
                 r->r_ack_cb(m->_private);
                 return;
         }
@@ -351,7 +388,11 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
             rd_kafka_err2str(m->err));
         if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
                 copy = rd_kafka_headers_copy(hdrs);
-        results_refused(r, results_kind_of(r, topic), topic, m->key, m->key_len,
+        results_refused(r, results_kind_of(r, topic), topic,
+                        results_kind_of(r, topic) == REC_RESULT
+                            ? m->partition
+                            : RD_KAFKA_PARTITION_UA,
+                        m->key, m->key_len,
                         m->payload, m->len, copy, m->_private, 0,
                         m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
                             ? RD_KAFKA_RESP_ERR__FAIL
@@ -568,6 +609,7 @@ void results_destroy(results_t *r, int timeout_ms) {
                 r->r_backlog_head = b->next;
                 backlog_free(b);
         }
+        free(r->r_end);
         free(r->r_topic_results);
         free(r->r_topic_deadletter);
         free(r->r_topic_retry);
@@ -802,7 +844,10 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
         size_t len;
         char *value = results_format(rec, r->r_relay, r->r_worker, &len);
 
-        results_send(r, REC_RESULT, r->r_topic_results, rec->id,
+        results_send(r, REC_RESULT, r->r_topic_results,
+                     rec->results_partition >= 0 ? rec->results_partition
+                                                 : RD_KAFKA_PARTITION_UA,
+                     rec->id,
                      rec->id ? strlen(rec->id) : 0, value, len, NULL, opaque);
         free(value);
         return 0;
@@ -821,14 +866,16 @@ int results_deadletter(results_t *r, const void *key, size_t key_len,
         snprintf(num, sizeof(num), "%lld", (long long)src->offset);
         rd_kafka_header_add(h, "km.source.offset", -1, num, -1);
         rd_kafka_header_add(h, "km.worker", -1, r->r_worker, -1);
-        results_send(r, REC_DEADLETTER, r->r_topic_deadletter, key, key_len,
+        results_send(r, REC_DEADLETTER, r->r_topic_deadletter,
+                     RD_KAFKA_PARTITION_UA, key, key_len,
                      value, value_len, h, opaque);
         return 0;
 }
 
 int results_handoff(results_t *r, const char *key, const char *value,
                     size_t value_len, void *opaque) {
-        results_send(r, REC_HANDOFF, r->r_topic_retry, key, strlen(key), value,
+        results_send(r, REC_HANDOFF, r->r_topic_retry, RD_KAFKA_PARTITION_UA,
+                     key, strlen(key), value,
                      value_len, NULL, opaque);
         return 0;
 }

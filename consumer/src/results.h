@@ -61,6 +61,9 @@ struct result_rec {
         json_t *metadata; /* borrowed, echoed */
         /* Set for a repeated request id: where the earlier request was. */
         const struct result_source *duplicate_of;
+        /* The results partition to publish to (the worker's choice, see
+         * docs/design.md); -1: by the key. Not part of the record. */
+        int32_t results_partition;
 };
 
 /* @returns a producer for the results, dead-letter and retry topics or NULL
@@ -101,6 +104,11 @@ int results_deadletter(results_t *r, const void *key, size_t key_len,
  * @key. The ack callback runs later with @opaque. */
 int results_handoff(results_t *r, const char *key, const char *value,
                     size_t value_len, void *opaque);
+
+/* @returns one past the highest offset of results partition @partition that
+ * Kafka acknowledged for this producer, or 0 when none yet: the partition's
+ * end offset is at least this. */
+int64_t results_end(const results_t *r, int32_t partition);
 
 /* @returns the records handed to librdkafka and not yet acknowledged plus
  * those still waiting to be handed over. */

@@ -16,6 +16,7 @@
 #include "message.h"
 #include "metrics.h"
 #include "offsets.h"
+#include "recall.h"
 #include "request.h"
 #include "results.h"
 #include "smtp.h"
@@ -29,6 +30,11 @@
 /* An async commit unanswered this long no longer holds back the next. */
 #define WORKER_COMMIT_ANSWER_MS 10000
 
+/* Kafka error codes of the KIP-848 protocol (FENCED_MEMBER_EPOCH,
+ * STALE_MEMBER_EPOCH). */
+#define WORKER_ERR_FENCED_MEMBER_EPOCH 110
+#define WORKER_ERR_STALE_MEMBER_EPOCH 113
+
 /* Counters since start (served on /metrics). */
 struct worker_stats {
         uint64_t consumed;
@@ -39,6 +45,8 @@ struct worker_stats {
         uint64_t retries; /* transient failures retried */
         uint64_t handoffs; /* requests moved to the retry topic */
         uint64_t duplicates; /* repeated ids answered from an earlier result */
+        uint64_t recalled; /* final outcomes read from the results topic */
+        uint64_t recall_incomplete; /* partitions released before read fully */
 };
 
 /* The topics a worker consumes, in consumer_new()'s order. */
@@ -67,6 +75,18 @@ struct part {
         size_t p_entries; /* live entries of this partition */
         int p_draining; /* being revoked: nothing new starts */
         int p_revoked; /* released: completions no longer commit */
+        /* Held by the consumer until recall answers about it (p_seq). */
+        int p_held;
+        uint64_t p_seq;
+        /* Where its requests' results go (-1: by key) and, from the read at
+         * assignment, a lower bound of that partition's end (-1: none). */
+        int32_t p_results_partition;
+        int64_t p_results_base;
+        /* Requests below p_inherit_until may have been finished by an
+         * earlier owner, whose results lie at or past p_inherit_floor (-1:
+         * not known): their commits store that floor. */
+        int64_t p_inherit_until;
+        int64_t p_inherit_floor;
 };
 
 /* One request from consume to acknowledged result (or hand-over to the retry
@@ -82,6 +102,7 @@ struct entry {
         int e_attempts;
         int e_leader; /* holds its id in the dedupe table */
         int e_no_handoff; /* its retry record was too large: retry here */
+        int e_sent_unacked; /* sent; its result not yet acknowledged */
         struct entry *e_followers; /* requests with the same id, waiting */
         struct entry *e_follow_next;
         struct entry *e_following; /* the leader this one waits for */
@@ -124,6 +145,10 @@ struct worker {
         results_t *w_results;
         smtp_client_t *w_smtp;
         dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
+        /* NULL when dedupe is off or dedupe.recall.timeout.ms is 0. */
+        recall_t *w_recall;
+        uint64_t w_assign_seq;
+        size_t w_sent_unacked; /* entries with e_sent_unacked */
         metrics_t *w_metrics; /* NULL when metrics.listen is "" */
         struct request_limits w_limits;
         const char *w_topics[CONSUMER_TOPICS_MAX];
@@ -191,6 +216,10 @@ static struct part *part_add(worker_t *w, int t, int32_t partition) {
         if (!p->p_offsets)
                 abort();
         p->p_committed = -1;
+        p->p_results_partition = -1;
+        p->p_results_base = -1;
+        p->p_inherit_until = -1;
+        p->p_inherit_floor = -1;
         w->w_parts[t][partition] = p;
         return p;
 }
@@ -224,6 +253,32 @@ static struct part *part_of_elem(worker_t *w,
                                  int i) {
         return part_get(w, worker_topic_index(w, parts->elems[i].topic),
                         parts->elems[i].partition);
+}
+
+/* @returns the results offset from which every result of a request of @p
+ * consumed from now on will lie: the end of its results partition as last
+ * known (read at assignment, or past this worker's own acknowledged
+ * results); -1 when not known. */
+static int64_t part_results_floor(const worker_t *w, const struct part *p) {
+        int64_t end;
+
+        if (p->p_results_partition < 0)
+                return -1;
+        end = results_end(w->w_results, p->p_results_partition);
+        if (p->p_results_base > end)
+                end = p->p_results_base;
+        return p->p_results_base < 0 && end == 0 ? -1 : end;
+}
+
+/* @returns the results floor to tag the request at @offset of @p with (see
+ * part_results_floor()): below the end its partition had at assignment, the
+ * floor the earlier owner stored, since what it finished there may not have
+ * been consumed here yet. */
+static int64_t part_floor_at(const worker_t *w, const struct part *p,
+                             int64_t offset) {
+        if (offset < p->p_inherit_until)
+                return p->p_inherit_floor;
+        return part_results_floor(w, p);
 }
 
 /* ---- back-pressure ---- */
@@ -317,6 +372,8 @@ static void entry_destroy(struct entry *e, int done) {
                 part_free(p);
         if (e->e_req && e->e_req->deadline_ms)
                 w->w_with_deadline--;
+        if (e->e_sent_unacked)
+                w->w_sent_unacked--;
         smtp_job_reset(&e->e_job);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
@@ -387,6 +444,7 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
         rec.metadata = e->e_req->metadata;
+        rec.results_partition = e->e_part->p_results_partition;
         w->w_stats.duplicates++;
         LOG(LOG_INFO, "repeated request not sent again id=%s status=%s",
             rec.id, result_status_name(rec.status));
@@ -492,10 +550,13 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
         rec.metadata = e->e_req->metadata;
+        rec.results_partition = e->e_part->p_results_partition;
 
         switch (status) {
         case RESULT_SENT:
                 w->w_stats.sent++;
+                e->e_sent_unacked = 1;
+                w->w_sent_unacked++;
                 break;
         case RESULT_FAILED:
                 w->w_stats.failed++;
@@ -772,6 +833,7 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
+        rec.results_partition = e->e_part->p_results_partition;
         w->w_stats.rejected++;
         results_publish(w->w_results, &rec, e);
 }
@@ -838,7 +900,8 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
 
         if (!p)
                 p = part_add(w, t, m->partition);
-        if (offsets_track(p->p_offsets, m->offset) == 0) {
+        if (offsets_track_tag(p->p_offsets, m->offset,
+                              part_floor_at(w, p, m->offset)) == 0) {
                 w->w_held[t]++;
         } else {
                 /* Seen already in this assignment (the consumer went back):
@@ -905,9 +968,97 @@ out:
 static void worker_on_assign(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts) {
         const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
+        int32_t *ids;
+        uint64_t *seqs;
+        int n = 0;
 
-        for (int i = 0; i < parts->cnt; i++)
-                part_add(ref->tr_worker, ref->tr_topic, parts->elems[i].partition);
+        ids = malloc((size_t)(parts->cnt + 1) * sizeof(*ids));
+        seqs = malloc((size_t)(parts->cnt + 1) * sizeof(*seqs));
+        if (!ids || !seqs)
+                abort();
+        for (int i = 0; i < parts->cnt; i++) {
+                struct part *p = part_add(w, ref->tr_topic, parts->elems[i].partition);
+
+                if (!w->w_recall)
+                        continue;
+                /* The consumer holds it (consumer_hold_assigned()) until the
+                 * answer. */
+                p->p_held = 1;
+                p->p_seq = ++w->w_assign_seq;
+                ids[n] = p->p_partition;
+                seqs[n] = p->p_seq;
+                n++;
+        }
+        if (n > 0)
+                recall_ask(w->w_recall, w->w_consumer[ref->tr_topic], ref->tr_topic,
+                           w->w_topics[ref->tr_topic], ids, seqs, n);
+        free(ids);
+        free(seqs);
+}
+
+/* What the results topic says about partitions assigned: their finished
+ * requests are remembered as such, then their messages are let through. */
+static void worker_on_recall(void *opaque, const struct recall_answer *a) {
+        worker_t *w = opaque;
+        int64_t now = results_wall_ms();
+        int t = a->topic;
+        int released = 0, incomplete = 0, floors = 0;
+        uint64_t records = 0;
+
+        for (size_t i = 0; i < a->item_cnt; i++)
+                dedupe_remember(w->w_dedupe, a->items[i].id, &a->items[i].done,
+                                now);
+        w->w_stats.recalled += a->item_cnt;
+        for (int i = 0; i < a->part_cnt; i++) {
+                const struct recall_part *ap = &a->parts[i];
+                struct part *p = part_get(w, t, ap->partition);
+
+                if (!p || !p->p_held || p->p_seq != ap->seq)
+                        continue; /* revoked meanwhile */
+                p->p_held = 0;
+                p->p_results_partition = ap->results_partition;
+                p->p_results_base = ap->results_end;
+                p->p_inherit_floor = ap->stored_floor;
+                p->p_inherit_until = ap->consumed_end;
+                consumer_release(w->w_consumer[t], w->w_topics[t], ap->partition);
+                released++;
+                records += ap->records;
+                floors += ap->had_floor;
+                if (!ap->complete) {
+                        incomplete++;
+                        w->w_stats.recall_incomplete++;
+                }
+        }
+        if (released == 0)
+                return;
+        if (incomplete > 0)
+                LOG(LOG_WARN, "results topic not fully read at assignment "
+                    "topic=%s partitions=%d incomplete=%d reason=\"%s\" "
+                    "(requests finished by an earlier owner may be sent again)",
+                    w->w_topics[t], released, incomplete, a->note);
+        LOG(LOG_INFO, "results read at assignment topic=%s partitions=%d "
+            "with_results_offset=%d records=%llu final_ids=%zu took_ms=%lld",
+            w->w_topics[t], released, floors, (unsigned long long)records,
+            a->item_cnt, (long long)a->took_ms);
+}
+
+/* @returns whether a commit was refused because the group moved on to a new
+ * generation (or member epoch) while it was out: offered again at once for
+ * the partitions still owned, it goes through. */
+static int worker_generation_moved(rd_kafka_resp_err_t err) {
+        switch ((int)err) {
+        case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
+        case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+        case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
+        /* KIP-848's codes, by number: librdkafka before 2.4 lacks their
+         * names. */
+        case WORKER_ERR_FENCED_MEMBER_EPOCH:
+        case WORKER_ERR_STALE_MEMBER_EPOCH:
+                return 1;
+        default:
+                return 0;
+        }
 }
 
 /* A commit finished: what it covered is no longer held. */
@@ -919,6 +1070,12 @@ static void worker_on_commit(void *opaque,
 
         w->w_commit_sent_ms[ref->tr_topic] = 0;
         if (err || !offsets) {
+                /* Refused (the generation moved on in a rebalance, the
+                 * coordinator moved): the partitions still owned are offered
+                 * again at once where librdkafka allows it (worker_commit()). */
+                if (worker_generation_moved(err) && w->w_consumer[ref->tr_topic] &&
+                    !consumer_holds_commits(w->w_consumer[ref->tr_topic]))
+                        worker_commit_soon(w, ref->tr_topic);
                 worker_check_pressure(w);
                 return;
         }
@@ -943,12 +1100,30 @@ static void worker_on_commit(void *opaque,
 static void worker_commit_part(worker_t *w, struct part *p,
                                rd_kafka_topic_partition_list_t *offs) {
         int64_t off = offsets_committable(p->p_offsets);
+        int64_t floor;
+        rd_kafka_topic_partition_t *rktpar;
+        char meta[64];
+        size_t len;
 
         if (off < 0 || off <= p->p_committed)
                 return;
-        rd_kafka_topic_partition_list_add(offs, w->w_topics[p->p_topic],
-                                          p->p_partition)
-            ->offset = off;
+        rktpar = rd_kafka_topic_partition_list_add(offs, w->w_topics[p->p_topic],
+                                                   p->p_partition);
+        rktpar->offset = off;
+        /* Where the next owner starts reading the results topic: the floor
+         * tagged on the request at the watermark; with every request done,
+         * the floor of the next one to come. */
+        floor = offsets_pending(p->p_offsets) > 0 ? offsets_front_tag(p->p_offsets)
+                                                  : part_floor_at(w, p, off);
+        if (floor >= 0) {
+                len = recall_meta_format(meta, sizeof(meta), p->p_results_partition,
+                                         floor);
+                rktpar->metadata = malloc(len);
+                if (!rktpar->metadata)
+                        abort();
+                memcpy(rktpar->metadata, meta, len);
+                rktpar->metadata_size = len;
+        }
         p->p_committed = off;
         p->p_sent_offset = off;
         p->p_sent_below = offsets_below_watermark(p->p_offsets);
@@ -988,7 +1163,9 @@ static void worker_commit(worker_t *w, int t,
                  * after a pause. */
                 w->w_commit_errors_seen[t] = errors;
                 w->w_commit_hold_until[t] =
-                    loop_now_ms(w->w_loop) + w->w_conf->commit_interval_ms;
+                    consumer_holds_commits(w->w_consumer[t])
+                        ? loop_now_ms(w->w_loop) + w->w_conf->commit_interval_ms
+                        : 0;
                 for (size_t i = 0; i < w->w_parts_size[t]; i++)
                         if (w->w_parts[t][i])
                                 w->w_parts[t][i]->p_committed = -1;
@@ -1299,6 +1476,19 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                w->w_consumer[t] ? (double)consumer_nudges(
                                                       w->w_consumer[t])
                                                 : 0);
+        metrics_sample(out, "kafka_mailer_outcome_unknown", "gauge",
+                       "sends whose outcome a crash now would lose: SMTP "
+                       "transactions under way plus mail sent whose result "
+                       "Kafka has not acknowledged (what a kill may repeat)",
+                       NULL, (double)(ss.sessions_busy + w->w_sent_unacked));
+        metrics_sample(out, "kafka_mailer_recalled_total", "counter",
+                       "final outcomes read from the results topic at "
+                       "assignment", NULL, (double)st->recalled);
+        metrics_sample(out, "kafka_mailer_recall_incomplete_total", "counter",
+                       "partitions let through before the results topic was "
+                       "read to its end (dedupe.recall.timeout.ms, "
+                       "dedupe.capacity)",
+                       NULL, (double)st->recall_incomplete);
         metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
                        "result records not yet acknowledged by Kafka", NULL,
                        (double)results_pending(w->w_results));
@@ -1413,6 +1603,13 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                    errstr, errstr_size);
         if (!w->w_results)
                 goto fail;
+        if (w->w_dedupe && conf->dedupe_recall_timeout_ms > 0) {
+                w->w_recall = recall_new(w->w_loop, conf,
+                                         (size_t)conf->dedupe_capacity,
+                                         worker_on_recall, w, errstr, errstr_size);
+                if (!w->w_recall)
+                        goto fail;
+        }
         for (int t = 0; t < w->w_topic_cnt; t++) {
                 w->w_refs[t].tr_worker = w;
                 w->w_refs[t].tr_topic = t;
@@ -1422,6 +1619,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                     errstr_size);
                 if (!w->w_consumer[t])
                         goto fail;
+                if (w->w_recall)
+                        consumer_hold_assigned(w->w_consumer[t]);
         }
         if (conf->metrics_listen[0]) {
                 w->w_metrics = metrics_new(w->w_loop, conf->metrics_listen,
@@ -1495,6 +1694,9 @@ int worker_run(worker_t *w) {
                             1);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, t, NULL, 0);
+        /* Its thread reads committed offsets through the consumers. */
+        recall_destroy(w->w_recall);
+        w->w_recall = NULL;
         for (int t = 0; t < w->w_topic_cnt; t++) {
                 consumer_close(w->w_consumer[t], worker_stop_left_ms(w));
                 w->w_consumer[t] = NULL;
@@ -1521,6 +1723,8 @@ void worker_destroy(worker_t *w) {
         w->w_stopping = 1;
         metrics_destroy(w->w_metrics);
         w->w_metrics = NULL;
+        recall_destroy(w->w_recall);
+        w->w_recall = NULL;
         for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
                 consumer_close(w->w_consumer[t], w->w_conf->commit_timeout_ms);
                 w->w_consumer[t] = NULL;

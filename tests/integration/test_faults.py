@@ -9,6 +9,7 @@ A test that stops the broker uses a module-scoped broker of its own, so the sess
 broker, which the other tests share, is never stopped. Every wait is bounded.
 """
 
+import collections
 import os
 import random
 import signal
@@ -163,6 +164,75 @@ def test_kill_9_three_times_under_load_loses_nothing_and_bounds_duplicates(
     assert_all_sent_once_or_more(a, n)
     # Each kill re-sends at most what was past the committed watermark: inflight.max.
     assert a["capture"]["duplicate_sends"] <= 3 * inflight, a["capture"]["duplicate_list"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
+def captured_mids(folder) -> collections.Counter:
+    """Message-ID -> how many times the capture server stored it."""
+    out = collections.Counter()
+    for eml in Path(folder).glob("[0-9]*.eml"):
+        with open(eml, "rb") as f:
+            for line in f:
+                if line in (b"\r\n", b"\n"):
+                    break
+                if line.lower().startswith(b"message-id:"):
+                    out[line.split(b":", 1)[1].strip().decode()] += 1
+                    break
+    return out
+
+
+def unknown_outcomes(kafka, topics, server) -> set:
+    """Message-IDs the relay has accepted that have no result on the results topic:
+    the sends whose outcome a crash at this moment loses (read while the worker is
+    stopped with SIGSTOP, so neither side moves)."""
+    published = {r.get("message_id") for r in kafka.results(topics.results, timeout=30)
+                 if r.get("status") == "sent"}
+    return set(captured_mids(server.dir)) - published
+
+
+def test_kill_9_repeats_only_sends_whose_outcome_was_unknown(kafka, capture_server, worker):
+    """Two workers; one is killed with SIGKILL three times under load and restarted at
+    once. What the killed worker finished (result published) and what the survivor did
+    is never sent again: the next owner of a partition reads the results topic from the
+    offset stored with the last commit. The only repeats allowed are sends whose outcome
+    was unknown at the kill (accepted by the relay, no result published yet), taken
+    while the worker is frozen (SIGSTOP) just before the kill."""
+    topics = Topics.new(partitions=6).create(kafka)
+    server = capture_server(delay_data=0.05)
+    n, inflight = 3000, 100
+    conf = cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10)
+    workers = [worker(conf, {"worker.id": f"w{i}"}, name=f"w{i}") for i in (1, 2)]
+    for w in workers:
+        w.wait_log("partitions assigned")
+    kafka.produce(topics.requests, make_requests(n))
+    rng = random.Random()
+    unknown, kills = set(), []
+    for k in range(3):
+        w = workers[k % 2]
+        base = kafka.count(topics.results)
+        step = rng.randint(200, 400)
+        wait_for(lambda: kafka.count(topics.results) >= base + step, 60,
+                 f"{step} more results before kill {k + 1}", interval=0.1)
+        time.sleep(rng.uniform(0, 0.5))
+        w.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # bytes already on the wire reach the relay
+        at_kill = unknown_outcomes(kafka, topics, server)
+        unknown |= at_kill
+        w.kill()
+        kills.append((kafka.count(topics.results), len(at_kill)))
+        w.start()
+    assert kills[-1][0] < n, f"the kills happened under load: {kills}"
+
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=180)
+    time.sleep(1)
+    a = kafka.audit(topics, capture_dir=server.dir)
+    assert_all_sent_once_or_more(a, n)
+    repeated = {mid: c for mid, c in captured_mids(server.dir).items() if c > 1}
+    print(f"kills at (results, unknown outcomes)={kills}; repeated sends="
+          f"{sum(c - 1 for c in repeated.values())}; recalled="
+          f"{[w.log().count('results read at assignment') for w in workers]}")
+    assert set(repeated) <= unknown, sorted(set(repeated) - unknown)[:20]
+    assert all(c == 2 for c in repeated.values()), repeated
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 

@@ -151,6 +151,33 @@ static void test_capacity_zero_remembers_nothing_finished(void **state) {
         dedupe_destroy(d);
 }
 
+static void test_remembered_id_is_done_and_leaders_win(void **state) {
+        dedupe_t *d = dedupe_new(10, 1000);
+        struct dedupe_done r = done_with(1, "<r@y>");
+        struct dedupe_done other = done_with(0, "<o@y>");
+        void *leader = NULL;
+        const struct dedupe_done *done = NULL;
+        int a, b;
+
+        (void)state;
+        dedupe_remember(d, "r", &r, 0);
+        assert_int_equal(dedupe_claim(d, "r", &a, 1, &leader, &done), DEDUPE_DONE);
+        assert_int_equal(done->status, 1);
+        assert_string_equal(done->message_id, "<r@y>");
+        /* Known already: neither a leader nor an earlier result changes. */
+        assert_int_equal(dedupe_claim(d, "f", &a, 1, &leader, &done), DEDUPE_NEW);
+        dedupe_remember(d, "f", &other, 2);
+        assert_int_equal(dedupe_claim(d, "f", &b, 3, &leader, &done),
+                         DEDUPE_INFLIGHT);
+        assert_ptr_equal(leader, &a);
+        dedupe_remember(d, "r", &other, 4);
+        assert_int_equal(dedupe_claim(d, "r", &b, 5, &leader, &done), DEDUPE_DONE);
+        assert_string_equal(done->message_id, "<r@y>");
+        /* Remembered ids expire like finished ones. */
+        assert_int_equal(dedupe_claim(d, "r", &b, 1000, &leader, &done), DEDUPE_NEW);
+        dedupe_destroy(d);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_new_id_makes_the_caller_its_leader),
@@ -160,6 +187,7 @@ int main(void) {
             cmocka_unit_test(test_ids_in_flight_are_never_evicted),
             cmocka_unit_test(test_released_id_can_be_claimed_again),
             cmocka_unit_test(test_capacity_zero_remembers_nothing_finished),
+            cmocka_unit_test(test_remembered_id_is_done_and_leaders_win),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -80,6 +80,32 @@ static void test_gaps_commit_past_untracked_offsets(void **state) {
         offsets_destroy(o);
 }
 
+static void test_front_tag_follows_watermark(void **state) {
+        offsets_t *o = offsets_new();
+
+        (void)state;
+        assert_int_equal(offsets_front_tag(o), -1);
+        assert_int_equal(offsets_track_tag(o, 10, 500), 0);
+        assert_int_equal(offsets_track_tag(o, 11, 520), 0);
+        assert_int_equal(offsets_track(o, 12), 0); /* untagged: -1 */
+        assert_int_equal(offsets_front_tag(o), 500);
+        assert_int_equal(offsets_done(o, 11), 0);
+        assert_int_equal(offsets_front_tag(o), 500);
+        assert_int_equal(offsets_done(o, 10), 0);
+        assert_int_equal(offsets_front_tag(o), -1);
+        assert_int_equal(offsets_committable(o), 12);
+        assert_int_equal(offsets_done(o, 12), 0);
+        assert_int_equal(offsets_front_tag(o), -1);
+        /* Tags survive the ring growing and wrapping. */
+        for (int64_t i = 13; i < 13 + 300; i++)
+                assert_int_equal(offsets_track_tag(o, i, 1000 + i), 0);
+        for (int64_t i = 13; i < 13 + 200; i++)
+                assert_int_equal(offsets_done(o, i), 0);
+        assert_int_equal(offsets_front_tag(o), 1000 + 213);
+        assert_int_equal(offsets_committable(o), 213);
+        offsets_destroy(o);
+}
+
 static void test_duplicate_and_unknown_done_rejected(void **state) {
         offsets_t *o = offsets_new();
 
@@ -277,7 +303,8 @@ int main(void) {
                 cmocka_unit_test(test_in_order_completion_advances),
                 cmocka_unit_test(test_out_of_order_completion_holds_watermark),
                 cmocka_unit_test(test_gaps_commit_past_untracked_offsets),
-                cmocka_unit_test(test_duplicate_and_unknown_done_rejected),
+                cmocka_unit_test(test_front_tag_follows_watermark),
+            cmocka_unit_test(test_duplicate_and_unknown_done_rejected),
                 cmocka_unit_test(test_non_increasing_track_rejected),
                 cmocka_unit_test(test_ring_grows_while_wrapped),
                 cmocka_unit_test(test_random_ops_match_reference_model),
