@@ -186,14 +186,16 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                 LOG(LOG_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq[0].mq_topic, parts->cnt, cooperative);
+                /* Before the assignment: once fetching starts, librdkafka
+                 * forwards a partition queue the application has not. */
+                if (c->c_hold_assigned)
+                        consumer_hold(c, parts);
                 if (cooperative)
                         error = rd_kafka_incremental_assign(rk, parts);
                 else
                         ret = rd_kafka_assign(rk, parts);
                 if (!error && !ret) {
-                        if (c->c_hold_assigned)
-                                consumer_hold(c, parts);
-                        else
+                        if (!c->c_hold_assigned)
                                 consumer_forward(c, parts);
                         c->c_h.on_assign(c->c_opaque, parts);
                 }

@@ -103,6 +103,7 @@ struct entry {
         int e_leader; /* holds its id in the dedupe table */
         int e_no_handoff; /* its retry record was too large: retry here */
         int e_sent_unacked; /* sent; its result not yet acknowledged */
+        int e_handed_over; /* published to the retry topic */
         struct entry *e_followers; /* requests with the same id, waiting */
         struct entry *e_follow_next;
         struct entry *e_following; /* the leader this one waits for */
@@ -355,9 +356,13 @@ static void entry_destroy(struct entry *e, int done) {
                             w->w_topics[p->p_topic], (int)p->p_partition,
                             (long long)e->e_offset);
                 /* Also when this was the last entry: an idle worker
-                 * commits what it did now, not at the next interval. */
+                 * commits what it did now, not at the next interval. And
+                 * after a hand-over: until the watermark passing it is
+                 * committed, a crash would have the request sent both by the
+                 * partition's next owner and from the retry topic (the
+                 * results topic the next owner reads does not know it). */
                 if (w->w_held[p->p_topic] * 2 >= w->w_limit[p->p_topic] ||
-                    w->w_inflight[p->p_topic] == 1)
+                    w->w_inflight[p->p_topic] == 1 || e->e_handed_over)
                         worker_commit_soon(w, p->p_topic);
         }
         if (e->e_prev)
@@ -398,6 +403,7 @@ static void worker_on_nack(void *opaque) {
 
         e->e_acks_pending--;
         e->e_no_handoff = 1;
+        e->e_handed_over = 0;
         e->e_state = ENTRY_WAITING;
         loop_timer_start(w->w_loop, &e->e_timer,
                          w->w_conf->retry_backoff_max_ms);
@@ -653,6 +659,7 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
             e->e_attempts);
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
+        e->e_handed_over = 1;
         results_handoff(w->w_results, e->e_req->id, value, strlen(value), e);
         free(value);
 

@@ -30,9 +30,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "needs_worker: needs the kafka-mailer binary")
     config.addinivalue_line("markers", "needs_tools: needs the mailer-* tools")
+    config.addinivalue_line("markers", "long: minutes long; runs only in tests/run --long "
+                            "(KM_LONG_TESTS=1)")
 
 
 def pytest_collection_modifyitems(config, items):
+    # The long mode's tests run when tests/run --long asks for them (KM_LONG_TESTS=1),
+    # and then only they do.
+    long_mode = os.environ.get("KM_LONG_TESTS") == "1"
+    keep = [i for i in items if ("long" in i.keywords) == long_mode]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     # A missing binary is a failure, never a skip: tests/run builds them all.
     needed = set()
     for item in items:

@@ -17,6 +17,7 @@ Environment:
 from __future__ import annotations
 
 import atexit
+import collections
 import email
 import email.policy
 import json
@@ -58,14 +59,17 @@ FAST_GROUP_CLASSIC = {"kafka_consumer_session_timeout_ms": 6000,
                       "kafka_consumer_heartbeat_interval_ms": 1000}
 
 
-def kafka_start_argv(dir, port, version: Optional[str] = None) -> list:
+def kafka_start_argv(dir, port, version: Optional[str] = None,
+                     props: Sequence[str] = ()) -> list:
     """deploy/local/kafka-start for @version (default KM_KAFKA_VERSION) with the test
-    broker settings."""
+    broker settings, then @props (KEY=VALUE, later ones win)."""
     version = version or KAFKA_VERSION
     argv = [LOCAL / "kafka-start", "--version", version]
     if not version.startswith("3."):
         for prop in KAFKA4_TEST_PROPS:
             argv += ["--set", prop]
+    for prop in props:
+        argv += ["--set", prop]
     return argv + [dir, port]
 
 
@@ -318,16 +322,19 @@ class Kafka:
     """A single-node Apache Kafka started with deploy/local/kafka-start (or an existing
     broker from KM_KAFKA_BOOTSTRAP)."""
 
-    def __init__(self, bootstrap: str, dir: Optional[Path] = None):
+    def __init__(self, bootstrap: str, dir: Optional[Path] = None,
+                 props: Sequence[str] = ()):
         self.bootstrap = bootstrap
         self.dir = dir
         self.port = int(bootstrap.rsplit(":", 1)[1])
+        self.props = tuple(props)
 
     @classmethod
     def start(cls, dir: Optional[Path] = None, version: Optional[str] = None,
-              local: bool = False) -> "Kafka":
-        """A broker of @version (default KM_KAFKA_VERSION); KM_KAFKA_BOOTSTRAP's
-        instead unless @local (a test that stops its broker needs its own)."""
+              local: bool = False, props: Sequence[str] = ()) -> "Kafka":
+        """A broker of @version (default KM_KAFKA_VERSION) with broker settings @props
+        (KEY=VALUE); KM_KAFKA_BOOTSTRAP's instead unless @local (a test that stops its
+        broker, or needs settings of its own, needs its own)."""
         external = os.environ.get("KM_KAFKA_BOOTSTRAP")
         if external and not local:
             return cls(external)
@@ -335,9 +342,10 @@ class Kafka:
         last = ""
         for _ in range(3):  # a port picked free can be taken before the broker binds it
             port = free_port()
-            r = run(kafka_start_argv(dir, port, version), timeout=KAFKA_START_TIMEOUT)
+            r = run(kafka_start_argv(dir, port, version, props),
+                    timeout=KAFKA_START_TIMEOUT)
             if r.returncode == 0:
-                return cls(r.stdout.strip().splitlines()[-1], dir)
+                return cls(r.stdout.strip().splitlines()[-1], dir, props)
             last = r.stderr
         raise RuntimeError(f"kafka-start failed:\n{last[-4000:]}")
 
@@ -355,7 +363,8 @@ class Kafka:
     def restart(self) -> subprocess.CompletedProcess:
         """Starts the stopped broker again on its folder and port (its data kept)."""
         assert self.dir is not None
-        return run(kafka_start_argv(self.dir, self.port), timeout=KAFKA_START_TIMEOUT)
+        return run(kafka_start_argv(self.dir, self.port, props=self.props),
+                   timeout=KAFKA_START_TIMEOUT)
 
     def log_tail(self, n: int = 40) -> str:
         if self.dir is None:
@@ -522,7 +531,7 @@ class CaptureServer:
 
     @classmethod
     def start(cls, dir: Optional[Path] = None, tls: bool = False, require_tls: bool = False,
-              auth: Optional[str] = None, tempfail_first: int = 0,
+              auth: Optional[str] = None, tempfail_first: int = 0, tempfail_every: int = 0,
               reject_rcpt: Optional[str] = None, delay_data: float = 0.0,
               pipelining: bool = True, extra: Sequence[str] = (),
               timeout: float = 30, port: Optional[int] = None) -> "CaptureServer":
@@ -542,6 +551,8 @@ class CaptureServer:
                 argv += ["--auth", auth]
             if tempfail_first:
                 argv += ["--tempfail-first", tempfail_first]
+            if tempfail_every:
+                argv += ["--tempfail-every", tempfail_every]
             if reject_rcpt:
                 argv += ["--reject-rcpt", reject_rcpt]
             if delay_data:
@@ -806,6 +817,29 @@ def make_request(i: int = 0, *, id: Optional[str] = None, to: Optional[list] = N
 
 def make_requests(n: int, **fields) -> list:
     return [make_request(i, **fields) for i in range(n)]
+
+
+def captured_mids(folder) -> "collections.Counter":
+    """Message-ID -> how many times deploy/local/capture-server stored it in @folder."""
+    out: collections.Counter = collections.Counter()
+    for eml in Path(folder).glob("[0-9]*.eml"):
+        with open(eml, "rb") as f:
+            for line in f:
+                if line in (b"\r\n", b"\n"):
+                    break
+                if line.lower().startswith(b"message-id:"):
+                    out[line.split(b":", 1)[1].strip().decode()] += 1
+                    break
+    return out
+
+
+def unknown_outcomes(kafka: "Kafka", topic_results: str, capture_dir) -> set:
+    """Message-IDs the capture server accepted that have no "sent" result on the
+    results topic: the sends whose outcome a crash at this moment loses. Read it while
+    the workers are frozen (SIGSTOP), so that neither side moves."""
+    published = {r.get("message_id") for r in kafka.results(topic_results, timeout=30)
+                 if r.get("status") == "sent"}
+    return set(captured_mids(capture_dir)) - published
 
 
 def final_by_id(results: Iterable[dict]) -> dict:

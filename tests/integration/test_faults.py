@@ -9,9 +9,7 @@ A test that stops the broker uses a module-scoped broker of its own, so the sess
 broker, which the other tests share, is never stopped. Every wait is bounded.
 """
 
-import collections
 import os
-import random
 import signal
 import socket
 import threading
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, fast_group,
-                     final_by_id, librdkafka_version, make_request, make_requests,
+                     final_by_id, make_request, make_requests,
                      make_tmpdir, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
@@ -133,110 +131,7 @@ def assert_all_sent_once_or_more(a, n):
     assert a["capture"]["message_ids"] == n
 
 
-# --- crashes ----------------------------------------------------------------------------
-
-def test_kill_9_three_times_under_load_loses_nothing_and_bounds_duplicates(
-        kafka, capture_server, worker):
-    topics = Topics.new(partitions=4).create(kafka)
-    server = capture_server(delay_data=0.05)
-    n, inflight = 2000, 100
-    kafka.produce(topics.requests, make_requests(n))
-    w = worker(cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10))
-    rng = random.Random()
-    kills = []
-    for k in range(3):
-        base = kafka.count(topics.results)
-        step = rng.randint(100, 300)
-        wait_for(lambda: kafka.count(topics.results) >= base + step, 60,
-                 f"{step} more results before kill {k + 1}", interval=0.1)
-        time.sleep(rng.uniform(0, 0.5))  # a random moment while sending
-        before = server.count()
-        w.kill()
-        kills.append((kafka.count(topics.results), before))
-        w.start()
-    assert kills[-1][0] < n, f"the kills happened under load: {kills}"
-
-    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
-    time.sleep(1)  # sends still finishing after the last result was read
-    a = kafka.audit(topics, capture_dir=server.dir)
-    print(f"kills at (results, captured)={kills}; audit: duplicate_sends="
-          f"{a['capture']['duplicate_sends']} duplicate_results={a['duplicate_results']}")
-    assert_all_sent_once_or_more(a, n)
-    # Each kill re-sends at most what was past the committed watermark: inflight.max.
-    assert a["capture"]["duplicate_sends"] <= 3 * inflight, a["capture"]["duplicate_list"]
-    kafka.wait_committed(topics.group, topics.requests, timeout=30)
-
-
-def captured_mids(folder) -> collections.Counter:
-    """Message-ID -> how many times the capture server stored it."""
-    out = collections.Counter()
-    for eml in Path(folder).glob("[0-9]*.eml"):
-        with open(eml, "rb") as f:
-            for line in f:
-                if line in (b"\r\n", b"\n"):
-                    break
-                if line.lower().startswith(b"message-id:"):
-                    out[line.split(b":", 1)[1].strip().decode()] += 1
-                    break
-    return out
-
-
-def unknown_outcomes(kafka, topics, server) -> set:
-    """Message-IDs the relay has accepted that have no result on the results topic:
-    the sends whose outcome a crash at this moment loses (read while the worker is
-    stopped with SIGSTOP, so neither side moves)."""
-    published = {r.get("message_id") for r in kafka.results(topics.results, timeout=30)
-                 if r.get("status") == "sent"}
-    return set(captured_mids(server.dir)) - published
-
-
-def test_kill_9_repeats_only_sends_whose_outcome_was_unknown(kafka, capture_server, worker):
-    """Two workers; one is killed with SIGKILL three times under load and restarted at
-    once. What the killed worker finished (result published) and what the survivor did
-    is never sent again: the next owner of a partition reads the results topic from the
-    offset stored with the last commit. The only repeats allowed are sends whose outcome
-    was unknown at the kill (accepted by the relay, no result published yet), taken
-    while the worker is frozen (SIGSTOP) just before the kill."""
-    topics = Topics.new(partitions=6).create(kafka)
-    server = capture_server(delay_data=0.05)
-    n, inflight = 3000, 100
-    conf = cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10)
-    workers = [worker(conf, {"worker.id": f"w{i}"}, name=f"w{i}") for i in (1, 2)]
-    for w in workers:
-        w.wait_log("partitions assigned")
-    kafka.produce(topics.requests, make_requests(n))
-    rng = random.Random()
-    unknown, kills = set(), []
-    for k in range(3):
-        w = workers[k % 2]
-        base = kafka.count(topics.results)
-        step = rng.randint(200, 400)
-        wait_for(lambda: kafka.count(topics.results) >= base + step, 60,
-                 f"{step} more results before kill {k + 1}", interval=0.1)
-        time.sleep(rng.uniform(0, 0.5))
-        w.send_signal(signal.SIGSTOP)
-        time.sleep(0.5)  # bytes already on the wire reach the relay
-        at_kill = unknown_outcomes(kafka, topics, server)
-        unknown |= at_kill
-        w.kill()
-        kills.append((kafka.count(topics.results), len(at_kill)))
-        w.start()
-    assert kills[-1][0] < n, f"the kills happened under load: {kills}"
-
-    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=180)
-    time.sleep(1)
-    a = kafka.audit(topics, capture_dir=server.dir)
-    assert_all_sent_once_or_more(a, n)
-    repeated = {mid: c for mid, c in captured_mids(server.dir).items() if c > 1}
-    print(f"kills at (results, unknown outcomes)={kills}; repeated sends="
-          f"{sum(c - 1 for c in repeated.values())}; recalled="
-          f"{[w.log().count('results read at assignment') for w in workers]}")
-    assert set(repeated) <= unknown, sorted(set(repeated) - unknown)[:20]
-    assert all(c == 2 for c in repeated.values()), repeated
-    kafka.wait_committed(topics.group, topics.requests, timeout=30)
-
-
-# --- Kafka unavailable --------------------------------------------------------------------
+# --- Kafka unavailable (crashes and group changes: test_group_changes.py) --------------
 
 def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_server, worker):
     kafka = own_kafka
@@ -401,48 +296,6 @@ def test_broken_smtp_server_retries_until_a_healthy_one_takes_over(
     if fault != "silent":
         # every message met the 421 at least once before it was sent
         assert min(r["attempts"] for r in final.values()) > 1
-    kafka.wait_committed(topics.group, topics.requests, timeout=30)
-
-
-# --- rebalance ----------------------------------------------------------------------------
-
-def test_worker_joining_and_leaving_under_load_loses_nothing(kafka, capture_server, worker):
-    topics = Topics.new(partitions=6).create(kafka)
-    server = capture_server(delay_data=0.05)
-    n, inflight = 2000, 100
-    conf = cfg(kafka, topics, server.url, inflight_max=inflight, smtp_sessions_max=10)
-    w1 = worker(conf, {"worker.id": "w1"}, name="w1")
-    w2 = worker(conf, {"worker.id": "w2"}, name="w2")
-    w1.wait_log("partitions assigned")
-    w2.wait_log("partitions assigned")
-    kafka.produce(topics.requests, make_requests(n))
-    wait_for(lambda: kafka.count(topics.results) >= 300, 60, "300 results", interval=0.1)
-
-    w3 = worker(conf, {"worker.id": "w3"}, name="w3")  # joins
-    w3.wait_log("partitions assigned", timeout=30)
-    base = kafka.count(topics.results)
-    wait_for(lambda: kafka.count(topics.results) >= base + 300, 60, "300 more results",
-             interval=0.1)
-    assert kafka.count(topics.results) < n, "the rebalances happened under load"
-    assert w1.stop(timeout=60) == 0, w1.log_tail()  # leaves
-
-    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
-    time.sleep(1)
-    a = kafka.audit(topics, capture_dir=server.dir)
-    print(f"audit: duplicate_sends={a['capture']['duplicate_sends']} "
-          f"duplicate_results={a['duplicate_results']}")
-    assert_all_sent_once_or_more(a, n)
-    if librdkafka_version() >= (2, 10, 0):
-        # Revoked partitions are emptied before release (sent, or handed to the retry
-        # topic) and their watermark committed: their next owner repeats nothing.
-        assert a["capture"]["duplicate_sends"] == 0, a["capture"]["duplicate_list"]
-    else:
-        # librdkafka before 2.10 may drop an assignment as lost when a commit meets
-        # the rebalance (its issue 4059): each of the two rebalances may then repeat
-        # up to inflight.max requests.
-        assert a["capture"]["duplicate_sends"] <= 2 * inflight, a["capture"]["duplicate_list"]
-    final = final_by_id(kafka.results(topics.results, timeout=30))
-    assert "w3" in {r["worker"] for r in final.values()}, "the worker that joined took part"
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 

@@ -602,6 +602,39 @@ def _scrape_metric(port, name):
     return float(m.group(1)) if m else None
 
 
+def test_outcome_unknown_counts_sends_whose_reply_has_not_come(
+        kafka, topics, capture_server, worker):
+    """kafka_mailer_outcome_unknown: the sends a crash now could repeat. While the relay
+    holds its replies to the final dots, each of those sends counts; once their results
+    are stored in Kafka, none does."""
+    from harness import free_port
+    server = capture_server(delay_data=4)
+    port = free_port()
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                              smtp_sessions_max=10, metrics_listen=f"127.0.0.1:{port}"))
+    wait_for(lambda: _metric_when_up(port, "kafka_mailer_outcome_unknown") == 0, 30,
+             "/metrics up")
+    kafka.produce(topics.requests, make_requests(3))
+    wait_for(lambda: server_busy(server, port, 3), 20, "3 sends waiting for their reply")
+    kafka.results(topics.results, wait=3, timeout=60)
+    wait_for(lambda: _scrape_metric(port, "kafka_mailer_outcome_unknown") == 0, 20,
+             "no unknown outcome once the results are stored")
+
+
+def _metric_when_up(port, name):
+    """_scrape_metric(), or None while the endpoint does not answer yet."""
+    import urllib.error
+    try:
+        return _scrape_metric(port, name)
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def server_busy(server, port, n):
+    """The worker counts @n unknown outcomes while the server has stored none yet."""
+    return server.count() == 0 and _scrape_metric(port, "kafka_mailer_outcome_unknown") == n
+
+
 @pytest.mark.parametrize("nudge_ms", [20, 0, -1])
 def test_a_dry_prefetch_queue_nudges_the_fetcher_unless_disabled(
         kafka, topics, smtp_sink, worker, nudge_ms):
