@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +54,6 @@ struct recall {
         struct recall_job *r_jobs; /* oldest first */
         struct recall_done *r_done; /* newest first */
         int r_stop;
-        atomic_int r_partition_cnt;
 };
 
 static int64_t recall_clock_ms(void) {
@@ -206,8 +204,6 @@ static int32_t recall_partition_count(recall_t *r, int64_t deadline,
                          rd_kafka_err2str(md->topic_cnt == 1 ? md->topics[0].err
                                                              : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
         rd_kafka_metadata_destroy(md);
-        if (n > 0)
-                atomic_store(&r->r_partition_cnt, n);
         return n;
 }
 
@@ -335,7 +331,6 @@ static void recall_run_job(recall_t *r, const struct recall_job *j,
                 a->parts[i].consumed_end = -1;
         }
         n = recall_partition_count(r, deadline, a->note, sizeof(a->note));
-        a->results_partitions = n;
         if (n <= 0)
                 goto out;
 
@@ -368,10 +363,8 @@ static void recall_run_job(recall_t *r, const struct recall_job *j,
                 if (!err && cp && !cp->err && cp->offset >= 0 &&
                     recall_meta_parse(cp->metadata, cp->metadata_size, &rp,
                                       &floor) == 0 &&
-                    rp == ap->results_partition) {
-                        ap->had_floor = 1;
+                    rp == ap->results_partition)
                         ap->stored_floor = floor;
-                }
                 if (!err && cp && !cp->err && cp->offset >= 0) {
                         int64_t clo = 0, chi = 0;
 
@@ -394,17 +387,17 @@ static void recall_run_job(recall_t *r, const struct recall_job *j,
                         snprintf(a->note, sizeof(a->note),
                                  "results partition %d end: %s", (int)rd->rp,
                                  rd_kafka_err2str(werr));
-                        if (ap->had_floor)
-                                ap->results_end = floor;
+                        if (ap->stored_floor >= 0)
+                                ap->results_end = ap->stored_floor;
                         continue;
                 }
                 ap->results_end = hi;
                 if (err) /* what was committed is not known */
                         continue;
                 ap->complete = 1; /* unless the read below falls short */
-                if (!ap->had_floor)
+                if (ap->stored_floor < 0)
                         continue;
-                rd->start = floor > lo ? floor : lo;
+                rd->start = ap->stored_floor > lo ? ap->stored_floor : lo;
                 rd->end = hi;
                 rd->done = rd->start >= hi;
         }
@@ -612,10 +605,6 @@ void recall_ask(recall_t *r, consumer_t *c, int topic_idx, const char *topic,
         *pp = j;
         pthread_cond_signal(&r->r_cond);
         pthread_mutex_unlock(&r->r_lock);
-}
-
-int32_t recall_results_partitions(const recall_t *r) {
-        return atomic_load(&((recall_t *)r)->r_partition_cnt);
 }
 
 void recall_destroy(recall_t *r) {

@@ -40,7 +40,6 @@ struct recall_part {
          * requests consumed from now on will lie (-1: not known). */
         int64_t results_end;
         int complete; /* everything from the stored offset was read */
-        int had_floor; /* the committed offset carried a results offset */
         /* The results offset stored with the committed offset (-1: none) and
          * the asked partition's end offset when asked (-1: not known): an
          * earlier owner may have finished requests below that end, and their
@@ -58,7 +57,6 @@ struct recall_answer {
         int part_cnt;
         struct recall_item *items;
         size_t item_cnt;
-        int32_t results_partitions; /* N, 0 when not known */
         int64_t took_ms;
         char note[256]; /* why it is incomplete, "" when it is not */
 };
@@ -81,9 +79,6 @@ void recall_destroy(recall_t *r);
  * committed offsets @c reads. @c must stay open until recall_destroy(). */
 void recall_ask(recall_t *r, consumer_t *c, int topic_idx, const char *topic,
                 const int32_t *partitions, const uint64_t *seqs, int cnt);
-
-/* @returns the results topic's partition count, 0 until known. */
-int32_t recall_results_partitions(const recall_t *r);
 
 /* Writes the commit metadata for results partition @rp and offset @off into
  * @buf: "kafka-mailer/1 results=<rp>@<off>". @returns its length. */

@@ -1031,7 +1031,7 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
                 consumer_release(w->w_consumer[t], w->w_topics[t], ap->partition);
                 released++;
                 records += ap->records;
-                floors += ap->had_floor;
+                floors += ap->stored_floor >= 0;
                 if (!ap->complete) {
                         incomplete++;
                         w->w_stats.recall_incomplete++;

@@ -621,6 +621,32 @@ def test_outcome_unknown_counts_sends_whose_reply_has_not_come(
              "no unknown outcome once the results are stored")
 
 
+@pytest.mark.parametrize("timeout_ms", [1, 0])
+def test_a_results_read_cut_short_or_off_lets_the_partitions_go_ahead(
+        kafka, topics, capture_server, worker, timeout_ms):
+    """dedupe.recall.timeout.ms: at 1 ms the read at assignment cannot finish; the
+    partitions go ahead anyway (a warning and kafka_mailer_recall_incomplete_total say
+    so) and every request is sent and committed. At 0 there is no read at all."""
+    from harness import free_port
+    server = capture_server()
+    port = free_port()
+    n = 200
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                                  dedupe_recall_timeout_ms=timeout_ms,
+                                  metrics_listen=f"127.0.0.1:{port}"))
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
+    assert a["status"]["sent"] == n and a["capture"]["duplicate_sends"] == 0, a
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+    incomplete = _metric_when_up(port, "kafka_mailer_recall_incomplete_total")
+    if timeout_ms:
+        assert "results topic not fully read at assignment" in w.log(), w.log_tail()
+        assert incomplete >= 1
+    else:
+        assert "results read at assignment" not in w.log(), w.log_tail()
+        assert incomplete == 0
+
+
 def _metric_when_up(port, name):
     """_scrape_metric(), or None while the endpoint does not answer yet."""
     import urllib.error
