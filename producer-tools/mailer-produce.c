@@ -75,6 +75,36 @@ static int produce_is_blank(const char *line, size_t len) {
         return 1;
 }
 
+/* @returns why jansson refused a line, in words about the input (jansson's
+ * own text for syntax errors, which already says what it expected where). */
+static const char *produce_json_reason(const json_error_t *jerr, char *buf,
+                                       size_t size) {
+        switch (json_error_code(jerr)) {
+        case json_error_null_character:
+        case json_error_null_byte_in_key:
+                return "a string holds \\u0000 (a NUL character), which no "
+                       "request field may contain";
+        case json_error_invalid_utf8:
+                return "the line is not valid UTF-8";
+        case json_error_premature_end_of_input:
+                return "the line ends before the JSON value does (one request "
+                       "per line: is it spread over several lines?)";
+        case json_error_end_of_input_expected:
+                return "more text after the JSON value (one request per line)";
+        case json_error_stack_overflow:
+                return "arrays or objects nested too deeply";
+        case json_error_numeric_overflow:
+                return "a number too large to represent";
+        case json_error_duplicate_key:
+                return "a key appears twice in one object";
+        case json_error_out_of_memory:
+                return "out of memory";
+        default:
+                snprintf(buf, size, "not valid JSON: %s", jerr->text);
+                return buf;
+        }
+}
+
 /* Validates one line and finds its key.
  * @returns the parsed object (caller releases it) with *keyp and *keylenp set
  * (NULL/0 if there is no string "id"), or NULL after reporting why. */
@@ -84,16 +114,22 @@ static json_t *produce_parse(const struct tool_lines *tl, const char *line,
         json_t *obj;
         json_t *id;
 
-        obj = json_loadb(line, len, 0, &jerr);
+        obj = json_loadb(line, len, JSON_DECODE_ANY, &jerr);
         if (obj == NULL) {
-                tool_err("%s:%lu: invalid JSON: %s (column %d)",
-                         tool_lines_name(tl), tool_lines_lineno(tl), jerr.text,
-                         jerr.column);
+                char buf[JSON_ERROR_TEXT_LENGTH + 32];
+
+                tool_err("%s:%lu: column %d: %s", tool_lines_name(tl),
+                         tool_lines_lineno(tl), jerr.column,
+                         produce_json_reason(&jerr, buf, sizeof(buf)));
                 return NULL;
         }
         if (!json_is_object(obj)) {
-                tool_err("%s:%lu: not a JSON object", tool_lines_name(tl),
-                         tool_lines_lineno(tl));
+                tool_err("%s:%lu: a request is a JSON object ({...}), not %s",
+                         tool_lines_name(tl), tool_lines_lineno(tl),
+                         json_is_array(obj)    ? "an array"
+                         : json_is_string(obj) ? "a string"
+                         : json_is_number(obj) ? "a number"
+                                               : "true, false or null");
                 json_decref(obj);
                 return NULL;
         }

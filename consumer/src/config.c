@@ -148,6 +148,11 @@ static const struct config_key config_keys[] = {
             "largest request accepted, in bytes"),
         INT("request.max.recipients", request_max_recipients, "100", 1, 10000,
             "most recipients (to+cc+bcc) in one request"),
+        INT("request.max.subject.bytes", request_max_subject_bytes, "2048", 1,
+            1048576, "longest subject accepted, in bytes of UTF-8"),
+        INT("request.max.header.bytes", request_max_header_bytes, "4096", 1,
+            1048576, "longest value of a header in headers, and longest "
+            "display name of an address, in bytes of UTF-8"),
         STR("message.id.domain", message_id_domain, "",
             "domain of generated Message-IDs, \"\" = the From domain"),
         {"group.protocol", CONFIG_T_ENUM, F(group_protocol), "classic", 0, 0,
@@ -157,8 +162,9 @@ static const struct config_key config_keys[] = {
         INT("commit.interval.ms", commit_interval_ms, "1000", 10, 600000,
             "how often committable offsets are committed"),
         INT("commit.timeout.ms", commit_timeout_ms, "5000", 100, 600000,
-            "longest wait for the answer to the commit made on revoke and on "
-            "SIGTERM (there also within shutdown.timeout.ms)"),
+            "longest wait for the answer to a commit: a routine one is then "
+            "offered again, the one on revoke and SIGTERM given up (there also "
+            "within shutdown.timeout.ms)"),
         INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
             "least gap between two fetch nudges, 0 = none, -1 = 50 on "
             "librdkafka before 2.2 and none from 2.2 on (operations.md)"),

@@ -93,6 +93,8 @@ struct config {
         /* requests */
         int request_max_bytes; /* request.max.bytes */
         int request_max_recipients; /* request.max.recipients */
+        int request_max_subject_bytes; /* request.max.subject.bytes */
+        int request_max_header_bytes; /* request.max.header.bytes */
         char *message_id_domain; /* message.id.domain, "" = the From domain */
 
         /* group membership, commits, rebalance, shutdown */

@@ -10,6 +10,10 @@
 #define LINE_SOFT 78 /* RFC 5322 "SHOULD" line length */
 #define LINE_HARD 998 /* RFC 5322 "MUST" line length */
 #define WORD_MAX 75 /* RFC 2047 encoded-word length */
+/* RFC 2047 section 2: a header line that holds an encoded word. */
+#define LINE_ENCODED 76
+/* Room an encoded word needs at the least: one 4-byte character in Q. */
+#define WORD_MIN 24
 #define QP_LINE 76 /* RFC 2045 quoted-printable line length */
 #define B64_LINE_BYTES 57 /* 76 base64 characters per line */
 /* A header word longer than this cannot be folded to fit LINE_HARD: the
@@ -92,6 +96,7 @@ static const char hex_upper[] = "0123456789ABCDEF";
 struct hdr {
         struct buf *b;
         size_t line;
+        int encoded; /* the current line holds an encoded word */
 };
 
 static void hdr_begin(struct hdr *h, struct buf *b, const char *name) {
@@ -103,6 +108,7 @@ static void hdr_begin(struct hdr *h, struct buf *b, const char *name) {
         buf_put(b, name, n);
         buf_putc(b, ':');
         h->line = n + 1;
+        h->encoded = 0;
 }
 
 static void hdr_put(struct hdr *h, const char *s, size_t n) {
@@ -111,15 +117,23 @@ static void hdr_put(struct hdr *h, const char *s, size_t n) {
 }
 
 /* Writes the white space before a token of @toklen octets: a space, or a
- * fold when the token would not fit on the current line. */
-static void hdr_sep(struct hdr *h, size_t toklen) {
-        if (h->line > 1 && h->line + 1 + toklen > LINE_SOFT) {
+ * fold when the token would not fit on the current line (LINE_SOFT, or
+ * LINE_ENCODED on a line that holds or will hold an encoded word). */
+static void hdr_sep_within(struct hdr *h, size_t toklen, size_t limit) {
+        if (h->encoded && limit > LINE_ENCODED)
+                limit = LINE_ENCODED;
+        if (h->line > 1 && h->line + 1 + toklen > limit) {
                 buf_put(h->b, "\r\n ", 3);
                 h->line = 1;
+                h->encoded = 0;
         } else {
                 buf_putc(h->b, ' ');
                 h->line++;
         }
+}
+
+static void hdr_sep(struct hdr *h, size_t toklen) {
+        hdr_sep_within(h, toklen, LINE_SOFT);
 }
 
 static void hdr_token(struct hdr *h, const char *s, size_t n) {
@@ -232,10 +246,53 @@ static size_t b64_encode(const unsigned char *in, size_t n, char *out) {
         return o;
 }
 
+/* @returns the end of the longest run of whole UTF-8 characters from @i
+ * whose encoding (Q when @q, else B) fits @budget, at least one character. */
+static size_t enc_span(const char *s, size_t i, size_t len, int q,
+                       size_t budget) {
+        size_t j = i;
+        size_t enc = 0;
+
+        while (j < len) {
+                size_t cl = utf8_len(s + j, len - j);
+                size_t next;
+
+                if (q) {
+                        next = enc;
+                        for (size_t k = 0; k < cl; k++)
+                                next += q_width((unsigned char)s[j + k]);
+                } else {
+                        next = (j + cl - i + 2) / 3 * 4;
+                }
+                if (next > budget && j > i)
+                        break;
+                enc = next;
+                j += cl;
+        }
+        return j;
+}
+
+/* @returns the last character boundary in (@i, @j] that is a whole number
+ * of 3-byte groups from @i, or @i when there is none. */
+static size_t enc_b_cut(const char *s, size_t i, size_t j) {
+        size_t best = i;
+
+        for (size_t k = i; k < j;) {
+                k += utf8_len(s + k, j - k);
+                if ((k - i) % 3 == 0)
+                        best = k;
+        }
+        return best;
+}
+
 /*
  * Writes @s as RFC 2047 encoded words (UTF-8, Q when that is shorter, else
- * B), each at most WORD_MAX long and sized to the room left on the line; a
- * UTF-8 character is never split between words.
+ * B), each at most WORD_MAX long, on lines of at most LINE_ENCODED counting
+ * the field name; a UTF-8 character is never split between words. A B word
+ * that is not the last one holds a multiple of 3 bytes, so that it has no
+ * "=" padding (GMime 3.2.10 to 3.2.13 stop decoding a header after a padded
+ * word that is not the last); where no character boundary allows that, the
+ * word is written in Q.
  */
 static void hdr_encoded(struct hdr *h, const char *s, size_t len) {
         size_t qlen = 0;
@@ -248,38 +305,32 @@ static void hdr_encoded(struct hdr *h, const char *s, size_t len) {
         use_q = qlen <= (len + 2) / 3 * 4;
 
         while (i < len) {
-                size_t room;
-                size_t budget;
-                size_t j = i;
-                size_t enc = 0;
+                size_t room, j;
                 size_t w = 0;
+                int q = use_q;
 
-                if (h->line + 1 + 20 > LINE_SOFT)
-                        room = LINE_SOFT - 2; /* will fold */
-                else
-                        room = LINE_SOFT - h->line - 1;
+                /* The separator first: a fold when not even a short word
+                 * fits on this line. */
+                h->encoded = 1;
+                hdr_sep_within(h, WORD_MIN, LINE_ENCODED);
+                h->encoded = 1;
+                room = LINE_ENCODED - h->line;
                 if (room > WORD_MAX)
                         room = WORD_MAX;
-                budget = room - 12; /* "=?UTF-8?B?" and "?=" */
-                while (j < len) {
-                        size_t cl = utf8_len(s + j, len - j);
-                        size_t next;
+                j = enc_span(s, i, len, q, room - 12); /* "=?UTF-8?B?", "?=" */
+                if (!q && j < len) {
+                        size_t cut = enc_b_cut(s, i, j);
 
-                        if (use_q) {
-                                next = enc;
-                                for (size_t k = 0; k < cl; k++)
-                                        next += q_width((unsigned char)s[j + k]);
+                        if (cut > i) {
+                                j = cut;
                         } else {
-                                next = (j + cl - i + 2) / 3 * 4;
+                                q = 1;
+                                j = enc_span(s, i, len, q, room - 12);
                         }
-                        if (next > budget && j > i)
-                                break;
-                        enc = next;
-                        j += cl;
                 }
-                memcpy(word, use_q ? "=?UTF-8?Q?" : "=?UTF-8?B?", 10);
+                memcpy(word, q ? "=?UTF-8?Q?" : "=?UTF-8?B?", 10);
                 w = 10;
-                if (use_q) {
+                if (q) {
                         for (size_t k = i; k < j; k++) {
                                 unsigned char c = (unsigned char)s[k];
 
@@ -299,7 +350,7 @@ static void hdr_encoded(struct hdr *h, const char *s, size_t len) {
                 }
                 word[w++] = '?';
                 word[w++] = '=';
-                hdr_token(h, word, w);
+                hdr_put(h, word, w);
                 i = j;
         }
 }
@@ -424,7 +475,7 @@ static void write_addresses(struct buf *b, struct buf *scratch,
         hdr_begin(&h, b, name);
         for (size_t i = 0; i < cnt; i++) {
                 int comma = i + 1 < cnt;
-                struct hdr t = {scratch, 0};
+                struct hdr t = {scratch, 0, 0};
 
                 /* Rendered alone as on a fresh line: " Display <addr>,". */
                 scratch->len = 0;
@@ -437,11 +488,15 @@ static void write_addresses(struct buf *b, struct buf *scratch,
                         hdr_mailbox(&h, &a[i], comma);
                         continue;
                 }
-                if (h.line > 1 && h.line + scratch->len > LINE_SOFT) {
+                if (h.line > 1 &&
+                    h.line + scratch->len >
+                        (t.encoded || h.encoded ? LINE_ENCODED : LINE_SOFT)) {
                         buf_put(b, "\r\n", 2);
                         h.line = 0;
+                        h.encoded = 0;
                 }
                 hdr_put(&h, scratch->p, scratch->len);
+                h.encoded |= t.encoded;
         }
         hdr_end(&h);
 }

@@ -635,6 +635,14 @@ static int check_id(const json_t *v, char *errstr, size_t errstr_size) {
         return 0;
 }
 
+int request_id_valid(const char *id, size_t len) {
+        char rbuf[64];
+
+        return id && len > 0 && len <= REQUEST_ID_MAX &&
+               !memchr(id, '\0', len) &&
+               check_dot_atom(id, len, 0, rbuf, sizeof(rbuf), "") == NULL;
+}
+
 /* Copies a header name into @buf for an error message, printable only. */
 static const char *name_repr(const char *name, char *buf, size_t size) {
         size_t n = 0;
@@ -648,8 +656,56 @@ static const char *name_repr(const char *name, char *buf, size_t size) {
         return buf;
 }
 
+/* Checks that @len bytes of @field are within @max (0: no limit), named
+ * by its setting @setting. @returns 0 or -1 with the reason. */
+static int check_length(const char *field, size_t len, size_t max,
+                        const char *setting, char *errstr, size_t errstr_size) {
+        if (max == 0 || len <= max)
+                return 0;
+        fail(errstr, errstr_size, "%s: %zu bytes exceeds %s (%zu)", field, len,
+             setting, max);
+        return -1;
+}
+
+/* Checks every display name against request.max.header.bytes. */
+static int check_display_names(const struct mail_request *req,
+                               const struct request_limits *limits,
+                               char *errstr, size_t errstr_size) {
+        const struct {
+                const char *name;
+                const struct mail_address *list;
+                size_t cnt;
+        } lists[] = {{"from", &req->from, 1},
+                     {"to", req->to, req->to_cnt},
+                     {"cc", req->cc, req->cc_cnt},
+                     {"bcc", req->bcc, req->bcc_cnt},
+                     {"reply_to", req->reply_to, req->reply_to_cnt}};
+        char field[32];
+
+        for (size_t l = 0; l < sizeof(lists) / sizeof(lists[0]); l++) {
+                for (size_t i = 0; i < lists[l].cnt; i++) {
+                        const char *d = lists[l].list[i].display;
+
+                        if (!d)
+                                continue;
+                        if (l == 0)
+                                snprintf(field, sizeof(field), "from");
+                        else
+                                snprintf(field, sizeof(field), "%s[%zu]",
+                                         lists[l].name, i);
+                        if (check_length(field, strlen(d),
+                                         limits->max_header_bytes,
+                                         "request.max.header.bytes", errstr,
+                                         errstr_size) != 0)
+                                return -1;
+                }
+        }
+        return 0;
+}
+
 static int parse_headers(const json_t *root, struct mail_request *req,
-                         char *errstr, size_t errstr_size) {
+                         const struct request_limits *limits, char *errstr,
+                         size_t errstr_size) {
         const json_t *obj = json_object_get(root, "headers");
         const char *name;
         json_t *val;
@@ -706,7 +762,11 @@ static int parse_headers(const json_t *root, struct mail_request *req,
                         fail(errstr, errstr_size, "%s: must be a string", field);
                         return -1;
                 }
-                if (check_header_text(val, field, errstr, errstr_size) != 0)
+                if (check_header_text(val, field, errstr, errstr_size) != 0 ||
+                    check_length(field, json_string_length(val),
+                                 limits->max_header_bytes,
+                                 "request.max.header.bytes", errstr,
+                                 errstr_size) != 0)
                         return -1;
                 req->headers[i].name = strdup(name);
                 req->headers[i].value = strdup(json_string_value(val));
@@ -1257,6 +1317,13 @@ struct mail_request *request_parse(const char *json, size_t len,
         if (copy_opt_string(root, "subject", 1, &req->subject, errstr,
                             errstr_size) != 0)
                 goto out;
+        if (req->subject &&
+            check_length("subject", strlen(req->subject),
+                         limits->max_subject_bytes, "request.max.subject.bytes",
+                         errstr, errstr_size) != 0)
+                goto out;
+        if (check_display_names(req, limits, errstr, errstr_size) != 0)
+                goto out;
         if (req->subject == NULL) {
                 req->subject = strdup("");
                 if (req->subject == NULL) {
@@ -1273,7 +1340,7 @@ struct mail_request *request_parse(const char *json, size_t len,
                 fail(errstr, errstr_size, "text: one of text or html required");
                 goto out;
         }
-        if (parse_headers(root, req, errstr, errstr_size) != 0 ||
+        if (parse_headers(root, req, limits, errstr, errstr_size) != 0 ||
             parse_attachments(root, req, errstr, errstr_size) != 0 ||
             parse_deadline(root, req, errstr, errstr_size) != 0)
                 goto out;

@@ -13,6 +13,11 @@
 struct request_limits {
         size_t max_bytes; /* request.max.bytes: the whole JSON value */
         size_t max_recipients; /* request.max.recipients: to + cc + bcc */
+        /* request.max.subject.bytes: the subject; 0 = no limit */
+        size_t max_subject_bytes;
+        /* request.max.header.bytes: each header value and display name;
+         * 0 = no limit */
+        size_t max_header_bytes;
 };
 
 /* An address as given: "Ann <ann@example.com>" gives
@@ -70,6 +75,10 @@ struct mail_request *request_parse(const char *json, size_t len,
                                    char *errstr, size_t errstr_size);
 
 void request_destroy(struct mail_request *req);
+
+/* @returns 1 when @len bytes at @id make a valid request id (the rules of
+ * the "id" field: docs/wire-format.md), 0 otherwise. */
+int request_id_valid(const char *id, size_t len);
 
 /* @returns the number of envelope recipients (to + cc + bcc). */
 size_t request_recipient_count(const struct mail_request *req);

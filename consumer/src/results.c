@@ -790,6 +790,8 @@ char *results_format(const struct result_rec *rec, const char *relay,
         jb_init(&b);
         jb_lit(&b, "{\"v\":1,\"id\":");
         jb_str(&b, rec->id);
+        if (rec->id && rec->id_from_key)
+                jb_lit(&b, ",\"id_from\":\"key\"");
         jb_lit(&b, ",\"status\":\"");
         jb_lit(&b, result_status_name(rec->status));
         jb_lit(&b, "\",\"attempts\":");

@@ -47,6 +47,7 @@ struct result_source {
  * as docs/wire-format.md says. */
 struct result_rec {
         const char *id; /* NULL when the request had no usable id */
+        int id_from_key; /* the id is the Kafka key: the value gave none */
         enum result_status status;
         int attempts;
         int smtp_code; /* 0: null */

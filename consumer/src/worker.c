@@ -27,8 +27,6 @@
 #define WORKER_DRAIN_STEP_MS 50
 /* Shortest gap between commits asked for early by back-pressure. */
 #define WORKER_COMMIT_MIN_GAP_MS 20
-/* An async commit unanswered this long no longer holds back the next. */
-#define WORKER_COMMIT_ANSWER_MS 10000
 
 /* Kafka error codes of the KIP-848 protocol (FENCED_MEMBER_EPOCH,
  * STALE_MEMBER_EPOCH). */
@@ -47,6 +45,7 @@ struct worker_stats {
         uint64_t duplicates; /* repeated ids answered from an earlier result */
         uint64_t recalled; /* final outcomes read from the results topic */
         uint64_t recall_incomplete; /* partitions released before read fully */
+        uint64_t commits_unanswered; /* async commits offered again unanswered */
 };
 
 /* The topics a worker consumes, in consumer_new()'s order. */
@@ -810,11 +809,20 @@ static int entry_abandon(struct entry *e) {
 /* ---- consumer handlers ---- */
 
 static void worker_reject(worker_t *w, struct entry *e, int t,
-                          const rd_kafka_message_t *m, const char *id,
+                          const rd_kafka_message_t *m, char *id,
                           const char *reason) {
         struct result_source src;
         struct result_rec rec;
+        int id_from_key = 0;
 
+        if (!id[0] && request_id_valid(m->key, m->key_len)) {
+                /* The value gave no id (too large, not JSON, no "id"): the
+                 * key is the id publishers are asked to set (at most
+                 * 200 bytes, @id holds 256). */
+                memcpy(id, m->key, m->key_len);
+                id[m->key_len] = '\0';
+                id_from_key = 1;
+        }
         src.topic = w->w_topics[t];
         src.partition = m->partition;
         src.offset = m->offset;
@@ -834,6 +842,7 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
         }
         memset(&rec, 0, sizeof(rec));
         rec.id = id[0] ? id : NULL;
+        rec.id_from_key = id_from_key;
         rec.status = RESULT_REJECTED;
         rec.error = reason;
         rec.source = src;
@@ -1161,13 +1170,28 @@ static void worker_commit(worker_t *w, int t,
                           const rd_kafka_topic_partition_list_t *parts, int async) {
         rd_kafka_topic_partition_list_t *offs;
         uint64_t errors;
+        int unanswered = 0;
 
         if (!w->w_consumer[t])
                 return;
         errors = consumer_commit_errors(w->w_consumer[t]);
-        if (errors != w->w_commit_errors_seen[t]) {
-                /* A commit failed: offer every partition's watermark again,
-                 * after a pause. */
+        if (async && w->w_commit_sent_ms[t] &&
+            loop_now_ms(w->w_loop) - w->w_commit_sent_ms[t] >=
+                w->w_conf->commit_timeout_ms) {
+                /* No answer (librdkafka may keep a commit for a session
+                 * timeout while the coordinator is away): what it carried
+                 * is offered again, or what waits for it (held) could wait
+                 * for ever. */
+                LOG(LOG_WARN, "offset commit not answered within "
+                    "commit.timeout.ms (%d ms) topic=%s: offered again",
+                    w->w_conf->commit_timeout_ms, w->w_topics[t]);
+                w->w_commit_sent_ms[t] = 0;
+                w->w_stats.commits_unanswered++;
+                unanswered = 1;
+        }
+        if (errors != w->w_commit_errors_seen[t] || unanswered) {
+                /* A commit failed or went unanswered: offer every
+                 * partition's watermark again, after a pause. */
                 w->w_commit_errors_seen[t] = errors;
                 w->w_commit_hold_until[t] =
                     consumer_holds_commits(w->w_consumer[t])
@@ -1179,9 +1203,7 @@ static void worker_commit(worker_t *w, int t,
         }
         if (async && (loop_now_ms(w->w_loop) < w->w_commit_hold_until[t] ||
                       consumer_rebalancing(w->w_consumer[t]) ||
-                      (w->w_commit_sent_ms[t] &&
-                       loop_now_ms(w->w_loop) - w->w_commit_sent_ms[t] <
-                           WORKER_COMMIT_ANSWER_MS)))
+                      w->w_commit_sent_ms[t]))
                 return;
         offs = rd_kafka_topic_partition_list_new(16);
         if (parts) {
@@ -1496,6 +1518,10 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        "read to its end (dedupe.recall.timeout.ms, "
                        "dedupe.capacity)",
                        NULL, (double)st->recall_incomplete);
+        metrics_sample(out, "kafka_mailer_commits_unanswered_total", "counter",
+                       "offset commits not answered within commit.timeout.ms; "
+                       "what they carried was offered again",
+                       NULL, (double)st->commits_unanswered);
         metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
                        "result records not yet acknowledged by Kafka", NULL,
                        (double)results_pending(w->w_results));
@@ -1558,6 +1584,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         }
         w->w_limits.max_bytes = (size_t)conf->request_max_bytes;
         w->w_limits.max_recipients = (size_t)conf->request_max_recipients;
+        w->w_limits.max_subject_bytes = (size_t)conf->request_max_subject_bytes;
+        w->w_limits.max_header_bytes = (size_t)conf->request_max_header_bytes;
         w->w_topics[TOPIC_REQUESTS] = conf->topic_requests;
         w->w_limit[TOPIC_REQUESTS] = (size_t)conf->inflight_max;
         w->w_topic_cnt = 1;

@@ -70,12 +70,70 @@ static void check_lines(const char *d, size_t n) {
         }
 }
 
+/* @returns the end of the encoded word at @p (after its "?="), or NULL when
+ * @p does not start one: "=?UTF-8?B?" or "=?UTF-8?Q?", text without white
+ * space, "?=", then white space or the end of the line (an address that
+ * holds "=?" is followed by "@" or ">"). */
+static const char *encoded_word_end(const char *p, const char *eol) {
+        const char *q;
+
+        if (eol - p < 12 || memcmp(p, "=?UTF-8?", 8) != 0 ||
+            (p[8] != 'B' && p[8] != 'Q') || p[9] != '?')
+                return NULL;
+        for (q = p + 10; q + 1 < eol && !(q[0] == '?' && q[1] == '='); q++)
+                if (*q == ' ' || *q == '\t')
+                        return NULL;
+        if (q + 1 >= eol)
+                return NULL;
+        q += 2;
+        return q == eol || *q == ' ' || *q == '\t' ? q : NULL;
+}
+
+/* RFC 2047: a line that holds an encoded word is at most 76 characters; and
+ * in a run of adjacent encoded words (a phrase, an unstructured value) a B
+ * word with "=" padding is the last (GMime 3.2.10 to 3.2.13 stop decoding
+ * the run after a padded one). @padded carries the run from line to line;
+ * any other token ends it. */
+static void check_encoded_words(const char *line, size_t len, int *padded) {
+        const char *eol = line + len;
+        const char *p = line;
+        int words = 0;
+
+        while (p < eol) {
+                const char *tok = p, *end;
+
+                while (tok < eol && (*tok == ' ' || *tok == '\t'))
+                        tok++;
+                if (tok == eol)
+                        break;
+                end = encoded_word_end(tok, eol);
+                if (!end) {
+                        *padded = 0;
+                        for (p = tok; p < eol && *p != ' ' && *p != '\t'; p++)
+                                ;
+                        continue;
+                }
+                if (*padded)
+                        fuzz_fail("encoded word after a padded B word");
+                if (tok[8] == 'B' && end[-3] == '=')
+                        *padded = 1;
+                words++;
+                p = end;
+        }
+        /* A line that starts with '.' has one more, dot-stuffed. */
+        if (words > 0 && len - (line[0] == '.') > 76) {
+                fprintf(stderr, "line: %.*s\n", (int)len, line);
+                fuzz_fail("line with an encoded word longer than 76");
+        }
+}
+
 /* Checks the header block: "Name:" lines and folded continuations. */
 static void check_headers(const struct mail_request *req,
                           const struct message *msg, size_t hlen) {
         const char *d = msg->data;
         size_t start = 0;
         int from = 0, mid = 0, mime = 0, date = 0;
+        int padded = 0;
 
         while (start < hlen) {
                 const char *eol = memmem(d + start, hlen - start, "\r\n", 2);
@@ -86,6 +144,7 @@ static void check_headers(const struct mail_request *req,
                         if (start == 0)
                                 fuzz_fail("header block starts with a continuation");
                 } else {
+                        padded = 0;
                         const char *colon = memchr(line, ':', len);
 
                         if (colon == NULL || colon == line)
@@ -107,6 +166,7 @@ static void check_headers(const struct mail_request *req,
                         if (nlen == 4 && strncasecmp(line, "Date", 4) == 0)
                                 date++;
                 }
+                check_encoded_words(line, len, &padded);
                 start += len + 2;
         }
         if (from != 1 || mid != 1 || mime != 1 || date != 1)

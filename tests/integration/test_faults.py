@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, fast_group,
-                     final_by_id, make_request, make_requests,
+from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, captured_mids,
+                     fast_group, final_by_id, make_request, make_requests,
                      make_tmpdir, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
@@ -160,6 +160,44 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
     assert_all_sent_once_or_more(a, n)
     kafka.wait_committed(topics.group, topics.requests, timeout=60)
     assert w.alive(), w.log_tail()
+
+
+def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
+        own_kafka, capture_server, worker):
+    """The broker frozen (SIGSTOP) for 4 s while results flow at about 100/s: its
+    connections stay open and answer nothing, so the routine commit made then (every
+    second, of the results acknowledged before the freeze) has no answer. After
+    commit.timeout.ms the worker offers what it carried again (a warning, the counter);
+    when the broker wakes everything is sent once and committed. inflight.max is far
+    above the load so that only the routine commit runs."""
+    import re
+    import urllib.request
+    from harness import free_port
+    kafka = own_kafka
+    topics = Topics.new(partitions=2).create(kafka)
+    server = capture_server(delay_data=0.02)
+    port = free_port()
+    n = 1200
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, inflight_max=5000, smtp_sessions_max=2,
+                   commit_timeout_ms=300, commit_interval_ms=1000,
+                   metrics_listen=f"127.0.0.1:{port}"))
+    wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.1)
+    pid = kafka.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^kafka_mailer_commits_unanswered_total (\S+)$", text, re.M)
+    assert m and float(m.group(1)) >= 1, text
+    assert "offset commit not answered within commit.timeout.ms (300 ms)" in w.log()
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    assert max(captured_mids(server.dir).values()) == 1, "nothing sent twice"
 
 
 def test_sigterm_with_kafka_away_exits_within_the_shutdown_timeout(

@@ -1,11 +1,12 @@
 """Smoke tests of the test infrastructure itself: Kafka, capture-server, smtp-sink."""
 
+import json
 import smtplib
 import ssl
 
 import pytest
 
-from harness import make_request, unique
+from harness import binary, make_request, run, unique
 
 
 def _msg(subject: str) -> bytes:
@@ -26,6 +27,33 @@ def test_kafka_topic_roundtrip_with_tools(kafka):
     assert kafka.count(topic) == 0
     kafka.produce(topic, [make_request(i) for i in range(5)])
     assert kafka.count(topic) == 5
+
+
+@pytest.mark.needs_tools
+def test_mailer_produce_says_what_is_wrong_with_a_line_and_publishes_the_rest(kafka):
+    """Every refused line gets a reason about the input, with its line and column, not a
+    library's flag name; the good lines are all published."""
+    topic = unique("infra")
+    kafka.create_topics(f"{topic}:1")
+    good = [json.dumps(make_request(i)).encode() for i in range(3)]
+    bad = {
+        b'{"id": "x", "subject": "a\\u0000b"}': "holds \\u0000 (a NUL character)",
+        b'{"id": "x", "subject": "\xc3"}': "not valid UTF-8",
+        b'{"id": "x", "subject": ': "ends before the JSON value does",
+        b'{"id": "x"} {"id": "y"}': "more text after the JSON value",
+        b'[1, 2]': "a request is a JSON object ({...}), not an array",
+        b'"text"': "not a string",
+        b'{"id": "x",, }': "not valid JSON: ",
+    }
+    lines = [good[0], *bad, good[1], good[2]]
+    r = run([binary("mailer-produce"), "-b", kafka.bootstrap, "-t", topic],
+            input=b"\n".join(lines) + b"\n")
+    for n, (line, words) in enumerate(bad.items(), start=2):
+        said = [x for x in r.stderr.splitlines() if x.startswith(f"mailer-produce: <stdin>:{n}: ")]
+        assert said and words in said[0], (line, r.stderr)
+    assert "JSON_ALLOW_NUL" not in r.stderr
+    assert f"produced=3 skipped={len(bad)}" in r.stderr
+    assert kafka.count(topic) == 3
 
 
 def test_capture_server_stores_plain_message(capture_server):

@@ -5,14 +5,15 @@ Each test has its own topics and group; every wait is bounded.
 """
 
 import base64
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import (Worker, binary, final_by_id, make_request, make_requests, run,
-                     wait_for)
+from harness import (Worker, binary, captured_mids, final_by_id, make_request,
+                     make_requests, run, wait_for)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools]
 
@@ -158,26 +159,67 @@ def test_request_limits_reject_naming_the_setting(kafka, topics, capture_server,
     many = make_request(0, id="many", to=[f"u{i}@example.com" for i in range(4)])
     at_limit = make_request(1, id="at-limit", to=[f"u{i}@example.com" for i in range(3)])
     big = make_request(2, id="big", text="x" * 3000)
-    kafka.produce(topics.requests, [many, at_limit, big])
+    kafka.produce(topics.requests, [many, at_limit, big])  # keyed by id
+    # The same without a key (as a producer that sets none would publish it).
+    kafka.produce(topics.requests, [json.dumps(big)], "--raw")
     worker(cfg(kafka, topics, server.url, smtp_starttls="off",
                request_max_recipients=3, request_max_bytes=2048))
-    wait_for(lambda: kafka.count(topics.results) >= 3, 60, "3 results", interval=0.5)
+    wait_for(lambda: kafka.count(topics.results) >= 4, 60, "4 results", interval=0.5)
     results = kafka.results(topics.results, timeout=20)
     final = final_by_id(results)
     assert final["at-limit"]["status"] == "sent"
+    assert "id_from" not in final["at-limit"]
     assert final["many"]["status"] == "rejected"
     assert "request.max.recipients (3)" in final["many"]["error"]
-    # Too large to be parsed, so its id is not read: the result has id null.
+    assert "id_from" not in final["many"]
+    # Too large to be parsed: the id is the Kafka key, and the result says so.
+    assert final["big"]["status"] == "rejected"
+    assert final["big"]["id_from"] == "key"
+    assert "request.max.bytes (2048)" in final["big"]["error"]
+    # With no key either, the result has id null.
     assert final[None]["status"] == "rejected"
+    assert "id_from" not in final[None]
     assert "request.max.bytes (2048)" in final[None]["error"]
     assert final[None]["source"]["offset"] is not None
-    assert kafka.count(topics.deadletter) == 2
+    assert kafka.count(topics.deadletter) == 3
+
+
+def test_subject_and_header_limits_reject_naming_field_and_setting_and_send_nothing(
+        kafka, topics, capture_server, worker):
+    """Defaults: subject 2048 bytes, header value and display name 4096 bytes (UTF-8)."""
+    server = capture_server()
+    reqs = [
+        make_request(0, id="subject-at", subject="é" * 1024),
+        make_request(1, id="subject-over", subject="é" * 1024 + "x"),
+        make_request(2, id="header-at", headers={"X-Tag": "h" * 4096}),
+        make_request(3, id="header-over", headers={"X-Tag": "h" * 4097}),
+        make_request(4, id="name-over", to=["n" * 4097 + " <n@example.com>"]),
+    ]
+    kafka.produce(topics.requests, reqs)
+    worker(cfg(kafka, topics, server.url, smtp_starttls="off"))
+    final = final_by_id(kafka.results(topics.results, wait=5, timeout=60))
+    assert final["subject-at"]["status"] == "sent"
+    assert final["header-at"]["status"] == "sent"
+    for rid, why in (("subject-over",
+                      "subject: 2049 bytes exceeds request.max.subject.bytes (2048)"),
+                     ("header-over",
+                      "headers.X-Tag: 4097 bytes exceeds request.max.header.bytes (4096)"),
+                     ("name-over",
+                      "to[0]: 4097 bytes exceeds request.max.header.bytes (4096)")):
+        assert final[rid]["status"] == "rejected", final[rid]
+        assert final[rid]["error"] == why
+    time.sleep(1)
+    mids = captured_mids(server.dir)
+    assert set(mids) == {final["subject-at"]["message_id"],
+                         final["header-at"]["message_id"]}, mids
 
 
 def test_limit_defaults_are_documented_in_help():
     out = run([binary("kafka-mailer"), "--help"], timeout=30, check=True).stdout
     for key, default in (("request.max.bytes", "4194304"),
                          ("request.max.recipients", "100"),
+                         ("request.max.subject.bytes", "2048"),
+                         ("request.max.header.bytes", "4096"),
                          ("smtp.tls.min.version", "1.2"),
                          ("smtp.tls.verify", "true")):
         line = next(l for l in out.splitlines() if f"  {key} (" in l)

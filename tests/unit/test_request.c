@@ -107,6 +107,75 @@ static void test_fixture_folders_hold_at_least_30_invalid_cases(void **state) {
         fixture_free_list(list, n);
 }
 
+static void test_a_kafka_key_is_an_id_by_the_id_rules(void **state) {
+        char longest[201], too_long[202];
+
+        (void)state;
+        memset(longest, 'a', 200);
+        longest[200] = '\0';
+        memset(too_long, 'a', 201);
+        too_long[201] = '\0';
+        assert_true(request_id_valid("order-17.reset", 14));
+        assert_true(request_id_valid(longest, 200));
+        assert_false(request_id_valid(too_long, 201));
+        assert_false(request_id_valid(NULL, 0));
+        assert_false(request_id_valid("", 0));
+        assert_false(request_id_valid("a b", 3));
+        assert_false(request_id_valid("a..b", 4));
+        assert_false(request_id_valid(".a", 2));
+        assert_false(request_id_valid("a\0b", 3));
+        assert_false(request_id_valid("caf\xc3\xa9", 5));
+}
+
+/* Parses a request whose subject, header value and display name are @n
+ * bytes each against limits of 40 bytes. */
+static struct mail_request *parse_sized(size_t subject, size_t header,
+                                        size_t display, char *err,
+                                        size_t err_size) {
+        static const struct request_limits small = {
+            .max_bytes = 16384,
+            .max_recipients = 10,
+            .max_subject_bytes = 40,
+            .max_header_bytes = 40,
+        };
+        char json[1024], s[200], h[200], d[200], id[64];
+
+        memset(s, 'S', subject);
+        s[subject] = '\0';
+        memset(h, 'H', header);
+        h[header] = '\0';
+        memset(d, 'D', display);
+        d[display] = '\0';
+        snprintf(json, sizeof(json),
+                 "{\"id\":\"l1\",\"from\":\"a@example.com\","
+                 "\"to\":[\"b@example.com\",\"%s <c@example.com>\"],"
+                 "\"subject\":\"%s\",\"headers\":{\"X-Tag\":\"%s\"},"
+                 "\"text\":\"x\"}",
+                 d, s, h);
+        return request_parse(json, strlen(json), &small, id, sizeof(id), err,
+                             err_size);
+}
+
+static void test_subject_header_and_display_name_limits_name_field_and_setting(
+    void **state) {
+        struct mail_request *req;
+        char err[256];
+
+        (void)state;
+        req = parse_sized(40, 40, 40, err, sizeof(err));
+        assert_non_null(req);
+        request_destroy(req);
+        assert_null(parse_sized(41, 10, 10, err, sizeof(err)));
+        assert_string_equal(err, "subject: 41 bytes exceeds "
+                                 "request.max.subject.bytes (40)");
+        assert_null(parse_sized(10, 41, 10, err, sizeof(err)));
+        assert_string_equal(err, "headers.X-Tag: 41 bytes exceeds "
+                                 "request.max.header.bytes (40)");
+        assert_null(parse_sized(10, 10, 41, err, sizeof(err)));
+        assert_string_equal(err, "to[1]: 41 bytes exceeds "
+                                 "request.max.header.bytes (40)");
+}
+
 static void test_full_request_fields_parsed(void **state) {
         const char *json =
                 "{\"v\":1,\"id\":\"r.1\",\"from\":\"Shop <no-reply@shop.example>\","
@@ -468,6 +537,9 @@ static void test_errstr_truncated_to_its_size(void **state) {
 int main(void) {
         static const struct CMUnitTest fixed[] = {
                 cmocka_unit_test(test_fixture_folders_hold_at_least_30_invalid_cases),
+                cmocka_unit_test(test_a_kafka_key_is_an_id_by_the_id_rules),
+            cmocka_unit_test(
+                    test_subject_header_and_display_name_limits_name_field_and_setting),
                 cmocka_unit_test(test_full_request_fields_parsed),
                 cmocka_unit_test(test_deadline_rfc3339_zone_offset_and_fraction),
                 cmocka_unit_test(test_deadline_absent_is_zero),

@@ -111,6 +111,28 @@ static void test_missing_id_code_and_metadata_are_null(void **state) {
         json_decref(o);
 }
 
+static void test_an_id_from_the_key_says_so(void **state) {
+        struct result_rec rec = base_rec();
+        json_t *o;
+
+        (void)state;
+        rec.status = RESULT_REJECTED;
+        rec.error = "request: 5000 bytes exceeds request.max.bytes (2048)";
+        o = format_and_parse(&rec);
+        assert_null(json_object_get(o, "id_from"));
+        json_decref(o);
+        rec.id_from_key = 1;
+        o = format_and_parse(&rec);
+        assert_string_equal(json_string_value(json_object_get(o, "id")), "7f3c");
+        assert_string_equal(json_string_value(json_object_get(o, "id_from")), "key");
+        json_decref(o);
+        rec.id = NULL; /* no id at all: nothing to say where it came from */
+        o = format_and_parse(&rec);
+        assert_true(json_is_null(json_object_get(o, "id")));
+        assert_null(json_object_get(o, "id_from"));
+        json_decref(o);
+}
+
 static void test_duplicate_names_the_earlier_request(void **state) {
         struct result_rec rec = base_rec();
         struct result_source dup = {"email.requests", 1, 99};
@@ -147,6 +169,7 @@ int main(void) {
             cmocka_unit_test(
                 test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
             cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
+            cmocka_unit_test(test_an_id_from_the_key_says_so),
             cmocka_unit_test(test_duplicate_names_the_earlier_request),
             cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
         };
