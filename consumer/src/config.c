@@ -165,6 +165,10 @@ static const struct config_key config_keys[] = {
             "longest wait for the answer to a commit: a routine one is then "
             "offered again, the one on revoke and SIGTERM given up (there also "
             "within shutdown.timeout.ms)"),
+        INT("stall.warn.ms", stall_warn_ms, "30000", 0, 3600000,
+            "requests held with nothing consumed, finished or committed for "
+            "this long: a warning with what the worker waits on, again every "
+            "such period, 0 = off"),
         INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
             "least gap between two fetch nudges, 0 = none, -1 = 50 on "
             "librdkafka before 2.2 and none from 2.2 on (operations.md)"),

@@ -93,6 +93,7 @@ struct config {
         /* requests */
         int request_max_bytes; /* request.max.bytes */
         int request_max_recipients; /* request.max.recipients */
+        int stall_warn_ms; /* stall.warn.ms */
         int request_max_subject_bytes; /* request.max.subject.bytes */
         int request_max_header_bytes; /* request.max.header.bytes */
         char *message_id_domain; /* message.id.domain, "" = the From domain */

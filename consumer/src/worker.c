@@ -46,6 +46,8 @@ struct worker_stats {
         uint64_t recalled; /* final outcomes read from the results topic */
         uint64_t recall_incomplete; /* partitions released before read fully */
         uint64_t commits_unanswered; /* async commits offered again unanswered */
+        uint64_t commits_answered; /* async commits Kafka confirmed */
+        uint64_t stalls; /* stall.warn.ms periods with work held, no progress */
 };
 
 /* The topics a worker consumes, in consumer_new()'s order. */
@@ -169,6 +171,10 @@ struct worker {
 
         loop_timer_t w_commit_timer;
         int64_t w_last_commit_ms;
+        /* Progress (worker_watch_progress()): the sum of the counters that
+         * move when work moves, and when it last changed. */
+        uint64_t w_progress_mark;
+        int64_t w_progress_ms;
         size_t w_with_deadline; /* live entries whose request has a deadline */
 
         volatile sig_atomic_t w_stop;
@@ -1095,6 +1101,7 @@ static void worker_on_commit(void *opaque,
                 worker_check_pressure(w);
                 return;
         }
+        w->w_stats.commits_answered++;
         for (int i = 0; i < offsets->cnt; i++) {
                 struct part *p = part_of_elem(w, offsets, i);
 
@@ -1257,9 +1264,58 @@ static void worker_expire_waiting(worker_t *w) {
         }
 }
 
+/* Warns when requests are held and nothing has moved (nothing consumed,
+ * finished or committed) for stall.warn.ms, with what the worker waits on,
+ * and again every such period while it lasts. */
+static void worker_watch_progress(worker_t *w) {
+        const struct worker_stats *st = &w->w_stats;
+        int64_t now = loop_now_ms(w->w_loop);
+        uint64_t mark = st->consumed + st->sent + st->failed + st->rejected +
+                        st->expired + st->handoffs + st->duplicates +
+                        st->commits_answered;
+        struct smtp_stats ss;
+        size_t held = 0;
+        int waiting_recall = 0;
+
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                held += w->w_held[t];
+        if (mark != w->w_progress_mark || held == 0 ||
+            w->w_conf->stall_warn_ms == 0) {
+                w->w_progress_mark = mark;
+                w->w_progress_ms = now;
+                return;
+        }
+        if (now - w->w_progress_ms < w->w_conf->stall_warn_ms)
+                return;
+        w->w_progress_ms = now;
+        w->w_stats.stalls++;
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                for (size_t i = 0; i < w->w_parts_size[t]; i++)
+                        waiting_recall += w->w_parts[t][i] && w->w_parts[t][i]->p_held;
+        smtp_client_stats(w->w_smtp, &ss);
+        LOG(LOG_WARN, "no progress for stall.warn.ms (%d ms) with requests held "
+            "inflight=%zu held=%zu limit=%zu paused=%d commit_out_ms=%lld "
+            "retry_inflight=%zu retry_held=%zu results_unacknowledged=%zu "
+            "smtp_sessions=%zu smtp_busy=%zu smtp_queued=%zu relay_healthy=%d "
+            "partitions_waiting_for_results_read=%d",
+            w->w_conf->stall_warn_ms, w->w_inflight[TOPIC_REQUESTS],
+            w->w_held[TOPIC_REQUESTS], w->w_limit[TOPIC_REQUESTS],
+            w->w_consumer[TOPIC_REQUESTS]
+                ? consumer_paused(w->w_consumer[TOPIC_REQUESTS], 0)
+                : 0,
+            w->w_commit_sent_ms[TOPIC_REQUESTS]
+                ? (long long)(now - w->w_commit_sent_ms[TOPIC_REQUESTS])
+                : -1LL,
+            w->w_topic_cnt > TOPIC_RETRY ? w->w_inflight[TOPIC_RETRY] : 0,
+            w->w_topic_cnt > TOPIC_RETRY ? w->w_held[TOPIC_RETRY] : 0,
+            results_pending(w->w_results), ss.sessions_open, ss.sessions_busy,
+            ss.jobs_queued, ss.relay_healthy, waiting_recall);
+}
+
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
+        worker_watch_progress(w);
         w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
@@ -1518,6 +1574,10 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        "read to its end (dedupe.recall.timeout.ms, "
                        "dedupe.capacity)",
                        NULL, (double)st->recall_incomplete);
+        metrics_sample(out, "kafka_mailer_stalls_total", "counter",
+                       "stall.warn.ms periods in which requests were held and "
+                       "nothing was consumed, finished or committed",
+                       NULL, (double)st->stalls);
         metrics_sample(out, "kafka_mailer_commits_unanswered_total", "counter",
                        "offset commits not answered within commit.timeout.ms; "
                        "what they carried was offered again",

@@ -200,6 +200,26 @@ def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
     assert max(captured_mids(server.dir).values()) == 1, "nothing sent twice"
 
 
+def test_a_worker_with_nothing_moving_says_what_it_waits_on_every_stall_warn_ms(
+        kafka, servers, worker):
+    """A relay that accepts connections and never answers: the five requests wait in
+    a session greeting that never comes. Nothing is consumed, finished or committed,
+    so every stall.warn.ms the worker warns, naming what it holds and waits on."""
+    topics = Topics.new(partitions=1).create(kafka)
+    silent = start_silent(servers)
+    kafka.produce(topics.requests, make_requests(5))
+    w = worker(cfg(kafka, topics, f"smtp://127.0.0.1:{silent.port}", stall_warn_ms=1500,
+                   smtp_timeout_connect_ms=60000, smtp_timeout_command_ms=60000))
+    w.wait_log("results read at assignment", timeout=30)
+    wait_for(lambda: w.log().count("no progress for stall.warn.ms (1500 ms)") >= 2, 30,
+             "two stall warnings")
+    line = next(x for x in w.log().splitlines() if "no progress for stall.warn.ms" in x)
+    for field in ("inflight=5", "held=5", "results_unacknowledged=0", "smtp_queued=5",
+                  "partitions_waiting_for_results_read=0"):
+        assert field in line, line
+    assert kafka.count(topics.results) == 0
+
+
 def test_sigterm_with_kafka_away_exits_within_the_shutdown_timeout(
         own_kafka, capture_server, worker):
     """Kafka is stopped, then the worker gets SIGTERM: its last commits cannot be
