@@ -91,6 +91,11 @@ static const struct config_key config_keys[] = {
              "pipeline MAIL/RCPT/DATA when the relay offers PIPELINING"),
         INT("smtp.sessions.max", smtp_sessions_max, "100", 1, 20000,
             "most SMTP sessions open to the relay at once"),
+        INT("smtp.transaction.max.recipients", smtp_transaction_max_recipients,
+            "1000", 1, 100000,
+            "most recipients in one SMTP transaction: a request with more is "
+            "sent in several (a relay that answers 452 to a RCPT gets the rest "
+            "in the next one at once)"),
         INT("smtp.session.max.messages", smtp_session_max_messages, "1000", 1,
             1000000, "messages sent on one session before it is closed"),
         INT("smtp.session.idle.ms", smtp_session_idle_ms, "10000", 100, 3600000,

@@ -794,6 +794,10 @@ char *results_format(const struct result_rec *rec, const char *relay,
                 jb_lit(&b, ",\"id_from\":\"key\"");
         jb_lit(&b, ",\"status\":\"");
         jb_lit(&b, result_status_name(rec->status));
+        jb_lit(&b, "\",\"delivered\":\"");
+        jb_lit(&b, rec->delivered ? rec->delivered
+                   : rec->status == RESULT_SENT ? "all"
+                                                : "none");
         jb_lit(&b, "\",\"attempts\":");
         jb_int(&b, rec->attempts);
         jb_lit(&b, ",\"smtp_code\":");
@@ -812,6 +816,10 @@ char *results_format(const struct result_rec *rec, const char *relay,
         if (rec->failed_recipients) {
                 jb_lit(&b, ",\"failed_recipients\":");
                 jb_json(&b, rec->failed_recipients);
+        }
+        if (rec->recipients) {
+                jb_lit(&b, ",\"recipients\":");
+                jb_json(&b, rec->recipients);
         }
         if (rec->duplicate_of) {
                 jb_lit(&b, ",\"duplicate\":true,\"duplicate_of\":");

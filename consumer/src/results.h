@@ -55,6 +55,12 @@ struct result_rec {
         const char *message_id;
         const char *error; /* reason for failed/rejected/expired */
         json_t *failed_recipients; /* borrowed, NULL when none */
+        /* Per recipient (borrowed, NULL: every recipient has the request's
+         * status). */
+        json_t *recipients;
+        /* "all", "some" or "none" of the recipients got the message; NULL:
+         * "all" when sent, else "none". */
+        const char *delivered;
         struct result_source source;
         int64_t request_ts_ms; /* Kafka timestamp of the request, 0 unknown */
         int64_t received_ms; /* wall clock when consumed */

@@ -364,13 +364,16 @@ static void job_add_rcpt_failure(struct smtp_job *job, size_t idx, int code,
                 job->rcpt_failures =
                     calloc(job->rcpt_cnt, sizeof(*job->rcpt_failures));
                 if (!job->rcpt_failures)
-                        return;
+                        abort(); /* a refusal lost would count as accepted */
                 job->rcpt_failure_cnt = 0;
         }
         f = &job->rcpt_failures[job->rcpt_failure_cnt];
         f->rcpt = strdup(job->rcpts[idx]);
+        f->index = idx;
         f->code = code;
         f->reply = strdup(text);
+        if (!f->rcpt || !f->reply)
+                abort();
         job->rcpt_failure_cnt++;
 }
 

@@ -34,7 +34,8 @@
 typedef struct smtp_client smtp_client_t;
 
 enum smtp_outcome {
-        SMTP_OK = 0, /* 2xx to the final "." (some recipients may have failed) */
+        SMTP_OK = 0, /* 2xx to the final "." (some recipients may have been
+                        refused: rcpt_failures) */
         SMTP_PERMANENT, /* 5xx to MAIL, to every RCPT, to DATA or to the final
                            "."; or, with code 0, refused before MAIL because
                            of what the relay advertised (no SMTPUTF8 for a
@@ -42,9 +43,10 @@ enum smtp_outcome {
         SMTP_TRANSIENT, /* 4xx, timeout, disconnect or I/O error in the transaction */
 };
 
-/* A failed recipient of a message that was otherwise sent. */
+/* A recipient the relay refused (RCPT answered 4xx or 5xx). */
 struct smtp_rcpt_failure {
         char *rcpt;
+        size_t index; /* in the job's rcpts */
         int code;
         char *reply;
 };
@@ -71,7 +73,10 @@ struct smtp_job {
         enum smtp_outcome outcome;
         int code; /* SMTP reply code of the deciding reply, 0 when none */
         char reply[512]; /* its text ("2.0.0 Ok: queued as X"), or an error */
-        struct smtp_rcpt_failure *rcpt_failures; /* freed by smtp_job_reset() */
+        /* Every recipient the relay refused, whatever the outcome (a
+         * refusal of all of them ends the transaction before DATA); freed
+         * by smtp_job_reset(). */
+        struct smtp_rcpt_failure *rcpt_failures;
         size_t rcpt_failure_cnt;
 
         /* private to smtp.c */

@@ -92,6 +92,20 @@ struct part {
 
 /* One request from consume to acknowledged result (or hand-over to the retry
  * topic). */
+/* Where one envelope recipient of a request stands. */
+enum rcpt_status {
+        RCPT_PENDING = 0, /* to be sent (again: its last refusal was 4xx) */
+        RCPT_SENT, /* in a transaction the relay accepted */
+        RCPT_FAILED, /* refused for good (5xx), or out of tries */
+};
+
+struct rcpt_state {
+        enum rcpt_status st;
+        int code; /* the reply that decided it (last one while pending) */
+        char *reply; /* its text, NULL when none */
+        int in_job; /* in the transaction being answered (entry_rcpts_apply) */
+};
+
 struct entry {
         struct entry *e_next; /* every live entry */
         struct entry *e_prev;
@@ -113,6 +127,15 @@ struct entry {
         struct mail_request *e_req;
         struct message *e_msg;
         struct smtp_job e_job;
+        /* Per recipient, in e_msg->rcpts order: NULL while every recipient
+         * goes in each transaction and none has an outcome of its own (one
+         * transaction for all, the common case). */
+        struct rcpt_state *e_rcpts;
+        const char **e_job_rcpts; /* the current transaction's recipients */
+        size_t *e_job_idx; /* their indexes in e_msg->rcpts */
+        /* Final recipients read from a retry record, applied once the
+         * message is built. */
+        json_t *e_retry_rcpts;
         loop_timer_t e_timer;
         int32_t e_origin_partition; /* where the request was first consumed */
         int64_t e_origin_offset;
@@ -385,6 +408,13 @@ static void entry_destroy(struct entry *e, int done) {
         if (e->e_sent_unacked)
                 w->w_sent_unacked--;
         smtp_job_reset(&e->e_job);
+        if (e->e_rcpts)
+                for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++)
+                        free(e->e_rcpts[i].reply);
+        free(e->e_rcpts);
+        free(e->e_job_rcpts);
+        free(e->e_job_idx);
+        json_decref(e->e_retry_rcpts);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
         free(e->e_raw);
@@ -513,24 +543,216 @@ static void entry_release(struct entry *e) {
         }
 }
 
-/* ---- final results ---- */
+/* ---- recipients ---- */
 
-static json_t *entry_failed_rcpts(const struct smtp_job *job) {
-        json_t *arr;
+static void rcpt_set(struct rcpt_state *r, enum rcpt_status st, int code,
+                     const char *reply) {
+        char *copy = NULL;
 
-        if (job->rcpt_failure_cnt == 0)
+        if (reply && reply[0]) {
+                copy = strdup(reply);
+                if (!copy)
+                        abort();
+        }
+        free(r->reply);
+        r->st = st;
+        r->code = code;
+        r->reply = copy;
+}
+
+/* Gives @e per-recipient state, every recipient pending. A transaction
+ * under way had every recipient, in order. */
+static void entry_rcpts_init(struct entry *e) {
+        size_t n = e->e_msg->rcpt_cnt;
+
+        if (e->e_rcpts)
+                return;
+        e->e_rcpts = calloc(n, sizeof(*e->e_rcpts));
+        e->e_job_rcpts = calloc(n, sizeof(*e->e_job_rcpts));
+        e->e_job_idx = calloc(n, sizeof(*e->e_job_idx));
+        if (!e->e_rcpts || !e->e_job_rcpts || !e->e_job_idx)
+                abort();
+        for (size_t i = 0; i < n; i++)
+                e->e_job_idx[i] = i;
+}
+
+/* @returns how many recipients of @e have no final outcome yet. */
+static size_t entry_rcpts_pending(const struct entry *e) {
+        size_t n = 0;
+
+        if (!e->e_rcpts)
+                return e->e_msg->rcpt_cnt;
+        for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++)
+                n += e->e_rcpts[i].st == RCPT_PENDING;
+        return n;
+}
+
+/* Puts the next transaction's recipients in e_job: those pending, at most
+ * smtp.transaction.max.recipients. */
+static void entry_rcpts_to_job(struct entry *e) {
+        size_t max = (size_t)e->e_worker->w_conf->smtp_transaction_max_recipients;
+        size_t m = 0;
+
+        if (!e->e_rcpts && e->e_msg->rcpt_cnt <= max) {
+                e->e_job.rcpts = (const char *const *)e->e_msg->rcpts;
+                e->e_job.rcpt_cnt = e->e_msg->rcpt_cnt;
+                return;
+        }
+        entry_rcpts_init(e);
+        for (size_t i = 0; i < e->e_msg->rcpt_cnt && m < max; i++) {
+                if (e->e_rcpts[i].st != RCPT_PENDING)
+                        continue;
+                e->e_job_rcpts[m] = e->e_msg->rcpts[i];
+                e->e_job_idx[m] = i;
+                m++;
+        }
+        e->e_job.rcpts = e->e_job_rcpts;
+        e->e_job.rcpt_cnt = m;
+}
+
+/* Applies @job's outcome to each of its recipients: a 5xx refusal of its
+ * RCPT is final and a 4xx one leaves it pending; the others share the
+ * transaction's outcome (sent; refused for good; pending after a temporary
+ * failure). @returns whether the rest can go in the next transaction at
+ * once: the relay accepted the message, and every recipient it left
+ * pending was refused with 452, too many recipients (RFC 5321
+ * 4.5.3.1.10), or was not in this transaction. */
+static int entry_rcpts_apply(struct entry *e, const struct smtp_job *job) {
+        int all_452 = 1;
+
+        entry_rcpts_init(e);
+        for (size_t k = 0; k < job->rcpt_cnt; k++)
+                e->e_rcpts[e->e_job_idx[k]].in_job = 1;
+        for (size_t i = 0; i < job->rcpt_failure_cnt; i++) {
+                const struct smtp_rcpt_failure *f = &job->rcpt_failures[i];
+                struct rcpt_state *r;
+
+                if (f->index >= job->rcpt_cnt)
+                        continue;
+                r = &e->e_rcpts[e->e_job_idx[f->index]];
+                r->in_job = 0;
+                if (f->code / 100 == 5) {
+                        rcpt_set(r, RCPT_FAILED, f->code, f->reply);
+                } else {
+                        rcpt_set(r, RCPT_PENDING, f->code, f->reply);
+                        if (f->code != 452)
+                                all_452 = 0;
+                }
+        }
+        for (size_t k = 0; k < job->rcpt_cnt; k++) {
+                struct rcpt_state *r = &e->e_rcpts[e->e_job_idx[k]];
+
+                if (!r->in_job)
+                        continue;
+                r->in_job = 0;
+                switch (job->outcome) {
+                case SMTP_OK:
+                        rcpt_set(r, RCPT_SENT, job->code, job->reply);
+                        break;
+                case SMTP_PERMANENT:
+                        rcpt_set(r, RCPT_FAILED, job->code, job->reply);
+                        break;
+                case SMTP_TRANSIENT:
+                        rcpt_set(r, RCPT_PENDING, job->code, job->reply);
+                        all_452 = 0;
+                        break;
+                }
+        }
+        return job->outcome == SMTP_OK && all_452;
+}
+
+/* Marks what @e's retry record says is final (recipient index and address
+ * must match the request's), after its message is built. */
+static void entry_rcpts_from_retry(struct entry *e) {
+        json_t *it;
+        size_t i;
+
+        if (!e->e_retry_rcpts)
+                return;
+        json_array_foreach(e->e_retry_rcpts, i, it) {
+                json_int_t idx = json_integer_value(json_object_get(it, "index"));
+                const char *addr = json_string_value(json_object_get(it, "recipient"));
+                const char *st = json_string_value(json_object_get(it, "status"));
+
+                if (!addr || !st || idx < 0 || (size_t)idx >= e->e_msg->rcpt_cnt ||
+                    strcmp(e->e_msg->rcpts[idx], addr) != 0)
+                        continue;
+                entry_rcpts_init(e);
+                rcpt_set(&e->e_rcpts[idx],
+                         strcmp(st, "sent") == 0 ? RCPT_SENT : RCPT_FAILED,
+                         (int)json_integer_value(json_object_get(it, "smtp_code")),
+                         json_string_value(json_object_get(it, "smtp_reply")));
+        }
+        json_decref(e->e_retry_rcpts);
+        e->e_retry_rcpts = NULL;
+}
+
+/* @returns @e's recipients with a final outcome, for its retry record
+ * (NULL when none). */
+static json_t *entry_rcpts_final_json(const struct entry *e) {
+        json_t *arr = NULL;
+
+        if (!e->e_rcpts)
                 return NULL;
-        arr = json_array();
-        for (size_t i = 0; i < job->rcpt_failure_cnt; i++)
+        for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++) {
+                const struct rcpt_state *r = &e->e_rcpts[i];
+
+                if (r->st == RCPT_PENDING)
+                        continue;
+                if (!arr)
+                        arr = json_array();
                 json_array_append_new(
-                    arr, json_pack("{s:s, s:i, s:s}", "recipient",
-                                   job->rcpt_failures[i].rcpt, "smtp_code",
-                                   job->rcpt_failures[i].code, "smtp_reply",
-                                   job->rcpt_failures[i].reply
-                                       ? job->rcpt_failures[i].reply
-                                       : ""));
+                    arr, json_pack("{s:I, s:s, s:s, s:i, s:s}", "index",
+                                   (json_int_t)i, "recipient", e->e_msg->rcpts[i],
+                                   "status", r->st == RCPT_SENT ? "sent" : "failed",
+                                   "smtp_code", r->code, "smtp_reply",
+                                   r->reply ? r->reply : ""));
+        }
         return arr;
 }
+
+/* Fills @rec's recipient fields from @e: "delivered", and with
+ * per-recipient state "recipients" and "failed_recipients" (new
+ * references in *@all, *@failed; NULL when none). A recipient still pending
+ * takes the request's final status. */
+static void entry_rcpts_result(const struct entry *e, struct result_rec *rec,
+                               json_t **all, json_t **failed) {
+        size_t sent = 0, n = e->e_msg ? e->e_msg->rcpt_cnt : 0;
+
+        *all = NULL;
+        *failed = NULL;
+        if (!e->e_rcpts) {
+                rec->delivered = rec->status == RESULT_SENT ? "all" : "none";
+                return;
+        }
+        *all = json_array();
+        for (size_t i = 0; i < n; i++) {
+                const struct rcpt_state *r = &e->e_rcpts[i];
+                const char *st = r->st == RCPT_SENT     ? "sent"
+                                 : r->st == RCPT_FAILED ? "failed"
+                                                        : result_status_name(rec->status);
+                json_t *o = json_pack("{s:s, s:s}", "recipient", e->e_msg->rcpts[i],
+                                      "status", st);
+
+                json_object_set_new(o, "smtp_code",
+                                    r->code ? json_integer(r->code) : json_null());
+                json_object_set_new(o, "smtp_reply",
+                                    r->reply ? json_string(r->reply) : json_null());
+                if (r->st == RCPT_SENT) {
+                        sent++;
+                } else if (rec->status == RESULT_SENT) {
+                        if (!*failed)
+                                *failed = json_array();
+                        json_array_append(*failed, o);
+                }
+                json_array_append_new(*all, o);
+        }
+        rec->delivered = sent == n ? "all" : sent > 0 ? "some" : "none";
+        rec->recipients = *all;
+        rec->failed_recipients = *failed;
+}
+
+/* ---- final results ---- */
 
 /* Publishes the final result of @e and of the requests following it.
  * @code/@reply: the deciding SMTP reply (0/NULL when none); @error: why it
@@ -540,7 +762,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         worker_t *w = e->e_worker;
         struct result_rec rec;
         struct dedupe_done done;
-        json_t *failed = NULL;
+        json_t *all = NULL, *failed = NULL;
         struct entry *f;
 
         memset(&rec, 0, sizeof(rec));
@@ -551,9 +773,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.smtp_reply = reply;
         rec.message_id = e->e_msg ? e->e_msg->message_id : NULL;
         rec.error = error;
-        if (status == RESULT_SENT)
-                failed = entry_failed_rcpts(&e->e_job);
-        rec.failed_recipients = failed;
+        entry_rcpts_result(e, &rec, &all, &failed);
         rec.source.topic = w->w_conf->topic_requests;
         rec.source.partition = e->e_origin_partition;
         rec.source.offset = e->e_origin_offset;
@@ -584,6 +804,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
         results_publish(w->w_results, &rec, e);
+        json_decref(all);
         json_decref(failed);
 
         if (!e->e_leader)
@@ -655,6 +876,12 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
                       "last_smtp_reply", reply ? reply : "");
         if (!o)
                 abort();
+        if (e->e_rcpts) {
+                json_t *done = entry_rcpts_final_json(e);
+
+                if (done)
+                        json_object_set_new(o, "recipients", done);
+        }
         value = json_dumps(o, JSON_COMPACT);
         json_decref(o);
         if (!value)
@@ -695,6 +922,44 @@ static void entry_on_timer(loop_t *loop, void *opaque) {
         entry_start(e);
 }
 
+/* Publishes @e as failed after @job, the last transaction: @why, or the
+ * relay's permanent refusal, or the worker's own reason when the relay was
+ * not asked (code 0: SIZE, SMTPUTF8). */
+static void entry_finish_failed(struct entry *e, const struct smtp_job *job,
+                                const char *why) {
+        if (why)
+                entry_finish(e, RESULT_FAILED, job->code, job->reply, why);
+        else if (job->code == 0)
+                entry_finish(e, RESULT_FAILED, 0, NULL, job->reply);
+        else
+                entry_finish(e, RESULT_FAILED, job->code, job->reply,
+                             "permanent SMTP rejection");
+}
+
+/* Publishes @e from its recipients' outcomes once none is to be tried
+ * again (@why: why those still pending are not): sent when any recipient
+ * got it, with the reply that accepted the last of them. */
+static void entry_finish_rcpts(struct entry *e, const struct smtp_job *job,
+                               const char *why) {
+        const struct rcpt_state *last_sent = NULL;
+
+        if (e->e_rcpts) {
+                for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++) {
+                        struct rcpt_state *r = &e->e_rcpts[i];
+
+                        if (r->st == RCPT_PENDING)
+                                r->st = RCPT_FAILED; /* with its last reply */
+                        else if (r->st == RCPT_SENT)
+                                last_sent = r;
+                }
+        }
+        if (last_sent)
+                entry_finish(e, RESULT_SENT, last_sent->code, last_sent->reply,
+                             NULL);
+        else
+                entry_finish_failed(e, job, why);
+}
+
 static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         struct entry *e = job->opaque;
         worker_t *w = opaque;
@@ -704,21 +969,35 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         char why[128];
 
         e->e_attempts++;
-        switch (job->outcome) {
-        case SMTP_OK:
-                entry_finish(e, RESULT_SENT, job->code, job->reply, NULL);
-                return;
-        case SMTP_PERMANENT:
-                if (job->code == 0)
-                        /* Refused before the relay was asked (SIZE,
-                         * SMTPUTF8): the reason is the worker's own. */
-                        entry_finish(e, RESULT_FAILED, 0, NULL, job->reply);
-                else
-                        entry_finish(e, RESULT_FAILED, job->code, job->reply,
-                                     "permanent SMTP rejection");
-                return;
-        case SMTP_TRANSIENT:
-                break;
+        if (!e->e_rcpts && job->rcpt_failure_cnt == 0 &&
+            job->rcpt_cnt == e->e_msg->rcpt_cnt) {
+                /* Every recipient in one transaction, none refused on its
+                 * own: they all share its outcome. */
+                switch (job->outcome) {
+                case SMTP_OK:
+                        entry_finish(e, RESULT_SENT, job->code, job->reply, NULL);
+                        return;
+                case SMTP_PERMANENT:
+                        entry_finish_failed(e, job, NULL);
+                        return;
+                case SMTP_TRANSIENT:
+                        break;
+                }
+        } else {
+                int next_at_once = entry_rcpts_apply(e, job);
+
+                if (entry_rcpts_pending(e) == 0) {
+                        entry_finish_rcpts(e, job, NULL);
+                        return;
+                }
+                if (next_at_once && !e->e_part->p_revoked) {
+                        /* The relay took what it could in this one: the
+                         * rest goes in the next transaction at once, on the
+                         * same try. */
+                        e->e_attempts--;
+                        entry_start(e);
+                        return;
+                }
         }
         if (e->e_part->p_revoked) {
                 /* Its partition is someone else's already: the next owner
@@ -730,7 +1009,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         if (e->e_attempts >= conf->retry_attempts_max) {
                 snprintf(why, sizeof(why), "retries exhausted after %d attempts",
                          e->e_attempts);
-                entry_finish(e, RESULT_FAILED, job->code, job->reply, why);
+                entry_finish_rcpts(e, job, why);
                 return;
         }
         backoff = worker_backoff_ms(conf, e->e_attempts);
@@ -738,7 +1017,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 snprintf(why, sizeof(why),
                          "retry window of %d ms passed after %d attempts",
                          conf->retry_window_ms, e->e_attempts);
-                entry_finish(e, RESULT_FAILED, job->code, job->reply, why);
+                entry_finish_rcpts(e, job, why);
                 return;
         }
         w->w_stats.retries++;
@@ -780,6 +1059,12 @@ static void entry_start(struct entry *e) {
                 return;
         }
         smtp_job_reset(&e->e_job);
+        if (e->e_rcpts && entry_rcpts_pending(e) == 0) {
+                /* A retry record whose every recipient was final. */
+                entry_finish_rcpts(e, &e->e_job, "no recipient left to try");
+                return;
+        }
+        entry_rcpts_to_job(e);
         e->e_state = ENTRY_SENDING;
         smtp_client_submit(w->w_smtp, &e->e_job);
 }
@@ -870,6 +1155,7 @@ static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
         const char *rid = NULL, *req = NULL;
         size_t req_len = 0;
         json_int_t attempts = 0, due = 0, first = 0, ts = 0, part = 0, off = 0;
+        json_t *rcpts = NULL;
         int ret = -1;
 
         o = json_loadb(m->payload, m->len, 0, &jerr);
@@ -878,10 +1164,11 @@ static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
                          jerr.text);
                 return -1;
         }
-        if (json_unpack_ex(o, &jerr, 0, "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o}",
+        if (json_unpack_ex(o, &jerr, 0, "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o, s?o}",
                            "id", &rid, "request", &req, &req_len, "attempts",
                            &attempts, "due_ms", &due, "first_received_ms", &first,
-                           "request_ts_ms", &ts, "source", &src) ||
+                           "request_ts_ms", &ts, "source", &src, "recipients",
+                           &rcpts) ||
             json_unpack_ex(src, &jerr, 0, "{s:I, s:I}", "partition", &part,
                            "offset", &off) ||
             attempts < 0 || attempts > 1000 || part < 0 || part > INT32_MAX ||
@@ -902,6 +1189,8 @@ static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
         e->e_request_ts_ms = ts;
         e->e_origin_partition = (int32_t)part;
         e->e_origin_offset = off;
+        if (json_is_array(rcpts))
+                e->e_retry_rcpts = json_incref(rcpts);
         ret = 0;
 out:
         json_decref(o);
@@ -976,8 +1265,7 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
                 goto out;
         }
         e->e_job.mail_from = e->e_msg->mail_from;
-        e->e_job.rcpts = (const char *const *)e->e_msg->rcpts;
-        e->e_job.rcpt_cnt = e->e_msg->rcpt_cnt;
+        entry_rcpts_from_retry(e);
         e->e_job.data = e->e_msg->data;
         e->e_job.data_len = e->e_msg->data_len;
         e->e_job.opaque = e;

@@ -460,6 +460,113 @@ def test_deadline_passing_while_retrying_gives_expired_and_nothing_is_sent(
     assert healthy.count() == 0
 
 
+# --- recipients: each one delivered or finally refused ---------------------------------
+
+def deliveries(server):
+    """recipient -> how many messages the capture server stored for it."""
+    out = {}
+    for m in server.messages():
+        for r in m.meta["rcpt_tos"]:
+            out[r] = out.get(r, 0) + 1
+    return out
+
+
+def test_a_recipient_deferred_on_its_first_tries_gets_the_mail_later_the_other_once(
+        kafka, capture_server, worker):
+    """The relay answers 451 to one recipient's RCPT three times: the other recipient
+    is accepted in the first transaction and not sent to again; the deferred one is
+    retried alone, with backoff, until accepted."""
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--tempfail-rcpt", "slow@:3"])
+    kafka.produce(topics.requests, [make_request(0, id="two", to=["ok@example.com",
+                                                                  "slow@example.com"])])
+    worker(cfg(kafka, topics, server.url, retry_backoff_initial_ms=100,
+               retry_backoff_max_ms=300, retry_jitter_percent=0))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "sent" and r["delivered"] == "all", r
+    assert r["attempts"] == 4, r
+    assert {x["recipient"]: x["status"] for x in r["recipients"]} == {
+        "ok@example.com": "sent", "slow@example.com": "sent"}
+    assert "failed_recipients" not in r
+    time.sleep(1)
+    assert deliveries(server) == {"ok@example.com": 1, "slow@example.com": 1}
+    assert len(set(captured_mids(server.dir))) == 1, "one Message-ID for both"
+
+
+def test_250_recipients_to_a_relay_that_takes_100_go_in_three_transactions(
+        kafka, capture_server, worker):
+    """A relay that answers 452 (too many recipients) past 100 RCPTs: the rest goes
+    in the next transaction at once, on the same try, each recipient once."""
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--max-rcpts", "100"])
+    rcpts = [f"u{i}@example.com" for i in range(250)]
+    kafka.produce(topics.requests, [make_request(0, id="many", to=rcpts[:100],
+                                                 cc=rcpts[100:200], bcc=rcpts[200:])])
+    worker(cfg(kafka, topics, server.url, request_max_recipients=300))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "sent" and r["delivered"] == "all", r
+    assert r["attempts"] == 1, r
+    assert [len(m.meta["rcpt_tos"]) for m in server.wait_messages(3)] == [100, 100, 50]
+    time.sleep(1)
+    assert server.count() == 3
+    assert deliveries(server) == {a: 1 for a in rcpts}
+
+
+def test_smtp_transaction_max_recipients_splits_a_request(kafka, capture_server, worker):
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server()
+    rcpts = [f"u{i}@example.com" for i in range(7)]
+    kafka.produce(topics.requests, [make_request(0, id="split", to=rcpts)])
+    worker(cfg(kafka, topics, server.url, smtp_transaction_max_recipients=3))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["delivered"] == "all" and r["attempts"] == 1, r
+    assert [len(m.meta["rcpt_tos"]) for m in server.wait_messages(3)] == [3, 3, 1]
+    assert deliveries(server) == {a: 1 for a in rcpts}
+
+
+def test_a_deferred_recipient_handed_to_the_retry_topic_is_the_only_one_sent_again(
+        kafka, capture_server, worker):
+    """With no local retry window, the deferred recipient goes through the retry topic;
+    its record says who has the mail already, so only the deferred one is sent again."""
+    needs_retry_topic()
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--tempfail-rcpt", "slow@:2"])
+    kafka.produce(topics.requests, [make_request(0, id="via-retry", to=[
+        "ok@example.com", "slow@example.com", "also@example.com"])])
+    worker(cfg(kafka, topics, server.url, retry_local_window_ms=0,
+               retry_backoff_initial_ms=100, retry_backoff_max_ms=300))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "sent" and r["delivered"] == "all", r
+    assert kafka.count(topics.retry) >= 1
+    time.sleep(1)
+    assert deliveries(server) == {"ok@example.com": 1, "slow@example.com": 1,
+                                  "also@example.com": 1}
+
+
+def test_some_recipients_refused_for_good_or_out_of_tries_gives_sent_to_some(
+        kafka, capture_server, worker):
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(reject_rcpt="bad@", extra=["--tempfail-rcpt", "slow@:100"])
+    kafka.produce(topics.requests, [make_request(0, id="mixed", to=[
+        "ok@example.com", "bad@example.com", "slow@example.com"])])
+    worker(cfg(kafka, topics, server.url, retry_attempts_max=3,
+               retry_backoff_initial_ms=100, retry_backoff_max_ms=200))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "sent" and r["delivered"] == "some", r
+    assert r["attempts"] == 3
+    by = {x["recipient"]: x for x in r["recipients"]}
+    assert by["ok@example.com"]["status"] == "sent"
+    assert by["ok@example.com"]["smtp_code"] == 250
+    assert (by["bad@example.com"]["status"], by["bad@example.com"]["smtp_code"]) == (
+        "failed", 550)
+    assert (by["slow@example.com"]["status"], by["slow@example.com"]["smtp_code"]) == (
+        "failed", 451)
+    assert sorted(x["recipient"] for x in r["failed_recipients"]) == [
+        "bad@example.com", "slow@example.com"]
+    time.sleep(1)
+    assert deliveries(server) == {"ok@example.com": 1}
+
+
 # --- duplicate suppression ------------------------------------------------------------------
 
 def test_the_same_id_published_twice_is_sent_once_with_two_results(

@@ -69,8 +69,32 @@ static void test_sent_result_has_every_v1_field(void **state) {
         assert_string_equal(json_string_value(json_object_get(o, "worker")), "host-1");
         assert_true(json_equal(json_object_get(o, "metadata"), meta));
         assert_null(json_object_get(o, "duplicate"));
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "all");
+        assert_null(json_object_get(o, "recipients"));
         json_decref(o);
         json_decref(meta);
+}
+
+static void test_delivered_and_recipients(void **state) {
+        struct result_rec rec = base_rec();
+        json_t *all = json_pack("[{s:s, s:s}, {s:s, s:s}]", "recipient", "a@x.example",
+                                "status", "sent", "recipient", "b@x.example",
+                                "status", "failed");
+        json_t *o;
+
+        (void)state;
+        rec.status = RESULT_FAILED;
+        o = format_and_parse(&rec); /* no per-recipient state */
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "none");
+        json_decref(o);
+        rec.status = RESULT_SENT;
+        rec.recipients = all;
+        rec.delivered = "some";
+        o = format_and_parse(&rec);
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "some");
+        assert_true(json_equal(json_object_get(o, "recipients"), all));
+        json_decref(o);
+        json_decref(all);
 }
 
 static void test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json(
@@ -170,6 +194,7 @@ int main(void) {
                 test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
             cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
             cmocka_unit_test(test_an_id_from_the_key_says_so),
+            cmocka_unit_test(test_delivered_and_recipients),
             cmocka_unit_test(test_duplicate_names_the_earlier_request),
             cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
         };
