@@ -43,6 +43,7 @@ struct results_stats {
         unsigned long rs_failed;
         unsigned long rs_rejected;
         unsigned long rs_expired;
+        unsigned long rs_delivered[3]; /* "delivered": all, some, none */
         unsigned long rs_other;
         unsigned long rs_invalid;  /* not a JSON object */
         unsigned long rs_no_id;
@@ -234,7 +235,15 @@ static int results_count(struct results_stats *rs, json_t *obj) {
         json_t *lat = json_object_get(obj, "latency_ms");
         int final = 1;
 
+        const char *delivered = json_string_value(json_object_get(obj, "delivered"));
+
         rs->rs_total++;
+        if (delivered && strcmp(delivered, "all") == 0)
+                rs->rs_delivered[0]++;
+        else if (delivered && strcmp(delivered, "some") == 0)
+                rs->rs_delivered[1]++;
+        else if (delivered && strcmp(delivered, "none") == 0)
+                rs->rs_delivered[2]++;
         if (status == NULL) {
                 rs->rs_other++;
                 final = 0;
@@ -299,6 +308,8 @@ static void results_summary(struct results_stats *rs) {
                "other=%lu\n",
                rs->rs_total, rs->rs_sent, rs->rs_failed, rs->rs_rejected,
                rs->rs_expired, rs->rs_other);
+        printf("delivered all=%lu some=%lu none=%lu\n", rs->rs_delivered[0],
+               rs->rs_delivered[1], rs->rs_delivered[2]);
         printf("ids=%zu final_ids=%zu duplicates=%lu no_id=%lu invalid=%lu\n",
                ids, tool_idset_count(rs->rs_final_ids),
                rs->rs_with_id - (unsigned long)ids, rs->rs_no_id,

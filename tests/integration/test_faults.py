@@ -563,6 +563,7 @@ def test_some_recipients_refused_for_good_or_out_of_tries_gives_sent_to_some(
         "failed", 451)
     assert sorted(x["recipient"] for x in r["failed_recipients"]) == [
         "bad@example.com", "slow@example.com"]
+    assert "delivered all=0 some=1 none=0" in kafka.results_summary(topics.results)
     time.sleep(1)
     assert deliveries(server) == {"ok@example.com": 1}
 
