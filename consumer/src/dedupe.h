@@ -16,6 +16,7 @@ typedef struct dedupe dedupe_t;
 /* What is kept of a finished request: enough to report it again. */
 struct dedupe_done {
         int status; /* enum result_status */
+        int delivered; /* 0: all, 1: some, 2: none (the result's "delivered") */
         int smtp_code;
         int attempts;
         char smtp_reply[160];

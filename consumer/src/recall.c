@@ -100,7 +100,7 @@ int recall_parse_result(const void *value, size_t len, struct recall_item *item)
         static const char *const statuses[] = {"sent", "failed", "rejected",
                                                "expired"};
         json_t *o, *src;
-        const char *id, *status;
+        const char *id, *status, *dlv;
         int st = -1;
         int ret = -1;
 
@@ -118,6 +118,13 @@ int recall_parse_result(const void *value, size_t len, struct recall_item *item)
         if (st < 0)
                 goto out;
         item->done.status = st;
+        /* Results before "delivered" existed: all when sent. */
+        dlv = json_string_value(json_object_get(o, "delivered"));
+        item->done.delivered = dlv && strcmp(dlv, "some") == 0   ? 1
+                               : dlv && strcmp(dlv, "none") == 0 ? 2
+                               : dlv && strcmp(dlv, "all") == 0  ? 0
+                               : st == 0                         ? 0
+                                                                 : 2;
         item->done.smtp_code = (int)json_integer_value(json_object_get(o, "smtp_code"));
         item->done.attempts = (int)json_integer_value(json_object_get(o, "attempts"));
         recall_copy(item->done.smtp_reply, sizeof(item->done.smtp_reply),

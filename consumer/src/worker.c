@@ -468,6 +468,7 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         memset(&rec, 0, sizeof(rec));
         rec.id = e->e_req->id;
         rec.status = (enum result_status)d->status;
+        rec.delivered = d->delivered == 1 ? "some" : d->delivered == 2 ? "none" : "all";
         rec.attempts = 0;
         rec.smtp_code = d->smtp_code;
         rec.smtp_reply = d->smtp_reply[0] ? d->smtp_reply : NULL;
@@ -811,6 +812,9 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                 return;
         memset(&done, 0, sizeof(done));
         done.status = (int)status;
+        done.delivered = strcmp(rec.delivered, "all") == 0    ? 0
+                         : strcmp(rec.delivered, "some") == 0 ? 1
+                                                              : 2;
         done.smtp_code = code;
         done.attempts = e->e_attempts;
         snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s", reply ? reply : "");

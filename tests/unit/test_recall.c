@@ -98,6 +98,16 @@ static void test_result_record_read_back(void **state) {
         assert_string_equal(item.done.error, "permanent SMTP rejection");
         assert_int_equal(item.done.source_partition, 2);
         assert_int_equal(item.done.source_offset, 77);
+        assert_int_equal(item.done.delivered, 2); /* none */
+        free(item.id);
+        free(text);
+
+        /* Sent to some recipients: the repeat says so too. */
+        rec.status = RESULT_SENT;
+        rec.delivered = "some";
+        text = results_format(&rec, "smtp://relay:25", "w1", &len);
+        assert_int_equal(recall_parse_result(text, len, &item), 0);
+        assert_int_equal(item.done.delivered, 1);
         free(item.id);
         free(text);
 }
