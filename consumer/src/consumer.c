@@ -33,6 +33,14 @@
 /* How long the nudger waits for the end offsets it asked for (only the
  * request matters; this bounds how long closing waits for the thread). */
 #define CONSUMER_NUDGE_WAIT_MS 500
+/* How long after a partition's queue was forwarded to its topic's queue it
+ * is forwarded again on each timer tick. librdkafka's fetch stop, which a
+ * broker thread runs some time after an unassignment, clears the
+ * forwarding of the partition's queue (rd_kafka_toppar_fetch_stop()): a
+ * stop still pending from an earlier assignment of the same partition would
+ * undo a newer forward, and the partition's messages would stay in its own
+ * queue for good. A forward again is a no-op when nothing undid it. */
+#define CONSUMER_REFORWARD_MS 5000
 
 /*
  * The fetch nudger. librdkafka 2.0.2 stops fetching a partition while the
@@ -60,6 +68,13 @@ struct consumer_mq {
         rd_kafka_queue_t *mq_queue; /* every assigned partition forwards here */
         int mq_pipe[2];
         int mq_paused;
+};
+
+/* A partition forwarded lately (CONSUMER_REFORWARD_MS). */
+struct consumer_fwd {
+        int f_topic; /* index in c_mq */
+        int32_t f_partition;
+        int64_t f_until_ms;
 };
 
 struct consumer {
@@ -95,6 +110,9 @@ struct consumer {
         int64_t c_nudge_last_ms;
         uint64_t c_nudges;
         struct consumer_nudger c_nudger;
+        struct consumer_fwd *c_fwd;
+        size_t c_fwd_cnt;
+        size_t c_fwd_cap;
 };
 
 static void consumer_drain(consumer_t *c);
@@ -111,20 +129,63 @@ int consumer_topic_index(const consumer_t *c, const char *topic) {
  * no pause/resume (after a resume librdkafka 2.0.2 was measured to take about
  * 1 s to deliver again, which capped a worker near inflight.max messages per
  * second). */
+static void consumer_forward_one(consumer_t *c, int t, int32_t partition) {
+        rd_kafka_queue_t *pq =
+            rd_kafka_queue_get_partition(c->c_rk, c->c_mq[t].mq_topic, partition);
+
+        if (!pq)
+                return;
+        rd_kafka_queue_forward(pq, c->c_mq[t].mq_queue);
+        rd_kafka_queue_destroy(pq);
+}
+
+/* Drops partition @partition of topic @t from the list forwarded again. */
+static void consumer_fwd_forget(consumer_t *c, int t, int32_t partition) {
+        for (size_t i = 0; i < c->c_fwd_cnt; i++)
+                if (c->c_fwd[i].f_topic == t && c->c_fwd[i].f_partition == partition)
+                        c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
+}
+
 static void consumer_forward(consumer_t *c,
                              const rd_kafka_topic_partition_list_t *parts) {
+        int64_t until = loop_now_ms(c->c_loop) + CONSUMER_REFORWARD_MS;
+
         for (int i = 0; i < parts->cnt; i++) {
                 int t = consumer_topic_index(c, parts->elems[i].topic);
-                rd_kafka_queue_t *pq;
+                int32_t partition = parts->elems[i].partition;
 
                 if (t < 0)
                         continue;
-                pq = rd_kafka_queue_get_partition(c->c_rk, parts->elems[i].topic,
-                                                  parts->elems[i].partition);
-                if (!pq)
+                consumer_forward_one(c, t, partition);
+                if (c->c_closing)
                         continue;
-                rd_kafka_queue_forward(pq, c->c_mq[t].mq_queue);
-                rd_kafka_queue_destroy(pq);
+                consumer_fwd_forget(c, t, partition);
+                if (c->c_fwd_cnt == c->c_fwd_cap) {
+                        size_t cap = c->c_fwd_cap ? c->c_fwd_cap * 2 : 16;
+                        struct consumer_fwd *n = realloc(c->c_fwd, cap * sizeof(*n));
+
+                        if (!n)
+                                abort();
+                        c->c_fwd = n;
+                        c->c_fwd_cap = cap;
+                }
+                c->c_fwd[c->c_fwd_cnt].f_topic = t;
+                c->c_fwd[c->c_fwd_cnt].f_partition = partition;
+                c->c_fwd[c->c_fwd_cnt].f_until_ms = until;
+                c->c_fwd_cnt++;
+        }
+}
+
+/* Forwards again the partitions forwarded in the last CONSUMER_REFORWARD_MS. */
+static void consumer_reforward(consumer_t *c) {
+        int64_t now = loop_now_ms(c->c_loop);
+
+        for (size_t i = 0; i < c->c_fwd_cnt; i++) {
+                if (c->c_fwd[i].f_until_ms < now) {
+                        c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
+                        continue;
+                }
+                consumer_forward_one(c, c->c_fwd[i].f_topic, c->c_fwd[i].f_partition);
         }
 }
 
@@ -136,8 +197,12 @@ static void consumer_hold(consumer_t *c,
         for (int i = 0; i < parts->cnt; i++) {
                 rd_kafka_queue_t *pq;
 
-                if (consumer_topic_index(c, parts->elems[i].topic) < 0)
+                int t = consumer_topic_index(c, parts->elems[i].topic);
+
+                if (t < 0)
                         continue;
+                /* Held means held: not forwarded again either. */
+                consumer_fwd_forget(c, t, parts->elems[i].partition);
                 pq = rd_kafka_queue_get_partition(c->c_rk, parts->elems[i].topic,
                                                   parts->elems[i].partition);
                 if (!pq)
@@ -206,6 +271,12 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
                 LOG(LOG_INFO, "partitions revoked topic=%s count=%d lost=%d",
                     c->c_mq[0].mq_topic, parts->cnt, lost);
+                for (int i = 0; i < parts->cnt; i++) {
+                        int t = consumer_topic_index(c, parts->elems[i].topic);
+
+                        if (t >= 0)
+                                consumer_fwd_forget(c, t, parts->elems[i].partition);
+                }
                 c->c_h.on_revoke(c->c_opaque, parts, lost);
                 if (cooperative) {
                         error = rd_kafka_incremental_unassign(rk, parts);
@@ -435,6 +506,8 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                     c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
         }
 
+        if (c->c_fwd_cnt > 0 && !c->c_in_rebalance && !c->c_closing)
+                consumer_reforward(c);
         /* Also keeps the membership alive while every partition is
          * paused and no event wakes the loop. */
         loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
@@ -766,6 +839,7 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                         close(c->c_mq[t].mq_pipe[1]);
                 free(c->c_mq[t].mq_topic);
         }
+        free(c->c_fwd);
         free(c);
 }
 
