@@ -177,7 +177,7 @@ static struct backlog *results_backlog_add(results_t *r, enum rec_kind kind,
 }
 
 /* Makes a result record that Kafka found too large smaller: metadata,
- * failed recipients and long texts go, "truncated" says so. @returns a new
+ * the per-recipient lists and long texts go, "truncated" says so. @returns a new
  * value (caller frees) or NULL when it cannot be made smaller. */
 static char *results_shrink_result(const void *value, size_t len) {
         json_t *o = json_loadb(value, len, 0, NULL);
@@ -189,6 +189,7 @@ static char *results_shrink_result(const void *value, size_t len) {
         if (json_object_get(o, "truncated") == NULL) {
                 json_object_set_new(o, "metadata", json_null());
                 json_object_del(o, "failed_recipients");
+                json_object_del(o, "recipients"); /* "delivered" stays */
                 for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
                         json_t *v = json_object_get(o, fields[i]);
 
