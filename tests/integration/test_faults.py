@@ -568,6 +568,29 @@ def test_some_recipients_refused_for_good_or_out_of_tries_gives_sent_to_some(
     assert deliveries(server) == {"ok@example.com": 1}
 
 
+def test_a_result_too_large_for_kafka_loses_metadata_and_recipient_lists_not_delivered(
+        kafka, capture_server, worker):
+    """The results producer takes records of at most 4,000 bytes here: a result with 3 KB
+    of metadata and 20 recipients of their own outcomes is published smaller, "truncated"
+    saying so, "delivered" kept; a small one is published whole."""
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--tempfail-rcpt", "u7@:1"])
+    rcpts = [f"u{i}@example.com" for i in range(20)]
+    kafka.produce(topics.requests, [
+        make_request(0, id="big-result", to=rcpts, metadata={"note": "m" * 3000}),
+        make_request(1, id="small-result", metadata={"note": "small"})])
+    worker(cfg(kafka, topics, server.url, kafka_producer_message_max_bytes=4000,
+               retry_backoff_initial_ms=100, retry_backoff_max_ms=200))
+    final = final_by_id(kafka.results(topics.results, wait=2, timeout=60))
+    big, small = final["big-result"], final["small-result"]
+    assert big["truncated"] is True and big["metadata"] is None, big
+    assert big["status"] == "sent" and big["delivered"] == "all"
+    assert "recipients" not in big and big["attempts"] == 2
+    assert small["metadata"] == {"note": "small"} and "truncated" not in small
+    time.sleep(1)
+    assert deliveries(server) == {a: 1 for a in rcpts + ["user1@example.com"]}
+
+
 # --- duplicate suppression ------------------------------------------------------------------
 
 def test_the_same_id_published_twice_is_sent_once_with_two_results(
