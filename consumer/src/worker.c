@@ -546,6 +546,28 @@ static void entry_release(struct entry *e) {
 
 /* ---- recipients ---- */
 
+/* @returns a JSON string of an SMTP reply's text (NULL: ""): relays may
+ * answer in 8-bit text that is not UTF-8, which jansson refuses; then each
+ * byte above ASCII shows as '?'. Never NULL. */
+static json_t *json_reply(const char *s) {
+        json_t *v = json_string(s ? s : "");
+        char *copy;
+
+        if (v)
+                return v;
+        copy = strdup(s);
+        if (!copy)
+                abort();
+        for (char *p = copy; *p; p++)
+                if ((unsigned char)*p >= 0x80)
+                        *p = '?';
+        v = json_string(copy);
+        free(copy);
+        if (!v)
+                abort();
+        return v;
+}
+
 static void rcpt_set(struct rcpt_state *r, enum rcpt_status st, int code,
                      const char *reply) {
         char *copy = NULL;
@@ -691,7 +713,7 @@ static void entry_rcpts_from_retry(struct entry *e) {
 /* @returns @e's recipients with a final outcome, for its retry record
  * (NULL when none). */
 static json_t *entry_rcpts_final_json(const struct entry *e) {
-        json_t *arr = NULL;
+        json_t *arr = NULL, *o;
 
         if (!e->e_rcpts)
                 return NULL;
@@ -702,12 +724,13 @@ static json_t *entry_rcpts_final_json(const struct entry *e) {
                         continue;
                 if (!arr)
                         arr = json_array();
-                json_array_append_new(
-                    arr, json_pack("{s:I, s:s, s:s, s:i, s:s}", "index",
-                                   (json_int_t)i, "recipient", e->e_msg->rcpts[i],
-                                   "status", r->st == RCPT_SENT ? "sent" : "failed",
-                                   "smtp_code", r->code, "smtp_reply",
-                                   r->reply ? r->reply : ""));
+                o = json_pack("{s:I, s:s, s:s, s:i, s:o}", "index", (json_int_t)i,
+                              "recipient", e->e_msg->rcpts[i], "status",
+                              r->st == RCPT_SENT ? "sent" : "failed", "smtp_code",
+                              r->code, "smtp_reply", json_reply(r->reply));
+                /* Dropped, the recipient would be sent to again. */
+                if (!o || json_array_append_new(arr, o) != 0)
+                        abort();
         }
         return arr;
 }
@@ -738,7 +761,7 @@ static void entry_rcpts_result(const struct entry *e, struct result_rec *rec,
                 json_object_set_new(o, "smtp_code",
                                     r->code ? json_integer(r->code) : json_null());
                 json_object_set_new(o, "smtp_reply",
-                                    r->reply ? json_string(r->reply) : json_null());
+                                    r->reply ? json_reply(r->reply) : json_null());
                 if (r->st == RCPT_SENT) {
                         sent++;
                 } else if (rec->status == RESULT_SENT) {
@@ -868,7 +891,7 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
         struct entry *f;
 
         o = json_pack("{s:i, s:s, s:s%, s:i, s:I, s:I, s:I, s:{s:s, s:i, s:I}, "
-                      "s:i, s:s}",
+                      "s:i, s:o}",
                       "v", 1, "id", e->e_req->id, "request", e->e_raw,
                       e->e_raw_len, "attempts", e->e_attempts, "due_ms",
                       (json_int_t)due_ms, "first_received_ms",
@@ -877,7 +900,7 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
                       w->w_conf->topic_requests, "partition",
                       (int)e->e_origin_partition, "offset",
                       (json_int_t)e->e_origin_offset, "last_smtp_code", code,
-                      "last_smtp_reply", reply ? reply : "");
+                      "last_smtp_reply", json_reply(reply));
         if (!o)
                 abort();
         if (e->e_rcpts) {
