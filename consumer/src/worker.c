@@ -636,10 +636,12 @@ static void entry_rcpts_to_job(struct entry *e) {
 /* Applies @job's outcome to each of its recipients: a 5xx refusal of its
  * RCPT is final and a 4xx one leaves it pending; the others share the
  * transaction's outcome (sent; refused for good; pending after a temporary
- * failure). @returns whether the rest can go in the next transaction at
- * once: the relay accepted the message, and every recipient it left
+ * failure). A refusal of the message itself is final for every recipient
+ * still pending. @returns whether the rest can go in the next transaction
+ * at once: the relay accepted the message, and every recipient it left
  * pending was refused with 452, too many recipients (RFC 5321
- * 4.5.3.1.10), or was not in this transaction. */
+ * 4.5.3.1.10), or was not in this transaction; or it refused each
+ * recipient of this one for good. */
 static int entry_rcpts_apply(struct entry *e, const struct smtp_job *job) {
         int all_452 = 1;
 
@@ -681,7 +683,21 @@ static int entry_rcpts_apply(struct entry *e, const struct smtp_job *job) {
                         break;
                 }
         }
-        return job->outcome == SMTP_OK && all_452;
+        if (job->outcome == SMTP_PERMANENT &&
+            job->rcpt_failure_cnt < job->rcpt_cnt) {
+                /* The message itself was refused (MAIL, DATA or the final
+                 * "." answered 5xx; over the relay's SIZE; SMTPUTF8): so it
+                 * is for the recipients not tried yet. */
+                for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++)
+                        if (e->e_rcpts[i].st == RCPT_PENDING)
+                                rcpt_set(&e->e_rcpts[i], RCPT_FAILED, job->code,
+                                         job->reply);
+                return 0;
+        }
+        /* Every RCPT refused for good is about those recipients: the others
+         * may go at once too. */
+        return (job->outcome == SMTP_OK && all_452) ||
+               job->outcome == SMTP_PERMANENT;
 }
 
 /* Marks what @e's retry record says is final (recipient index and address

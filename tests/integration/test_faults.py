@@ -524,6 +524,24 @@ def test_smtp_transaction_max_recipients_splits_a_request(kafka, capture_server,
     assert deliveries(server) == {a: 1 for a in rcpts}
 
 
+def test_a_message_refused_in_its_first_transaction_is_refused_for_every_recipient(
+        kafka, capture_server, worker):
+    """Seven recipients, three a transaction, a message over the relay's SIZE: the
+    refusal of the message holds for those not tried yet too; one try, no retries."""
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--max-size", "2000"])
+    rcpts = [f"u{i}@example.com" for i in range(7)]
+    kafka.produce(topics.requests, [make_request(0, id="too-big", to=rcpts,
+                                                 text="x" * 5000)])
+    worker(cfg(kafka, topics, server.url, smtp_transaction_max_recipients=3,
+               retry_backoff_initial_ms=100, retry_backoff_max_ms=200))
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "failed" and r["delivered"] == "none", r
+    assert r["attempts"] == 1 and "SIZE" in r["error"], r
+    assert [x["status"] for x in r["recipients"]] == ["failed"] * 7
+    assert server.count() == 0
+
+
 def test_a_deferred_recipient_handed_to_the_retry_topic_is_the_only_one_sent_again(
         kafka, capture_server, worker):
     """With no local retry window, the deferred recipient goes through the retry topic;
