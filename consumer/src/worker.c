@@ -610,6 +610,11 @@ static size_t entry_rcpts_pending(const struct entry *e) {
         return n;
 }
 
+/* @returns whether any recipient of @e has a final outcome. */
+static int entry_rcpts_any_final(const struct entry *e) {
+        return e->e_rcpts && entry_rcpts_pending(e) < e->e_msg->rcpt_cnt;
+}
+
 /* Puts the next transaction's recipients in e_job: those pending, at most
  * smtp.transaction.max.recipients. */
 static void entry_rcpts_to_job(struct entry *e) {
@@ -1064,9 +1069,13 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 return;
         }
         w->w_stats.retries++;
+        /* A request some recipients have a final outcome for goes to the
+         * retry topic at once: its record keeps who has the mail, where an
+         * in-memory retry would leave the next owner (after a crash, stop or
+         * revoke) only the request, to send to every recipient again. */
         if (worker_can_hand_over(w) && !e->e_no_handoff &&
             (e->e_part->p_topic == TOPIC_RETRY || w->w_stopping ||
-             e->e_part->p_draining ||
+             e->e_part->p_draining || entry_rcpts_any_final(e) ||
              now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
                 entry_handoff(e, now + backoff, job->code, job->reply);
                 return;

@@ -561,6 +561,32 @@ def test_a_deferred_recipient_handed_to_the_retry_topic_is_the_only_one_sent_aga
                                   "also@example.com": 1}
 
 
+def test_a_worker_killed_while_a_deferred_recipient_waits_sends_no_one_twice(
+        kafka, capture_server, worker):
+    """Partial progress is stored before the retry: a request with one recipient
+    deferred goes to the retry topic at once (the local window is a minute), its offset
+    commits, and a worker killed with SIGKILL while the retry waits leaves its next
+    owner the record of who has the mail; each recipient gets it once."""
+    needs_retry_topic()
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server(extra=["--tempfail-rcpt", "slow@:1"])
+    kafka.produce(topics.requests, [make_request(0, id="partial", to=[
+        "ok@example.com", "slow@example.com", "also@example.com"])])
+    conf = cfg(kafka, topics, server.url, retry_local_window_ms=60000,
+               retry_backoff_initial_ms=4000, retry_backoff_max_ms=4000,
+               retry_jitter_percent=0)
+    w = worker(conf)
+    wait_for(lambda: kafka.count(topics.retry) >= 1, 30, "the retry record")
+    kafka.wait_committed(conf["kafka.group.id"], topics.requests, timeout=30)
+    w.kill()
+    worker(conf)
+    [r] = kafka.results(topics.results, wait=1, timeout=60)
+    assert r["status"] == "sent" and r["delivered"] == "all", r
+    time.sleep(1)
+    assert deliveries(server) == {"ok@example.com": 1, "slow@example.com": 1,
+                                  "also@example.com": 1}
+
+
 def test_some_recipients_refused_for_good_or_out_of_tries_gives_sent_to_some(
         kafka, capture_server, worker):
     topics = Topics.new(partitions=1).create(kafka)
