@@ -93,7 +93,10 @@ struct consumer {
          * before it has: one closes the revoke's round, one the next. */
         int64_t c_revoked_ms;
         int c_rounds_left;
-        int c_in_rebalance;
+        /* A revoke the owner is emptying (consumer_revoke_done() gives the
+         * partitions back), or NULL; and whether it is incremental. */
+        rd_kafka_topic_partition_list_t *c_revoking;
+        int c_revoking_coop;
         int c_closing;
         int c_hold_assigned; /* consumer_hold_assigned() */
         int c_group_consumer; /* group.protocol=consumer (KIP-848) */
@@ -232,6 +235,63 @@ rd_kafka_resp_err_t consumer_committed(consumer_t *c,
         return rd_kafka_committed(c->c_rk, parts, timeout_ms);
 }
 
+/* Takes @parts out of the assignment: incrementally under a cooperative
+ * protocol, else the whole assignment. */
+static void consumer_unassign(consumer_t *c,
+                              const rd_kafka_topic_partition_list_t *parts,
+                              int cooperative) {
+        rd_kafka_error_t *error = NULL;
+        rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+        if (cooperative) {
+                error = rd_kafka_incremental_unassign(c->c_rk, parts);
+                /* Under the classic protocol a second round follows; a
+                 * commit sent before it ends fails with an old generation,
+                 * and librdkafka before 2.10 then drops the whole
+                 * assignment as lost. KIP-848 has one round. */
+                if (c->c_hold_in_rebalance) {
+                        c->c_revoked_ms = loop_clock_ms();
+                        c->c_rounds_left = 2;
+                }
+        } else {
+                ret = rd_kafka_assign(c->c_rk, NULL);
+        }
+        if (error) {
+                LOG(LL_ERROR, "assignment change failed err=%s",
+                    rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+        } else if (ret) {
+                LOG(LL_ERROR, "assignment change failed err=%s",
+                    rd_kafka_err2str(ret));
+        }
+}
+
+void consumer_revoke_done(consumer_t *c) {
+        rd_kafka_topic_partition_list_t *parts = c->c_revoking;
+
+        if (!parts)
+                return;
+        c->c_revoking = NULL;
+        consumer_unassign(c, parts, c->c_revoking_coop);
+        rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* @returns whether partition @partition of topic number @t is being
+ * revoked: its messages still queued are not handed over. */
+static int consumer_revoking(const consumer_t *c, int t, int32_t partition) {
+        const rd_kafka_topic_partition_list_t *r = c->c_revoking;
+
+        for (int i = 0; r && i < r->cnt; i++)
+                if (r->elems[i].partition == partition &&
+                    consumer_topic_index(c, r->elems[i].topic) == t)
+                        return 1;
+        return 0;
+}
+
+/* librdkafka's rebalance callback, run from rd_kafka_consumer_poll() in
+ * consumer_drain(). A revoke is handed to the owner to empty the partitions
+ * through the loop (deferred), not here: librdkafka waits for the unassign
+ * (consumer_revoke_done()) and keeps the membership alive meanwhile. */
 static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                   rd_kafka_topic_partition_list_t *parts,
                                   void *opaque) {
@@ -241,7 +301,6 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         rd_kafka_error_t *error = NULL;
         rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
-        c->c_in_rebalance = 1;
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && c->c_debug_ours) {
                 /* The broker speaks KIP-848: nothing left to watch for. The
                  * level check comes before librdkafka formats a line. */
@@ -266,49 +325,38 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 }
                 if (c->c_rounds_left > 0 && --c->c_rounds_left == 0)
                         c->c_revoked_ms = 0;
-        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-                int lost = rd_kafka_assignment_lost(rk);
-
-                LOG(LL_INFO, "partitions revoked topic=%s count=%d lost=%d",
-                    c->c_mq[0].mq_topic, parts->cnt, lost);
-                for (int i = 0; i < parts->cnt; i++) {
-                        int t = consumer_topic_index(c, parts->elems[i].topic);
-
-                        if (t >= 0)
-                                consumer_fwd_forget(c, t, parts->elems[i].partition);
-                }
-                c->c_h.on_revoke(c->c_opaque, parts, lost);
-                if (cooperative) {
-                        error = rd_kafka_incremental_unassign(rk, parts);
-                        /* Under the classic protocol a second round follows;
-                         * a commit sent before it ends fails with an old
-                         * generation, and librdkafka before 2.10 then drops
-                         * the whole assignment as lost. KIP-848 has one
-                         * round. */
-                        if (c->c_hold_in_rebalance) {
-                                c->c_revoked_ms = loop_clock_ms();
-                                c->c_rounds_left = 2;
-                        }
-                } else {
-                        ret = rd_kafka_assign(rk, NULL);
+                if (error) {
+                        LOG(LL_ERROR, "assignment change failed err=%s",
+                            rd_kafka_error_string(error));
+                        rd_kafka_error_destroy(error);
+                } else if (ret) {
+                        LOG(LL_ERROR, "assignment change failed err=%s",
+                            rd_kafka_err2str(ret));
                 }
         } else {
-                LOG(LL_ERROR, "rebalance error err=%s", rd_kafka_err2str(err));
-                c->c_h.on_revoke(c->c_opaque, parts, 1);
-                if (cooperative)
-                        error = rd_kafka_incremental_unassign(rk, parts);
+                int lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ||
+                           rd_kafka_assignment_lost(rk);
+                /* Not while closing (rd_kafka_consumer_close() waits for the
+                 * unassign) nor beside a revoke still being emptied. */
+                int deferred = !lost && !c->c_closing && !c->c_revoking;
+
+                if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+                        LOG(LL_INFO, "partitions revoked topic=%s count=%d lost=%d",
+                            c->c_mq[0].mq_topic, parts->cnt, lost);
                 else
-                        ret = rd_kafka_assign(rk, NULL);
+                        LOG(LL_ERROR, "rebalance error err=%s",
+                            rd_kafka_err2str(err));
+                /* Their messages stay in their own queues, dropped with
+                 * the partitions. */
+                consumer_hold(c, parts);
+                if (deferred) {
+                        c->c_revoking = rd_kafka_topic_partition_list_copy(parts);
+                        c->c_revoking_coop = cooperative;
+                }
+                c->c_h.on_revoke(c->c_opaque, parts, lost, deferred);
+                if (!deferred)
+                        consumer_unassign(c, parts, cooperative);
         }
-        if (error) {
-                LOG(LL_ERROR, "assignment change failed err=%s",
-                    rd_kafka_error_string(error));
-                rd_kafka_error_destroy(error);
-        } else if (ret) {
-                LOG(LL_ERROR, "assignment change failed err=%s",
-                    rd_kafka_err2str(ret));
-        }
-        c->c_in_rebalance = 0;
 }
 
 static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -354,6 +402,9 @@ static void consumer_dispatch(consumer_t *c, int t, rd_kafka_message_t *m) {
         } else if (t < 0) {
                 LOG(LL_ERROR, "message of a topic not subscribed topic=%s",
                     rd_kafka_topic_name(m->rkt));
+        } else if (c->c_revoking && consumer_revoking(c, t, m->partition)) {
+                /* Queued before its partition's revoke: the next owner
+                 * consumes it. */
         } else {
                 c->c_h.on_message(c->c_opaque, t, m);
         }
@@ -454,7 +505,7 @@ static void consumer_drain(consumer_t *c) {
         rd_kafka_message_t *m;
         int more = 0;
 
-        if (c->c_in_rebalance || c->c_closing)
+        if (c->c_closing)
                 return;
         /* Events (rebalance callbacks run in here); a message only shows up
          * here before its partition's queue was forwarded. */
@@ -506,7 +557,7 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                     c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
         }
 
-        if (c->c_fwd_cnt > 0 && !c->c_in_rebalance && !c->c_closing)
+        if (c->c_fwd_cnt > 0 && !c->c_closing)
                 consumer_reforward(c);
         /* Also keeps the membership alive while every partition is
          * paused and no event wakes the loop. */
@@ -791,6 +842,8 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                 }
         consumer_nudger_stop(c);
         if (c->c_rk) {
+                /* A revoke still being emptied: the close waits for it. */
+                consumer_revoke_done(c);
                 /* Leaves the group, serving the final revoke through the
                  * rebalance callback, for at most @timeout_ms: with Kafka
                  * away rd_kafka_consumer_close() waited 40 s. */

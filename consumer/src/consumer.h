@@ -29,13 +29,16 @@ struct consumer_handlers {
         /* Partitions were added to the assignment (already assigned). */
         void (*on_assign)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts);
-        /* Partitions are about to be removed from the assignment; they are
-         * released when this returns. @lost: the group already gave them to
-         * someone else, so nothing of them may be committed. The handler may
-         * run the loop (consumer events are held meanwhile). */
+        /* Partitions are to be removed from the assignment. @lost: the group
+         * already gave them to someone else, so nothing of them may be
+         * committed. With @deferred they stay assigned (their messages no
+         * longer come) until the owner calls consumer_revoke_done() from the
+         * loop, once it has emptied them; else they are released when this
+         * returns. Runs inside librdkafka's rebalance callback: it must not
+         * run the loop. */
         void (*on_revoke)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts,
-                          int lost);
+                          int lost, int deferred);
         /* A commit finished: @err for the whole request, and each element's
          * err for its partition (@offsets may be NULL on an error). Also
          * called for synchronous commits. */
@@ -76,6 +79,10 @@ int consumer_paused(const consumer_t *c, int topic);
  * lets them through. The worker holds a partition until it has read what
  * the results topic says of it. */
 void consumer_hold_assigned(consumer_t *c);
+
+/* Gives back the partitions of the revoke handed over with deferred set; a
+ * no-op when there is none. Call from the loop (or from on_revoke). */
+void consumer_revoke_done(consumer_t *c);
 
 /* Lets the messages of a held, assigned partition through. A no-op when the
  * partition is no longer assigned. */

@@ -28,7 +28,6 @@ struct loop_watch {
         void *lw_opaque;
         unsigned lw_events;
         uint32_t lw_gen;
-        uint64_t lw_run_seq; /* the loop_run_once() call that last ran it */
 };
 
 struct loop {
@@ -40,7 +39,7 @@ struct loop {
         size_t l_heap_len;
         size_t l_heap_cap;
         uint64_t l_timer_seq;
-        uint64_t l_run_seq; /* counts loop_run_once() calls */
+        int l_running; /* in loop_run_once(): it is not re-entrant */
         int64_t l_now_ms;
 };
 
@@ -363,17 +362,23 @@ static int loop_run_timers(loop_t *loop) {
 }
 
 int loop_run_once(loop_t *loop, int max_wait_ms) {
-        /* On the stack: a callback may run the loop again (the revoke drain
-         * does), and a nested call must not overwrite this call's events. */
         struct epoll_event events_buf[LOOP_EVENTS_MAX];
-        uint64_t seq = ++loop->l_run_seq;
         int n, ran = 0;
 
+        if (loop->l_running) {
+                /* From a callback: events would be served out of order, and
+                 * the caller's state changed under it. */
+                errno = EDEADLK;
+                return -1;
+        }
+        loop->l_running = 1;
         n = epoll_wait(loop->l_epfd, events_buf, LOOP_EVENTS_MAX,
                        loop_wait_ms(loop, max_wait_ms));
         if (n == -1) {
-                if (errno != EINTR)
+                if (errno != EINTR) {
+                        loop->l_running = 0;
                         return -1;
+                }
                 n = 0;
         }
         loop->l_now_ms = loop_clock_ms();
@@ -397,10 +402,6 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
                 /* Removed (or replaced) by an earlier callback. */
                 if (!w->lw_cb || w->lw_gen != gen)
                         continue;
-                /* Already run by a nested call made after this one's
-                 * epoll_wait: this call's readiness for it is stale. */
-                if (w->lw_run_seq > seq)
-                        continue;
                 if (ev->events & EPOLLIN)
                         events |= LOOP_READ;
                 if (ev->events & EPOLLOUT)
@@ -412,12 +413,12 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
                 events &= w->lw_events | LOOP_ERROR;
                 if (!events)
                         continue;
-                w->lw_run_seq = seq;
                 w->lw_cb(loop, fd, events, w->lw_opaque);
                 ran++;
         }
 
         ran += loop_run_timers(loop);
+        loop->l_running = 0;
         return ran;
 }
 

@@ -69,7 +69,8 @@ int loop_timer_pending(const loop_timer_t *t);
 
 /*
  * Runs one iteration: waits up to @max_wait_ms (-1: until an event or the
- * next timer) and dispatches ready fds and due timers.
+ * next timer) and dispatches ready fds and due timers. Not from one of its
+ * callbacks: that call fails with EDEADLK.
  * @returns the number of callbacks run, or -1 on an epoll error.
  */
 int loop_run_once(loop_t *loop, int max_wait_ms);

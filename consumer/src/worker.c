@@ -150,6 +150,24 @@ struct worker_topic_ref {
         int tr_topic;
 };
 
+/* Emptying partitions before they are released (worker_drain_start()). */
+struct drain {
+        int64_t d_deadline_ms;
+        int64_t d_give_up_ms; /* queued requests go to the retry topic */
+        int d_hand_over;
+        int d_given_up;
+        size_t d_retries; /* waiting retries handed over */
+        size_t d_queued; /* queued requests handed over */
+};
+
+/* A revoke being emptied through the loop before its partitions are given
+ * back (consumer_revoke_done()). */
+struct worker_revoke {
+        rd_kafka_topic_partition_list_t *rv_parts; /* NULL: none */
+        struct drain rv_drain;
+        loop_timer_t rv_timer; /* worker_on_revoke_timer() */
+};
+
 struct worker {
         const struct config *w_conf;
         loop_t *w_loop;
@@ -157,6 +175,7 @@ struct worker {
          * balances each topic's partitions on its own. */
         consumer_t *w_consumer[CONSUMER_TOPICS_MAX];
         struct worker_topic_ref w_refs[CONSUMER_TOPICS_MAX];
+        struct worker_revoke w_revoke[CONSUMER_TOPICS_MAX];
         uint64_t w_commit_errors_seen[CONSUMER_TOPICS_MAX];
         /* After a failed commit (likely a rebalance in progress), async
          * commits of that topic wait until then: committing during a
@@ -399,6 +418,10 @@ static void entry_destroy(struct entry *e, int done) {
                 e->e_next->e_prev = e->e_prev;
         w->w_inflight[p->p_topic]--;
         p->p_entries--;
+        if (p->p_draining && !p->p_revoked &&
+            w->w_revoke[p->p_topic].rv_parts)
+                /* Its revoke may be done now. */
+                loop_timer_start(w->w_loop, &w->w_revoke[p->p_topic].rv_timer, 0);
         if (p->p_revoked && p->p_entries == 0)
                 part_free(p);
         if (e->e_req && e->e_req->deadline_ms)
@@ -1374,7 +1397,7 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
                 const struct recall_part *ap = &a->parts[i];
                 struct part *p = part_get(w, t, ap->partition);
 
-                if (!p || !p->p_held || p->p_seq != ap->seq)
+                if (!p || !p->p_held || p->p_seq != ap->seq || p->p_draining)
                         continue; /* revoked meanwhile */
                 p->p_held = 0;
                 p->p_results_partition = ap->results_partition;
@@ -1752,77 +1775,78 @@ static size_t worker_give_up_queued(worker_t *w,
         return n;
 }
 
-/* Empties the partitions in @parts (all when NULL) before they are released,
- * within @timeout_ms. With @hand_over (they are not lost): requests waiting
- * for a retry go to the retry topic at once, requests queued for a session
- * are sent while the relay is healthy, and those not started by four fifths
- * of the time (at once when the relay is unhealthy) go to the retry topic
- * too; so the partitions' watermarks pass everything the worker finished,
- * and their next owner sends none of it again. Without: what has not started
- * is abandoned. Runs the loop until the entries are done or the time is up.
- * @returns what is left (in an SMTP transaction, or not yet acknowledged). */
-static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
-                           int timeout_ms, int hand_over) {
+/* Starts emptying the partitions in @parts (all when NULL) within
+ * @timeout_ms. With @hand_over (they are not lost): requests waiting for a
+ * retry go to the retry topic at once, requests queued for a session are
+ * sent while the relay is healthy, and those not started by four fifths of
+ * the time (at once when the relay is unhealthy) go to the retry topic too;
+ * so the partitions' watermarks pass everything the worker finished, and
+ * their next owner sends none of it again. Without: what has not started is
+ * abandoned. worker_drain_step() goes on. */
+static void worker_drain_start(worker_t *w, struct drain *d,
+                               const rd_kafka_topic_partition_list_t *parts,
+                               int timeout_ms, int hand_over) {
         int64_t start = loop_clock_ms();
-        int64_t deadline = start + timeout_ms;
-        int64_t give_up = start + (int64_t)timeout_ms * 4 / 5;
-        int given_up = 0;
-        size_t left, retries = 0, queued = 0;
+
+        memset(d, 0, sizeof(*d));
+        d->d_deadline_ms = start + timeout_ms;
+        d->d_give_up_ms = start + (int64_t)timeout_ms * 4 / 5;
+        d->d_hand_over = hand_over;
+        if (hand_over)
+                d->d_retries = worker_hand_over_waiting(w, parts);
+}
+
+/* One step of @d: gives up the queued requests when it is time. @returns
+ * what is left of @parts (in an SMTP transaction, or not yet
+ * acknowledged); *@done when nothing is or the time is up. */
+static size_t worker_drain_step(worker_t *w, struct drain *d,
+                                const rd_kafka_topic_partition_list_t *parts,
+                                int *done) {
+        size_t left = worker_entries_of(w, parts);
         struct smtp_stats ss;
 
-        if (hand_over)
-                retries = worker_hand_over_waiting(w, parts);
-        while ((left = worker_entries_of(w, parts)) > 0) {
-                if (!given_up) {
-                        smtp_client_stats(w->w_smtp, &ss);
-                        if (!hand_over || !ss.relay_healthy ||
-                            loop_clock_ms() >= give_up) {
-                                queued = worker_give_up_queued(w, parts, hand_over);
-                                given_up = 1;
-                                continue;
-                        }
+        if (left > 0 && !d->d_given_up) {
+                smtp_client_stats(w->w_smtp, &ss);
+                if (!d->d_hand_over || !ss.relay_healthy ||
+                    loop_clock_ms() >= d->d_give_up_ms) {
+                        d->d_queued = worker_give_up_queued(w, parts, d->d_hand_over);
+                        d->d_given_up = 1;
+                        left = worker_entries_of(w, parts);
                 }
-                if (loop_clock_ms() >= deadline)
-                        break;
-                loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
         }
-        if (retries + queued > 0)
+        *done = left == 0 || loop_clock_ms() >= d->d_deadline_ms;
+        if (*done && d->d_retries + d->d_queued > 0)
                 LOG(LL_INFO, "moved to the retry topic before release "
                               "waiting_retries=%zu not_started=%zu",
-                    retries, queued);
+                    d->d_retries, d->d_queued);
         return left;
 }
 
-static void worker_on_revoke(void *opaque,
-                             const rd_kafka_topic_partition_list_t *parts,
-                             int lost) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
-        size_t left = 0;
+/* Empties @parts (all when NULL) within @timeout_ms, running the loop: for
+ * the top of the program (shutdown), or with no time at all (no loop run).
+ * @returns what is left. */
+static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
+                           int timeout_ms, int hand_over) {
+        struct drain d;
+        size_t left;
+        int done;
 
-        for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_of_elem(w, parts, i);
+        worker_drain_start(w, &d, parts, timeout_ms, hand_over);
+        while (left = worker_drain_step(w, &d, parts, &done), !done)
+                loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
+        return left;
+}
 
-                if (p) {
-                        p->p_draining = 1;
-                        /* The last watermark is committed synchronously below
-                         * even when an async commit of it is still open and
-                         * may fail in this rebalance. */
-                        p->p_committed = -1;
-                }
-        }
-        if (!lost) {
-                left = worker_drain(w, parts,
-                                    w->w_stopping ? 0
-                                                  : w->w_conf->rebalance_drain_timeout_ms,
-                                    1);
-                worker_commit(w, ref->tr_topic, parts, 0);
-        } else {
-                /* Someone else owns them already: a hand-over would
-                 * send them twice. */
-                worker_drain(w, parts, 0, 0);
-        }
-        if (left > 0)
+/* Ends the handling of @parts of topic @t, revoked: commits their
+ * watermarks (unless @lost), says what is left, releases them. */
+static void worker_revoke_end(worker_t *w, int t,
+                              const rd_kafka_topic_partition_list_t *parts,
+                              int lost) {
+        size_t left = worker_entries_of(w, parts);
+
+        if (!lost)
+                worker_commit(w, t, parts, 0);
+        if (left > 0 && !lost)
                 LOG(LL_WARN,
                     "revoked partitions still had sends in flight (they "
                     "may be sent again by the next owner) count=%zu",
@@ -1836,6 +1860,78 @@ static void worker_on_revoke(void *opaque,
         /* What the released partitions held no longer counts: consumption
          * may have been stopped by it. */
         worker_check_pressure(w);
+}
+
+/* Finishes the revoke of topic @t being emptied: commits, releases and
+ * gives the partitions back to the consumer. */
+static void worker_revoke_finish(worker_t *w, int t) {
+        struct worker_revoke *rv = &w->w_revoke[t];
+        rd_kafka_topic_partition_list_t *parts = rv->rv_parts;
+
+        if (!parts)
+                return;
+        rv->rv_parts = NULL;
+        loop_timer_stop(w->w_loop, &rv->rv_timer);
+        worker_revoke_end(w, t, parts, 0);
+        rd_kafka_topic_partition_list_destroy(parts);
+        consumer_revoke_done(w->w_consumer[t]);
+}
+
+/* The revoke of a topic being emptied: a step every WORKER_DRAIN_STEP_MS,
+ * and when an entry of its partitions ends. */
+static void worker_on_revoke_timer(loop_t *loop, void *opaque) {
+        const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
+        struct worker_revoke *rv = &w->w_revoke[ref->tr_topic];
+        int done;
+
+        if (!rv->rv_parts)
+                return;
+        worker_drain_step(w, &rv->rv_drain, rv->rv_parts, &done);
+        if (done)
+                worker_revoke_finish(w, ref->tr_topic);
+        else
+                loop_timer_start(loop, &rv->rv_timer, WORKER_DRAIN_STEP_MS);
+}
+
+/* Runs in librdkafka's rebalance callback: never runs the loop. A revoke
+ * the consumer defers is emptied through the loop (worker_on_revoke_timer())
+ * and finished by worker_revoke_finish(); one it does not (lost
+ * partitions, the consumer closing, a revoke beside another) is handled at
+ * once with what can be done without waiting. */
+static void worker_on_revoke(void *opaque,
+                             const rd_kafka_topic_partition_list_t *parts,
+                             int lost, int deferred) {
+        const struct worker_topic_ref *ref = opaque;
+        worker_t *w = ref->tr_worker;
+        struct worker_revoke *rv = &w->w_revoke[ref->tr_topic];
+
+        for (int i = 0; i < parts->cnt; i++) {
+                struct part *p = part_of_elem(w, parts, i);
+
+                if (p) {
+                        p->p_draining = 1;
+                        /* The last watermark is committed synchronously at
+                         * the end even when an async commit of it is still
+                         * open and may fail in this rebalance. */
+                        p->p_committed = -1;
+                }
+        }
+        /* One revoke at a time: one still being emptied ends first. */
+        worker_revoke_finish(w, ref->tr_topic);
+        if (deferred) {
+                rv->rv_parts = rd_kafka_topic_partition_list_copy(parts);
+                worker_drain_start(w, &rv->rv_drain, parts,
+                                   w->w_stopping ? 0
+                                                 : w->w_conf->rebalance_drain_timeout_ms,
+                                   1);
+                loop_timer_start(w->w_loop, &rv->rv_timer, 0);
+                return;
+        }
+        /* Lost: someone else owns them already, and a hand-over would send
+         * them twice. */
+        worker_drain(w, parts, 0, !lost);
+        worker_revoke_end(w, ref->tr_topic, parts, lost);
 }
 
 /* ---- metrics ---- */
@@ -2014,6 +2110,9 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                         w->w_resume_at[t] = w->w_limit[t] - 1;
         }
         loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+                loop_timer_init(&w->w_revoke[t].rv_timer, worker_on_revoke_timer,
+                                &w->w_refs[t]);
         w->w_loop = loop_new();
         if (!w->w_loop) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
@@ -2125,8 +2224,10 @@ int worker_run(worker_t *w) {
                                 : w->w_conf->shutdown_timeout_ms -
                                       worker_stop_reserve_ms(w->w_conf),
                             1);
-        for (int t = 0; t < w->w_topic_cnt; t++)
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                worker_revoke_finish(w, t);
                 worker_commit(w, t, NULL, 0);
+        }
         /* Its thread reads committed offsets through the consumers. */
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
@@ -2159,6 +2260,14 @@ void worker_destroy(worker_t *w) {
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
         for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                struct worker_revoke *rv = &w->w_revoke[t];
+
+                /* Not finished: its partitions go back uncommitted. */
+                if (rv->rv_parts) {
+                        loop_timer_stop(w->w_loop, &rv->rv_timer);
+                        rd_kafka_topic_partition_list_destroy(rv->rv_parts);
+                        rv->rv_parts = NULL;
+                }
                 consumer_close(w->w_consumer[t], w->w_conf->commit_timeout_ms);
                 w->w_consumer[t] = NULL;
         }
