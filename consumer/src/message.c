@@ -1,4 +1,6 @@
 #include "message.h"
+#include "hash.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -168,20 +170,6 @@ static size_t q_width(unsigned char c) {
         return (is_q_plain(c) || c == ' ') ? 1 : 3;
 }
 
-/* Length of the UTF-8 sequence starting at @s, at most @left. */
-static size_t utf8_len(const char *s, size_t left) {
-        unsigned char c = (unsigned char)s[0];
-        size_t n = 1;
-
-        if (c >= 0xf0)
-                n = 4;
-        else if (c >= 0xe0)
-                n = 3;
-        else if (c >= 0xc0)
-                n = 2;
-        return n < left ? n : left;
-}
-
 /*
  * @returns 1 when header text cannot go out as it is: non-ASCII, control
  * characters other than tab, a "=?" that a reader would take for an encoded
@@ -254,7 +242,7 @@ static size_t enc_span(const char *s, size_t i, size_t len, int q,
         size_t enc = 0;
 
         while (j < len) {
-                size_t cl = utf8_len(s + j, len - j);
+                size_t cl = utf8_char_len(s + j, len - j);
                 size_t next;
 
                 if (q) {
@@ -278,7 +266,7 @@ static size_t enc_b_cut(const char *s, size_t i, size_t j) {
         size_t best = i;
 
         for (size_t k = i; k < j;) {
-                k += utf8_len(s + k, j - k);
+                k += utf8_char_len(s + k, j - k);
                 if ((k - i) % 3 == 0)
                         best = k;
         }
@@ -590,7 +578,7 @@ static void hdr_param(struct hdr *h, const char *name, const char *value) {
                 }
                 t = (size_t)n;
                 while (i < vlen) {
-                        size_t cl = utf8_len(value + i, vlen - i);
+                        size_t cl = utf8_char_len(value + i, vlen - i);
                         size_t need = 0;
 
                         for (size_t k = 0; k < cl; k++)
@@ -831,17 +819,6 @@ static void write_body(struct buf *b, const struct mail_request *req,
         }
 }
 
-/* FNV-1a: a stable hash of the request id for the boundaries. */
-static uint64_t id_hash(const char *s) {
-        uint64_t h = 14695981039346656037ULL;
-
-        for (; *s != '\0'; s++) {
-                h ^= (unsigned char)*s;
-                h *= 1099511628211ULL;
-        }
-        return h;
-}
-
 /* A domain for a Message-ID: printable ASCII without specials, or an
  * address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]"), which RFC 5322's
  * no-fold-literal allows with ':' inside. With @utf8 (a message sent with
@@ -965,7 +942,7 @@ struct message *message_build(const struct mail_request *req,
         char mid[512];
         char alt[40];
         char mixed[40];
-        uint64_t hash = id_hash(req->id);
+        uint64_t hash = hash_fnv1a64_str(req->id);
         int ok = 0;
 
         if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) != 0) {

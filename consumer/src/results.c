@@ -9,7 +9,9 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "backoff.h"
 #include "log.h"
+#include "utf8.h"
 
 /* How often records librdkafka refused (queue full) are offered again, and
  * how often delivery reports are served when no wake-up came. */
@@ -262,11 +264,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         }
         /* Offered again after a growing delay: the cause (size, rights,
          * a missing topic) may be fixed by an operator meanwhile. */
-        delay = RESULTS_REOFFER_MIN_MS;
-        for (int i = 0; i < tries && delay < RESULTS_REOFFER_MAX_MS; i++)
-                delay *= 2;
-        if (delay > RESULTS_REOFFER_MAX_MS)
-                delay = RESULTS_REOFFER_MAX_MS;
+        delay = backoff_ms(RESULTS_REOFFER_MIN_MS, RESULTS_REOFFER_MAX_MS, 0,
+                           tries + 1, 0);
         if (tries == 0 || tries % 10 == 0)
                 LOG(LOG_ERROR, "Kafka refused a record topic=%s err=\"%s\" "
                     "tries=%d, offering it again in %lld ms (its request "
@@ -665,37 +664,9 @@ static void jb_lit(struct jbuf *b, const char *s) {
         jb_put(b, s, strlen(s));
 }
 
-/* @returns the length of the valid UTF-8 sequence at @s (at most @n bytes),
- * or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-        size_t len;
-        uint32_t cp;
-
-        if (s[0] < 0x80)
-                return 1;
-        if (s[0] >= 0xc2 && s[0] <= 0xdf)
-                len = 2, cp = s[0] & 0x1f;
-        else if (s[0] >= 0xe0 && s[0] <= 0xef)
-                len = 3, cp = s[0] & 0x0f;
-        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-                len = 4, cp = s[0] & 0x07;
-        else
-                return 0;
-        if (len > n)
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                cp = (cp << 6) | (s[i] & 0x3f);
-        }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-                return 0;
-        return len;
-}
-
-/* Writes @s as a JSON string, or null when NULL. Bytes that are not UTF-8
- * (a relay's reply may hold any) become U+FFFD. */
+/* Writes @s as a JSON string, or null when NULL. Text that is not UTF-8
+ * (a relay's reply may hold any) is repaired as utf8_repair() does: each
+ * ill-formed part becomes one U+FFFD. */
 static void jb_str(struct jbuf *b, const char *s) {
         static const char hex[] = "0123456789abcdef";
         const unsigned char *p = (const unsigned char *)s;
@@ -730,12 +701,12 @@ static void jb_str(struct jbuf *b, const char *s) {
                         esc[5] = hex[c & 15];
                         jb_put(b, esc, 6);
                         i++;
-                } else if ((len = utf8_seq(p + i, n - i)) > 0) {
+                } else if ((len = utf8_decode(p + i, n - i, NULL)) > 0) {
                         jb_put(b, (const char *)p + i, len);
                         i += len;
                 } else {
                         jb_lit(b, "\\ufffd");
-                        i++;
+                        i += utf8_invalid_len(p + i, n - i);
                 }
         }
         jb_put(b, (const char *)p + n - run, run);
