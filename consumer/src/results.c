@@ -10,9 +10,12 @@
 #include <librdkafka/rdkafka.h>
 
 #include "backoff.h"
+#include "kconf.h"
 #include "log.h"
 #include "utf8.h"
 
+/* How errors name the producer's settings. */
+#define RESULTS_SCOPE "kafka.producer"
 /* How often records librdkafka refused (queue full) are offered again, and
  * how often delivery reports are served when no wake-up came. */
 #define RESULTS_RETRY_MS 50
@@ -445,18 +448,10 @@ static void results_on_timer(loop_t *loop, void *opaque) {
                          r->r_backlog_head ? RESULTS_RETRY_MS : RESULTS_POLL_MS);
 }
 
-static int results_conf_set(rd_kafka_conf_t *kc, const char *key,
-                            const char *value, char *errstr,
-                            size_t errstr_size) {
-        char rderr[256];
-
-        if (rd_kafka_conf_set(kc, key, value, rderr, sizeof(rderr)) !=
-            RD_KAFKA_CONF_OK) {
-                snprintf(errstr, errstr_size, "kafka.producer.%s: %s", key,
-                         rderr);
-                return -1;
-        }
-        return 0;
+/* @returns whether the producer takes the user's setting of @key:
+ * kafka.group.id reaches both clients; the producer has none. */
+static int results_conf_takes(const char *key) {
+        return strcmp(key, "group.id") != 0;
 }
 
 /* @returns whether the kafka.* settings of the producer set @key. */
@@ -503,18 +498,14 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 goto fail;
 
         kc = rd_kafka_conf_new();
-        for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
-                if (results_conf_set(kc, defaults[i][0], defaults[i][1], errstr,
-                                     errstr_size))
-                        goto fail_set;
-        for (size_t i = 0; i < conf->kafka_producer_cnt; i++)
-                /* kafka.group.id reaches both clients; the producer has none. */
-                if (strcmp(conf->kafka_producer[i].key, "group.id") != 0 &&
-                    results_conf_set(kc, conf->kafka_producer[i].key,
-                                     conf->kafka_producer[i].value, errstr,
-                                     errstr_size))
-                        goto fail_set;
-        if (results_conf_set(kc, "enable.idempotence", "true", errstr,
+        if (kconf_set_table(kc, RESULTS_SCOPE, defaults,
+                            sizeof(defaults) / sizeof(defaults[0]), errstr,
+                            errstr_size) ||
+            kconf_set_kvs(kc, RESULTS_SCOPE, conf->kafka_producer,
+                          conf->kafka_producer_cnt, results_conf_takes, errstr,
+                          errstr_size))
+                goto fail_set;
+        if (kconf_set(kc, RESULTS_SCOPE, "enable.idempotence", "true", errstr,
                              errstr_size))
                 goto fail_set;
         if (!results_conf_has(conf, "message.max.bytes")) {
@@ -524,7 +515,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 char num[32];
 
                 snprintf(num, sizeof(num), "%ld", max < 1000000 ? 1000000 : max);
-                if (results_conf_set(kc, "message.max.bytes", num, errstr,
+                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num, errstr,
                                      errstr_size))
                         goto fail_set;
         }
