@@ -133,7 +133,7 @@ def iso_to_epoch(ts):
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-_ASSIGNED = re.compile(r"^ts=(\S+Z) level=\w+ msg=partitions assigned")
+_ASSIGNED = re.compile(r'^ts=(\S+Z) level=\w+ msg="partitions assigned"')
 
 
 def first_assigned(log_path):
@@ -478,7 +478,7 @@ def _assigned_count(log_path):
     try:
         with open(log_path, errors="replace") as f:
             for line in f:
-                if "msg=partitions assigned" in line:
+                if 'msg="partitions assigned"' in line:
                     n += 1
     except OSError:
         pass

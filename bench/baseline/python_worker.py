@@ -13,7 +13,7 @@ and committing out of order can skip a request that is still being sent).
 
 Needs confluent-kafka (or, failing that, kafka-python); the bench script
 installs it into bench/.venv. Logs go to stderr in the worker's format
-("ts=... level=info msg=partitions assigned ...") so the bench can read the
+(logfmt: 'ts=... level=info msg="partitions assigned" ...') so the bench can read the
 time of the first assignment the same way for both workers. SIGTERM or SIGINT
 stops it after the sends in flight.
 """
@@ -34,10 +34,19 @@ except ImportError:  # pragma: no cover - fallback client
     ck = None
 
 
-def log(msg):
+def _logfmt_value(v):
+    v = str(v)
+    if v and not any(c in v for c in ' "=\\') and v.isprintable():
+        return v
+    return '"' + "".join("?" if not c.isprintable() else c for c in v).replace(
+        "\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def log(msg, **fields):
     now = datetime.datetime.now(datetime.timezone.utc)
     ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    print(f"ts={ts} level=info msg={msg}", file=sys.stderr, flush=True)
+    kv = "".join(f" {k}={_logfmt_value(v)}" for k, v in fields.items())
+    print(f"ts={ts} level=info msg={_logfmt_value(msg)}{kv}", file=sys.stderr, flush=True)
 
 
 def build_message(req):
@@ -120,7 +129,7 @@ def main():
         })
 
         def on_assign(c, parts):
-            log("partitions assigned count=%d" % len(parts))
+            log("partitions assigned", count=len(parts))
 
         consumer.subscribe([args.topic], on_assign=on_assign)
 
@@ -144,7 +153,7 @@ def main():
 
         class Listener(kafka.ConsumerRebalanceListener):
             def on_partitions_assigned(self, assigned):
-                log("partitions assigned count=%d" % len(assigned))
+                log("partitions assigned", count=len(assigned))
 
             def on_partitions_revoked(self, revoked):
                 pass
@@ -176,13 +185,13 @@ def main():
         except Exception as e:  # a failed send is logged and committed anyway
             with counts_lock:
                 counts["failed"] += 1
-            log("send failed offset=%d error=%r" % (offset, e))
+            log("send failed", offset=offset, error=repr(e))
         finally:
             committer.done(topic, partition, offset)
             slots.release()
 
-    log("started threads=%d client=%s" % (args.threads,
-                                           "confluent-kafka" if ck else "kafka-python"))
+    log("started", threads=args.threads,
+        client="confluent-kafka" if ck else "kafka-python")
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.threads) as pool:
         while not stop.is_set():
             committer.commit_finished()
@@ -197,7 +206,7 @@ def main():
                 pool.submit(handle, *m)
     committer.commit_finished()
     consumer.close()
-    log("stopped sent=%d failed=%d" % (counts["sent"], counts["failed"]))
+    log("stopped", sent=counts["sent"], failed=counts["failed"])
 
 
 if __name__ == "__main__":

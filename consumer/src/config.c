@@ -859,7 +859,7 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
                 return -1;
         if (strncmp(conf->smtp_url, "smtps://", strlen("smtps://")) == 0 &&
             conf->smtp_starttls == CONFIG_TLS_OFF)
-                LOG(LOG_INFO,
+                LOG(LL_INFO,
                     "smtp.url is smtps://: TLS is implicit, smtp.starttls=off "
                     "does not turn it off");
 
@@ -881,7 +881,7 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
         if (conf->smtp_username[0] != '\0' &&
             strncmp(conf->smtp_url, "smtp://", strlen("smtp://")) == 0 &&
             conf->smtp_starttls == CONFIG_TLS_OFF)
-                LOG(LOG_WARN, "smtp.starttls=off with smtp.username set: the "
+                LOG(LL_WARN, "smtp.starttls=off with smtp.username set: the "
                               "password crosses the network in clear");
 
         if (config_check_backoff("smtp.relay.backoff.initial.ms",

@@ -252,7 +252,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 c->c_debug_ours = 0;
         }
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-                LOG(LOG_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
+                LOG(LL_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq[0].mq_topic, parts->cnt, cooperative);
                 /* Before the assignment: once fetching starts, librdkafka
                  * forwards a partition queue the application has not. */
@@ -272,7 +272,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
                 int lost = rd_kafka_assignment_lost(rk);
 
-                LOG(LOG_INFO, "partitions revoked topic=%s count=%d lost=%d",
+                LOG(LL_INFO, "partitions revoked topic=%s count=%d lost=%d",
                     c->c_mq[0].mq_topic, parts->cnt, lost);
                 for (int i = 0; i < parts->cnt; i++) {
                         int t = consumer_topic_index(c, parts->elems[i].topic);
@@ -296,7 +296,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         ret = rd_kafka_assign(rk, NULL);
                 }
         } else {
-                LOG(LOG_ERROR, "rebalance error err=\"%s\"", rd_kafka_err2str(err));
+                LOG(LL_ERROR, "rebalance error err=%s", rd_kafka_err2str(err));
                 c->c_h.on_revoke(c->c_opaque, parts, 1);
                 if (cooperative)
                         error = rd_kafka_incremental_unassign(rk, parts);
@@ -304,11 +304,11 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         ret = rd_kafka_assign(rk, NULL);
         }
         if (error) {
-                LOG(LOG_ERROR, "assignment change failed err=\"%s\"",
+                LOG(LL_ERROR, "assignment change failed err=%s",
                     rd_kafka_error_string(error));
                 rd_kafka_error_destroy(error);
         } else if (ret) {
-                LOG(LOG_ERROR, "assignment change failed err=\"%s\"",
+                LOG(LL_ERROR, "assignment change failed err=%s",
                     rd_kafka_err2str(ret));
         }
         c->c_in_rebalance = 0;
@@ -322,7 +322,7 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         (void)rk;
         if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
                 c->c_commit_errors++;
-                LOG(LOG_WARN, "offset commit failed err=\"%s\" partitions=%d",
+                LOG(LL_WARN, "offset commit failed err=%s partitions=%d",
                     rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
         }
         c->c_h.on_commit(c->c_opaque, offsets, err);
@@ -344,7 +344,7 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
                               void *opaque) {
         (void)rk;
         (void)opaque;
-        LOG(LOG_WARN, "consumer error err=%s reason=\"%s\"",
+        LOG(LL_WARN, "consumer error err=%s reason=%s",
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
@@ -352,10 +352,10 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
 static void consumer_dispatch(consumer_t *c, int t, rd_kafka_message_t *m) {
         if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                        LOG(LOG_WARN, "consume error err=\"%s\"",
+                        LOG(LL_WARN, "consume error err=%s",
                             rd_kafka_message_errstr(m));
         } else if (t < 0) {
-                LOG(LOG_ERROR, "message of a topic not subscribed topic=%s",
+                LOG(LL_ERROR, "message of a topic not subscribed topic=%s",
                     rd_kafka_topic_name(m->rkt));
         } else {
                 c->c_h.on_message(c->c_opaque, t, m);
@@ -504,8 +504,8 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                 c->c_fatal = "the broker does not support group.protocol="
                              "consumer (KIP-848 needs Kafka 4.0 or newer): "
                              "set group.protocol=classic";
-                LOG(LOG_ERROR, "consumer group cannot be joined topic=%s "
-                               "reason=\"%s\"",
+                LOG(LL_ERROR, "consumer group cannot be joined topic=%s "
+                               "reason=%s",
                     c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
         }
 
@@ -786,7 +786,7 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                 error = rd_kafka_consumer_close_queue(c->c_rk, q);
                 closing = error == NULL;
                 if (error) {
-                        LOG(LOG_WARN, "consumer close err=\"%s\"",
+                        LOG(LL_WARN, "consumer close err=%s",
                             rd_kafka_error_string(error));
                         rd_kafka_error_destroy(error);
                 }
@@ -803,7 +803,7 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                 if (!closing || rd_kafka_consumer_closed(c->c_rk)) {
                         rd_kafka_destroy(c->c_rk);
                 } else {
-                        LOG(LOG_WARN, "consumer group not left within %d ms: "
+                        LOG(LL_WARN, "consumer group not left within %d ms: "
                                       "its partitions move when the member's "
                                       "session times out",
                             timeout_ms);
@@ -836,7 +836,7 @@ void consumer_set_paused(consumer_t *c, int t, int paused) {
         if (mq->mq_paused == paused)
                 return;
         mq->mq_paused = paused;
-        LOG(LOG_DEBUG, "consumption %s topic=%s", paused ? "paused" : "resumed",
+        LOG(LL_DEBUG, "consumption %s topic=%s", paused ? "paused" : "resumed",
             mq->mq_topic);
         if (!paused)
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
@@ -896,14 +896,14 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
         }
         rd_kafka_queue_destroy(q);
         if (!err && !cw.cw_done) {
-                LOG(LOG_WARN, "offset commit not answered within %d ms "
+                LOG(LL_WARN, "offset commit not answered within %d ms "
                               "partitions=%d", wait_ms, offsets->cnt);
                 return -1;
         }
         if (!err)
                 err = cw.cw_err;
         if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-                LOG(LOG_WARN, "offset commit failed err=\"%s\"",
+                LOG(LL_WARN, "offset commit failed err=%s",
                     rd_kafka_err2str(err));
                 return -1;
         }

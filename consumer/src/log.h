@@ -1,12 +1,21 @@
 /*
- * log: one line per event on stderr, "ts=... level=... msg=..." followed by
- * structured key=value fields. The level is tested before anything is
- * formatted. stdout is never used by the worker.
+ * log: one logfmt line per event on stderr:
+ *   ts=2026-12-02T16:00:00.000Z level=warn msg="relay unhealthy" relay=smtp://... code=451
+ * The level is tested before anything is formatted. stdout is never used by
+ * the worker.
  */
 #ifndef KM_LOG_H
 #define KM_LOG_H
 
-enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+#include <stdarg.h>
+#include <stddef.h>
+
+/* Levels; LL_ (not LOG_) so that <syslog.h> can be included alongside. */
+enum log_level { LL_ERROR = 0, LL_WARN, LL_INFO, LL_DEBUG };
+
+/* The longest line written, its NUL included: longer ones are cut (a quoted
+ * value cut short is still closed). */
+#define LOG_LINE_MAX 2048
 
 extern enum log_level log_threshold;
 
@@ -16,14 +25,22 @@ int log_set_level(const char *name);
 void log_write(enum log_level level, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
+/* Formats @fmt as the logfmt fields of a line into @out (@size bytes, always
+ * NUL-terminated): the text before the first " key=" is msg, quoted; each
+ * field's value (what its conversions and text give, up to the next " key=")
+ * is bare when it is a plain token, else quoted with '"' and '\' escaped;
+ * control characters show as '?'. @returns the length written. */
+size_t log_vformat(char *out, size_t size, const char *fmt, va_list ap);
+
 /* A librdkafka log callback (rd_kafka_conf_set_log_cb) writing through
  * log_write: syslog levels 0-3 as error, 4 warn, 5-6 info, 7 debug. */
 struct rd_kafka_s;
 void log_rdkafka(const struct rd_kafka_s *rk, int level, const char *fac,
                  const char *buf);
 
-/* The message is printf-formatted; put key=value fields in the format:
- *   LOG(LOG_WARN, "relay unhealthy relay=%s code=%d", url, code); */
+/* The format is the message, then " key=value" fields whose values are
+ * printf conversions, never quoted by hand (log_vformat() quotes them):
+ *   LOG(LL_WARN, "relay unhealthy relay=%s code=%d reply=%s", url, code, reply); */
 #define LOG(level, ...)                                                        \
         do {                                                                   \
                 if ((level) <= log_threshold)                                  \

@@ -284,6 +284,11 @@ void loop_timer_init(loop_timer_t *t, loop_timer_cb *cb, void *opaque) {
         t->lt_opaque = opaque;
 }
 
+void loop_timer_start_within(loop_t *loop, loop_timer_t *t, int64_t delay_ms) {
+        if (!loop_timer_pending(t) || t->lt_due_ms > loop->l_now_ms + delay_ms)
+                loop_timer_start(loop, t, delay_ms);
+}
+
 int loop_timer_pending(const loop_timer_t *t) {
         return t->lt_heap_idx != SIZE_MAX;
 }

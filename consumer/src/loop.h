@@ -59,6 +59,9 @@ void loop_io_del(loop_t *loop, int fd);
 void loop_timer_init(loop_timer_t *t, loop_timer_cb *cb, void *opaque);
 /* (Re)starts @t to fire once, @delay_ms from now (0 = next iteration). */
 void loop_timer_start(loop_t *loop, loop_timer_t *t, int64_t delay_ms);
+/* Makes @t fire within @delay_ms: starts it, or moves it earlier when it is
+ * due later; a @t due sooner stays as it is. */
+void loop_timer_start_within(loop_t *loop, loop_timer_t *t, int64_t delay_ms);
 /* Stops @t if pending. */
 void loop_timer_stop(loop_t *loop, loop_timer_t *t);
 /* @returns non-zero when @t is pending. */

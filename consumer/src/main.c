@@ -140,8 +140,11 @@ int main(int argc, char **argv) {
         srand((unsigned)time(NULL) ^ (unsigned)getpid());
         the_worker = worker_new(conf, errstr, sizeof(errstr));
         if (!the_worker) {
+                /* Among the log lines librdkafka may have written already. */
+                LOG(LL_ERROR, "cannot start error=%s", errstr);
                 curl_global_cleanup();
-                goto fail;
+                ret = 1;
+                goto out;
         }
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on_signal;

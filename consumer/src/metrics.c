@@ -135,7 +135,7 @@ void metrics_sample(metrics_out_t *out, const char *name, const char *type,
 static void metrics_conn_close(struct metrics_conn *c, const char *why) {
         metrics_t *m = c->mc_m;
 
-        LOG(LOG_DEBUG, "metrics connection closed fd=%d reason=\"%s\"",
+        LOG(LL_DEBUG, "metrics connection closed fd=%d reason=%s",
             c->mc_fd, why);
         loop_timer_stop(m->m_loop, &c->mc_timer);
         loop_io_del(m->m_loop, c->mc_fd);
@@ -241,7 +241,7 @@ static void metrics_conn_respond(struct metrics_conn *c, int status,
                 memcpy(c->mc_out + n, body, send_len);
         c->mc_out_len = (size_t)n + send_len;
         c->mc_out_off = 0;
-        LOG(LOG_DEBUG, "metrics response fd=%d status=%d bytes=%zu", c->mc_fd,
+        LOG(LL_DEBUG, "metrics response fd=%d status=%d bytes=%zu", c->mc_fd,
             status, c->mc_out_len);
         metrics_conn_write(c);
 }
@@ -263,7 +263,7 @@ static void metrics_serve_metrics(struct metrics_conn *c, int head_only) {
         if (m->m_render)
                 m->m_render(&out, m->m_opaque);
         if (dynbuf_error(&out.mo_text) != DYNBUF_OK) {
-                LOG(LOG_WARN,
+                LOG(LL_WARN,
                     "metrics text over its limit or out of memory limit=%d",
                     METRICS_OUT_MAX);
                 metrics_conn_respond_text(c, 500, "metrics unavailable\n",
@@ -329,7 +329,7 @@ static void metrics_conn_handle(struct metrics_conn *c) {
         path_len = sp ? (size_t)(sp - target) : target_len;
         get = metrics_token_is(method, method_len, "GET");
         head = metrics_token_is(method, method_len, "HEAD");
-        LOG(LOG_DEBUG, "metrics request fd=%d method=%.*s path_len=%zu",
+        LOG(LL_DEBUG, "metrics request fd=%d method=%.*s path_len=%zu",
             c->mc_fd, (get || head) ? (int)method_len : 5,
             (get || head) ? method : "other", path_len);
 
@@ -460,7 +460,7 @@ static void metrics_conn_new(metrics_t *m, int fd) {
 
         c = malloc(sizeof(*c));
         if (!c) {
-                LOG(LOG_WARN, "metrics: out of memory for a connection");
+                LOG(LL_WARN, "metrics: out of memory for a connection");
                 close(fd);
                 return;
         }
@@ -479,7 +479,7 @@ static void metrics_conn_new(metrics_t *m, int fd) {
         loop_timer_init(&c->mc_timer, metrics_conn_timeout_cb, c);
         if (loop_io_add(m->m_loop, fd, LOOP_READ, metrics_conn_io_cb, c) ==
             -1) {
-                LOG(LOG_WARN, "metrics: cannot watch connection fd=%d: %s", fd,
+                LOG(LL_WARN, "metrics: cannot watch connection fd=%d error=%s", fd,
                     strerror(errno));
                 close(fd);
                 free(c);
@@ -491,7 +491,7 @@ static void metrics_conn_new(metrics_t *m, int fd) {
         m->m_conns = c;
         m->m_conn_cnt++;
         loop_timer_start(m->m_loop, &c->mc_timer, m->m_timeout_ms);
-        LOG(LOG_DEBUG, "metrics connection accepted fd=%d open=%zu", fd,
+        LOG(LL_DEBUG, "metrics connection accepted fd=%d open=%zu", fd,
             m->m_conn_cnt);
 }
 
@@ -499,7 +499,7 @@ static void metrics_accept_resume_cb(loop_t *loop, void *opaque) {
         metrics_t *m = opaque;
 
         if (loop_io_mod(loop, m->m_fd, LOOP_READ) == -1)
-                LOG(LOG_ERROR, "metrics: cannot watch the listener again: %s",
+                LOG(LL_ERROR, "metrics: cannot watch the listener again error=%s",
                     strerror(errno));
 }
 
@@ -532,9 +532,9 @@ static void metrics_accept_cb(loop_t *loop, int fd, unsigned events,
                                 /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the
                                  * listener stays readable, so pause instead
                                  * of spinning. */
-                                LOG(LOG_WARN,
+                                LOG(LL_WARN,
                                     "metrics: accept failed, pausing "
-                                    "error=\"%s\" pause_ms=%d",
+                                    "error=%s pause_ms=%d",
                                     strerror(errno), METRICS_ACCEPT_PAUSE_MS);
                                 (void)loop_io_mod(loop, fd, 0);
                                 loop_timer_start(loop, &m->m_accept_timer,
@@ -543,7 +543,7 @@ static void metrics_accept_cb(loop_t *loop, int fd, unsigned events,
                         }
                 }
                 if (m->m_conn_cnt >= METRICS_CONN_MAX) {
-                        LOG(LOG_DEBUG,
+                        LOG(LL_DEBUG,
                             "metrics connection refused fd=%d open=%zu", cfd,
                             m->m_conn_cnt);
                         close(cfd);
@@ -684,7 +684,7 @@ metrics_t *metrics_new(loop_t *loop, const char *addr,
         if (loop_io_add(loop, fd, LOOP_READ, metrics_accept_cb, m) == -1)
                 goto err_sys;
         m->m_fd = fd;
-        LOG(LOG_INFO, "metrics listening listen=%s port=%d", addr,
+        LOG(LL_INFO, "metrics listening listen=%s port=%d", addr,
             m->m_port);
         return m;
 

@@ -465,7 +465,7 @@ static void *recall_main(void *arg) {
                 r->r_done = d;
                 pthread_mutex_unlock(&r->r_lock);
                 if (write(r->r_pipe[1], "1", 1) == -1 && errno != EAGAIN)
-                        LOG(LOG_WARN, "recall: cannot wake the loop: %s",
+                        LOG(LL_WARN, "recall: cannot wake the loop error=%s",
                             strerror(errno));
         }
         return NULL;

@@ -235,16 +235,16 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
                 switch (kind) {
                 case REC_HANDOFF:
-                        LOG(LOG_WARN, "retry record too large for topic=%s, "
-                            "retrying in memory instead", topic);
+                        LOG(LL_WARN, "retry record too large, retrying in memory "
+                            "instead topic=%s", topic);
                         if (headers)
                                 rd_kafka_headers_destroy(headers);
                         r->r_nack_cb(opaque);
                         return;
                 case REC_DEADLETTER:
                         if (value_len > RESULTS_DEADLETTER_CUT) {
-                                LOG(LOG_WARN, "dead-letter copy too large for "
-                                    "topic=%s bytes=%zu, cut to %d",
+                                LOG(LL_WARN, "dead-letter copy too large, cut "
+                                    "topic=%s bytes=%zu cut_to=%d",
                                     topic, value_len, RESULTS_DEADLETTER_CUT);
                                 if (!headers)
                                         headers = rd_kafka_headers_new(1);
@@ -257,8 +257,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
                 case REC_RESULT:
                         small = results_shrink_result(value, value_len);
                         if (small) {
-                                LOG(LOG_WARN, "result too large for topic=%s "
-                                    "bytes=%zu, sent without metadata",
+                                LOG(LL_WARN, "result too large, sent without "
+                                    "metadata topic=%s bytes=%zu",
                                     topic, value_len);
                                 value = small;
                                 value_len = strlen(small);
@@ -271,9 +271,9 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         delay = backoff_ms(RESULTS_REOFFER_MIN_MS, RESULTS_REOFFER_MAX_MS, 0,
                            tries + 1, 0);
         if (tries == 0 || tries % 10 == 0)
-                LOG(LOG_ERROR, "Kafka refused a record topic=%s err=\"%s\" "
-                    "tries=%d, offering it again in %lld ms (its request "
-                    "stays uncommitted)",
+                LOG(LL_ERROR, "Kafka refused a record, offering it again (its "
+                    "request stays uncommitted) topic=%s err=%s tries=%d "
+                    "retry_in_ms=%lld",
                     topic, rd_kafka_err2str(err), tries + 1, (long long)delay);
         b = results_backlog_add(r, kind, topic, partition, key, key_len, value,
                                 value_len, headers, opaque);
@@ -388,7 +388,7 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 return;
         }
         /* Not stored: the request stays uncommitted until a copy is. */
-        LOG(LOG_WARN, "record delivery failed topic=%s err=\"%s\"", topic,
+        LOG(LL_WARN, "record delivery failed topic=%s err=%s", topic,
             rd_kafka_err2str(m->err));
         if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
                 copy = rd_kafka_headers_copy(hdrs);
@@ -410,13 +410,13 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
 
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
-                LOG(LOG_ERROR, "results producer failed for good reason=\"%s\": "
-                    "stopping (unfinished requests stay uncommitted)",
+                LOG(LL_ERROR, "results producer failed for good, stopping "
+                    "(unfinished requests stay uncommitted) reason=%s",
                     fatal);
                 r->r_fatal = 1;
                 return;
         }
-        LOG(LOG_WARN, "results producer error err=%s reason=\"%s\"",
+        LOG(LL_WARN, "results producer error err=%s reason=%s",
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
@@ -575,9 +575,9 @@ void results_destroy(results_t *r, int timeout_ms) {
                         rd_kafka_poll(r->r_rk, 50);
                 }
                 if (r->r_backlog_cnt || rd_kafka_outq_len(r->r_rk) > 0)
-                        LOG(LOG_WARN,
-                            "results not acknowledged at exit count=%zu "
-                            "(their requests stay uncommitted)",
+                        LOG(LL_WARN,
+                            "results not acknowledged at exit (their "
+                            "requests stay uncommitted) count=%zu",
                             r->r_backlog_cnt +
                                 (size_t)rd_kafka_outq_len(r->r_rk));
         }

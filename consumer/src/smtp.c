@@ -451,12 +451,12 @@ static void list_remove(struct smtp_session **head, struct smtp_session *s) {
  * libcurl's own sockets (while sessions connect)
  */
 
-static int curl_fd_owned(const smtp_client_t *sc, int fd) {
+static int smtp_curl_fd_owned(const smtp_client_t *sc, int fd) {
         return fd >= 0 && (size_t)fd < sc->sc_curl_fds_cnt &&
                sc->sc_curl_fds[fd];
 }
 
-static int curl_fd_set(smtp_client_t *sc, int fd, struct smtp_multi *v) {
+static int smtp_curl_fd_set(smtp_client_t *sc, int fd, struct smtp_multi *v) {
         if ((size_t)fd >= sc->sc_curl_fds_cnt) {
                 size_t cnt = sc->sc_curl_fds_cnt ? sc->sc_curl_fds_cnt : 64;
                 struct smtp_multi **p;
@@ -477,8 +477,8 @@ static int curl_fd_set(smtp_client_t *sc, int fd, struct smtp_multi *v) {
         return 0;
 }
 
-static void curl_fd_release(smtp_client_t *sc, int fd) {
-        if (!curl_fd_owned(sc, fd))
+static void smtp_curl_fd_release(smtp_client_t *sc, int fd) {
+        if (!smtp_curl_fd_owned(sc, fd))
                 return;
         loop_io_del(sc->sc_loop, fd);
         sc->sc_curl_fds[fd] = NULL;
@@ -486,7 +486,7 @@ static void curl_fd_release(smtp_client_t *sc, int fd) {
 
 static void client_check_multi(struct smtp_multi *m);
 
-static void curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
+static void smtp_curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
         struct smtp_multi *m = opaque;
         int flags = 0, running;
 
@@ -501,8 +501,8 @@ static void curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
         client_check_multi(m);
 }
 
-static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
-                          void *socketp) {
+static int smtp_curl_socket_cb(CURL *easy, curl_socket_t fd, int what,
+                               void *userp, void *socketp) {
         struct smtp_multi *m = userp;
         smtp_client_t *sc = m->m_client;
         unsigned events = 0;
@@ -510,31 +510,31 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
         (void)easy;
         (void)socketp;
         if (what == CURL_POLL_REMOVE) {
-                curl_fd_release(sc, fd);
+                smtp_curl_fd_release(sc, fd);
                 return 0;
         }
         if (what & CURL_POLL_IN)
                 events |= LOOP_READ;
         if (what & CURL_POLL_OUT)
                 events |= LOOP_WRITE;
-        if (curl_fd_owned(sc, fd)) {
+        if (smtp_curl_fd_owned(sc, fd)) {
                 sc->sc_curl_fds[fd] = m;
                 if (loop_io_mod(sc->sc_loop, fd, events) == -1)
-                        LOG(LOG_ERROR, "smtp: epoll mod fd=%d: %s", fd,
+                        LOG(LL_ERROR, "smtp: epoll mod failed fd=%d error=%s", fd,
                             strerror(errno));
                 return 0;
         }
-        if (curl_fd_set(sc, fd, m) == -1 ||
-            loop_io_add(sc->sc_loop, fd, events, curl_io_cb, m) == -1) {
-                LOG(LOG_ERROR, "smtp: cannot watch libcurl fd=%d: %s", fd,
+        if (smtp_curl_fd_set(sc, fd, m) == -1 ||
+            loop_io_add(sc->sc_loop, fd, events, smtp_curl_io_cb, m) == -1) {
+                LOG(LL_ERROR, "smtp: cannot watch libcurl fd=%d error=%s", fd,
                     strerror(errno));
-                curl_fd_set(sc, fd, NULL);
+                smtp_curl_fd_set(sc, fd, NULL);
                 return -1;
         }
         return 0;
 }
 
-static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+static int smtp_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
         struct smtp_multi *m = userp;
 
         (void)multi;
@@ -545,7 +545,7 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
         return 0;
 }
 
-static void curl_timeout_fire(loop_t *loop, void *opaque) {
+static void smtp_curl_timeout_fire(loop_t *loop, void *opaque) {
         struct smtp_multi *m = opaque;
         int running;
 
@@ -570,10 +570,10 @@ static struct smtp_multi *client_multi_for_session(smtp_client_t *sc) {
                 return NULL;
         }
         m->m_client = sc;
-        loop_timer_init(&m->m_timer, curl_timeout_fire, m);
-        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+        loop_timer_init(&m->m_timer, smtp_curl_timeout_fire, m);
+        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETFUNCTION, smtp_curl_socket_cb);
         curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETDATA, m);
-        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERFUNCTION, smtp_curl_timer_cb);
         curl_multi_setopt(m->m_multi, CURLMOPT_TIMERDATA, m);
         m->m_next = sc->sc_multis;
         sc->sc_multis = m;
@@ -750,7 +750,7 @@ static void session_fail(struct smtp_session *s, const char *reason) {
 
         snprintf(msg, sizeof(msg), "%s after %s", reason,
                  session_step_name(s, s->ss_step));
-        LOG(LOG_DEBUG, "smtp session closed relay=%s reason=\"%s\"",
+        LOG(LL_DEBUG, "smtp session closed relay=%s reason=%s",
             sc->sc_relay, msg);
         job = session_take_job(s);
         session_close(s);
@@ -1339,7 +1339,7 @@ static int session_closesocket_cb(void *clientp, curl_socket_t fd) {
                 idle_remove(s);
                 loop_timer_start(sc->sc_loop, &s->ss_timer, 0);
         } else {
-                curl_fd_release(sc, fd);
+                smtp_curl_fd_release(sc, fd);
         }
         return close(fd);
 }
@@ -1361,7 +1361,7 @@ static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
         if (!sc->sc_healthy && !s->ss_probe) {
                 /* one of several sessions opened together failed the same
                  * way: the failure was counted and logged already */
-                LOG(LOG_DEBUG, "smtp session failed error=\"%s\"",
+                LOG(LL_DEBUG, "smtp session failed error=%s",
                     sc->sc_last_error);
                 return;
         }
@@ -1383,13 +1383,13 @@ static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
         if (sc->sc_warned_ms && now - sc->sc_warned_ms < SMTP_RELAY_WARN_MS &&
             sc->sc_warned_what && strcmp(sc->sc_warned_what, what) == 0) {
                 sc->sc_failures_quiet++;
-                LOG(LOG_DEBUG, "relay still unhealthy relay=%s retry_in_ms=%lld",
+                LOG(LL_DEBUG, "relay still unhealthy relay=%s retry_in_ms=%lld",
                     sc->sc_relay, (long long)delay);
                 return;
         }
-        LOG(LOG_WARN,
+        LOG(LL_WARN,
             "relay unhealthy relay=%s retry_in_ms=%lld queued=%zu "
-            "failures_since_last_warning=%llu error=\"%s\"",
+            "failures_since_last_warning=%llu error=%s",
             sc->sc_relay, (long long)delay, sc->sc_queued,
             (unsigned long long)sc->sc_failures_quiet, sc->sc_last_error);
         sc->sc_warned_ms = now;
@@ -1476,9 +1476,9 @@ static void session_connected(struct smtp_session *s) {
                 return;
         }
         /* libcurl said CURL_POLL_REMOVE for it already; be sure */
-        curl_fd_release(sc, fd);
+        smtp_curl_fd_release(sc, fd);
         if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
-                LOG(LOG_ERROR, "smtp: cannot watch session fd=%d: %s", fd,
+                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
                     strerror(errno));
                 session_close(s);
                 return;
@@ -1493,10 +1493,10 @@ static void session_connected(struct smtp_session *s) {
                 sc->sc_warned_ms = 0;
                 sc->sc_failures_quiet = 0;
                 loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
-                LOG(LOG_INFO, "relay healthy relay=%s", sc->sc_relay);
+                LOG(LL_INFO, "relay healthy relay=%s", sc->sc_relay);
                 client_kick(sc);
         }
-        LOG(LOG_DEBUG,
+        LOG(LL_DEBUG,
             "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
             sc->sc_relay, fd, s->ss_cap_pipelining,
             (unsigned long long)s->ss_size_max);

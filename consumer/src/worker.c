@@ -344,9 +344,7 @@ static void worker_commit_soon(worker_t *w, int t) {
 
         if (wait < 0 || (w->w_consumer[t] && consumer_paused(w->w_consumer[t], 0)))
                 wait = 0;
-        if (!loop_timer_pending(&w->w_commit_timer) ||
-            w->w_commit_timer.lt_due_ms > now + wait)
-                loop_timer_start(w->w_loop, &w->w_commit_timer, wait);
+        loop_timer_start_within(w->w_loop, &w->w_commit_timer, wait);
 }
 
 /* ---- entries ---- */
@@ -381,7 +379,7 @@ static void entry_destroy(struct entry *e, int done) {
         loop_timer_stop(w->w_loop, &e->e_timer);
         if (done && !p->p_revoked) {
                 if (offsets_done(p->p_offsets, e->e_offset) == -1)
-                        LOG(LOG_ERROR,
+                        LOG(LL_ERROR,
                             "offset not tracked topic=%s partition=%d offset=%lld",
                             w->w_topics[p->p_topic], (int)p->p_partition,
                             (long long)e->e_offset);
@@ -490,7 +488,7 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         rec.metadata = e->e_req->metadata;
         rec.results_partition = e->e_part->p_results_partition;
         w->w_stats.duplicates++;
-        LOG(LOG_INFO, "repeated request not sent again id=%s status=%s",
+        LOG(LL_INFO, "repeated request not sent again id=%s status=%s",
             rec.id, result_status_name(rec.status));
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
@@ -837,7 +835,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                 break;
         case RESULT_FAILED:
                 w->w_stats.failed++;
-                LOG(LOG_INFO, "request failed id=%s code=%d reason=\"%s\"",
+                LOG(LL_INFO, "request failed id=%s code=%d reason=%s",
                     rec.id, code, error ? error : (reply ? reply : ""));
                 break;
         case RESULT_REJECTED:
@@ -929,7 +927,7 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
         if (!value)
                 abort();
         w->w_stats.handoffs++;
-        LOG(LOG_DEBUG, "moved to the retry topic id=%s attempts=%d", e->e_req->id,
+        LOG(LL_DEBUG, "moved to the retry topic id=%s attempts=%d", e->e_req->id,
             e->e_attempts);
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
@@ -1081,7 +1079,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 entry_destroy(e, 0);
                 return;
         }
-        LOG(LOG_DEBUG, "retrying id=%s attempt=%d code=%d reply=\"%s\"",
+        LOG(LL_DEBUG, "retrying id=%s attempt=%d code=%d reply=%s",
             e->e_req->id, e->e_attempts, job->code, job->reply);
         e->e_state = ENTRY_WAITING;
         e->e_due_ms = now + backoff; /* for a hand-over before then */
@@ -1163,8 +1161,8 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
         src.topic = w->w_topics[t];
         src.partition = m->partition;
         src.offset = m->offset;
-        LOG(LOG_INFO, "request rejected topic=%s partition=%d offset=%lld id=%s "
-            "reason=\"%s\"",
+        LOG(LL_INFO, "request rejected topic=%s partition=%d offset=%lld id=%s "
+            "reason=%s",
             src.topic, (int)m->partition, (long long)m->offset, id[0] ? id : "-",
             reason);
         e->e_state = ENTRY_PUBLISHING;
@@ -1263,7 +1261,7 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
         } else {
                 /* Seen already in this assignment (the consumer went back):
                  * still in flight, or done and committed or about to be. */
-                LOG(LOG_WARN, "offset seen already topic=%s partition=%d offset=%lld",
+                LOG(LL_WARN, "offset seen already topic=%s partition=%d offset=%lld",
                     w->w_topics[t], (int)m->partition, (long long)m->offset);
                 return;
         }
@@ -1389,11 +1387,11 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
         if (released == 0)
                 return;
         if (incomplete > 0)
-                LOG(LOG_WARN, "results topic not fully read at assignment "
-                    "topic=%s partitions=%d incomplete=%d reason=\"%s\" "
-                    "(requests finished by an earlier owner may be sent again)",
+                LOG(LL_WARN, "results topic not fully read at assignment "
+                    "(requests finished by an earlier owner may be sent "
+                    "again) topic=%s partitions=%d incomplete=%d reason=%s",
                     w->w_topics[t], released, incomplete, a->note);
-        LOG(LOG_INFO, "results read at assignment topic=%s partitions=%d "
+        LOG(LL_INFO, "results read at assignment topic=%s partitions=%d "
             "with_results_offset=%d records=%llu final_ids=%zu took_ms=%lld",
             w->w_topics[t], released, floors, (unsigned long long)records,
             a->item_cnt, (long long)a->took_ms);
@@ -1523,8 +1521,8 @@ static void worker_commit(worker_t *w, int t,
                  * timeout while the coordinator is away): what it carried
                  * is offered again, or what waits for it (held) could wait
                  * for ever. */
-                LOG(LOG_WARN, "offset commit not answered within "
-                    "commit.timeout.ms (%d ms) topic=%s: offered again",
+                LOG(LL_WARN, "offset commit not answered within "
+                    "commit.timeout.ms (%d ms), offered again topic=%s",
                     w->w_conf->commit_timeout_ms, w->w_topics[t]);
                 w->w_commit_sent_ms[t] = 0;
                 w->w_stats.commits_unanswered++;
@@ -1560,7 +1558,7 @@ static void worker_commit(worker_t *w, int t,
                                 worker_commit_part(w, w->w_parts[t][i], offs);
         }
         if (offs->cnt > 0) {
-                LOG(LOG_DEBUG, "committing topic=%s partitions=%d async=%d",
+                LOG(LL_DEBUG, "committing topic=%s partitions=%d async=%d",
                     w->w_topics[t], offs->cnt, async);
                 if (async)
                         w->w_commit_sent_ms[t] = loop_now_ms(w->w_loop);
@@ -1627,7 +1625,7 @@ static void worker_watch_progress(worker_t *w) {
                 for (size_t i = 0; i < w->w_parts_size[t]; i++)
                         waiting_recall += w->w_parts[t][i] && w->w_parts[t][i]->p_held;
         smtp_client_stats(w->w_smtp, &ss);
-        LOG(LOG_WARN, "no progress for stall.warn.ms (%d ms) with requests held "
+        LOG(LL_WARN, "no progress for stall.warn.ms (%d ms) with requests held "
             "inflight=%zu held=%zu limit=%zu paused=%d commit_out_ms=%lld "
             "retry_inflight=%zu retry_held=%zu results_unacknowledged=%zu "
             "smtp_sessions=%zu smtp_busy=%zu smtp_queued=%zu relay_healthy=%d "
@@ -1783,7 +1781,7 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
                 loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
         }
         if (retries + queued > 0)
-                LOG(LOG_INFO, "moved to the retry topic before release "
+                LOG(LL_INFO, "moved to the retry topic before release "
                               "waiting_retries=%zu not_started=%zu",
                     retries, queued);
         return left;
@@ -1819,9 +1817,9 @@ static void worker_on_revoke(void *opaque,
                 worker_drain(w, parts, 0, 0);
         }
         if (left > 0)
-                LOG(LOG_WARN,
-                    "revoked partitions still had sends in flight count=%zu "
-                    "(they may be sent again by the next owner)",
+                LOG(LL_WARN,
+                    "revoked partitions still had sends in flight (they "
+                    "may be sent again by the next owner) count=%zu",
                     left);
         for (int i = 0; i < parts->cnt; i++) {
                 struct part *p = part_of_elem(w, parts, i);
@@ -2093,7 +2091,7 @@ int worker_run(worker_t *w) {
         size_t left;
         int fatal;
 
-        LOG(LOG_INFO, "worker started id=%s version=%s librdkafka=%s "
+        LOG(LL_INFO, "worker started id=%s version=%s librdkafka=%s "
             "group.protocol=%s topic=%s retry_topic=%s relay=%s inflight.max=%d",
             w->w_conf->worker_id, KM_VERSION, rd_kafka_version_str(),
             w->w_conf->group_protocol == CONFIG_GROUP_CONSUMER ? "consumer"
@@ -2106,7 +2104,7 @@ int worker_run(worker_t *w) {
                 loop_run_once(w->w_loop, WORKER_IDLE_WAIT_MS);
         fatal = results_fatal(w->w_results) || worker_consumer_fatal(w);
 
-        LOG(LOG_INFO, "stopping: draining in-flight sends inflight=%zu",
+        LOG(LL_INFO, "stopping: draining in-flight sends inflight=%zu",
             worker_entries_of(w, NULL));
         for (int t = 0; t < w->w_topic_cnt; t++)
                 consumer_set_paused(w->w_consumer[t], 0, 1);
@@ -2130,7 +2128,7 @@ int worker_run(worker_t *w) {
                 consumer_close(w->w_consumer[t], worker_stop_left_ms(w));
                 w->w_consumer[t] = NULL;
         }
-        LOG(LOG_INFO,
+        LOG(LL_INFO,
             "stopped consumed=%llu sent=%llu failed=%llu rejected=%llu "
             "expired=%llu duplicates=%llu left=%zu",
             (unsigned long long)w->w_stats.consumed,

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import harness  # noqa: E402
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker,  # noqa: E402,F401
-                     have_binary, make_tmpdir)
+                     have_binary, make_tmpdir, parse_logfmt)
 
 
 def _sigterm_to_interrupt(signum, frame):
@@ -144,6 +144,22 @@ def worker(request):
                 break
     if found:
         pytest.fail("sanitizer report in a worker log:\n" + "\n".join(found),
+                    pytrace=False)
+    # Every line a worker writes is logfmt (ts, level, msg first), but for the one
+    # line of a configuration error given before logging starts.
+    bad = []
+    for w in started:
+        for line in (line for run in w.run_logs() for line in run.splitlines()):
+            if line.startswith("kafka-mailer: ") and "level=" not in line:
+                continue
+            try:
+                f = parse_logfmt(line)
+                assert list(f)[:3] == ["ts", "level", "msg"], list(f)[:3]
+            except (ValueError, AssertionError) as e:
+                bad.append(f"{w.name}: {e}: {line[:300]!r}")
+                break
+    if bad:
+        pytest.fail("a worker log line that is not logfmt:\n" + "\n".join(bad),
                     pytrace=False)
 
 

@@ -145,6 +145,57 @@ def make_tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=run_root()))
 
 
+_LOGFMT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def parse_logfmt(line: str) -> dict:
+    """One logfmt line -> {key: value}, strictly: pairs key=value separated by one
+    space; a value bare (no space, '"', '=' or backslash) or in double quotes with
+    only \\" and \\\\ escaped; no control characters; no key twice. Raises
+    ValueError."""
+    out, i, n = {}, 0, len(line)
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in line):
+        raise ValueError("control character")
+    while i < n:
+        m = _LOGFMT_KEY.match(line, i)
+        if not m or m.end() >= n or line[m.end()] != "=":
+            raise ValueError(f"no key= at column {i}")
+        key, i = m.group(), m.end() + 1
+        if key in out:
+            raise ValueError(f"{key} twice")
+        if i < n and line[i] == '"':
+            i += 1
+            val = []
+            while True:
+                if i >= n:
+                    raise ValueError(f"{key}: unclosed quote")
+                c = line[i]
+                if c == "\\":
+                    if i + 1 >= n or line[i + 1] not in '"\\':
+                        raise ValueError(f"{key}: bad escape")
+                    val.append(line[i + 1])
+                    i += 2
+                elif c == '"':
+                    i += 1
+                    break
+                else:
+                    val.append(c)
+                    i += 1
+            out[key] = "".join(val)
+        else:
+            j = line.find(" ", i)
+            j = n if j < 0 else j
+            val = line[i:j]
+            if not val or any(c in val for c in '"=\\'):
+                raise ValueError(f"{key}: bad bare value {val!r}")
+            out[key], i = val, j
+        if i < n:
+            if line[i] != " " or i + 1 >= n:
+                raise ValueError(f"no single space after {key} at column {i}")
+            i += 1
+    return out
+
+
 def unique(prefix: str) -> str:
     """A name no other test uses: PREFIX-<12 hex>."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -774,14 +825,18 @@ class Worker:
         """This run's stderr."""
         return self.proc.log() if self.proc else ""
 
-    def all_logs(self) -> str:
-        """stderr of every run of this worker, oldest first."""
+    def run_logs(self) -> list:
+        """stderr of each run of this worker, oldest first."""
         parts = []
         for i in range(1, self.starts + 1):
             p = self.workdir / f"{self.name}.{i}.log"
             if p.exists():
                 parts.append(p.read_text(errors="replace"))
-        return "\n".join(parts)
+        return parts
+
+    def all_logs(self) -> str:
+        """stderr of every run of this worker, oldest first."""
+        return "\n".join(self.run_logs())
 
     def log_tail(self, n: int = 60) -> str:
         return self.proc.log_tail(n) if self.proc else ""

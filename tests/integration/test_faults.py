@@ -378,7 +378,8 @@ def test_sigterm_while_a_retry_waits_hands_it_to_the_retry_topic_and_repeats_not
     wait_for(lambda: kafka.count(topics.results) >= n - 1, 60, f"{n - 1} results",
              interval=0.1)
     assert w.stop(timeout=60) == 0, w.log_tail()
-    assert "moved to the retry topic before release waiting_retries=1" in w.log(), w.log_tail()
+    assert 'msg="moved to the retry topic before release" waiting_retries=1' in w.log(), \
+        w.log_tail()
 
     w.config.update({"retry.backoff.initial.ms": 100, "retry.backoff.max.ms": 300})
     w.start()

@@ -129,3 +129,33 @@ def test_worker_binary_runs():
     r = run([binary("kafka-mailer"), "--help"], timeout=10)
     assert r.returncode in (0, 1, 2)
     assert "kafka-mailer" in (r.stdout + r.stderr)
+
+
+@pytest.mark.needs_worker
+def test_cmake_install_puts_binaries_unit_and_docs_under_the_prefix():
+    """`cmake --install BUILD --prefix P`: the worker and every tool in P/bin, runnable
+    there (librdkafka found through the rpath); a systemd unit whose ExecStart is
+    P/bin/kafka-mailer and that systemd-analyze accepts; the example configuration and
+    the docs in P/share/doc/kafka-mailer."""
+    from harness import REPO, build_dir, make_tmpdir
+    prefix = make_tmpdir("install") / "prefix"
+    r = run(["cmake", "--install", str(build_dir()), "--prefix", str(prefix)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    tools = sorted(p.stem for p in (REPO / "producer-tools").glob("mailer-*.c"))
+    assert tools, "no tool sources found"
+    assert sorted(p.name for p in (prefix / "bin").iterdir()) == sorted(["kafka-mailer"] + tools)
+    v = run([str(prefix / "bin" / "kafka-mailer"), "--version"], timeout=10)
+    assert v.returncode == 0 and v.stdout.startswith("kafka-mailer "), v
+    for tool in tools:
+        h = run([str(prefix / "bin" / tool), "--help"], timeout=10)
+        assert "usage" in (h.stdout + h.stderr).lower(), (tool, h)
+    unit = prefix / "lib" / "systemd" / "system" / "kafka-mailer.service"
+    text = unit.read_text()
+    assert f"ExecStart={prefix}/bin/kafka-mailer -c " in text
+    assert f"Documentation=file://{prefix}/share/doc/kafka-mailer/README.md" in text
+    a = run(["systemd-analyze", "verify", str(unit)], timeout=60)
+    assert a.returncode == 0, a.stdout + a.stderr
+    doc = prefix / "share" / "doc" / "kafka-mailer"
+    for name in ("README.md", "kafka-mailer.properties.example", "docs/configuration.md",
+                 "docs/operations.md", "docs/wire-format.md"):
+        assert (doc / name).is_file(), name

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from harness import Worker, final_by_id, make_request, make_requests, wait_for
+from harness import (Worker, final_by_id, make_request, make_requests, parse_logfmt,
+                     wait_for)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools]
 
@@ -315,6 +316,33 @@ def test_invalid_requests_are_rejected_dead_lettered_and_do_not_stop_valid_ones(
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 
+def test_log_lines_are_logfmt_whatever_the_ids_and_replies_hold(
+        kafka, topics, capture_server, worker):
+    """Ids with quotes, backslashes, a tab and spaces (rejected), one with '=' (sent),
+    rejection reasons and SMTP replies with spaces, at log.level=debug: every line
+    parses as logfmt (the worker fixture checks that for every test) and the fields
+    read back are the values the worker logged, control characters shown as '?'."""
+    server = capture_server(tempfail_first=1)
+    odd = ['say "hi"', "back\\slash", "tab\there", 'a "b" c']
+    kafka.produce(topics.requests, [make_request(i, id=rid) for i, rid in enumerate(odd)])
+    kafka.produce(topics.requests, [make_request(9, id="k=v")])
+    w = worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                                  log_level="debug", retry_backoff_initial_ms=100,
+                                  retry_backoff_max_ms=200))
+    final = final_by_id(kafka.results(topics.results, wait=5, timeout=60))
+    assert final["k=v"]["status"] == "sent" and final["k=v"]["attempts"] == 2
+    w.stop()
+    lines = [parse_logfmt(line) for line in w.log().splitlines()]
+    rejected = {f["id"]: f["reason"] for f in lines if f["msg"] == "request rejected"}
+    assert set(rejected) == {'say "hi"', "back\\slash", "tab?here", 'a "b" c'}, rejected
+    assert rejected["back\\slash"] == "id: invalid character '\\'"
+    retried = [f for f in lines if f["msg"] == "retrying"]
+    assert [(f["id"], f["code"]) for f in retried] == [("k=v", "451")], retried
+    assert retried[0]["reply"].startswith("4.3.0 Temporary failure")
+    assert {f["level"] for f in lines} <= {"debug", "info", "warn", "error"}
+    assert any(f["msg"] == "stopped" for f in lines)
+
+
 def test_permanent_rejection_after_data_gives_failed_without_retry(
         kafka, topics, smtp_sink, worker):
     sink = smtp_sink(extra=["-f", "."])
@@ -517,7 +545,7 @@ def test_two_workers_share_partitions_and_a_sigterm_and_restart_lose_nothing(
     # Both own partitions before the load starts: a cooperative rebalance
     # first assigns the newcomer nothing, and on a busy machine the second
     # round came after a worker had sent everything.
-    owns = re.compile(r"partitions assigned topic=" + re.escape(topics.requests) +
+    owns = re.compile(r'partitions assigned" topic=' + re.escape(topics.requests) +
                       r" count=[1-9]")
     wait_for(lambda: owns.search(w1.log()) and owns.search(w2.log()), 60,
              "both workers own partitions of the requests topic")

@@ -66,6 +66,29 @@ static void test_timers_fire_in_due_order(void **state) {
         loop_destroy(loop);
 }
 
+static void test_timer_start_within_only_moves_a_timer_earlier(void **state) {
+        loop_t *loop = loop_new();
+        struct rec rec = {0};
+        struct tctx c[3] = {{&rec, 1}, {&rec, 2}, {&rec, 3}};
+        loop_timer_t t[3];
+
+        (void)state;
+        for (int i = 0; i < 3; i++)
+                loop_timer_init(&t[i], rec_timer_cb, &c[i]);
+        loop_timer_start_within(loop, &t[0], 30); /* idle: started */
+        assert_true(loop_timer_pending(&t[0]));
+        loop_timer_start(loop, &t[1], 10);
+        loop_timer_start_within(loop, &t[1], 60); /* due sooner: stays */
+        loop_timer_start(loop, &t[2], 80);
+        loop_timer_start_within(loop, &t[2], 20); /* due later: moved */
+        run_until(loop, &rec, 3);
+        assert_int_equal(rec.cnt, 3);
+        assert_int_equal(rec.order[0], 2);
+        assert_int_equal(rec.order[1], 3);
+        assert_int_equal(rec.order[2], 1);
+        loop_destroy(loop);
+}
+
 static void test_timers_with_equal_due_run_in_start_order(void **state) {
         loop_t *loop = loop_new();
         struct rec rec = {0};
@@ -444,6 +467,7 @@ static void test_nested_run_does_not_dispatch_events_twice(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_timers_fire_in_due_order),
+            cmocka_unit_test(test_timer_start_within_only_moves_a_timer_earlier),
             cmocka_unit_test(test_timers_with_equal_due_run_in_start_order),
             cmocka_unit_test(test_timer_stop_and_restart),
             cmocka_unit_test(test_timer_restarted_from_callback_waits_an_iteration),
