@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include "kconf.h"
 #include "log.h"
 
 #include <errno.h>
@@ -930,18 +931,11 @@ void config_print_help(FILE *fp) {
                     "consumer or the producer\n");
 }
 
-/* @returns whether a kafka.* property holds a secret. */
-static int config_kafka_is_secret(const char *key) {
-        return strstr(key, "password") != NULL || strstr(key, "secret") != NULL ||
-               strcmp(key, "ssl.key.pem") == 0 ||
-               strcmp(key, "sasl.oauthbearer.config") == 0;
-}
-
 static void config_dump_kv(const char *prefix, const struct config_kv *kvs,
                            size_t cnt, FILE *fp) {
         for (size_t i = 0; i < cnt; i++)
                 fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
-                        config_kafka_is_secret(kvs[i].key) ? "***"
+                        kconf_is_secret(kvs[i].key) ? "***"
                                                            : kvs[i].value);
 }
 

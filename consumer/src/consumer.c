@@ -8,10 +8,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kconf.h"
 #include "log.h"
 
 /* Messages handled per wake-up before other fds get a turn. */
 #define CONSUMER_BATCH 1000
+/* How errors name the consumer's settings. */
+#define CONSUMER_SCOPE "kafka.consumer"
 /* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
@@ -565,20 +568,6 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
         consumer_drain(c);
 }
 
-static int consumer_conf_set(rd_kafka_conf_t *kc, const char *key,
-                             const char *value, char *errstr,
-                             size_t errstr_size) {
-        char rderr[256];
-
-        if (rd_kafka_conf_set(kc, key, value, rderr, sizeof(rderr)) !=
-            RD_KAFKA_CONF_OK) {
-                snprintf(errstr, errstr_size, "kafka.consumer.%s: %s", key,
-                         rderr);
-                return -1;
-        }
-        return 0;
-}
-
 /* Adds librdkafka's debug context "cgrp" to those already set: its debug
  * lines are the only sign that a broker lacks the KIP-848 protocol
  * (consumer_log_cb()). They are logged at level debug only, and when the
@@ -594,7 +583,7 @@ static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc,
                 return 0;
         c->c_debug_ours = debug[0] == '\0';
         snprintf(value, sizeof(value), "%s%scgrp", debug, debug[0] ? "," : "");
-        return consumer_conf_set(kc, "debug", value, errstr, errstr_size);
+        return kconf_set(kc, CONSUMER_SCOPE, "debug", value, errstr, errstr_size);
 }
 
 /* librdkafka refuses a fetch.max.bytes below message.max.bytes: a larger
@@ -611,7 +600,7 @@ static int consumer_fetch_fit(rd_kafka_conf_t *kc, char *errstr,
                 RD_KAFKA_CONF_OK ||
             strtoll(fetch_max, NULL, 10) >= strtoll(msg_max, NULL, 10))
                 return 0;
-        return consumer_conf_set(kc, "fetch.max.bytes", msg_max, errstr,
+        return kconf_set(kc, CONSUMER_SCOPE, "fetch.max.bytes", msg_max, errstr,
                                  errstr_size);
 }
 
@@ -672,39 +661,37 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                                  rd_kafka_version() < CONSUMER_RDK_REBALANCE_COMMIT;
 
         kc = rd_kafka_conf_new();
-        for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
-                if (consumer_conf_set(kc, defaults[i][0], defaults[i][1],
-                                      errstr, errstr_size))
-                        goto fail;
+        if (kconf_set_table(kc, CONSUMER_SCOPE, defaults,
+                            sizeof(defaults) / sizeof(defaults[0]), errstr,
+                            errstr_size))
+                goto fail;
         /* From librdkafka 2.2 on, a partition whose prefetch queue was full
          * is fetched again only after fetch.queue.backoff.ms (1 s by
          * default), whatever empties the queue sooner: the worker idled
          * half a second at a time (benchmark B1). */
         if (rd_kafka_version() >= CONSUMER_RDK_FETCH_BACKOFF &&
-            consumer_conf_set(kc, "fetch.queue.backoff.ms", "20", errstr,
+            kconf_set(kc, CONSUMER_SCOPE, "fetch.queue.backoff.ms", "20", errstr,
                               errstr_size))
                 goto fail;
         if (c->c_group_consumer) {
-                if (consumer_conf_set(kc, "group.protocol", "consumer", errstr,
+                if (kconf_set(kc, CONSUMER_SCOPE, "group.protocol", "consumer", errstr,
                                       errstr_size))
                         goto fail;
-        } else if (consumer_conf_set(kc, "partition.assignment.strategy",
+        } else if (kconf_set(kc, CONSUMER_SCOPE, "partition.assignment.strategy",
                                      "cooperative-sticky", errstr,
                                      errstr_size) ||
                    /* The second round of a cooperative rebalance starts
                     * when every member has seen, in its next heartbeat,
                     * that the first one ended; commits wait for it. 1 s
                     * instead of librdkafka's 3 s. */
-                   consumer_conf_set(kc, "heartbeat.interval.ms", "1000",
+                   kconf_set(kc, CONSUMER_SCOPE, "heartbeat.interval.ms", "1000",
                                      errstr, errstr_size)) {
                 goto fail;
         }
-        for (size_t i = 0; i < conf->kafka_consumer_cnt; i++)
-                if (consumer_conf_set(kc, conf->kafka_consumer[i].key,
-                                      conf->kafka_consumer[i].value, errstr,
-                                      errstr_size))
-                        goto fail;
-        if (group_id && consumer_conf_set(kc, "group.id", group_id, errstr,
+        if (kconf_set_kvs(kc, CONSUMER_SCOPE, conf->kafka_consumer,
+                          conf->kafka_consumer_cnt, NULL, errstr, errstr_size))
+                goto fail;
+        if (group_id && kconf_set(kc, CONSUMER_SCOPE, "group.id", group_id, errstr,
                                           errstr_size))
                 goto fail;
         if (consumer_fetch_fit(kc, errstr, errstr_size))
@@ -712,10 +699,10 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         if (c->c_group_consumer &&
             consumer_debug_cgrp(c, kc, errstr, errstr_size))
                 goto fail;
-        for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-                if (consumer_conf_set(kc, fixed[i][0], fixed[i][1], errstr,
-                                      errstr_size))
-                        goto fail;
+        if (kconf_set_table(kc, CONSUMER_SCOPE, fixed,
+                            sizeof(fixed) / sizeof(fixed[0]), errstr,
+                            errstr_size))
+                goto fail;
         rd_kafka_conf_set_rebalance_cb(kc, consumer_rebalance_cb);
         rd_kafka_conf_set_offset_commit_cb(kc, consumer_commit_cb);
         rd_kafka_conf_set_error_cb(kc, consumer_error_cb);

@@ -1,4 +1,5 @@
 #include "dedupe.h"
+#include "hash.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,17 +34,6 @@ struct dedupe {
         struct node *d_newest;
         struct dedupe_done d_scratch; /* what dedupe_claim() points to */
 };
-
-/* FNV-1a, 64 bit. */
-static uint64_t dedupe_hash(const char *s) {
-        uint64_t h = 1469598103934665603ull;
-
-        while (*s) {
-                h ^= (unsigned char)*s++;
-                h *= 1099511628211ull;
-        }
-        return h;
-}
 
 dedupe_t *dedupe_new(size_t capacity, int64_t ttl_ms) {
         dedupe_t *d = calloc(1, sizeof(*d));
@@ -132,7 +122,7 @@ static void dedupe_expire(dedupe_t *d, int64_t now_ms) {
 enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
                                int64_t now_ms, void **leader_out,
                                const struct dedupe_done **done) {
-        uint64_t h = dedupe_hash(id);
+        uint64_t h = hash_fnv1a64_str(id);
         struct node **pp;
         struct node *x;
 
@@ -174,7 +164,7 @@ enum dedupe_state dedupe_claim(dedupe_t *d, const char *id, void *leader,
 
 void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
                    int64_t now_ms) {
-        struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
+        struct node **pp = dedupe_slot(d, id, hash_fnv1a64_str(id));
         struct node *x = *pp;
         const char *parts[4] = {done->smtp_reply, done->error, done->message_id,
                                 done->source_topic};
@@ -236,7 +226,7 @@ void dedupe_remember(dedupe_t *d, const char *id, const struct dedupe_done *done
 }
 
 void dedupe_release(dedupe_t *d, const char *id) {
-        struct node **pp = dedupe_slot(d, id, dedupe_hash(id));
+        struct node **pp = dedupe_slot(d, id, hash_fnv1a64_str(id));
 
         if (*pp && (*pp)->n_leader)
                 dedupe_remove(d, pp);

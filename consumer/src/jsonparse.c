@@ -1,4 +1,5 @@
 #include "jsonparse.h"
+#include "utf8.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,39 +24,6 @@ static void jp_ws(struct jp *jp) {
                 jp->p++;
 }
 
-/* @returns the length of the UTF-8 sequence at @p (at most @n bytes
- * available) when it is one jansson accepts (shortest form, no surrogate,
- * at most U+10FFFF), else 0. */
-static size_t jp_utf8(const unsigned char *p, size_t n) {
-        unsigned char c = p[0];
-        size_t len;
-        uint32_t cp;
-
-        if (c >= 0xC2 && c <= 0xDF) {
-                len = 2;
-                cp = c & 0x1Fu;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-                len = 3;
-                cp = c & 0x0Fu;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-                len = 4;
-                cp = c & 0x07u;
-        } else {
-                return 0;
-        }
-        if (n < len)
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if (p[i] < 0x80 || p[i] > 0xBF)
-                        return 0;
-                cp = (cp << 6) | (p[i] & 0x3Fu);
-        }
-        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ||
-            (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000))
-                return 0;
-        return len;
-}
-
 static int jp_hex4(const unsigned char *p, uint32_t *out) {
         uint32_t v = 0;
 
@@ -74,29 +42,6 @@ static int jp_hex4(const unsigned char *p, uint32_t *out) {
         }
         *out = v;
         return 0;
-}
-
-static size_t jp_put_utf8(char *o, uint32_t cp) {
-        if (cp < 0x80) {
-                o[0] = (char)cp;
-                return 1;
-        }
-        if (cp < 0x800) {
-                o[0] = (char)(0xC0 | (cp >> 6));
-                o[1] = (char)(0x80 | (cp & 0x3F));
-                return 2;
-        }
-        if (cp < 0x10000) {
-                o[0] = (char)(0xE0 | (cp >> 12));
-                o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                o[2] = (char)(0x80 | (cp & 0x3F));
-                return 3;
-        }
-        o[0] = (char)(0xF0 | (cp >> 18));
-        o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[3] = (char)(0x80 | (cp & 0x3F));
-        return 4;
 }
 
 /* Reads the string whose opening quote is at jp->p. Unescaped, it is left
@@ -125,7 +70,7 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                 if (*p == '"')
                         break;
                 if (*p >= 0x80) {
-                        len = jp_utf8(p, (size_t)(jp->end - p));
+                        len = utf8_decode(p, (size_t)(jp->end - p), NULL);
                         if (len == 0)
                                 return -1;
                         if (escaped) {
@@ -199,7 +144,7 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                                 cp = 0x10000 + ((cp - 0xD800) << 10) +
                                      (lo - 0xDC00);
                         }
-                        o += jp_put_utf8(jp->scratch + o, cp);
+                        o += utf8_encode(jp->scratch + o, cp);
                         break;
                 }
                 default:

@@ -1,4 +1,7 @@
 #include "message.h"
+#include "dynbuf.h"
+#include "hash.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -20,72 +23,10 @@
  * value is sent as encoded words instead. */
 #define WORD_UNFOLDABLE 900
 
-/* One growing output buffer; @err is set on the first failed allocation and
- * makes every later write a no-op. */
-struct buf {
-        char *p;
-        size_t len;
-        size_t cap;
-        int err;
-};
-
-static int buf_reserve(struct buf *b, size_t extra) {
-        size_t need;
-        size_t cap;
-        char *p;
-
-        if (b->err)
-                return -1;
-        need = b->len + extra;
-        if (need <= b->cap)
-                return 0;
-        cap = b->cap ? b->cap : 256;
-        while (cap < need)
-                cap *= 2;
-        p = realloc(b->p, cap);
-        if (p == NULL) {
-                b->err = 1;
-                return -1;
-        }
-        b->p = p;
-        b->cap = cap;
-        return 0;
-}
-
-static void buf_put(struct buf *b, const void *s, size_t n) {
-        if (buf_reserve(b, n) != 0)
-                return;
-        memcpy(b->p + b->len, s, n);
-        b->len += n;
-}
-
-static void buf_puts(struct buf *b, const char *s) {
-        buf_put(b, s, strlen(s));
-}
-
-static void buf_putc(struct buf *b, char c) {
-        if (buf_reserve(b, 1) != 0)
-                return;
-        b->p[b->len++] = c;
-}
-
-static void buf_printf(struct buf *b, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-
-static void buf_printf(struct buf *b, const char *fmt, ...) {
-        char tmp[256];
-        va_list ap;
-        int n;
-
-        va_start(ap, fmt);
-        n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-        va_end(ap);
-        if (n < 0 || (size_t)n >= sizeof(tmp)) {
-                b->err = 1;
-                return;
-        }
-        buf_put(b, tmp, (size_t)n);
-}
+/* The longest message built: more than the largest request
+ * (request.max.bytes, at most 100 MiB) can grow to, every byte sent
+ * quoted-printable (=XX and soft line breaks: under 3.2 times). */
+#define MESSAGE_MAX_BYTES (1024u * 1024 * 1024)
 
 static const char hex_upper[] = "0123456789ABCDEF";
 
@@ -94,25 +35,25 @@ static const char hex_upper[] = "0123456789ABCDEF";
  * be folded (CRLF + space) before they would pass LINE_SOFT.
  */
 struct hdr {
-        struct buf *b;
+        struct dynbuf *b;
         size_t line;
         int encoded; /* the current line holds an encoded word */
 };
 
-static void hdr_begin(struct hdr *h, struct buf *b, const char *name) {
+static void hdr_begin(struct hdr *h, struct dynbuf *b, const char *name) {
         size_t n = strlen(name);
 
         h->b = b;
         if (name[0] == '.')
-                buf_putc(b, '.'); /* dot-stuffing */
-        buf_put(b, name, n);
-        buf_putc(b, ':');
+                dynbuf_appendc(b, '.'); /* dot-stuffing */
+        dynbuf_append(b, name, n);
+        dynbuf_appendc(b, ':');
         h->line = n + 1;
         h->encoded = 0;
 }
 
 static void hdr_put(struct hdr *h, const char *s, size_t n) {
-        buf_put(h->b, s, n);
+        dynbuf_append(h->b, s, n);
         h->line += n;
 }
 
@@ -123,11 +64,11 @@ static void hdr_sep_within(struct hdr *h, size_t toklen, size_t limit) {
         if (h->encoded && limit > LINE_ENCODED)
                 limit = LINE_ENCODED;
         if (h->line > 1 && h->line + 1 + toklen > limit) {
-                buf_put(h->b, "\r\n ", 3);
+                dynbuf_append(h->b, "\r\n ", 3);
                 h->line = 1;
                 h->encoded = 0;
         } else {
-                buf_putc(h->b, ' ');
+                dynbuf_appendc(h->b, ' ');
                 h->line++;
         }
 }
@@ -142,7 +83,7 @@ static void hdr_token(struct hdr *h, const char *s, size_t n) {
 }
 
 static void hdr_end(struct hdr *h) {
-        buf_put(h->b, "\r\n", 2);
+        dynbuf_append(h->b, "\r\n", 2);
 }
 
 static int is_wsp(char c) {
@@ -166,20 +107,6 @@ static int is_q_plain(unsigned char c) {
 /* Width of one byte in a Q encoded word: 1, or 3 for =XX. */
 static size_t q_width(unsigned char c) {
         return (is_q_plain(c) || c == ' ') ? 1 : 3;
-}
-
-/* Length of the UTF-8 sequence starting at @s, at most @left. */
-static size_t utf8_len(const char *s, size_t left) {
-        unsigned char c = (unsigned char)s[0];
-        size_t n = 1;
-
-        if (c >= 0xf0)
-                n = 4;
-        else if (c >= 0xe0)
-                n = 3;
-        else if (c >= 0xc0)
-                n = 2;
-        return n < left ? n : left;
 }
 
 /*
@@ -254,7 +181,7 @@ static size_t enc_span(const char *s, size_t i, size_t len, int q,
         size_t enc = 0;
 
         while (j < len) {
-                size_t cl = utf8_len(s + j, len - j);
+                size_t cl = utf8_char_len(s + j, len - j);
                 size_t next;
 
                 if (q) {
@@ -278,7 +205,7 @@ static size_t enc_b_cut(const char *s, size_t i, size_t j) {
         size_t best = i;
 
         for (size_t k = i; k < j;) {
-                k += utf8_len(s + k, j - k);
+                k += utf8_char_len(s + k, j - k);
                 if ((k - i) % 3 == 0)
                         best = k;
         }
@@ -382,7 +309,7 @@ static void hdr_unstructured(struct hdr *h, const char *s) {
                         break;
                 }
                 if (h->line > 1 && h->line + (k - i) + first > LINE_SOFT) {
-                        buf_put(h->b, "\r\n", 2);
+                        dynbuf_append(h->b, "\r\n", 2);
                         h->line = 0;
                         if (j == i)
                                 hdr_put(h, " ", 1);
@@ -430,14 +357,14 @@ static void hdr_phrase(struct hdr *h, const char *s) {
                 return;
         }
         hdr_sep(h, qlen);
-        buf_reserve(h->b, qlen);
-        buf_putc(h->b, '"');
+        (void)dynbuf_reserve(h->b, qlen); /* one allocation */
+        dynbuf_appendc(h->b, '"');
         for (size_t i = 0; i < len; i++) {
                 if (s[i] == '"' || s[i] == '\\')
-                        buf_putc(h->b, '\\');
-                buf_putc(h->b, s[i]);
+                        dynbuf_appendc(h->b, '\\');
+                dynbuf_appendc(h->b, s[i]);
         }
-        buf_putc(h->b, '"');
+        dynbuf_appendc(h->b, '"');
         h->line += qlen;
 }
 
@@ -465,7 +392,7 @@ static void hdr_mailbox(struct hdr *h, const struct mail_address *a,
  * never split: the fold goes before it. Only a mailbox longer than a line
  * is folded between its own words. @scratch is reused between calls.
  */
-static void write_addresses(struct buf *b, struct buf *scratch,
+static void write_addresses(struct dynbuf *b, struct dynbuf *scratch,
                             const char *name, const struct mail_address *a,
                             size_t cnt) {
         struct hdr h;
@@ -478,30 +405,31 @@ static void write_addresses(struct buf *b, struct buf *scratch,
                 struct hdr t = {scratch, 0, 0};
 
                 /* Rendered alone as on a fresh line: " Display <addr>,". */
-                scratch->len = 0;
+                dynbuf_reset(scratch);
                 hdr_mailbox(&t, &a[i], comma);
-                if (scratch->err) {
-                        b->err = 1;
+                if (dynbuf_error(scratch) != DYNBUF_OK) {
+                        dynbuf_fail(b, dynbuf_error(scratch));
                         return;
                 }
-                if (memmem(scratch->p, scratch->len, "\r\n", 2) != NULL) {
+                if (memmem(dynbuf_ptr(scratch), dynbuf_len(scratch), "\r\n",
+                           2) != NULL) {
                         hdr_mailbox(&h, &a[i], comma);
                         continue;
                 }
                 if (h.line > 1 &&
-                    h.line + scratch->len >
+                    h.line + dynbuf_len(scratch) >
                         (t.encoded || h.encoded ? LINE_ENCODED : LINE_SOFT)) {
-                        buf_put(b, "\r\n", 2);
+                        dynbuf_append(b, "\r\n", 2);
                         h.line = 0;
                         h.encoded = 0;
                 }
-                hdr_put(&h, scratch->p, scratch->len);
+                hdr_put(&h, dynbuf_ptr(scratch), dynbuf_len(scratch));
                 h.encoded |= t.encoded;
         }
         hdr_end(&h);
 }
 
-static void write_date(struct buf *b, int64_t ms) {
+static void write_date(struct dynbuf *b, int64_t ms) {
         static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
                                            "Thu", "Fri", "Sat"};
         static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
@@ -511,10 +439,10 @@ static void write_date(struct buf *b, int64_t ms) {
         struct tm tm;
 
         if (gmtime_r(&t, &tm) == NULL) {
-                b->err = 1;
+                dynbuf_fail(b, DYNBUF_ENOMEM);
                 return;
         }
-        buf_printf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
+        dynbuf_appendf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
                    days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
                    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
@@ -585,12 +513,12 @@ static void hdr_param(struct hdr *h, const char *name, const char *value) {
                 size_t t;
 
                 if (n < 0 || (size_t)n >= sizeof(tok) - 16) {
-                        h->b->err = 1;
+                        dynbuf_fail(h->b, DYNBUF_ENOMEM);
                         return;
                 }
                 t = (size_t)n;
                 while (i < vlen) {
-                        size_t cl = utf8_len(value + i, vlen - i);
+                        size_t cl = utf8_char_len(value + i, vlen - i);
                         size_t need = 0;
 
                         for (size_t k = 0; k < cl; k++)
@@ -660,13 +588,13 @@ static void body_scan(const char *s, size_t len, struct body_info *bi) {
 }
 
 /* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
-static void write_7bit(struct buf *b, const char *s, size_t len, size_t out) {
-        char *o;
+static void write_7bit(struct dynbuf *b, const char *s, size_t len, size_t out) {
+        char *start = dynbuf_reserve(b, out);
+        char *o = start;
         size_t i = 0;
 
-        if (buf_reserve(b, out) != 0)
+        if (start == NULL)
                 return;
-        o = b->p + b->len;
         while (i < len) {
                 const char *nl = s + i;
                 size_t n = 0;
@@ -686,7 +614,7 @@ static void write_7bit(struct buf *b, const char *s, size_t len, size_t out) {
                         *o++ = '\n';
                 }
         }
-        b->len = (size_t)(o - b->p);
+        dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));
 }
 
 /*
@@ -694,20 +622,22 @@ static void write_7bit(struct buf *b, const char *s, size_t len, size_t out) {
  * breaks), lines at most QP_LINE, trailing white space and a leading '.'
  * encoded.
  */
-static void write_qp(struct buf *b, const char *s, size_t len) {
+static void write_qp(struct dynbuf *b, const char *s, size_t len) {
         size_t i = 0;
 
         while (i <= len) {
                 size_t n = 0;
                 size_t col = 0;
+                char *start;
                 char *o;
 
                 while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
                         n++;
                 /* Worst case: every byte as =XX, a soft break per 25. */
-                if (buf_reserve(b, 3 * n + 3 * (n / 24 + 1) + 2) != 0)
+                start = dynbuf_reserve(b, 3 * n + 3 * (n / 24 + 1) + 2);
+                if (start == NULL)
                         return;
-                o = b->p + b->len;
+                o = start;
                 for (size_t k = 0; k < n; k++) {
                         unsigned char c = (unsigned char)s[i + k];
                         int last = k + 1 == n;
@@ -745,22 +675,22 @@ static void write_qp(struct buf *b, const char *s, size_t len) {
                         i++;
                         *o++ = '\r';
                         *o++ = '\n';
-                        b->len = (size_t)(o - b->p);
+                        dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));
                         continue;
                 }
-                b->len = (size_t)(o - b->p);
+                dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));
                 break;
         }
 }
 
 /* Writes a text part's headers, blank line and body. */
-static void write_text_part(struct buf *b, const char *subtype,
+static void write_text_part(struct dynbuf *b, const char *subtype,
                             const char *body) {
         size_t len = strlen(body);
         struct body_info bi;
 
         body_scan(body, len, &bi);
-        buf_printf(b, "Content-Type: text/%s; charset=utf-8\r\n"
+        dynbuf_appendf(b, "Content-Type: text/%s; charset=utf-8\r\n"
                       "Content-Transfer-Encoding: %s\r\n\r\n",
                    subtype, bi.qp ? "quoted-printable" : "7bit");
         if (bi.qp)
@@ -769,16 +699,18 @@ static void write_text_part(struct buf *b, const char *subtype,
                 write_7bit(b, body, len, bi.out7);
 }
 
-static void write_base64_lines(struct buf *b, const unsigned char *data,
+static void write_base64_lines(struct dynbuf *b, const unsigned char *data,
                                size_t len) {
         size_t lines = (len + B64_LINE_BYTES - 1) / B64_LINE_BYTES;
+        char *start;
         char *o;
 
         if (len == 0)
                 return;
-        if (buf_reserve(b, (len + 2) / 3 * 4 + 2 * lines) != 0)
+        start = dynbuf_reserve(b, (len + 2) / 3 * 4 + 2 * lines);
+        if (start == NULL)
                 return;
-        o = b->p + b->len;
+        o = start;
         for (size_t i = 0; i < len; i += B64_LINE_BYTES) {
                 size_t n = len - i < B64_LINE_BYTES ? len - i : B64_LINE_BYTES;
 
@@ -788,10 +720,10 @@ static void write_base64_lines(struct buf *b, const unsigned char *data,
                 }
                 o += b64_encode(data + i, n, o);
         }
-        b->len = (size_t)(o - b->p);
+        dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));
 }
 
-static void write_attachment(struct buf *b, const struct mail_attachment *a) {
+static void write_attachment(struct dynbuf *b, const struct mail_attachment *a) {
         struct hdr h;
 
         hdr_begin(&h, b, "Content-Type");
@@ -804,42 +736,31 @@ static void write_attachment(struct buf *b, const struct mail_attachment *a) {
         hdr_token(&h, "attachment;", 11);
         hdr_param(&h, "filename", a->filename);
         hdr_end(&h);
-        buf_puts(b, "Content-Transfer-Encoding: base64\r\n\r\n");
+        dynbuf_appends(b, "Content-Transfer-Encoding: base64\r\n\r\n");
         write_base64_lines(b, a->data, a->data_len);
 }
 
-static void write_multipart_header(struct buf *b, const char *subtype,
+static void write_multipart_header(struct dynbuf *b, const char *subtype,
                                    const char *boundary) {
-        buf_printf(b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
+        dynbuf_appendf(b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
                    subtype, boundary);
 }
 
 /* Writes the body part(s) of @req: one text part or a multipart/alternative. */
-static void write_body(struct buf *b, const struct mail_request *req,
+static void write_body(struct dynbuf *b, const struct mail_request *req,
                        const char *alt_boundary) {
         if (req->text != NULL && req->html != NULL) {
                 write_multipart_header(b, "alternative", alt_boundary);
-                buf_printf(b, "--%s\r\n", alt_boundary);
+                dynbuf_appendf(b, "--%s\r\n", alt_boundary);
                 write_text_part(b, "plain", req->text);
-                buf_printf(b, "\r\n--%s\r\n", alt_boundary);
+                dynbuf_appendf(b, "\r\n--%s\r\n", alt_boundary);
                 write_text_part(b, "html", req->html);
-                buf_printf(b, "\r\n--%s--\r\n", alt_boundary);
+                dynbuf_appendf(b, "\r\n--%s--\r\n", alt_boundary);
         } else if (req->text != NULL) {
                 write_text_part(b, "plain", req->text);
         } else {
                 write_text_part(b, "html", req->html);
         }
-}
-
-/* FNV-1a: a stable hash of the request id for the boundaries. */
-static uint64_t id_hash(const char *s) {
-        uint64_t h = 14695981039346656037ULL;
-
-        for (; *s != '\0'; s++) {
-                h ^= (unsigned char)*s;
-                h *= 1099511628211ULL;
-        }
-        return h;
 }
 
 /* A domain for a Message-ID: printable ASCII without specials, or an
@@ -959,15 +880,19 @@ struct message *message_build(const struct mail_request *req,
                               const struct message_opts *opts, char *errstr,
                               size_t errstr_size) {
         struct message *msg = NULL;
-        struct buf b = {0};
-        struct buf scratch = {0};
+        struct dynbuf b;
+        struct dynbuf scratch;
         struct hdr h;
         char mid[512];
         char alt[40];
         char mixed[40];
-        uint64_t hash = id_hash(req->id);
+        uint64_t hash = hash_fnv1a64_str(req->id);
+        size_t estimate;
+        size_t data_len;
         int ok = 0;
 
+        dynbuf_init(&b, MESSAGE_MAX_BYTES);
+        dynbuf_init(&scratch, MESSAGE_MAX_BYTES);
         if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) != 0) {
                 snprintf(errstr, errstr_size, "message: invalid Message-ID "
                          "domain");
@@ -979,7 +904,10 @@ struct message *message_build(const struct mail_request *req,
         msg->smtputf8 = req->smtputf8;
         snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
         snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
-        if (buf_reserve(&b, estimate_size(req)) != 0)
+        estimate = estimate_size(req);
+        if (dynbuf_reserve(&b, estimate < MESSAGE_MAX_BYTES ? estimate
+                                                            : MESSAGE_MAX_BYTES) ==
+            NULL)
                 goto oom;
 
         write_date(&b, opts->date_ms);
@@ -994,7 +922,7 @@ struct message *message_build(const struct mail_request *req,
         hdr_begin(&h, &b, "Message-ID");
         hdr_token(&h, mid, strlen(mid));
         hdr_end(&h);
-        buf_puts(&b, "MIME-Version: 1.0\r\n");
+        dynbuf_appends(&b, "MIME-Version: 1.0\r\n");
         for (size_t i = 0; i < req->header_cnt; i++) {
                 hdr_begin(&h, &b, req->headers[i].name);
                 hdr_unstructured(&h, req->headers[i].value);
@@ -1003,35 +931,41 @@ struct message *message_build(const struct mail_request *req,
 
         if (req->attachment_cnt > 0) {
                 write_multipart_header(&b, "mixed", mixed);
-                buf_printf(&b, "--%s\r\n", mixed);
+                dynbuf_appendf(&b, "--%s\r\n", mixed);
                 write_body(&b, req, alt);
                 for (size_t i = 0; i < req->attachment_cnt; i++) {
-                        buf_printf(&b, "\r\n--%s\r\n", mixed);
+                        dynbuf_appendf(&b, "\r\n--%s\r\n", mixed);
                         write_attachment(&b, &req->attachments[i]);
                 }
-                buf_printf(&b, "\r\n--%s--\r\n", mixed);
+                dynbuf_appendf(&b, "\r\n--%s--\r\n", mixed);
         } else {
                 write_body(&b, req, alt);
-                if (b.len < 2 || b.p[b.len - 2] != '\r' ||
-                    b.p[b.len - 1] != '\n')
-                        buf_put(&b, "\r\n", 2);
+                size_t len = dynbuf_len(&b);
+                const char *p = dynbuf_ptr(&b);
+
+                if (len < 2 || p[len - 2] != '\r' || p[len - 1] != '\n')
+                        dynbuf_append(&b, "\r\n", 2);
         }
         /* The terminator follows the payload, so that a session sends both
          * from here in one write (struct message). */
-        buf_put(&b, ".\r\n", 3);
-        if (b.err)
+        dynbuf_append(&b, ".\r\n", 3);
+        if (dynbuf_error(&b) == DYNBUF_ELIMIT) {
+                snprintf(errstr, errstr_size, "message: larger than %u bytes",
+                         MESSAGE_MAX_BYTES);
+                goto out;
+        }
+        msg->data = dynbuf_take(&b, &data_len);
+        if (msg->data == NULL)
                 goto oom;
-        msg->data = b.p;
-        msg->data_len = b.len - 3;
-        b.p = NULL;
+        msg->data_len = data_len - 3;
         ok = 1;
         goto out;
 
 oom:
         snprintf(errstr, errstr_size, "message: out of memory");
 out:
-        free(b.p);
-        free(scratch.p);
+        dynbuf_fini(&b);
+        dynbuf_fini(&scratch);
         if (!ok) {
                 message_destroy(msg);
                 msg = NULL;

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "dynbuf.h"
 #include "log.h"
 
 #define METRICS_REQ_MAX 8192 /* request head (request line + headers) */
@@ -39,12 +40,10 @@
 #define METRICS_CTYPE_TEXT "text/plain; charset=utf-8"
 
 struct metrics_out {
-        char *mo_buf; /* NUL-terminated when mo_len > 0 */
-        size_t mo_len;
-        size_t mo_cap;
-        int mo_failed; /* over METRICS_OUT_MAX or out of memory: the text
-                        * is incomplete and is not served */
-        size_t mo_name_off; /* the last sample's name in mo_buf ... */
+        struct dynbuf mo_text; /* failed (over METRICS_OUT_MAX or out of
+                                * memory): the text is incomplete and is
+                                * not served */
+        size_t mo_name_off; /* the last sample's name in mo_text ... */
         size_t mo_name_len; /* ... and its length; 0: none yet */
 };
 
@@ -88,57 +87,6 @@ struct metrics {
  * metrics_out_t
  */
 
-/* Makes room for @n more bytes and a NUL. @returns 0, or -1 and marks @out
- * failed. */
-static int metrics_out_reserve(metrics_out_t *out, size_t n) {
-        size_t need, cap;
-        char *buf;
-
-        if (out->mo_failed)
-                return -1;
-        if (n >= METRICS_OUT_MAX - out->mo_len) {
-                out->mo_failed = 1;
-                return -1;
-        }
-        need = out->mo_len + n + 1;
-        if (need <= out->mo_cap)
-                return 0;
-        cap = out->mo_cap ? out->mo_cap : METRICS_OUT_INIT;
-        while (cap < need)
-                cap *= 2;
-        if (cap > METRICS_OUT_MAX)
-                cap = METRICS_OUT_MAX;
-        buf = realloc(out->mo_buf, cap);
-        if (!buf) {
-                out->mo_failed = 1;
-                return -1;
-        }
-        out->mo_buf = buf;
-        out->mo_cap = cap;
-        return 0;
-}
-
-__attribute__((format(printf, 2, 3))) static void
-metrics_out_printf(metrics_out_t *out, const char *fmt, ...) {
-        va_list ap;
-        int n;
-
-        va_start(ap, fmt);
-        n = vsnprintf(NULL, 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-                out->mo_failed = 1;
-                return;
-        }
-        if (metrics_out_reserve(out, (size_t)n) == -1)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(out->mo_buf + out->mo_len, out->mo_cap - out->mo_len, fmt,
-                  ap);
-        va_end(ap);
-        out->mo_len += (size_t)n;
-}
-
 /* Formats a sample value: integral values as integers, NaN and infinities
  * the Prometheus way, anything else with full precision. */
 static void metrics_format_value(char *buf, size_t size, double v) {
@@ -161,16 +109,18 @@ void metrics_sample(metrics_out_t *out, const char *name, const char *type,
 
         /* The previous sample's line starts with its name: compare in place. */
         if (out->mo_name_len == 0 || out->mo_name_len != name_len ||
-            memcmp(out->mo_buf + out->mo_name_off, name, name_len) != 0)
-                metrics_out_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name,
+            memcmp(dynbuf_ptr(&out->mo_text) + out->mo_name_off, name,
+                   name_len) != 0)
+                dynbuf_appendf(&out->mo_text, "# HELP %s %s\n# TYPE %s %s\n", name,
                                    help, name, type);
         metrics_format_value(num, sizeof(num), value);
-        off = out->mo_len;
+        off = dynbuf_len(&out->mo_text);
         if (labels && labels[0] != '\0')
-                metrics_out_printf(out, "%s{%s} %s\n", name, labels, num);
+                dynbuf_appendf(&out->mo_text, "%s{%s} %s\n", name, labels,
+                               num);
         else
-                metrics_out_printf(out, "%s %s\n", name, num);
-        if (out->mo_failed) {
+                dynbuf_appendf(&out->mo_text, "%s %s\n", name, num);
+        if (dynbuf_error(&out->mo_text) != DYNBUF_OK) {
                 out->mo_name_len = 0;
                 return;
         }
@@ -308,19 +258,22 @@ static void metrics_serve_metrics(struct metrics_conn *c, int head_only) {
         metrics_out_t out;
 
         memset(&out, 0, sizeof(out));
+        dynbuf_init(&out.mo_text, METRICS_OUT_MAX - 1); /* and a NUL */
+        (void)dynbuf_reserve(&out.mo_text, METRICS_OUT_INIT);
         if (m->m_render)
                 m->m_render(&out, m->m_opaque);
-        if (out.mo_failed) {
+        if (dynbuf_error(&out.mo_text) != DYNBUF_OK) {
                 LOG(LL_WARN,
                     "metrics text over its limit or out of memory limit=%d",
                     METRICS_OUT_MAX);
                 metrics_conn_respond_text(c, 500, "metrics unavailable\n",
                                           head_only, NULL);
         } else {
-                metrics_conn_respond(c, 200, METRICS_CTYPE_PROM, out.mo_buf,
-                                     out.mo_len, head_only, NULL);
+                metrics_conn_respond(c, 200, METRICS_CTYPE_PROM,
+                                     dynbuf_ptr(&out.mo_text),
+                                     dynbuf_len(&out.mo_text), head_only, NULL);
         }
-        free(out.mo_buf);
+        dynbuf_fini(&out.mo_text);
 }
 
 static void metrics_serve_health(struct metrics_conn *c, int head_only) {

@@ -12,11 +12,14 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
+#include "kconf.h"
 #include "log.h"
 
 /* Longest one blocking Kafka call of the reader thread may take: it checks
  * whether to stop between calls, so this bounds recall_destroy(). */
 #define RECALL_STEP_MS 500
+/* How errors name the settings of the results reader. */
+#define RECALL_SCOPE "kafka.consumer"
 /* Commit metadata prefix (recall_meta_format()). */
 #define RECALL_META_PREFIX "kafka-mailer/1 results="
 
@@ -516,6 +519,11 @@ static int recall_conf_takes(const char *key) {
 recall_t *recall_new(loop_t *loop, const struct config *conf, size_t max_items,
                      recall_cb *cb, void *opaque, char *errstr,
                      size_t errstr_size) {
+        /* Settings the reading of the results topic depends on. */
+        static const char *const fixed[][2] = {
+            {"enable.partition.eof", "true"},
+            {"queued.max.messages.kbytes", "8192"},
+        };
         rd_kafka_conf_t *kc;
         recall_t *r;
         char rderr[512];
@@ -539,23 +547,12 @@ recall_t *recall_new(loop_t *loop, const struct config *conf, size_t max_items,
                 goto fail;
         }
         kc = rd_kafka_conf_new();
-        for (size_t i = 0; i < conf->kafka_consumer_cnt; i++) {
-                if (!recall_conf_takes(conf->kafka_consumer[i].key))
-                        continue;
-                if (rd_kafka_conf_set(kc, conf->kafka_consumer[i].key,
-                                      conf->kafka_consumer[i].value, rderr,
-                                      sizeof(rderr)) != RD_KAFKA_CONF_OK) {
-                        snprintf(errstr, errstr_size, "kafka.%s: %s",
-                                 conf->kafka_consumer[i].key, rderr);
-                        rd_kafka_conf_destroy(kc);
-                        goto fail;
-                }
-        }
-        if (rd_kafka_conf_set(kc, "enable.partition.eof", "true", rderr,
-                              sizeof(rderr)) != RD_KAFKA_CONF_OK ||
-            rd_kafka_conf_set(kc, "queued.max.messages.kbytes", "8192", rderr,
-                              sizeof(rderr)) != RD_KAFKA_CONF_OK) {
-                snprintf(errstr, errstr_size, "results reader: %s", rderr);
+        if (kconf_set_kvs(kc, RECALL_SCOPE, conf->kafka_consumer,
+                          conf->kafka_consumer_cnt, recall_conf_takes, errstr,
+                          errstr_size) ||
+            kconf_set_table(kc, RECALL_SCOPE, fixed,
+                            sizeof(fixed) / sizeof(fixed[0]), errstr,
+                            errstr_size)) {
                 rd_kafka_conf_destroy(kc);
                 goto fail;
         }

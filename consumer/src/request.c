@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "jsonparse.h"
+#include "utf8.h"
 
 #define REQUEST_ID_MAX 200
 #define REQUEST_ADDR_MAX 254
@@ -231,45 +232,6 @@ static const char *check_domain(const char *d, size_t len, char *rbuf,
                 }
         }
         return NULL;
-}
-
-/*
- * Decodes the UTF-8 sequence of 2 to 4 bytes at @s (@left bytes remain).
- * @returns its length with the code point in *@cp, or 0 when it is not
- * well-formed (a stray continuation byte, truncated, overlong, a surrogate,
- * above U+10FFFF).
- */
-static size_t utf8_decode(const unsigned char *s, size_t left, uint32_t *cp) {
-        size_t n;
-        uint32_t v;
-        uint32_t min;
-
-        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-                n = 2;
-                v = s[0] & 0x1fu;
-                min = 0x80;
-        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-                n = 3;
-                v = s[0] & 0x0fu;
-                min = 0x800;
-        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-                n = 4;
-                v = s[0] & 0x07u;
-                min = 0x10000;
-        } else {
-                return 0;
-        }
-        if (left < n)
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                v = v << 6 | (s[i] & 0x3fu);
-        }
-        if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-                return 0;
-        *cp = v;
-        return n;
 }
 
 /*

@@ -9,8 +9,14 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "backoff.h"
+#include "dynbuf.h"
+#include "kconf.h"
 #include "log.h"
+#include "utf8.h"
 
+/* How errors name the producer's settings. */
+#define RESULTS_SCOPE "kafka.producer"
 /* How often records librdkafka refused (queue full) are offered again, and
  * how often delivery reports are served when no wake-up came. */
 #define RESULTS_RETRY_MS 50
@@ -262,11 +268,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         }
         /* Offered again after a growing delay: the cause (size, rights,
          * a missing topic) may be fixed by an operator meanwhile. */
-        delay = RESULTS_REOFFER_MIN_MS;
-        for (int i = 0; i < tries && delay < RESULTS_REOFFER_MAX_MS; i++)
-                delay *= 2;
-        if (delay > RESULTS_REOFFER_MAX_MS)
-                delay = RESULTS_REOFFER_MAX_MS;
+        delay = backoff_ms(RESULTS_REOFFER_MIN_MS, RESULTS_REOFFER_MAX_MS, 0,
+                           tries + 1, 0);
         if (tries == 0 || tries % 10 == 0)
                 LOG(LL_ERROR, "Kafka refused a record, offering it again (its "
                     "request stays uncommitted) topic=%s err=%s tries=%d "
@@ -446,18 +449,10 @@ static void results_on_timer(loop_t *loop, void *opaque) {
                          r->r_backlog_head ? RESULTS_RETRY_MS : RESULTS_POLL_MS);
 }
 
-static int results_conf_set(rd_kafka_conf_t *kc, const char *key,
-                            const char *value, char *errstr,
-                            size_t errstr_size) {
-        char rderr[256];
-
-        if (rd_kafka_conf_set(kc, key, value, rderr, sizeof(rderr)) !=
-            RD_KAFKA_CONF_OK) {
-                snprintf(errstr, errstr_size, "kafka.producer.%s: %s", key,
-                         rderr);
-                return -1;
-        }
-        return 0;
+/* @returns whether the producer takes the user's setting of @key:
+ * kafka.group.id reaches both clients; the producer has none. */
+static int results_conf_takes(const char *key) {
+        return strcmp(key, "group.id") != 0;
 }
 
 /* @returns whether the kafka.* settings of the producer set @key. */
@@ -504,18 +499,14 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 goto fail;
 
         kc = rd_kafka_conf_new();
-        for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
-                if (results_conf_set(kc, defaults[i][0], defaults[i][1], errstr,
-                                     errstr_size))
-                        goto fail_set;
-        for (size_t i = 0; i < conf->kafka_producer_cnt; i++)
-                /* kafka.group.id reaches both clients; the producer has none. */
-                if (strcmp(conf->kafka_producer[i].key, "group.id") != 0 &&
-                    results_conf_set(kc, conf->kafka_producer[i].key,
-                                     conf->kafka_producer[i].value, errstr,
-                                     errstr_size))
-                        goto fail_set;
-        if (results_conf_set(kc, "enable.idempotence", "true", errstr,
+        if (kconf_set_table(kc, RESULTS_SCOPE, defaults,
+                            sizeof(defaults) / sizeof(defaults[0]), errstr,
+                            errstr_size) ||
+            kconf_set_kvs(kc, RESULTS_SCOPE, conf->kafka_producer,
+                          conf->kafka_producer_cnt, results_conf_takes, errstr,
+                          errstr_size))
+                goto fail_set;
+        if (kconf_set(kc, RESULTS_SCOPE, "enable.idempotence", "true", errstr,
                              errstr_size))
                 goto fail_set;
         if (!results_conf_has(conf, "message.max.bytes")) {
@@ -525,7 +516,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 char num[32];
 
                 snprintf(num, sizeof(num), "%ld", max < 1000000 ? 1000000 : max);
-                if (results_conf_set(kc, "message.max.bytes", num, errstr,
+                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num, errstr,
                                      errstr_size))
                         goto fail_set;
         }
@@ -623,90 +614,29 @@ size_t results_pending(const results_t *r) {
         return r->r_backlog_cnt + r->r_inflight;
 }
 
-/* A growing output buffer for result records, written by hand: building a
- * jansson object per result cost more than the rest of the result path. */
-struct jbuf {
-        char *jb_p;
-        size_t jb_len;
-        size_t jb_cap;
-        char jb_stack[1024];
-};
+/* The longest result record formatted: far above what its parts can
+ * make (the request's metadata is at most request.max.bytes, 100 MiB at
+ * most; a reply at most an SMTP session's input buffer, 6 bytes a byte
+ * escaped; recipients request.max.recipients, at most 10000). */
+#define RESULTS_RECORD_MAX (256u * 1024 * 1024)
 
-static void jb_init(struct jbuf *b) {
-        b->jb_p = b->jb_stack;
-        b->jb_len = 0;
-        b->jb_cap = sizeof(b->jb_stack);
-}
-
-static void jb_put(struct jbuf *b, const char *s, size_t n) {
-        if (b->jb_len + n > b->jb_cap) {
-                size_t cap = b->jb_cap * 2;
-                char *p;
-
-                while (cap < b->jb_len + n)
-                        cap *= 2;
-                if (b->jb_p == b->jb_stack) {
-                        p = malloc(cap);
-                        if (p)
-                                memcpy(p, b->jb_stack, b->jb_len);
-                } else {
-                        p = realloc(b->jb_p, cap);
-                }
-                if (!p)
-                        abort();
-                b->jb_p = p;
-                b->jb_cap = cap;
-        }
-        memcpy(b->jb_p + b->jb_len, s, n);
-        b->jb_len += n;
-}
-
-static void jb_lit(struct jbuf *b, const char *s) {
-        jb_put(b, s, strlen(s));
-}
-
-/* @returns the length of the valid UTF-8 sequence at @s (at most @n bytes),
- * or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-        size_t len;
-        uint32_t cp;
-
-        if (s[0] < 0x80)
-                return 1;
-        if (s[0] >= 0xc2 && s[0] <= 0xdf)
-                len = 2, cp = s[0] & 0x1f;
-        else if (s[0] >= 0xe0 && s[0] <= 0xef)
-                len = 3, cp = s[0] & 0x0f;
-        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-                len = 4, cp = s[0] & 0x07;
-        else
-                return 0;
-        if (len > n)
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-                cp = (cp << 6) | (s[i] & 0x3f);
-        }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-                return 0;
-        return len;
-}
-
-/* Writes @s as a JSON string, or null when NULL. Bytes that are not UTF-8
- * (a relay's reply may hold any) become U+FFFD. */
-static void jb_str(struct jbuf *b, const char *s) {
+/* Result records are written by hand (jb_*()): building a jansson object
+ * per result cost more than the rest of the result path.
+ *
+ * Writes @s as a JSON string, or null when NULL. Text that is not UTF-8
+ * (a relay's reply may hold any) is repaired as utf8_repair() does: each
+ * ill-formed part becomes one U+FFFD. */
+static void jb_str(struct dynbuf *b, const char *s) {
         static const char hex[] = "0123456789abcdef";
         const unsigned char *p = (const unsigned char *)s;
         size_t n, run = 0;
 
         if (!s) {
-                jb_lit(b, "null");
+                dynbuf_appends(b, "null");
                 return;
         }
         n = strlen(s);
-        jb_put(b, "\"", 1);
+        dynbuf_append(b, "\"", 1);
         for (size_t i = 0; i < n;) {
                 unsigned char c = p[i];
                 size_t len;
@@ -717,67 +647,67 @@ static void jb_str(struct jbuf *b, const char *s) {
                         i++;
                         continue;
                 }
-                jb_put(b, (const char *)p + i - run, run);
+                dynbuf_append(b, (const char *)p + i - run, run);
                 run = 0;
                 if (c == '"' || c == '\\') {
                         esc[0] = '\\';
                         esc[1] = (char)c;
-                        jb_put(b, esc, 2);
+                        dynbuf_append(b, esc, 2);
                         i++;
                 } else if (c < 0x20) {
                         memcpy(esc, "\\u00", 4);
                         esc[4] = hex[c >> 4];
                         esc[5] = hex[c & 15];
-                        jb_put(b, esc, 6);
+                        dynbuf_append(b, esc, 6);
                         i++;
-                } else if ((len = utf8_seq(p + i, n - i)) > 0) {
-                        jb_put(b, (const char *)p + i, len);
+                } else if ((len = utf8_decode(p + i, n - i, NULL)) > 0) {
+                        dynbuf_append(b, (const char *)p + i, len);
                         i += len;
                 } else {
-                        jb_lit(b, "\\ufffd");
-                        i++;
+                        dynbuf_appends(b, "\\ufffd");
+                        i += utf8_invalid_len(p + i, n - i);
                 }
         }
-        jb_put(b, (const char *)p + n - run, run);
-        jb_put(b, "\"", 1);
+        dynbuf_append(b, (const char *)p + n - run, run);
+        dynbuf_append(b, "\"", 1);
 }
 
-static void jb_int(struct jbuf *b, long long v) {
+static void jb_int(struct dynbuf *b, long long v) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%lld", v);
 
-        jb_put(b, num, (size_t)n);
+        dynbuf_append(b, num, (size_t)n);
 }
 
 /* Writes a jansson value (metadata, failed recipients) compactly. */
-static void jb_json(struct jbuf *b, const json_t *v) {
+static void jb_json(struct dynbuf *b, const json_t *v) {
         char *text;
 
         if (!v) {
-                jb_lit(b, "null");
+                dynbuf_appends(b, "null");
                 return;
         }
         text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         if (!text)
                 abort();
-        jb_lit(b, text);
+        dynbuf_appends(b, text);
         free(text);
 }
 
-static void jb_source(struct jbuf *b, const struct result_source *src) {
-        jb_lit(b, "{\"topic\":");
+static void jb_source(struct dynbuf *b, const struct result_source *src) {
+        dynbuf_appends(b, "{\"topic\":");
         jb_str(b, src->topic);
-        jb_lit(b, ",\"partition\":");
+        dynbuf_appends(b, ",\"partition\":");
         jb_int(b, src->partition);
-        jb_lit(b, ",\"offset\":");
+        dynbuf_appends(b, ",\"offset\":");
         jb_int(b, src->offset);
-        jb_lit(b, "}");
+        dynbuf_appends(b, "}");
 }
 
 char *results_format(const struct result_rec *rec, const char *relay,
                      const char *worker, size_t *lenp) {
         char received[40], completed[40];
-        struct jbuf b;
+        struct dynbuf b;
         int64_t latency;
         char *out;
 
@@ -788,66 +718,62 @@ char *results_format(const struct result_rec *rec, const char *relay,
         if (latency < 0)
                 latency = 0;
 
-        jb_init(&b);
-        jb_lit(&b, "{\"v\":1,\"id\":");
+        dynbuf_init(&b, RESULTS_RECORD_MAX);
+        dynbuf_appends(&b, "{\"v\":1,\"id\":");
         jb_str(&b, rec->id);
         if (rec->id && rec->id_from_key)
-                jb_lit(&b, ",\"id_from\":\"key\"");
-        jb_lit(&b, ",\"status\":\"");
-        jb_lit(&b, result_status_name(rec->status));
-        jb_lit(&b, "\",\"delivered\":\"");
-        jb_lit(&b, rec->delivered ? rec->delivered
+                dynbuf_appends(&b, ",\"id_from\":\"key\"");
+        dynbuf_appends(&b, ",\"status\":\"");
+        dynbuf_appends(&b, result_status_name(rec->status));
+        dynbuf_appends(&b, "\",\"delivered\":\"");
+        dynbuf_appends(&b, rec->delivered ? rec->delivered
                    : rec->status == RESULT_SENT ? "all"
                                                 : "none");
-        jb_lit(&b, "\",\"attempts\":");
+        dynbuf_appends(&b, "\",\"attempts\":");
         jb_int(&b, rec->attempts);
-        jb_lit(&b, ",\"smtp_code\":");
+        dynbuf_appends(&b, ",\"smtp_code\":");
         if (rec->smtp_code)
                 jb_int(&b, rec->smtp_code);
         else
-                jb_lit(&b, "null");
-        jb_lit(&b, ",\"smtp_reply\":");
+                dynbuf_appends(&b, "null");
+        dynbuf_appends(&b, ",\"smtp_reply\":");
         jb_str(&b, rec->smtp_reply);
-        jb_lit(&b, ",\"message_id\":");
+        dynbuf_appends(&b, ",\"message_id\":");
         jb_str(&b, rec->message_id);
-        jb_lit(&b, ",\"relay\":");
+        dynbuf_appends(&b, ",\"relay\":");
         jb_str(&b, relay);
-        jb_lit(&b, ",\"error\":");
+        dynbuf_appends(&b, ",\"error\":");
         jb_str(&b, rec->error);
         if (rec->failed_recipients) {
-                jb_lit(&b, ",\"failed_recipients\":");
+                dynbuf_appends(&b, ",\"failed_recipients\":");
                 jb_json(&b, rec->failed_recipients);
         }
         if (rec->recipients) {
-                jb_lit(&b, ",\"recipients\":");
+                dynbuf_appends(&b, ",\"recipients\":");
                 jb_json(&b, rec->recipients);
         }
         if (rec->duplicate_of) {
-                jb_lit(&b, ",\"duplicate\":true,\"duplicate_of\":");
+                dynbuf_appends(&b, ",\"duplicate\":true,\"duplicate_of\":");
                 jb_source(&b, rec->duplicate_of);
         }
-        jb_lit(&b, ",\"source\":");
+        dynbuf_appends(&b, ",\"source\":");
         jb_source(&b, &rec->source);
-        jb_lit(&b, ",\"received_at\":\"");
-        jb_lit(&b, received);
-        jb_lit(&b, "\",\"completed_at\":\"");
-        jb_lit(&b, completed);
-        jb_lit(&b, "\",\"latency_ms\":");
+        dynbuf_appends(&b, ",\"received_at\":\"");
+        dynbuf_appends(&b, received);
+        dynbuf_appends(&b, "\",\"completed_at\":\"");
+        dynbuf_appends(&b, completed);
+        dynbuf_appends(&b, "\",\"latency_ms\":");
         jb_int(&b, latency);
-        jb_lit(&b, ",\"worker\":");
+        dynbuf_appends(&b, ",\"worker\":");
         jb_str(&b, worker);
-        jb_lit(&b, ",\"metadata\":");
+        dynbuf_appends(&b, ",\"metadata\":");
         jb_json(&b, rec->metadata);
-        jb_lit(&b, "}");
-        jb_put(&b, "", 1);
-
-        *lenp = b.jb_len - 1;
-        if (b.jb_p != b.jb_stack)
-                return b.jb_p;
-        out = malloc(b.jb_len);
+        dynbuf_appends(&b, "}");
+        /* Cannot fail but for memory: the parts are bounded (see
+         * RESULTS_RECORD_MAX); as elsewhere, out of memory aborts. */
+        out = dynbuf_take(&b, lenp);
         if (!out)
                 abort();
-        memcpy(out, b.jb_p, b.jb_len);
         return out;
 }
 

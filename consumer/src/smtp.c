@@ -32,6 +32,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "backoff.h"
 #include "log.h"
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
@@ -51,6 +53,8 @@
 #define SMTP_MULTI_SESSIONS 32
 /* Least gap between two "relay unhealthy" warnings for the same error. */
 #define SMTP_RELAY_WARN_MS 30000
+/* The wait before a relay is tried again is spread by +/- this much. */
+#define SMTP_RELAY_JITTER_PERCENT 20
 
 /* job->sj_state */
 #define SJ_IDLE 0
@@ -161,7 +165,7 @@ struct smtp_client {
         loop_timer_t sc_retry_timer;
         int sc_healthy;
         int sc_closing;
-        int64_t sc_backoff_ms;
+        int sc_relay_failures; /* failures in a row, 0 while healthy */
         int64_t sc_warned_ms; /* last "relay unhealthy" warning, 0: none */
         const char *sc_warned_what; /* the kind of failure it named */
         uint64_t sc_failures_quiet; /* failures since that warning */
@@ -1362,16 +1366,12 @@ static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
                 return;
         }
         sc->sc_healthy = 0;
-        if (sc->sc_backoff_ms == 0)
-                sc->sc_backoff_ms = sc->sc_conf.relay_backoff_initial_ms;
-        else if (sc->sc_backoff_ms < sc->sc_conf.relay_backoff_max_ms / 2)
-                sc->sc_backoff_ms *= 2;
-        else
-                sc->sc_backoff_ms = sc->sc_conf.relay_backoff_max_ms;
-        /* +-20% jitter */
-        delay = sc->sc_backoff_ms * 4 / 5 +
-                (int64_t)(client_rand(sc) %
-                          (uint64_t)(sc->sc_backoff_ms * 2 / 5 + 1));
+        if (sc->sc_relay_failures < INT_MAX)
+                sc->sc_relay_failures++;
+        delay = backoff_ms(sc->sc_conf.relay_backoff_initial_ms,
+                           sc->sc_conf.relay_backoff_max_ms,
+                           SMTP_RELAY_JITTER_PERCENT, sc->sc_relay_failures,
+                           client_rand(sc));
         if (unreachable && delay > sc->sc_conf.relay_probe_ms)
                 delay = sc->sc_conf.relay_probe_ms;
         if (delay < 1)
@@ -1489,7 +1489,7 @@ static void session_connected(struct smtp_session *s) {
         s->ss_state = SS_IDLE;
         if (!sc->sc_healthy) {
                 sc->sc_healthy = 1;
-                sc->sc_backoff_ms = 0;
+                sc->sc_relay_failures = 0;
                 sc->sc_warned_ms = 0;
                 sc->sc_failures_quiet = 0;
                 loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);

@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
+#include "backoff.h"
 #include "consumer.h"
 #include "dedupe.h"
 #include "log.h"
@@ -20,6 +21,7 @@
 #include "request.h"
 #include "results.h"
 #include "smtp.h"
+#include "utf8.h"
 
 /* How long one loop iteration may wait when nothing happens. */
 #define WORKER_IDLE_WAIT_MS 1000
@@ -568,22 +570,21 @@ static void entry_release(struct entry *e) {
 /* ---- recipients ---- */
 
 /* @returns a JSON string of an SMTP reply's text (NULL: ""): relays may
- * answer in 8-bit text that is not UTF-8, which jansson refuses; then each
- * byte above ASCII shows as '?'. Never NULL. */
+ * answer in 8-bit text that is not UTF-8, which jansson refuses; then it is
+ * repaired (utf8_repair(): each ill-formed part becomes U+FFFD, as in a
+ * result record). Never NULL. */
 static json_t *json_reply(const char *s) {
         json_t *v = json_string(s ? s : "");
-        char *copy;
+        char *fixed;
+        size_t len;
 
         if (v)
                 return v;
-        copy = strdup(s);
-        if (!copy)
+        fixed = utf8_repair(s, strlen(s), &len);
+        if (!fixed)
                 abort();
-        for (char *p = copy; *p; p++)
-                if ((unsigned char)*p >= 0x80)
-                        *p = '?';
-        v = json_string(copy);
-        free(copy);
+        v = json_stringn(fixed, len);
+        free(fixed);
         if (!v)
                 abort();
         return v;
@@ -902,19 +903,12 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
 
 /* ---- retries ---- */
 
-/* Milliseconds to wait before attempt number @attempts + 1. */
+/* Milliseconds to wait before attempt number @attempts + 1: spread by
+ * +/- retry.jitter.percent. */
 static int64_t worker_backoff_ms(const struct config *conf, int attempts) {
-        double ms = conf->retry_backoff_initial_ms;
-        double jitter;
-
-        for (int i = 1; i < attempts && ms < conf->retry_backoff_max_ms; i++)
-                ms *= 2;
-        if (ms > conf->retry_backoff_max_ms)
-                ms = conf->retry_backoff_max_ms;
-        /* Spread retries by +/- retry.jitter.percent. */
-        jitter = ms * conf->retry_jitter_percent / 100.0;
-        ms += jitter * (2.0 * ((double)rand() / RAND_MAX) - 1.0);
-        return ms < 1 ? 1 : (int64_t)ms;
+        return backoff_ms(conf->retry_backoff_initial_ms,
+                          conf->retry_backoff_max_ms, conf->retry_jitter_percent,
+                          attempts, (uint64_t)rand());
 }
 
 /* @returns whether requests can be handed to the retry topic: there is one,

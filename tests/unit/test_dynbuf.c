@@ -1,0 +1,135 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "dynbuf.h"
+
+static void test_appends_accumulate_and_stay_nul_terminated(void **state) {
+        struct dynbuf d;
+
+        (void)state;
+        dynbuf_init(&d, 1000);
+        assert_null(dynbuf_ptr(&d));
+        assert_int_equal(dynbuf_append(&d, "ab", 2), 0);
+        assert_int_equal(dynbuf_appends(&d, "cd"), 0);
+        assert_int_equal(dynbuf_appendc(&d, 'e'), 0);
+        assert_int_equal(dynbuf_appendf(&d, "-%d-%s", 42, "x"), 0);
+        assert_string_equal(dynbuf_ptr(&d), "abcde-42-x");
+        assert_int_equal(dynbuf_len(&d), 10);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_OK);
+        dynbuf_fini(&d);
+        assert_null(dynbuf_ptr(&d));
+        assert_int_equal(dynbuf_len(&d), 0);
+}
+
+static void test_growing_past_many_doublings_keeps_every_byte(void **state) {
+        struct dynbuf d;
+
+        (void)state;
+        dynbuf_init(&d, 1 << 20);
+        for (int i = 0; i < 10000; i++)
+                assert_int_equal(dynbuf_appendf(&d, "%04d", i), 0);
+        assert_int_equal(dynbuf_len(&d), 40000);
+        assert_memory_equal(dynbuf_ptr(&d) + 4 * 1234, "1234", 4);
+        assert_int_equal(dynbuf_ptr(&d)[40000], '\0');
+        dynbuf_fini(&d);
+}
+
+static void test_the_limit_is_reached_exactly_and_not_passed(void **state) {
+        struct dynbuf d;
+
+        (void)state;
+        dynbuf_init(&d, 8);
+        assert_int_equal(dynbuf_append(&d, "12345678", 8), 0);
+        assert_int_equal(dynbuf_appendc(&d, '9'), -1);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_ELIMIT);
+        assert_string_equal(dynbuf_ptr(&d), "12345678");
+        dynbuf_reset(&d);
+        assert_int_equal(dynbuf_appendf(&d, "%s", "123456789"), -1);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_ELIMIT);
+        assert_int_equal(dynbuf_len(&d), 0);
+        assert_string_equal(dynbuf_ptr(&d), "");
+        assert_null(dynbuf_reserve(&d, 1));
+        dynbuf_fini(&d);
+}
+
+static void test_a_failure_sticks_until_reset(void **state) {
+        struct dynbuf d;
+
+        (void)state;
+        dynbuf_init(&d, 4);
+        assert_int_equal(dynbuf_append(&d, "abc", 3), 0);
+        assert_int_equal(dynbuf_append(&d, "de", 2), -1);
+        /* "d" alone would fit, but the text is already incomplete */
+        assert_int_equal(dynbuf_append(&d, "d", 1), -1);
+        assert_int_equal(dynbuf_len(&d), 3);
+        assert_null(dynbuf_take(&d, NULL));
+        assert_int_equal(dynbuf_len(&d), 0);
+        dynbuf_reset(&d);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_OK);
+        assert_int_equal(dynbuf_append(&d, "d", 1), 0);
+        dynbuf_fail(&d, DYNBUF_ENOMEM);
+        dynbuf_fail(&d, DYNBUF_ELIMIT);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_ENOMEM);
+        assert_int_equal(dynbuf_appendc(&d, 'x'), -1);
+        dynbuf_fini(&d);
+}
+
+static void test_reserve_then_setlen_writes_in_place(void **state) {
+        struct dynbuf d;
+        char *p;
+
+        (void)state;
+        dynbuf_init(&d, 100);
+        dynbuf_appends(&d, "ab");
+        p = dynbuf_reserve(&d, 10);
+        assert_non_null(p);
+        memcpy(p, "cdef", 4);
+        dynbuf_setlen(&d, dynbuf_len(&d) + 4);
+        assert_string_equal(dynbuf_ptr(&d), "abcdef");
+        assert_null(dynbuf_reserve(&d, 95));
+        assert_int_equal(dynbuf_error(&d), DYNBUF_ELIMIT);
+        dynbuf_fini(&d);
+}
+
+static void test_take_hands_over_the_bytes_and_empties(void **state) {
+        struct dynbuf d;
+        size_t len = 0;
+        char *p;
+
+        (void)state;
+        dynbuf_init(&d, 100);
+        dynbuf_appends(&d, "hello");
+        p = dynbuf_take(&d, &len);
+        assert_string_equal(p, "hello");
+        assert_int_equal(len, 5);
+        assert_null(dynbuf_ptr(&d));
+        assert_int_equal(dynbuf_len(&d), 0);
+        free(p);
+        /* still usable, with the same limit */
+        assert_int_equal(dynbuf_append(&d, "x", 1), 0);
+        dynbuf_fini(&d);
+        p = dynbuf_take(&d, &len);
+        assert_string_equal(p, "");
+        assert_int_equal(len, 0);
+        free(p);
+        dynbuf_fini(&d);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_appends_accumulate_and_stay_nul_terminated),
+            cmocka_unit_test(test_growing_past_many_doublings_keeps_every_byte),
+            cmocka_unit_test(test_the_limit_is_reached_exactly_and_not_passed),
+            cmocka_unit_test(test_a_failure_sticks_until_reset),
+            cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
+            cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
