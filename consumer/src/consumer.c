@@ -238,6 +238,20 @@ rd_kafka_resp_err_t consumer_committed(consumer_t *c,
         return rd_kafka_committed(c->c_rk, parts, timeout_ms);
 }
 
+/* Logs a failed assignment change (the incremental call's @error, which it
+ * destroys, or the eager call's @ret). */
+static void consumer_assign_result(rd_kafka_error_t *error,
+                                   rd_kafka_resp_err_t ret) {
+        if (error) {
+                LOG(LL_ERROR, "assignment change failed err=%s",
+                    rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+        } else if (ret) {
+                LOG(LL_ERROR, "assignment change failed err=%s",
+                    rd_kafka_err2str(ret));
+        }
+}
+
 /* Takes @parts out of the assignment: incrementally under a cooperative
  * protocol, else the whole assignment. */
 static void consumer_unassign(consumer_t *c,
@@ -259,14 +273,7 @@ static void consumer_unassign(consumer_t *c,
         } else {
                 ret = rd_kafka_assign(c->c_rk, NULL);
         }
-        if (error) {
-                LOG(LL_ERROR, "assignment change failed err=%s",
-                    rd_kafka_error_string(error));
-                rd_kafka_error_destroy(error);
-        } else if (ret) {
-                LOG(LL_ERROR, "assignment change failed err=%s",
-                    rd_kafka_err2str(ret));
-        }
+        consumer_assign_result(error, ret);
 }
 
 void consumer_revoke_done(consumer_t *c) {
@@ -328,14 +335,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 }
                 if (c->c_rounds_left > 0 && --c->c_rounds_left == 0)
                         c->c_revoked_ms = 0;
-                if (error) {
-                        LOG(LL_ERROR, "assignment change failed err=%s",
-                            rd_kafka_error_string(error));
-                        rd_kafka_error_destroy(error);
-                } else if (ret) {
-                        LOG(LL_ERROR, "assignment change failed err=%s",
-                            rd_kafka_err2str(ret));
-                }
+                consumer_assign_result(error, ret);
         } else {
                 int lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ||
                            rd_kafka_assignment_lost(rk);
