@@ -1,16 +1,19 @@
 """Shared helpers for the benchmarks in bench/ (standard library only).
 
-A benchmark script creates a Run, which owns a directory under bench/.run/
-and every process it starts; Run.close() (also on exit and on SIGINT/SIGTERM)
-stops them by their PID. Nothing here kills by name.
+The processes (Kafka, smtp-sink, workers, tools) are started, waited for and
+stopped by tests/lib/kmstack.py, which the integration tests use too. A
+benchmark script creates a Run, which owns a directory under bench/.run/
+(kmstack's run folder: logs, and the pids/ records) and every process it
+starts; Run.close() (also on exit and on SIGINT/SIGTERM) stops them by their
+PID. Nothing here kills by name.
 
 Pieces:
 - build(): configures and builds the release tree (only the targets the
   benchmarks need) and snapshots the binaries into the run directory, so a
   rebuild by someone else in the middle of a run cannot change them.
 - Run.start_kafka(), Run.start_sink(), Run.start_worker(),
-  Run.start_process(), Run.stop(): local infrastructure on 127.0.0.1 and free
-  ports, every wait bounded.
+  Run.start_process(), Run.stop(): kmstack's Kafka, SmtpSink, Worker and Proc
+  on 127.0.0.1 and free ports, with the run's binaries.
 - wait_committed(): `mailer-admin offsets GROUP TOPIC --wait` until the lag is
   0; with first_assigned() (the worker log's first "partitions assigned"
   timestamp) it gives "time from first consume to last offset committed".
@@ -25,22 +28,22 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "lib"))
+import kmstack as ks  # noqa: E402
+
 BENCH = ROOT / "bench"
-LOCAL = ROOT / "deploy" / "local"
-SMTP_SINK = "/usr/sbin/smtp-sink"
-SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SOURCE = ks.SMTP_SOURCE
 TARGETS = ["kafka-mailer", "mailer-admin", "mailer-loadgen", "mailer-results"]
 
-
-class BenchError(Exception):
-    pass
+# What a benchmark that cannot run raises: its own failures and the stack's (a
+# process that did not start, a command that failed, a wait that timed out).
+BenchError = ks.StackError
 
 
 def log(msg):
@@ -48,35 +51,9 @@ def log(msg):
 
 
 def run(cmd, timeout, check=True, **kw):
-    """Runs a command to completion (bounded); returns CompletedProcess with
-    text stdout/stderr."""
-    try:
-        cp = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                            timeout=timeout, **kw)
-    except subprocess.TimeoutExpired:
-        raise BenchError("timed out after %ss: %s" % (timeout, " ".join(map(str, cmd))))
-    if check and cp.returncode != 0:
-        raise BenchError("%s exited %d:\n%s%s" % (" ".join(map(str, cmd)), cp.returncode,
-                                                   cp.stdout[-2000:], cp.stderr[-2000:]))
-    return cp
-
-
-def free_port():
-    return int(run([LOCAL / "free-port"], 10).stdout.strip())
-
-
-def wait_port(port, timeout, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError("process %d exited (%d) before port %d opened"
-                             % (proc.pid, proc.returncode, port))
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError("port %d did not open in %ss" % (port, timeout))
+    """kmstack.run() (bounded, text stdout/stderr) that by default raises when
+    the command fails."""
+    return ks.run(cmd, timeout, check=check, **kw)
 
 
 def build(build_dir=None, targets=TARGETS):
@@ -90,7 +67,7 @@ def build(build_dir=None, targets=TARGETS):
             raise BenchError("%s is not configured" % build_dir)
         log("configuring the %s build" % preset)
         if preset == "release":
-            run([LOCAL / "librdkafka-build"], 900, cwd=ROOT)
+            run([ks.LOCAL / "librdkafka-build"], 900, cwd=ROOT)
         run(["cmake", "--preset", preset], 600, cwd=ROOT)
     log("building %s in %s" % (" ".join(targets), build_dir))
     run(["cmake", "--build", build_dir, "--target"] + list(targets), 1200, cwd=ROOT)
@@ -205,7 +182,7 @@ def wait_committed(admin, bootstrap, group, topic, timeout, proc=None, chunk=2.0
             last = cp.stderr.strip().splitlines()[-1:] or ["?"]
             last = "mailer-admin: " + last[0]
             time.sleep(0.1)
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and not proc.alive():
             raise BenchError("process %d exited (%d) before its offsets were committed (%s)"
                              % (proc.pid, proc.returncode, last))
         log("  %s: %s" % (group, last))
@@ -219,9 +196,10 @@ class Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.dir = BENCH / ".run" / ("%s-%s-%d" % (name, stamp, os.getpid()))
         self.dir.mkdir(parents=True)
+        ks.set_run_root(self.dir)
         self.keep = keep
-        self.procs = []        # (name, Popen) still to stop
-        self.kafka_dirs = []
+        self.procs = []        # kmstack.Proc still to stop
+        self.kafkas = []
         self.bin = self.dir / "bin"
         self._closed = False
         self.cleanups = []     # callables run by close() after the processes stop
@@ -242,93 +220,74 @@ class Run:
         return self.bin / name
 
     # --- processes -----------------------------------------------------------
-    def start_process(self, name, cmd, log_name=None, **kw):
+    def start_process(self, name, cmd):
         """Starts a process in its own session (a Ctrl-C on the terminal
-        reaches only this script, which then stops it), output to a log."""
-        log_path = self.dir / (log_name or (name + ".log"))
-        with open(log_path, "ab") as out:
-            p = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True, **kw)
-        p.log_path = log_path
-        p.started_at = time.time()
-        p.bench_name = name
-        self.procs.append((name, p))
+        reaches only this script, which then stops it), stdout and stderr to
+        NAME.log. @returns the kmstack.Proc."""
+        p = ks.Proc(cmd, name, self.dir, stdout_log=False)
+        self.procs.append(p)
         return p
 
     def stop(self, p, timeout=20):
         """SIGTERM, then SIGKILL after @timeout seconds. @returns the exit code."""
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log("  %s (pid %d) did not stop in %ss: SIGKILL" % (p.bench_name, p.pid, timeout))
-                p.kill()
-                p.wait(10)
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-        return p.returncode
+        rc = p.stop(timeout)
+        self.procs = [q for q in self.procs if q is not p]
+        return rc
 
     def start_kafka(self, timeout=120):
-        kdir = self.dir / "kafka"
-        port = free_port()
-        env = dict(os.environ, KAFKA_START_TIMEOUT=str(timeout))
-        self.kafka_dirs.append(kdir)
-        log("starting Kafka on 127.0.0.1:%d" % port)
-        out = run([LOCAL / "kafka-start", kdir, port], timeout + 60, env=env).stdout.strip()
-        bootstrap = out.splitlines()[-1] if out else "127.0.0.1:%d" % port
-        run([self.tool("mailer-admin"), "-b", bootstrap, "wait-ready", "--timeout", "60"], 90)
-        return bootstrap
+        """A broker in the run directory (its own data), waited for with
+        `mailer-admin wait-ready`. @returns its bootstrap address."""
+        log("starting Kafka")
+        k = ks.Kafka.start(self.dir / "kafka", timeout=timeout + 60, broker_wait=timeout)
+        self.kafkas.append(k)
+        log("Kafka on %s" % k.bootstrap)
+        run([self.tool("mailer-admin"), "-b", k.bootstrap, "wait-ready", "--timeout", "60"], 90)
+        return k.bootstrap
 
-    def stop_kafka(self, kdir):
-        run([LOCAL / "kafka-stop", kdir], 90, check=False)
-        if kdir in self.kafka_dirs:
-            self.kafka_dirs.remove(kdir)
+    def stop_kafka(self, k):
+        k.stop(timeout=90)
+        self.kafkas.remove(k)
 
     def start_sink(self, args=(), backlog=1024):
-        """smtp-sink on 127.0.0.1:<free port> (as nobody when run as root).
-        @returns (Popen, port)."""
-        port = free_port()
-        cmd = [SMTP_SINK]
-        if os.geteuid() == 0:
-            cmd += ["-u", "nobody"]
-        cmd += list(args) + ["127.0.0.1:%d" % port, str(backlog)]
-        p = self.start_process("smtp-sink", cmd)
-        wait_port(port, 10, p)
-        log("smtp-sink (pid %d) on 127.0.0.1:%d" % (p.pid, port))
-        return p, port
+        """smtp-sink with @args on 127.0.0.1:<free port> (as nobody when run
+        as root). @returns (kmstack.Proc, port)."""
+        s = ks.SmtpSink.start(logdir=self.dir, options=args, backlog=backlog)
+        self.procs.append(s.proc)
+        log("smtp-sink (pid %d) on 127.0.0.1:%d" % (s.proc.pid, s.port))
+        return s.proc, s.port
 
     def start_worker(self, name, bootstrap, smtp_url, group, topics, extra=(), binary=None):
         """kafka-mailer (or @binary) with its topics, group and relay; extra = more
-        "key=value" settings. topics = (requests, results, deadletter)."""
+        "key=value" settings. topics = (requests, results, deadletter).
+        @returns the worker's kmstack.Proc."""
         req, res, dlq = topics
         settings = ["kafka.bootstrap.servers=" + bootstrap, "smtp.url=" + smtp_url,
                     "smtp.starttls=off", "topic.requests=" + req, "topic.results=" + res,
                     "topic.deadletter=" + dlq, "kafka.consumer.group.id=" + group,
                     "worker.id=" + name] + list(extra)
-        cmd = [binary or self.tool("kafka-mailer")]
-        for s in settings:
-            cmd += ["-X", s]
-        p = self.start_process(name, cmd)
-        log("%s (pid %d) started" % (name, p.pid))
-        return p
+        w = ks.Worker({}, dict(s.split("=", 1) for s in settings), workdir=self.dir,
+                      name=name, binary=binary or self.tool("kafka-mailer")).start()
+        self.procs.append(w.proc)
+        log("%s (pid %d) started" % (name, w.pid))
+        return w.proc
 
     def close(self):
         if self._closed:
             return
         self._closed = True
-        for name, p in reversed(self.procs):
-            if p.poll() is None:
+        for p in reversed(self.procs):
+            if p.alive():
                 try:
                     self.stop(p, timeout=10)
                 except Exception as e:  # keep stopping the others
-                    log("stopping %s (pid %d): %s" % (name, p.pid, e))
+                    log("stopping %s (pid %d): %s" % (p.name, p.pid, e))
         for fn in reversed(self.cleanups):
             try:
                 fn()
             except Exception as e:  # keep cleaning up
                 log("cleanup %s: %s" % (getattr(fn, "__name__", fn), e))
-        for kdir in list(self.kafka_dirs):
-            self.stop_kafka(kdir)
+        for k in list(self.kafkas):
+            self.stop_kafka(k)
         if not self.keep:
             shutil.rmtree(self.dir / "kafka" / "data", ignore_errors=True)
 
@@ -437,31 +396,17 @@ def setup(name, quick_note=None, tools=TOOLS_ALL, build_dir=None, slow_sink=True
 def start_slow_sink(run_, delay_ms=1000, rtt_ms=0, netns=None, host="127.0.0.1", port=None):
     """bench/slow_sink on HOST:PORT (default a free port of 127.0.0.1),
     optionally inside network namespace @netns. @returns (Popen, port)."""
-    port = port or free_port()
+    port = port or ks.free_port()
     cmd = []
     if netns:
         cmd = ["ip", "netns", "exec", netns]
     cmd += [run_.bin / "slow_sink", "--delay-ms", delay_ms, "--rtt-ms", rtt_ms,
             "%s:%d" % (host, port)]
     p = run_.start_process("slow_sink", cmd)
-    wait_port_host(host, port, 10, p)
+    ks.wait_port(port, 10, p, host)
     log("slow_sink (pid %d) on %s:%d, final-reply delay %d ms, emulated RTT %d ms%s"
         % (p.pid, host, port, delay_ms, rtt_ms, " in netns " + netns if netns else ""))
     return p, port
-
-
-def wait_port_host(host, port, timeout, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError("process %d exited (%d) before %s:%d opened"
-                             % (proc.pid, proc.returncode, host, port))
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError("%s:%d did not open in %ss" % (host, port, timeout))
 
 
 def sink_messages(p):
@@ -492,9 +437,9 @@ def wait_assigned(procs, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
-            if p.poll() is not None:
+            if not p.alive():
                 raise BenchError("%s (pid %d) exited (%d); see %s"
-                                 % (p.bench_name, p.pid, p.returncode, p.log_path))
+                                 % (p.name, p.pid, p.returncode, p.log_path))
         if all(_assigned_count(p.log_path) > 0 for p in procs):
             time.sleep(0.5)
             return
@@ -617,7 +562,7 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     # it first (it is fast), then for the commits.
     try:
         lg.wait(60 + (count / rate if rate else count / 2000))
-    except subprocess.TimeoutExpired:
+    except TimeoutError:
         raise BenchError("mailer-loadgen did not finish (see %s)" % lg.log_path)
     run_.stop(lg)
     if lg.returncode != 0:
@@ -635,7 +580,7 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     for p in procs:
         rc = run_.stop(p)
         if rc not in (0, None):
-            log("  %s exited %d (see %s)" % (p.bench_name, rc, p.log_path))
+            log("  %s exited %d (see %s)" % (p.name, rc, p.log_path))
     results = read_results(run_, bootstrap, res)
     with open(os.path.join(run_.dir, name + "-results.jsonl"), "w") as f:
         for r in results:

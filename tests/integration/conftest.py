@@ -179,9 +179,10 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_sessionfinish(session, exitstatus):
     harness.stop_all()
-    if harness._run_root is None:
+    root = harness.existing_run_root()
+    if root is None:
         return
     if exitstatus in (0, 5) and os.environ.get("KM_KEEP_TMP") != "1":
         harness.remove_run_root()
     else:
-        print(f"\nharness: logs and data kept in {harness._run_root}", file=sys.stderr)
+        print(f"\nharness: logs and data kept in {root}", file=sys.stderr)
