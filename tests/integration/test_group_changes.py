@@ -131,7 +131,7 @@ def test_rolling_restart_with_retries_waiting_repeats_nothing(kafka, capture_ser
         at_last = wait_results(kafka, topics, 800, f"after restarting {w.name}")
     assert at_last < N, "the restarts happened under load"
 
-    a = finish(kafka, topics, server)
+    finish(kafka, topics, server)
     handed = sum(w.all_logs().count("moved to the retry topic before release") for w in ws)
     print(f"round {round}: repeated sends={repeats(server)} exits={exits}s "
           f"hand-overs at stop={handed}")

@@ -109,7 +109,7 @@ def test_a_revoke_does_not_pause_commits(kafka, capture_server, worker, protocol
     w1.wait_log(f'partitions assigned" topic={topics.requests} count=4')
     kafka.produce(topics.requests, make_requests(n))
     wait_for(lambda: kafka.count(topics.results) >= 300, 60, "300 results", interval=0.1)
-    w2 = worker(cfg, {"worker.id": "w2"}, name="w2")
+    worker(cfg, {"worker.id": "w2"}, name="w2")
     wait_for(lambda: re.search(r'partitions revoked" topic=' + re.escape(topics.requests),
                                w1.log()), 60, "w1 to give partitions away", interval=0.1)
     revoked_at = datetime.datetime.now(datetime.timezone.utc)

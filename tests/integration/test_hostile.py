@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import Worker, make_request, wait_for
+from harness import Worker, make_request
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
