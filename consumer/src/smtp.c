@@ -63,6 +63,8 @@
 #define SJ_STATE_MASK 0xff
 #define SJ_F_REQUEUED 0x100 /* handed back once after a dead session */
 
+/* A session's state; it changes only through session_set_state(), which
+ * allows the transitions in ss_transitions[] and nothing else. */
 enum ss_state {
         SS_CONNECTING, /* libcurl is connecting */
         SS_IDLE, /* connected, no job */
@@ -71,6 +73,27 @@ enum ss_state {
         SS_RSET, /* waiting for the reply to RSET */
         SS_QUIT, /* QUIT sent, waiting for 221 or EOF */
         SS_DEAD, /* closed, on the zombie list */
+};
+
+#define SS_BIT(st) (1u << (st))
+
+/* The states each state may go to. Every state may close (SS_DEAD) except
+ * SS_DEAD itself; a session enters SS_CONNECTING only when it is created. */
+static const unsigned ss_transitions[] = {
+        [SS_CONNECTING] = SS_BIT(SS_IDLE) | SS_BIT(SS_DEAD),
+        [SS_IDLE] = SS_BIT(SS_TXN) | SS_BIT(SS_QUIT) | SS_BIT(SS_DEAD),
+        [SS_TXN] = SS_BIT(SS_IDLE) | SS_BIT(SS_DRAIN) | SS_BIT(SS_RSET) |
+                   SS_BIT(SS_DEAD),
+        [SS_DRAIN] = SS_BIT(SS_RSET) | SS_BIT(SS_DEAD),
+        [SS_RSET] = SS_BIT(SS_IDLE) | SS_BIT(SS_DEAD),
+        [SS_QUIT] = SS_BIT(SS_DEAD),
+        [SS_DEAD] = 0,
+};
+
+static const char *const ss_names[] = {
+        [SS_CONNECTING] = "connecting", [SS_IDLE] = "idle",
+        [SS_TXN] = "transaction", [SS_DRAIN] = "drain",
+        [SS_RSET] = "rset", [SS_QUIT] = "quit", [SS_DEAD] = "dead",
 };
 
 /* A libcurl multi handle and the sessions opened on it. */
@@ -581,6 +604,41 @@ static struct smtp_multi *client_multi_for_session(smtp_client_t *sc) {
 }
 
 /*
+ * Session state
+ */
+
+/*
+ * Moves @s to state @to (@why names the event, for the error on a
+ * transition ss_transitions[] does not allow: a bug, which aborts a debug
+ * build). Keeps the client's counts of connecting and busy sessions and
+ * the idle list in step with the states.
+ */
+static void session_set_state(struct smtp_session *s, enum ss_state to,
+                              const char *why) {
+        smtp_client_t *sc = s->ss_client;
+        enum ss_state from = s->ss_state;
+
+        if (!(ss_transitions[from] & SS_BIT(to))) {
+                LOG(LL_ERROR,
+                    "smtp: invalid session state change from=%s to=%s "
+                    "event=%s relay=%s",
+                    ss_names[from], ss_names[to], why, sc->sc_relay);
+#ifndef NDEBUG
+                abort();
+#endif
+        }
+        if (from == SS_CONNECTING)
+                sc->sc_connecting--;
+        else if (from == SS_IDLE)
+                idle_remove(s);
+        else if (from == SS_TXN)
+                sc->sc_busy--;
+        if (to == SS_TXN)
+                sc->sc_busy++;
+        s->ss_state = to;
+}
+
+/*
  * Session output
  */
 
@@ -700,15 +758,12 @@ static void session_close(struct smtp_session *s) {
 
         if (s->ss_state == SS_DEAD)
                 return;
-        idle_remove(s);
+        session_set_state(s, SS_DEAD, "closed");
         loop_timer_stop(sc->sc_loop, &s->ss_timer);
         if (s->ss_fd != -1) {
                 loop_io_del(sc->sc_loop, s->ss_fd);
                 s->ss_fd = -1;
         }
-        if (s->ss_state == SS_CONNECTING)
-                sc->sc_connecting--;
-        s->ss_state = SS_DEAD;
         list_remove(&sc->sc_sessions, s);
         sc->sc_session_cnt--;
         if (s->ss_easy) {
@@ -728,13 +783,12 @@ static void session_close(struct smtp_session *s) {
         client_kick(sc);
 }
 
+/* Detaches the job from @s (which stays busy until it leaves SS_TXN).
+ * @returns it, or NULL. */
 static struct smtp_job *session_take_job(struct smtp_session *s) {
         struct smtp_job *job = s->ss_job;
 
-        if (job) {
-                s->ss_job = NULL;
-                s->ss_client->sc_busy--;
-        }
+        s->ss_job = NULL;
         return job;
 }
 
@@ -800,8 +854,7 @@ static int session_flush(struct smtp_session *s) {
 }
 
 static void session_quit(struct smtp_session *s) {
-        idle_remove(s);
-        s->ss_state = SS_QUIT;
+        session_set_state(s, SS_QUIT, "quit");
         if (session_cmd(s, "QUIT") == -1) {
                 session_close(s);
                 return;
@@ -811,7 +864,7 @@ static void session_quit(struct smtp_session *s) {
 }
 
 static void session_rset(struct smtp_session *s) {
-        s->ss_state = SS_RSET;
+        session_set_state(s, SS_RSET, "reset");
         if (session_cmd(s, "RSET") == -1) {
                 session_close(s);
                 return;
@@ -835,7 +888,7 @@ static void session_abort_txn(struct smtp_session *s, enum smtp_outcome outcome,
         s->ss_drain = s->ss_sent > s->ss_step ? s->ss_sent - s->ss_step : 0;
         job = session_take_job(s);
         if (s->ss_drain > 0) {
-                s->ss_state = SS_DRAIN;
+                session_set_state(s, SS_DRAIN, "transaction aborted");
                 session_arm(s);
         } else {
                 session_rset(s);
@@ -886,7 +939,6 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         if (why) {
                 if (why != msg)
                         snprintf(msg, sizeof(msg), "%s", why);
-                s->ss_state = SS_IDLE;
                 job_complete(sc, job, SMTP_PERMANENT, 0, msg);
                 return 1;
         }
@@ -905,8 +957,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         job->code = 0;
         job->reply[0] = '\0';
         s->ss_job = job;
-        sc->sc_busy++;
-        s->ss_state = SS_TXN;
+        session_set_state(s, SS_TXN, "job started");
         s->ss_messages++;
         s->ss_step = 0;
         s->ss_rcpt_ok = 0;
@@ -1060,7 +1111,7 @@ static void session_txn_reply(struct smtp_session *s, int code,
         /* end of data */
         job = session_take_job(s);
         if (klass == 2) {
-                s->ss_state = SS_IDLE;
+                session_set_state(s, SS_IDLE, "message accepted");
                 job_complete(sc, job, SMTP_OK, code, text);
                 if (s->ss_state == SS_IDLE)
                         session_next(s);
@@ -1105,7 +1156,7 @@ static void session_on_reply(struct smtp_session *s, int code,
                         session_close(s);
                         break;
                 }
-                s->ss_state = SS_IDLE;
+                session_set_state(s, SS_IDLE, "reset done");
                 session_next(s);
                 break;
         case SS_IDLE:
@@ -1485,8 +1536,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_fd = fd;
         s->ss_watch = LOOP_READ;
-        sc->sc_connecting--;
-        s->ss_state = SS_IDLE;
+        session_set_state(s, SS_IDLE, "connected");
         if (!sc->sc_healthy) {
                 sc->sc_healthy = 1;
                 sc->sc_relay_failures = 0;
@@ -1539,7 +1589,7 @@ static int session_open(smtp_client_t *sc) {
                 return -1;
         s->ss_client = sc;
         s->ss_fd = -1;
-        s->ss_state = SS_CONNECTING;
+        s->ss_state = SS_CONNECTING; /* counted in sc_connecting below */
         s->ss_probe = !sc->sc_healthy;
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
         s->ss_multi = client_multi_for_session(sc);
