@@ -41,11 +41,24 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "dynbuf.h"
 #include "log.h"
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
 #define SMTP_IN_INITIAL 1024 /* ... at first: replies are short */
+/*
+ * Output buffer of a session, at most. It holds what is not sent yet of
+ * one pipelined batch: MAIL, a RCPT per recipient and DATA (or a lone RSET,
+ * QUIT or "."). A command line is under SMTP_CMD_MAX bytes (addresses are
+ * at most 254 bytes, request.c; MAIL with all its parameters is about 320).
+ * A transaction has at most smtp.transaction.max.recipients recipients
+ * (default 1000: a batch of about 270 KB), and never more than a request
+ * may have (request.max.recipients, at most SMTP_RCPTS_MAX).
+ */
+#define SMTP_CMD_MAX 512
+#define SMTP_RCPTS_MAX 10000
+#define SMTP_OUT_MAX ((size_t)SMTP_CMD_MAX * (SMTP_RCPTS_MAX + 2))
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
@@ -143,12 +156,10 @@ struct smtp_session {
         int ss_rcpt_4xx;
         int ss_acked; /* a reply of this transaction arrived */
 
-        /* output: ss_out[pos..len), then ss_data[pos..len): the job's
-         * payload and its ".\r\n", sent from the job's buffer */
-        char *ss_out;
-        size_t ss_out_len;
+        /* output: ss_out from ss_out_pos, then ss_data[pos..len): the
+         * job's payload and its ".\r\n", sent from the job's buffer */
+        struct dynbuf ss_out; /* SMTP_OUT_MAX at most */
         size_t ss_out_pos;
-        size_t ss_out_cap;
         const char *ss_data;
         size_t ss_data_len;
         size_t ss_data_pos;
@@ -643,44 +654,32 @@ static void session_set_state(struct smtp_session *s, enum ss_state to,
  */
 
 /* Appends a command line (CRLF added) to the output buffer.
- * @returns 0 or -1 on allocation failure. */
+ * @returns 0 or -1 (out of memory, or SMTP_OUT_MAX reached). */
 static int session_cmd(struct smtp_session *s, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
 static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
         va_list ap;
-        int n;
 
-        if (s->ss_out_pos == s->ss_out_len)
-                s->ss_out_pos = s->ss_out_len = 0;
-        for (;;) {
-                size_t room = s->ss_out_cap - s->ss_out_len;
-
-                va_start(ap, fmt);
-                n = vsnprintf(s->ss_out + s->ss_out_len, room, fmt, ap);
-                va_end(ap);
-                if (n < 0)
-                        return -1;
-                if ((size_t)n + 2 < room) {
-                        s->ss_out_len += (size_t)n;
-                        memcpy(s->ss_out + s->ss_out_len, "\r\n", 2);
-                        s->ss_out_len += 2;
-                        return 0;
-                }
-                {
-                        size_t cap = s->ss_out_cap * 2 + (size_t)n + 3;
-                        char *p = realloc(s->ss_out, cap);
-
-                        if (!p)
-                                return -1;
-                        s->ss_out = p;
-                        s->ss_out_cap = cap;
-                }
+        if (s->ss_out_pos == dynbuf_len(&s->ss_out)) {
+                dynbuf_reset(&s->ss_out);
+                s->ss_out_pos = 0;
         }
+        va_start(ap, fmt);
+        dynbuf_vappendf(&s->ss_out, fmt, ap);
+        va_end(ap);
+        return dynbuf_append(&s->ss_out, "\r\n", 2);
+}
+
+/* @returns why session_cmd() failed, for session_fail(). */
+static const char *session_cmd_error(const struct smtp_session *s) {
+        return dynbuf_error(&s->ss_out) == DYNBUF_ELIMIT
+                   ? "too many commands for the output buffer"
+                   : "out of memory";
 }
 
 static int session_out_pending(const struct smtp_session *s) {
-        return s->ss_out_pos < s->ss_out_len ||
+        return s->ss_out_pos < dynbuf_len(&s->ss_out) ||
                s->ss_data_pos < s->ss_data_len;
 }
 
@@ -776,9 +775,8 @@ static void session_close(struct smtp_session *s) {
         }
         free(s->ss_in);
         s->ss_in = NULL;
-        free(s->ss_out);
-        s->ss_out = NULL;
-        s->ss_out_cap = s->ss_out_len = s->ss_out_pos = 0;
+        dynbuf_fini(&s->ss_out);
+        s->ss_out_pos = 0;
         list_insert(&sc->sc_zombies, s);
         client_kick(sc);
 }
@@ -828,9 +826,9 @@ static int session_flush(struct smtp_session *s) {
                 size_t len, n = 0, *pos;
                 CURLcode rc;
 
-                if (s->ss_out_pos < s->ss_out_len) {
-                        p = s->ss_out + s->ss_out_pos;
-                        len = s->ss_out_len - s->ss_out_pos;
+                if (s->ss_out_pos < dynbuf_len(&s->ss_out)) {
+                        p = dynbuf_ptr(&s->ss_out) + s->ss_out_pos;
+                        len = dynbuf_len(&s->ss_out) - s->ss_out_pos;
                         pos = &s->ss_out_pos;
                 } else {
                         p = s->ss_data + s->ss_data_pos;
@@ -987,7 +985,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
                 s->ss_sent = job->rcpt_cnt + 2;
         }
         if (rc == -1) {
-                session_fail(s, "out of memory");
+                session_fail(s, session_cmd_error(s));
                 return 0;
         }
         session_arm(s);
@@ -1005,7 +1003,7 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         else
                 rc = session_cmd(s, "DATA");
         if (rc == -1) {
-                session_fail(s, "out of memory");
+                session_fail(s, session_cmd_error(s));
                 return -1;
         }
         s->ss_sent = step + 1;
@@ -1520,9 +1518,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_in = malloc(SMTP_IN_INITIAL);
         s->ss_in_cap = SMTP_IN_INITIAL;
-        s->ss_out_cap = 512;
-        s->ss_out = malloc(s->ss_out_cap);
-        if (!s->ss_in || !s->ss_out) {
+        if (!s->ss_in) {
                 session_close(s);
                 return;
         }
@@ -1589,6 +1585,7 @@ static int session_open(smtp_client_t *sc) {
                 return -1;
         s->ss_client = sc;
         s->ss_fd = -1;
+        dynbuf_init(&s->ss_out, SMTP_OUT_MAX);
         s->ss_state = SS_CONNECTING; /* counted in sc_connecting below */
         s->ss_probe = !sc->sc_healthy;
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
