@@ -41,11 +41,24 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "dynbuf.h"
 #include "log.h"
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
 #define SMTP_IN_INITIAL 1024 /* ... at first: replies are short */
+/*
+ * Output buffer of a session, at most. It holds what is not sent yet of
+ * one pipelined batch: MAIL, a RCPT per recipient and DATA (or a lone RSET,
+ * QUIT or "."). A command line is under SMTP_CMD_MAX bytes (addresses are
+ * at most 254 bytes, request.c; MAIL with all its parameters is about 320).
+ * A transaction has at most smtp.transaction.max.recipients recipients
+ * (default 1000: a batch of about 270 KB), and never more than a request
+ * may have (request.max.recipients, at most SMTP_RCPTS_MAX).
+ */
+#define SMTP_CMD_MAX 512
+#define SMTP_RCPTS_MAX 10000
+#define SMTP_OUT_MAX ((size_t)SMTP_CMD_MAX * (SMTP_RCPTS_MAX + 2))
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
@@ -63,6 +76,8 @@
 #define SJ_STATE_MASK 0xff
 #define SJ_F_REQUEUED 0x100 /* handed back once after a dead session */
 
+/* A session's state; it changes only through session_set_state(), which
+ * allows the transitions in ss_transitions[] and nothing else. */
 enum ss_state {
         SS_CONNECTING, /* libcurl is connecting */
         SS_IDLE, /* connected, no job */
@@ -71,6 +86,27 @@ enum ss_state {
         SS_RSET, /* waiting for the reply to RSET */
         SS_QUIT, /* QUIT sent, waiting for 221 or EOF */
         SS_DEAD, /* closed, on the zombie list */
+};
+
+#define SS_BIT(st) (1u << (st))
+
+/* The states each state may go to. Every state may close (SS_DEAD) except
+ * SS_DEAD itself; a session enters SS_CONNECTING only when it is created. */
+static const unsigned ss_transitions[] = {
+        [SS_CONNECTING] = SS_BIT(SS_IDLE) | SS_BIT(SS_DEAD),
+        [SS_IDLE] = SS_BIT(SS_TXN) | SS_BIT(SS_QUIT) | SS_BIT(SS_DEAD),
+        [SS_TXN] = SS_BIT(SS_IDLE) | SS_BIT(SS_DRAIN) | SS_BIT(SS_RSET) |
+                   SS_BIT(SS_DEAD),
+        [SS_DRAIN] = SS_BIT(SS_RSET) | SS_BIT(SS_DEAD),
+        [SS_RSET] = SS_BIT(SS_IDLE) | SS_BIT(SS_DEAD),
+        [SS_QUIT] = SS_BIT(SS_DEAD),
+        [SS_DEAD] = 0,
+};
+
+static const char *const ss_names[] = {
+        [SS_CONNECTING] = "connecting", [SS_IDLE] = "idle",
+        [SS_TXN] = "transaction", [SS_DRAIN] = "drain",
+        [SS_RSET] = "rset", [SS_QUIT] = "quit", [SS_DEAD] = "dead",
 };
 
 /* A libcurl multi handle and the sessions opened on it. */
@@ -120,12 +156,10 @@ struct smtp_session {
         int ss_rcpt_4xx;
         int ss_acked; /* a reply of this transaction arrived */
 
-        /* output: ss_out[pos..len), then ss_data[pos..len): the job's
-         * payload and its ".\r\n", sent from the job's buffer */
-        char *ss_out;
-        size_t ss_out_len;
+        /* output: ss_out from ss_out_pos, then ss_data[pos..len): the
+         * job's payload and its ".\r\n", sent from the job's buffer */
+        struct dynbuf ss_out; /* SMTP_OUT_MAX at most */
         size_t ss_out_pos;
-        size_t ss_out_cap;
         const char *ss_data;
         size_t ss_data_len;
         size_t ss_data_pos;
@@ -581,48 +615,71 @@ static struct smtp_multi *client_multi_for_session(smtp_client_t *sc) {
 }
 
 /*
+ * Session state
+ */
+
+/*
+ * Moves @s to state @to (@why names the event, for the error on a
+ * transition ss_transitions[] does not allow: a bug, which aborts a debug
+ * build). Keeps the client's counts of connecting and busy sessions and
+ * the idle list in step with the states.
+ */
+static void session_set_state(struct smtp_session *s, enum ss_state to,
+                              const char *why) {
+        smtp_client_t *sc = s->ss_client;
+        enum ss_state from = s->ss_state;
+
+        if (!(ss_transitions[from] & SS_BIT(to))) {
+                LOG(LL_ERROR,
+                    "smtp: invalid session state change from=%s to=%s "
+                    "event=%s relay=%s",
+                    ss_names[from], ss_names[to], why, sc->sc_relay);
+#ifndef NDEBUG
+                abort();
+#endif
+        }
+        if (from == SS_CONNECTING)
+                sc->sc_connecting--;
+        else if (from == SS_IDLE)
+                idle_remove(s);
+        else if (from == SS_TXN)
+                sc->sc_busy--;
+        if (to == SS_TXN)
+                sc->sc_busy++;
+        s->ss_state = to;
+}
+
+/*
  * Session output
  */
 
 /* Appends a command line (CRLF added) to the output buffer.
- * @returns 0 or -1 on allocation failure. */
+ * @returns 0 or -1 (out of memory, or SMTP_OUT_MAX reached). */
 static int session_cmd(struct smtp_session *s, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
 static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
         va_list ap;
-        int n;
 
-        if (s->ss_out_pos == s->ss_out_len)
-                s->ss_out_pos = s->ss_out_len = 0;
-        for (;;) {
-                size_t room = s->ss_out_cap - s->ss_out_len;
-
-                va_start(ap, fmt);
-                n = vsnprintf(s->ss_out + s->ss_out_len, room, fmt, ap);
-                va_end(ap);
-                if (n < 0)
-                        return -1;
-                if ((size_t)n + 2 < room) {
-                        s->ss_out_len += (size_t)n;
-                        memcpy(s->ss_out + s->ss_out_len, "\r\n", 2);
-                        s->ss_out_len += 2;
-                        return 0;
-                }
-                {
-                        size_t cap = s->ss_out_cap * 2 + (size_t)n + 3;
-                        char *p = realloc(s->ss_out, cap);
-
-                        if (!p)
-                                return -1;
-                        s->ss_out = p;
-                        s->ss_out_cap = cap;
-                }
+        if (s->ss_out_pos == dynbuf_len(&s->ss_out)) {
+                dynbuf_reset(&s->ss_out);
+                s->ss_out_pos = 0;
         }
+        va_start(ap, fmt);
+        dynbuf_vappendf(&s->ss_out, fmt, ap);
+        va_end(ap);
+        return dynbuf_append(&s->ss_out, "\r\n", 2);
+}
+
+/* @returns why session_cmd() failed, for session_fail(). */
+static const char *session_cmd_error(const struct smtp_session *s) {
+        return dynbuf_error(&s->ss_out) == DYNBUF_ELIMIT
+                   ? "too many commands for the output buffer"
+                   : "out of memory";
 }
 
 static int session_out_pending(const struct smtp_session *s) {
-        return s->ss_out_pos < s->ss_out_len ||
+        return s->ss_out_pos < dynbuf_len(&s->ss_out) ||
                s->ss_data_pos < s->ss_data_len;
 }
 
@@ -700,15 +757,12 @@ static void session_close(struct smtp_session *s) {
 
         if (s->ss_state == SS_DEAD)
                 return;
-        idle_remove(s);
+        session_set_state(s, SS_DEAD, "closed");
         loop_timer_stop(sc->sc_loop, &s->ss_timer);
         if (s->ss_fd != -1) {
                 loop_io_del(sc->sc_loop, s->ss_fd);
                 s->ss_fd = -1;
         }
-        if (s->ss_state == SS_CONNECTING)
-                sc->sc_connecting--;
-        s->ss_state = SS_DEAD;
         list_remove(&sc->sc_sessions, s);
         sc->sc_session_cnt--;
         if (s->ss_easy) {
@@ -721,20 +775,18 @@ static void session_close(struct smtp_session *s) {
         }
         free(s->ss_in);
         s->ss_in = NULL;
-        free(s->ss_out);
-        s->ss_out = NULL;
-        s->ss_out_cap = s->ss_out_len = s->ss_out_pos = 0;
+        dynbuf_fini(&s->ss_out);
+        s->ss_out_pos = 0;
         list_insert(&sc->sc_zombies, s);
         client_kick(sc);
 }
 
+/* Detaches the job from @s (which stays busy until it leaves SS_TXN).
+ * @returns it, or NULL. */
 static struct smtp_job *session_take_job(struct smtp_session *s) {
         struct smtp_job *job = s->ss_job;
 
-        if (job) {
-                s->ss_job = NULL;
-                s->ss_client->sc_busy--;
-        }
+        s->ss_job = NULL;
         return job;
 }
 
@@ -774,9 +826,9 @@ static int session_flush(struct smtp_session *s) {
                 size_t len, n = 0, *pos;
                 CURLcode rc;
 
-                if (s->ss_out_pos < s->ss_out_len) {
-                        p = s->ss_out + s->ss_out_pos;
-                        len = s->ss_out_len - s->ss_out_pos;
+                if (s->ss_out_pos < dynbuf_len(&s->ss_out)) {
+                        p = dynbuf_ptr(&s->ss_out) + s->ss_out_pos;
+                        len = dynbuf_len(&s->ss_out) - s->ss_out_pos;
                         pos = &s->ss_out_pos;
                 } else {
                         p = s->ss_data + s->ss_data_pos;
@@ -800,8 +852,7 @@ static int session_flush(struct smtp_session *s) {
 }
 
 static void session_quit(struct smtp_session *s) {
-        idle_remove(s);
-        s->ss_state = SS_QUIT;
+        session_set_state(s, SS_QUIT, "quit");
         if (session_cmd(s, "QUIT") == -1) {
                 session_close(s);
                 return;
@@ -811,7 +862,7 @@ static void session_quit(struct smtp_session *s) {
 }
 
 static void session_rset(struct smtp_session *s) {
-        s->ss_state = SS_RSET;
+        session_set_state(s, SS_RSET, "reset");
         if (session_cmd(s, "RSET") == -1) {
                 session_close(s);
                 return;
@@ -835,7 +886,7 @@ static void session_abort_txn(struct smtp_session *s, enum smtp_outcome outcome,
         s->ss_drain = s->ss_sent > s->ss_step ? s->ss_sent - s->ss_step : 0;
         job = session_take_job(s);
         if (s->ss_drain > 0) {
-                s->ss_state = SS_DRAIN;
+                session_set_state(s, SS_DRAIN, "transaction aborted");
                 session_arm(s);
         } else {
                 session_rset(s);
@@ -886,7 +937,6 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         if (why) {
                 if (why != msg)
                         snprintf(msg, sizeof(msg), "%s", why);
-                s->ss_state = SS_IDLE;
                 job_complete(sc, job, SMTP_PERMANENT, 0, msg);
                 return 1;
         }
@@ -905,8 +955,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         job->code = 0;
         job->reply[0] = '\0';
         s->ss_job = job;
-        sc->sc_busy++;
-        s->ss_state = SS_TXN;
+        session_set_state(s, SS_TXN, "job started");
         s->ss_messages++;
         s->ss_step = 0;
         s->ss_rcpt_ok = 0;
@@ -936,7 +985,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
                 s->ss_sent = job->rcpt_cnt + 2;
         }
         if (rc == -1) {
-                session_fail(s, "out of memory");
+                session_fail(s, session_cmd_error(s));
                 return 0;
         }
         session_arm(s);
@@ -954,7 +1003,7 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         else
                 rc = session_cmd(s, "DATA");
         if (rc == -1) {
-                session_fail(s, "out of memory");
+                session_fail(s, session_cmd_error(s));
                 return -1;
         }
         s->ss_sent = step + 1;
@@ -1060,7 +1109,7 @@ static void session_txn_reply(struct smtp_session *s, int code,
         /* end of data */
         job = session_take_job(s);
         if (klass == 2) {
-                s->ss_state = SS_IDLE;
+                session_set_state(s, SS_IDLE, "message accepted");
                 job_complete(sc, job, SMTP_OK, code, text);
                 if (s->ss_state == SS_IDLE)
                         session_next(s);
@@ -1105,7 +1154,7 @@ static void session_on_reply(struct smtp_session *s, int code,
                         session_close(s);
                         break;
                 }
-                s->ss_state = SS_IDLE;
+                session_set_state(s, SS_IDLE, "reset done");
                 session_next(s);
                 break;
         case SS_IDLE:
@@ -1469,9 +1518,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_in = malloc(SMTP_IN_INITIAL);
         s->ss_in_cap = SMTP_IN_INITIAL;
-        s->ss_out_cap = 512;
-        s->ss_out = malloc(s->ss_out_cap);
-        if (!s->ss_in || !s->ss_out) {
+        if (!s->ss_in) {
                 session_close(s);
                 return;
         }
@@ -1485,8 +1532,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_fd = fd;
         s->ss_watch = LOOP_READ;
-        sc->sc_connecting--;
-        s->ss_state = SS_IDLE;
+        session_set_state(s, SS_IDLE, "connected");
         if (!sc->sc_healthy) {
                 sc->sc_healthy = 1;
                 sc->sc_relay_failures = 0;
@@ -1539,7 +1585,8 @@ static int session_open(smtp_client_t *sc) {
                 return -1;
         s->ss_client = sc;
         s->ss_fd = -1;
-        s->ss_state = SS_CONNECTING;
+        dynbuf_init(&s->ss_out, SMTP_OUT_MAX);
+        s->ss_state = SS_CONNECTING; /* counted in sc_connecting below */
         s->ss_probe = !sc->sc_healthy;
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
         s->ss_multi = client_multi_for_session(sc);
