@@ -9,17 +9,17 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
-#include "backoff.h"
 #include "consumer.h"
 #include "dedupe.h"
+#include "ledger.h"
 #include "log.h"
 #include "loop.h"
 #include "message.h"
 #include "metrics.h"
-#include "offsets.h"
 #include "recall.h"
 #include "request.h"
 #include "results.h"
+#include "retry.h"
 #include "smtp.h"
 #include "utf8.h"
 
@@ -53,7 +53,7 @@ struct worker_stats {
 };
 
 /* The topics a worker consumes, in consumer_new()'s order. */
-enum worker_topic {
+enum {
         TOPIC_REQUESTS = 0,
         TOPIC_RETRY = 1,
 };
@@ -64,32 +64,6 @@ enum entry_state {
         ENTRY_WAITING, /* waiting for its retry timer (or its due time) */
         ENTRY_FOLLOWING, /* same id as a request in flight: waits for it */
         ENTRY_PUBLISHING, /* final or handed over; waiting for Kafka's ack */
-};
-
-/* One assigned partition of a consumed topic. */
-struct part {
-        int p_topic; /* enum worker_topic */
-        int32_t p_partition;
-        offsets_t *p_offsets;
-        int64_t p_committed; /* last offset sent in a commit, -1 none */
-        int64_t p_sent_offset; /* offset of the last commit sent */
-        uint64_t p_sent_below; /* offsets_below_watermark() it covered */
-        uint64_t p_acked_below; /* ... of the last commit Kafka confirmed */
-        size_t p_entries; /* live entries of this partition */
-        int p_draining; /* being revoked: nothing new starts */
-        int p_revoked; /* released: completions no longer commit */
-        /* Held by the consumer until recall answers about it (p_seq). */
-        int p_held;
-        uint64_t p_seq;
-        /* Where its requests' results go (-1: by key) and, from the read at
-         * assignment, a lower bound of that partition's end (-1: none). */
-        int32_t p_results_partition;
-        int64_t p_results_base;
-        /* Requests below p_inherit_until may have been finished by an
-         * earlier owner, whose results lie at or past p_inherit_floor (-1:
-         * not known): their commits store that floor. */
-        int64_t p_inherit_until;
-        int64_t p_inherit_floor;
 };
 
 /* One request from consume to acknowledged result (or hand-over to the retry
@@ -112,7 +86,8 @@ struct entry {
         struct entry *e_next; /* every live entry */
         struct entry *e_prev;
         worker_t *e_worker;
-        struct part *e_part;
+        struct worker_topic *e_topic; /* where it was consumed */
+        ledger_part_t *e_part; /* its partition, in e_topic's ledger */
         int64_t e_offset;
         enum entry_state e_state;
         int e_acks_pending;
@@ -135,21 +110,15 @@ struct entry {
         struct rcpt_state *e_rcpts;
         const char **e_job_rcpts; /* the current transaction's recipients */
         size_t *e_job_idx; /* their indexes in e_msg->rcpts */
-        /* Final recipients read from a retry record, applied once the
-         * message is built. */
-        json_t *e_retry_rcpts;
+        /* The retry record it was read from, its request moved to e_raw:
+         * its final recipients are applied once the message is built. */
+        struct retry_record e_retry;
         loop_timer_t e_timer;
         int32_t e_origin_partition; /* where the request was first consumed */
         int64_t e_origin_offset;
         int64_t e_request_ts_ms;
         int64_t e_received_ms; /* first consumed (wall clock) */
         int64_t e_due_ms; /* when to send: retry-topic entries, retries */
-};
-
-/* What a consumer's callbacks are given: the worker and the topic. */
-struct worker_topic_ref {
-        worker_t *tr_worker;
-        int tr_topic;
 };
 
 /* Emptying partitions before they are released (worker_drain_start()). */
@@ -170,23 +139,33 @@ struct worker_revoke {
         loop_timer_t rv_timer; /* worker_on_revoke_timer() */
 };
 
+/* One consumed topic: its consumer, its partitions' ledger and its commits.
+ * Also what the consumer's callbacks are given. */
+struct worker_topic {
+        worker_t *wt_worker;
+        int wt_index; /* TOPIC_REQUESTS, TOPIC_RETRY */
+        const char *wt_name;
+        /* Each topic has a consumer in its own group, so that the group
+         * balances each topic's partitions on its own. */
+        consumer_t *wt_consumer;
+        ledger_t *wt_ledger;
+        struct worker_revoke wt_revoke;
+        uint64_t wt_commit_errors_seen;
+        /* After a failed commit (likely a rebalance in progress), async
+         * commits wait until then: committing during a cooperative rebalance
+         * makes librdkafka 2.0.2 lose the assignment (librdkafka issue
+         * 4059). */
+        int64_t wt_commit_hold_until;
+        /* When the async commit still unanswered was sent (0: none): one at
+         * a time, so that a rebalance meets one commit, not a queue. */
+        int64_t wt_commit_sent_ms;
+};
+
 struct worker {
         const struct config *w_conf;
         loop_t *w_loop;
-        /* One consumer per topic, each in its own group, so that the group
-         * balances each topic's partitions on its own. */
-        consumer_t *w_consumer[CONSUMER_TOPICS_MAX];
-        struct worker_topic_ref w_refs[CONSUMER_TOPICS_MAX];
-        struct worker_revoke w_revoke[CONSUMER_TOPICS_MAX];
-        uint64_t w_commit_errors_seen[CONSUMER_TOPICS_MAX];
-        /* After a failed commit (likely a rebalance in progress), async
-         * commits of that topic wait until then: committing during a
-         * cooperative rebalance makes librdkafka 2.0.2 lose the assignment
-         * (librdkafka issue 4059). */
-        int64_t w_commit_hold_until[CONSUMER_TOPICS_MAX];
-        /* When the async commit still unanswered was sent (0: none): one at
-         * a time, so that a rebalance meets one commit, not a queue. */
-        int64_t w_commit_sent_ms[CONSUMER_TOPICS_MAX];
+        struct worker_topic w_topics[CONSUMER_TOPICS_MAX];
+        int w_topic_cnt;
         char *w_retry_group;
         results_t *w_results;
         smtp_client_t *w_smtp;
@@ -197,21 +176,9 @@ struct worker {
         size_t w_sent_unacked; /* entries with e_sent_unacked */
         metrics_t *w_metrics; /* NULL when metrics.listen is "" */
         struct request_limits w_limits;
-        const char *w_topics[CONSUMER_TOPICS_MAX];
-        int w_topic_cnt;
-
-        struct part **w_parts[CONSUMER_TOPICS_MAX]; /* indexed by partition id */
-        size_t w_parts_size[CONSUMER_TOPICS_MAX];
+        struct retry_conf w_retry;
 
         struct entry *w_entries; /* every live entry */
-        size_t w_inflight[CONSUMER_TOPICS_MAX];
-        /* Consumed and not covered by a commit Kafka confirmed: what a crash
-         * would deliver again. Back-pressure bounds this, not only what is
-         * in flight, so that duplicates after a crash stay within the
-         * limit. */
-        size_t w_held[CONSUMER_TOPICS_MAX];
-        size_t w_limit[CONSUMER_TOPICS_MAX]; /* stop taking at this count */
-        size_t w_resume_at[CONSUMER_TOPICS_MAX]; /* take again at or below */
 
         loop_timer_t w_commit_timer;
         int64_t w_last_commit_ms;
@@ -235,100 +202,30 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
 
 /* ---- partitions ---- */
 
-static struct part *part_get(worker_t *w, int t, int32_t partition) {
-        if (t < 0 || partition < 0 || (size_t)partition >= w->w_parts_size[t])
-                return NULL;
-        return w->w_parts[t][partition];
-}
-
-static struct part *part_add(worker_t *w, int t, int32_t partition) {
-        struct part *p;
-
-        if ((size_t)partition >= w->w_parts_size[t]) {
-                size_t n = (size_t)partition + 16;
-                struct part **np = realloc(w->w_parts[t], n * sizeof(*np));
-
-                if (!np)
-                        abort();
-                memset(np + w->w_parts_size[t], 0,
-                       (n - w->w_parts_size[t]) * sizeof(*np));
-                w->w_parts[t] = np;
-                w->w_parts_size[t] = n;
-        }
-        if (w->w_parts[t][partition])
-                return w->w_parts[t][partition];
-        p = calloc(1, sizeof(*p));
-        if (!p)
-                abort();
-        p->p_topic = t;
-        p->p_partition = partition;
-        p->p_offsets = offsets_new();
-        if (!p->p_offsets)
-                abort();
-        p->p_committed = -1;
-        p->p_results_partition = -1;
-        p->p_results_base = -1;
-        p->p_inherit_until = -1;
-        p->p_inherit_floor = -1;
-        w->w_parts[t][partition] = p;
-        return p;
-}
-
-static void part_free(struct part *p) {
-        offsets_destroy(p->p_offsets);
-        free(p);
-}
-
-/* Detaches @p from the assignment; it is freed with its last entry. */
-static void part_release(worker_t *w, struct part *p) {
-        w->w_held[p->p_topic] -=
-            (size_t)(offsets_tracked(p->p_offsets) - p->p_acked_below);
-        w->w_parts[p->p_topic][p->p_partition] = NULL;
-        p->p_revoked = 1;
-        if (p->p_entries == 0)
-                part_free(p);
-}
-
-/* @returns the index of @topic among the worker's topics, or -1. */
-static int worker_topic_index(const worker_t *w, const char *topic) {
+/* @returns the consumed topic named @topic, or NULL. */
+static struct worker_topic *worker_topic_of(worker_t *w, const char *topic) {
         for (int t = 0; t < w->w_topic_cnt; t++)
-                if (strcmp(w->w_topics[t], topic) == 0)
-                        return t;
-        return -1;
+                if (strcmp(w->w_topics[t].wt_name, topic) == 0)
+                        return &w->w_topics[t];
+        return NULL;
 }
 
-/* @returns the part of @parts' element @i when it is one of ours, or NULL. */
-static struct part *part_of_elem(worker_t *w,
-                                 const rd_kafka_topic_partition_list_t *parts,
-                                 int i) {
-        return part_get(w, worker_topic_index(w, parts->elems[i].topic),
-                        parts->elems[i].partition);
+/* @returns the partition of @parts' element @i when it is one of ours, or
+ * NULL. */
+static ledger_part_t *part_of_elem(worker_t *w,
+                                   const rd_kafka_topic_partition_list_t *parts,
+                                   int i) {
+        struct worker_topic *wt = worker_topic_of(w, parts->elems[i].topic);
+
+        return wt ? ledger_part_get(wt->wt_ledger, parts->elems[i].partition)
+                  : NULL;
 }
 
-/* @returns the results offset from which every result of a request of @p
- * consumed from now on will lie: the end of its results partition as last
- * known (read at assignment, or past this worker's own acknowledged
- * results); -1 when not known. */
-static int64_t part_results_floor(const worker_t *w, const struct part *p) {
-        int64_t end;
+/* The ledger's view of the results producer (ledger_results_end_cb). */
+static int64_t worker_results_end(void *opaque, int32_t partition) {
+        const worker_t *w = opaque;
 
-        if (p->p_results_partition < 0)
-                return -1;
-        end = results_end(w->w_results, p->p_results_partition);
-        if (p->p_results_base > end)
-                end = p->p_results_base;
-        return p->p_results_base < 0 && end == 0 ? -1 : end;
-}
-
-/* @returns the results floor to tag the request at @offset of @p with (see
- * part_results_floor()): below the end its partition had at assignment, the
- * floor the earlier owner stored, since what it finished there may not have
- * been consumed here yet. */
-static int64_t part_floor_at(const worker_t *w, const struct part *p,
-                             int64_t offset) {
-        if (offset < p->p_inherit_until)
-                return p->p_inherit_floor;
-        return part_results_floor(w, p);
+        return results_end(w->w_results, partition);
 }
 
 /* ---- back-pressure ---- */
@@ -339,44 +236,50 @@ static void worker_check_pressure(worker_t *w) {
         if (w->w_stopping)
                 return;
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                size_t held = w->w_held[t] > w->w_inflight[t] ? w->w_held[t]
-                                                               : w->w_inflight[t];
-                int paused;
+                struct worker_topic *wt = &w->w_topics[t];
 
-                if (!w->w_consumer[t])
+                if (!wt->wt_consumer)
                         continue;
-                paused = consumer_paused(w->w_consumer[t], 0);
-                if (!paused && held >= w->w_limit[t])
-                        consumer_set_paused(w->w_consumer[t], 0, 1);
-                else if (paused && held <= w->w_resume_at[t])
-                        consumer_set_paused(w->w_consumer[t], 0, 0);
+                switch (ledger_pressure(wt->wt_ledger,
+                                        consumer_paused(wt->wt_consumer, 0))) {
+                case LEDGER_PAUSE:
+                        consumer_set_paused(wt->wt_consumer, 0, 1);
+                        break;
+                case LEDGER_RESUME:
+                        consumer_set_paused(wt->wt_consumer, 0, 0);
+                        break;
+                case LEDGER_KEEP:
+                        break;
+                }
         }
 }
 
 /* Commits soon (at most every WORKER_COMMIT_MIN_GAP_MS) instead of at the
  * next commit.interval.ms: what is held waits only for commits. While intake
- * of topic @t is stopped, at once: each millisecond is a slot idle (one
+ * of @wt is stopped, at once: each millisecond is a slot idle (one
  * async commit is out at a time, so this is one commit per round trip). */
-static void worker_commit_soon(worker_t *w, int t) {
+static void worker_commit_soon(worker_t *w, const struct worker_topic *wt) {
         int64_t now = loop_now_ms(w->w_loop);
         int64_t wait = w->w_last_commit_ms + WORKER_COMMIT_MIN_GAP_MS - now;
 
-        if (wait < 0 || (w->w_consumer[t] && consumer_paused(w->w_consumer[t], 0)))
+        if (wait < 0 || (wt->wt_consumer && consumer_paused(wt->wt_consumer, 0)))
                 wait = 0;
         loop_timer_start_within(w->w_loop, &w->w_commit_timer, wait);
 }
 
 /* ---- entries ---- */
 
-static struct entry *entry_new(worker_t *w, struct part *p, int64_t offset) {
+static struct entry *entry_new(worker_t *w, struct worker_topic *wt,
+                               ledger_part_t *p, int64_t offset) {
         struct entry *e = calloc(1, sizeof(*e));
 
         if (!e)
                 abort();
         e->e_worker = w;
+        e->e_topic = wt;
         e->e_part = p;
         e->e_offset = offset;
-        e->e_origin_partition = p->p_partition;
+        e->e_origin_partition = ledger_part_partition(p);
         e->e_origin_offset = offset;
         e->e_received_ms = results_wall_ms();
         loop_timer_init(&e->e_timer, entry_on_timer, e);
@@ -384,8 +287,7 @@ static struct entry *entry_new(worker_t *w, struct part *p, int64_t offset) {
         if (w->w_entries)
                 w->w_entries->e_prev = e;
         w->w_entries = e;
-        p->p_entries++;
-        w->w_inflight[p->p_topic]++;
+        ledger_part_enter(wt->wt_ledger, p);
         return e;
 }
 
@@ -393,14 +295,16 @@ static struct entry *entry_new(worker_t *w, struct part *p, int64_t offset) {
  * is done. */
 static void entry_destroy(struct entry *e, int done) {
         worker_t *w = e->e_worker;
-        struct part *p = e->e_part;
+        struct worker_topic *wt = e->e_topic;
+        ledger_part_t *p = e->e_part;
+        int draining = ledger_part_draining(p) && !ledger_part_released(p);
 
         loop_timer_stop(w->w_loop, &e->e_timer);
-        if (done && !p->p_revoked) {
-                if (offsets_done(p->p_offsets, e->e_offset) == -1)
+        if (done && !ledger_part_released(p)) {
+                if (ledger_done(wt->wt_ledger, p, e->e_offset) == -1)
                         LOG(LL_ERROR,
                             "offset not tracked topic=%s partition=%d offset=%lld",
-                            w->w_topics[p->p_topic], (int)p->p_partition,
+                            wt->wt_name, (int)ledger_part_partition(p),
                             (long long)e->e_offset);
                 /* Also when this was the last entry: an idle worker
                  * commits what it did now, not at the next interval. And
@@ -408,9 +312,9 @@ static void entry_destroy(struct entry *e, int done) {
                  * committed, a crash would have the request sent both by the
                  * partition's next owner and from the retry topic (the
                  * results topic the next owner reads does not know it). */
-                if (w->w_held[p->p_topic] * 2 >= w->w_limit[p->p_topic] ||
-                    w->w_inflight[p->p_topic] == 1 || e->e_handed_over)
-                        worker_commit_soon(w, p->p_topic);
+                if (ledger_commit_urgent(wt->wt_ledger) ||
+                    ledger_inflight(wt->wt_ledger) == 1 || e->e_handed_over)
+                        worker_commit_soon(w, wt);
         }
         if (e->e_prev)
                 e->e_prev->e_next = e->e_next;
@@ -418,14 +322,12 @@ static void entry_destroy(struct entry *e, int done) {
                 w->w_entries = e->e_next;
         if (e->e_next)
                 e->e_next->e_prev = e->e_prev;
-        w->w_inflight[p->p_topic]--;
-        p->p_entries--;
-        if (p->p_draining && !p->p_revoked &&
-            w->w_revoke[p->p_topic].rv_parts)
+        /* @p may be freed here (released, and this was its last entry). */
+        ledger_part_leave(wt->wt_ledger, p);
+        e->e_part = NULL;
+        if (draining && wt->wt_revoke.rv_parts)
                 /* Its revoke may be done now. */
-                loop_timer_start(w->w_loop, &w->w_revoke[p->p_topic].rv_timer, 0);
-        if (p->p_revoked && p->p_entries == 0)
-                part_free(p);
+                loop_timer_start(w->w_loop, &wt->wt_revoke.rv_timer, 0);
         if (e->e_req && e->e_req->deadline_ms)
                 w->w_with_deadline--;
         if (e->e_sent_unacked)
@@ -437,7 +339,7 @@ static void entry_destroy(struct entry *e, int done) {
         free(e->e_rcpts);
         free(e->e_job_rcpts);
         free(e->e_job_idx);
-        json_decref(e->e_retry_rcpts);
+        retry_record_clear(&e->e_retry);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
         free(e->e_raw);
@@ -509,7 +411,7 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
         rec.metadata = e->e_req->metadata;
-        rec.results_partition = e->e_part->p_results_partition;
+        rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.duplicates++;
         LOG(LL_INFO, "repeated request not sent again id=%s status=%s",
             rec.id, result_status_name(rec.status));
@@ -568,27 +470,6 @@ static void entry_release(struct entry *e) {
 }
 
 /* ---- recipients ---- */
-
-/* @returns a JSON string of an SMTP reply's text (NULL: ""): relays may
- * answer in 8-bit text that is not UTF-8, which jansson refuses; then it is
- * repaired (utf8_repair(): each ill-formed part becomes U+FFFD, as in a
- * result record). Never NULL. */
-static json_t *json_reply(const char *s) {
-        json_t *v = json_string(s ? s : "");
-        char *fixed;
-        size_t len;
-
-        if (v)
-                return v;
-        fixed = utf8_repair(s, strlen(s), &len);
-        if (!fixed)
-                abort();
-        v = json_stringn(fixed, len);
-        free(fixed);
-        if (!v)
-                abort();
-        return v;
-}
 
 static void rcpt_set(struct rcpt_state *r, enum rcpt_status st, int code,
                      const char *reply) {
@@ -730,34 +611,29 @@ static int entry_rcpts_apply(struct entry *e, const struct smtp_job *job) {
 /* Marks what @e's retry record says is final (recipient index and address
  * must match the request's), after its message is built. */
 static void entry_rcpts_from_retry(struct entry *e) {
-        json_t *it;
-        size_t i;
+        const struct retry_record *r = &e->e_retry;
 
-        if (!e->e_retry_rcpts)
-                return;
-        json_array_foreach(e->e_retry_rcpts, i, it) {
-                json_int_t idx = json_integer_value(json_object_get(it, "index"));
-                const char *addr = json_string_value(json_object_get(it, "recipient"));
-                const char *st = json_string_value(json_object_get(it, "status"));
+        for (size_t i = 0; i < r->rcpt_cnt; i++) {
+                const struct retry_rcpt *rc = &r->rcpts[i];
 
-                if (!addr || !st || idx < 0 || (size_t)idx >= e->e_msg->rcpt_cnt ||
-                    strcmp(e->e_msg->rcpts[idx], addr) != 0)
+                if (rc->index >= e->e_msg->rcpt_cnt ||
+                    strcmp(e->e_msg->rcpts[rc->index], rc->recipient) != 0)
                         continue;
                 entry_rcpts_init(e);
-                rcpt_set(&e->e_rcpts[idx],
-                         strcmp(st, "sent") == 0 ? RCPT_SENT : RCPT_FAILED,
-                         (int)json_integer_value(json_object_get(it, "smtp_code")),
-                         json_string_value(json_object_get(it, "smtp_reply")));
+                rcpt_set(&e->e_rcpts[rc->index], rc->sent ? RCPT_SENT : RCPT_FAILED,
+                         rc->smtp_code, rc->smtp_reply);
         }
-        json_decref(e->e_retry_rcpts);
-        e->e_retry_rcpts = NULL;
+        retry_record_clear(&e->e_retry);
 }
 
-/* @returns @e's recipients with a final outcome, for its retry record
- * (NULL when none). */
-static json_t *entry_rcpts_final_json(const struct entry *e) {
-        json_t *arr = NULL, *o;
+/* @returns @e's recipients with a final outcome, for its retry record, with
+ * their count in *@cnt (NULL and 0 when none). The strings are @e's: the
+ * array lives until @e changes. */
+static struct retry_rcpt *entry_rcpts_final(const struct entry *e, size_t *cnt) {
+        struct retry_rcpt *arr = NULL;
+        size_t n = 0;
 
+        *cnt = 0;
         if (!e->e_rcpts)
                 return NULL;
         for (size_t i = 0; i < e->e_msg->rcpt_cnt; i++) {
@@ -765,16 +641,19 @@ static json_t *entry_rcpts_final_json(const struct entry *e) {
 
                 if (r->st == RCPT_PENDING)
                         continue;
-                if (!arr)
-                        arr = json_array();
-                o = json_pack("{s:I, s:s, s:s, s:i, s:o}", "index", (json_int_t)i,
-                              "recipient", e->e_msg->rcpts[i], "status",
-                              r->st == RCPT_SENT ? "sent" : "failed", "smtp_code",
-                              r->code, "smtp_reply", json_reply(r->reply));
-                /* Dropped, the recipient would be sent to again. */
-                if (!o || json_array_append_new(arr, o) != 0)
-                        abort();
+                if (!arr) {
+                        arr = calloc(e->e_msg->rcpt_cnt, sizeof(*arr));
+                        if (!arr)
+                                abort();
+                }
+                arr[n].index = i;
+                arr[n].recipient = e->e_msg->rcpts[i];
+                arr[n].sent = r->st == RCPT_SENT;
+                arr[n].smtp_code = r->code;
+                arr[n].smtp_reply = r->reply;
+                n++;
         }
+        *cnt = n;
         return arr;
 }
 
@@ -804,7 +683,7 @@ static void entry_rcpts_result(const struct entry *e, struct result_rec *rec,
                 json_object_set_new(o, "smtp_code",
                                     r->code ? json_integer(r->code) : json_null());
                 json_object_set_new(o, "smtp_reply",
-                                    r->reply ? json_reply(r->reply) : json_null());
+                                    r->reply ? utf8_json_string(r->reply) : json_null());
                 if (r->st == RCPT_SENT) {
                         sent++;
                 } else if (rec->status == RESULT_SENT) {
@@ -848,7 +727,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
         rec.metadata = e->e_req->metadata;
-        rec.results_partition = e->e_part->p_results_partition;
+        rec.results_partition = ledger_part_results_partition(e->e_part);
 
         switch (status) {
         case RESULT_SENT:
@@ -903,14 +782,6 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
 
 /* ---- retries ---- */
 
-/* Milliseconds to wait before attempt number @attempts + 1: spread by
- * +/- retry.jitter.percent. */
-static int64_t worker_backoff_ms(const struct config *conf, int attempts) {
-        return backoff_ms(conf->retry_backoff_initial_ms,
-                          conf->retry_backoff_max_ms, conf->retry_jitter_percent,
-                          attempts, (uint64_t)rand());
-}
-
 /* @returns whether requests can be handed to the retry topic: there is one,
  * and the producer still works. */
 static int worker_can_hand_over(const worker_t *w) {
@@ -922,33 +793,26 @@ static int worker_can_hand_over(const worker_t *w) {
 static void entry_handoff(struct entry *e, int64_t due_ms, int code,
                           const char *reply) {
         worker_t *w = e->e_worker;
-        json_t *o;
+        struct retry_record rec;
         char *value;
         struct entry *f;
 
-        o = json_pack("{s:i, s:s, s:s%, s:i, s:I, s:I, s:I, s:{s:s, s:i, s:I}, "
-                      "s:i, s:o}",
-                      "v", 1, "id", e->e_req->id, "request", e->e_raw,
-                      e->e_raw_len, "attempts", e->e_attempts, "due_ms",
-                      (json_int_t)due_ms, "first_received_ms",
-                      (json_int_t)e->e_received_ms, "request_ts_ms",
-                      (json_int_t)e->e_request_ts_ms, "source", "topic",
-                      w->w_conf->topic_requests, "partition",
-                      (int)e->e_origin_partition, "offset",
-                      (json_int_t)e->e_origin_offset, "last_smtp_code", code,
-                      "last_smtp_reply", json_reply(reply));
-        if (!o)
-                abort();
-        if (e->e_rcpts) {
-                json_t *done = entry_rcpts_final_json(e);
-
-                if (done)
-                        json_object_set_new(o, "recipients", done);
-        }
-        value = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (!value)
-                abort();
+        memset(&rec, 0, sizeof(rec));
+        rec.id = e->e_req->id;
+        rec.request = e->e_raw;
+        rec.request_len = e->e_raw_len;
+        rec.attempts = e->e_attempts;
+        rec.due_ms = due_ms;
+        rec.first_received_ms = e->e_received_ms;
+        rec.request_ts_ms = e->e_request_ts_ms;
+        rec.source_topic = w->w_conf->topic_requests;
+        rec.source_partition = e->e_origin_partition;
+        rec.source_offset = e->e_origin_offset;
+        rec.last_smtp_code = code;
+        rec.last_smtp_reply = reply;
+        rec.rcpts = entry_rcpts_final(e, &rec.rcpt_cnt);
+        value = retry_record_format(&rec);
+        free(rec.rcpts);
         w->w_stats.handoffs++;
         LOG(LL_DEBUG, "moved to the retry topic id=%s attempts=%d", e->e_req->id,
             e->e_attempts);
@@ -976,8 +840,8 @@ static void entry_on_timer(loop_t *loop, void *opaque) {
         struct entry *e = opaque;
 
         (void)loop;
-        if (e->e_worker->w_stopping || e->e_part->p_draining ||
-            e->e_part->p_revoked) {
+        if (e->e_worker->w_stopping || ledger_part_draining(e->e_part) ||
+            ledger_part_released(e->e_part)) {
                 entry_release(e);
                 entry_destroy(e, 0);
                 return;
@@ -1026,10 +890,8 @@ static void entry_finish_rcpts(struct entry *e, const struct smtp_job *job,
 static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         struct entry *e = job->opaque;
         worker_t *w = opaque;
-        const struct config *conf = w->w_conf;
-        int64_t now = results_wall_ms();
-        int64_t backoff;
-        char why[128];
+        struct retry_state st;
+        struct retry_decision d;
 
         e->e_attempts++;
         if (!e->e_rcpts && job->rcpt_failure_cnt == 0 &&
@@ -1053,7 +915,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                         entry_finish_rcpts(e, job, NULL);
                         return;
                 }
-                if (next_at_once && !e->e_part->p_revoked) {
+                if (next_at_once && !ledger_part_released(e->e_part)) {
                         /* The relay took what it could in this one: the
                          * rest goes in the next transaction at once, on the
                          * same try. */
@@ -1062,51 +924,46 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                         return;
                 }
         }
-        if (e->e_part->p_revoked) {
+        if (ledger_part_released(e->e_part)) {
                 /* Its partition is someone else's already: the next owner
                  * consumes it again. */
                 entry_release(e);
                 entry_destroy(e, 0);
                 return;
         }
-        if (e->e_attempts >= conf->retry_attempts_max) {
-                snprintf(why, sizeof(why), "retries exhausted after %d attempts",
-                         e->e_attempts);
-                entry_finish_rcpts(e, job, why);
-                return;
-        }
-        backoff = worker_backoff_ms(conf, e->e_attempts);
-        if (now + backoff - e->e_received_ms > conf->retry_window_ms) {
-                snprintf(why, sizeof(why),
-                         "retry window of %d ms passed after %d attempts",
-                         conf->retry_window_ms, e->e_attempts);
-                entry_finish_rcpts(e, job, why);
+        st.attempts = e->e_attempts;
+        st.now_ms = results_wall_ms();
+        st.received_ms = e->e_received_ms;
+        st.rnd = (uint64_t)rand();
+        st.partial = entry_rcpts_any_final(e);
+        st.can_hand_over = worker_can_hand_over(w) && !e->e_no_handoff;
+        st.from_retry_topic = e->e_topic->wt_index == TOPIC_RETRY;
+        st.leaving = w->w_stopping || ledger_part_draining(e->e_part);
+        retry_decide(&w->w_retry, &st, &d);
+        if (d.action == RETRY_FINISH) {
+                entry_finish_rcpts(e, job, d.reason);
                 return;
         }
         w->w_stats.retries++;
-        /* A request some recipients have a final outcome for goes to the
-         * retry topic at once: its record keeps who has the mail, where an
-         * in-memory retry would leave the next owner (after a crash, stop or
-         * revoke) only the request, to send to every recipient again. */
-        if (worker_can_hand_over(w) && !e->e_no_handoff &&
-            (e->e_part->p_topic == TOPIC_RETRY || w->w_stopping ||
-             e->e_part->p_draining || entry_rcpts_any_final(e) ||
-             now + backoff - e->e_received_ms > conf->retry_local_window_ms)) {
-                entry_handoff(e, now + backoff, job->code, job->reply);
+        switch (d.action) {
+        case RETRY_HAND_OVER:
+                entry_handoff(e, d.due_ms, job->code, job->reply);
                 return;
-        }
-        if (w->w_stopping || e->e_part->p_draining) {
+        case RETRY_ABANDON:
                 /* Its partition is being given up and there is no retry
                  * topic: the next owner consumes it again. */
                 entry_release(e);
                 entry_destroy(e, 0);
                 return;
+        case RETRY_LOCAL:
+        case RETRY_FINISH:
+                break;
         }
         LOG(LL_DEBUG, "retrying id=%s attempt=%d code=%d reply=%s",
             e->e_req->id, e->e_attempts, job->code, job->reply);
         e->e_state = ENTRY_WAITING;
-        e->e_due_ms = now + backoff; /* for a hand-over before then */
-        loop_timer_start(w->w_loop, &e->e_timer, backoff);
+        e->e_due_ms = d.due_ms; /* for a hand-over before then */
+        loop_timer_start(w->w_loop, &e->e_timer, d.delay_ms);
 }
 
 /* Sends @e (first attempt, retry or due retry-topic request) unless its
@@ -1166,7 +1023,7 @@ static int entry_abandon(struct entry *e) {
 
 /* ---- consumer handlers ---- */
 
-static void worker_reject(worker_t *w, struct entry *e, int t,
+static void worker_reject(worker_t *w, struct entry *e,
                           const rd_kafka_message_t *m, char *id,
                           const char *reason) {
         struct result_source src;
@@ -1181,7 +1038,7 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
                 id[m->key_len] = '\0';
                 id_from_key = 1;
         }
-        src.topic = w->w_topics[t];
+        src.topic = e->e_topic->wt_name;
         src.partition = m->partition;
         src.offset = m->offset;
         LOG(LL_INFO, "request rejected topic=%s partition=%d offset=%lld id=%s "
@@ -1192,7 +1049,7 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
         e->e_acks_pending = 2;
         results_deadletter(w->w_results, m->key, m->key_len,
                            m->payload ? m->payload : "", m->len, reason, &src, e);
-        if (t == TOPIC_RETRY) {
+        if (e->e_topic->wt_index == TOPIC_RETRY) {
                 /* Report it where the request came from when that is known. */
                 src.topic = w->w_conf->topic_requests;
                 src.partition = e->e_origin_partition;
@@ -1207,69 +1064,42 @@ static void worker_reject(worker_t *w, struct entry *e, int t,
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
         rec.completed_ms = results_wall_ms();
-        rec.results_partition = e->e_part->p_results_partition;
+        rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.rejected++;
         results_publish(w->w_results, &rec, e);
 }
 
-/* Reads a retry record into @e: the request's text, attempts, due time and
- * origin. @returns 0 or -1 with @errstr. */
+/* Reads a retry record into @e: the request's text, attempts, due time,
+ * origin and final recipients. @returns 0 or -1 with @errstr. */
 static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
                             char *id, size_t id_size, char *errstr,
                             size_t errstr_size) {
-        json_error_t jerr;
-        json_t *o, *src = NULL;
-        const char *rid = NULL, *req = NULL;
-        size_t req_len = 0;
-        json_int_t attempts = 0, due = 0, first = 0, ts = 0, part = 0, off = 0;
-        json_t *rcpts = NULL;
-        int ret = -1;
+        struct retry_record *r = &e->e_retry;
 
-        o = json_loadb(m->payload, m->len, 0, &jerr);
-        if (!o) {
-                snprintf(errstr, errstr_size, "retry record: invalid JSON: %s",
-                         jerr.text);
+        if (retry_record_parse(m->payload, m->len, r, errstr, errstr_size) != 0) {
+                snprintf(id, id_size, "%s", r->id ? r->id : "");
+                retry_record_clear(r);
                 return -1;
         }
-        if (json_unpack_ex(o, &jerr, 0, "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o, s?o}",
-                           "id", &rid, "request", &req, &req_len, "attempts",
-                           &attempts, "due_ms", &due, "first_received_ms", &first,
-                           "request_ts_ms", &ts, "source", &src, "recipients",
-                           &rcpts) ||
-            json_unpack_ex(src, &jerr, 0, "{s:I, s:I}", "partition", &part,
-                           "offset", &off) ||
-            attempts < 0 || attempts > 1000 || part < 0 || part > INT32_MAX ||
-            off < 0) {
-                snprintf(id, id_size, "%s", rid ? rid : "");
-                snprintf(errstr, errstr_size, "retry record: %s", jerr.text);
-                goto out;
-        }
-        snprintf(id, id_size, "%s", rid);
-        e->e_raw = malloc(req_len ? req_len : 1);
-        if (!e->e_raw)
-                abort();
-        memcpy(e->e_raw, req, req_len);
-        e->e_raw_len = req_len;
-        e->e_attempts = (int)attempts;
-        e->e_due_ms = due;
-        e->e_received_ms = first;
-        e->e_request_ts_ms = ts;
-        e->e_origin_partition = (int32_t)part;
-        e->e_origin_offset = off;
-        if (json_is_array(rcpts))
-                e->e_retry_rcpts = json_incref(rcpts);
-        ret = 0;
-out:
-        json_decref(o);
-        return ret;
+        snprintf(id, id_size, "%s", r->id);
+        /* The request's text moves to the entry. */
+        e->e_raw = (char *)r->request;
+        e->e_raw_len = r->request_len;
+        r->request = NULL;
+        e->e_attempts = r->attempts;
+        e->e_due_ms = r->due_ms;
+        e->e_received_ms = r->first_received_ms;
+        e->e_request_ts_ms = r->request_ts_ms;
+        e->e_origin_partition = r->source_partition;
+        e->e_origin_offset = r->source_offset;
+        return 0;
 }
 
 static void worker_on_message(void *opaque, int topic_of_consumer,
                               const rd_kafka_message_t *m) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
-        int t = ref->tr_topic;
-        struct part *p = part_get(w, t, m->partition);
+        struct worker_topic *wt = opaque;
+        worker_t *w = wt->wt_worker;
+        ledger_part_t *p = ledger_part_get(wt->wt_ledger, m->partition);
         rd_kafka_timestamp_type_t tstype;
         struct message_opts mo;
         struct entry *e;
@@ -1277,32 +1107,29 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
         char errstr[512];
 
         if (!p)
-                p = part_add(w, t, m->partition);
-        if (offsets_track_tag(p->p_offsets, m->offset,
-                              part_floor_at(w, p, m->offset)) == 0) {
-                w->w_held[t]++;
-        } else {
+                p = ledger_part_add(wt->wt_ledger, m->partition);
+        if (ledger_track(wt->wt_ledger, p, m->offset) != 0) {
                 /* Seen already in this assignment (the consumer went back):
                  * still in flight, or done and committed or about to be. */
                 LOG(LL_WARN, "offset seen already topic=%s partition=%d offset=%lld",
-                    w->w_topics[t], (int)m->partition, (long long)m->offset);
+                    wt->wt_name, (int)m->partition, (long long)m->offset);
                 return;
         }
         (void)topic_of_consumer;
         w->w_stats.consumed++;
-        e = entry_new(w, p, m->offset);
+        e = entry_new(w, wt, p, m->offset);
         e->e_request_ts_ms = rd_kafka_message_timestamp(m, &tstype);
         if (e->e_request_ts_ms < 0)
                 e->e_request_ts_ms = 0;
 
         id[0] = '\0';
         if (!m->payload || m->len == 0) {
-                worker_reject(w, e, t, m, id, "empty value");
+                worker_reject(w, e, m, id, "empty value");
                 goto out;
         }
-        if (t == TOPIC_RETRY) {
+        if (wt->wt_index == TOPIC_RETRY) {
                 if (entry_read_retry(e, m, id, sizeof(id), errstr, sizeof(errstr))) {
-                        worker_reject(w, e, t, m, id, errstr);
+                        worker_reject(w, e, m, id, errstr);
                         goto out;
                 }
         } else {
@@ -1315,7 +1142,7 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
         e->e_req = request_parse(e->e_raw, e->e_raw_len, &w->w_limits, id,
                                  sizeof(id), errstr, sizeof(errstr));
         if (!e->e_req) {
-                worker_reject(w, e, t, m, id, errstr);
+                worker_reject(w, e, m, id, errstr);
                 goto out;
         }
         if (e->e_req->deadline_ms)
@@ -1328,7 +1155,7 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
                         w->w_with_deadline--;
                 request_destroy(e->e_req);
                 e->e_req = NULL;
-                worker_reject(w, e, t, m, id, errstr);
+                worker_reject(w, e, m, id, errstr);
                 goto out;
         }
         e->e_job.mail_from = e->e_msg->mail_from;
@@ -1344,8 +1171,8 @@ out:
 
 static void worker_on_assign(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
+        struct worker_topic *wt = opaque;
+        worker_t *w = wt->wt_worker;
         int32_t *ids;
         uint64_t *seqs;
         int n = 0;
@@ -1355,21 +1182,21 @@ static void worker_on_assign(void *opaque,
         if (!ids || !seqs)
                 abort();
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_add(w, ref->tr_topic, parts->elems[i].partition);
+                ledger_part_t *p = ledger_part_add(wt->wt_ledger,
+                                                   parts->elems[i].partition);
 
                 if (!w->w_recall)
                         continue;
                 /* The consumer holds it (consumer_hold_assigned()) until the
                  * answer. */
-                p->p_held = 1;
-                p->p_seq = ++w->w_assign_seq;
-                ids[n] = p->p_partition;
-                seqs[n] = p->p_seq;
+                ids[n] = ledger_part_partition(p);
+                seqs[n] = ++w->w_assign_seq;
+                ledger_part_hold(p, seqs[n]);
                 n++;
         }
         if (n > 0)
-                recall_ask(w->w_recall, w->w_consumer[ref->tr_topic], ref->tr_topic,
-                           w->w_topics[ref->tr_topic], ids, seqs, n);
+                recall_ask(w->w_recall, wt->wt_consumer, wt->wt_index, wt->wt_name,
+                           ids, seqs, n);
         free(ids);
         free(seqs);
 }
@@ -1379,7 +1206,7 @@ static void worker_on_assign(void *opaque,
 static void worker_on_recall(void *opaque, const struct recall_answer *a) {
         worker_t *w = opaque;
         int64_t now = results_wall_ms();
-        int t = a->topic;
+        struct worker_topic *wt = &w->w_topics[a->topic];
         int released = 0, incomplete = 0, floors = 0;
         uint64_t records = 0;
 
@@ -1389,16 +1216,13 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
         w->w_stats.recalled += a->item_cnt;
         for (int i = 0; i < a->part_cnt; i++) {
                 const struct recall_part *ap = &a->parts[i];
-                struct part *p = part_get(w, t, ap->partition);
+                ledger_part_t *p = ledger_part_get(wt->wt_ledger, ap->partition);
 
-                if (!p || !p->p_held || p->p_seq != ap->seq || p->p_draining)
+                if (!p || ledger_part_let_through(p, ap->seq, ap->results_partition,
+                                                  ap->results_end, ap->stored_floor,
+                                                  ap->consumed_end) != 0)
                         continue; /* revoked meanwhile */
-                p->p_held = 0;
-                p->p_results_partition = ap->results_partition;
-                p->p_results_base = ap->results_end;
-                p->p_inherit_floor = ap->stored_floor;
-                p->p_inherit_until = ap->consumed_end;
-                consumer_release(w->w_consumer[t], w->w_topics[t], ap->partition);
+                consumer_release(wt->wt_consumer, wt->wt_name, ap->partition);
                 released++;
                 records += ap->records;
                 floors += ap->stored_floor >= 0;
@@ -1413,10 +1237,10 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
                 LOG(LL_WARN, "results topic not fully read at assignment "
                     "(requests finished by an earlier owner may be sent "
                     "again) topic=%s partitions=%d incomplete=%d reason=%s",
-                    w->w_topics[t], released, incomplete, a->note);
+                    wt->wt_name, released, incomplete, a->note);
         LOG(LL_INFO, "results read at assignment topic=%s partitions=%d "
             "with_results_offset=%d records=%llu final_ids=%zu took_ms=%lld",
-            w->w_topics[t], released, floors, (unsigned long long)records,
+            wt->wt_name, released, floors, (unsigned long long)records,
             a->item_cnt, (long long)a->took_ms);
 }
 
@@ -1442,69 +1266,50 @@ static int worker_generation_moved(rd_kafka_resp_err_t err) {
 static void worker_on_commit(void *opaque,
                              const rd_kafka_topic_partition_list_t *offsets,
                              rd_kafka_resp_err_t err) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
+        struct worker_topic *wt = opaque;
+        worker_t *w = wt->wt_worker;
 
-        w->w_commit_sent_ms[ref->tr_topic] = 0;
+        wt->wt_commit_sent_ms = 0;
         if (err || !offsets) {
                 /* Refused (the generation moved on in a rebalance, the
                  * coordinator moved): the partitions still owned are offered
                  * again at once where librdkafka allows it (worker_commit()). */
-                if (worker_generation_moved(err) && w->w_consumer[ref->tr_topic] &&
-                    !consumer_holds_commits(w->w_consumer[ref->tr_topic]))
-                        worker_commit_soon(w, ref->tr_topic);
+                if (worker_generation_moved(err) && wt->wt_consumer &&
+                    !consumer_holds_commits(wt->wt_consumer))
+                        worker_commit_soon(w, wt);
                 worker_check_pressure(w);
                 return;
         }
         w->w_stats.commits_answered++;
         for (int i = 0; i < offsets->cnt; i++) {
-                struct part *p = part_of_elem(w, offsets, i);
+                struct worker_topic *of = worker_topic_of(w, offsets->elems[i].topic);
 
-                if (!p || offsets->elems[i].err ||
-                    offsets->elems[i].offset != p->p_sent_offset ||
-                    p->p_acked_below >= p->p_sent_below)
-                        continue;
-                w->w_held[p->p_topic] -= (size_t)(p->p_sent_below - p->p_acked_below);
-                p->p_acked_below = p->p_sent_below;
+                if (of && !offsets->elems[i].err)
+                        ledger_committed(of->wt_ledger, offsets->elems[i].partition,
+                                         offsets->elems[i].offset);
         }
         worker_check_pressure(w);
         /* Completions that came while this commit was out may be waiting. */
-        if (w->w_held[ref->tr_topic] * 2 >= w->w_limit[ref->tr_topic] ||
-            (w->w_held[ref->tr_topic] > 0 && w->w_inflight[ref->tr_topic] == 0))
-                worker_commit_soon(w, ref->tr_topic);
+        if (ledger_commit_urgent(wt->wt_ledger) ||
+            (ledger_held(wt->wt_ledger) > 0 && ledger_inflight(wt->wt_ledger) == 0))
+                worker_commit_soon(w, wt);
 }
 
-/* Adds the watermark of @p to @offs when it moved since its last commit. */
-static void worker_commit_part(worker_t *w, struct part *p,
-                               rd_kafka_topic_partition_list_t *offs) {
-        int64_t off = offsets_committable(p->p_offsets);
-        int64_t floor;
+/* Adds @c, one partition's watermark of @wt, to @offs. */
+static void worker_commit_add(const struct worker_topic *wt,
+                              const struct ledger_commit *c,
+                              rd_kafka_topic_partition_list_t *offs) {
         rd_kafka_topic_partition_t *rktpar;
-        char meta[64];
-        size_t len;
 
-        if (off < 0 || off <= p->p_committed)
-                return;
-        rktpar = rd_kafka_topic_partition_list_add(offs, w->w_topics[p->p_topic],
-                                                   p->p_partition);
-        rktpar->offset = off;
-        /* Where the next owner starts reading the results topic: the floor
-         * tagged on the request at the watermark; with every request done,
-         * the floor of the next one to come. */
-        floor = offsets_pending(p->p_offsets) > 0 ? offsets_front_tag(p->p_offsets)
-                                                  : part_floor_at(w, p, off);
-        if (floor >= 0) {
-                len = recall_meta_format(meta, sizeof(meta), p->p_results_partition,
-                                         floor);
-                rktpar->metadata = malloc(len);
+        rktpar = rd_kafka_topic_partition_list_add(offs, wt->wt_name, c->partition);
+        rktpar->offset = c->offset;
+        if (c->metadata_len > 0) {
+                rktpar->metadata = malloc(c->metadata_len);
                 if (!rktpar->metadata)
                         abort();
-                memcpy(rktpar->metadata, meta, len);
-                rktpar->metadata_size = len;
+                memcpy(rktpar->metadata, c->metadata, c->metadata_len);
+                rktpar->metadata_size = c->metadata_len;
         }
-        p->p_committed = off;
-        p->p_sent_offset = off;
-        p->p_sent_below = offsets_below_watermark(p->p_offsets);
 }
 
 /* @returns the milliseconds left before a stopping worker must exit (>= 0). */
@@ -1526,19 +1331,22 @@ static int worker_commit_wait_ms(const worker_t *w) {
         return left < w->w_conf->commit_timeout_ms ? left : w->w_conf->commit_timeout_ms;
 }
 
-/* Commits the watermark of every partition of topic @t in @parts (all its
+/* Commits the watermark of every partition of @wt in @parts (all its
  * assigned ones when NULL) that moved since its last commit. */
-static void worker_commit(worker_t *w, int t,
+static void worker_commit(worker_t *w, struct worker_topic *wt,
                           const rd_kafka_topic_partition_list_t *parts, int async) {
         rd_kafka_topic_partition_list_t *offs;
+        struct ledger_commit *commits;
+        int32_t *ids = NULL;
+        size_t n, id_cnt = 0;
         uint64_t errors;
         int unanswered = 0;
 
-        if (!w->w_consumer[t])
+        if (!wt->wt_consumer)
                 return;
-        errors = consumer_commit_errors(w->w_consumer[t]);
-        if (async && w->w_commit_sent_ms[t] &&
-            loop_now_ms(w->w_loop) - w->w_commit_sent_ms[t] >=
+        errors = consumer_commit_errors(wt->wt_consumer);
+        if (async && wt->wt_commit_sent_ms &&
+            loop_now_ms(w->w_loop) - wt->wt_commit_sent_ms >=
                 w->w_conf->commit_timeout_ms) {
                 /* No answer (librdkafka may keep a commit for a session
                  * timeout while the coordinator is away): what it carried
@@ -1546,54 +1354,49 @@ static void worker_commit(worker_t *w, int t,
                  * for ever. */
                 LOG(LL_WARN, "offset commit not answered within "
                     "commit.timeout.ms (%d ms), offered again topic=%s",
-                    w->w_conf->commit_timeout_ms, w->w_topics[t]);
-                w->w_commit_sent_ms[t] = 0;
+                    w->w_conf->commit_timeout_ms, wt->wt_name);
+                wt->wt_commit_sent_ms = 0;
                 w->w_stats.commits_unanswered++;
                 unanswered = 1;
         }
-        if (errors != w->w_commit_errors_seen[t] || unanswered) {
+        if (errors != wt->wt_commit_errors_seen || unanswered) {
                 /* A commit failed or went unanswered: offer every
                  * partition's watermark again, after a pause. */
-                w->w_commit_errors_seen[t] = errors;
-                w->w_commit_hold_until[t] =
-                    consumer_holds_commits(w->w_consumer[t])
+                wt->wt_commit_errors_seen = errors;
+                wt->wt_commit_hold_until =
+                    consumer_holds_commits(wt->wt_consumer)
                         ? loop_now_ms(w->w_loop) + w->w_conf->commit_interval_ms
                         : 0;
-                for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                        if (w->w_parts[t][i])
-                                w->w_parts[t][i]->p_committed = -1;
+                ledger_commit_failed_all(wt->wt_ledger);
         }
-        if (async && (loop_now_ms(w->w_loop) < w->w_commit_hold_until[t] ||
-                      consumer_rebalancing(w->w_consumer[t]) ||
-                      w->w_commit_sent_ms[t]))
+        if (async && (loop_now_ms(w->w_loop) < wt->wt_commit_hold_until ||
+                      consumer_rebalancing(wt->wt_consumer) ||
+                      wt->wt_commit_sent_ms))
                 return;
-        offs = rd_kafka_topic_partition_list_new(16);
         if (parts) {
-                for (int i = 0; i < parts->cnt; i++) {
-                        struct part *p = part_of_elem(w, parts, i);
-
-                        if (p)
-                                worker_commit_part(w, p, offs);
-                }
-        } else {
-                for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                        if (w->w_parts[t][i])
-                                worker_commit_part(w, w->w_parts[t][i], offs);
+                ids = malloc((size_t)(parts->cnt + 1) * sizeof(*ids));
+                if (!ids)
+                        abort();
+                for (int i = 0; i < parts->cnt; i++)
+                        if (strcmp(parts->elems[i].topic, wt->wt_name) == 0)
+                                ids[id_cnt++] = parts->elems[i].partition;
         }
-        if (offs->cnt > 0) {
-                LOG(LL_DEBUG, "committing topic=%s partitions=%d async=%d",
-                    w->w_topics[t], offs->cnt, async);
-                if (async)
-                        w->w_commit_sent_ms[t] = loop_now_ms(w->w_loop);
-                if (consumer_commit(w->w_consumer[t], offs,
-                                    async ? -1 : worker_commit_wait_ms(w)) == -1)
-                        for (int j = 0; j < offs->cnt; j++) {
-                                struct part *p = part_of_elem(w, offs, j);
-
-                                if (p)
-                                        p->p_committed = -1;
-                        }
-        }
+        n = ledger_commit_take(wt->wt_ledger, ids, id_cnt, &commits);
+        free(ids);
+        if (n == 0)
+                return;
+        offs = rd_kafka_topic_partition_list_new((int)n);
+        for (size_t i = 0; i < n; i++)
+                worker_commit_add(wt, &commits[i], offs);
+        LOG(LL_DEBUG, "committing topic=%s partitions=%d async=%d", wt->wt_name,
+            offs->cnt, async);
+        if (async)
+                wt->wt_commit_sent_ms = loop_now_ms(w->w_loop);
+        if (consumer_commit(wt->wt_consumer, offs,
+                            async ? -1 : worker_commit_wait_ms(w)) == -1)
+                for (size_t i = 0; i < n; i++)
+                        ledger_commit_failed(wt->wt_ledger, commits[i].partition);
+        free(commits);
         rd_kafka_topic_partition_list_destroy(offs);
 }
 
@@ -1624,6 +1427,9 @@ static void worker_expire_waiting(worker_t *w) {
  * and again every such period while it lasts. */
 static void worker_watch_progress(worker_t *w) {
         const struct worker_stats *st = &w->w_stats;
+        const struct worker_topic *rq = &w->w_topics[TOPIC_REQUESTS];
+        const struct worker_topic *rt =
+            w->w_topic_cnt > TOPIC_RETRY ? &w->w_topics[TOPIC_RETRY] : NULL;
         int64_t now = loop_now_ms(w->w_loop);
         uint64_t mark = st->consumed + st->sent + st->failed + st->rejected +
                         st->expired + st->handoffs + st->duplicates +
@@ -1633,7 +1439,7 @@ static void worker_watch_progress(worker_t *w) {
         int waiting_recall = 0;
 
         for (int t = 0; t < w->w_topic_cnt; t++)
-                held += w->w_held[t];
+                held += ledger_held(w->w_topics[t].wt_ledger);
         if (mark != w->w_progress_mark || held == 0 ||
             w->w_conf->stall_warn_ms == 0) {
                 w->w_progress_mark = mark;
@@ -1645,24 +1451,19 @@ static void worker_watch_progress(worker_t *w) {
         w->w_progress_ms = now;
         w->w_stats.stalls++;
         for (int t = 0; t < w->w_topic_cnt; t++)
-                for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                        waiting_recall += w->w_parts[t][i] && w->w_parts[t][i]->p_held;
+                waiting_recall += (int)ledger_parts_held(w->w_topics[t].wt_ledger);
         smtp_client_stats(w->w_smtp, &ss);
         LOG(LL_WARN, "no progress for stall.warn.ms (%d ms) with requests held "
             "inflight=%zu held=%zu limit=%zu paused=%d commit_out_ms=%lld "
             "retry_inflight=%zu retry_held=%zu results_unacknowledged=%zu "
             "smtp_sessions=%zu smtp_busy=%zu smtp_queued=%zu relay_healthy=%d "
             "partitions_waiting_for_results_read=%d",
-            w->w_conf->stall_warn_ms, w->w_inflight[TOPIC_REQUESTS],
-            w->w_held[TOPIC_REQUESTS], w->w_limit[TOPIC_REQUESTS],
-            w->w_consumer[TOPIC_REQUESTS]
-                ? consumer_paused(w->w_consumer[TOPIC_REQUESTS], 0)
-                : 0,
-            w->w_commit_sent_ms[TOPIC_REQUESTS]
-                ? (long long)(now - w->w_commit_sent_ms[TOPIC_REQUESTS])
-                : -1LL,
-            w->w_topic_cnt > TOPIC_RETRY ? w->w_inflight[TOPIC_RETRY] : 0,
-            w->w_topic_cnt > TOPIC_RETRY ? w->w_held[TOPIC_RETRY] : 0,
+            w->w_conf->stall_warn_ms, ledger_inflight(rq->wt_ledger),
+            ledger_held(rq->wt_ledger), ledger_limit(rq->wt_ledger),
+            rq->wt_consumer ? consumer_paused(rq->wt_consumer, 0) : 0,
+            rq->wt_commit_sent_ms ? (long long)(now - rq->wt_commit_sent_ms) : -1LL,
+            rt ? ledger_inflight(rt->wt_ledger) : 0,
+            rt ? ledger_held(rt->wt_ledger) : 0,
             results_pending(w->w_results), ss.sessions_open, ss.sessions_busy,
             ss.jobs_queued, ss.relay_healthy, waiting_recall);
 }
@@ -1675,7 +1476,7 @@ static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
         for (int t = 0; t < w->w_topic_cnt; t++)
-                worker_commit(w, t, NULL, 1);
+                worker_commit(w, &w->w_topics[t], NULL, 1);
         loop_timer_start(loop, &w->w_commit_timer, w->w_conf->commit_interval_ms);
 }
 
@@ -1697,14 +1498,14 @@ static size_t worker_entries_of(worker_t *w,
 
         if (!parts) {
                 for (int t = 0; t < w->w_topic_cnt; t++)
-                        n += w->w_inflight[t];
+                        n += ledger_inflight(w->w_topics[t].wt_ledger);
                 return n;
         }
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_of_elem(w, parts, i);
+                ledger_part_t *p = part_of_elem(w, parts, i);
 
                 if (p)
-                        n += p->p_entries;
+                        n += ledger_part_entries(p);
         }
         return n;
 }
@@ -1831,59 +1632,62 @@ static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *p
         return left;
 }
 
-/* Ends the handling of @parts of topic @t, revoked: commits their
+/* Ends the handling of @parts of @wt, revoked: commits their
  * watermarks (unless @lost), says what is left, releases them. */
-static void worker_revoke_end(worker_t *w, int t,
+static void worker_revoke_end(worker_t *w, struct worker_topic *wt,
                               const rd_kafka_topic_partition_list_t *parts,
                               int lost) {
         size_t left = worker_entries_of(w, parts);
 
         if (!lost)
-                worker_commit(w, t, parts, 0);
+                worker_commit(w, wt, parts, 0);
         if (left > 0 && !lost)
                 LOG(LL_WARN,
                     "revoked partitions still had sends in flight (they "
                     "may be sent again by the next owner) count=%zu",
                     left);
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_of_elem(w, parts, i);
+                struct worker_topic *of = worker_topic_of(w, parts->elems[i].topic);
+                ledger_part_t *p =
+                    of ? ledger_part_get(of->wt_ledger, parts->elems[i].partition)
+                       : NULL;
 
                 if (p)
-                        part_release(w, p);
+                        ledger_part_release(of->wt_ledger, p);
         }
         /* What the released partitions held no longer counts: consumption
          * may have been stopped by it. */
         worker_check_pressure(w);
 }
 
-/* Finishes the revoke of topic @t being emptied: commits, releases and
- * gives the partitions back to the consumer. */
-static void worker_revoke_finish(worker_t *w, int t) {
-        struct worker_revoke *rv = &w->w_revoke[t];
+/* Finishes the revoke of @wt being emptied: commits, releases and gives
+ * the partitions back to the consumer. */
+static void worker_revoke_finish(worker_t *w, struct worker_topic *wt) {
+        struct worker_revoke *rv = &wt->wt_revoke;
         rd_kafka_topic_partition_list_t *parts = rv->rv_parts;
 
         if (!parts)
                 return;
         rv->rv_parts = NULL;
         loop_timer_stop(w->w_loop, &rv->rv_timer);
-        worker_revoke_end(w, t, parts, 0);
+        worker_revoke_end(w, wt, parts, 0);
         rd_kafka_topic_partition_list_destroy(parts);
-        consumer_revoke_done(w->w_consumer[t]);
+        consumer_revoke_done(wt->wt_consumer);
 }
 
 /* The revoke of a topic being emptied: a step every WORKER_DRAIN_STEP_MS,
  * and when an entry of its partitions ends. */
 static void worker_on_revoke_timer(loop_t *loop, void *opaque) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
-        struct worker_revoke *rv = &w->w_revoke[ref->tr_topic];
+        struct worker_topic *wt = opaque;
+        worker_t *w = wt->wt_worker;
+        struct worker_revoke *rv = &wt->wt_revoke;
         int done;
 
         if (!rv->rv_parts)
                 return;
         worker_drain_step(w, &rv->rv_drain, rv->rv_parts, &done);
         if (done)
-                worker_revoke_finish(w, ref->tr_topic);
+                worker_revoke_finish(w, wt);
         else
                 loop_timer_start(loop, &rv->rv_timer, WORKER_DRAIN_STEP_MS);
 }
@@ -1896,23 +1700,21 @@ static void worker_on_revoke_timer(loop_t *loop, void *opaque) {
 static void worker_on_revoke(void *opaque,
                              const rd_kafka_topic_partition_list_t *parts,
                              int lost, int deferred) {
-        const struct worker_topic_ref *ref = opaque;
-        worker_t *w = ref->tr_worker;
-        struct worker_revoke *rv = &w->w_revoke[ref->tr_topic];
+        struct worker_topic *wt = opaque;
+        worker_t *w = wt->wt_worker;
+        struct worker_revoke *rv = &wt->wt_revoke;
 
         for (int i = 0; i < parts->cnt; i++) {
-                struct part *p = part_of_elem(w, parts, i);
+                ledger_part_t *p = part_of_elem(w, parts, i);
 
-                if (p) {
-                        p->p_draining = 1;
-                        /* The last watermark is committed synchronously at
-                         * the end even when an async commit of it is still
-                         * open and may fail in this rebalance. */
-                        p->p_committed = -1;
-                }
+                /* The last watermark is committed synchronously at the end
+                 * even when an async commit of it is still open and may fail
+                 * in this rebalance. */
+                if (p)
+                        ledger_part_drain(p);
         }
         /* One revoke at a time: one still being emptied ends first. */
-        worker_revoke_finish(w, ref->tr_topic);
+        worker_revoke_finish(w, wt);
         if (deferred) {
                 rv->rv_parts = rd_kafka_topic_partition_list_copy(parts);
                 worker_drain_start(w, &rv->rv_drain, parts,
@@ -1925,7 +1727,7 @@ static void worker_on_revoke(void *opaque,
         /* Lost: someone else owns them already, and a hand-over would send
          * them twice. */
         worker_drain(w, parts, 0, !lost);
-        worker_revoke_end(w, ref->tr_topic, parts, lost);
+        worker_revoke_end(w, wt, parts, lost);
 }
 
 /* ---- metrics ---- */
@@ -1961,34 +1763,38 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_inflight", "gauge",
                                t == 0 ? "requests held, by topic" : NULL,
-                               topic_labels[t], (double)w->w_inflight[t]);
+                               topic_labels[t],
+                               (double)ledger_inflight(w->w_topics[t].wt_ledger));
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_inflight_limit", "gauge",
                                t == 0 ? "in-flight limit, by topic" : NULL,
-                               topic_labels[t], (double)w->w_limit[t]);
+                               topic_labels[t],
+                               (double)ledger_limit(w->w_topics[t].wt_ledger));
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_held", "gauge",
                                t == 0 ? "requests consumed and not yet covered "
                                         "by a confirmed commit, by topic"
                                       : NULL,
-                               topic_labels[t], (double)w->w_held[t]);
+                               topic_labels[t],
+                               (double)ledger_held(w->w_topics[t].wt_ledger));
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_consumption_paused", "gauge",
                                t == 0 ? "1 while the in-flight limit stops "
                                         "consumption, by topic"
                                       : NULL,
                                topic_labels[t],
-                               w->w_consumer[t] ? consumer_paused(w->w_consumer[t], 0)
-                                                : 0);
+                               w->w_topics[t].wt_consumer
+                                   ? consumer_paused(w->w_topics[t].wt_consumer, 0)
+                                   : 0);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_fetch_nudges_total", "counter",
                                t == 0 ? "fetch nudges sent (fetch.nudge.ms), by "
                                         "topic"
                                       : NULL,
                                topic_labels[t],
-                               w->w_consumer[t] ? (double)consumer_nudges(
-                                                      w->w_consumer[t])
-                                                : 0);
+                               w->w_topics[t].wt_consumer
+                                   ? (double)consumer_nudges(w->w_topics[t].wt_consumer)
+                                   : 0);
         metrics_sample(out, "kafka_mailer_outcome_unknown", "gauge",
                        "sends whose outcome a crash now would lose: SMTP "
                        "transactions under way plus mail sent whose result "
@@ -2074,8 +1880,13 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         w->w_limits.max_recipients = (size_t)conf->request_max_recipients;
         w->w_limits.max_subject_bytes = (size_t)conf->request_max_subject_bytes;
         w->w_limits.max_header_bytes = (size_t)conf->request_max_header_bytes;
-        w->w_topics[TOPIC_REQUESTS] = conf->topic_requests;
-        w->w_limit[TOPIC_REQUESTS] = (size_t)conf->inflight_max;
+        w->w_retry.attempts_max = conf->retry_attempts_max;
+        w->w_retry.backoff_initial_ms = conf->retry_backoff_initial_ms;
+        w->w_retry.backoff_max_ms = conf->retry_backoff_max_ms;
+        w->w_retry.jitter_percent = conf->retry_jitter_percent;
+        w->w_retry.window_ms = conf->retry_window_ms;
+        w->w_retry.local_window_ms = conf->retry_local_window_ms;
+        w->w_topics[TOPIC_REQUESTS].wt_name = conf->topic_requests;
         w->w_topic_cnt = 1;
         if (conf->topic_retry[0]) {
                 const char *group = "kafka-mailer";
@@ -2092,21 +1903,31 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                         return NULL;
                 }
                 snprintf(w->w_retry_group, n, "%s.retry", group);
-                w->w_topics[TOPIC_RETRY] = conf->topic_retry;
-                w->w_limit[TOPIC_RETRY] = (size_t)conf->retry_inflight_max;
+                w->w_topics[TOPIC_RETRY].wt_name = conf->topic_retry;
                 w->w_topic_cnt = 2;
         }
-        for (int t = 0; t < w->w_topic_cnt; t++) {
-                w->w_resume_at[t] =
-                    w->w_limit[t] * (size_t)conf->inflight_resume_percent / 100;
-                /* Below the limit: resuming at it took one request over. */
-                if (w->w_resume_at[t] >= w->w_limit[t])
-                        w->w_resume_at[t] = w->w_limit[t] - 1;
-        }
         loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
-                loop_timer_init(&w->w_revoke[t].rv_timer, worker_on_revoke_timer,
-                                &w->w_refs[t]);
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                struct worker_topic *wt = &w->w_topics[t];
+
+                wt->wt_worker = w;
+                wt->wt_index = t;
+                loop_timer_init(&wt->wt_revoke.rv_timer, worker_on_revoke_timer, wt);
+        }
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                struct ledger_conf lc;
+
+                lc.limit = (size_t)(t == TOPIC_RETRY ? conf->retry_inflight_max
+                                                     : conf->inflight_max);
+                lc.resume_percent = conf->inflight_resume_percent;
+                lc.results_end = worker_results_end;
+                lc.opaque = w;
+                w->w_topics[t].wt_ledger = ledger_new(&lc);
+                if (!w->w_topics[t].wt_ledger) {
+                        snprintf(errstr, errstr_size, "out of memory");
+                        goto fail;
+                }
+        }
         w->w_loop = loop_new();
         if (!w->w_loop) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
@@ -2137,16 +1958,15 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                         goto fail;
         }
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                w->w_refs[t].tr_worker = w;
-                w->w_refs[t].tr_topic = t;
-                w->w_consumer[t] = consumer_new(
+                struct worker_topic *wt = &w->w_topics[t];
+
+                wt->wt_consumer = consumer_new(
                     w->w_loop, conf, t == TOPIC_RETRY ? w->w_retry_group : NULL,
-                    &w->w_topics[t], 1, &handlers, &w->w_refs[t], errstr,
-                    errstr_size);
-                if (!w->w_consumer[t])
+                    &wt->wt_name, 1, &handlers, wt, errstr, errstr_size);
+                if (!wt->wt_consumer)
                         goto fail;
                 if (w->w_recall)
-                        consumer_hold_assigned(w->w_consumer[t]);
+                        consumer_hold_assigned(wt->wt_consumer);
         }
         if (conf->metrics_listen[0]) {
                 w->w_metrics = metrics_new(w->w_loop, conf->metrics_listen,
@@ -2178,7 +1998,7 @@ static int worker_stop_reserve_ms(const struct config *conf) {
 /* @returns why a consumer cannot go on, or NULL. */
 static const char *worker_consumer_fatal(const worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                const char *why = consumer_fatal(w->w_consumer[t]);
+                const char *why = consumer_fatal(w->w_topics[t].wt_consumer);
 
                 if (why)
                         return why;
@@ -2206,7 +2026,7 @@ int worker_run(worker_t *w) {
         LOG(LL_INFO, "stopping: draining in-flight sends inflight=%zu",
             worker_entries_of(w, NULL));
         for (int t = 0; t < w->w_topic_cnt; t++)
-                consumer_set_paused(w->w_consumer[t], 0, 1);
+                consumer_set_paused(w->w_topics[t].wt_consumer, 0, 1);
         w->w_stopping = 1;
         w->w_stop_deadline_ms = loop_clock_ms() + w->w_conf->shutdown_timeout_ms;
         /* The drain leaves the commits and the group's goodbye part of
@@ -2219,15 +2039,15 @@ int worker_run(worker_t *w) {
                                       worker_stop_reserve_ms(w->w_conf),
                             1);
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                worker_revoke_finish(w, t);
-                worker_commit(w, t, NULL, 0);
+                worker_revoke_finish(w, &w->w_topics[t]);
+                worker_commit(w, &w->w_topics[t], NULL, 0);
         }
         /* Its thread reads committed offsets through the consumers. */
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                consumer_close(w->w_consumer[t], worker_stop_left_ms(w));
-                w->w_consumer[t] = NULL;
+                consumer_close(w->w_topics[t].wt_consumer, worker_stop_left_ms(w));
+                w->w_topics[t].wt_consumer = NULL;
         }
         LOG(LL_INFO,
             "stopped consumed=%llu sent=%llu failed=%llu rejected=%llu "
@@ -2254,7 +2074,7 @@ void worker_destroy(worker_t *w) {
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
         for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
-                struct worker_revoke *rv = &w->w_revoke[t];
+                struct worker_revoke *rv = &w->w_topics[t].wt_revoke;
 
                 /* Not finished: its partitions go back uncommitted. */
                 if (rv->rv_parts) {
@@ -2262,8 +2082,9 @@ void worker_destroy(worker_t *w) {
                         rd_kafka_topic_partition_list_destroy(rv->rv_parts);
                         rv->rv_parts = NULL;
                 }
-                consumer_close(w->w_consumer[t], w->w_conf->commit_timeout_ms);
-                w->w_consumer[t] = NULL;
+                consumer_close(w->w_topics[t].wt_consumer,
+                               w->w_conf->commit_timeout_ms);
+                w->w_topics[t].wt_consumer = NULL;
         }
         /* Entries left are not final: their requests were not committed. */
         smtp_client_destroy(w->w_smtp);
@@ -2271,17 +2092,18 @@ void worker_destroy(worker_t *w) {
         /* Acknowledgements served while flushing still find their entries. */
         results_destroy(w->w_results, 1000);
         w->w_results = NULL;
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
-                for (size_t i = 0; i < w->w_parts_size[t]; i++)
-                        if (w->w_parts[t][i])
-                                part_release(w, w->w_parts[t][i]);
-                free(w->w_parts[t]);
-                w->w_parts[t] = NULL;
-        }
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+                if (w->w_topics[t].wt_ledger)
+                        ledger_release_all(w->w_topics[t].wt_ledger);
         while ((e = w->w_entries) != NULL) {
                 e->e_followers = NULL;
                 e->e_following = NULL;
                 entry_destroy(e, 0);
+        }
+        /* After the entries: the last of a partition's frees it. */
+        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+                ledger_destroy(w->w_topics[t].wt_ledger);
+                w->w_topics[t].wt_ledger = NULL;
         }
         dedupe_destroy(w->w_dedupe);
         free(w->w_retry_group);
