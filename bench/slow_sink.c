@@ -44,22 +44,22 @@ enum { ST_CMD, ST_DATA };
 struct conn {
         int fd;
         int state;
-        int waiting;   /* final reply pending in the delay queue */
-        int dead;      /* closed; freed when refs reaches 0 */
-        int refs;      /* entries in the queues that point here */
-        int want_out;  /* EPOLLOUT registered */
+        int waiting; /* final reply pending in the delay queue */
+        int dead; /* closed; freed when refs reaches 0 */
+        int refs; /* entries in the queues that point here */
+        int want_out; /* EPOLLOUT registered */
         char *in;
         size_t inlen, incap;
         char *out;
         size_t outlen, outcap;
-        struct conn *grave_next;  /* freed at the end of the loop iteration */
+        struct conn *grave_next; /* freed at the end of the loop iteration */
 };
 
-struct qent {  /* an entry of a delay queue */
+struct qent { /* an entry of a delay queue */
         struct qent *next;
         int64_t due_us;
         struct conn *c;
-        size_t len;  /* input chunk (rtt queue); 0 for the final-reply queue */
+        size_t len; /* input chunk (rtt queue); 0 for the final-reply queue */
         char data[];
 };
 
@@ -131,7 +131,7 @@ static void conn_close(struct conn *c) {
         close(c->fd);
         c->dead = 1;
         cur_sessions--;
-        conn_unref(c);  /* the socket's reference */
+        conn_unref(c); /* the socket's reference */
 }
 
 static void flush_out(struct conn *c) {
@@ -151,7 +151,8 @@ static void flush_out(struct conn *c) {
         }
         int want = c->outlen > 0;
         if (want != c->want_out) {
-                struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0),
+                struct epoll_event ev = {.events = EPOLLIN |
+                                                   (want ? EPOLLOUT : 0),
                                          .data.ptr = c};
                 epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
                 c->want_out = want;
@@ -188,7 +189,8 @@ static void process(struct conn *c) {
                             (len == 2 && line[0] == '.')) {
                                 c->state = ST_CMD;
                                 if (delay_us > 0) {
-                                        struct qent *e = xrealloc(NULL, sizeof *e);
+                                        struct qent *e =
+                                                xrealloc(NULL, sizeof *e);
                                         e->due_us = now_us() + delay_us;
                                         e->c = c;
                                         e->len = 0;
@@ -204,8 +206,9 @@ static void process(struct conn *c) {
                 if (len < 4) {
                         reply(c, "500 5.5.2 Error: bad syntax\r\n");
                 } else if (!strncasecmp(line, "EHLO", 4)) {
-                        reply(c, "250-slow-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                                 "250 SIZE 104857600\r\n");
+                        reply(c,
+                              "250-slow-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                              "250 SIZE 104857600\r\n");
                 } else if (!strncasecmp(line, "HELO", 4)) {
                         reply(c, "250 slow-sink\r\n");
                 } else if (!strncasecmp(line, "MAIL", 4)) {
@@ -215,7 +218,8 @@ static void process(struct conn *c) {
                 } else if (!strncasecmp(line, "DATA", 4)) {
                         reply(c, "354 End data with <CR><LF>.<CR><LF>\r\n");
                         c->state = ST_DATA;
-                } else if (!strncasecmp(line, "RSET", 4) || !strncasecmp(line, "NOOP", 4)) {
+                } else if (!strncasecmp(line, "RSET", 4) ||
+                           !strncasecmp(line, "NOOP", 4)) {
                         reply(c, "250 2.0.0 Ok\r\n");
                 } else if (!strncasecmp(line, "QUIT", 4)) {
                         reply(c, "221 2.0.0 Bye\r\n");
@@ -282,7 +286,8 @@ static void on_accept(int lfd) {
                         if (errno == EINTR)
                                 continue;
                         if (errno == EMFILE || errno == ENFILE)
-                                fprintf(stderr, "slow_sink: accept: %s\n", strerror(errno));
+                                fprintf(stderr, "slow_sink: accept: %s\n",
+                                        strerror(errno));
                         return;
                 }
                 int one = 1;
@@ -290,7 +295,7 @@ static void on_accept(int lfd) {
                 struct conn *c = xrealloc(NULL, sizeof *c);
                 memset(c, 0, sizeof *c);
                 c->fd = fd;
-                c->refs = 1;  /* the open socket */
+                c->refs = 1; /* the open socket */
                 struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                 epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
                 sessions++;
@@ -319,7 +324,7 @@ static void run_queues(void) {
                 if (!c->dead) {
                         c->waiting = 0;
                         final_reply(c);
-                        process(c);  /* what was pipelined after the "." */
+                        process(c); /* what was pipelined after the "." */
                 }
                 free(e);
                 conn_unref(c);
@@ -346,7 +351,8 @@ static void on_signal(int sig) {
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] ADDR:PORT\n");
+        fprintf(stderr,
+                "usage: slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] ADDR:PORT\n");
         exit(2);
 }
 
@@ -373,7 +379,8 @@ int main(int argc, char **argv) {
                 usage();
         memcpy(host, addr, colon - addr);
         host[colon - addr] = 0;
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(atoi(colon + 1))};
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons(atoi(colon + 1))};
         if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
                 usage();
 
@@ -387,7 +394,8 @@ int main(int argc, char **argv) {
         sigaction(SIGTERM, &sact, NULL);
         sigaction(SIGINT, &sact, NULL);
 
-        int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int lfd =
+                socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         int one = 1;
         setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
@@ -398,8 +406,8 @@ int main(int argc, char **argv) {
         epfd = epoll_create1(EPOLL_CLOEXEC);
         struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
         epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &lev);
-        printf("slow_sink: listening on %s (delay %lld ms, rtt %lld ms)\n", addr,
-               (long long)(delay_us / 1000), (long long)(rtt_us / 1000));
+        printf("slow_sink: listening on %s (delay %lld ms, rtt %lld ms)\n",
+               addr, (long long)(delay_us / 1000), (long long)(rtt_us / 1000));
         fflush(stdout);
 
         struct epoll_event evs[1024];
@@ -419,13 +427,14 @@ int main(int argc, char **argv) {
                                 continue;
                         if (evs[i].events & EPOLLOUT)
                                 flush_out(c);
-                        if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                        if (!c->dead &&
+                            (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
                                 on_readable(c);
                 }
                 run_queues();
                 free_graveyard();
         }
-        printf("slow_sink: messages=%llu sessions=%llu max_sessions=%llu\n", messages, sessions,
-               max_sessions);
+        printf("slow_sink: messages=%llu sessions=%llu max_sessions=%llu\n",
+               messages, sessions, max_sessions);
         return 0;
 }

@@ -59,36 +59,37 @@ static rd_kafka_resp_err_t admin_watermarks(rd_kafka_t *rk, const char *topic,
 
 static void admin_usage(FILE *fp) {
         fprintf(fp,
-"Usage: mailer-admin [options] COMMAND [ARGS]\n"
-"\n"
-"Commands:\n"
-"  create-topics NAME:PARTITIONS [NAME:PARTITIONS...]\n"
-"        create topics with replication factor 1; a topic that exists with\n"
-"        the same partition count is fine. Waits until the metadata shows\n"
-"        every partition with a leader (--timeout, default 30 s).\n"
-"  offsets GROUP TOPIC [--wait S]\n"
-"        print \"partition=P committed=C end=E lag=L\" per partition and a\n"
-"        total line; exit 0 if every lag is 0, 3 otherwise. With --wait,\n"
-"        query every 50 ms until every lag is 0 or S seconds passed (the\n"
-"        lag goes to stderr every 2 s), then print the last answer and\n"
-"        \"caught_up_ms=T\": when the query that found no lag was sent\n"
-"        (Unix time in ms; the group's last commit came before it).\n"
-"  wait-ready [--timeout S]\n"
-"        wait until the broker answers a metadata request (default 30 s);\n"
-"        exit 0 when it does, 1 on timeout.\n"
-"  count TOPIC\n"
-"        print the number of messages in TOPIC (sum of high - low\n"
-"        watermarks over its partitions).\n"
-"\n"
-"Options (before or after COMMAND):\n"
-"  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
-"  -X prop=value     librdkafka property (repeatable; later wins)\n"
-"      --timeout S   how long to wait (default 30 s for create-topics and\n"
-"                    wait-ready, 10 s for each query otherwise)\n"
-"  -h, --help        this help\n"
-"\n"
-"Exit status: 0 ok, 1 usage error or timeout, 2 Kafka error,\n"
-"3 (offsets) some partition has a lag.\n");
+                "Usage: mailer-admin [options] COMMAND [ARGS]\n"
+                "\n"
+                "Commands:\n"
+                "  create-topics NAME:PARTITIONS [NAME:PARTITIONS...]\n"
+                "        create topics with replication factor 1; a topic that exists with\n"
+                "        the same partition count is fine. Waits until the metadata shows\n"
+                "        every partition with a leader (--timeout, default 30 s).\n"
+                "  offsets GROUP TOPIC [--wait S]\n"
+                "        print \"partition=P committed=C end=E lag=L\" per partition and a\n"
+                "        total line; exit 0 if every lag is 0, 3 otherwise. With --wait,\n"
+                "        query every 50 ms until every lag is 0 or S seconds passed (the\n"
+                "        lag goes to stderr every 2 s), then print the last answer and\n"
+                "        \"caught_up_ms=T\": when the query that found no lag was sent\n"
+                "        (Unix time in ms; the group's last commit came before it).\n"
+                "  wait-ready [--timeout S]\n"
+                "        wait until the broker answers a metadata request (default 30 s);\n"
+                "        exit 0 when it does, 1 on timeout.\n"
+                "  count TOPIC\n"
+                "        print the number of messages in TOPIC (sum of high - low\n"
+                "        watermarks over its partitions).\n"
+                "\n"
+                "Options (before or after COMMAND):\n"
+                "  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
+                ")\n"
+                "  -X prop=value     librdkafka property (repeatable; later wins)\n"
+                "      --timeout S   how long to wait (default 30 s for create-topics and\n"
+                "                    wait-ready, 10 s for each query otherwise)\n"
+                "  -h, --help        this help\n"
+                "\n"
+                "Exit status: 0 ok, 1 usage error or timeout, 2 Kafka error,\n"
+                "3 (offsets) some partition has a lag.\n");
 }
 
 /* Parses the options found before and after the command.
@@ -115,7 +116,8 @@ static int admin_parse_opts(int argc, char **argv, const char *optstring,
                         if (end == optarg || *end != '\0' || !(sec > 0) ||
                             sec > 86400) {
                                 tool_err("--wait: expected seconds in (0, "
-                                         "86400], got \"%s\"", optarg);
+                                         "86400], got \"%s\"",
+                                         optarg);
                                 return -1;
                         }
                         ao->ao_wait_ms = (int64_t)(sec * 1000);
@@ -211,7 +213,8 @@ static int admin_topic_configs(const struct admin_topic *at,
                 *eq = '\0';
                 if (rd_kafka_NewTopic_set_config(nt, kv, eq + 1) !=
                     RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("topic %s: config %s refused", at->at_name, kv);
+                        tool_err("topic %s: config %s refused", at->at_name,
+                                 kv);
                         ret = -1;
                 }
         }
@@ -305,8 +308,8 @@ static int admin_create_request(rd_kafka_t *rk, struct admin_topic *topics,
                 }
         }
         opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-        if (rd_kafka_AdminOptions_set_request_timeout(
-                    opts, timeout_ms, errstr, sizeof(errstr)) !=
+        if (rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, errstr,
+                                                      sizeof(errstr)) !=
                     RD_KAFKA_RESP_ERR_NO_ERROR ||
             rd_kafka_AdminOptions_set_operation_timeout(
                     opts, timeout_ms, errstr, sizeof(errstr)) !=
@@ -344,8 +347,8 @@ static int admin_create_request(rd_kafka_t *rk, struct admin_topic *topics,
                         fprintf(stderr, "%s: %s already exists\n", tool_name(),
                                 name);
                 } else {
-                        const char *msg = rd_kafka_topic_result_error_string(
-                                trs[i]);
+                        const char *msg =
+                                rd_kafka_topic_result_error_string(trs[i]);
 
                         tool_err("cannot create %s: %s", name,
                                  msg != NULL ? msg : rd_kafka_err2str(err));
@@ -485,15 +488,17 @@ static int admin_offsets_query(rd_kafka_t *rk, const char *group,
                         lag = hi - tp->offset;
                         if (lag < 0)
                                 lag = 0;
-                        fprintf(fp, "partition=%" PRId32 " committed=%" PRId64
-                                    " end=%" PRId64 " lag=%" PRId64 "\n",
+                        fprintf(fp,
+                                "partition=%" PRId32 " committed=%" PRId64
+                                " end=%" PRId64 " lag=%" PRId64 "\n",
                                 tp->partition, tp->offset, hi, lag);
                 } else {
                         /* Nothing committed: everything still there is
                          * unconsumed. */
                         lag = hi - lo;
-                        fprintf(fp, "partition=%" PRId32 " committed=none"
-                                    " end=%" PRId64 " lag=%" PRId64 "\n",
+                        fprintf(fp,
+                                "partition=%" PRId32 " committed=none"
+                                " end=%" PRId64 " lag=%" PRId64 "\n",
                                 tp->partition, hi, lag);
                 }
                 *total_end += hi;
@@ -501,8 +506,9 @@ static int admin_offsets_query(rd_kafka_t *rk, const char *group,
                 if (lag > 0)
                         lagging++;
         }
-        fprintf(fp, "total partitions=%d end=%" PRId64 " lag=%" PRId64
-                    " lagging=%d\n",
+        fprintf(fp,
+                "total partitions=%d end=%" PRId64 " lag=%" PRId64
+                " lagging=%d\n",
                 tpl->cnt, *total_end, *total_lag, lagging);
         rc = 0;
 out:
@@ -563,7 +569,8 @@ static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
                         struct timespec ts;
 
                         clock_gettime(CLOCK_REALTIME, &ts);
-                        sent_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+                        sent_ms = (int64_t)ts.tv_sec * 1000 +
+                                  ts.tv_nsec / 1000000;
                 }
                 if (admin_offsets_query(rk, group, topic, parts, cnt,
                                         timeout_ms, &text, &total_end,
@@ -573,8 +580,9 @@ static int admin_offsets(rd_kafka_conf_t **confp, int argc, char **argv,
                     tool_now_ms() >= deadline || !tool_running())
                         break;
                 if (tool_now_ms() >= next_progress) {
-                        fprintf(stderr, "mailer-admin: lag=%" PRId64
-                                        " of %" PRId64 "\n",
+                        fprintf(stderr,
+                                "mailer-admin: lag=%" PRId64 " of %" PRId64
+                                "\n",
                                 total_lag, total_end);
                         next_progress = tool_now_ms() + ADMIN_WAIT_PROGRESS_MS;
                 }
@@ -648,8 +656,8 @@ static int admin_count(rd_kafka_t *rk, int argc, char **argv,
                 tool_err("count: expected TOPIC");
                 return TOOL_EXIT_INPUT;
         }
-        if (tool_topic_partitions(rk, argv[0], timeout_ms, &parts, &cnt,
-                                  errstr, sizeof(errstr)) !=
+        if (tool_topic_partitions(rk, argv[0], timeout_ms, &parts, &cnt, errstr,
+                                  sizeof(errstr)) !=
             RD_KAFKA_RESP_ERR_NO_ERROR) {
                 tool_err("%s", errstr);
                 goto out;

@@ -64,11 +64,11 @@ struct audit_opts {
 /* One request message. */
 struct audit_req {
         int64_t rq_offset;
-        char *rq_id;          /* NULL: no string id */
-        char *rq_message_id;  /* from the last final "sent" result */
-        unsigned rq_results;  /* results whose source is this location */
-        unsigned rq_final;    /* of which final */
-        int rq_status;        /* last final status, -1 if none */
+        char *rq_id; /* NULL: no string id */
+        char *rq_message_id; /* from the last final "sent" result */
+        unsigned rq_results; /* results whose source is this location */
+        unsigned rq_final; /* of which final */
+        int rq_status; /* last final status, -1 if none */
 };
 
 /* The requests read from one partition of the requests topic. */
@@ -89,57 +89,58 @@ struct audit_stats {
         unsigned long as_requests;
         unsigned long as_requests_no_id;
         unsigned long as_results;
-        unsigned long as_results_invalid;   /* not a JSON object */
+        unsigned long as_results_invalid; /* not a JSON object */
         unsigned long as_results_no_source; /* no usable source */
-        unsigned long as_matched;           /* source is a request read */
-        unsigned long as_orphans;           /* source matches no request */
-        unsigned long as_after_end;         /* source past the requests' end */
+        unsigned long as_matched; /* source is a request read */
+        unsigned long as_orphans; /* source matches no request */
+        unsigned long as_after_end; /* source past the requests' end */
         unsigned long as_flagged_duplicate; /* "duplicate": true */
         unsigned long as_result_status[ST_COUNT];
         /* by request location */
         unsigned long as_final;
         unsigned long as_lost;
         unsigned long as_lost_with_id_result;
-        unsigned long as_dup_locations;   /* locations with > 1 result */
-        unsigned long as_dup_results;     /* results beyond the first */
+        unsigned long as_dup_locations; /* locations with > 1 result */
+        unsigned long as_dup_results; /* results beyond the first */
         unsigned long as_req_status[ST_COUNT];
         /* capture */
         unsigned long as_captured;
         unsigned long as_captured_no_mid;
-        unsigned long as_dup_mids;        /* Message-IDs seen > 1 time */
-        unsigned long as_dup_sends;       /* captures beyond the first */
+        unsigned long as_dup_mids; /* Message-IDs seen > 1 time */
+        unsigned long as_dup_sends; /* captures beyond the first */
         unsigned long as_sent_not_captured;
-        unsigned long as_sent_no_mid;     /* sent results without message_id */
+        unsigned long as_sent_no_mid; /* sent results without message_id */
 };
 
 static void audit_usage(FILE *fp) {
         fprintf(fp,
-"Usage: mailer-audit [options] --requests TOPIC --results TOPIC\n"
-"\n"
-"Joins the requests topic with the results topic by the result's source\n"
-"{topic, partition, offset} and reports requests without a final result\n"
-"(lost), duplicate results, results that match no request (orphans) and the\n"
-"status breakdown. The requests topic is read to the end it had at start,\n"
-"the results topic likewise.\n"
-"\n"
-"Options:\n"
-"  -b BOOTSTRAP        bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
-"  -X prop=value       librdkafka property (repeatable; later wins)\n"
-"      --requests TOPIC  the requests topic (required)\n"
-"      --results TOPIC   the results topic (required)\n"
-"      --capture-dir DIR capture-server folder (NNNNNN.eml): also report\n"
-"                        duplicate sends (a Message-ID captured more than\n"
-"                        once) and sent results whose Message-ID was never\n"
-"                        captured\n"
-"      --json            print one JSON object instead of text\n"
-"      --list N          list at most N lost requests, duplicate Message-IDs\n"
-"                        and uncaptured sends (default %d)\n"
-"      --timeout S       give up reading after S seconds (default %d; exit 1)\n"
-"  -h, --help          this help\n"
-"\n"
-"Exit status: 0 nothing lost, 4 some request has no final result (or, with\n"
-"--capture-dir, some sent result's Message-ID was never captured),\n"
-"1 usage error or timeout, 2 Kafka error.\n",
+                "Usage: mailer-audit [options] --requests TOPIC --results TOPIC\n"
+                "\n"
+                "Joins the requests topic with the results topic by the result's source\n"
+                "{topic, partition, offset} and reports requests without a final result\n"
+                "(lost), duplicate results, results that match no request (orphans) and the\n"
+                "status breakdown. The requests topic is read to the end it had at start,\n"
+                "the results topic likewise.\n"
+                "\n"
+                "Options:\n"
+                "  -b BOOTSTRAP        bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
+                ")\n"
+                "  -X prop=value       librdkafka property (repeatable; later wins)\n"
+                "      --requests TOPIC  the requests topic (required)\n"
+                "      --results TOPIC   the results topic (required)\n"
+                "      --capture-dir DIR capture-server folder (NNNNNN.eml): also report\n"
+                "                        duplicate sends (a Message-ID captured more than\n"
+                "                        once) and sent results whose Message-ID was never\n"
+                "                        captured\n"
+                "      --json            print one JSON object instead of text\n"
+                "      --list N          list at most N lost requests, duplicate Message-IDs\n"
+                "                        and uncaptured sends (default %d)\n"
+                "      --timeout S       give up reading after S seconds (default %d; exit 1)\n"
+                "  -h, --help          this help\n"
+                "\n"
+                "Exit status: 0 nothing lost, 4 some request has no final result (or, with\n"
+                "--capture-dir, some sent result's Message-ID was never captured),\n"
+                "1 usage error or timeout, 2 Kafka error.\n",
                 AUDIT_DEFAULT_LIST, AUDIT_DEFAULT_TIMEOUT_MS / 1000);
 }
 
@@ -252,8 +253,8 @@ static int audit_topic_init(rd_kafka_t *rk, struct audit_topic *at,
                             AUDIT_QUERY_TIMEOUT_MS);
         if (rc != TOOL_EXIT_OK)
                 goto out;
-        at->at_parts = calloc((size_t)at->at_ends.te_cnt,
-                              sizeof(*at->at_parts));
+        at->at_parts =
+                calloc((size_t)at->at_ends.te_cnt, sizeof(*at->at_parts));
         if (at->at_parts == NULL) {
                 tool_err("out of memory");
                 rc = TOOL_EXIT_INPUT;
@@ -292,7 +293,8 @@ static int audit_add_request(struct audit_topic *at,
             rkm->offset >= at->at_ends.te_end[rkm->partition])
                 return 0; /* published after the tool started */
         ap = &at->at_parts[rkm->partition];
-        if (ap->ap_cnt > 0 && rkm->offset <= ap->ap_reqs[ap->ap_cnt - 1].rq_offset)
+        if (ap->ap_cnt > 0 &&
+            rkm->offset <= ap->ap_reqs[ap->ap_cnt - 1].rq_offset)
                 return 0; /* seen already (never happens with assign) */
         if (ap->ap_cnt == ap->ap_cap) {
                 size_t ncap = ap->ap_cap ? ap->ap_cap * 2 : 256;
@@ -384,14 +386,16 @@ static int audit_add_result(struct audit_results *ar,
         if (json_is_true(json_object_get(obj, "duplicate")))
                 as->as_flagged_duplicate++;
         r->rs_id = audit_strdup_json(json_object_get(obj, "id"));
-        r->rs_message_id = audit_strdup_json(json_object_get(obj, "message_id"));
+        r->rs_message_id =
+                audit_strdup_json(json_object_get(obj, "message_id"));
         src = json_object_get(obj, "source");
         v = json_object_get(src, "partition");
         if (json_is_string(json_object_get(src, "topic")) &&
             json_is_integer(v) && json_integer_value(v) >= 0 &&
             json_integer_value(v) <= INT32_MAX &&
             json_is_integer(json_object_get(src, "offset"))) {
-                r->rs_src_topic = audit_strdup_json(json_object_get(src, "topic"));
+                r->rs_src_topic =
+                        audit_strdup_json(json_object_get(src, "topic"));
                 r->rs_src_partition = (int32_t)json_integer_value(v);
                 r->rs_src_offset = (int64_t)json_integer_value(
                         json_object_get(src, "offset"));
@@ -527,7 +531,8 @@ static char *audit_message_id(const char *buf, size_t len) {
                                         if (c == ' ' || c == '\t')
                                                 continue;
                                         if (n + 2 > cap) {
-                                                char *nb = realloc(out, cap * 2);
+                                                char *nb =
+                                                        realloc(out, cap * 2);
 
                                                 if (nb == NULL) {
                                                         free(out);
@@ -583,8 +588,8 @@ static int audit_read_capture(const char *dir, struct tool_idset *mids,
         int rc = -1;
 
         if (d == NULL || buf == NULL) {
-                tool_err("%s: %s", dir, d == NULL ? strerror(errno)
-                                                  : "out of memory");
+                tool_err("%s: %s", dir,
+                         d == NULL ? strerror(errno) : "out of memory");
                 goto out;
         }
         while ((de = readdir(d)) != NULL) {
@@ -665,8 +670,8 @@ static json_t *audit_req_json(int32_t partition, const struct audit_req *rq,
 
         json_object_set_new(o, "partition", json_integer(partition));
         json_object_set_new(o, "offset", json_integer(rq->rq_offset));
-        json_object_set_new(o, "id", rq->rq_id ? json_string(rq->rq_id)
-                                               : json_null());
+        json_object_set_new(o, "id",
+                            rq->rq_id ? json_string(rq->rq_id) : json_null());
         if (result_ids != NULL)
                 json_object_set_new(
                         o, "id_has_result",
@@ -709,13 +714,15 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
 
                         if (rq->rq_final == 0 && json_array_size(lost) < max)
                                 json_array_append_new(
-                                        lost, audit_req_json(p, rq, result_ids));
+                                        lost,
+                                        audit_req_json(p, rq, result_ids));
                         if (mids != NULL && rq->rq_status == ST_SENT &&
                             rq->rq_message_id != NULL &&
                             audit_times(mids, rq->rq_message_id) == 0 &&
                             json_array_size(uncaptured) < max)
                                 json_array_append_new(
-                                        uncaptured, audit_req_json(p, rq, NULL));
+                                        uncaptured,
+                                        audit_req_json(p, rq, NULL));
                 }
         }
         if (mids != NULL) {
@@ -746,9 +753,11 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
         json_object_set_new(o, "results_matched", JI(as->as_matched));
         json_object_set_new(o, "duplicate_results", JI(as->as_dup_results));
         json_object_set_new(o, "duplicate_locations", JI(as->as_dup_locations));
-        json_object_set_new(o, "flagged_duplicate", JI(as->as_flagged_duplicate));
+        json_object_set_new(o, "flagged_duplicate",
+                            JI(as->as_flagged_duplicate));
         json_object_set_new(o, "orphans", JI(as->as_orphans));
-        json_object_set_new(o, "results_no_source", JI(as->as_results_no_source));
+        json_object_set_new(o, "results_no_source",
+                            JI(as->as_results_no_source));
         json_object_set_new(o, "results_after_end", JI(as->as_after_end));
         json_object_set_new(o, "results_invalid", JI(as->as_results_invalid));
         json_object_set_new(o, "status", audit_counts_json(as->as_req_status));
@@ -827,7 +836,8 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
 
                         printf("duplicate_send message_id=%s count=%" JSON_INTEGER_FORMAT
                                "\n",
-                               json_string_value(json_object_get(d, "message_id")),
+                               json_string_value(
+                                       json_object_get(d, "message_id")),
                                json_integer_value(json_object_get(d, "count")));
                 }
                 uncaptured = json_object_get(c, "sent_not_captured_list");
@@ -838,10 +848,12 @@ static int audit_print(const struct audit_opts *ao, struct audit_topic *req,
                         printf("not_captured partition=%" JSON_INTEGER_FORMAT
                                " offset=%" JSON_INTEGER_FORMAT
                                " id=%s message_id=%s\n",
-                               json_integer_value(json_object_get(u, "partition")),
+                               json_integer_value(
+                                       json_object_get(u, "partition")),
                                json_integer_value(json_object_get(u, "offset")),
                                json_is_string(id) ? json_string_value(id) : "-",
-                               json_string_value(json_object_get(u, "message_id")));
+                               json_string_value(
+                                       json_object_get(u, "message_id")));
                 }
         }
         json_decref(o);
@@ -1016,10 +1028,10 @@ int main(int argc, char **argv) {
                 goto out;
         }
         rc = as.as_lost > 0 || as.as_sent_not_captured > 0 ? AUDIT_EXIT_LOST
-                                                            : TOOL_EXIT_OK;
+                                                           : TOOL_EXIT_OK;
         if (as.as_lost > 0)
-                tool_err("%lu of %lu requests have no final result",
-                         as.as_lost, as.as_requests);
+                tool_err("%lu of %lu requests have no final result", as.as_lost,
+                         as.as_requests);
         if (as.as_sent_not_captured > 0)
                 tool_err("%lu sent results have a Message-ID that was never "
                          "captured",

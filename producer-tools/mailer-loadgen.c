@@ -73,36 +73,38 @@ static void lg_buf_str(struct lg_buf *b, const char *s) {
 
 static void loadgen_usage(FILE *fp) {
         fprintf(fp,
-"Usage: mailer-loadgen -n N [options]\n"
-"\n"
-"Publishes N synthetic, valid v1 email requests to a Kafka topic, keyed by\n"
-"their id (so they spread over the partitions), for benchmarks.\n"
-"\n"
-"Options:\n"
-"  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
-"  -t TOPIC              topic (default " LOADGEN_DEFAULT_TOPIC ")\n"
-"  -n N                  number of requests (required)\n"
-"      --size BYTES      body size: text, or text + HTML with --html\n"
-"                        (default 1024)\n"
-"      --rcpts K         recipients in \"to\" (default 1)\n"
-"      --html            add an HTML body (multipart/alternative); the\n"
-"                        body size is split between text and HTML\n"
-"      --attachment BYTES\n"
-"                        add one attachment of BYTES raw bytes\n"
-"      --rate R          requests per second; 0 = as fast as possible\n"
-"                        (default 0)\n"
-"      --id-prefix P     ids are P.1 .. P.N (default lg<unix time>)\n"
-"  -X prop=value         librdkafka property (repeatable; later wins)\n"
-"  -h, --help            this help\n"
-"\n"
-"Producer defaults: enable.idempotence=true, linger.ms=20,\n"
-"batch.size=1000000, batch.num.messages=10000, compression.type=lz4,\n"
-"queue.buffering.max.messages=1000000 (override with -X).\n"
-"\n"
-"Progress on stderr every second; at the end\n"
-"\"produced=N seconds=S rate=R\" on stderr.\n"
-"Exit status: 0 all delivered, 1 usage error or interrupted, 2 Kafka error\n"
-"(messages not delivered).\n");
+                "Usage: mailer-loadgen -n N [options]\n"
+                "\n"
+                "Publishes N synthetic, valid v1 email requests to a Kafka topic, keyed by\n"
+                "their id (so they spread over the partitions), for benchmarks.\n"
+                "\n"
+                "Options:\n"
+                "  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
+                ")\n"
+                "  -t TOPIC              topic (default " LOADGEN_DEFAULT_TOPIC
+                ")\n"
+                "  -n N                  number of requests (required)\n"
+                "      --size BYTES      body size: text, or text + HTML with --html\n"
+                "                        (default 1024)\n"
+                "      --rcpts K         recipients in \"to\" (default 1)\n"
+                "      --html            add an HTML body (multipart/alternative); the\n"
+                "                        body size is split between text and HTML\n"
+                "      --attachment BYTES\n"
+                "                        add one attachment of BYTES raw bytes\n"
+                "      --rate R          requests per second; 0 = as fast as possible\n"
+                "                        (default 0)\n"
+                "      --id-prefix P     ids are P.1 .. P.N (default lg<unix time>)\n"
+                "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+                "  -h, --help            this help\n"
+                "\n"
+                "Producer defaults: enable.idempotence=true, linger.ms=20,\n"
+                "batch.size=1000000, batch.num.messages=10000, compression.type=lz4,\n"
+                "queue.buffering.max.messages=1000000 (override with -X).\n"
+                "\n"
+                "Progress on stderr every second; at the end\n"
+                "\"produced=N seconds=S rate=R\" on stderr.\n"
+                "Exit status: 0 all delivered, 1 usage error or interrupted, 2 Kafka error\n"
+                "(messages not delivered).\n");
 }
 
 /* Runs from rd_kafka_poll()/rd_kafka_flush() on the main thread. */
@@ -140,10 +142,11 @@ static int loadgen_valid_prefix(const char *p) {
 }
 
 static const char *const loadgen_words[] = {
-        "order",   "receipt", "shipping", "account", "invoice", "payment",
-        "thanks",  "delivery", "package", "tracking", "update", "welcome",
-        "reset",   "password", "confirm", "subscription", "renewal", "notice",
-        "summary", "weekly",  "report",   "balance", "statement", "reminder",
+        "order",        "receipt", "shipping",  "account",  "invoice",
+        "payment",      "thanks",  "delivery",  "package",  "tracking",
+        "update",       "welcome", "reset",     "password", "confirm",
+        "subscription", "renewal", "notice",    "summary",  "weekly",
+        "report",       "balance", "statement", "reminder",
 };
 
 /* Appends about @n bytes of words and newlines, JSON-escaped ("\n" as the
@@ -334,7 +337,8 @@ int main(int argc, char **argv) {
                         if (tool_parse_int(optarg, 0, 1000000000000LL,
                                            &count) == -1) {
                                 tool_err("-n: expected a count >= 0, got "
-                                         "\"%s\"", optarg);
+                                         "\"%s\"",
+                                         optarg);
                                 goto out;
                         }
                         break;
@@ -342,14 +346,16 @@ int main(int argc, char **argv) {
                         if (tool_parse_int(optarg, 1, 64LL * 1024 * 1024,
                                            &size) == -1) {
                                 tool_err("--size: expected 1..67108864 bytes, "
-                                         "got \"%s\"", optarg);
+                                         "got \"%s\"",
+                                         optarg);
                                 goto out;
                         }
                         break;
                 case OPT_RCPTS:
                         if (tool_parse_int(optarg, 1, 10000, &rcpts) == -1) {
                                 tool_err("--rcpts: expected 1..10000, got "
-                                         "\"%s\"", optarg);
+                                         "\"%s\"",
+                                         optarg);
                                 goto out;
                         }
                         break;
@@ -360,15 +366,16 @@ int main(int argc, char **argv) {
                         if (tool_parse_int(optarg, 0, 64LL * 1024 * 1024,
                                            &attachment) == -1) {
                                 tool_err("--attachment: expected 0..67108864 "
-                                         "bytes, got \"%s\"", optarg);
+                                         "bytes, got \"%s\"",
+                                         optarg);
                                 goto out;
                         }
                         break;
                 case OPT_RATE:
-                        if (tool_parse_int(optarg, 0, 100000000, &rate) ==
-                            -1) {
+                        if (tool_parse_int(optarg, 0, 100000000, &rate) == -1) {
                                 tool_err("--rate: expected requests per "
-                                         "second >= 0, got \"%s\"", optarg);
+                                         "second >= 0, got \"%s\"",
+                                         optarg);
                                 goto out;
                         }
                         break;
@@ -502,8 +509,8 @@ int main(int argc, char **argv) {
 
         {
                 double secs = (double)(end_ms - ls.ls_start_ms) / 1000.0;
-                double r = secs > 0 ? (double)ls.ls_dr.td_delivered / secs
-                                    : 0.0;
+                double r =
+                        secs > 0 ? (double)ls.ls_dr.td_delivered / secs : 0.0;
 
                 if (ls.ls_dr.td_failed > 0 || left > 0)
                         fprintf(stderr,

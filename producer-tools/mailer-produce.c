@@ -23,36 +23,38 @@
 #define PRODUCE_MAX_LINE (16 * 1024 * 1024)
 
 struct produce_state {
-        const char *ps_input;       /* input name for messages */
+        const char *ps_input; /* input name for messages */
         struct tool_deliveries ps_dr;
 };
 
 static void produce_usage(FILE *fp) {
         fprintf(fp,
-"Usage: mailer-produce [options] [FILE]\n"
-"\n"
-"Publishes email requests, one JSON object per line of FILE (or stdin), to\n"
-"a Kafka topic. Each message's key is the request's \"id\" (when it is a\n"
-"string), so one id always goes to the same partition.\n"
-"\n"
-"Options:\n"
-"  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
-"  -t TOPIC              topic (default " PRODUCE_DEFAULT_TOPIC ")\n"
-"  -X prop=value         librdkafka property (repeatable; later wins)\n"
-"      --raw             publish every non-blank line as it is, without\n"
-"                        checking it is JSON (no key); for tests\n"
-"      --partitions-by-key\n"
-"                        pick partitions with murmur2, as the Java client\n"
-"                        does, so keys land where Java producers put them\n"
-"  -h, --help            this help\n"
-"\n"
-"The producer is idempotent (enable.idempotence=true, linger.ms=5).\n"
-"Blank lines are ignored; lines may be up to 16 MiB (raise\n"
-"message.max.bytes with -X, and on the broker, for messages over 1 MB).\n"
-"\n"
-"Prints \"produced=N skipped=M\" on stderr at the end.\n"
-"Exit status: 0 all lines published, 1 some lines skipped or a usage or\n"
-"input error, 2 Kafka error (messages not delivered).\n");
+                "Usage: mailer-produce [options] [FILE]\n"
+                "\n"
+                "Publishes email requests, one JSON object per line of FILE (or stdin), to\n"
+                "a Kafka topic. Each message's key is the request's \"id\" (when it is a\n"
+                "string), so one id always goes to the same partition.\n"
+                "\n"
+                "Options:\n"
+                "  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
+                ")\n"
+                "  -t TOPIC              topic (default " PRODUCE_DEFAULT_TOPIC
+                ")\n"
+                "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+                "      --raw             publish every non-blank line as it is, without\n"
+                "                        checking it is JSON (no key); for tests\n"
+                "      --partitions-by-key\n"
+                "                        pick partitions with murmur2, as the Java client\n"
+                "                        does, so keys land where Java producers put them\n"
+                "  -h, --help            this help\n"
+                "\n"
+                "The producer is idempotent (enable.idempotence=true, linger.ms=5).\n"
+                "Blank lines are ignored; lines may be up to 16 MiB (raise\n"
+                "message.max.bytes with -X, and on the broker, for messages over 1 MB).\n"
+                "\n"
+                "Prints \"produced=N skipped=M\" on stderr at the end.\n"
+                "Exit status: 0 all lines published, 1 some lines skipped or a usage or\n"
+                "input error, 2 Kafka error (messages not delivered).\n");
 }
 
 /* Runs from rd_kafka_poll()/rd_kafka_flush() on the main thread. */

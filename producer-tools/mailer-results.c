@@ -30,9 +30,9 @@
 
 struct results_opts {
         const char *ro_topic;
-        const char *ro_group;  /* NULL: assign() from the beginning */
+        const char *ro_group; /* NULL: assign() from the beginning */
         int ro_summary;
-        long long ro_wait;     /* 0: not waiting for a count */
+        long long ro_wait; /* 0: not waiting for a count */
         int64_t ro_timeout_ms; /* -1: none */
         int ro_follow;
 };
@@ -45,40 +45,42 @@ struct results_stats {
         unsigned long rs_expired;
         unsigned long rs_delivered[3]; /* "delivered": all, some, none */
         unsigned long rs_other;
-        unsigned long rs_invalid;  /* not a JSON object */
+        unsigned long rs_invalid; /* not a JSON object */
         unsigned long rs_no_id;
         unsigned long rs_with_id;
         struct tool_idset *rs_ids;
         struct tool_idset *rs_final_ids;
-        int64_t *rs_lat;           /* latency_ms of sent results */
+        int64_t *rs_lat; /* latency_ms of sent results */
         size_t rs_lat_cnt;
         size_t rs_lat_cap;
 };
 
 static void results_usage(FILE *fp) {
         fprintf(fp,
-"Usage: mailer-results [options]\n"
-"\n"
-"Reads delivery results from a Kafka topic and prints each one as a JSON\n"
-"line on stdout, from the beginning of the topic to the end it had at start.\n"
-"\n"
-"Options:\n"
-"  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP ")\n"
-"  -t TOPIC          topic (default " RESULTS_DEFAULT_TOPIC ")\n"
-"  -g GROUP          consume as a member of GROUP, from its committed\n"
-"                    offsets (earliest if none), and commit; without -g all\n"
-"                    partitions are read from the beginning, nothing committed\n"
-"  -X prop=value     librdkafka property (repeatable; later wins)\n"
-"      --summary     print counts by status, distinct and duplicate ids and\n"
-"                    latency percentiles (sent only) instead of the results\n"
-"      --wait N      read until N distinct ids have a final result\n"
-"                    (sent, failed, rejected, expired); progress on stderr\n"
-"      --timeout S   give up after S seconds (exit 1; with --follow: stop, exit 0)\n"
-"      --follow      keep reading new results until interrupted\n"
-"  -h, --help        this help\n"
-"\n"
-"Exit status: 0 done, 1 usage error, timeout or interrupted before done,\n"
-"2 Kafka error (no such topic, broker unreachable).\n");
+                "Usage: mailer-results [options]\n"
+                "\n"
+                "Reads delivery results from a Kafka topic and prints each one as a JSON\n"
+                "line on stdout, from the beginning of the topic to the end it had at start.\n"
+                "\n"
+                "Options:\n"
+                "  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
+                ")\n"
+                "  -t TOPIC          topic (default " RESULTS_DEFAULT_TOPIC
+                ")\n"
+                "  -g GROUP          consume as a member of GROUP, from its committed\n"
+                "                    offsets (earliest if none), and commit; without -g all\n"
+                "                    partitions are read from the beginning, nothing committed\n"
+                "  -X prop=value     librdkafka property (repeatable; later wins)\n"
+                "      --summary     print counts by status, distinct and duplicate ids and\n"
+                "                    latency percentiles (sent only) instead of the results\n"
+                "      --wait N      read until N distinct ids have a final result\n"
+                "                    (sent, failed, rejected, expired); progress on stderr\n"
+                "      --timeout S   give up after S seconds (exit 1; with --follow: stop, exit 0)\n"
+                "      --follow      keep reading new results until interrupted\n"
+                "  -h, --help        this help\n"
+                "\n"
+                "Exit status: 0 done, 1 usage error, timeout or interrupted before done,\n"
+                "2 Kafka error (no such topic, broker unreachable).\n");
 }
 
 static int results_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
@@ -154,8 +156,8 @@ static int results_conf(rd_kafka_conf_t *conf, const struct results_opts *ro) {
                 return tool_conf_set(conf, "-g", "group.id", ro->ro_group);
         /* librdkafka 2.0 needs a group.id even for assign(); this one is
          * never joined and nothing is committed to it. */
-        if (tool_conf_set(conf, "defaults", "group.id",
-                          RESULTS_ASSIGN_GROUP) == -1)
+        if (tool_conf_set(conf, "defaults", "group.id", RESULTS_ASSIGN_GROUP) ==
+            -1)
                 return -1;
         return tool_conf_set(conf, "defaults", "enable.auto.commit", "false");
 }
@@ -235,7 +237,8 @@ static int results_count(struct results_stats *rs, json_t *obj) {
         json_t *lat = json_object_get(obj, "latency_ms");
         int final = 1;
 
-        const char *delivered = json_string_value(json_object_get(obj, "delivered"));
+        const char *delivered =
+                json_string_value(json_object_get(obj, "delivered"));
 
         rs->rs_total++;
         if (delivered && strcmp(delivered, "all") == 0)

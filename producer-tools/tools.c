@@ -100,8 +100,7 @@ static int tool_common_opt(rd_kafka_conf_t *conf, int opt, const char *arg,
                            int64_t *timeout_ms) {
         switch (opt) {
         case 'b':
-                return tool_conf_set(conf, "-b", "bootstrap.servers", arg) ==
-                                       -1
+                return tool_conf_set(conf, "-b", "bootstrap.servers", arg) == -1
                                ? -1
                                : 1;
         case 'X':
@@ -150,8 +149,7 @@ static void tool_error_cb(rd_kafka_t *rk, int err, const char *reason,
 
                 ferr = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
                 snprintf(tool_last_error, sizeof(tool_last_error),
-                         "fatal error: %s: %s", rd_kafka_err2name(ferr),
-                         fatal);
+                         "fatal error: %s: %s", rd_kafka_err2name(ferr), fatal);
                 tool_fatal_seen = 1;
         } else {
                 snprintf(tool_last_error, sizeof(tool_last_error), "%s: %s",
@@ -290,8 +288,7 @@ rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
         else
                 err = mt->err;
         if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
-                snprintf(errstr, errstr_size, "topic %s does not exist",
-                         topic);
+                snprintf(errstr, errstr_size, "topic %s does not exist", topic);
                 goto out;
         }
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -337,8 +334,7 @@ rd_kafka_t *tool_producer_new(rd_kafka_conf_t **confp,
                               void (*dr_cb)(rd_kafka_t *rk,
                                             const rd_kafka_message_t *rkm,
                                             void *opaque),
-                              void *opaque, const char *topic,
-                              int *part_cntp) {
+                              void *opaque, const char *topic, int *part_cntp) {
         char errstr[512];
         int32_t *parts = NULL;
         int cnt = 0;
@@ -457,17 +453,17 @@ void tool_ends_destroy(struct tool_ends *te) {
 
 struct tool_lines {
         int tl_fd;
-        int tl_owned;        /* tl_fd is ours to close */
+        int tl_owned; /* tl_fd is ours to close */
         char *tl_name;
         char *tl_buf;
         size_t tl_cap;
-        size_t tl_start;     /* unconsumed data is tl_buf[tl_start..tl_end) */
+        size_t tl_start; /* unconsumed data is tl_buf[tl_start..tl_end) */
         size_t tl_end;
-        size_t tl_scanned;   /* bytes after tl_start known to hold no '\n' */
+        size_t tl_scanned; /* bytes after tl_start known to hold no '\n' */
         size_t tl_max;
         unsigned long tl_lineno;
         int tl_eof;
-        int tl_discarding;   /* inside a line that is too long */
+        int tl_discarding; /* inside a line that is too long */
 };
 
 struct tool_lines *tool_lines_open(const char *path, size_t max_line,
@@ -544,8 +540,8 @@ static int tool_lines_make_room(struct tool_lines *tl) {
         return 0;
 }
 
-enum tool_line_status tool_lines_next(struct tool_lines *tl,
-                                      const char **linep, size_t *lenp) {
+enum tool_line_status tool_lines_next(struct tool_lines *tl, const char **linep,
+                                      size_t *lenp) {
         for (;;) {
                 char *start = tl->tl_buf + tl->tl_start;
                 size_t avail = tl->tl_end - tl->tl_start;
@@ -626,7 +622,7 @@ const char *tool_lines_name(const struct tool_lines *tl) {
 
 struct tool_idset_slot {
         uint64_t ts_hash;
-        char *ts_id;  /* NULL: empty slot; NUL-terminated copy */
+        char *ts_id; /* NULL: empty slot; NUL-terminated copy */
         size_t ts_len;
         unsigned ts_times;
 };
@@ -705,9 +701,8 @@ static struct tool_idset_slot *tool_idset_slot(const struct tool_idset *set,
         for (;;) {
                 struct tool_idset_slot *s = &set->is_slots[i];
 
-                if (s->ts_id == NULL ||
-                    (s->ts_hash == h && s->ts_len == len &&
-                     memcmp(s->ts_id, id, len) == 0))
+                if (s->ts_id == NULL || (s->ts_hash == h && s->ts_len == len &&
+                                         memcmp(s->ts_id, id, len) == 0))
                         return s;
                 i = (i + 1) & (set->is_cap - 1);
         }
@@ -752,8 +747,8 @@ unsigned tool_idset_times(const struct tool_idset *set, const char *id,
         return s->ts_id != NULL ? s->ts_times : 0;
 }
 
-int tool_idset_next(const struct tool_idset *set, size_t *pos,
-                    const char **idp, unsigned *timesp) {
+int tool_idset_next(const struct tool_idset *set, size_t *pos, const char **idp,
+                    unsigned *timesp) {
         while (*pos < set->is_cap) {
                 const struct tool_idset_slot *s = &set->is_slots[(*pos)++];
 

@@ -21,7 +21,7 @@
 #include <librdkafka/rdkafka.h>
 
 enum tool_exit {
-        TOOL_EXIT_OK = 0,    /* done */
+        TOOL_EXIT_OK = 0, /* done */
         TOOL_EXIT_INPUT = 1, /* usage, bad input, timeout, condition not met */
         TOOL_EXIT_KAFKA = 2, /* Kafka error: broker, topic, delivery */
 };
@@ -122,8 +122,7 @@ rd_kafka_t *tool_producer_new(rd_kafka_conf_t **confp,
                               void (*dr_cb)(rd_kafka_t *rk,
                                             const rd_kafka_message_t *rkm,
                                             void *opaque),
-                              void *opaque, const char *topic,
-                              int *part_cntp);
+                              void *opaque, const char *topic, int *part_cntp);
 
 /* What a producer's delivery reports said. */
 struct tool_deliveries {
@@ -154,10 +153,10 @@ int tool_producer_drain(rd_kafka_t *rk, int step_ms,
 
 struct tool_ends {
         const char *te_topic;
-        int64_t *te_end;     /* indexed by partition id */
-        char *te_reached;    /* indexed by partition id */
-        int32_t te_cnt;      /* array size: highest partition id + 1 */
-        int32_t te_pending;  /* partitions listed and not yet reached */
+        int64_t *te_end; /* indexed by partition id */
+        char *te_reached; /* indexed by partition id */
+        int32_t te_cnt; /* array size: highest partition id + 1 */
+        int32_t te_pending; /* partitions listed and not yet reached */
 };
 
 /* Sets te->te_topic to topic and queries the watermarks of the partitions
@@ -184,10 +183,10 @@ void tool_ends_destroy(struct tool_ends *te);
 struct tool_lines;
 
 enum tool_line_status {
-        TOOL_LINE_OK,       /* a line, without its '\n' or "\r\n" */
-        TOOL_LINE_EOF,      /* no more input */
+        TOOL_LINE_OK, /* a line, without its '\n' or "\r\n" */
+        TOOL_LINE_EOF, /* no more input */
         TOOL_LINE_TOO_LONG, /* a line longer than the limit was skipped */
-        TOOL_LINE_ERROR,    /* read error; errno is set */
+        TOOL_LINE_ERROR, /* read error; errno is set */
 };
 
 /* Opens path, or stdin if path is NULL or "-". max_line bounds the length of
@@ -201,8 +200,8 @@ void tool_lines_destroy(struct tool_lines *tl);
 
 /* Reads the next line. The line stays valid until the next call; it is not
  * NUL-terminated. */
-enum tool_line_status tool_lines_next(struct tool_lines *tl,
-                                      const char **linep, size_t *lenp);
+enum tool_line_status tool_lines_next(struct tool_lines *tl, const char **linep,
+                                      size_t *lenp);
 
 /* @returns the number of the line last returned (1-based). */
 unsigned long tool_lines_lineno(const struct tool_lines *tl);
@@ -237,8 +236,8 @@ unsigned tool_idset_times(const struct tool_idset *set, const char *id,
 
 /* Iterates over the set in its internal order: start with *pos = 0.
  * @returns 1 with *idp (NUL-terminated) and *timesp set, or 0 at the end. */
-int tool_idset_next(const struct tool_idset *set, size_t *pos,
-                    const char **idp, unsigned *timesp);
+int tool_idset_next(const struct tool_idset *set, size_t *pos, const char **idp,
+                    unsigned *timesp);
 
 /*
  * Percentiles.

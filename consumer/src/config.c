@@ -50,11 +50,14 @@ static const char *const config_log_choices[] = {"error", "warn", "info",
                                                  "debug", NULL};
 
 #define F(field) offsetof(struct config, field)
-#define STR(n, field, def, help) {n, CONFIG_T_STR, F(field), def, 0, 0, NULL, help}
-#define SECRET(n, field, help) {n, CONFIG_T_SECRET, F(field), "", 0, 0, NULL, help}
+#define STR(n, field, def, help)                                               \
+        { n, CONFIG_T_STR, F(field), def, 0, 0, NULL, help }
+#define SECRET(n, field, help)                                                 \
+        { n, CONFIG_T_SECRET, F(field), "", 0, 0, NULL, help }
 #define INT(n, field, def, min, max, help)                                     \
-        {n, CONFIG_T_INT, F(field), def, min, max, NULL, help}
-#define BOOL(n, field, def, help) {n, CONFIG_T_BOOL, F(field), def, 0, 1, NULL, help}
+        { n, CONFIG_T_INT, F(field), def, min, max, NULL, help }
+#define BOOL(n, field, def, help)                                              \
+        { n, CONFIG_T_BOOL, F(field), def, 0, 1, NULL, help }
 
 static const struct config_key config_keys[] = {
         STR("topic.requests", topic_requests, "email.requests",
@@ -105,13 +108,14 @@ static const struct config_key config_keys[] = {
             600000, "time from connect to the end of AUTH"),
         INT("smtp.timeout.command.ms", smtp_timeout_command_ms, "60000", 100,
             900000, "time to wait for the reply to MAIL, RCPT or DATA"),
-        INT("smtp.timeout.data.ms", smtp_timeout_data_ms, "300000", 100, 3600000,
-            "time to wait for the reply to the final dot of DATA"),
+        INT("smtp.timeout.data.ms", smtp_timeout_data_ms, "300000", 100,
+            3600000, "time to wait for the reply to the final dot of DATA"),
         INT("smtp.relay.backoff.initial.ms", smtp_relay_backoff_initial_ms,
             "1000", 10, 600000,
             "first wait after the relay failed a session's set-up"),
         INT("smtp.relay.backoff.max.ms", smtp_relay_backoff_max_ms, "60000", 10,
-            3600000, "longest wait between attempts to reach an unhealthy relay"),
+            3600000,
+            "longest wait between attempts to reach an unhealthy relay"),
         INT("smtp.relay.probe.ms", smtp_relay_probe_ms, "1000", 100, 600000,
             "longest wait between attempts to reach a relay that cannot be "
             "reached at all (connection refused, unknown host, connect timeout)"),
@@ -127,7 +131,8 @@ static const struct config_key config_keys[] = {
             "longest wait between retries"),
         INT("retry.jitter.percent", retry_jitter_percent, "20", 0, 100,
             "random spread added to each retry wait, in percent"),
-        INT("retry.local.window.ms", retry_local_window_ms, "30000", 0, 86400000,
+        INT("retry.local.window.ms", retry_local_window_ms, "30000", 0,
+            86400000,
             "how long a request is retried in memory before it moves to "
             "topic.retry (and its offset commits)"),
         INT("retry.window.ms", retry_window_ms, "14400000", 1000, 604800000,
@@ -157,7 +162,8 @@ static const struct config_key config_keys[] = {
         INT("request.max.subject.bytes", request_max_subject_bytes, "2048", 1,
             1048576, "longest subject accepted, in bytes of UTF-8"),
         INT("request.max.header.bytes", request_max_header_bytes, "4096", 1,
-            1048576, "longest value of a header in headers, and longest "
+            1048576,
+            "longest value of a header in headers, and longest "
             "display name of an address, in bytes of UTF-8"),
         STR("message.id.domain", message_id_domain, "",
             "domain of generated Message-IDs, \"\" = the From domain"),
@@ -178,12 +184,14 @@ static const struct config_key config_keys[] = {
         INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
             "least gap between two fetch nudges, 0 = none, -1 = 50 on "
             "librdkafka before 2.2 and none from 2.2 on (operations.md)"),
-        INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000", 0,
-            600000, "time revoked partitions' in-flight sends get to finish"),
+        INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000",
+            0, 600000,
+            "time revoked partitions' in-flight sends get to finish"),
         INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,
             "time in-flight sends get to finish on SIGTERM/SIGINT"),
         {"log.level", CONFIG_T_ENUM_STR, F(log_level), "info", 0, 0,
-         config_log_choices, "least severe level logged: error, warn, info, debug"},
+         config_log_choices,
+         "least severe level logged: error, warn, info, debug"},
 };
 
 #undef F
@@ -210,7 +218,8 @@ static const struct config_key *config_key_find(const char *name) {
         return NULL;
 }
 
-static char **config_str_field(struct config *conf, const struct config_key *k) {
+static char **config_str_field(struct config *conf,
+                               const struct config_key *k) {
         return (char **)(void *)((char *)conf + k->offset);
 }
 
@@ -250,31 +259,35 @@ static int config_parse_int(const struct config_key *k, const char *value,
         /* strtol skips leading white space and accepts an empty string. */
         if (!((value[0] >= '0' && value[0] <= '9') || value[0] == '-' ||
               value[0] == '+')) {
-                snprintf(errstr, errstr_size, "%s: %s: \"%s\" is not an integer",
-                         source, k->name, value);
+                snprintf(errstr, errstr_size,
+                         "%s: %s: \"%s\" is not an integer", source, k->name,
+                         value);
                 return -1;
         }
         errno = 0;
         v = strtol(value, &end, 10);
         if (end == value || *end != '\0') {
-                snprintf(errstr, errstr_size, "%s: %s: \"%s\" is not an integer",
-                         source, k->name, value);
+                snprintf(errstr, errstr_size,
+                         "%s: %s: \"%s\" is not an integer", source, k->name,
+                         value);
                 return -1;
         }
         if (errno == ERANGE) {
                 snprintf(errstr, errstr_size,
-                         "%s: %s: %s is out of range (%ld..%ld)", source, k->name,
-                         value, k->min, k->max);
+                         "%s: %s: %s is out of range (%ld..%ld)", source,
+                         k->name, value, k->min, k->max);
                 return -1;
         }
         if (v < k->min) {
-                snprintf(errstr, errstr_size, "%s: %s: %ld is below the minimum %ld",
-                         source, k->name, v, k->min);
+                snprintf(errstr, errstr_size,
+                         "%s: %s: %ld is below the minimum %ld", source,
+                         k->name, v, k->min);
                 return -1;
         }
         if (v > k->max) {
-                snprintf(errstr, errstr_size, "%s: %s: %ld is above the maximum %ld",
-                         source, k->name, v, k->max);
+                snprintf(errstr, errstr_size,
+                         "%s: %s: %ld is above the maximum %ld", source,
+                         k->name, v, k->max);
                 return -1;
         }
         *out = (int)v;
@@ -699,11 +712,13 @@ static int config_read_password_file(struct config *conf, char *errstr,
                 buf[--len] = '\0';
         if (len == 0) {
                 snprintf(errstr, errstr_size,
-                         "smtp.password.file: \"%s\": first line is empty", path);
+                         "smtp.password.file: \"%s\": first line is empty",
+                         path);
                 goto out;
         }
         if (config_str_replace(&conf->smtp_password, buf) == -1) {
-                snprintf(errstr, errstr_size, "smtp.password.file: out of memory");
+                snprintf(errstr, errstr_size,
+                         "smtp.password.file: out of memory");
                 goto out;
         }
         r = 0;
@@ -790,20 +805,20 @@ static const struct {
         enum config_group_protocol only_under;
         const char *why;
 } config_group_only[] = {
-    {"partition.assignment.strategy", CONFIG_GROUP_CLASSIC,
-     "under group.protocol=consumer the broker assigns partitions "
-     "(group.remote.assignor picks its assignor)"},
-    {"session.timeout.ms", CONFIG_GROUP_CLASSIC,
-     "under group.protocol=consumer the broker sets it "
-     "(group.consumer.session.timeout.ms)"},
-    {"heartbeat.interval.ms", CONFIG_GROUP_CLASSIC,
-     "under group.protocol=consumer the broker sets it "
-     "(group.consumer.heartbeat.interval.ms)"},
-    {"group.protocol.type", CONFIG_GROUP_CLASSIC,
-     "it belongs to the classic protocol"},
-    {"group.remote.assignor", CONFIG_GROUP_CONSUMER,
-     "it is a setting of group.protocol=consumer; the classic protocol "
-     "assigns with partition.assignment.strategy"},
+        {"partition.assignment.strategy", CONFIG_GROUP_CLASSIC,
+         "under group.protocol=consumer the broker assigns partitions "
+         "(group.remote.assignor picks its assignor)"},
+        {"session.timeout.ms", CONFIG_GROUP_CLASSIC,
+         "under group.protocol=consumer the broker sets it "
+         "(group.consumer.session.timeout.ms)"},
+        {"heartbeat.interval.ms", CONFIG_GROUP_CLASSIC,
+         "under group.protocol=consumer the broker sets it "
+         "(group.consumer.heartbeat.interval.ms)"},
+        {"group.protocol.type", CONFIG_GROUP_CLASSIC,
+         "it belongs to the classic protocol"},
+        {"group.remote.assignor", CONFIG_GROUP_CONSUMER,
+         "it is a setting of group.protocol=consumer; the classic protocol "
+         "assigns with partition.assignment.strategy"},
 };
 
 /* Checks the consumer's kafka.* settings against group.protocol. */
@@ -819,18 +834,21 @@ static int config_check_group(const struct config *conf, char *errstr,
                                  "go with it)");
                         return -1;
                 }
-                for (size_t j = 0;
-                     j < sizeof(config_group_only) / sizeof(config_group_only[0]);
+                for (size_t j = 0; j < sizeof(config_group_only) /
+                                               sizeof(config_group_only[0]);
                      j++) {
                         if (strcmp(key, config_group_only[j].key) != 0 ||
-                            conf->group_protocol == config_group_only[j].only_under)
+                            conf->group_protocol ==
+                                    config_group_only[j].only_under)
                                 continue;
-                        snprintf(errstr, errstr_size,
-                                 "kafka.%s: not allowed with group.protocol=%s: "
-                                 "%s",
-                                 key,
-                                 config_group_protocol_choices[conf->group_protocol],
-                                 config_group_only[j].why);
+                        snprintf(
+                                errstr, errstr_size,
+                                "kafka.%s: not allowed with group.protocol=%s: "
+                                "%s",
+                                key,
+                                config_group_protocol_choices
+                                        [conf->group_protocol],
+                                config_group_only[j].why);
                         return -1;
                 }
         }
@@ -882,18 +900,17 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
             strncmp(conf->smtp_url, "smtp://", strlen("smtp://")) == 0 &&
             conf->smtp_starttls == CONFIG_TLS_OFF)
                 LOG(LL_WARN, "smtp.starttls=off with smtp.username set: the "
-                              "password crosses the network in clear");
+                             "password crosses the network in clear");
 
         if (config_check_backoff("smtp.relay.backoff.initial.ms",
                                  conf->smtp_relay_backoff_initial_ms,
                                  "smtp.relay.backoff.max.ms",
                                  conf->smtp_relay_backoff_max_ms, errstr,
                                  errstr_size) == -1 ||
-            config_check_backoff("retry.backoff.initial.ms",
-                                 conf->retry_backoff_initial_ms,
-                                 "retry.backoff.max.ms",
-                                 conf->retry_backoff_max_ms, errstr,
-                                 errstr_size) == -1)
+            config_check_backoff(
+                    "retry.backoff.initial.ms", conf->retry_backoff_initial_ms,
+                    "retry.backoff.max.ms", conf->retry_backoff_max_ms, errstr,
+                    errstr_size) == -1)
                 return -1;
         return 0;
 }
@@ -935,8 +952,7 @@ static void config_dump_kv(const char *prefix, const struct config_kv *kvs,
                            size_t cnt, FILE *fp) {
         for (size_t i = 0; i < cnt; i++)
                 fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
-                        kconf_is_secret(kvs[i].key) ? "***"
-                                                           : kvs[i].value);
+                        kconf_is_secret(kvs[i].key) ? "***" : kvs[i].value);
 }
 
 void config_dump(const struct config *conf, FILE *fp) {
@@ -956,7 +972,8 @@ void config_dump(const struct config *conf, FILE *fp) {
                         fprintf(fp, "%s=%s\n", k->name, s[0] ? "***" : "");
                         break;
                 case CONFIG_T_INT:
-                        fprintf(fp, "%s=%d\n", k->name, *config_int_field_c(conf, k));
+                        fprintf(fp, "%s=%d\n", k->name,
+                                *config_int_field_c(conf, k));
                         break;
                 case CONFIG_T_BOOL:
                         v = *config_int_field_c(conf, k);

@@ -30,7 +30,8 @@ enum config_tls_version {
 
 /* group.protocol: how the consumer group assigns partitions. */
 enum config_group_protocol {
-        CONFIG_GROUP_CLASSIC = 0, /* "classic": JoinGroup/SyncGroup, cooperative-sticky */
+        CONFIG_GROUP_CLASSIC =
+                0, /* "classic": JoinGroup/SyncGroup, cooperative-sticky */
         CONFIG_GROUP_CONSUMER /* "consumer": KIP-848, the broker assigns */
 };
 

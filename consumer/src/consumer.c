@@ -32,7 +32,8 @@
 #define CONSUMER_NUDGE_DEFAULT_MS 50
 /* librdkafka's debug line (context cgrp) that says the broker lacks the
  * KIP-848 protocol; librdkafka itself only retries, silently. */
-#define CONSUMER_NO_KIP848 "ConsumerGroupHeartbeatRequest not supported by broker"
+#define CONSUMER_NO_KIP848                                                     \
+        "ConsumerGroupHeartbeatRequest not supported by broker"
 /* How long the nudger waits for the end offsets it asked for (only the
  * request matters; this bounds how long closing waits for the thread). */
 #define CONSUMER_NUDGE_WAIT_MS 500
@@ -136,8 +137,8 @@ int consumer_topic_index(const consumer_t *c, const char *topic) {
  * 1 s to deliver again, which capped a worker near inflight.max messages per
  * second). */
 static void consumer_forward_one(consumer_t *c, int t, int32_t partition) {
-        rd_kafka_queue_t *pq =
-            rd_kafka_queue_get_partition(c->c_rk, c->c_mq[t].mq_topic, partition);
+        rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
+                c->c_rk, c->c_mq[t].mq_topic, partition);
 
         if (!pq)
                 return;
@@ -148,7 +149,8 @@ static void consumer_forward_one(consumer_t *c, int t, int32_t partition) {
 /* Drops partition @partition of topic @t from the list forwarded again. */
 static void consumer_fwd_forget(consumer_t *c, int t, int32_t partition) {
         for (size_t i = 0; i < c->c_fwd_cnt; i++)
-                if (c->c_fwd[i].f_topic == t && c->c_fwd[i].f_partition == partition)
+                if (c->c_fwd[i].f_topic == t &&
+                    c->c_fwd[i].f_partition == partition)
                         c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
 }
 
@@ -168,7 +170,8 @@ static void consumer_forward(consumer_t *c,
                 consumer_fwd_forget(c, t, partition);
                 if (c->c_fwd_cnt == c->c_fwd_cap) {
                         size_t cap = c->c_fwd_cap ? c->c_fwd_cap * 2 : 16;
-                        struct consumer_fwd *n = realloc(c->c_fwd, cap * sizeof(*n));
+                        struct consumer_fwd *n =
+                                realloc(c->c_fwd, cap * sizeof(*n));
 
                         if (!n)
                                 abort();
@@ -191,7 +194,8 @@ static void consumer_reforward(consumer_t *c) {
                         c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
                         continue;
                 }
-                consumer_forward_one(c, c->c_fwd[i].f_topic, c->c_fwd[i].f_partition);
+                consumer_forward_one(c, c->c_fwd[i].f_topic,
+                                     c->c_fwd[i].f_partition);
         }
 }
 
@@ -209,7 +213,8 @@ static void consumer_hold(consumer_t *c,
                         continue;
                 /* Held means held: not forwarded again either. */
                 consumer_fwd_forget(c, t, parts->elems[i].partition);
-                pq = rd_kafka_queue_get_partition(c->c_rk, parts->elems[i].topic,
+                pq = rd_kafka_queue_get_partition(c->c_rk,
+                                                  parts->elems[i].topic,
                                                   parts->elems[i].partition);
                 if (!pq)
                         continue;
@@ -223,7 +228,8 @@ void consumer_hold_assigned(consumer_t *c) {
 }
 
 void consumer_release(consumer_t *c, const char *topic, int32_t partition) {
-        rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_t *one =
+                rd_kafka_topic_partition_list_new(1);
 
         rd_kafka_topic_partition_list_add(one, topic, partition);
         /* Messages already held move to the topic's queue with it. */
@@ -306,8 +312,9 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                   rd_kafka_topic_partition_list_t *parts,
                                   void *opaque) {
         consumer_t *c = opaque;
-        int cooperative = c->c_group_consumer ||
-                          strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+        int cooperative =
+                c->c_group_consumer ||
+                strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
         rd_kafka_error_t *error = NULL;
         rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
@@ -318,7 +325,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 c->c_debug_ours = 0;
         }
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-                LOG(LL_INFO, "partitions assigned topic=%s count=%d cooperative=%d",
+                LOG(LL_INFO,
+                    "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq[0].mq_topic, parts->cnt, cooperative);
                 /* Before the assignment: once fetching starts, librdkafka
                  * forwards a partition queue the application has not. */
@@ -344,7 +352,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 int deferred = !lost && !c->c_closing && !c->c_revoking;
 
                 if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-                        LOG(LL_INFO, "partitions revoked topic=%s count=%d lost=%d",
+                        LOG(LL_INFO,
+                            "partitions revoked topic=%s count=%d lost=%d",
                             c->c_mq[0].mq_topic, parts->cnt, lost);
                 else
                         LOG(LL_ERROR, "rebalance error err=%s",
@@ -353,7 +362,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                  * the partitions. */
                 consumer_hold(c, parts);
                 if (deferred) {
-                        c->c_revoking = rd_kafka_topic_partition_list_copy(parts);
+                        c->c_revoking =
+                                rd_kafka_topic_partition_list_copy(parts);
                         c->c_revoking_coop = cooperative;
                 }
                 c->c_h.on_revoke(c->c_opaque, parts, lost, deferred);
@@ -431,7 +441,8 @@ static void *consumer_nudger_main(void *arg) {
                 pthread_mutex_unlock(&n->n_lock);
                 /* The answer does not matter: the request woke the
                  * leaders' broker threads. */
-                rd_kafka_offsets_for_times(c->c_rk, parts, CONSUMER_NUDGE_WAIT_MS);
+                rd_kafka_offsets_for_times(c->c_rk, parts,
+                                           CONSUMER_NUDGE_WAIT_MS);
                 rd_kafka_topic_partition_list_destroy(parts);
                 pthread_mutex_lock(&n->n_lock);
         }
@@ -459,17 +470,17 @@ static void consumer_nudge(consumer_t *c) {
                         int64_t lo, hi;
 
                         if (tp->offset < 0 ||
-                            rd_kafka_get_watermark_offsets(c->c_rk, tp->topic,
-                                                           tp->partition, &lo,
-                                                           &hi) !=
-                                RD_KAFKA_RESP_ERR_NO_ERROR ||
+                            rd_kafka_get_watermark_offsets(
+                                    c->c_rk, tp->topic, tp->partition, &lo,
+                                    &hi) != RD_KAFKA_RESP_ERR_NO_ERROR ||
                             hi <= tp->offset)
                                 continue;
                         if (!lagging)
-                                lagging = rd_kafka_topic_partition_list_new(parts->cnt);
+                                lagging = rd_kafka_topic_partition_list_new(
+                                        parts->cnt);
                         rd_kafka_topic_partition_list_add(lagging, tp->topic,
                                                           tp->partition)
-                            ->offset = RD_KAFKA_OFFSET_END;
+                                ->offset = RD_KAFKA_OFFSET_END;
                 }
         }
         rd_kafka_topic_partition_list_destroy(parts);
@@ -513,10 +524,12 @@ static void consumer_drain(consumer_t *c) {
         /* Events (rebalance callbacks run in here); a message only shows up
          * here before its partition's queue was forwarded. */
         while ((m = rd_kafka_consumer_poll(c->c_rk, 0)) != NULL)
-                consumer_dispatch(c, m->rkt ? consumer_topic_index(
-                                                  c, rd_kafka_topic_name(m->rkt))
-                                            : -1,
-                                  m);
+                consumer_dispatch(
+                        c,
+                        m->rkt ? consumer_topic_index(
+                                         c, rd_kafka_topic_name(m->rkt))
+                               : -1,
+                        m);
         for (int t = 0; t < c->c_mq_cnt; t++) {
                 struct consumer_mq *mq = &c->c_mq[t];
                 int i;
@@ -555,8 +568,9 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                 c->c_fatal = "the broker does not support group.protocol="
                              "consumer (KIP-848 needs Kafka 4.0 or newer): "
                              "set group.protocol=classic";
-                LOG(LL_ERROR, "consumer group cannot be joined topic=%s "
-                               "reason=%s",
+                LOG(LL_ERROR,
+                    "consumer group cannot be joined topic=%s "
+                    "reason=%s",
                     c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
         }
 
@@ -572,8 +586,8 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
  * lines are the only sign that a broker lacks the KIP-848 protocol
  * (consumer_log_cb()). They are logged at level debug only, and when the
  * user set no debug context of their own, stop at the first assignment. */
-static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc,
-                               char *errstr, size_t errstr_size) {
+static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc, char *errstr,
+                               size_t errstr_size) {
         char debug[512], value[560];
         size_t n = sizeof(debug);
 
@@ -583,7 +597,8 @@ static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc,
                 return 0;
         c->c_debug_ours = debug[0] == '\0';
         snprintf(value, sizeof(value), "%s%scgrp", debug, debug[0] ? "," : "");
-        return kconf_set(kc, CONSUMER_SCOPE, "debug", value, errstr, errstr_size);
+        return kconf_set(kc, CONSUMER_SCOPE, "debug", value, errstr,
+                         errstr_size);
 }
 
 /* librdkafka refuses a fetch.max.bytes below message.max.bytes: a larger
@@ -595,24 +610,23 @@ static int consumer_fetch_fit(rd_kafka_conf_t *kc, char *errstr,
         size_t n1 = sizeof(msg_max), n2 = sizeof(fetch_max);
 
         if (rd_kafka_conf_get(kc, "message.max.bytes", msg_max, &n1) !=
-                RD_KAFKA_CONF_OK ||
+                    RD_KAFKA_CONF_OK ||
             rd_kafka_conf_get(kc, "fetch.max.bytes", fetch_max, &n2) !=
-                RD_KAFKA_CONF_OK ||
+                    RD_KAFKA_CONF_OK ||
             strtoll(fetch_max, NULL, 10) >= strtoll(msg_max, NULL, 10))
                 return 0;
         return kconf_set(kc, CONSUMER_SCOPE, "fetch.max.bytes", msg_max, errstr,
-                                 errstr_size);
+                         errstr_size);
 }
 
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
-                         const char *group_id,
-                         const char *const *topic_names, int topic_cnt,
-                         const struct consumer_handlers *h, void *opaque,
-                         char *errstr, size_t errstr_size) {
+                         const char *group_id, const char *const *topic_names,
+                         int topic_cnt, const struct consumer_handlers *h,
+                         void *opaque, char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
-            {"auto.offset.reset", "earliest"},
-            {"queued.max.messages.kbytes", "4096"},
-            /* A fetch response stays in memory while any of its messages
+                {"auto.offset.reset", "earliest"},
+                {"queued.max.messages.kbytes", "4096"},
+                /* A fetch response stays in memory while any of its messages
              * is queued: with librdkafka's defaults (1 MiB a partition,
              * 50 MiB a fetch) the worker held about 60 MiB of prefetched
              * requests on a backlog, whatever queued.max.messages.kbytes
@@ -620,15 +634,15 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
              * (benchmark B3 over 60,000 requests). librdkafka wants
              * fetch.max.bytes >= message.max.bytes, which bounds only the
              * consumer's own requests. */
-            {"max.partition.fetch.bytes", "65536"},
-            {"message.max.bytes", "262144"},
-            {"fetch.max.bytes", "262144"},
+                {"max.partition.fetch.bytes", "65536"},
+                {"message.max.bytes", "262144"},
+                {"fetch.max.bytes", "262144"},
         };
         /* Settings the delivery contract depends on: not overridable. */
         static const char *const fixed[][2] = {
-            {"enable.auto.commit", "false"},
-            {"enable.auto.offset.store", "false"},
-            {"enable.partition.eof", "false"},
+                {"enable.auto.commit", "false"},
+                {"enable.auto.offset.store", "false"},
+                {"enable.partition.eof", "false"},
         };
         rd_kafka_conf_t *kc = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
@@ -657,8 +671,9 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                          rd_kafka_version_str());
                 goto fail;
         }
-        c->c_hold_in_rebalance = !c->c_group_consumer &&
-                                 rd_kafka_version() < CONSUMER_RDK_REBALANCE_COMMIT;
+        c->c_hold_in_rebalance =
+                !c->c_group_consumer &&
+                rd_kafka_version() < CONSUMER_RDK_REBALANCE_COMMIT;
 
         kc = rd_kafka_conf_new();
         if (kconf_set_table(kc, CONSUMER_SCOPE, defaults,
@@ -670,29 +685,29 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
          * default), whatever empties the queue sooner: the worker idled
          * half a second at a time (benchmark B1). */
         if (rd_kafka_version() >= CONSUMER_RDK_FETCH_BACKOFF &&
-            kconf_set(kc, CONSUMER_SCOPE, "fetch.queue.backoff.ms", "20", errstr,
-                              errstr_size))
+            kconf_set(kc, CONSUMER_SCOPE, "fetch.queue.backoff.ms", "20",
+                      errstr, errstr_size))
                 goto fail;
         if (c->c_group_consumer) {
-                if (kconf_set(kc, CONSUMER_SCOPE, "group.protocol", "consumer", errstr,
-                                      errstr_size))
+                if (kconf_set(kc, CONSUMER_SCOPE, "group.protocol", "consumer",
+                              errstr, errstr_size))
                         goto fail;
-        } else if (kconf_set(kc, CONSUMER_SCOPE, "partition.assignment.strategy",
-                                     "cooperative-sticky", errstr,
-                                     errstr_size) ||
+        } else if (kconf_set(kc, CONSUMER_SCOPE,
+                             "partition.assignment.strategy",
+                             "cooperative-sticky", errstr, errstr_size) ||
                    /* The second round of a cooperative rebalance starts
                     * when every member has seen, in its next heartbeat,
                     * that the first one ended; commits wait for it. 1 s
                     * instead of librdkafka's 3 s. */
-                   kconf_set(kc, CONSUMER_SCOPE, "heartbeat.interval.ms", "1000",
-                                     errstr, errstr_size)) {
+                   kconf_set(kc, CONSUMER_SCOPE, "heartbeat.interval.ms",
+                             "1000", errstr, errstr_size)) {
                 goto fail;
         }
         if (kconf_set_kvs(kc, CONSUMER_SCOPE, conf->kafka_consumer,
                           conf->kafka_consumer_cnt, NULL, errstr, errstr_size))
                 goto fail;
-        if (group_id && kconf_set(kc, CONSUMER_SCOPE, "group.id", group_id, errstr,
-                                          errstr_size))
+        if (group_id && kconf_set(kc, CONSUMER_SCOPE, "group.id", group_id,
+                                  errstr, errstr_size))
                 goto fail;
         if (consumer_fetch_fit(kc, errstr, errstr_size))
                 goto fail;
@@ -723,8 +738,9 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         }
         c->c_queue = rd_kafka_queue_get_consumer(c->c_rk);
         if (!c->c_queue) {
-                snprintf(errstr, errstr_size, "kafka.group.id: a consumer group id "
-                                              "is required");
+                snprintf(errstr, errstr_size,
+                         "kafka.group.id: a consumer group id "
+                         "is required");
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(c->c_queue, c->c_pipe[1], "1", 1);
@@ -737,16 +753,20 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 struct consumer_mq *mq = &c->c_mq[t];
 
                 mq->mq_topic = strdup(topic_names[t]);
-                if (!mq->mq_topic || pipe2(mq->mq_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
-                        snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                if (!mq->mq_topic ||
+                    pipe2(mq->mq_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
+                        snprintf(errstr, errstr_size, "pipe: %s",
+                                 strerror(errno));
                         goto fail;
                 }
                 c->c_mq_cnt++;
                 mq->mq_queue = rd_kafka_queue_new(c->c_rk);
-                rd_kafka_queue_io_event_enable(mq->mq_queue, mq->mq_pipe[1], "1", 1);
-                if (loop_io_add(loop, mq->mq_pipe[0], LOOP_READ, consumer_on_pipe,
-                                c)) {
-                        snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
+                rd_kafka_queue_io_event_enable(mq->mq_queue, mq->mq_pipe[1],
+                                               "1", 1);
+                if (loop_io_add(loop, mq->mq_pipe[0], LOOP_READ,
+                                consumer_on_pipe, c)) {
+                        snprintf(errstr, errstr_size, "loop: %s",
+                                 strerror(errno));
                         goto fail;
                 }
                 rd_kafka_topic_partition_list_add(topics, topic_names[t],
@@ -755,8 +775,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         c->c_nudge_ms = conf->fetch_nudge_ms;
         if (c->c_nudge_ms < 0)
                 c->c_nudge_ms = rd_kafka_version() < CONSUMER_RDK_FETCH_BACKOFF
-                                    ? CONSUMER_NUDGE_DEFAULT_MS
-                                    : 0;
+                                        ? CONSUMER_NUDGE_DEFAULT_MS
+                                        : 0;
         if (c->c_nudge_ms > 0) {
                 pthread_mutex_init(&c->c_nudger.n_lock, NULL);
                 pthread_cond_init(&c->c_nudger.n_cond, NULL);
@@ -764,8 +784,9 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                                    consumer_nudger_main, c) != 0) {
                         pthread_cond_destroy(&c->c_nudger.n_cond);
                         pthread_mutex_destroy(&c->c_nudger.n_lock);
-                        snprintf(errstr, errstr_size, "consumer: cannot start "
-                                                      "the fetch nudger");
+                        snprintf(errstr, errstr_size,
+                                 "consumer: cannot start "
+                                 "the fetch nudger");
                         goto fail;
                 }
                 c->c_nudger.n_started = 1;
@@ -849,27 +870,29 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                         if (left <= 0)
                                 break;
                         rd_kafka_queue_poll_callback(
-                            q, left < CONSUMER_POLL_MS ? (int)left
-                                                       : CONSUMER_POLL_MS);
+                                q, left < CONSUMER_POLL_MS ? (int)left
+                                                           : CONSUMER_POLL_MS);
                 }
                 rd_kafka_queue_destroy(q);
                 if (!closing || rd_kafka_consumer_closed(c->c_rk)) {
                         rd_kafka_destroy(c->c_rk);
                 } else {
-                        LOG(LL_WARN, "consumer group not left within %d ms: "
-                                      "its partitions move when the member's "
-                                      "session times out",
+                        LOG(LL_WARN,
+                            "consumer group not left within %d ms: "
+                            "its partitions move when the member's "
+                            "session times out",
                             timeout_ms);
-                        for (size_t i = 0; i < sizeof(consumer_left_running) /
-                                                   sizeof(consumer_left_running[0]);
+                        for (size_t i = 0;
+                             i < sizeof(consumer_left_running) /
+                                         sizeof(consumer_left_running[0]);
                              i++) {
                                 if (!consumer_left_running[i]) {
                                         consumer_left_running[i] = c;
                                         return;
                                 }
                         }
-                        rd_kafka_destroy_flags(c->c_rk,
-                                               RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+                        rd_kafka_destroy_flags(
+                                c->c_rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
                 }
         }
         if (c->c_pipe[1] != -1)
@@ -916,7 +939,8 @@ static void consumer_commit_wait_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         cw->cw_err = err;
 }
 
-int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
+int consumer_commit(consumer_t *c,
+                    const rd_kafka_topic_partition_list_t *offsets,
                     int wait_ms) {
         struct consumer_commit_wait cw = {0, RD_KAFKA_RESP_ERR_NO_ERROR};
         int64_t deadline = loop_clock_ms() + (wait_ms > 0 ? wait_ms : 0);
@@ -931,8 +955,8 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
          * the coordinator away, a session timeout (45 s) on SIGTERM. The
          * answer comes on a queue of our own, waited for at most @wait_ms. */
         q = rd_kafka_queue_new(c->c_rk);
-        err = rd_kafka_commit_queue(c->c_rk, offsets, q, consumer_commit_wait_cb,
-                                    &cw);
+        err = rd_kafka_commit_queue(c->c_rk, offsets, q,
+                                    consumer_commit_wait_cb, &cw);
         while (!err && !cw.cw_done) {
                 int64_t left = deadline - loop_clock_ms();
                 rd_kafka_event_t *ev;
@@ -940,7 +964,8 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
                 if (left <= 0)
                         break;
                 ev = rd_kafka_queue_poll(q, (int)left);
-                if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
+                if (ev &&
+                    rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
                         cw.cw_done = 1;
                         cw.cw_err = rd_kafka_event_error(ev);
                 }
@@ -949,8 +974,10 @@ int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offset
         }
         rd_kafka_queue_destroy(q);
         if (!err && !cw.cw_done) {
-                LOG(LL_WARN, "offset commit not answered within %d ms "
-                              "partitions=%d", wait_ms, offsets->cnt);
+                LOG(LL_WARN,
+                    "offset commit not answered within %d ms "
+                    "partitions=%d",
+                    wait_ms, offsets->cnt);
                 return -1;
         }
         if (!err)

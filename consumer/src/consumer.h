@@ -25,7 +25,8 @@ struct consumer_handlers {
         /* A message from an assigned partition of topic number @topic (its
          * index in consumer_new()'s list); @m is destroyed after the call
          * returns. */
-        void (*on_message)(void *opaque, int topic, const rd_kafka_message_t *m);
+        void (*on_message)(void *opaque, int topic,
+                           const rd_kafka_message_t *m);
         /* Partitions were added to the assignment (already assigned). */
         void (*on_assign)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts);
@@ -52,10 +53,9 @@ struct consumer_handlers {
  * settings or, when @group_id is not NULL, in @group_id; or NULL with
  * @errstr. */
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
-                         const char *group_id,
-                         const char *const *topic_names, int topic_cnt,
-                         const struct consumer_handlers *h, void *opaque,
-                         char *errstr, size_t errstr_size);
+                         const char *group_id, const char *const *topic_names,
+                         int topic_cnt, const struct consumer_handlers *h,
+                         void *opaque, char *errstr, size_t errstr_size);
 
 /* @returns the index of @topic in consumer_new()'s list, or -1. */
 int consumer_topic_index(const consumer_t *c, const char *topic);
@@ -100,7 +100,8 @@ rd_kafka_resp_err_t consumer_committed(consumer_t *c,
  * when @wait_ms < 0 (the commit callback reports the answer), else waiting at
  * most @wait_ms for it. @returns 0, or -1 when a waited-for commit failed or
  * got no answer in time (logged). */
-int consumer_commit(consumer_t *c, const rd_kafka_topic_partition_list_t *offsets,
+int consumer_commit(consumer_t *c,
+                    const rd_kafka_topic_partition_list_t *offsets,
                     int wait_ms);
 
 /* @returns non-zero between the two rounds of a classic cooperative

@@ -214,8 +214,8 @@ void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
         dedupe_expire(d, now_ms);
 }
 
-void dedupe_remember(dedupe_t *d, const char *id, const struct dedupe_done *done,
-                     int64_t now_ms) {
+void dedupe_remember(dedupe_t *d, const char *id,
+                     const struct dedupe_done *done, int64_t now_ms) {
         const struct dedupe_done *known;
         void *leader;
 

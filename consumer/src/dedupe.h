@@ -56,8 +56,8 @@ void dedupe_finish(dedupe_t *d, const char *id, const struct dedupe_done *done,
 /* Remembers @id as finished with @done (copied) from @now_ms on, as if its
  * request had been sent here: a result another worker published. Nothing
  * changes when @id is known already (in flight or finished). */
-void dedupe_remember(dedupe_t *d, const char *id, const struct dedupe_done *done,
-                     int64_t now_ms);
+void dedupe_remember(dedupe_t *d, const char *id,
+                     const struct dedupe_done *done, int64_t now_ms);
 
 /* The leader of @id stopped without a final result (abandoned or handed to
  * the retry topic): forgets the id. */

@@ -239,7 +239,8 @@ static json_t *jp_object(struct jp *jp) {
                 jp->p++;
                 jp_ws(jp);
                 v = jp_value(jp);
-                if (!v || json_object_setn_new_nocheck(obj, key, key_len, v) != 0) {
+                if (!v ||
+                    json_object_setn_new_nocheck(obj, key, key_len, v) != 0) {
                         free(key_copy);
                         goto fail;
                 }

@@ -4,7 +4,8 @@
 #include <string.h>
 
 int kconf_is_secret(const char *key) {
-        return strstr(key, "password") != NULL || strstr(key, "secret") != NULL ||
+        return strstr(key, "password") != NULL ||
+               strstr(key, "secret") != NULL ||
                strcmp(key, "ssl.key.pem") == 0 ||
                strcmp(key, "sasl.oauthbearer.config") == 0;
 }

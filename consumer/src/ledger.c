@@ -109,7 +109,8 @@ ledger_part_t *ledger_part_add(ledger_t *l, int32_t partition) {
 }
 
 void ledger_part_release(ledger_t *l, ledger_part_t *p) {
-        l->l_held -= (size_t)(offsets_tracked(p->lp_offsets) - p->lp_acked_below);
+        l->l_held -=
+                (size_t)(offsets_tracked(p->lp_offsets) - p->lp_acked_below);
         l->l_parts[p->lp_partition] = NULL;
         p->lp_released = 1;
         if (p->lp_entries == 0)
@@ -231,11 +232,13 @@ static int ledger_part_offer(const ledger_t *l, ledger_part_t *p,
         /* Where the next owner starts reading the results topic: the floor
          * tagged on the request at the watermark; with every request done,
          * the floor of the next one to come. */
-        floor = offsets_pending(p->lp_offsets) > 0 ? offsets_front_tag(p->lp_offsets)
-                                                   : ledger_floor_at(l, p, off);
+        floor = offsets_pending(p->lp_offsets) > 0
+                        ? offsets_front_tag(p->lp_offsets)
+                        : ledger_floor_at(l, p, off);
         if (floor >= 0)
-                c->metadata_len = recall_meta_format(c->metadata, sizeof(c->metadata),
-                                                     p->lp_results_partition, floor);
+                c->metadata_len =
+                        recall_meta_format(c->metadata, sizeof(c->metadata),
+                                           p->lp_results_partition, floor);
         p->lp_offered = off;
         p->lp_sent_offset = off;
         p->lp_sent_below = offsets_below_watermark(p->lp_offsets);
@@ -256,8 +259,9 @@ size_t ledger_commit_take(ledger_t *l, const int32_t *partitions, size_t cnt,
         if (!c)
                 abort();
         for (size_t i = 0; i < cnt; i++) {
-                ledger_part_t *p = partitions ? ledger_part_get(l, partitions[i])
-                                              : l->l_parts[i];
+                ledger_part_t *p = partitions
+                                           ? ledger_part_get(l, partitions[i])
+                                           : l->l_parts[i];
 
                 if (p && ledger_part_offer(l, p, &c[n]))
                         n++;

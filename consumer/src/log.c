@@ -53,7 +53,8 @@ static void lb_value(struct lb *b, const char *s, size_t n) {
         for (size_t i = 0; i < n && !quote; i++) {
                 unsigned char c = (unsigned char)s[i];
 
-                quote = c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7f;
+                quote = c <= ' ' || c == '"' || c == '=' || c == '\\' ||
+                        c == 0x7f;
         }
         if (!quote) {
                 lb_put(b, s, n);
@@ -152,13 +153,16 @@ static size_t log_conv(char *out, size_t size, const char **fmt, va_list *ap) {
         case 'X':
         case 'o':
                 if (strcmp(len, "ll") == 0)
-                        n = snprintf(out, size, spec, va_arg(*ap, unsigned long long));
+                        n = snprintf(out, size, spec,
+                                     va_arg(*ap, unsigned long long));
                 else if (len[0] == 'l' || len[0] == 'z' || len[0] == 't')
-                        n = snprintf(out, size, spec, va_arg(*ap, unsigned long));
+                        n = snprintf(out, size, spec,
+                                     va_arg(*ap, unsigned long));
                 else if (len[0] == 'j')
                         n = snprintf(out, size, spec, va_arg(*ap, uintmax_t));
                 else
-                        n = snprintf(out, size, spec, va_arg(*ap, unsigned int));
+                        n = snprintf(out, size, spec,
+                                     va_arg(*ap, unsigned int));
                 break;
         case 'c':
                 n = snprintf(out, size, spec, va_arg(*ap, int));
@@ -204,7 +208,8 @@ static size_t log_conv(char *out, size_t size, const char **fmt, va_list *ap) {
 static size_t log_key_len(const char *s) {
         size_t i = 0;
 
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+              *s == '_'))
                 return 0;
         while ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
                (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '.')
@@ -214,7 +219,8 @@ static size_t log_key_len(const char *s) {
 
 /* Formats @fmt from *@fmt up to the next field (" key=") or its end into
  * @out, and moves *@fmt there. @returns the length (cut to @size - 1). */
-static size_t log_segment(char *out, size_t size, const char **fmt, va_list *ap) {
+static size_t log_segment(char *out, size_t size, const char **fmt,
+                          va_list *ap) {
         const char *f = *fmt;
         size_t n = 0;
 

@@ -50,7 +50,8 @@ void loop_destroy(loop_t *loop);
  * Watches @fd for @events (LOOP_READ|LOOP_WRITE). One watch per fd.
  * @returns 0, or -1 with errno set (EEXIST when @fd is already watched).
  */
-int loop_io_add(loop_t *loop, int fd, unsigned events, loop_io_cb *cb, void *opaque);
+int loop_io_add(loop_t *loop, int fd, unsigned events, loop_io_cb *cb,
+                void *opaque);
 /* Changes the events of a watched fd. @returns 0 or -1. */
 int loop_io_mod(loop_t *loop, int fd, unsigned events);
 /* Stops watching @fd; a no-op when it is not watched. Call before close(). */

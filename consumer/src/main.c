@@ -53,10 +53,10 @@ static void usage(FILE *fp) {
 
 int main(int argc, char **argv) {
         static const struct option longopts[] = {
-            {"help", no_argument, NULL, 'h'},
-            {"version", no_argument, NULL, 'V'},
-            {"dump-config", no_argument, NULL, 'D'},
-            {NULL, 0, NULL, 0},
+                {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, 'V'},
+                {"dump-config", no_argument, NULL, 'D'},
+                {NULL, 0, NULL, 0},
         };
         struct config *conf = config_new();
         const char *file = NULL;
@@ -71,7 +71,8 @@ int main(int argc, char **argv) {
                 return 1;
         }
         /* First pass: the file, so that the environment and -X override it. */
-        while ((opt = getopt_long(argc, argv, "c:X:hV", longopts, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "c:X:hV", longopts, NULL)) !=
+               -1) {
                 switch (opt) {
                 case 'c':
                         file = optarg;
@@ -83,8 +84,9 @@ int main(int argc, char **argv) {
                         ret = 0;
                         goto out;
                 case 'V':
-                        printf("kafka-mailer %s (librdkafka %s, %s)\n", KM_VERSION,
-                               rd_kafka_version_str(), curl_version());
+                        printf("kafka-mailer %s (librdkafka %s, %s)\n",
+                               KM_VERSION, rd_kafka_version_str(),
+                               curl_version());
                         ret = 0;
                         goto out;
                 case 'D':
@@ -105,7 +107,8 @@ int main(int argc, char **argv) {
         if (config_load_env(conf, environ, errstr, sizeof(errstr)))
                 goto fail;
         optind = 1;
-        while ((opt = getopt_long(argc, argv, "c:X:hV", longopts, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "c:X:hV", longopts, NULL)) !=
+               -1) {
                 char *eq;
 
                 if (opt != 'X')
@@ -113,12 +116,14 @@ int main(int argc, char **argv) {
                 eq = strchr(optarg, '=');
                 if (!eq) {
                         /* The argument is not echoed: it may hold a secret. */
-                        snprintf(errstr, sizeof(errstr),
-                                 "-X: an argument has no '=' (expected key=value)");
+                        snprintf(
+                                errstr, sizeof(errstr),
+                                "-X: an argument has no '=' (expected key=value)");
                         goto fail;
                 }
                 *eq = '\0';
-                if (config_set(conf, optarg, eq + 1, "-X", errstr, sizeof(errstr)))
+                if (config_set(conf, optarg, eq + 1, "-X", errstr,
+                               sizeof(errstr)))
                         goto fail;
         }
         if (config_finish(conf, errstr, sizeof(errstr)))

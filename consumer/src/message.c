@@ -417,8 +417,9 @@ static void write_addresses(struct dynbuf *b, struct dynbuf *scratch,
                         continue;
                 }
                 if (h.line > 1 &&
-                    h.line + dynbuf_len(scratch) >
-                        (t.encoded || h.encoded ? LINE_ENCODED : LINE_SOFT)) {
+                    h.line + dynbuf_len(scratch) > (t.encoded || h.encoded
+                                                            ? LINE_ENCODED
+                                                            : LINE_SOFT)) {
                         dynbuf_append(b, "\r\n", 2);
                         h.line = 0;
                         h.encoded = 0;
@@ -443,8 +444,8 @@ static void write_date(struct dynbuf *b, int64_t ms) {
                 return;
         }
         dynbuf_appendf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
-                   days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                       days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+                       tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 /* RFC 5987 attr-char: sent as it is in an extended parameter value. */
@@ -494,7 +495,8 @@ static void hdr_param(struct hdr *h, const char *name, const char *value) {
                 hdr_put(h, "*=utf-8''", 9);
                 for (size_t i = 0; i < vlen; i++) {
                         unsigned char c = (unsigned char)value[i];
-                        char pct[3] = {'%', hex_upper[c >> 4], hex_upper[c & 15]};
+                        char pct[3] = {'%', hex_upper[c >> 4],
+                                       hex_upper[c & 15]};
 
                         if (is_attr_char(c))
                                 hdr_put(h, value + i, 1);
@@ -522,7 +524,8 @@ static void hdr_param(struct hdr *h, const char *name, const char *value) {
                         size_t need = 0;
 
                         for (size_t k = 0; k < cl; k++)
-                                need += is_attr_char((unsigned char)value[i + k])
+                                need += is_attr_char(
+                                                (unsigned char)value[i + k])
                                                 ? 1
                                                 : 3;
                         if (t + need + 1 > LINE_SOFT - 2 && t > (size_t)n)
@@ -588,7 +591,8 @@ static void body_scan(const char *s, size_t len, struct body_info *bi) {
 }
 
 /* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
-static void write_7bit(struct dynbuf *b, const char *s, size_t len, size_t out) {
+static void write_7bit(struct dynbuf *b, const char *s, size_t len,
+                       size_t out) {
         char *start = dynbuf_reserve(b, out);
         char *o = start;
         size_t i = 0;
@@ -690,9 +694,10 @@ static void write_text_part(struct dynbuf *b, const char *subtype,
         struct body_info bi;
 
         body_scan(body, len, &bi);
-        dynbuf_appendf(b, "Content-Type: text/%s; charset=utf-8\r\n"
-                      "Content-Transfer-Encoding: %s\r\n\r\n",
-                   subtype, bi.qp ? "quoted-printable" : "7bit");
+        dynbuf_appendf(b,
+                       "Content-Type: text/%s; charset=utf-8\r\n"
+                       "Content-Transfer-Encoding: %s\r\n\r\n",
+                       subtype, bi.qp ? "quoted-printable" : "7bit");
         if (bi.qp)
                 write_qp(b, body, len);
         else
@@ -723,7 +728,8 @@ static void write_base64_lines(struct dynbuf *b, const unsigned char *data,
         dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));
 }
 
-static void write_attachment(struct dynbuf *b, const struct mail_attachment *a) {
+static void write_attachment(struct dynbuf *b,
+                             const struct mail_attachment *a) {
         struct hdr h;
 
         hdr_begin(&h, b, "Content-Type");
@@ -742,8 +748,9 @@ static void write_attachment(struct dynbuf *b, const struct mail_attachment *a) 
 
 static void write_multipart_header(struct dynbuf *b, const char *subtype,
                                    const char *boundary) {
-        dynbuf_appendf(b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
-                   subtype, boundary);
+        dynbuf_appendf(
+                b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
+                subtype, boundary);
 }
 
 /* Writes the body part(s) of @req: one text part or a multipart/alternative. */
@@ -893,8 +900,10 @@ struct message *message_build(const struct mail_request *req,
 
         dynbuf_init(&b, MESSAGE_MAX_BYTES);
         dynbuf_init(&scratch, MESSAGE_MAX_BYTES);
-        if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) != 0) {
-                snprintf(errstr, errstr_size, "message: invalid Message-ID "
+        if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) !=
+            0) {
+                snprintf(errstr, errstr_size,
+                         "message: invalid Message-ID "
                          "domain");
                 goto out;
         }
@@ -905,9 +914,9 @@ struct message *message_build(const struct mail_request *req,
         snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
         snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
         estimate = estimate_size(req);
-        if (dynbuf_reserve(&b, estimate < MESSAGE_MAX_BYTES ? estimate
-                                                            : MESSAGE_MAX_BYTES) ==
-            NULL)
+        if (dynbuf_reserve(&b, estimate < MESSAGE_MAX_BYTES
+                                       ? estimate
+                                       : MESSAGE_MAX_BYTES) == NULL)
                 goto oom;
 
         write_date(&b, opts->date_ms);

@@ -15,7 +15,8 @@
 #include "request.h"
 
 struct message_opts {
-        const char *message_id_domain; /* NULL or "": the From address's domain */
+        const char
+                *message_id_domain; /* NULL or "": the From address's domain */
         int64_t date_ms; /* Unix ms for the Date header */
 };
 

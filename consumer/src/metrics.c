@@ -111,13 +111,12 @@ void metrics_sample(metrics_out_t *out, const char *name, const char *type,
         if (out->mo_name_len == 0 || out->mo_name_len != name_len ||
             memcmp(dynbuf_ptr(&out->mo_text) + out->mo_name_off, name,
                    name_len) != 0)
-                dynbuf_appendf(&out->mo_text, "# HELP %s %s\n# TYPE %s %s\n", name,
-                                   help, name, type);
+                dynbuf_appendf(&out->mo_text, "# HELP %s %s\n# TYPE %s %s\n",
+                               name, help, name, type);
         metrics_format_value(num, sizeof(num), value);
         off = dynbuf_len(&out->mo_text);
         if (labels && labels[0] != '\0')
-                dynbuf_appendf(&out->mo_text, "%s{%s} %s\n", name, labels,
-                               num);
+                dynbuf_appendf(&out->mo_text, "%s{%s} %s\n", name, labels, num);
         else
                 dynbuf_appendf(&out->mo_text, "%s %s\n", name, num);
         if (dynbuf_error(&out->mo_text) != DYNBUF_OK) {
@@ -135,8 +134,8 @@ void metrics_sample(metrics_out_t *out, const char *name, const char *type,
 static void metrics_conn_close(struct metrics_conn *c, const char *why) {
         metrics_t *m = c->mc_m;
 
-        LOG(LL_DEBUG, "metrics connection closed fd=%d reason=%s",
-            c->mc_fd, why);
+        LOG(LL_DEBUG, "metrics connection closed fd=%d reason=%s", c->mc_fd,
+            why);
         loop_timer_stop(m->m_loop, &c->mc_timer);
         loop_io_del(m->m_loop, c->mc_fd);
         close(c->mc_fd);
@@ -155,8 +154,8 @@ static void metrics_conn_timeout_cb(loop_t *loop, void *opaque) {
         struct metrics_conn *c = opaque;
 
         (void)loop;
-        metrics_conn_close(c, c->mc_state == MC_DRAIN ? "linger over"
-                                                      : "timeout");
+        metrics_conn_close(c,
+                           c->mc_state == MC_DRAIN ? "linger over" : "timeout");
 }
 
 /* Writes what is left of the response; when it is all out, shuts the write
@@ -209,13 +208,27 @@ static void metrics_conn_respond(struct metrics_conn *c, int status,
         int n;
 
         switch (status) {
-        case 200: reason = "OK"; break;
-        case 400: reason = "Bad Request"; break;
-        case 404: reason = "Not Found"; break;
-        case 405: reason = "Method Not Allowed"; break;
-        case 431: reason = "Request Header Fields Too Large"; break;
-        case 503: reason = "Service Unavailable"; break;
-        default: reason = "Internal Server Error"; break;
+        case 200:
+                reason = "OK";
+                break;
+        case 400:
+                reason = "Bad Request";
+                break;
+        case 404:
+                reason = "Not Found";
+                break;
+        case 405:
+                reason = "Method Not Allowed";
+                break;
+        case 431:
+                reason = "Request Header Fields Too Large";
+                break;
+        case 503:
+                reason = "Service Unavailable";
+                break;
+        default:
+                reason = "Internal Server Error";
+                break;
         }
         n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n"
@@ -337,16 +350,14 @@ static void metrics_conn_handle(struct metrics_conn *c) {
                 if (get || head)
                         metrics_serve_metrics(c, head);
                 else
-                        metrics_conn_respond_text(c, 405,
-                                                  "method not allowed\n", 0,
-                                                  "GET, HEAD");
+                        metrics_conn_respond_text(
+                                c, 405, "method not allowed\n", 0, "GET, HEAD");
         } else if (metrics_token_is(target, path_len, "/healthz")) {
                 if (get || head)
                         metrics_serve_health(c, head);
                 else
-                        metrics_conn_respond_text(c, 405,
-                                                  "method not allowed\n", 0,
-                                                  "GET, HEAD");
+                        metrics_conn_respond_text(
+                                c, 405, "method not allowed\n", 0, "GET, HEAD");
         } else {
                 metrics_conn_respond_text(c, 404, "not found\n", head, NULL);
         }
@@ -380,9 +391,8 @@ static void metrics_conn_read(struct metrics_conn *c) {
                 ssize_t n;
 
                 if (room == 0) {
-                        metrics_conn_respond_text(c, 431,
-                                                  "request too large\n", 0,
-                                                  NULL);
+                        metrics_conn_respond_text(c, 431, "request too large\n",
+                                                  0, NULL);
                         return;
                 }
                 n = recv(c->mc_fd, c->mc_in + c->mc_in_len, room, 0);
@@ -479,8 +489,8 @@ static void metrics_conn_new(metrics_t *m, int fd) {
         loop_timer_init(&c->mc_timer, metrics_conn_timeout_cb, c);
         if (loop_io_add(m->m_loop, fd, LOOP_READ, metrics_conn_io_cb, c) ==
             -1) {
-                LOG(LL_WARN, "metrics: cannot watch connection fd=%d error=%s", fd,
-                    strerror(errno));
+                LOG(LL_WARN, "metrics: cannot watch connection fd=%d error=%s",
+                    fd, strerror(errno));
                 close(fd);
                 free(c);
                 return;
@@ -499,7 +509,8 @@ static void metrics_accept_resume_cb(loop_t *loop, void *opaque) {
         metrics_t *m = opaque;
 
         if (loop_io_mod(loop, m->m_fd, LOOP_READ) == -1)
-                LOG(LL_ERROR, "metrics: cannot watch the listener again error=%s",
+                LOG(LL_ERROR,
+                    "metrics: cannot watch the listener again error=%s",
                     strerror(errno));
 }
 
@@ -559,9 +570,9 @@ static void metrics_accept_cb(loop_t *loop, int fd, unsigned events,
 
 /* Parses "host:port" (IPv4 host, empty for any) or "[v6]:port" into @ss.
  * @returns 0, or -1 with @errstr. */
-static int metrics_parse_listen(const char *addr,
-                                struct sockaddr_storage *ss, socklen_t *sslen,
-                                char *errstr, size_t errstr_size) {
+static int metrics_parse_listen(const char *addr, struct sockaddr_storage *ss,
+                                socklen_t *sslen, char *errstr,
+                                size_t errstr_size) {
         char host[INET6_ADDRSTRLEN];
         const char *h, *colon;
         size_t host_len, digits;
@@ -642,13 +653,12 @@ metrics_t *metrics_new(loop_t *loop, const char *addr,
         int fd = -1;
         int one = 1;
 
-        if (metrics_parse_listen(addr, &ss, &sslen, errstr, errstr_size) ==
-            -1)
+        if (metrics_parse_listen(addr, &ss, &sslen, errstr, errstr_size) == -1)
                 goto err;
         m = calloc(1, sizeof(*m));
         if (!m) {
-                snprintf(errstr, errstr_size, "metrics.listen %s: out of memory",
-                         addr);
+                snprintf(errstr, errstr_size,
+                         "metrics.listen %s: out of memory", addr);
                 goto err;
         }
         m->m_loop = loop;
@@ -684,13 +694,12 @@ metrics_t *metrics_new(loop_t *loop, const char *addr,
         if (loop_io_add(loop, fd, LOOP_READ, metrics_accept_cb, m) == -1)
                 goto err_sys;
         m->m_fd = fd;
-        LOG(LL_INFO, "metrics listening listen=%s port=%d", addr,
-            m->m_port);
+        LOG(LL_INFO, "metrics listening listen=%s port=%d", addr, m->m_port);
         return m;
 
 err_sys:
-        snprintf(errstr, errstr_size, "metrics.listen %s: %s: %s", addr,
-                 what, strerror(errno));
+        snprintf(errstr, errstr_size, "metrics.listen %s: %s: %s", addr, what,
+                 strerror(errno));
 err:
         if (fd != -1)
                 close(fd);

@@ -64,8 +64,8 @@ static int64_t recall_clock_ms(void) {
 }
 
 size_t recall_meta_format(char *buf, size_t buf_size, int32_t rp, int64_t off) {
-        int n = snprintf(buf, buf_size, RECALL_META_PREFIX "%" PRId32 "@%" PRId64,
-                         rp, off);
+        int n = snprintf(buf, buf_size,
+                         RECALL_META_PREFIX "%" PRId32 "@%" PRId64, rp, off);
 
         return n < 0 ? 0 : (size_t)n;
 }
@@ -84,7 +84,8 @@ int recall_meta_parse(const void *meta, size_t len, int32_t *rp, int64_t *off) {
                 return -1;
         errno = 0;
         p = strtoll(buf + plen, &end, 10);
-        if (errno || *end != '@' || p > INT32_MAX || end[1] < '0' || end[1] > '9')
+        if (errno || *end != '@' || p > INT32_MAX || end[1] < '0' ||
+            end[1] > '9')
                 return -1;
         o = strtoll(end + 1, &end, 10);
         if (errno || *end != '\0')
@@ -99,7 +100,8 @@ static void recall_copy(char *dst, size_t dst_size, const char *s) {
         snprintf(dst, dst_size, "%s", s ? s : "");
 }
 
-int recall_parse_result(const void *value, size_t len, struct recall_item *item) {
+int recall_parse_result(const void *value, size_t len,
+                        struct recall_item *item) {
         static const char *const statuses[] = {"sent", "failed", "rejected",
                                                "expired"};
         json_t *o, *src;
@@ -128,8 +130,10 @@ int recall_parse_result(const void *value, size_t len, struct recall_item *item)
                                : dlv && strcmp(dlv, "all") == 0  ? 0
                                : st == 0                         ? 0
                                                                  : 2;
-        item->done.smtp_code = (int)json_integer_value(json_object_get(o, "smtp_code"));
-        item->done.attempts = (int)json_integer_value(json_object_get(o, "attempts"));
+        item->done.smtp_code =
+                (int)json_integer_value(json_object_get(o, "smtp_code"));
+        item->done.attempts =
+                (int)json_integer_value(json_object_get(o, "attempts"));
         recall_copy(item->done.smtp_reply, sizeof(item->done.smtp_reply),
                     json_string_value(json_object_get(o, "smtp_reply")));
         recall_copy(item->done.error, sizeof(item->done.error),
@@ -143,8 +147,9 @@ int recall_parse_result(const void *value, size_t len, struct recall_item *item)
         recall_copy(item->done.source_topic, sizeof(item->done.source_topic),
                     json_string_value(json_object_get(src, "topic")));
         item->done.source_partition =
-            (int32_t)json_integer_value(json_object_get(src, "partition"));
-        item->done.source_offset = json_integer_value(json_object_get(src, "offset"));
+                (int32_t)json_integer_value(json_object_get(src, "partition"));
+        item->done.source_offset =
+                json_integer_value(json_object_get(src, "offset"));
         item->id = strdup(id);
         if (!item->id)
                 abort();
@@ -190,8 +195,8 @@ static int recall_step_ms(int64_t deadline) {
 }
 
 /* Learns the results topic's partition count. @returns it, or 0. */
-static int32_t recall_partition_count(recall_t *r, int64_t deadline,
-                                      char *note, size_t note_size) {
+static int32_t recall_partition_count(recall_t *r, int64_t deadline, char *note,
+                                      size_t note_size) {
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
         int32_t n = 0;
@@ -211,8 +216,10 @@ static int32_t recall_partition_count(recall_t *r, int64_t deadline,
                 n = md->topics[0].partition_cnt;
         else
                 snprintf(note, note_size, "results topic metadata: %s",
-                         rd_kafka_err2str(md->topic_cnt == 1 ? md->topics[0].err
-                                                             : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+                         rd_kafka_err2str(
+                                 md->topic_cnt == 1
+                                         ? md->topics[0].err
+                                         : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
         rd_kafka_metadata_destroy(md);
         return n;
 }
@@ -286,8 +293,9 @@ static void recall_read_tails(recall_t *r, struct recall_read *reads, int cnt,
                                 *cap = n;
                         }
                         if (a->item_cnt < *cap) {
-                                if (recall_parse_result(m->payload, m->len,
-                                                        &a->items[a->item_cnt]) == 0)
+                                if (recall_parse_result(
+                                            m->payload, m->len,
+                                            &a->items[a->item_cnt]) == 0)
                                         a->item_cnt++;
                         } else if (!a->note[0]) {
                                 snprintf(a->note, sizeof(a->note),
@@ -361,8 +369,8 @@ static void recall_run_job(recall_t *r, const struct recall_job *j,
                 struct recall_part *ap = &a->parts[i];
                 struct recall_read *rd = &reads[i];
                 const rd_kafka_topic_partition_t *cp =
-                    rd_kafka_topic_partition_list_find(committed, j->topic,
-                                                       j->partitions[i]);
+                        rd_kafka_topic_partition_list_find(committed, j->topic,
+                                                           j->partitions[i]);
                 int32_t rp = -1;
                 int64_t floor = -1, lo = 0, hi = 0;
                 rd_kafka_resp_err_t werr = RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -381,15 +389,17 @@ static void recall_run_job(recall_t *r, const struct recall_job *j,
                         while ((step = recall_step_ms(deadline)) > 0 &&
                                !recall_stopping(r))
                                 if (rd_kafka_query_watermark_offsets(
-                                        r->r_rk, j->topic, j->partitions[i], &clo,
-                                        &chi, step) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                                            r->r_rk, j->topic, j->partitions[i],
+                                            &clo, &chi, step) ==
+                                    RD_KAFKA_RESP_ERR_NO_ERROR) {
                                         ap->consumed_end = chi;
                                         break;
                                 }
                 }
-                while ((step = recall_step_ms(deadline)) > 0 && !recall_stopping(r)) {
+                while ((step = recall_step_ms(deadline)) > 0 &&
+                       !recall_stopping(r)) {
                         werr = rd_kafka_query_watermark_offsets(
-                            r->r_rk, r->r_topic, rd->rp, &lo, &hi, step);
+                                r->r_rk, r->r_topic, rd->rp, &lo, &hi, step);
                         if (!werr)
                                 break;
                 }
@@ -473,7 +483,8 @@ static void *recall_main(void *arg) {
 
 /* ---- the loop side ---- */
 
-static void recall_on_pipe(loop_t *loop, int fd, unsigned events, void *opaque) {
+static void recall_on_pipe(loop_t *loop, int fd, unsigned events,
+                           void *opaque) {
         recall_t *r = opaque;
         struct recall_done *list, *rev = NULL, *d;
         char buf[64];
@@ -502,11 +513,14 @@ static void recall_on_pipe(loop_t *loop, int fd, unsigned events, void *opaque) 
 /* @returns whether a kafka.* consumer setting is for the reader too: group
  * settings are not (the reader has no group). */
 static int recall_conf_takes(const char *key) {
-        static const char *const skip[] = {
-            "partition.assignment.strategy", "session.timeout.ms",
-            "heartbeat.interval.ms", "max.poll.interval.ms",
-            "enable.auto.commit", "enable.auto.offset.store",
-            "auto.commit.interval.ms", "enable.partition.eof"};
+        static const char *const skip[] = {"partition.assignment.strategy",
+                                           "session.timeout.ms",
+                                           "heartbeat.interval.ms",
+                                           "max.poll.interval.ms",
+                                           "enable.auto.commit",
+                                           "enable.auto.offset.store",
+                                           "auto.commit.interval.ms",
+                                           "enable.partition.eof"};
 
         if (strncmp(key, "group.", 6) == 0)
                 return 0;
@@ -521,8 +535,8 @@ recall_t *recall_new(loop_t *loop, const struct config *conf, size_t max_items,
                      size_t errstr_size) {
         /* Settings the reading of the results topic depends on. */
         static const char *const fixed[][2] = {
-            {"enable.partition.eof", "true"},
-            {"queued.max.messages.kbytes", "8192"},
+                {"enable.partition.eof", "true"},
+                {"queued.max.messages.kbytes", "8192"},
         };
         rd_kafka_conf_t *kc;
         recall_t *r;
@@ -570,13 +584,16 @@ recall_t *recall_new(loop_t *loop, const struct config *conf, size_t max_items,
                 goto fail;
         }
         if (pipe2(r->r_pipe, O_NONBLOCK | O_CLOEXEC) == -1 ||
-            loop_io_add(loop, r->r_pipe[0], LOOP_READ, recall_on_pipe, r) == -1) {
-                snprintf(errstr, errstr_size, "results reader: %s", strerror(errno));
+            loop_io_add(loop, r->r_pipe[0], LOOP_READ, recall_on_pipe, r) ==
+                    -1) {
+                snprintf(errstr, errstr_size, "results reader: %s",
+                         strerror(errno));
                 goto fail;
         }
         if (pthread_create(&r->r_thread, NULL, recall_main, r) != 0) {
-                snprintf(errstr, errstr_size, "results reader: cannot start its "
-                                              "thread");
+                snprintf(errstr, errstr_size,
+                         "results reader: cannot start its "
+                         "thread");
                 goto fail;
         }
         r->r_started = 1;

@@ -90,6 +90,7 @@ int recall_meta_parse(const void *meta, size_t len, int32_t *rp, int64_t *off);
 
 /* Reads one results record (wire format v1) into @item (id malloc'ed).
  * @returns 0, or -1 when it is not a final result with an id. */
-int recall_parse_result(const void *value, size_t len, struct recall_item *item);
+int recall_parse_result(const void *value, size_t len,
+                        struct recall_item *item);
 
 #endif

@@ -31,18 +31,27 @@ static void fail(char *errstr, size_t errstr_size, const char *fmt, ...) {
 }
 
 static const char *const request_fields[] = {
-        "v",       "id",      "from",    "to",          "cc",
-        "bcc",     "reply_to", "subject", "text",       "html",
+        "v",       "id",          "from",     "to",       "cc",
+        "bcc",     "reply_to",    "subject",  "text",     "html",
         "headers", "attachments", "deadline", "metadata",
 };
 
 /* The headers the worker writes itself; a request may not set them. */
 static const char *const reserved_headers[] = {
-        "From",         "To",          "Cc",
-        "Bcc",          "Reply-To",    "Subject",
-        "Date",         "Message-ID",  "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding",
-        "Content-Disposition", "Return-Path", "Received",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "Return-Path",
+        "Received",
         "Sender",
 };
 
@@ -119,8 +128,8 @@ static const char *check_dot_atom(const char *s, size_t len, int allow_utf8,
                                 return rbuf;
                         }
                         if (s[i + 1] == '.') {
-                                snprintf(rbuf, rbuf_size,
-                                         "consecutive dots%s", what);
+                                snprintf(rbuf, rbuf_size, "consecutive dots%s",
+                                         what);
                                 return rbuf;
                         }
                         continue;
@@ -226,8 +235,10 @@ static const char *check_domain(const char *d, size_t len, char *rbuf,
                 if (!is_alnum(c) && c != '-' && c < 0x80) {
                         char cb[8];
 
-                        snprintf(rbuf, rbuf_size, "invalid character %s in "
-                                 "domain", char_repr(c, cb, sizeof(cb)));
+                        snprintf(rbuf, rbuf_size,
+                                 "invalid character %s in "
+                                 "domain",
+                                 char_repr(c, cb, sizeof(cb)));
                         return rbuf;
                 }
         }
@@ -258,8 +269,10 @@ static const char *check_addr_bytes(const unsigned char *a, size_t len,
                 if (n == 0)
                         return "invalid UTF-8 in address";
                 if (cp < 0xa0 || cp == 0x2028 || cp == 0x2029) {
-                        snprintf(rbuf, rbuf_size, "control character U+%04X "
-                                 "in address", (unsigned)cp);
+                        snprintf(rbuf, rbuf_size,
+                                 "control character U+%04X "
+                                 "in address",
+                                 (unsigned)cp);
                         return rbuf;
                 }
                 *utf8 = 1;
@@ -302,7 +315,8 @@ int request_check_addr(const char *addr, int *utf8, char *errstr,
                 return -1;
         }
         if (llen > REQUEST_LOCAL_MAX) {
-                fail(errstr, errstr_size, "local part longer than 64 characters");
+                fail(errstr, errstr_size,
+                     "local part longer than 64 characters");
                 return -1;
         }
         if (addr[0] == '"') {
@@ -375,8 +389,10 @@ static int parse_mailbox(const json_t *v, const char *field,
         if (end[-1] != '>') {
                 if (memchr(s, '<', (size_t)(end - s)) != NULL ||
                     memchr(s, '>', (size_t)(end - s)) != NULL) {
-                        fail(errstr, errstr_size, "%s: missing '>' after "
-                             "address", field);
+                        fail(errstr, errstr_size,
+                             "%s: missing '>' after "
+                             "address",
+                             field);
                         return -1;
                 }
                 addr_start = s;
@@ -400,8 +416,10 @@ static int parse_mailbox(const json_t *v, const char *field,
                         display[n++] = *p++;
                 }
                 if (p == end) {
-                        fail(errstr, errstr_size, "%s: unterminated quoted "
-                             "display name", field);
+                        fail(errstr, errstr_size,
+                             "%s: unterminated quoted "
+                             "display name",
+                             field);
                         goto fail;
                 }
                 display[n] = '\0';
@@ -409,16 +427,20 @@ static int parse_mailbox(const json_t *v, const char *field,
                 while (p < end && is_wsp(*p))
                         p++;
                 if (*p != '<') {
-                        fail(errstr, errstr_size, "%s: expected '<' after "
-                             "quoted display name", field);
+                        fail(errstr, errstr_size,
+                             "%s: expected '<' after "
+                             "quoted display name",
+                             field);
                         goto fail;
                 }
                 lt = p;
         } else {
                 lt = memchr(s, '<', (size_t)(end - s));
                 if (lt == NULL) {
-                        fail(errstr, errstr_size, "%s: missing '<' before "
-                             "address", field);
+                        fail(errstr, errstr_size,
+                             "%s: missing '<' before "
+                             "address",
+                             field);
                         return -1;
                 }
                 const char *dend = lt;
@@ -427,8 +449,10 @@ static int parse_mailbox(const json_t *v, const char *field,
                         dend--;
                 if (memchr(s, '"', (size_t)(dend - s)) != NULL ||
                     memchr(s, '>', (size_t)(dend - s)) != NULL) {
-                        fail(errstr, errstr_size, "%s: '\"' or '>' in display "
-                             "name must be quoted", field);
+                        fail(errstr, errstr_size,
+                             "%s: '\"' or '>' in display "
+                             "name must be quoted",
+                             field);
                         return -1;
                 }
                 if (dend > s) {
@@ -459,8 +483,8 @@ addr:
                 fail(errstr, errstr_size, "%s: out of memory", field);
                 goto fail;
         }
-        if (request_check_addr(out->addr, &is_utf8, reason,
-                               sizeof(reason)) != 0) {
+        if (request_check_addr(out->addr, &is_utf8, reason, sizeof(reason)) !=
+            0) {
                 fail(errstr, errstr_size, "%s: %s", field, reason);
                 free(out->addr);
                 out->addr = NULL;
@@ -698,30 +722,37 @@ static int parse_headers(const json_t *root, struct mail_request *req,
                         return -1;
                 }
                 if (nlen > REQUEST_HEADER_NAME_MAX) {
-                        fail(errstr, errstr_size, "%s: header name longer than "
-                             "76 characters", field);
+                        fail(errstr, errstr_size,
+                             "%s: header name longer than "
+                             "76 characters",
+                             field);
                         return -1;
                 }
                 for (size_t k = 0; k < nlen; k++) {
                         unsigned char c = (unsigned char)name[k];
 
                         if (c < 33 || c > 126 || c == ':') {
-                                fail(errstr, errstr_size, "%s: invalid header "
-                                     "name", field);
+                                fail(errstr, errstr_size,
+                                     "%s: invalid header "
+                                     "name",
+                                     field);
                                 return -1;
                         }
                 }
-                for (size_t k = 0; k < sizeof(reserved_headers) /
-                                               sizeof(reserved_headers[0]);
+                for (size_t k = 0;
+                     k < sizeof(reserved_headers) / sizeof(reserved_headers[0]);
                      k++) {
                         if (strcasecmp(name, reserved_headers[k]) == 0) {
-                                fail(errstr, errstr_size, "%s: set by the "
-                                     "worker, not allowed", field);
+                                fail(errstr, errstr_size,
+                                     "%s: set by the "
+                                     "worker, not allowed",
+                                     field);
                                 return -1;
                         }
                 }
                 if (!json_is_string(val)) {
-                        fail(errstr, errstr_size, "%s: must be a string", field);
+                        fail(errstr, errstr_size, "%s: must be a string",
+                             field);
                         return -1;
                 }
                 if (check_header_text(val, field, errstr, errstr_size) != 0 ||
@@ -749,38 +780,28 @@ static int parse_headers(const json_t *root, struct mail_request *req,
 
 /* Maps a byte to its base64 value (0..63), B64_WS, B64_PAD or B64_BAD. */
 static const unsigned char b64_table[256] = {
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x40, 0x40, 0xff, 0xff, 0x40, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0x40, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0x3e, 0xff, 0xff, 0xff, 0x3f,
-        0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b,
-        0x3c, 0x3d, 0xff, 0xff, 0xff, 0x41, 0xff, 0xff,
-        0xff, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
-        0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
-        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16,
-        0x17, 0x18, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x20,
-        0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28,
-        0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30,
-        0x31, 0x32, 0x33, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x40, 0x40, 0xff,
+        0xff, 0x40, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x40, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3e, 0xff, 0xff, 0xff, 0x3f,
+        0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0xff, 0xff,
+        0xff, 0x41, 0xff, 0xff, 0xff, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
+        0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12,
+        0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x24,
+        0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30,
+        0x31, 0x32, 0x33, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff,
 };
 
 /*
@@ -829,8 +850,9 @@ static int b64_decode(const char *src, size_t len, unsigned char **out,
                         pad++;
                         quad++;
                         if (quad == 4) {
-                                buf[n++] = (unsigned char)(pad == 2 ? acc >> 4
-                                                                    : acc >> 10);
+                                buf[n++] =
+                                        (unsigned char)(pad == 2 ? acc >> 4
+                                                                 : acc >> 10);
                                 if (pad == 1)
                                         buf[n++] = (unsigned char)(acc >> 2);
                                 quad = 0;
@@ -897,9 +919,10 @@ static int parse_attachment(const json_t *v, size_t idx,
                     strcmp(key, "content_base64") != 0) {
                         char nbuf[40];
 
-                        fail(errstr, errstr_size, "attachments[%zu]: unknown "
-                             "field \"%s\"", idx,
-                             name_repr(key, nbuf, sizeof(nbuf)));
+                        fail(errstr, errstr_size,
+                             "attachments[%zu]: unknown "
+                             "field \"%s\"",
+                             idx, name_repr(key, nbuf, sizeof(nbuf)));
                         return -1;
                 }
         }
@@ -931,7 +954,8 @@ static int parse_attachment(const json_t *v, size_t idx,
                 ct = NULL;
         if (ct != NULL) {
                 if (!json_is_string(ct)) {
-                        fail(errstr, errstr_size, "%s: must be a string", field);
+                        fail(errstr, errstr_size, "%s: must be a string",
+                             field);
                         return -1;
                 }
                 if (check_header_text(ct, field, errstr, errstr_size) != 0)
@@ -1026,7 +1050,8 @@ static int64_t days_from_civil(int64_t y, int m, int d) {
 }
 
 static int days_in_month(int y, int m) {
-        static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+        static const int dm[] = {31, 28, 31, 30, 31, 30,
+                                 31, 31, 30, 31, 30, 31};
 
         if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
                 return 29;
@@ -1115,7 +1140,8 @@ static int parse_deadline(const json_t *root, struct mail_request *req,
         if (v == NULL)
                 return 0;
         if (has_nul(v) || parse_rfc3339(json_string_value(v), &ms) != 0) {
-                fail(errstr, errstr_size, "deadline: invalid RFC 3339 "
+                fail(errstr, errstr_size,
+                     "deadline: invalid RFC 3339 "
                      "date-time");
                 return -1;
         }
@@ -1171,7 +1197,8 @@ static int check_unknown_fields(const json_t *root, char *errstr,
         const char *key;
         json_t *val;
 
-        const size_t nfields = sizeof(request_fields) / sizeof(request_fields[0]);
+        const size_t nfields =
+                sizeof(request_fields) / sizeof(request_fields[0]);
 
         json_object_foreach((json_t *)root, key, val) {
                 size_t k;
@@ -1193,8 +1220,8 @@ static int check_unknown_fields(const json_t *root, char *errstr,
 
 struct mail_request *request_parse(const char *json, size_t len,
                                    const struct request_limits *limits,
-                                   char *idbuf, size_t idbuf_size,
-                                   char *errstr, size_t errstr_size) {
+                                   char *idbuf, size_t idbuf_size, char *errstr,
+                                   size_t errstr_size) {
         struct mail_request *req = NULL;
         json_t *root = NULL;
         json_error_t jerr;
@@ -1205,8 +1232,10 @@ struct mail_request *request_parse(const char *json, size_t len,
         if (idbuf_size > 0)
                 idbuf[0] = '\0';
         if (len > limits->max_bytes) {
-                fail(errstr, errstr_size, "request: %zu bytes exceeds "
-                     "request.max.bytes (%zu)", len, limits->max_bytes);
+                fail(errstr, errstr_size,
+                     "request: %zu bytes exceeds "
+                     "request.max.bytes (%zu)",
+                     len, limits->max_bytes);
                 goto out;
         }
         /* The fast path; json_loadb() decides what it leaves (and gives
@@ -1218,8 +1247,10 @@ struct mail_request *request_parse(const char *json, size_t len,
                                           JSON_ALLOW_NUL,
                                   &jerr);
         if (root == NULL) {
-                fail(errstr, errstr_size, "request: invalid JSON at line %d "
-                     "column %d: %s", jerr.line, jerr.column, jerr.text);
+                fail(errstr, errstr_size,
+                     "request: invalid JSON at line %d "
+                     "column %d: %s",
+                     jerr.line, jerr.column, jerr.text);
                 goto out;
         }
         if (!json_is_object(root)) {
@@ -1266,9 +1297,10 @@ struct mail_request *request_parse(const char *json, size_t len,
                 goto out;
         }
         if (rcpts > limits->max_recipients) {
-                fail(errstr, errstr_size, "to: %zu recipients in to, cc and "
-                     "bcc exceed request.max.recipients (%zu)", rcpts,
-                     limits->max_recipients);
+                fail(errstr, errstr_size,
+                     "to: %zu recipients in to, cc and "
+                     "bcc exceed request.max.recipients (%zu)",
+                     rcpts, limits->max_recipients);
                 goto out;
         }
         if (parse_address_list(root, "reply_to", 1, &req->reply_to,
@@ -1293,10 +1325,10 @@ struct mail_request *request_parse(const char *json, size_t len,
                         goto out;
                 }
         }
-        if (copy_opt_string(root, "text", 0, &req->text, errstr,
-                            errstr_size) != 0 ||
-            copy_opt_string(root, "html", 0, &req->html, errstr,
-                            errstr_size) != 0)
+        if (copy_opt_string(root, "text", 0, &req->text, errstr, errstr_size) !=
+                    0 ||
+            copy_opt_string(root, "html", 0, &req->html, errstr, errstr_size) !=
+                    0)
                 goto out;
         if (req->text == NULL && req->html == NULL) {
                 fail(errstr, errstr_size, "text: one of text or html required");

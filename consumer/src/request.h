@@ -71,8 +71,8 @@ struct mail_request {
  */
 struct mail_request *request_parse(const char *json, size_t len,
                                    const struct request_limits *limits,
-                                   char *idbuf, size_t idbuf_size,
-                                   char *errstr, size_t errstr_size);
+                                   char *idbuf, size_t idbuf_size, char *errstr,
+                                   size_t errstr_size);
 
 void request_destroy(struct mail_request *req);
 

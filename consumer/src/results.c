@@ -116,31 +116,29 @@ static void backlog_free(struct backlog *b) {
 
 /* Hands one record to librdkafka. @headers is taken on success only.
  * @returns the librdkafka error. */
-static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
-                                           int32_t partition,
-                                           const void *key, size_t key_len,
-                                           const void *value, size_t value_len,
-                                           rd_kafka_headers_t *headers,
-                                           void *opaque) {
+static rd_kafka_resp_err_t
+results_produce(results_t *r, const char *topic, int32_t partition,
+                const void *key, size_t key_len, const void *value,
+                size_t value_len, rd_kafka_headers_t *headers, void *opaque) {
         rd_kafka_resp_err_t err;
 
         if (headers)
                 err = rd_kafka_producev(
-                    r->r_rk, RD_KAFKA_V_TOPIC(topic),
-                    RD_KAFKA_V_PARTITION(partition),
-                    RD_KAFKA_V_KEY(key, key_len),
-                    RD_KAFKA_V_VALUE((void *)value, value_len),
-                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                    RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(opaque),
-                    RD_KAFKA_V_END);
+                        r->r_rk, RD_KAFKA_V_TOPIC(topic),
+                        RD_KAFKA_V_PARTITION(partition),
+                        RD_KAFKA_V_KEY(key, key_len),
+                        RD_KAFKA_V_VALUE((void *)value, value_len),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(opaque),
+                        RD_KAFKA_V_END);
         else
                 err = rd_kafka_producev(
-                    r->r_rk, RD_KAFKA_V_TOPIC(topic),
-                    RD_KAFKA_V_PARTITION(partition),
-                    RD_KAFKA_V_KEY(key, key_len),
-                    RD_KAFKA_V_VALUE((void *)value, value_len),
-                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                    RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+                        r->r_rk, RD_KAFKA_V_TOPIC(topic),
+                        RD_KAFKA_V_PARTITION(partition),
+                        RD_KAFKA_V_KEY(key, key_len),
+                        RD_KAFKA_V_VALUE((void *)value, value_len),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
         if (!err)
                 r->r_inflight++;
         return err;
@@ -150,9 +148,8 @@ static rd_kafka_resp_err_t results_produce(results_t *r, const char *topic,
  * taken. */
 static struct backlog *results_backlog_add(results_t *r, enum rec_kind kind,
                                            const char *topic, int32_t partition,
-                                           const void *key,
-                                           size_t key_len, const void *value,
-                                           size_t value_len,
+                                           const void *key, size_t key_len,
+                                           const void *value, size_t value_len,
                                            rd_kafka_headers_t *headers,
                                            void *opaque) {
         struct backlog *b = calloc(1, sizeof(*b));
@@ -196,15 +193,16 @@ static char *results_shrink_result(const void *value, size_t len) {
                 json_object_set_new(o, "metadata", json_null());
                 json_object_del(o, "failed_recipients");
                 json_object_del(o, "recipients"); /* "delivered" stays */
-                for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+                for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]);
+                     i++) {
                         json_t *v = json_object_get(o, fields[i]);
 
                         if (json_is_string(v) &&
                             json_string_length(v) > RESULTS_REPLY_CUT)
                                 json_object_set_new(
-                                    o, fields[i],
-                                    json_stringn(json_string_value(v),
-                                                 RESULTS_REPLY_CUT));
+                                        o, fields[i],
+                                        json_stringn(json_string_value(v),
+                                                     RESULTS_REPLY_CUT));
                 }
                 json_object_set_new(o, "truncated", json_true());
                 out = json_dumps(o, JSON_COMPACT);
@@ -218,9 +216,10 @@ static char *results_shrink_result(const void *value, size_t len) {
  * its owner. @headers is taken. Never drops a result or a dead-letter
  * copy. */
 static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
-                            int32_t partition, const void *key, size_t key_len, const void *value,
-                            size_t value_len, rd_kafka_headers_t *headers,
-                            void *opaque, int tries, rd_kafka_resp_err_t err) {
+                            int32_t partition, const void *key, size_t key_len,
+                            const void *value, size_t value_len,
+                            rd_kafka_headers_t *headers, void *opaque,
+                            int tries, rd_kafka_resp_err_t err) {
         struct backlog *b;
         char *small = NULL;
         char num[32];
@@ -235,15 +234,18 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
                 switch (kind) {
                 case REC_HANDOFF:
-                        LOG(LL_WARN, "retry record too large, retrying in memory "
-                            "instead topic=%s", topic);
+                        LOG(LL_WARN,
+                            "retry record too large, retrying in memory "
+                            "instead topic=%s",
+                            topic);
                         if (headers)
                                 rd_kafka_headers_destroy(headers);
                         r->r_nack_cb(opaque);
                         return;
                 case REC_DEADLETTER:
                         if (value_len > RESULTS_DEADLETTER_CUT) {
-                                LOG(LL_WARN, "dead-letter copy too large, cut "
+                                LOG(LL_WARN,
+                                    "dead-letter copy too large, cut "
                                     "topic=%s bytes=%zu cut_to=%d",
                                     topic, value_len, RESULTS_DEADLETTER_CUT);
                                 if (!headers)
@@ -257,7 +259,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
                 case REC_RESULT:
                         small = results_shrink_result(value, value_len);
                         if (small) {
-                                LOG(LL_WARN, "result too large, sent without "
+                                LOG(LL_WARN,
+                                    "result too large, sent without "
                                     "metadata topic=%s bytes=%zu",
                                     topic, value_len);
                                 value = small;
@@ -271,7 +274,8 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
         delay = backoff_ms(RESULTS_REOFFER_MIN_MS, RESULTS_REOFFER_MAX_MS, 0,
                            tries + 1, 0);
         if (tries == 0 || tries % 10 == 0)
-                LOG(LL_ERROR, "Kafka refused a record, offering it again (its "
+                LOG(LL_ERROR,
+                    "Kafka refused a record, offering it again (its "
                     "request stays uncommitted) topic=%s err=%s tries=%d "
                     "retry_in_ms=%lld",
                     topic, rd_kafka_err2str(err), tries + 1, (long long)delay);
@@ -285,9 +289,9 @@ static void results_refused(results_t *r, enum rec_kind kind, const char *topic,
 /* Offers a record to librdkafka, keeping it when refused. @headers is
  * taken. */
 static void results_send(results_t *r, enum rec_kind kind, const char *topic,
-                         int32_t partition, const void *key, size_t key_len, const void *value,
-                         size_t value_len, rd_kafka_headers_t *headers,
-                         void *opaque) {
+                         int32_t partition, const void *key, size_t key_len,
+                         const void *value, size_t value_len,
+                         rd_kafka_headers_t *headers, void *opaque) {
         rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
 
         if (!r->r_backlog_head) {
@@ -296,8 +300,8 @@ static void results_send(results_t *r, enum rec_kind kind, const char *topic,
                 if (!err)
                         return;
         }
-        results_refused(r, kind, topic, partition, key, key_len, value, value_len,
-                        headers, opaque, 0, err);
+        results_refused(r, kind, topic, partition, key, key_len, value,
+                        value_len, headers, opaque, 0, err);
 }
 
 /* Offers the backlog to librdkafka in order, skipping records not yet due
@@ -315,8 +319,8 @@ static void results_backlog_drain(results_t *r) {
                         continue;
                 }
                 err = results_produce(r, b->topic, b->partition, b->key,
-                                      b->key_len, b->value,
-                                      b->value_len, b->headers, b->opaque);
+                                      b->key_len, b->value, b->value_len,
+                                      b->headers, b->opaque);
                 if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
                 *pp = b->next;
@@ -327,9 +331,9 @@ static void results_backlog_drain(results_t *r) {
 
                         b->headers = NULL;
                         results_refused(r, b->kind, b->topic, b->partition,
-                                        b->key, b->key_len,
-                                        b->value, b->value_len, h, b->opaque,
-                                        b->tries, err);
+                                        b->key, b->key_len, b->value,
+                                        b->value_len, h, b->opaque, b->tries,
+                                        err);
                 } else {
                         b->headers = NULL; /* taken by librdkafka */
                 }
@@ -392,15 +396,14 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
             rd_kafka_err2str(m->err));
         if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
                 copy = rd_kafka_headers_copy(hdrs);
-        results_refused(r, results_kind_of(r, topic), topic,
-                        results_kind_of(r, topic) == REC_RESULT
-                            ? m->partition
-                            : RD_KAFKA_PARTITION_UA,
-                        m->key, m->key_len,
-                        m->payload, m->len, copy, m->_private, 0,
-                        m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
-                            ? RD_KAFKA_RESP_ERR__FAIL
-                            : m->err);
+        results_refused(
+                r, results_kind_of(r, topic), topic,
+                results_kind_of(r, topic) == REC_RESULT ? m->partition
+                                                        : RD_KAFKA_PARTITION_UA,
+                m->key, m->key_len, m->payload, m->len, copy, m->_private, 0,
+                m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
+                        ? RD_KAFKA_RESP_ERR__FAIL
+                        : m->err);
 }
 
 static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
@@ -410,7 +413,8 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
 
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
-                LOG(LL_ERROR, "results producer failed for good, stopping "
+                LOG(LL_ERROR,
+                    "results producer failed for good, stopping "
                     "(unfinished requests stay uncommitted) reason=%s",
                     fatal);
                 r->r_fatal = 1;
@@ -446,7 +450,8 @@ static void results_on_timer(loop_t *loop, void *opaque) {
 
         results_poll(r);
         loop_timer_start(loop, &r->r_timer,
-                         r->r_backlog_head ? RESULTS_RETRY_MS : RESULTS_POLL_MS);
+                         r->r_backlog_head ? RESULTS_RETRY_MS
+                                           : RESULTS_POLL_MS);
 }
 
 /* @returns whether the producer takes the user's setting of @key:
@@ -469,10 +474,10 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         /* Defaults first; kafka.* settings may replace any of them except
          * idempotence, which the contract needs. */
         static const char *const defaults[][2] = {
-            {"linger.ms", "5"},
-            {"message.timeout.ms", "0"},
-            {"queue.buffering.max.messages", "1000000"},
-            {"compression.type", "lz4"},
+                {"linger.ms", "5"},
+                {"message.timeout.ms", "0"},
+                {"queue.buffering.max.messages", "1000000"},
+                {"compression.type", "lz4"},
         };
         rd_kafka_conf_t *kc = NULL;
         results_t *r = NULL;
@@ -492,10 +497,10 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         r->r_topic_deadletter = strdup(conf->topic_deadletter);
         r->r_topic_retry = strdup(conf->topic_retry);
         r->r_worker = strdup(conf->worker_id);
-        r->r_relay = strdup(conf->smtp_url); /* config refuses credentials in it */
+        r->r_relay =
+                strdup(conf->smtp_url); /* config refuses credentials in it */
         if (!r->r_topic_results || !r->r_topic_deadletter ||
-            !r->r_topic_retry || !r->r_worker ||
-            !r->r_relay)
+            !r->r_topic_retry || !r->r_worker || !r->r_relay)
                 goto fail;
 
         kc = rd_kafka_conf_new();
@@ -507,7 +512,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                           errstr_size))
                 goto fail_set;
         if (kconf_set(kc, RESULTS_SCOPE, "enable.idempotence", "true", errstr,
-                             errstr_size))
+                      errstr_size))
                 goto fail_set;
         if (!results_conf_has(conf, "message.max.bytes")) {
                 /* Room for the dead-letter copy or retry record of the
@@ -515,9 +520,10 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 long max = 2L * conf->request_max_bytes + 65536;
                 char num[32];
 
-                snprintf(num, sizeof(num), "%ld", max < 1000000 ? 1000000 : max);
-                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num, errstr,
-                                     errstr_size))
+                snprintf(num, sizeof(num), "%ld",
+                         max < 1000000 ? 1000000 : max);
+                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num,
+                              errstr, errstr_size))
                         goto fail_set;
         }
         rd_kafka_conf_set_dr_msg_cb(kc, results_dr_cb);
@@ -543,11 +549,13 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 goto fail_set;
         }
         {
-                const char *topics[] = {r->r_topic_results, r->r_topic_deadletter,
+                const char *topics[] = {r->r_topic_results,
+                                        r->r_topic_deadletter,
                                         r->r_topic_retry};
 
                 for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
-                        r->r_rkt[i] = rd_kafka_topic_new(r->r_rk, topics[i], NULL);
+                        r->r_rkt[i] =
+                                rd_kafka_topic_new(r->r_rk, topics[i], NULL);
         }
         loop_timer_start(loop, &r->r_timer, RESULTS_POLL_MS);
         return r;
@@ -579,7 +587,7 @@ void results_destroy(results_t *r, int timeout_ms) {
                             "results not acknowledged at exit (their "
                             "requests stay uncommitted) count=%zu",
                             r->r_backlog_cnt +
-                                (size_t)rd_kafka_outq_len(r->r_rk));
+                                    (size_t)rd_kafka_outq_len(r->r_rk));
         }
         loop_timer_stop(r->r_loop, &r->r_timer);
         if (r->r_pipe[0] != -1) {
@@ -713,8 +721,9 @@ char *results_format(const struct result_rec *rec, const char *relay,
 
         results_format_time(rec->received_ms, received, sizeof(received));
         results_format_time(rec->completed_ms, completed, sizeof(completed));
-        latency = rec->request_ts_ms > 0 ? rec->completed_ms - rec->request_ts_ms
-                                         : rec->completed_ms - rec->received_ms;
+        latency = rec->request_ts_ms > 0
+                          ? rec->completed_ms - rec->request_ts_ms
+                          : rec->completed_ms - rec->received_ms;
         if (latency < 0)
                 latency = 0;
 
@@ -726,9 +735,9 @@ char *results_format(const struct result_rec *rec, const char *relay,
         dynbuf_appends(&b, ",\"status\":\"");
         dynbuf_appends(&b, result_status_name(rec->status));
         dynbuf_appends(&b, "\",\"delivered\":\"");
-        dynbuf_appends(&b, rec->delivered ? rec->delivered
-                   : rec->status == RESULT_SENT ? "all"
-                                                : "none");
+        dynbuf_appends(&b, rec->delivered               ? rec->delivered
+                           : rec->status == RESULT_SENT ? "all"
+                                                        : "none");
         dynbuf_appends(&b, "\",\"attempts\":");
         jb_int(&b, rec->attempts);
         dynbuf_appends(&b, ",\"smtp_code\":");
@@ -784,8 +793,8 @@ int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
         results_send(r, REC_RESULT, r->r_topic_results,
                      rec->results_partition >= 0 ? rec->results_partition
                                                  : RD_KAFKA_PARTITION_UA,
-                     rec->id,
-                     rec->id ? strlen(rec->id) : 0, value, len, NULL, opaque);
+                     rec->id, rec->id ? strlen(rec->id) : 0, value, len, NULL,
+                     opaque);
         free(value);
         return 0;
 }
@@ -804,15 +813,14 @@ int results_deadletter(results_t *r, const void *key, size_t key_len,
         rd_kafka_header_add(h, "km.source.offset", -1, num, -1);
         rd_kafka_header_add(h, "km.worker", -1, r->r_worker, -1);
         results_send(r, REC_DEADLETTER, r->r_topic_deadletter,
-                     RD_KAFKA_PARTITION_UA, key, key_len,
-                     value, value_len, h, opaque);
+                     RD_KAFKA_PARTITION_UA, key, key_len, value, value_len, h,
+                     opaque);
         return 0;
 }
 
 int results_handoff(results_t *r, const char *key, const char *value,
                     size_t value_len, void *opaque) {
         results_send(r, REC_HANDOFF, r->r_topic_retry, RD_KAFKA_PARTITION_UA,
-                     key, strlen(key), value,
-                     value_len, NULL, opaque);
+                     key, strlen(key), value, value_len, NULL, opaque);
         return 0;
 }

@@ -40,9 +40,8 @@ void retry_decide(const struct retry_conf *conf, const struct retry_state *st,
          * retry topic at once: its record keeps who has the mail, where an
          * in-memory retry would leave the next owner (after a crash, stop or
          * revoke) only the request, to send to every recipient again. */
-        if (st->can_hand_over &&
-            (st->from_retry_topic || st->leaving || st->partial ||
-             next > conf->local_window_ms))
+        if (st->can_hand_over && (st->from_retry_topic || st->leaving ||
+                                  st->partial || next > conf->local_window_ms))
                 d->action = RETRY_HAND_OVER;
         else if (st->leaving)
                 d->action = RETRY_ABANDON;
@@ -58,13 +57,13 @@ char *retry_record_format(const struct retry_record *r) {
 
         o = json_pack("{s:i, s:s, s:s%, s:i, s:I, s:I, s:I, s:{s:s, s:i, s:I}, "
                       "s:i, s:o}",
-                      "v", 1, "id", r->id, "request", r->request, r->request_len,
-                      "attempts", r->attempts, "due_ms", (json_int_t)r->due_ms,
-                      "first_received_ms", (json_int_t)r->first_received_ms,
-                      "request_ts_ms", (json_int_t)r->request_ts_ms, "source",
-                      "topic", r->source_topic, "partition",
-                      (int)r->source_partition, "offset",
-                      (json_int_t)r->source_offset, "last_smtp_code",
+                      "v", 1, "id", r->id, "request", r->request,
+                      r->request_len, "attempts", r->attempts, "due_ms",
+                      (json_int_t)r->due_ms, "first_received_ms",
+                      (json_int_t)r->first_received_ms, "request_ts_ms",
+                      (json_int_t)r->request_ts_ms, "source", "topic",
+                      r->source_topic, "partition", (int)r->source_partition,
+                      "offset", (json_int_t)r->source_offset, "last_smtp_code",
                       r->last_smtp_code, "last_smtp_reply",
                       utf8_json_string(r->last_smtp_reply));
         if (!o)
@@ -76,11 +75,12 @@ char *retry_record_format(const struct retry_record *r) {
                 for (size_t i = 0; i < r->rcpt_cnt; i++) {
                         const struct retry_rcpt *rc = &r->rcpts[i];
                         json_t *it = json_pack(
-                            "{s:I, s:s, s:s, s:i, s:o}", "index",
-                            (json_int_t)rc->index, "recipient", rc->recipient,
-                            "status", rc->sent ? "sent" : "failed", "smtp_code",
-                            rc->smtp_code, "smtp_reply",
-                            utf8_json_string(rc->smtp_reply));
+                                "{s:I, s:s, s:s, s:i, s:o}", "index",
+                                (json_int_t)rc->index, "recipient",
+                                rc->recipient, "status",
+                                rc->sent ? "sent" : "failed", "smtp_code",
+                                rc->smtp_code, "smtp_reply",
+                                utf8_json_string(rc->smtp_reply));
 
                         /* Dropped, the recipient would be sent to again. */
                         if (!it || json_array_append_new(arr, it) != 0)
@@ -133,19 +133,23 @@ static int retry_rcpts_parse(const json_t *arr, struct retry_record *r,
                                    &st, "smtp_code", &code, "smtp_reply",
                                    &reply)) {
                         snprintf(errstr, errstr_size,
-                                 "retry record: recipients[%zu]: %s", i, jerr.text);
+                                 "retry record: recipients[%zu]: %s", i,
+                                 jerr.text);
                         return -1;
                 }
                 if (idx < 0) {
-                        snprintf(errstr, errstr_size,
-                                 "retry record: recipients[%zu]: negative index", i);
+                        snprintf(
+                                errstr, errstr_size,
+                                "retry record: recipients[%zu]: negative index",
+                                i);
                         return -1;
                 }
                 if (strcmp(st, "sent") != 0 && strcmp(st, "failed") != 0) {
-                        snprintf(errstr, errstr_size,
-                                 "retry record: recipients[%zu]: status must be "
-                                 "\"sent\" or \"failed\"",
-                                 i);
+                        snprintf(
+                                errstr, errstr_size,
+                                "retry record: recipients[%zu]: status must be "
+                                "\"sent\" or \"failed\"",
+                                i);
                         return -1;
                 }
                 rc->index = (size_t)idx;
@@ -179,11 +183,12 @@ int retry_record_parse(const void *buf, size_t len, struct retry_record *r,
         rid = json_string_value(json_object_get(o, "id"));
         if (rid)
                 r->id = retry_strdup(rid, strlen(rid));
-        if (json_unpack_ex(o, &jerr, 0, "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o, s?o}",
-                           "id", &rid, "request", &req, &req_len, "attempts",
-                           &attempts, "due_ms", &due, "first_received_ms", &first,
-                           "request_ts_ms", &ts, "source", &src, "recipients",
-                           &rcpts) ||
+        if (json_unpack_ex(o, &jerr, 0,
+                           "{s:s, s:s%, s:I, s:I, s:I, s?I, s:o, s?o}", "id",
+                           &rid, "request", &req, &req_len, "attempts",
+                           &attempts, "due_ms", &due, "first_received_ms",
+                           &first, "request_ts_ms", &ts, "source", &src,
+                           "recipients", &rcpts) ||
             json_unpack_ex(src, &jerr, 0, "{s:I, s:I}", "partition", &part,
                            "offset", &off)) {
                 snprintf(errstr, errstr_size, "retry record: %s", jerr.text);

@@ -81,7 +81,8 @@ struct retry_rcpt {
  */
 struct retry_record {
         const char *id;
-        const char *request; /* the original request's JSON text, not NUL-ended */
+        const char
+                *request; /* the original request's JSON text, not NUL-ended */
         size_t request_len;
         int attempts;
         int64_t due_ms;
@@ -91,7 +92,8 @@ struct retry_record {
         int32_t source_partition;
         int64_t source_offset;
         int last_smtp_code;
-        const char *last_smtp_reply; /* NULL: ""; NULL after parsing: not read */
+        const char
+                *last_smtp_reply; /* NULL: ""; NULL after parsing: not read */
         struct retry_rcpt *rcpts; /* NULL when none */
         size_t rcpt_cnt;
 };

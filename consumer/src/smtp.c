@@ -104,9 +104,13 @@ static const unsigned ss_transitions[] = {
 };
 
 static const char *const ss_names[] = {
-        [SS_CONNECTING] = "connecting", [SS_IDLE] = "idle",
-        [SS_TXN] = "transaction", [SS_DRAIN] = "drain",
-        [SS_RSET] = "rset", [SS_QUIT] = "quit", [SS_DEAD] = "dead",
+        [SS_CONNECTING] = "connecting",
+        [SS_IDLE] = "idle",
+        [SS_TXN] = "transaction",
+        [SS_DRAIN] = "drain",
+        [SS_RSET] = "rset",
+        [SS_QUIT] = "quit",
+        [SS_DEAD] = "dead",
 };
 
 /* A libcurl multi handle and the sessions opened on it. */
@@ -400,7 +404,7 @@ static void job_add_rcpt_failure(struct smtp_job *job, size_t idx, int code,
                 return; /* not reset since the last submit */
         if (!job->rcpt_failures) {
                 job->rcpt_failures =
-                    calloc(job->rcpt_cnt, sizeof(*job->rcpt_failures));
+                        calloc(job->rcpt_cnt, sizeof(*job->rcpt_failures));
                 if (!job->rcpt_failures)
                         abort(); /* a refusal lost would count as accepted */
                 job->rcpt_failure_cnt = 0;
@@ -520,7 +524,8 @@ static void smtp_curl_fd_release(smtp_client_t *sc, int fd) {
 
 static void client_check_multi(struct smtp_multi *m);
 
-static void smtp_curl_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
+static void smtp_curl_io_cb(loop_t *loop, int fd, unsigned events,
+                            void *opaque) {
         struct smtp_multi *m = opaque;
         int flags = 0, running;
 
@@ -554,8 +559,8 @@ static int smtp_curl_socket_cb(CURL *easy, curl_socket_t fd, int what,
         if (smtp_curl_fd_owned(sc, fd)) {
                 sc->sc_curl_fds[fd] = m;
                 if (loop_io_mod(sc->sc_loop, fd, events) == -1)
-                        LOG(LL_ERROR, "smtp: epoll mod failed fd=%d error=%s", fd,
-                            strerror(errno));
+                        LOG(LL_ERROR, "smtp: epoll mod failed fd=%d error=%s",
+                            fd, strerror(errno));
                 return 0;
         }
         if (smtp_curl_fd_set(sc, fd, m) == -1 ||
@@ -605,9 +610,11 @@ static struct smtp_multi *client_multi_for_session(smtp_client_t *sc) {
         }
         m->m_client = sc;
         loop_timer_init(&m->m_timer, smtp_curl_timeout_fire, m);
-        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETFUNCTION, smtp_curl_socket_cb);
+        curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETFUNCTION,
+                          smtp_curl_socket_cb);
         curl_multi_setopt(m->m_multi, CURLMOPT_SOCKETDATA, m);
-        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERFUNCTION, smtp_curl_timer_cb);
+        curl_multi_setopt(m->m_multi, CURLMOPT_TIMERFUNCTION,
+                          smtp_curl_timer_cb);
         curl_multi_setopt(m->m_multi, CURLMOPT_TIMERDATA, m);
         m->m_next = sc->sc_multis;
         sc->sc_multis = m;
@@ -674,8 +681,8 @@ static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
 /* @returns why session_cmd() failed, for session_fail(). */
 static const char *session_cmd_error(const struct smtp_session *s) {
         return dynbuf_error(&s->ss_out) == DYNBUF_ELIMIT
-                   ? "too many commands for the output buffer"
-                   : "out of memory";
+                       ? "too many commands for the output buffer"
+                       : "out of memory";
 }
 
 static int session_out_pending(const struct smtp_session *s) {
@@ -728,8 +735,8 @@ static void session_arm(struct smtp_session *s) {
                 break;
         case SS_TXN:
                 ms = s->ss_step == s->ss_job->rcpt_cnt + 2
-                         ? c->timeout_data_ms
-                         : c->timeout_command_ms;
+                             ? c->timeout_data_ms
+                             : c->timeout_command_ms;
                 break;
         case SS_DRAIN:
         case SS_RSET:
@@ -737,8 +744,8 @@ static void session_arm(struct smtp_session *s) {
                 break;
         case SS_QUIT:
                 ms = c->timeout_command_ms < SMTP_QUIT_WAIT_MS
-                         ? c->timeout_command_ms
-                         : SMTP_QUIT_WAIT_MS;
+                             ? c->timeout_command_ms
+                             : SMTP_QUIT_WAIT_MS;
                 break;
         default:
                 return;
@@ -802,8 +809,8 @@ static void session_fail(struct smtp_session *s, const char *reason) {
 
         snprintf(msg, sizeof(msg), "%s after %s", reason,
                  session_step_name(s, s->ss_step));
-        LOG(LL_DEBUG, "smtp session closed relay=%s reason=%s",
-            sc->sc_relay, msg);
+        LOG(LL_DEBUG, "smtp session closed relay=%s reason=%s", sc->sc_relay,
+            msg);
         job = session_take_job(s);
         session_close(s);
         if (!job)
@@ -918,8 +925,8 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
                                &non_ascii))
                 why = "invalid sender address";
         for (size_t i = 0; !why && i < job->rcpt_cnt; i++) {
-                if (!job->rcpts[i][0] || !smtp_addr_ok(job->rcpts[i],
-                                                        &non_ascii))
+                if (!job->rcpts[i][0] ||
+                    !smtp_addr_ok(job->rcpts[i], &non_ascii))
                         why = "invalid recipient address";
         }
         if (!why && !non_ascii)
@@ -1036,7 +1043,8 @@ static void session_txn_reply(struct smtp_session *s, int code,
                 job = session_take_job(s);
                 session_close(s);
                 job_complete(sc, job,
-                             klass == 2 ? SMTP_TRANSIENT : smtp_outcome_of(code),
+                             klass == 2 ? SMTP_TRANSIENT
+                                        : smtp_outcome_of(code),
                              code, text);
                 return;
         }
@@ -1099,10 +1107,9 @@ static void session_txn_reply(struct smtp_session *s, int code,
                         session_start_data(s);
                         return;
                 }
-                session_abort_txn(s,
-                                  klass == 2 ? SMTP_TRANSIENT
-                                             : smtp_outcome_of(code),
-                                  code, text);
+                session_abort_txn(
+                        s, klass == 2 ? SMTP_TRANSIENT : smtp_outcome_of(code),
+                        code, text);
                 return;
         }
 
@@ -1241,8 +1248,7 @@ static void session_read(struct smtp_session *s) {
         }
 }
 
-static void session_io_cb(loop_t *loop, int fd, unsigned events,
-                          void *opaque) {
+static void session_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
         struct smtp_session *s = opaque;
 
         (void)loop;
@@ -1272,8 +1278,8 @@ static void session_timer_cb(loop_t *loop, void *opaque) {
         case SS_TXN:
                 snprintf(reason, sizeof(reason), "timeout (%d ms)",
                          s->ss_step == s->ss_job->rcpt_cnt + 2
-                             ? c->timeout_data_ms
-                             : c->timeout_command_ms);
+                                 ? c->timeout_data_ms
+                                 : c->timeout_command_ms);
                 /* a timeout is an attempt: the server saw the command */
                 s->ss_acked = 1;
                 session_fail(s, reason);
@@ -1289,7 +1295,8 @@ static void session_next(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
 
         while (s->ss_state == SS_IDLE) {
-                if (s->ss_messages >= (unsigned)sc->sc_conf.session_max_messages) {
+                if (s->ss_messages >=
+                    (unsigned)sc->sc_conf.session_max_messages) {
                         session_quit(s);
                         return;
                 }
@@ -1489,8 +1496,7 @@ static void session_connect_failed(struct smtp_session *s, CURLcode res) {
         else if (s->ss_errbuf[0])
                 snprintf(detail, sizeof(detail), "%s", s->ss_errbuf);
         else
-                snprintf(detail, sizeof(detail), "%s",
-                         curl_easy_strerror(res));
+                snprintf(detail, sizeof(detail), "%s", curl_easy_strerror(res));
         /* No reply from the relay at all: down, not refusing us. */
         client_relay_failed(sc, s, what, detail,
                             code == 0 && (res == CURLE_COULDNT_CONNECT ||
@@ -1505,7 +1511,7 @@ static void session_connected(struct smtp_session *s) {
         curl_socket_t fd = CURL_SOCKET_BAD;
 
         if (curl_easy_getinfo(s->ss_easy, CURLINFO_ACTIVESOCKET, &fd) !=
-                CURLE_OK ||
+                    CURLE_OK ||
             fd == CURL_SOCKET_BAD) {
                 session_connect_failed(s, CURLE_RECV_ERROR);
                 return;
@@ -1721,8 +1727,8 @@ static void client_kick_cb(loop_t *loop, void *opaque) {
                 return;
         want = sc->sc_queued - sc->sc_connecting;
         if (sc->sc_healthy) {
-                while (want > 0 && sc->sc_session_cnt <
-                                       (size_t)sc->sc_conf.sessions_max) {
+                while (want > 0 &&
+                       sc->sc_session_cnt < (size_t)sc->sc_conf.sessions_max) {
                         if (session_open(sc) == -1)
                                 break;
                         want--;
@@ -1785,7 +1791,7 @@ static int client_parse_url(smtp_client_t *sc, const char *url,
             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
             curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
             curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) !=
-                CURLUE_OK) {
+                    CURLUE_OK) {
                 snprintf(errstr, errstr_size, "smtp.url: not a valid URL");
                 goto out;
         }

@@ -97,7 +97,8 @@ struct smtp_client_conf {
         const char *password;
         const char *ca_file; /* NULL or "": system store */
         int tls_verify;
-        enum config_tls_version tls_min_version; /* oldest TLS version accepted */
+        enum config_tls_version
+                tls_min_version; /* oldest TLS version accepted */
         const char *helo_name; /* NULL or "": libcurl's default */
         int pipelining;
         int sessions_max;

@@ -47,7 +47,8 @@ struct worker_stats {
         uint64_t duplicates; /* repeated ids answered from an earlier result */
         uint64_t recalled; /* final outcomes read from the results topic */
         uint64_t recall_incomplete; /* partitions released before read fully */
-        uint64_t commits_unanswered; /* async commits offered again unanswered */
+        uint64_t
+                commits_unanswered; /* async commits offered again unanswered */
         uint64_t commits_answered; /* async commits Kafka confirmed */
         uint64_t stalls; /* stall.warn.ms periods with work held, no progress */
 };
@@ -212,9 +213,8 @@ static struct worker_topic *worker_topic_of(worker_t *w, const char *topic) {
 
 /* @returns the partition of @parts' element @i when it is one of ours, or
  * NULL. */
-static ledger_part_t *part_of_elem(worker_t *w,
-                                   const rd_kafka_topic_partition_list_t *parts,
-                                   int i) {
+static ledger_part_t *
+part_of_elem(worker_t *w, const rd_kafka_topic_partition_list_t *parts, int i) {
         struct worker_topic *wt = worker_topic_of(w, parts->elems[i].topic);
 
         return wt ? ledger_part_get(wt->wt_ledger, parts->elems[i].partition)
@@ -262,7 +262,8 @@ static void worker_commit_soon(worker_t *w, const struct worker_topic *wt) {
         int64_t now = loop_now_ms(w->w_loop);
         int64_t wait = w->w_last_commit_ms + WORKER_COMMIT_MIN_GAP_MS - now;
 
-        if (wait < 0 || (wt->wt_consumer && consumer_paused(wt->wt_consumer, 0)))
+        if (wait < 0 ||
+            (wt->wt_consumer && consumer_paused(wt->wt_consumer, 0)))
                 wait = 0;
         loop_timer_start_within(w->w_loop, &w->w_commit_timer, wait);
 }
@@ -385,7 +386,8 @@ static void entry_unfollow(struct entry *f) {
 
 /* Publishes the result of a repeated request from what its earlier request
  * ended with. */
-static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d) {
+static void entry_finish_duplicate(struct entry *e,
+                                   const struct dedupe_done *d) {
         worker_t *w = e->e_worker;
         struct result_source src, dup;
         struct result_rec rec;
@@ -393,7 +395,9 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         memset(&rec, 0, sizeof(rec));
         rec.id = e->e_req->id;
         rec.status = (enum result_status)d->status;
-        rec.delivered = d->delivered == 1 ? "some" : d->delivered == 2 ? "none" : "all";
+        rec.delivered = d->delivered == 1   ? "some"
+                        : d->delivered == 2 ? "none"
+                                            : "all";
         rec.attempts = 0;
         rec.smtp_code = d->smtp_code;
         rec.smtp_reply = d->smtp_reply[0] ? d->smtp_reply : NULL;
@@ -413,8 +417,8 @@ static void entry_finish_duplicate(struct entry *e, const struct dedupe_done *d)
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.duplicates++;
-        LOG(LL_INFO, "repeated request not sent again id=%s status=%s",
-            rec.id, result_status_name(rec.status));
+        LOG(LL_INFO, "repeated request not sent again id=%s status=%s", rec.id,
+            result_status_name(rec.status));
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
         results_publish(w->w_results, &rec, e);
@@ -521,7 +525,8 @@ static int entry_rcpts_any_final(const struct entry *e) {
 /* Puts the next transaction's recipients in e_job: those pending, at most
  * smtp.transaction.max.recipients. */
 static void entry_rcpts_to_job(struct entry *e) {
-        size_t max = (size_t)e->e_worker->w_conf->smtp_transaction_max_recipients;
+        size_t max =
+                (size_t)e->e_worker->w_conf->smtp_transaction_max_recipients;
         size_t m = 0;
 
         if (!e->e_rcpts && e->e_msg->rcpt_cnt <= max) {
@@ -620,8 +625,9 @@ static void entry_rcpts_from_retry(struct entry *e) {
                     strcmp(e->e_msg->rcpts[rc->index], rc->recipient) != 0)
                         continue;
                 entry_rcpts_init(e);
-                rcpt_set(&e->e_rcpts[rc->index], rc->sent ? RCPT_SENT : RCPT_FAILED,
-                         rc->smtp_code, rc->smtp_reply);
+                rcpt_set(&e->e_rcpts[rc->index],
+                         rc->sent ? RCPT_SENT : RCPT_FAILED, rc->smtp_code,
+                         rc->smtp_reply);
         }
         retry_record_clear(&e->e_retry);
 }
@@ -629,7 +635,8 @@ static void entry_rcpts_from_retry(struct entry *e) {
 /* @returns @e's recipients with a final outcome, for its retry record, with
  * their count in *@cnt (NULL and 0 when none). The strings are @e's: the
  * array lives until @e changes. */
-static struct retry_rcpt *entry_rcpts_final(const struct entry *e, size_t *cnt) {
+static struct retry_rcpt *entry_rcpts_final(const struct entry *e,
+                                            size_t *cnt) {
         struct retry_rcpt *arr = NULL;
         size_t n = 0;
 
@@ -674,16 +681,19 @@ static void entry_rcpts_result(const struct entry *e, struct result_rec *rec,
         *all = json_array();
         for (size_t i = 0; i < n; i++) {
                 const struct rcpt_state *r = &e->e_rcpts[i];
-                const char *st = r->st == RCPT_SENT     ? "sent"
-                                 : r->st == RCPT_FAILED ? "failed"
-                                                        : result_status_name(rec->status);
-                json_t *o = json_pack("{s:s, s:s}", "recipient", e->e_msg->rcpts[i],
-                                      "status", st);
+                const char *st = r->st == RCPT_SENT ? "sent"
+                                 : r->st == RCPT_FAILED
+                                         ? "failed"
+                                         : result_status_name(rec->status);
+                json_t *o = json_pack("{s:s, s:s}", "recipient",
+                                      e->e_msg->rcpts[i], "status", st);
 
                 json_object_set_new(o, "smtp_code",
-                                    r->code ? json_integer(r->code) : json_null());
+                                    r->code ? json_integer(r->code)
+                                            : json_null());
                 json_object_set_new(o, "smtp_reply",
-                                    r->reply ? utf8_json_string(r->reply) : json_null());
+                                    r->reply ? utf8_json_string(r->reply)
+                                             : json_null());
                 if (r->st == RCPT_SENT) {
                         sent++;
                 } else if (rec->status == RESULT_SENT) {
@@ -737,8 +747,8 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                 break;
         case RESULT_FAILED:
                 w->w_stats.failed++;
-                LOG(LL_INFO, "request failed id=%s code=%d reason=%s",
-                    rec.id, code, error ? error : (reply ? reply : ""));
+                LOG(LL_INFO, "request failed id=%s code=%d reason=%s", rec.id,
+                    code, error ? error : (reply ? reply : ""));
                 break;
         case RESULT_REJECTED:
                 w->w_stats.rejected++;
@@ -762,7 +772,8 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                                                               : 2;
         done.smtp_code = code;
         done.attempts = e->e_attempts;
-        snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s", reply ? reply : "");
+        snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s",
+                 reply ? reply : "");
         snprintf(done.error, sizeof(done.error), "%s", error ? error : "");
         snprintf(done.message_id, sizeof(done.message_id), "%s",
                  rec.message_id ? rec.message_id : "");
@@ -814,8 +825,8 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
         value = retry_record_format(&rec);
         free(rec.rcpts);
         w->w_stats.handoffs++;
-        LOG(LL_DEBUG, "moved to the retry topic id=%s attempts=%d", e->e_req->id,
-            e->e_attempts);
+        LOG(LL_DEBUG, "moved to the retry topic id=%s attempts=%d",
+            e->e_req->id, e->e_attempts);
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending++;
         e->e_handed_over = 1;
@@ -900,7 +911,8 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                  * own: they all share its outcome. */
                 switch (job->outcome) {
                 case SMTP_OK:
-                        entry_finish(e, RESULT_SENT, job->code, job->reply, NULL);
+                        entry_finish(e, RESULT_SENT, job->code, job->reply,
+                                     NULL);
                         return;
                 case SMTP_PERMANENT:
                         entry_finish_failed(e, job, NULL);
@@ -1041,14 +1053,16 @@ static void worker_reject(worker_t *w, struct entry *e,
         src.topic = e->e_topic->wt_name;
         src.partition = m->partition;
         src.offset = m->offset;
-        LOG(LL_INFO, "request rejected topic=%s partition=%d offset=%lld id=%s "
+        LOG(LL_INFO,
+            "request rejected topic=%s partition=%d offset=%lld id=%s "
             "reason=%s",
-            src.topic, (int)m->partition, (long long)m->offset, id[0] ? id : "-",
-            reason);
+            src.topic, (int)m->partition, (long long)m->offset,
+            id[0] ? id : "-", reason);
         e->e_state = ENTRY_PUBLISHING;
         e->e_acks_pending = 2;
         results_deadletter(w->w_results, m->key, m->key_len,
-                           m->payload ? m->payload : "", m->len, reason, &src, e);
+                           m->payload ? m->payload : "", m->len, reason, &src,
+                           e);
         if (e->e_topic->wt_index == TOPIC_RETRY) {
                 /* Report it where the request came from when that is known. */
                 src.topic = w->w_conf->topic_requests;
@@ -1076,7 +1090,8 @@ static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
                             size_t errstr_size) {
         struct retry_record *r = &e->e_retry;
 
-        if (retry_record_parse(m->payload, m->len, r, errstr, errstr_size) != 0) {
+        if (retry_record_parse(m->payload, m->len, r, errstr, errstr_size) !=
+            0) {
                 snprintf(id, id_size, "%s", r->id ? r->id : "");
                 retry_record_clear(r);
                 return -1;
@@ -1111,7 +1126,8 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
         if (ledger_track(wt->wt_ledger, p, m->offset) != 0) {
                 /* Seen already in this assignment (the consumer went back):
                  * still in flight, or done and committed or about to be. */
-                LOG(LL_WARN, "offset seen already topic=%s partition=%d offset=%lld",
+                LOG(LL_WARN,
+                    "offset seen already topic=%s partition=%d offset=%lld",
                     wt->wt_name, (int)m->partition, (long long)m->offset);
                 return;
         }
@@ -1128,7 +1144,8 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
                 goto out;
         }
         if (wt->wt_index == TOPIC_RETRY) {
-                if (entry_read_retry(e, m, id, sizeof(id), errstr, sizeof(errstr))) {
+                if (entry_read_retry(e, m, id, sizeof(id), errstr,
+                                     sizeof(errstr))) {
                         worker_reject(w, e, m, id, errstr);
                         goto out;
                 }
@@ -1195,8 +1212,8 @@ static void worker_on_assign(void *opaque,
                 n++;
         }
         if (n > 0)
-                recall_ask(w->w_recall, wt->wt_consumer, wt->wt_index, wt->wt_name,
-                           ids, seqs, n);
+                recall_ask(w->w_recall, wt->wt_consumer, wt->wt_index,
+                           wt->wt_name, ids, seqs, n);
         free(ids);
         free(seqs);
 }
@@ -1216,11 +1233,13 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
         w->w_stats.recalled += a->item_cnt;
         for (int i = 0; i < a->part_cnt; i++) {
                 const struct recall_part *ap = &a->parts[i];
-                ledger_part_t *p = ledger_part_get(wt->wt_ledger, ap->partition);
+                ledger_part_t *p =
+                        ledger_part_get(wt->wt_ledger, ap->partition);
 
-                if (!p || ledger_part_let_through(p, ap->seq, ap->results_partition,
-                                                  ap->results_end, ap->stored_floor,
-                                                  ap->consumed_end) != 0)
+                if (!p ||
+                    ledger_part_let_through(p, ap->seq, ap->results_partition,
+                                            ap->results_end, ap->stored_floor,
+                                            ap->consumed_end) != 0)
                         continue; /* revoked meanwhile */
                 consumer_release(wt->wt_consumer, wt->wt_name, ap->partition);
                 released++;
@@ -1234,11 +1253,13 @@ static void worker_on_recall(void *opaque, const struct recall_answer *a) {
         if (released == 0)
                 return;
         if (incomplete > 0)
-                LOG(LL_WARN, "results topic not fully read at assignment "
+                LOG(LL_WARN,
+                    "results topic not fully read at assignment "
                     "(requests finished by an earlier owner may be sent "
                     "again) topic=%s partitions=%d incomplete=%d reason=%s",
                     wt->wt_name, released, incomplete, a->note);
-        LOG(LL_INFO, "results read at assignment topic=%s partitions=%d "
+        LOG(LL_INFO,
+            "results read at assignment topic=%s partitions=%d "
             "with_results_offset=%d records=%llu final_ids=%zu took_ms=%lld",
             wt->wt_name, released, floors, (unsigned long long)records,
             a->item_cnt, (long long)a->took_ms);
@@ -1282,16 +1303,19 @@ static void worker_on_commit(void *opaque,
         }
         w->w_stats.commits_answered++;
         for (int i = 0; i < offsets->cnt; i++) {
-                struct worker_topic *of = worker_topic_of(w, offsets->elems[i].topic);
+                struct worker_topic *of =
+                        worker_topic_of(w, offsets->elems[i].topic);
 
                 if (of && !offsets->elems[i].err)
-                        ledger_committed(of->wt_ledger, offsets->elems[i].partition,
+                        ledger_committed(of->wt_ledger,
+                                         offsets->elems[i].partition,
                                          offsets->elems[i].offset);
         }
         worker_check_pressure(w);
         /* Completions that came while this commit was out may be waiting. */
         if (ledger_commit_urgent(wt->wt_ledger) ||
-            (ledger_held(wt->wt_ledger) > 0 && ledger_inflight(wt->wt_ledger) == 0))
+            (ledger_held(wt->wt_ledger) > 0 &&
+             ledger_inflight(wt->wt_ledger) == 0))
                 worker_commit_soon(w, wt);
 }
 
@@ -1301,7 +1325,8 @@ static void worker_commit_add(const struct worker_topic *wt,
                               rd_kafka_topic_partition_list_t *offs) {
         rd_kafka_topic_partition_t *rktpar;
 
-        rktpar = rd_kafka_topic_partition_list_add(offs, wt->wt_name, c->partition);
+        rktpar = rd_kafka_topic_partition_list_add(offs, wt->wt_name,
+                                                   c->partition);
         rktpar->offset = c->offset;
         if (c->metadata_len > 0) {
                 rktpar->metadata = malloc(c->metadata_len);
@@ -1328,13 +1353,16 @@ static int worker_commit_wait_ms(const worker_t *w) {
         if (!w->w_stopping)
                 return w->w_conf->commit_timeout_ms;
         left = worker_stop_left_ms(w);
-        return left < w->w_conf->commit_timeout_ms ? left : w->w_conf->commit_timeout_ms;
+        return left < w->w_conf->commit_timeout_ms
+                       ? left
+                       : w->w_conf->commit_timeout_ms;
 }
 
 /* Commits the watermark of every partition of @wt in @parts (all its
  * assigned ones when NULL) that moved since its last commit. */
 static void worker_commit(worker_t *w, struct worker_topic *wt,
-                          const rd_kafka_topic_partition_list_t *parts, int async) {
+                          const rd_kafka_topic_partition_list_t *parts,
+                          int async) {
         rd_kafka_topic_partition_list_t *offs;
         struct ledger_commit *commits;
         int32_t *ids = NULL;
@@ -1347,12 +1375,13 @@ static void worker_commit(worker_t *w, struct worker_topic *wt,
         errors = consumer_commit_errors(wt->wt_consumer);
         if (async && wt->wt_commit_sent_ms &&
             loop_now_ms(w->w_loop) - wt->wt_commit_sent_ms >=
-                w->w_conf->commit_timeout_ms) {
+                    w->w_conf->commit_timeout_ms) {
                 /* No answer (librdkafka may keep a commit for a session
                  * timeout while the coordinator is away): what it carried
                  * is offered again, or what waits for it (held) could wait
                  * for ever. */
-                LOG(LL_WARN, "offset commit not answered within "
+                LOG(LL_WARN,
+                    "offset commit not answered within "
                     "commit.timeout.ms (%d ms), offered again topic=%s",
                     w->w_conf->commit_timeout_ms, wt->wt_name);
                 wt->wt_commit_sent_ms = 0;
@@ -1364,14 +1393,15 @@ static void worker_commit(worker_t *w, struct worker_topic *wt,
                  * partition's watermark again, after a pause. */
                 wt->wt_commit_errors_seen = errors;
                 wt->wt_commit_hold_until =
-                    consumer_holds_commits(wt->wt_consumer)
-                        ? loop_now_ms(w->w_loop) + w->w_conf->commit_interval_ms
-                        : 0;
+                        consumer_holds_commits(wt->wt_consumer)
+                                ? loop_now_ms(w->w_loop) +
+                                          w->w_conf->commit_interval_ms
+                                : 0;
                 ledger_commit_failed_all(wt->wt_ledger);
         }
-        if (async && (loop_now_ms(w->w_loop) < wt->wt_commit_hold_until ||
-                      consumer_rebalancing(wt->wt_consumer) ||
-                      wt->wt_commit_sent_ms))
+        if (async &&
+            (loop_now_ms(w->w_loop) < wt->wt_commit_hold_until ||
+             consumer_rebalancing(wt->wt_consumer) || wt->wt_commit_sent_ms))
                 return;
         if (parts) {
                 ids = malloc((size_t)(parts->cnt + 1) * sizeof(*ids));
@@ -1395,7 +1425,8 @@ static void worker_commit(worker_t *w, struct worker_topic *wt,
         if (consumer_commit(wt->wt_consumer, offs,
                             async ? -1 : worker_commit_wait_ms(w)) == -1)
                 for (size_t i = 0; i < n; i++)
-                        ledger_commit_failed(wt->wt_ledger, commits[i].partition);
+                        ledger_commit_failed(wt->wt_ledger,
+                                             commits[i].partition);
         free(commits);
         rd_kafka_topic_partition_list_destroy(offs);
 }
@@ -1429,7 +1460,7 @@ static void worker_watch_progress(worker_t *w) {
         const struct worker_stats *st = &w->w_stats;
         const struct worker_topic *rq = &w->w_topics[TOPIC_REQUESTS];
         const struct worker_topic *rt =
-            w->w_topic_cnt > TOPIC_RETRY ? &w->w_topics[TOPIC_RETRY] : NULL;
+                w->w_topic_cnt > TOPIC_RETRY ? &w->w_topics[TOPIC_RETRY] : NULL;
         int64_t now = loop_now_ms(w->w_loop);
         uint64_t mark = st->consumed + st->sent + st->failed + st->rejected +
                         st->expired + st->handoffs + st->duplicates +
@@ -1451,9 +1482,11 @@ static void worker_watch_progress(worker_t *w) {
         w->w_progress_ms = now;
         w->w_stats.stalls++;
         for (int t = 0; t < w->w_topic_cnt; t++)
-                waiting_recall += (int)ledger_parts_held(w->w_topics[t].wt_ledger);
+                waiting_recall +=
+                        (int)ledger_parts_held(w->w_topics[t].wt_ledger);
         smtp_client_stats(w->w_smtp, &ss);
-        LOG(LL_WARN, "no progress for stall.warn.ms (%d ms) with requests held "
+        LOG(LL_WARN,
+            "no progress for stall.warn.ms (%d ms) with requests held "
             "inflight=%zu held=%zu limit=%zu paused=%d commit_out_ms=%lld "
             "retry_inflight=%zu retry_held=%zu results_unacknowledged=%zu "
             "smtp_sessions=%zu smtp_busy=%zu smtp_queued=%zu relay_healthy=%d "
@@ -1461,11 +1494,12 @@ static void worker_watch_progress(worker_t *w) {
             w->w_conf->stall_warn_ms, ledger_inflight(rq->wt_ledger),
             ledger_held(rq->wt_ledger), ledger_limit(rq->wt_ledger),
             rq->wt_consumer ? consumer_paused(rq->wt_consumer, 0) : 0,
-            rq->wt_commit_sent_ms ? (long long)(now - rq->wt_commit_sent_ms) : -1LL,
+            rq->wt_commit_sent_ms ? (long long)(now - rq->wt_commit_sent_ms)
+                                  : -1LL,
             rt ? ledger_inflight(rt->wt_ledger) : 0,
-            rt ? ledger_held(rt->wt_ledger) : 0,
-            results_pending(w->w_results), ss.sessions_open, ss.sessions_busy,
-            ss.jobs_queued, ss.relay_healthy, waiting_recall);
+            rt ? ledger_held(rt->wt_ledger) : 0, results_pending(w->w_results),
+            ss.sessions_open, ss.sessions_busy, ss.jobs_queued,
+            ss.relay_healthy, waiting_recall);
 }
 
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
@@ -1477,7 +1511,8 @@ static void worker_on_commit_timer(loop_t *loop, void *opaque) {
                 worker_expire_waiting(w);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 worker_commit(w, &w->w_topics[t], NULL, 1);
-        loop_timer_start(loop, &w->w_commit_timer, w->w_conf->commit_interval_ms);
+        loop_timer_start(loop, &w->w_commit_timer,
+                         w->w_conf->commit_interval_ms);
 }
 
 /* @returns whether @e belongs to one of @parts (every entry when NULL). */
@@ -1514,8 +1549,9 @@ static size_t worker_entries_of(worker_t *w,
  * retry topic, with their due time and attempts: their offsets become
  * committable, so the next owner of the partition does not consume again
  * what was finished after them. @returns how many. */
-static size_t worker_hand_over_waiting(worker_t *w,
-                                       const rd_kafka_topic_partition_list_t *parts) {
+static size_t
+worker_hand_over_waiting(worker_t *w,
+                         const rd_kafka_topic_partition_list_t *parts) {
         struct entry *e, *next;
         size_t n = 0;
 
@@ -1540,9 +1576,9 @@ static size_t worker_hand_over_waiting(worker_t *w,
  * consumed again by the partition's next owner; requests waiting for a
  * request with the same id are abandoned. @returns how many were handed
  * over. */
-static size_t worker_give_up_queued(worker_t *w,
-                                    const rd_kafka_topic_partition_list_t *parts,
-                                    int hand_over) {
+static size_t
+worker_give_up_queued(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
+                      int hand_over) {
         struct entry *e, *next;
         size_t n = 0;
 
@@ -1553,7 +1589,8 @@ static size_t worker_give_up_queued(worker_t *w,
                     e->e_no_handoff || !hand_over ||
                     smtp_client_cancel(w->w_smtp, &e->e_job) != 0)
                         continue;
-                entry_handoff(e, results_wall_ms(), e->e_job.code, e->e_job.reply);
+                entry_handoff(e, results_wall_ms(), e->e_job.code,
+                              e->e_job.reply);
                 n++;
         }
         /* Followers first: abandoning a leader hands its id to them. */
@@ -1604,15 +1641,17 @@ static size_t worker_drain_step(worker_t *w, struct drain *d,
                 smtp_client_stats(w->w_smtp, &ss);
                 if (!d->d_hand_over || !ss.relay_healthy ||
                     loop_clock_ms() >= d->d_give_up_ms) {
-                        d->d_queued = worker_give_up_queued(w, parts, d->d_hand_over);
+                        d->d_queued =
+                                worker_give_up_queued(w, parts, d->d_hand_over);
                         d->d_given_up = 1;
                         left = worker_entries_of(w, parts);
                 }
         }
         *done = left == 0 || loop_clock_ms() >= d->d_deadline_ms;
         if (*done && d->d_retries + d->d_queued > 0)
-                LOG(LL_INFO, "moved to the retry topic before release "
-                              "waiting_retries=%zu not_started=%zu",
+                LOG(LL_INFO,
+                    "moved to the retry topic before release "
+                    "waiting_retries=%zu not_started=%zu",
                     d->d_retries, d->d_queued);
         return left;
 }
@@ -1620,7 +1659,8 @@ static size_t worker_drain_step(worker_t *w, struct drain *d,
 /* Empties @parts (all when NULL) within @timeout_ms, running the loop: for
  * the top of the program (shutdown), or with no time at all (no loop run).
  * @returns what is left. */
-static size_t worker_drain(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
+static size_t worker_drain(worker_t *w,
+                           const rd_kafka_topic_partition_list_t *parts,
                            int timeout_ms, int hand_over) {
         struct drain d;
         size_t left;
@@ -1647,10 +1687,12 @@ static void worker_revoke_end(worker_t *w, struct worker_topic *wt,
                     "may be sent again by the next owner) count=%zu",
                     left);
         for (int i = 0; i < parts->cnt; i++) {
-                struct worker_topic *of = worker_topic_of(w, parts->elems[i].topic);
+                struct worker_topic *of =
+                        worker_topic_of(w, parts->elems[i].topic);
                 ledger_part_t *p =
-                    of ? ledger_part_get(of->wt_ledger, parts->elems[i].partition)
-                       : NULL;
+                        of ? ledger_part_get(of->wt_ledger,
+                                             parts->elems[i].partition)
+                           : NULL;
 
                 if (p)
                         ledger_part_release(of->wt_ledger, p);
@@ -1717,10 +1759,11 @@ static void worker_on_revoke(void *opaque,
         worker_revoke_finish(w, wt);
         if (deferred) {
                 rv->rv_parts = rd_kafka_topic_partition_list_copy(parts);
-                worker_drain_start(w, &rv->rv_drain, parts,
-                                   w->w_stopping ? 0
-                                                 : w->w_conf->rebalance_drain_timeout_ms,
-                                   1);
+                worker_drain_start(
+                        w, &rv->rv_drain, parts,
+                        w->w_stopping ? 0
+                                      : w->w_conf->rebalance_drain_timeout_ms,
+                        1);
                 loop_timer_start(w->w_loop, &rv->rv_timer, 0);
                 return;
         }
@@ -1743,9 +1786,10 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "kafka_mailer_requests_consumed_total", "counter",
                        "requests consumed (both topics)", NULL,
                        (double)st->consumed);
-        metrics_sample(out, "kafka_mailer_results_total", "counter",
-                       "requests this worker finished, by status (repeats are in duplicates_total)", "status=\"sent\"",
-                       (double)st->sent);
+        metrics_sample(
+                out, "kafka_mailer_results_total", "counter",
+                "requests this worker finished, by status (repeats are in duplicates_total)",
+                "status=\"sent\"", (double)st->sent);
         metrics_sample(out, "kafka_mailer_results_total", "counter", NULL,
                        "status=\"failed\"", (double)st->failed);
         metrics_sample(out, "kafka_mailer_results_total", "counter", NULL,
@@ -1761,10 +1805,11 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        "repeated request ids answered from an earlier result",
                        NULL, (double)st->duplicates);
         for (int t = 0; t < w->w_topic_cnt; t++)
-                metrics_sample(out, "kafka_mailer_inflight", "gauge",
-                               t == 0 ? "requests held, by topic" : NULL,
-                               topic_labels[t],
-                               (double)ledger_inflight(w->w_topics[t].wt_ledger));
+                metrics_sample(
+                        out, "kafka_mailer_inflight", "gauge",
+                        t == 0 ? "requests held, by topic" : NULL,
+                        topic_labels[t],
+                        (double)ledger_inflight(w->w_topics[t].wt_ledger));
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(out, "kafka_mailer_inflight_limit", "gauge",
                                t == 0 ? "in-flight limit, by topic" : NULL,
@@ -1778,23 +1823,26 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                topic_labels[t],
                                (double)ledger_held(w->w_topics[t].wt_ledger));
         for (int t = 0; t < w->w_topic_cnt; t++)
-                metrics_sample(out, "kafka_mailer_consumption_paused", "gauge",
-                               t == 0 ? "1 while the in-flight limit stops "
-                                        "consumption, by topic"
-                                      : NULL,
-                               topic_labels[t],
-                               w->w_topics[t].wt_consumer
-                                   ? consumer_paused(w->w_topics[t].wt_consumer, 0)
-                                   : 0);
+                metrics_sample(
+                        out, "kafka_mailer_consumption_paused", "gauge",
+                        t == 0 ? "1 while the in-flight limit stops "
+                                 "consumption, by topic"
+                               : NULL,
+                        topic_labels[t],
+                        w->w_topics[t].wt_consumer
+                                ? consumer_paused(w->w_topics[t].wt_consumer, 0)
+                                : 0);
         for (int t = 0; t < w->w_topic_cnt; t++)
-                metrics_sample(out, "kafka_mailer_fetch_nudges_total", "counter",
-                               t == 0 ? "fetch nudges sent (fetch.nudge.ms), by "
-                                        "topic"
-                                      : NULL,
-                               topic_labels[t],
-                               w->w_topics[t].wt_consumer
-                                   ? (double)consumer_nudges(w->w_topics[t].wt_consumer)
-                                   : 0);
+                metrics_sample(
+                        out, "kafka_mailer_fetch_nudges_total", "counter",
+                        t == 0 ? "fetch nudges sent (fetch.nudge.ms), by "
+                                 "topic"
+                               : NULL,
+                        topic_labels[t],
+                        w->w_topics[t].wt_consumer
+                                ? (double)consumer_nudges(
+                                          w->w_topics[t].wt_consumer)
+                                : 0);
         metrics_sample(out, "kafka_mailer_outcome_unknown", "gauge",
                        "sends whose outcome a crash now would lose: SMTP "
                        "transactions under way plus mail sent whose result "
@@ -1802,7 +1850,8 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        NULL, (double)(ss.sessions_busy + w->w_sent_unacked));
         metrics_sample(out, "kafka_mailer_recalled_total", "counter",
                        "final outcomes read from the results topic at "
-                       "assignment", NULL, (double)st->recalled);
+                       "assignment",
+                       NULL, (double)st->recalled);
         metrics_sample(out, "kafka_mailer_recall_incomplete_total", "counter",
                        "partitions let through before the results topic was "
                        "read to its end (dedupe.recall.timeout.ms, "
@@ -1828,12 +1877,13 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "kafka_mailer_smtp_queued", "gauge",
                        "messages waiting for an SMTP session", NULL,
                        (double)ss.jobs_queued);
-        metrics_sample(out, "kafka_mailer_smtp_sessions_opened_total", "counter",
-                       "SMTP sessions opened", NULL,
+        metrics_sample(out, "kafka_mailer_smtp_sessions_opened_total",
+                       "counter", "SMTP sessions opened", NULL,
                        (double)ss.sessions_opened_total);
-        metrics_sample(out, "kafka_mailer_relay_healthy", "gauge",
-                       "0 while the relay is backed off after refusing a session",
-                       NULL, ss.relay_healthy);
+        metrics_sample(
+                out, "kafka_mailer_relay_healthy", "gauge",
+                "0 while the relay is backed off after refusing a session",
+                NULL, ss.relay_healthy);
         metrics_sample(out, "kafka_mailer_relay_failures_total", "counter",
                        "session set-ups the relay refused or that failed", NULL,
                        (double)ss.relay_failures_total);
@@ -1854,10 +1904,10 @@ static int worker_health(char *reason, size_t reason_size, void *opaque) {
 worker_t *worker_new(const struct config *conf, char *errstr,
                      size_t errstr_size) {
         static const struct consumer_handlers handlers = {
-            .on_message = worker_on_message,
-            .on_assign = worker_on_assign,
-            .on_revoke = worker_on_revoke,
-            .on_commit = worker_on_commit,
+                .on_message = worker_on_message,
+                .on_assign = worker_on_assign,
+                .on_revoke = worker_on_revoke,
+                .on_commit = worker_on_commit,
         };
         struct smtp_client_conf scc;
         worker_t *w = calloc(1, sizeof(*w));
@@ -1893,7 +1943,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 size_t n;
 
                 for (size_t i = 0; i < conf->kafka_consumer_cnt; i++)
-                        if (strcmp(conf->kafka_consumer[i].key, "group.id") == 0)
+                        if (strcmp(conf->kafka_consumer[i].key, "group.id") ==
+                            0)
                                 group = conf->kafka_consumer[i].value;
                 n = strlen(group) + sizeof(".retry");
                 w->w_retry_group = malloc(n);
@@ -1912,7 +1963,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
 
                 wt->wt_worker = w;
                 wt->wt_index = t;
-                loop_timer_init(&wt->wt_revoke.rv_timer, worker_on_revoke_timer, wt);
+                loop_timer_init(&wt->wt_revoke.rv_timer, worker_on_revoke_timer,
+                                wt);
         }
         for (int t = 0; t < w->w_topic_cnt; t++) {
                 struct ledger_conf lc;
@@ -1946,14 +1998,14 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                     errstr, errstr_size);
         if (!w->w_smtp)
                 goto fail;
-        w->w_results = results_new(w->w_loop, conf, worker_on_ack, worker_on_nack,
-                                   errstr, errstr_size);
+        w->w_results = results_new(w->w_loop, conf, worker_on_ack,
+                                   worker_on_nack, errstr, errstr_size);
         if (!w->w_results)
                 goto fail;
         if (w->w_dedupe && conf->dedupe_recall_timeout_ms > 0) {
-                w->w_recall = recall_new(w->w_loop, conf,
-                                         (size_t)conf->dedupe_capacity,
-                                         worker_on_recall, w, errstr, errstr_size);
+                w->w_recall = recall_new(
+                        w->w_loop, conf, (size_t)conf->dedupe_capacity,
+                        worker_on_recall, w, errstr, errstr_size);
                 if (!w->w_recall)
                         goto fail;
         }
@@ -1961,8 +2013,9 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 struct worker_topic *wt = &w->w_topics[t];
 
                 wt->wt_consumer = consumer_new(
-                    w->w_loop, conf, t == TOPIC_RETRY ? w->w_retry_group : NULL,
-                    &wt->wt_name, 1, &handlers, wt, errstr, errstr_size);
+                        w->w_loop, conf,
+                        t == TOPIC_RETRY ? w->w_retry_group : NULL,
+                        &wt->wt_name, 1, &handlers, wt, errstr, errstr_size);
                 if (!wt->wt_consumer)
                         goto fail;
                 if (w->w_recall)
@@ -1970,12 +2023,13 @@ worker_t *worker_new(const struct config *conf, char *errstr,
         }
         if (conf->metrics_listen[0]) {
                 w->w_metrics = metrics_new(w->w_loop, conf->metrics_listen,
-                                           worker_render_metrics, worker_health, w,
-                                           errstr, errstr_size);
+                                           worker_render_metrics, worker_health,
+                                           w, errstr, errstr_size);
                 if (!w->w_metrics)
                         goto fail;
         }
-        loop_timer_start(w->w_loop, &w->w_commit_timer, conf->commit_interval_ms);
+        loop_timer_start(w->w_loop, &w->w_commit_timer,
+                         conf->commit_interval_ms);
         return w;
 
 fail:
@@ -1992,7 +2046,8 @@ void worker_stop(worker_t *w) {
 static int worker_stop_reserve_ms(const struct config *conf) {
         int quarter = conf->shutdown_timeout_ms / 4;
 
-        return quarter < conf->commit_timeout_ms ? quarter : conf->commit_timeout_ms;
+        return quarter < conf->commit_timeout_ms ? quarter
+                                                 : conf->commit_timeout_ms;
 }
 
 /* @returns why a consumer cannot go on, or NULL. */
@@ -2010,7 +2065,8 @@ int worker_run(worker_t *w) {
         size_t left;
         int fatal;
 
-        LOG(LL_INFO, "worker started id=%s version=%s librdkafka=%s "
+        LOG(LL_INFO,
+            "worker started id=%s version=%s librdkafka=%s "
             "group.protocol=%s topic=%s retry_topic=%s relay=%s inflight.max=%d",
             w->w_conf->worker_id, KM_VERSION, rd_kafka_version_str(),
             w->w_conf->group_protocol == CONFIG_GROUP_CONSUMER ? "consumer"
@@ -2028,15 +2084,16 @@ int worker_run(worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 consumer_set_paused(w->w_topics[t].wt_consumer, 0, 1);
         w->w_stopping = 1;
-        w->w_stop_deadline_ms = loop_clock_ms() + w->w_conf->shutdown_timeout_ms;
+        w->w_stop_deadline_ms =
+                loop_clock_ms() + w->w_conf->shutdown_timeout_ms;
         /* The drain leaves the commits and the group's goodbye part of
          * shutdown.timeout.ms: a quarter, at most commit.timeout.ms. Without
          * a producer no result can be acknowledged: nothing to wait for. */
         left = worker_drain(w, NULL,
                             results_fatal(w->w_results)
-                                ? 0
-                                : w->w_conf->shutdown_timeout_ms -
-                                      worker_stop_reserve_ms(w->w_conf),
+                                    ? 0
+                                    : w->w_conf->shutdown_timeout_ms -
+                                              worker_stop_reserve_ms(w->w_conf),
                             1);
         for (int t = 0; t < w->w_topic_cnt; t++) {
                 worker_revoke_finish(w, &w->w_topics[t]);
@@ -2046,7 +2103,8 @@ int worker_run(worker_t *w) {
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
         for (int t = 0; t < w->w_topic_cnt; t++) {
-                consumer_close(w->w_topics[t].wt_consumer, worker_stop_left_ms(w));
+                consumer_close(w->w_topics[t].wt_consumer,
+                               worker_stop_left_ms(w));
                 w->w_topics[t].wt_consumer = NULL;
         }
         LOG(LL_INFO,

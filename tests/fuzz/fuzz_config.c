@@ -109,8 +109,8 @@ static void fuzz_env(const uint8_t *data, size_t size) {
 
         if (conf == NULL)
                 abort();
-        for (char *line = strtok_r(copy, "\n", &save); line != NULL && n < ENV_MAX;
-             line = strtok_r(NULL, "\n", &save))
+        for (char *line = strtok_r(copy, "\n", &save);
+             line != NULL && n < ENV_MAX; line = strtok_r(NULL, "\n", &save))
                 envp[n++] = line;
         envp[n] = NULL;
         r = config_load_env(conf, envp, err, sizeof(err));

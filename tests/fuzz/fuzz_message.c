@@ -82,7 +82,8 @@ static void take_atom(struct src *s, char *out, size_t max, size_t *o) {
         for (size_t i = 0; i < n; i++) {
                 char c = alpha[take_byte(s) % (sizeof(alpha) - 1)];
 
-                if (c == '.' && (*o == start || out[*o - 1] == '.' || i + 1 == n))
+                if (c == '.' &&
+                    (*o == start || out[*o - 1] == '.' || i + 1 == n))
                         c = 'x';
                 out[(*o)++] = c;
         }
@@ -122,9 +123,21 @@ static void take_list(struct src *s, struct mail_address **list, size_t *cnt) {
 }
 
 static const char *const reserved[] = {
-        "From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID",
-        "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
-        "Content-Disposition", "Return-Path", "Received", "Sender",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "Return-Path",
+        "Received",
+        "Sender",
 };
 
 static char *take_header_name(struct src *s) {
@@ -193,8 +206,8 @@ static struct mail_request *take_request(struct src *s) {
                 req->headers[i].value = take_text(s, 1);
         }
         req->attachment_cnt = take_byte(s) % (ATTACH_MAX + 1);
-        req->attachments = calloc(req->attachment_cnt + 1,
-                                  sizeof(*req->attachments));
+        req->attachments =
+                calloc(req->attachment_cnt + 1, sizeof(*req->attachments));
         if (req->attachments == NULL)
                 abort();
         for (size_t i = 0; i < req->attachment_cnt; i++) {

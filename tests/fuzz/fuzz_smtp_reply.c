@@ -79,11 +79,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         fuzz_fail("the used bytes alone parse differently");
                 r2 = parse_copy(buf, (size_t)r - 1, &code2, text2, text_size);
                 if (r2 != 0)
-                        fuzz_fail("a prefix of a complete reply is not incomplete");
+                        fuzz_fail(
+                                "a prefix of a complete reply is not incomplete");
         } else if (r == 0 && len > 0) {
                 r2 = parse_copy(buf, len / 2, &code2, text2, text_size);
                 if (r2 != 0)
-                        fuzz_fail("a prefix of an incomplete reply is not incomplete");
+                        fuzz_fail(
+                                "a prefix of an incomplete reply is not incomplete");
         }
         free(text);
         free(text2);

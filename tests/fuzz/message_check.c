@@ -64,7 +64,8 @@ static void check_lines(const char *d, size_t n) {
                         fuzz_fail("line longer than 998 octets");
                 if (len == 1 && d[start] == '.')
                         fuzz_fail("line \".\" in data (ends DATA early)");
-                if (len >= 1 && d[start] == '.' && (len < 2 || d[start + 1] != '.'))
+                if (len >= 1 && d[start] == '.' &&
+                    (len < 2 || d[start + 1] != '.'))
                         fuzz_fail("line starting with '.' not dot-stuffed");
                 start = i + 1;
         }
@@ -142,7 +143,8 @@ static void check_headers(const struct mail_request *req,
 
                 if (line[0] == ' ' || line[0] == '\t') {
                         if (start == 0)
-                                fuzz_fail("header block starts with a continuation");
+                                fuzz_fail(
+                                        "header block starts with a continuation");
                 } else {
                         padded = 0;
                         const char *colon = memchr(line, ':', len);
@@ -151,7 +153,8 @@ static void check_headers(const struct mail_request *req,
                                 fuzz_fail("header line without a name");
                         for (const char *p = line; p < colon; p++) {
                                 if (*p < 33 || *p > 126)
-                                        fuzz_fail("invalid character in header name");
+                                        fuzz_fail(
+                                                "invalid character in header name");
                         }
                         size_t nlen = (size_t)(colon - line);
 
@@ -159,9 +162,11 @@ static void check_headers(const struct mail_request *req,
                                 fuzz_fail("Bcc header written");
                         if (nlen == 4 && strncasecmp(line, "From", 4) == 0)
                                 from++;
-                        if (nlen == 10 && strncasecmp(line, "Message-ID", 10) == 0)
+                        if (nlen == 10 &&
+                            strncasecmp(line, "Message-ID", 10) == 0)
                                 mid++;
-                        if (nlen == 12 && strncasecmp(line, "MIME-Version", 12) == 0)
+                        if (nlen == 12 &&
+                            strncasecmp(line, "MIME-Version", 12) == 0)
                                 mime++;
                         if (nlen == 4 && strncasecmp(line, "Date", 4) == 0)
                                 date++;
@@ -170,7 +175,8 @@ static void check_headers(const struct mail_request *req,
                 start += len + 2;
         }
         if (from != 1 || mid != 1 || mime != 1 || date != 1)
-                fuzz_fail("From, Date, Message-ID or MIME-Version not exactly once");
+                fuzz_fail(
+                        "From, Date, Message-ID or MIME-Version not exactly once");
         for (size_t i = 0; i < req->bcc_cnt; i++) {
                 const char *a = req->bcc[i].addr;
 

@@ -39,10 +39,9 @@ struct drive {
         int verbose_failures;
 };
 
-static const char *drive_rcpts[8] = {"a@sink.example", "b@sink.example",
-                                    "c@sink.example", "d@sink.example",
-                                    "e@sink.example", "f@sink.example",
-                                    "g@sink.example", "h@sink.example"};
+static const char *drive_rcpts[8] = {
+        "a@sink.example", "b@sink.example", "c@sink.example", "d@sink.example",
+        "e@sink.example", "f@sink.example", "g@sink.example", "h@sink.example"};
 
 static void drive_done(struct smtp_job *job, void *opaque) {
         struct drive *d = opaque;
@@ -67,7 +66,8 @@ static void drive_done(struct smtp_job *job, void *opaque) {
                                 job->rcpt_failures[i].rcpt,
                                 job->rcpt_failures[i].code,
                                 job->rcpt_failures[i].reply);
-                fprintf(stderr, "job %ld: %s code=%d reply=\"%s\" "
+                fprintf(stderr,
+                        "job %ld: %s code=%d reply=\"%s\" "
                         "rcpt_failures=%zu\n",
                         (long)(job - d->jobs),
                         job->outcome == SMTP_OK          ? "sent"
@@ -135,39 +135,39 @@ static void drive_usage(void) {
 
 int main(int argc, char **argv) {
         static const struct option opts[] = {
-            {"url", required_argument, NULL, 'u'},
-            {"count", required_argument, NULL, 'n'},
-            {"inflight", required_argument, NULL, 'k'},
-            {"sessions", required_argument, NULL, 's'},
-            {"size", required_argument, NULL, 'z'},
-            {"rcpts", required_argument, NULL, 'r'},
-            {"starttls", required_argument, NULL, 't'},
-            {"user", required_argument, NULL, 'U'},
-            {"password", required_argument, NULL, 'P'},
-            {"ca", required_argument, NULL, 'C'},
-            {"insecure", no_argument, NULL, 'I'},
-            {"helo", required_argument, NULL, 'H'},
-            {"no-pipelining", no_argument, NULL, 'N'},
-            {"max-messages", required_argument, NULL, 'm'},
-            {"timeout-data", required_argument, NULL, 'D'},
-            {"max-seconds", required_argument, NULL, 'x'},
-            {"log", required_argument, NULL, 'l'},
-            {"to", required_argument, NULL, 'T'},
-            {NULL, 0, NULL, 0},
+                {"url", required_argument, NULL, 'u'},
+                {"count", required_argument, NULL, 'n'},
+                {"inflight", required_argument, NULL, 'k'},
+                {"sessions", required_argument, NULL, 's'},
+                {"size", required_argument, NULL, 'z'},
+                {"rcpts", required_argument, NULL, 'r'},
+                {"starttls", required_argument, NULL, 't'},
+                {"user", required_argument, NULL, 'U'},
+                {"password", required_argument, NULL, 'P'},
+                {"ca", required_argument, NULL, 'C'},
+                {"insecure", no_argument, NULL, 'I'},
+                {"helo", required_argument, NULL, 'H'},
+                {"no-pipelining", no_argument, NULL, 'N'},
+                {"max-messages", required_argument, NULL, 'm'},
+                {"timeout-data", required_argument, NULL, 'D'},
+                {"max-seconds", required_argument, NULL, 'x'},
+                {"log", required_argument, NULL, 'l'},
+                {"to", required_argument, NULL, 'T'},
+                {NULL, 0, NULL, 0},
         };
         struct smtp_client_conf scc = {
-            .starttls = CONFIG_TLS_OFF,
-            .tls_verify = 1,
-            .pipelining = 1,
-            .sessions_max = 20,
-            .session_max_messages = 1000000,
-            .session_idle_ms = 10000,
-            .timeout_connect_ms = 10000,
-            .timeout_command_ms = 30000,
-            .timeout_data_ms = 60000,
-            .relay_backoff_initial_ms = 500,
-            .relay_backoff_max_ms = 10000,
-            .relay_probe_ms = 1000,
+                .starttls = CONFIG_TLS_OFF,
+                .tls_verify = 1,
+                .pipelining = 1,
+                .sessions_max = 20,
+                .session_max_messages = 1000000,
+                .session_idle_ms = 10000,
+                .timeout_connect_ms = 10000,
+                .timeout_command_ms = 30000,
+                .timeout_data_ms = 60000,
+                .relay_backoff_initial_ms = 500,
+                .relay_backoff_max_ms = 10000,
+                .relay_probe_ms = 1000,
         };
         struct drive d;
         long inflight = 100, size = 1024, rcpts = 1, max_seconds = 0;
@@ -197,7 +197,8 @@ int main(int argc, char **argv) {
                         inflight = drive_long(optarg, "--inflight");
                         break;
                 case 's':
-                        scc.sessions_max = (int)drive_long(optarg, "--sessions");
+                        scc.sessions_max =
+                                (int)drive_long(optarg, "--sessions");
                         break;
                 case 'z':
                         size = drive_long(optarg, "--size");
@@ -235,11 +236,11 @@ int main(int argc, char **argv) {
                         break;
                 case 'm':
                         scc.session_max_messages =
-                            (int)drive_long(optarg, "--max-messages");
+                                (int)drive_long(optarg, "--max-messages");
                         break;
                 case 'D':
                         scc.timeout_data_ms =
-                            (int)drive_long(optarg, "--timeout-data");
+                                (int)drive_long(optarg, "--timeout-data");
                         break;
                 case 'x':
                         max_seconds = drive_long(optarg, "--max-seconds");
@@ -310,8 +311,9 @@ int main(int argc, char **argv) {
         t1 = loop_clock_ms();
         secs = (double)(t1 - t0) / 1000.0;
         smtp_client_stats(d.sc, &st);
-        fprintf(stderr, "smtp-drive: sessions_opened=%" PRIu64
-                        " relay_failures=%" PRIu64 "\n",
+        fprintf(stderr,
+                "smtp-drive: sessions_opened=%" PRIu64
+                " relay_failures=%" PRIu64 "\n",
                 st.sessions_opened_total, st.relay_failures_total);
         printf("sent=%ld permanent=%ld transient=%ld seconds=%.2f rate=%.1f\n",
                d.sent, d.permanent, d.transient, secs,

@@ -71,12 +71,16 @@ static void test_the_delay_is_at_least_one_ms(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_without_jitter_the_delay_doubles_up_to_the_max),
-            cmocka_unit_test(test_an_initial_delay_above_the_max_is_cut_to_it),
-            cmocka_unit_test(test_huge_attempts_and_limits_do_not_overflow),
-            cmocka_unit_test(test_jitter_stays_within_the_percent_and_covers_it),
-            cmocka_unit_test(test_the_random_value_decides_the_point_in_the_range),
-            cmocka_unit_test(test_the_delay_is_at_least_one_ms),
+                cmocka_unit_test(
+                        test_without_jitter_the_delay_doubles_up_to_the_max),
+                cmocka_unit_test(
+                        test_an_initial_delay_above_the_max_is_cut_to_it),
+                cmocka_unit_test(test_huge_attempts_and_limits_do_not_overflow),
+                cmocka_unit_test(
+                        test_jitter_stays_within_the_percent_and_covers_it),
+                cmocka_unit_test(
+                        test_the_random_value_decides_the_point_in_the_range),
+                cmocka_unit_test(test_the_delay_is_at_least_one_ms),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

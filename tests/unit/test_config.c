@@ -229,8 +229,10 @@ static void test_int_parsing(void **state) {
 
 static void test_bool_parsing(void **state) {
         struct config *conf = *state;
-        static const char *const yes[] = {"true", "1", "yes", "on", "TRUE", "On"};
-        static const char *const no[] = {"false", "0", "no", "off", "FALSE", "Off"};
+        static const char *const yes[] = {"true", "1",    "yes",
+                                          "on",   "TRUE", "On"};
+        static const char *const no[] = {"false", "0",     "no",
+                                         "off",   "FALSE", "Off"};
 
         for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
                 assert_int_equal(set(conf, "smtp.tls.verify", no[i]), 0);
@@ -289,9 +291,9 @@ static void test_enum_error_truncates_safely(void **state) {
                                     sizeof(small)),
                          -1);
         assert_int_equal(strlen(small), sizeof(small) - 1);
-        assert_int_equal(config_set(conf, "smtp.starttls", "maybe", "-X", small,
-                                    20),
-                         -1);
+        assert_int_equal(
+                config_set(conf, "smtp.starttls", "maybe", "-X", small, 20),
+                -1);
         assert_int_equal(strlen(small), 19);
 }
 
@@ -436,7 +438,8 @@ static void test_kafka_routing(void **state) {
 
         /* Later values replace earlier ones, in whichever list they hit. */
         ccnt = conf->kafka_consumer_cnt;
-        assert_int_equal(set(conf, "kafka.consumer.bootstrap.servers", "k2"), 0);
+        assert_int_equal(set(conf, "kafka.consumer.bootstrap.servers", "k2"),
+                         0);
         assert_int_equal(conf->kafka_consumer_cnt, ccnt);
         assert_string_equal(consumer_get(conf, "bootstrap.servers"), "k2");
         assert_string_equal(producer_get(conf, "bootstrap.servers"), "k1:9092");
@@ -573,9 +576,9 @@ static void test_secrets_never_printed(void **state) {
         assert_int_equal(set(conf, "kafka.sasl.password", SECRET_VALUE), 0);
         assert_int_equal(
                 set(conf, "kafka.producer.ssl.key.password", SECRET_VALUE), 0);
-        assert_int_equal(set(conf, "kafka.sasl.oauthbearer.client.secret",
-                             SECRET_VALUE),
-                         0);
+        assert_int_equal(
+                set(conf, "kafka.sasl.oauthbearer.client.secret", SECRET_VALUE),
+                0);
         assert_int_equal(set(conf, "kafka.sasl.username", "kuser"), 0);
         assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
 
@@ -584,8 +587,7 @@ static void test_secrets_never_printed(void **state) {
         assert_non_null(strstr(out, "\nsmtp.password=***\n"));
         assert_non_null(strstr(out, "\nkafka.consumer.sasl.password=***\n"));
         assert_non_null(strstr(out, "\nkafka.producer.sasl.password=***\n"));
-        assert_non_null(
-                strstr(out, "\nkafka.producer.ssl.key.password=***\n"));
+        assert_non_null(strstr(out, "\nkafka.producer.ssl.key.password=***\n"));
         assert_non_null(strstr(
                 out, "\nkafka.consumer.sasl.oauthbearer.client.secret=***\n"));
         assert_non_null(strstr(out, "\nkafka.consumer.sasl.username=kuser\n"));
@@ -624,7 +626,8 @@ static void test_empty_password_dumps_empty(void **state) {
         assert_non_null(strstr(out, "\nsmtp.starttls=required\n"));
         assert_non_null(strstr(out, "\nsmtp.tls.verify=true\n"));
         assert_non_null(strstr(out, "\ninflight.max=1000\n"));
-        assert_non_null(strstr(out, "\nkafka.consumer.group.id=kafka-mailer\n"));
+        assert_non_null(
+                strstr(out, "\nkafka.consumer.group.id=kafka-mailer\n"));
         free(out);
 }
 
@@ -717,8 +720,9 @@ static void test_help_lists_every_key(void **state) {
                 snprintf(needle, sizeof(needle), "  %s (", config_key_name(i));
                 assert_non_null(strstr(out, needle));
         }
-        assert_non_null(strstr(out, "  smtp.sessions.max (int, default \"100\", "
-                                    "1..20000)\n"));
+        assert_non_null(strstr(out,
+                               "  smtp.sessions.max (int, default \"100\", "
+                               "1..20000)\n"));
         assert_non_null(strstr(out, "kafka.consumer.X"));
         free(out);
 }
@@ -746,7 +750,8 @@ static void test_doc_names_every_key(void **state) {
 
         (void)state;
         assert_non_null(fixtures);
-        snprintf(path, sizeof(path), "%s/../../docs/configuration.md", fixtures);
+        snprintf(path, sizeof(path), "%s/../../docs/configuration.md",
+                 fixtures);
         fp = fopen(path, "r");
         assert_non_null(fp);
         assert_int_equal(fseek(fp, 0, SEEK_END), 0);
@@ -783,50 +788,59 @@ static void test_group_protocol_default_and_choices(void **state) {
 static void test_kafka_group_protocol_refused(void **state) {
         struct config *conf = *state;
 
-        assert_int_equal(set(conf, "kafka.consumer.group.protocol", "consumer"), 0);
+        assert_int_equal(set(conf, "kafka.consumer.group.protocol", "consumer"),
+                         0);
         assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
-        assert_string_equal(errstr, "kafka.group.protocol: set group.protocol "
-                                    "instead (the worker picks the settings that "
-                                    "go with it)");
+        assert_string_equal(errstr,
+                            "kafka.group.protocol: set group.protocol "
+                            "instead (the worker picks the settings that "
+                            "go with it)");
 }
 
 /* Each classic-only setting is refused under KIP-848 with the reason, and is
  * fine under classic; group.remote.assignor the other way round. */
 static void test_settings_of_the_other_group_protocol_refused(void **state) {
         static const char *const classic_only[] = {
-            "kafka.partition.assignment.strategy", "kafka.consumer.session.timeout.ms",
-            "kafka.heartbeat.interval.ms", "kafka.group.protocol.type"};
+                "kafka.partition.assignment.strategy",
+                "kafka.consumer.session.timeout.ms",
+                "kafka.heartbeat.interval.ms", "kafka.group.protocol.type"};
         struct config *conf;
 
         (void)state;
-        for (size_t i = 0; i < sizeof(classic_only) / sizeof(classic_only[0]); i++) {
+        for (size_t i = 0; i < sizeof(classic_only) / sizeof(classic_only[0]);
+             i++) {
                 conf = config_new();
                 assert_non_null(conf);
                 assert_int_equal(set(conf, classic_only[i], "1000"), 0);
-                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)),
+                                 0);
                 assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
-                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+                assert_int_equal(config_finish(conf, errstr, sizeof(errstr)),
+                                 -1);
                 assert_non_null(strstr(errstr, "not allowed with "
                                                "group.protocol=consumer: "));
                 config_destroy(conf);
         }
         conf = config_new();
         assert_non_null(conf);
-        assert_int_equal(set(conf, "kafka.consumer.session.timeout.ms", "6000"), 0);
+        assert_int_equal(set(conf, "kafka.consumer.session.timeout.ms", "6000"),
+                         0);
         assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
         assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
-        assert_string_equal(errstr,
-                            "kafka.session.timeout.ms: not allowed with "
-                            "group.protocol=consumer: under group.protocol=consumer "
-                            "the broker sets it (group.consumer.session.timeout.ms)");
+        assert_string_equal(
+                errstr,
+                "kafka.session.timeout.ms: not allowed with "
+                "group.protocol=consumer: under group.protocol=consumer "
+                "the broker sets it (group.consumer.session.timeout.ms)");
         config_destroy(conf);
 
         conf = config_new();
         assert_non_null(conf);
         assert_int_equal(set(conf, "kafka.group.remote.assignor", "range"), 0);
         assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
-        assert_non_null(strstr(errstr, "kafka.group.remote.assignor: not allowed "
-                                       "with group.protocol=classic: "));
+        assert_non_null(strstr(errstr,
+                               "kafka.group.remote.assignor: not allowed "
+                               "with group.protocol=classic: "));
         assert_int_equal(set(conf, "group.protocol", "consumer"), 0);
         assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
         config_destroy(conf);

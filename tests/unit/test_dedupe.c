@@ -25,7 +25,8 @@ static void test_new_id_makes_the_caller_its_leader(void **state) {
         int a, b;
 
         (void)state;
-        assert_int_equal(dedupe_claim(d, "x", &a, 0, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "x", &a, 0, &leader, &done),
+                         DEDUPE_NEW);
         assert_int_equal(dedupe_claim(d, "x", &b, 1, &leader, &done),
                          DEDUPE_INFLIGHT);
         assert_ptr_equal(leader, &a);
@@ -47,7 +48,8 @@ static void test_finished_id_reports_its_result_until_the_ttl(void **state) {
                          DEDUPE_DONE);
         assert_string_equal(done->message_id, "<x@y>");
         /* 1000 ms after it finished it is forgotten. */
-        assert_int_equal(dedupe_claim(d, "x", &a, 1100, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "x", &a, 1100, &leader, &done),
+                         DEDUPE_NEW);
         dedupe_destroy(d);
 }
 
@@ -68,7 +70,8 @@ static void test_finished_fields_come_back_unchanged(void **state) {
         r.source_offset = 123456789012;
         dedupe_claim(d, "abc", &a, 0, &leader, &done);
         dedupe_finish(d, "abc", &r, 0);
-        assert_int_equal(dedupe_claim(d, "abc", &a, 1, &leader, &done), DEDUPE_DONE);
+        assert_int_equal(dedupe_claim(d, "abc", &a, 1, &leader, &done),
+                         DEDUPE_DONE);
         assert_int_equal(done->status, 1);
         assert_int_equal(done->smtp_code, 550);
         assert_int_equal(done->attempts, 3);
@@ -132,7 +135,8 @@ static void test_released_id_can_be_claimed_again(void **state) {
         dedupe_claim(d, "x", &a, 0, &leader, &done);
         dedupe_release(d, "x");
         assert_int_equal(dedupe_size(d), 0);
-        assert_int_equal(dedupe_claim(d, "x", &b, 0, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "x", &b, 0, &leader, &done),
+                         DEDUPE_NEW);
         dedupe_destroy(d);
 }
 
@@ -147,7 +151,8 @@ static void test_capacity_zero_remembers_nothing_finished(void **state) {
         dedupe_claim(d, "x", &a, 0, &leader, &done);
         dedupe_finish(d, "x", &r, 0);
         assert_int_equal(dedupe_size(d), 0);
-        assert_int_equal(dedupe_claim(d, "x", &a, 1, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "x", &a, 1, &leader, &done),
+                         DEDUPE_NEW);
         dedupe_destroy(d);
 }
 
@@ -161,33 +166,38 @@ static void test_remembered_id_is_done_and_leaders_win(void **state) {
 
         (void)state;
         dedupe_remember(d, "r", &r, 0);
-        assert_int_equal(dedupe_claim(d, "r", &a, 1, &leader, &done), DEDUPE_DONE);
+        assert_int_equal(dedupe_claim(d, "r", &a, 1, &leader, &done),
+                         DEDUPE_DONE);
         assert_int_equal(done->status, 1);
         assert_string_equal(done->message_id, "<r@y>");
         /* Known already: neither a leader nor an earlier result changes. */
-        assert_int_equal(dedupe_claim(d, "f", &a, 1, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "f", &a, 1, &leader, &done),
+                         DEDUPE_NEW);
         dedupe_remember(d, "f", &other, 2);
         assert_int_equal(dedupe_claim(d, "f", &b, 3, &leader, &done),
                          DEDUPE_INFLIGHT);
         assert_ptr_equal(leader, &a);
         dedupe_remember(d, "r", &other, 4);
-        assert_int_equal(dedupe_claim(d, "r", &b, 5, &leader, &done), DEDUPE_DONE);
+        assert_int_equal(dedupe_claim(d, "r", &b, 5, &leader, &done),
+                         DEDUPE_DONE);
         assert_string_equal(done->message_id, "<r@y>");
         /* Remembered ids expire like finished ones. */
-        assert_int_equal(dedupe_claim(d, "r", &b, 1000, &leader, &done), DEDUPE_NEW);
+        assert_int_equal(dedupe_claim(d, "r", &b, 1000, &leader, &done),
+                         DEDUPE_NEW);
         dedupe_destroy(d);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_new_id_makes_the_caller_its_leader),
-            cmocka_unit_test(test_finished_id_reports_its_result_until_the_ttl),
-            cmocka_unit_test(test_finished_fields_come_back_unchanged),
-            cmocka_unit_test(test_capacity_evicts_the_oldest_finished_ids),
-            cmocka_unit_test(test_ids_in_flight_are_never_evicted),
-            cmocka_unit_test(test_released_id_can_be_claimed_again),
-            cmocka_unit_test(test_capacity_zero_remembers_nothing_finished),
-            cmocka_unit_test(test_remembered_id_is_done_and_leaders_win),
+                cmocka_unit_test(test_new_id_makes_the_caller_its_leader),
+                cmocka_unit_test(
+                        test_finished_id_reports_its_result_until_the_ttl),
+                cmocka_unit_test(test_finished_fields_come_back_unchanged),
+                cmocka_unit_test(test_capacity_evicts_the_oldest_finished_ids),
+                cmocka_unit_test(test_ids_in_flight_are_never_evicted),
+                cmocka_unit_test(test_released_id_can_be_claimed_again),
+                cmocka_unit_test(test_capacity_zero_remembers_nothing_finished),
+                cmocka_unit_test(test_remembered_id_is_done_and_leaders_win),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

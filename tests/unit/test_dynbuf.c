@@ -123,12 +123,15 @@ static void test_take_hands_over_the_bytes_and_empties(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_appends_accumulate_and_stay_nul_terminated),
-            cmocka_unit_test(test_growing_past_many_doublings_keeps_every_byte),
-            cmocka_unit_test(test_the_limit_is_reached_exactly_and_not_passed),
-            cmocka_unit_test(test_a_failure_sticks_until_reset),
-            cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
-            cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
+                cmocka_unit_test(
+                        test_appends_accumulate_and_stay_nul_terminated),
+                cmocka_unit_test(
+                        test_growing_past_many_doublings_keeps_every_byte),
+                cmocka_unit_test(
+                        test_the_limit_is_reached_exactly_and_not_passed),
+                cmocka_unit_test(test_a_failure_sticks_until_reset),
+                cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
+                cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -34,9 +34,10 @@ static void test_embedded_nul_bytes_count(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_fnv1a64_matches_the_published_vectors),
-            cmocka_unit_test(test_string_form_hashes_the_bytes_before_the_nul),
-            cmocka_unit_test(test_embedded_nul_bytes_count),
+                cmocka_unit_test(test_fnv1a64_matches_the_published_vectors),
+                cmocka_unit_test(
+                        test_string_form_hashes_the_bytes_before_the_nul),
+                cmocka_unit_test(test_embedded_nul_bytes_count),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

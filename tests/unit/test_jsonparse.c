@@ -14,7 +14,8 @@ static json_t *reference(const char *s, size_t len) {
         json_error_t err;
 
         return json_loadb(s, len,
-                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                                  JSON_ALLOW_NUL,
                           &err);
 }
 
@@ -37,7 +38,8 @@ static void assert_left(const char *s, size_t len, int ok) {
         if (fast != NULL)
                 fail_msg("fast path took: %.*s", (int)len, s);
         if ((ref != NULL) != ok)
-                fail_msg("jansson %s: %.*s", ref ? "accepts" : "rejects", (int)len, s);
+                fail_msg("jansson %s: %.*s", ref ? "accepts" : "rejects",
+                         (int)len, s);
         json_decref(ref);
 }
 

@@ -42,7 +42,8 @@ static void test_an_error_names_scope_key_value_and_reason(void **state) {
         assert_int_equal(kconf_set(kc, "kafka.consumer", "linger.ms", "soon",
                                    errstr, sizeof(errstr)),
                          -1);
-        assert_true(strncmp(errstr, "kafka.consumer.linger.ms=soon: ", 31) == 0);
+        assert_true(strncmp(errstr, "kafka.consumer.linger.ms=soon: ", 31) ==
+                    0);
         rd_kafka_conf_destroy(kc);
 }
 
@@ -55,8 +56,8 @@ static void test_an_error_never_shows_a_secret(void **state) {
                                    "hunter2", errstr, sizeof(errstr)),
                          -1);
         assert_null(strstr(errstr, "hunter2"));
-        assert_true(strncmp(errstr, "kafka.consumer.sasl.password.x=***: ",
-                            36) == 0);
+        assert_true(strncmp(errstr,
+                            "kafka.consumer.sasl.password.x=***: ", 36) == 0);
         assert_true(kconf_is_secret("sasl.password"));
         assert_true(kconf_is_secret("ssl.key.password"));
         assert_true(kconf_is_secret("sasl.oauthbearer.client.secret"));
@@ -69,10 +70,10 @@ static void test_an_error_never_shows_a_secret(void **state) {
 
 static void test_a_table_is_set_in_order_until_a_failure(void **state) {
         static const char *const table[][2] = {
-            {"client.id", "a"},
-            {"client.id", "b"},
-            {"bad.key", "x"},
-            {"linger.ms", "7"},
+                {"client.id", "a"},
+                {"client.id", "b"},
+                {"bad.key", "x"},
+                {"linger.ms", "7"},
         };
         rd_kafka_conf_t *kc = rd_kafka_conf_new();
         char errstr[256];
@@ -97,8 +98,8 @@ static int takes_all_but_client_id(const char *key) {
 
 static void test_user_pairs_override_and_can_be_filtered(void **state) {
         struct config_kv kvs[] = {
-            {"client.id", "user"},
-            {"linger.ms", "9"},
+                {"client.id", "user"},
+                {"linger.ms", "9"},
         };
         rd_kafka_conf_t *kc = rd_kafka_conf_new();
         char errstr[256];
@@ -123,11 +124,12 @@ static void test_user_pairs_override_and_can_be_filtered(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_set_sets_the_property),
-            cmocka_unit_test(test_an_error_names_scope_key_value_and_reason),
-            cmocka_unit_test(test_an_error_never_shows_a_secret),
-            cmocka_unit_test(test_a_table_is_set_in_order_until_a_failure),
-            cmocka_unit_test(test_user_pairs_override_and_can_be_filtered),
+                cmocka_unit_test(test_set_sets_the_property),
+                cmocka_unit_test(
+                        test_an_error_names_scope_key_value_and_reason),
+                cmocka_unit_test(test_an_error_never_shows_a_secret),
+                cmocka_unit_test(test_a_table_is_set_in_order_until_a_failure),
+                cmocka_unit_test(test_user_pairs_override_and_can_be_filtered),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -55,7 +55,8 @@ static void test_nothing_to_commit_before_anything_is_consumed(void **state) {
         ledger_destroy(l);
 }
 
-static void test_out_of_order_completion_commits_contiguous_watermark(void **state) {
+static void
+test_out_of_order_completion_commits_contiguous_watermark(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 0);
         struct ledger_commit *c;
@@ -210,7 +211,8 @@ static void test_metadata_names_floor_of_request_at_watermark(void **state) {
         assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
         assert_int_equal(c[0].offset, 100);
         assert_string_equal(c[0].metadata, "kafka-mailer/1 results=3@42");
-        assert_int_equal(c[0].metadata_len, strlen("kafka-mailer/1 results=3@42"));
+        assert_int_equal(c[0].metadata_len,
+                         strlen("kafka-mailer/1 results=3@42"));
         free(c);
         /* Every request done: the floor of the next one to come. */
         fake_results_end = 57;
@@ -408,24 +410,29 @@ static void test_resume_mark_stays_below_limit(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_destroy_accepts_null),
-            cmocka_unit_test(test_nothing_to_commit_before_anything_is_consumed),
-            cmocka_unit_test(test_out_of_order_completion_commits_contiguous_watermark),
-            cmocka_unit_test(test_offset_seen_again_is_refused),
-            cmocka_unit_test(test_confirmed_commit_frees_what_it_covered),
-            cmocka_unit_test(test_failed_commit_is_offered_again),
-            cmocka_unit_test(test_commit_of_some_partitions_only),
-            cmocka_unit_test(test_no_metadata_without_results_partition),
-            cmocka_unit_test(test_metadata_names_floor_of_request_at_watermark),
-            cmocka_unit_test(test_results_base_bounds_floor_from_below),
-            cmocka_unit_test(test_requests_below_inherited_end_keep_stored_floor),
-            cmocka_unit_test(test_stale_recall_answer_is_ignored),
-            cmocka_unit_test(test_drain_offers_watermark_again),
-            cmocka_unit_test(test_revoke_leaves_entries_and_release_drops_held),
-            cmocka_unit_test(test_release_of_empty_partition_frees_it),
-            cmocka_unit_test(test_pause_at_limit_resume_at_low_water),
-            cmocka_unit_test(test_inflight_alone_pauses),
-            cmocka_unit_test(test_resume_mark_stays_below_limit),
+                cmocka_unit_test(test_destroy_accepts_null),
+                cmocka_unit_test(
+                        test_nothing_to_commit_before_anything_is_consumed),
+                cmocka_unit_test(
+                        test_out_of_order_completion_commits_contiguous_watermark),
+                cmocka_unit_test(test_offset_seen_again_is_refused),
+                cmocka_unit_test(test_confirmed_commit_frees_what_it_covered),
+                cmocka_unit_test(test_failed_commit_is_offered_again),
+                cmocka_unit_test(test_commit_of_some_partitions_only),
+                cmocka_unit_test(test_no_metadata_without_results_partition),
+                cmocka_unit_test(
+                        test_metadata_names_floor_of_request_at_watermark),
+                cmocka_unit_test(test_results_base_bounds_floor_from_below),
+                cmocka_unit_test(
+                        test_requests_below_inherited_end_keep_stored_floor),
+                cmocka_unit_test(test_stale_recall_answer_is_ignored),
+                cmocka_unit_test(test_drain_offers_watermark_again),
+                cmocka_unit_test(
+                        test_revoke_leaves_entries_and_release_drops_held),
+                cmocka_unit_test(test_release_of_empty_partition_frees_it),
+                cmocka_unit_test(test_pause_at_limit_resume_at_low_water),
+                cmocka_unit_test(test_inflight_alone_pauses),
+                cmocka_unit_test(test_resume_mark_stays_below_limit),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

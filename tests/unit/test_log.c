@@ -30,14 +30,16 @@ static const char *fmt_into(size_t size, const char *fmt, ...) {
 
 static void test_message_is_quoted_and_plain_values_are_bare(void **state) {
         (void)state;
-        assert_string_equal(FMT("relay healthy relay=%s fd=%d", "smtp://127.0.0.1:25", 7),
-                            "msg=\"relay healthy\" relay=smtp://127.0.0.1:25 fd=7");
+        assert_string_equal(
+                FMT("relay healthy relay=%s fd=%d", "smtp://127.0.0.1:25", 7),
+                "msg=\"relay healthy\" relay=smtp://127.0.0.1:25 fd=7");
         assert_string_equal(FMT("stopped"), "msg=stopped");
         assert_string_equal(FMT("worker started group.protocol=%s", "consumer"),
                             "msg=\"worker started\" group.protocol=consumer");
 }
 
-static void test_values_with_spaces_quotes_or_equals_are_quoted_and_escaped(void **state) {
+static void
+test_values_with_spaces_quotes_or_equals_are_quoted_and_escaped(void **state) {
         (void)state;
         assert_string_equal(FMT("request failed id=%s reason=%s", "a=b",
                                 "550 \"no\" such \\user"),
@@ -48,28 +50,33 @@ static void test_values_with_spaces_quotes_or_equals_are_quoted_and_escaped(void
 
 static void test_control_characters_cannot_forge_a_line(void **state) {
         (void)state;
-        assert_string_equal(FMT("request rejected id=%s", "a\r\nts=x level=error"),
-                            "msg=\"request rejected\" id=\"a??ts=x level=error\"");
+        assert_string_equal(
+                FMT("request rejected id=%s", "a\r\nts=x level=error"),
+                "msg=\"request rejected\" id=\"a??ts=x level=error\"");
         assert_string_equal(FMT("m id=%s", "\x1b[31m"), "msg=m id=\"?[31m\"");
 }
 
 static void test_conversions_in_message_and_values(void **state) {
         (void)state;
-        assert_string_equal(FMT("no progress for %d ms inflight=%zu took_ms=%lld "
-                                "method=%.*s pct=%.1f%% big=%llu neg=%ld c=%c",
-                                30000, (size_t)12, (long long)-5, 3, "GETX", 12.25,
-                                18446744073709551615ull, -7L, 'z'),
-                            "msg=\"no progress for 30000 ms\" inflight=12 took_ms=-5 "
-                            "method=GET pct=12.2% big=18446744073709551615 neg=-7 c=z");
+        assert_string_equal(
+                FMT("no progress for %d ms inflight=%zu took_ms=%lld "
+                    "method=%.*s pct=%.1f%% big=%llu neg=%ld c=%c",
+                    30000, (size_t)12, (long long)-5, 3, "GETX", 12.25,
+                    18446744073709551615ull, -7L, 'z'),
+                "msg=\"no progress for 30000 ms\" inflight=12 took_ms=-5 "
+                "method=GET pct=12.2% big=18446744073709551615 neg=-7 c=z");
         assert_string_equal(FMT("a addr=%s:%d w=%5d|", "h", 25, 42),
                             "msg=a addr=h:25 w=\"   42|\"");
-        assert_string_equal(FMT("a percent 100%% done"), "msg=\"a percent 100% done\"");
+        assert_string_equal(FMT("a percent 100%% done"),
+                            "msg=\"a percent 100% done\"");
 }
 
 static void test_text_that_is_not_a_key_stays_in_the_message(void **state) {
         (void)state;
-        assert_string_equal(FMT("commit.timeout.ms (%d ms) passed = late topic=%s", 300, "t"),
-                            "msg=\"commit.timeout.ms (300 ms) passed = late\" topic=t");
+        assert_string_equal(
+                FMT("commit.timeout.ms (%d ms) passed = late topic=%s", 300,
+                    "t"),
+                "msg=\"commit.timeout.ms (300 ms) passed = late\" topic=t");
 }
 
 static void test_a_long_line_is_cut_with_its_quote_closed(void **state) {
@@ -87,7 +94,8 @@ static void test_a_long_line_is_cut_with_its_quote_closed(void **state) {
         for (size_t size = 16; size < 40; size++) {
                 size_t n;
 
-                fmt_into(size, "m v=%s", "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"");
+                fmt_into(size, "m v=%s",
+                         "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"");
                 n = strlen(out);
                 assert_int_equal(out[n - 1], '"');
                 assert_true(n < 2 || out[n - 2] != '\\' ||
@@ -107,11 +115,14 @@ static void test_set_level(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_message_is_quoted_and_plain_values_are_bare),
-                cmocka_unit_test(test_values_with_spaces_quotes_or_equals_are_quoted_and_escaped),
+                cmocka_unit_test(
+                        test_message_is_quoted_and_plain_values_are_bare),
+                cmocka_unit_test(
+                        test_values_with_spaces_quotes_or_equals_are_quoted_and_escaped),
                 cmocka_unit_test(test_control_characters_cannot_forge_a_line),
                 cmocka_unit_test(test_conversions_in_message_and_values),
-                cmocka_unit_test(test_text_that_is_not_a_key_stays_in_the_message),
+                cmocka_unit_test(
+                        test_text_that_is_not_a_key_stays_in_the_message),
                 cmocka_unit_test(test_a_long_line_is_cut_with_its_quote_closed),
                 cmocka_unit_test(test_set_level),
         };

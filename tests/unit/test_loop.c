@@ -146,7 +146,8 @@ static void self_restart_cb(loop_t *loop, void *opaque) {
         loop_timer_start(loop, &s->t, 0);
 }
 
-static void test_timer_restarted_from_callback_waits_an_iteration(void **state) {
+static void
+test_timer_restarted_from_callback_waits_an_iteration(void **state) {
         loop_t *loop = loop_new();
         struct self_ctx s = {0};
 
@@ -248,10 +249,10 @@ static void io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
                                 continue;
                         loop_io_del(loop, c->fds[i][0]);
                         if (c->readd)
-                                assert_int_equal(
-                                    loop_io_add(loop, c->fds[i][0], LOOP_READ,
-                                                io_cb, c),
-                                    0);
+                                assert_int_equal(loop_io_add(loop, c->fds[i][0],
+                                                             LOOP_READ, io_cb,
+                                                             c),
+                                                 0);
                 }
                 /* the fd being dispatched, too */
                 loop_io_del(loop, fd);
@@ -262,7 +263,8 @@ static void io_setup(loop_t *loop, struct io_ctx *c) {
         for (int i = 0; i < 4; i++) {
                 assert_int_equal(pipe2(c->fds[i], O_NONBLOCK | O_CLOEXEC), 0);
                 assert_int_equal(
-                    loop_io_add(loop, c->fds[i][0], LOOP_READ, io_cb, c), 0);
+                        loop_io_add(loop, c->fds[i][0], LOOP_READ, io_cb, c),
+                        0);
                 assert_int_equal(write(c->fds[i][1], "x", 1), 1);
         }
 }
@@ -448,8 +450,10 @@ static void test_a_callback_cannot_run_the_loop_again(void **state) {
         (void)state;
         assert_int_equal(pipe2(pa, O_NONBLOCK), 0);
         assert_int_equal(pipe2(pb, O_NONBLOCK), 0);
-        assert_int_equal(loop_io_add(l, pa[0], LOOP_READ, nest_cb, (void *)a), 0);
-        assert_int_equal(loop_io_add(l, pb[0], LOOP_READ, nest_cb, (void *)b), 0);
+        assert_int_equal(loop_io_add(l, pa[0], LOOP_READ, nest_cb, (void *)a),
+                         0);
+        assert_int_equal(loop_io_add(l, pb[0], LOOP_READ, nest_cb, (void *)b),
+                         0);
         loop_timer_init(&t, nest_timer_cb, NULL);
         loop_timer_start(l, &t, 0);
         assert_int_equal(write(pa[1], "x", 1), 1);
@@ -471,20 +475,23 @@ static void test_a_callback_cannot_run_the_loop_again(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_timers_fire_in_due_order),
-            cmocka_unit_test(test_timer_start_within_only_moves_a_timer_earlier),
-            cmocka_unit_test(test_timers_with_equal_due_run_in_start_order),
-            cmocka_unit_test(test_timer_stop_and_restart),
-            cmocka_unit_test(test_timer_restarted_from_callback_waits_an_iteration),
-            cmocka_unit_test(test_timer_heap_random_stop_keeps_order),
-            cmocka_unit_test(test_io_readiness_of_a_pipe),
-            cmocka_unit_test(test_io_removed_during_dispatch_is_not_called),
-            cmocka_unit_test(test_io_readded_during_dispatch_waits_for_next_batch),
-            cmocka_unit_test(test_io_hangup_reports_error),
-            cmocka_unit_test(test_io_fd_table_grows),
-            cmocka_unit_test(test_wakeup_from_another_thread_ends_the_wait),
-            cmocka_unit_test(test_now_is_cached_per_iteration),
-            cmocka_unit_test(test_a_callback_cannot_run_the_loop_again),
+                cmocka_unit_test(test_timers_fire_in_due_order),
+                cmocka_unit_test(
+                        test_timer_start_within_only_moves_a_timer_earlier),
+                cmocka_unit_test(test_timers_with_equal_due_run_in_start_order),
+                cmocka_unit_test(test_timer_stop_and_restart),
+                cmocka_unit_test(
+                        test_timer_restarted_from_callback_waits_an_iteration),
+                cmocka_unit_test(test_timer_heap_random_stop_keeps_order),
+                cmocka_unit_test(test_io_readiness_of_a_pipe),
+                cmocka_unit_test(test_io_removed_during_dispatch_is_not_called),
+                cmocka_unit_test(
+                        test_io_readded_during_dispatch_waits_for_next_batch),
+                cmocka_unit_test(test_io_hangup_reports_error),
+                cmocka_unit_test(test_io_fd_table_grows),
+                cmocka_unit_test(test_wakeup_from_another_thread_ends_the_wait),
+                cmocka_unit_test(test_now_is_cached_per_iteration),
+                cmocka_unit_test(test_a_callback_cannot_run_the_loop_again),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

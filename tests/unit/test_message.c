@@ -44,7 +44,8 @@ static void check_encoded_words(const char *d, size_t n) {
 
         assert_non_null(end);
         while (line < end + 2) {
-                const char *eol = memmem(line, (size_t)(end + 2 - line), "\r\n", 2);
+                const char *eol =
+                        memmem(line, (size_t)(end + 2 - line), "\r\n", 2);
                 size_t len = (size_t)(eol - line);
                 const char *p = line;
 
@@ -55,13 +56,17 @@ static void check_encoded_words(const char *d, size_t n) {
                                     len, (int)len, line);
                         fail();
                 }
-                while ((p = memmem(p, (size_t)(eol - p), "=?UTF-8?", 8)) != NULL) {
-                        const char *q = memmem(p + 10, (size_t)(eol - p - 10), "?=", 2);
+                while ((p = memmem(p, (size_t)(eol - p), "=?UTF-8?", 8)) !=
+                       NULL) {
+                        const char *q =
+                                memmem(p + 10, (size_t)(eol - p - 10), "?=", 2);
 
                         assert_non_null(q);
                         if (padded) {
-                                print_error("an encoded word after a padded one: "
-                                            "%.*s\n", (int)len, line);
+                                print_error(
+                                        "an encoded word after a padded one: "
+                                        "%.*s\n",
+                                        (int)len, line);
                                 fail();
                         }
                         if (p[8] == 'B' && q[-1] == '=')
@@ -96,8 +101,9 @@ static void check_wellformed(const struct message *msg, int header_soft) {
                         assert_true(line <= 998);
                         if (in_headers && header_soft) {
                                 if (line > 78)
-                                        print_error("header line of %zu: %.*s\n",
-                                                    line, (int)line, d + start);
+                                        print_error(
+                                                "header line of %zu: %.*s\n",
+                                                line, (int)line, d + start);
                                 assert_true(line <= 78);
                         }
                         if (line == 0)
@@ -258,7 +264,8 @@ static int utf8_valid(const unsigned char *s, size_t n) {
 }
 
 static int b64v(int c) {
-        const char *t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const char *t =
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         const char *p = c ? strchr(t, c) : NULL;
 
         return p != NULL ? (int)(p - t) : -1;
@@ -335,8 +342,9 @@ static char *rfc2047_decode(const char *v) {
                                         } else if (*p == '=') {
                                                 assert_true(hexv(p[1]) >= 0 &&
                                                             hexv(p[2]) >= 0);
-                                                out[o++] = (char)(hexv(p[1]) * 16 +
-                                                                  hexv(p[2]));
+                                                out[o++] =
+                                                        (char)(hexv(p[1]) * 16 +
+                                                               hexv(p[2]));
                                                 p += 2;
                                         } else {
                                                 out[o++] = *p;
@@ -370,7 +378,8 @@ static char *qp_decode(const char *s, size_t n) {
                         assert_true(line <= 76);
                         /* no unencoded white space at a line end */
                         if (o > 0 && line > 0)
-                                assert_true(s[i - 1] != ' ' && s[i - 1] != '\t');
+                                assert_true(s[i - 1] != ' ' &&
+                                            s[i - 1] != '\t');
                         out[o++] = '\r';
                         out[o++] = '\n';
                         i++;
@@ -436,9 +445,10 @@ static void test_headers_in_contract_order(void **state) {
         json_t *o = base_req("order-1");
         struct built b;
         static const char *const order[] = {
-                "Date:", "From:", "To:", "Cc:", "Reply-To:", "Subject:",
-                "Message-ID:", "MIME-Version:", "X-Campaign:", "X-Second:",
-                "Content-Type:", "Content-Transfer-Encoding:",
+                "Date:",       "From:",         "To:",
+                "Cc:",         "Reply-To:",     "Subject:",
+                "Message-ID:", "MIME-Version:", "X-Campaign:",
+                "X-Second:",   "Content-Type:", "Content-Transfer-Encoding:",
         };
         const char *p;
 
@@ -446,8 +456,9 @@ static void test_headers_in_contract_order(void **state) {
         json_object_set_new(o, "cc", json_pack("[s]", "cc@example.com"));
         json_object_set_new(o, "reply_to", json_string("help@shop.example"));
         json_object_set_new(o, "subject", json_string("Receipt"));
-        json_object_set_new(o, "headers", json_pack("{s:s, s:s}", "X-Campaign",
-                                                    "fall", "X-Second", "2"));
+        json_object_set_new(
+                o, "headers",
+                json_pack("{s:s, s:s}", "X-Campaign", "fall", "X-Second", "2"));
         b = build_json(o, 1);
         p = b.text;
         for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
@@ -470,9 +481,9 @@ static void test_date_header_rfc5322_utc(void **state) {
                            "\"to\":[\"c@d.example\"],\"text\":\"x\"}";
         char id[8];
         char err[128];
-        struct mail_request *req = request_parse(json, strlen(json),
-                                                 &test_limits, id, sizeof(id),
-                                                 err, sizeof(err));
+        struct mail_request *req =
+                request_parse(json, strlen(json), &test_limits, id, sizeof(id),
+                              err, sizeof(err));
         struct message_opts opts = {.date_ms = 951782400999LL};
         struct message *msg;
 
@@ -481,8 +492,8 @@ static void test_date_header_rfc5322_utc(void **state) {
         msg = message_build(req, &opts, err, sizeof(err));
         assert_non_null(msg);
         /* 2000-02-29 (a leap day), milliseconds dropped */
-        assert_memory_equal(msg->data, "Date: Tue, 29 Feb 2000 00:00:00 +0000\r\n",
-                            39);
+        assert_memory_equal(msg->data,
+                            "Date: Tue, 29 Feb 2000 00:00:00 +0000\r\n", 39);
         message_destroy(msg);
         request_destroy(req);
 }
@@ -493,9 +504,11 @@ static void test_bcc_absent_from_headers_but_in_rcpts(void **state) {
         char *hs;
 
         (void)state;
-        json_object_set_new(o, "cc", json_pack("[s]", "Carol <carol@example.com>"));
-        json_object_set_new(o, "bcc", json_pack("[s,s]", "Hidden <hidden@example.com>",
-                                                "audit@example.com"));
+        json_object_set_new(o, "cc",
+                            json_pack("[s]", "Carol <carol@example.com>"));
+        json_object_set_new(o, "bcc",
+                            json_pack("[s,s]", "Hidden <hidden@example.com>",
+                                      "audit@example.com"));
         b = build_json(o, 1);
         hs = headers_of(b.text);
         assert_null(strstr(hs, "hidden@example.com"));
@@ -517,20 +530,26 @@ static void test_utf8_addresses_written_raw_and_message_marked(void **state) {
         const char *hdr_end;
 
         (void)state;
-        b = build("{\"id\":\"u1\",\"from\":\"J\u00f6rg <j\u00f6rg@b\u00fccher.example>\","
-                  "\"to\":[\"z\u00f6e@example.com\"],\"subject\":\"Gr\u00fc\u00dfe\","
-                  "\"text\":\"x\"}");
+        b = build(
+                "{\"id\":\"u1\",\"from\":\"J\u00f6rg <j\u00f6rg@b\u00fccher.example>\","
+                "\"to\":[\"z\u00f6e@example.com\"],\"subject\":\"Gr\u00fc\u00dfe\","
+                "\"text\":\"x\"}");
         check_wellformed(b.msg, 0);
         assert_int_equal(b.msg->smtputf8, 1);
-        assert_string_equal(b.msg->mail_from, "j\xc3\xb6rg@b\xc3\xbc" "cher.example");
-        assert_string_equal(b.msg->rcpts[0], "z\xc3\xb6" "e@example.com");
+        assert_string_equal(b.msg->mail_from, "j\xc3\xb6rg@b\xc3\xbc"
+                                              "cher.example");
+        assert_string_equal(b.msg->rcpts[0], "z\xc3\xb6"
+                                             "e@example.com");
         /* RFC 6532: addresses raw; display name and subject still encoded. */
-        assert_non_null(strstr(b.text, "\r\nTo: z\xc3\xb6" "e@example.com\r\n"));
-        assert_non_null(strstr(b.text, "<j\xc3\xb6rg@b\xc3\xbc" "cher.example>\r\n"));
+        assert_non_null(strstr(b.text, "\r\nTo: z\xc3\xb6"
+                                       "e@example.com\r\n"));
+        assert_non_null(strstr(b.text, "<j\xc3\xb6rg@b\xc3\xbc"
+                                       "cher.example>\r\n"));
         assert_non_null(strstr(b.text, "From: =?UTF-8?"));
         assert_non_null(strstr(b.text, "Subject: =?UTF-8?"));
         /* The Message-ID domain comes from the From address, UTF-8 too. */
-        assert_string_equal(b.msg->message_id, "<u1@b\xc3\xbc" "cher.example>");
+        assert_string_equal(b.msg->message_id, "<u1@b\xc3\xbc"
+                                               "cher.example>");
         built_free(&b);
 
         /* An ASCII message keeps an ASCII header block. */
@@ -558,8 +577,9 @@ static void test_bcc_only_request_has_no_to_header(void **state) {
 }
 
 static void test_message_id_deterministic_from_domain_or_option(void **state) {
-        const char *json = "{\"id\":\"7f3c.abc\",\"from\":\"Shop <no-reply@shop.example>\","
-                           "\"to\":[\"c@d.example\"],\"text\":\"x\"}";
+        const char *json =
+                "{\"id\":\"7f3c.abc\",\"from\":\"Shop <no-reply@shop.example>\","
+                "\"to\":[\"c@d.example\"],\"text\":\"x\"}";
         struct built a = build(json);
         struct built b = build(json);
         struct built c = build_opts(json, "mail.example.net");
@@ -579,14 +599,16 @@ static void test_message_id_deterministic_from_domain_or_option(void **state) {
         assert_string_equal(buf, "<7f3c.abc@shop.example>");
         assert_int_equal(message_id_for(a.req, NULL, buf, sizeof(buf)), 0);
         assert_string_equal(buf, "<7f3c.abc@shop.example>");
-        assert_int_equal(message_id_for(a.req, "x.example", buf, sizeof(buf)), 0);
+        assert_int_equal(message_id_for(a.req, "x.example", buf, sizeof(buf)),
+                         0);
         assert_string_equal(buf, "<7f3c.abc@x.example>");
         built_free(&a);
         built_free(&b);
         built_free(&c);
 }
 
-static void test_message_id_for_rejects_bad_domain_and_small_buffer(void **state) {
+static void
+test_message_id_for_rejects_bad_domain_and_small_buffer(void **state) {
         struct built a = build("{\"id\":\"m\",\"from\":\"a@b.example\","
                                "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
         char buf[64];
@@ -608,8 +630,9 @@ static void test_message_id_for_rejects_bad_domain_and_small_buffer(void **state
 /* Found by fuzz_request: a From address literal (valid in the wire format)
  * made message_build() fail when message.id.domain was unset. */
 static void test_message_id_domain_from_address_literal(void **state) {
-        struct built a = build("{\"id\":\"m\",\"from\":\"a@[IPv6:2001:db8::1]\","
-                               "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
+        struct built a =
+                build("{\"id\":\"m\",\"from\":\"a@[IPv6:2001:db8::1]\","
+                      "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
         struct built b = build("{\"id\":\"m\",\"from\":\"a@[192.0.2.1]\","
                                "\"to\":[\"c@d.example\"],\"text\":\"x\"}");
 
@@ -676,9 +699,10 @@ static void test_encoded_words_every_parser_reads(void **state) {
                 char *raw, *dec;
 
                 json_object_set_new(o, "subject", json_string(subjects[i]));
-                json_object_set_new(o, "from",
-                                    json_string("Отдел доставки интернет-магазина "
-                                                "«Ромашка» <shop@example.com>"));
+                json_object_set_new(
+                        o, "from",
+                        json_string("Отдел доставки интернет-магазина "
+                                    "«Ромашка» <shop@example.com>"));
                 b = build_json(o, 1); /* check_encoded_words() */
                 raw = header_get(b.text, "Subject");
                 dec = rfc2047_decode(raw);
@@ -711,7 +735,8 @@ static void test_encoded_word_uses_shorter_of_q_and_b(void **state) {
         built_free(&b);
 }
 
-static void test_long_ascii_subject_folded_and_unfolds_to_original(void **state) {
+static void
+test_long_ascii_subject_folded_and_unfolds_to_original(void **state) {
         const char *subject =
                 "This is a rather long subject line that will certainly need "
                 "folding because it goes well past seventy-eight characters, "
@@ -764,7 +789,8 @@ static void test_unfoldable_long_header_value_encoded_within_998(void **state) {
 /* Found by fuzz_request (tests/fuzz/regressions/fuzz_request/): a fold goes
  * only before white space, so a long white space run (before a word, at the
  * end, or alone) used to make a header line over 998 octets. */
-static void test_long_white_space_runs_in_header_values_within_998(void **state) {
+static void
+test_long_white_space_runs_in_header_values_within_998(void **state) {
         char *v1 = malloc(1003);
         char *v2 = malloc(1801);
         char *v3 = malloc(1001);
@@ -784,8 +810,9 @@ static void test_long_white_space_runs_in_header_values_within_998(void **state)
         memset(v3, ' ', 1000);
         v3[1000] = '\0';
         json_object_set_new(o, "subject", json_string(v1));
-        json_object_set_new(o, "headers", json_pack("{s:s, s:s}", "X-Trail", v2,
-                                                    "X-Pad", v3));
+        json_object_set_new(
+                o, "headers",
+                json_pack("{s:s, s:s}", "X-Trail", v2, "X-Pad", v3));
         b = build_json(o, 1);
         raw = header_get(b.text, "Subject");
         dec = rfc2047_decode(raw);
@@ -812,8 +839,8 @@ static void test_display_name_with_specials_quoted(void **state) {
         json_t *o = json_pack("{s:s, s:s, s:[s,s,s], s:s}", "id", "q", "from",
                               "\"Shop, Inc.\" <no-reply@shop.example>", "to",
                               "\"Ann \\\"A\\\" \\\\ Lee\" <ann@example.com>",
-                              "Plain Name <p@example.com>",
-                              "bare@example.com", "text", "x");
+                              "Plain Name <p@example.com>", "bare@example.com",
+                              "text", "x");
         struct built b;
         char *from;
         char *to;
@@ -872,8 +899,8 @@ static void test_address_list_folded_between_addresses(void **state) {
         for (int i = 0; i < 12; i++) {
                 char a[64];
 
-                snprintf(a, sizeof(a), "Person Number %d <person%d@example.com>",
-                         i, i);
+                snprintf(a, sizeof(a),
+                         "Person Number %d <person%d@example.com>", i, i);
                 json_array_append_new(to, json_string(a));
         }
         json_object_set_new(o, "to", to);
@@ -888,8 +915,9 @@ static void test_address_list_folded_between_addresses(void **state) {
                 assert_true(strncmp(p, "Person Number ", 14) == 0);
         }
         raw = header_get(b.text, "To");
-        assert_true(strncmp(raw, "Person Number 0 <person0@example.com>, "
-                                 "Person Number 1 <person1@example.com>",
+        assert_true(strncmp(raw,
+                            "Person Number 0 <person0@example.com>, "
+                            "Person Number 1 <person1@example.com>",
                             76) == 0);
         assert_non_null(strstr(raw, "Person Number 11 <person11@example.com>"));
         free(raw);
@@ -907,8 +935,8 @@ static void test_custom_header_non_ascii_encoded_ascii_kept(void **state) {
         json_object_set_new(o, "headers",
                             json_pack("{s:s, s:s, s:s}", "X-Note", "naïve café",
                                       "List-Unsubscribe",
-                                      "<https://shop.example/u/1>",
-                                      "X-Empty", ""));
+                                      "<https://shop.example/u/1>", "X-Empty",
+                                      ""));
         b = build_json(o, 1);
         v = header_get(b.text, "X-Note");
         assert_non_null(strstr(v, "=?UTF-8?"));
@@ -1038,7 +1066,8 @@ static void test_attachment_base64_decodes_back_in_76_char_lines(void **state) {
         b64_len = (sizeof(data) + 2) / 3 * 4;
         b64 = malloc(b64_len + 1);
         {
-                static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                static const char t[] =
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
                 size_t o2 = 0;
 
                 for (size_t i = 0; i < sizeof(data); i += 3) {
@@ -1050,17 +1079,18 @@ static void test_attachment_base64_decodes_back_in_76_char_lines(void **state) {
                                 v |= data[i + 2];
                         b64[o2++] = t[v >> 18];
                         b64[o2++] = t[(v >> 12) & 63];
-                        b64[o2++] = i + 1 < sizeof(data) ? t[(v >> 6) & 63] : '=';
+                        b64[o2++] =
+                                i + 1 < sizeof(data) ? t[(v >> 6) & 63] : '=';
                         b64[o2++] = i + 2 < sizeof(data) ? t[v & 63] : '=';
                 }
                 b64[o2] = '\0';
         }
         json_object_set_new(o, "html", json_string("<p>x</p>"));
-        json_object_set_new(o, "attachments",
-                            json_pack("[{s:s, s:s, s:s}, {s:s, s:s}]", "filename",
-                                      "r.pdf", "content_type", "application/pdf",
-                                      "content_base64", b64, "filename",
-                                      "empty.txt", "content_base64", ""));
+        json_object_set_new(
+                o, "attachments",
+                json_pack("[{s:s, s:s, s:s}, {s:s, s:s}]", "filename", "r.pdf",
+                          "content_type", "application/pdf", "content_base64",
+                          b64, "filename", "empty.txt", "content_base64", ""));
         b = build_json(o, 1);
         ct = header_get(b.text, "Content-Type");
         assert_true(strncmp(ct, "multipart/mixed; boundary=", 26) == 0);
@@ -1068,8 +1098,11 @@ static void test_attachment_base64_decodes_back_in_76_char_lines(void **state) {
         assert_true(strstr(b.text, "multipart/alternative") <
                     strstr(b.text, "application/pdf"));
         body = part_body(b.text, "Content-Type: application/pdf", &hdrs);
-        assert_non_null(strstr(hdrs, "Content-Type: application/pdf; name=\"r.pdf\"\r\n"));
-        assert_non_null(strstr(hdrs, "Content-Disposition: attachment; filename=\"r.pdf\"\r\n"));
+        assert_non_null(strstr(
+                hdrs, "Content-Type: application/pdf; name=\"r.pdf\"\r\n"));
+        assert_non_null(strstr(
+                hdrs,
+                "Content-Disposition: attachment; filename=\"r.pdf\"\r\n"));
         assert_non_null(strstr(hdrs, "Content-Transfer-Encoding: base64\r\n"));
         for (line = body; *line != '\0';) {
                 const char *e = strstr(line, "\r\n");
@@ -1090,7 +1123,9 @@ static void test_attachment_base64_decodes_back_in_76_char_lines(void **state) {
         body = part_body(b.text, "name=\"empty.txt\"", NULL);
         assert_string_equal(body, "");
         free(body);
-        assert_non_null(strstr(b.text, "Content-Type: application/octet-stream; name=\"empty.txt\""));
+        assert_non_null(strstr(
+                b.text,
+                "Content-Type: application/octet-stream; name=\"empty.txt\""));
         free(ct);
         free(b64);
         built_free(&b);
@@ -1119,7 +1154,7 @@ static char *rfc2231_get(const char *h, const char *name) {
                 if (p == NULL)
                         break;
                 p += strlen(key);
-decode_one:
+        decode_one:
                 while (*p != '\0' && *p != ';') {
                         if (*p == '%') {
                                 out[o++] = (char)(hexv(p[1]) * 16 + hexv(p[2]));
@@ -1156,7 +1191,8 @@ static void test_attachment_non_ascii_filename_uses_rfc2231(void **state) {
                                               names[i], "content_base64",
                                               "AAEC"));
                 b = build_json(o, 1);
-                body = part_body(b.text, "Content-Type: application/octet-stream",
+                body = part_body(b.text,
+                                 "Content-Type: application/octet-stream",
                                  &hdrs);
                 assert_string_equal(body, "AAEC");
                 disp = header_get(hdrs, "Content-Disposition");
@@ -1204,11 +1240,13 @@ static void test_non_ascii_body_quoted_printable_decodes_back(void **state) {
         json_object_set_new(o, "html", json_string("<p>ok</p>"));
         b = build_json(o, 1);
         body = part_body(b.text, "Content-Type: text/plain", &hdrs);
-        assert_non_null(strstr(hdrs, "Content-Transfer-Encoding: quoted-printable"));
+        assert_non_null(
+                strstr(hdrs, "Content-Transfer-Encoding: quoted-printable"));
         dec = qp_decode(body, strlen(body));
-        assert_string_equal(dec, "Schöne Grüße = equals\r\nline with trailing "
-                                 "space \r\ntab at end\t\r\n.starts with dot\r\n"
-                                 "日本語");
+        assert_string_equal(dec,
+                            "Schöne Grüße = equals\r\nline with trailing "
+                            "space \r\ntab at end\t\r\n.starts with dot\r\n"
+                            "日本語");
         /* a leading dot is encoded rather than left to dot-stuffing */
         assert_non_null(strstr(body, "\r\n=2Estarts with dot"));
         free(dec);
@@ -1309,12 +1347,14 @@ static void test_dot_stuffing_of_body_lines(void **state) {
         struct built b;
 
         (void)state;
-        json_object_set_new(o, "text", json_string(".\n..\n.hidden\nmid.dle\n."));
+        json_object_set_new(o, "text",
+                            json_string(".\n..\n.hidden\nmid.dle\n."));
         b = build_json(o, 1);
         assert_true(data_has(b.msg, "\r\n\r\n..\r\n...\r\n..hidden\r\n"
                                     "mid.dle\r\n..\r\n"));
         /* undone, the body is the original */
-        assert_non_null(strstr(b.text, "\r\n\r\n.\r\n..\r\n.hidden\r\nmid.dle\r\n.\r\n"));
+        assert_non_null(strstr(
+                b.text, "\r\n\r\n.\r\n..\r\n.hidden\r\nmid.dle\r\n.\r\n"));
         built_free(&b);
 }
 
@@ -1387,34 +1427,48 @@ int main(void) {
                 cmocka_unit_test(test_date_header_rfc5322_utc),
                 cmocka_unit_test(test_bcc_absent_from_headers_but_in_rcpts),
                 cmocka_unit_test(test_bcc_only_request_has_no_to_header),
-                cmocka_unit_test(test_message_id_deterministic_from_domain_or_option),
-                cmocka_unit_test(test_message_id_for_rejects_bad_domain_and_small_buffer),
+                cmocka_unit_test(
+                        test_message_id_deterministic_from_domain_or_option),
+                cmocka_unit_test(
+                        test_message_id_for_rejects_bad_domain_and_small_buffer),
                 cmocka_unit_test(test_message_id_domain_from_address_literal),
                 cmocka_unit_test(test_subject_rfc2047_encoded_and_decodes_back),
                 cmocka_unit_test(test_encoded_words_every_parser_reads),
                 cmocka_unit_test(test_encoded_word_uses_shorter_of_q_and_b),
-                cmocka_unit_test(test_long_ascii_subject_folded_and_unfolds_to_original),
-                cmocka_unit_test(test_utf8_addresses_written_raw_and_message_marked),
-                cmocka_unit_test(test_unfoldable_long_header_value_encoded_within_998),
-                cmocka_unit_test(test_long_white_space_runs_in_header_values_within_998),
+                cmocka_unit_test(
+                        test_long_ascii_subject_folded_and_unfolds_to_original),
+                cmocka_unit_test(
+                        test_utf8_addresses_written_raw_and_message_marked),
+                cmocka_unit_test(
+                        test_unfoldable_long_header_value_encoded_within_998),
+                cmocka_unit_test(
+                        test_long_white_space_runs_in_header_values_within_998),
                 cmocka_unit_test(test_display_name_with_specials_quoted),
-                cmocka_unit_test(test_display_name_non_ascii_encoded_and_decodes_back),
+                cmocka_unit_test(
+                        test_display_name_non_ascii_encoded_and_decodes_back),
                 cmocka_unit_test(test_address_list_folded_between_addresses),
-                cmocka_unit_test(test_custom_header_non_ascii_encoded_ascii_kept),
+                cmocka_unit_test(
+                        test_custom_header_non_ascii_encoded_ascii_kept),
                 cmocka_unit_test(test_header_name_starting_with_dot_is_stuffed),
                 cmocka_unit_test(test_text_only_is_text_plain_7bit),
                 cmocka_unit_test(test_body_without_final_newline_gets_crlf),
                 cmocka_unit_test(test_html_only_is_text_html),
-                cmocka_unit_test(test_text_and_html_multipart_alternative_text_first),
-                cmocka_unit_test(test_attachment_base64_decodes_back_in_76_char_lines),
-                cmocka_unit_test(test_attachment_non_ascii_filename_uses_rfc2231),
+                cmocka_unit_test(
+                        test_text_and_html_multipart_alternative_text_first),
+                cmocka_unit_test(
+                        test_attachment_base64_decodes_back_in_76_char_lines),
+                cmocka_unit_test(
+                        test_attachment_non_ascii_filename_uses_rfc2231),
                 cmocka_unit_test(test_attachment_filename_with_quote_escaped),
-                cmocka_unit_test(test_non_ascii_body_quoted_printable_decodes_back),
+                cmocka_unit_test(
+                        test_non_ascii_body_quoted_printable_decodes_back),
                 cmocka_unit_test(test_long_line_body_quoted_printable_lines_76),
-                cmocka_unit_test(test_line_of_998_octets_stays_7bit_999_becomes_qp),
+                cmocka_unit_test(
+                        test_line_of_998_octets_stays_7bit_999_becomes_qp),
                 cmocka_unit_test(test_bare_lf_and_cr_normalised_to_crlf),
                 cmocka_unit_test(test_dot_stuffing_of_body_lines),
-                cmocka_unit_test(test_body_containing_boundary_prefix_forced_to_qp),
+                cmocka_unit_test(
+                        test_body_containing_boundary_prefix_forced_to_qp),
         };
         char **valid;
         size_t nv = fixture_list("requests/valid", &valid);

@@ -50,8 +50,8 @@ static void fx_render(metrics_out_t *out, void *opaque) {
                 for (int i = 0; i < cnt; i++) {
                         snprintf(labels, sizeof(labels),
                                  "topic=\"t\",partition=\"%d\"", i);
-                        metrics_sample(out, "km_huge_total", "counter",
-                                       "Huge.", labels, (double)i);
+                        metrics_sample(out, "km_huge_total", "counter", "Huge.",
+                                       labels, (double)i);
                 }
                 return;
         }
@@ -63,8 +63,7 @@ static void fx_render(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "km_lag", "gauge", "Lag.", "", -7);
         metrics_sample(out, "km_big", "gauge", "Big.", NULL, 1e20);
         metrics_sample(out, "km_tenth", "gauge", "A tenth.", NULL, 0.1);
-        metrics_sample(out, "km_odd", "gauge", "Odd values.", "v=\"nan\"",
-                       NAN);
+        metrics_sample(out, "km_odd", "gauge", "Odd values.", "v=\"nan\"", NAN);
         metrics_sample(out, "km_odd", "gauge", "Odd values.", "v=\"inf\"",
                        INFINITY);
         metrics_sample(out, "km_odd", "gauge", "Odd values.", "v=\"-inf\"",
@@ -142,8 +141,7 @@ static void client_send(struct fx *fx, int fd, const char *data, size_t len) {
 
 /* Reads until the server closes, running the loop in between. @returns the
  * bytes read (NUL-terminated in @buf); fails the test after WAIT_MS. */
-static size_t client_read_to_eof(struct fx *fx, int fd, char *buf,
-                                 size_t cap) {
+static size_t client_read_to_eof(struct fx *fx, int fd, char *buf, size_t cap) {
         int64_t end = loop_clock_ms() + WAIT_MS;
         size_t len = 0;
 
@@ -159,8 +157,8 @@ static size_t client_read_to_eof(struct fx *fx, int fd, char *buf,
                         break;
                 assert_true(errno == EAGAIN || errno == EINTR);
                 if (loop_clock_ms() >= end)
-                        fail_msg("no EOF after %d ms (read %zu bytes)",
-                                 WAIT_MS, len);
+                        fail_msg("no EOF after %d ms (read %zu bytes)", WAIT_MS,
+                                 len);
                 assert_true(loop_run_once(fx->loop, 10) >= 0);
         }
         buf[len] = '\0';
@@ -217,28 +215,27 @@ static void assert_header(const char *resp, const char *line) {
                 fail_msg("header \"%s\" missing in:\n%s", line, resp);
 }
 
-static const char expected_body[] =
-    "# HELP km_sent_total Messages sent.\n"
-    "# TYPE km_sent_total counter\n"
-    "km_sent_total{status=\"sent\"} 3\n"
-    "km_sent_total{status=\"failed\"} 2\n"
-    "# HELP km_inflight In flight.\n"
-    "# TYPE km_inflight gauge\n"
-    "km_inflight 1.5\n"
-    "# HELP km_lag Lag.\n"
-    "# TYPE km_lag gauge\n"
-    "km_lag -7\n"
-    "# HELP km_big Big.\n"
-    "# TYPE km_big gauge\n"
-    "km_big 1e+20\n"
-    "# HELP km_tenth A tenth.\n"
-    "# TYPE km_tenth gauge\n"
-    "km_tenth 0.10000000000000001\n"
-    "# HELP km_odd Odd values.\n"
-    "# TYPE km_odd gauge\n"
-    "km_odd{v=\"nan\"} NaN\n"
-    "km_odd{v=\"inf\"} +Inf\n"
-    "km_odd{v=\"-inf\"} -Inf\n";
+static const char expected_body[] = "# HELP km_sent_total Messages sent.\n"
+                                    "# TYPE km_sent_total counter\n"
+                                    "km_sent_total{status=\"sent\"} 3\n"
+                                    "km_sent_total{status=\"failed\"} 2\n"
+                                    "# HELP km_inflight In flight.\n"
+                                    "# TYPE km_inflight gauge\n"
+                                    "km_inflight 1.5\n"
+                                    "# HELP km_lag Lag.\n"
+                                    "# TYPE km_lag gauge\n"
+                                    "km_lag -7\n"
+                                    "# HELP km_big Big.\n"
+                                    "# TYPE km_big gauge\n"
+                                    "km_big 1e+20\n"
+                                    "# HELP km_tenth A tenth.\n"
+                                    "# TYPE km_tenth gauge\n"
+                                    "km_tenth 0.10000000000000001\n"
+                                    "# HELP km_odd Odd values.\n"
+                                    "# TYPE km_odd gauge\n"
+                                    "km_odd{v=\"nan\"} NaN\n"
+                                    "km_odd{v=\"inf\"} +Inf\n"
+                                    "km_odd{v=\"-inf\"} -Inf\n";
 
 static void test_get_metrics_serves_exposition_text(void **state) {
         struct fx *fx = *state;
@@ -384,8 +381,8 @@ static void test_input_after_the_response_is_bounded(void **state) {
         /* the server drops what follows, up to a limit, then resets */
         end = loop_clock_ms() + WAIT_MS;
         for (;;) {
-                ssize_t n = send(fd, junk + off, sizeof(junk) - off,
-                                 MSG_NOSIGNAL);
+                ssize_t n =
+                        send(fd, junk + off, sizeof(junk) - off, MSG_NOSIGNAL);
 
                 if (n > 0) {
                         off = (off + (size_t)n) % sizeof(junk);
@@ -472,8 +469,7 @@ static void test_connections_over_the_limit_are_closed(void **state) {
         run_for(fx, 20);
         extra = client_connect(fx->port);
         /* accepted and closed at once, without a response */
-        assert_int_equal(client_read_to_eof(fx, extra, resp, sizeof(resp)),
-                         0);
+        assert_int_equal(client_read_to_eof(fx, extra, resp, sizeof(resp)), 0);
         close(extra);
         for (int i = 0; i < CONN_MAX; i++)
                 assert_true(client_is_waiting(fds[i]));
@@ -505,12 +501,12 @@ static void shrink_listener_sndbuf(int port) {
                 if (getsockname(fd, (struct sockaddr *)&sin, &len) == -1 ||
                     sin.sin_family != AF_INET || ntohs(sin.sin_port) != port)
                         continue;
-                if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc,
-                               &acc_len) == -1 ||
+                if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &acc_len) ==
+                            -1 ||
                     !acc)
                         continue;
-                assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF,
-                                            &sndbuf, sizeof(sndbuf)),
+                assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf,
+                                            sizeof(sndbuf)),
                                  0);
                 return;
         }
@@ -531,9 +527,9 @@ static void test_large_response_is_written_in_parts(void **state) {
         shrink_listener_sndbuf(fx->port);
         fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         assert_true(fd >= 0);
-        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf,
-                                    sizeof(rcvbuf)),
-                         0);
+        assert_int_equal(
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)),
+                0);
         {
                 struct sockaddr_in sin;
 
@@ -551,8 +547,7 @@ static void test_large_response_is_written_in_parts(void **state) {
         assert_status(resp, 200);
         body = body_of(resp);
         assert_true(strlen(body) > 512 * 1024);
-        snprintf(cl, sizeof(cl), "\r\nContent-Length: %zu\r\n",
-                 strlen(body));
+        snprintf(cl, sizeof(cl), "\r\nContent-Length: %zu\r\n", strlen(body));
         assert_header(resp, cl);
         snprintf(want, sizeof(want),
                  "km_huge_total{topic=\"t\",partition=\"%d\"} %d\n",
@@ -586,7 +581,7 @@ static void test_destroy_closes_open_connections(void **state) {
         fx->m = NULL;
         for (int i = 0; i < 3; i++) {
                 assert_int_equal(
-                    client_read_to_eof(fx, fd[i], resp, sizeof(resp)), 0);
+                        client_read_to_eof(fx, fd[i], resp, sizeof(resp)), 0);
                 close(fd[i]);
         }
 }
@@ -632,8 +627,8 @@ static void test_bad_listen_addresses_are_named(void **state) {
 
         assert_listen_error(fx->loop, "127.0.0.1:99999",
                             "metrics.listen 127.0.0.1:99999: bad port");
-        assert_listen_error(fx->loop, "127.0.0.1:",
-                            "metrics.listen 127.0.0.1:: bad port");
+        assert_listen_error(
+                fx->loop, "127.0.0.1:", "metrics.listen 127.0.0.1:: bad port");
         assert_listen_error(fx->loop, "127.0.0.1:80x",
                             "metrics.listen 127.0.0.1:80x: bad port");
         assert_listen_error(fx->loop, "9100",
@@ -670,28 +665,28 @@ static void test_ipv6_listen(void **state) {
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
         const struct CMUnitTest tests[] = {
-            T(test_get_metrics_serves_exposition_text),
-            T(test_help_and_type_once_per_consecutive_name),
-            T(test_head_metrics_has_length_but_no_body),
-            T(test_query_string_is_ignored),
-            T(test_healthz_ok),
-            T(test_healthz_unhealthy_is_503_with_reason),
-            T(test_unknown_path_is_404),
-            T(test_other_method_is_405),
-            T(test_malformed_request_line_is_400),
-            T(test_bare_newlines_end_the_head),
-            T(test_oversize_request_is_431_and_closed),
-            T(test_input_after_the_response_is_bounded),
-            T(test_silent_client_is_closed_after_timeout),
-            T(test_trickling_client_does_not_extend_the_timeout),
-            T(test_request_in_two_writes),
-            T(test_connections_over_the_limit_are_closed),
-            T(test_large_response_is_written_in_parts),
-            T(test_metrics_over_the_cap_is_500),
-            T(test_destroy_closes_open_connections),
-            T(test_accept_pauses_when_out_of_fds),
-            T(test_bad_listen_addresses_are_named),
-            T(test_ipv6_listen),
+                T(test_get_metrics_serves_exposition_text),
+                T(test_help_and_type_once_per_consecutive_name),
+                T(test_head_metrics_has_length_but_no_body),
+                T(test_query_string_is_ignored),
+                T(test_healthz_ok),
+                T(test_healthz_unhealthy_is_503_with_reason),
+                T(test_unknown_path_is_404),
+                T(test_other_method_is_405),
+                T(test_malformed_request_line_is_400),
+                T(test_bare_newlines_end_the_head),
+                T(test_oversize_request_is_431_and_closed),
+                T(test_input_after_the_response_is_bounded),
+                T(test_silent_client_is_closed_after_timeout),
+                T(test_trickling_client_does_not_extend_the_timeout),
+                T(test_request_in_two_writes),
+                T(test_connections_over_the_limit_are_closed),
+                T(test_large_response_is_written_in_parts),
+                T(test_metrics_over_the_cap_is_500),
+                T(test_destroy_closes_open_connections),
+                T(test_accept_pauses_when_out_of_fds),
+                T(test_bad_listen_addresses_are_named),
+                T(test_ipv6_listen),
         };
 #undef T
 

@@ -247,7 +247,8 @@ static void test_random_ops_match_reference_model(void **state) {
                         /* Complete a random not-yet-final entry; it may
                          * already be done, then it must be refused. */
                         size_t span = m.cnt - m.low;
-                        size_t i = m.low + (size_t)rand() % (span < 500 ? span : 500);
+                        size_t i = m.low +
+                                   (size_t)rand() % (span < 500 ? span : 500);
                         int expect = m.done[i] ? -1 : 0;
 
                         assert_int_equal(offsets_done(o, m.off[i]), expect);
@@ -304,7 +305,7 @@ int main(void) {
                 cmocka_unit_test(test_out_of_order_completion_holds_watermark),
                 cmocka_unit_test(test_gaps_commit_past_untracked_offsets),
                 cmocka_unit_test(test_front_tag_follows_watermark),
-            cmocka_unit_test(test_duplicate_and_unknown_done_rejected),
+                cmocka_unit_test(test_duplicate_and_unknown_done_rejected),
                 cmocka_unit_test(test_non_increasing_track_rejected),
                 cmocka_unit_test(test_ring_grows_while_wrapped),
                 cmocka_unit_test(test_random_ops_match_reference_model),

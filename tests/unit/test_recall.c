@@ -24,8 +24,8 @@ static void test_meta_round_trip(void **state) {
         assert_int_equal(rp, 7);
         assert_int_equal(off, 123456789012LL);
         /* Not NUL-terminated, as Kafka hands it back. */
-        assert_int_equal(recall_meta_parse("kafka-mailer/1 results=0@0xx", 26, &rp,
-                                           &off),
+        assert_int_equal(recall_meta_parse("kafka-mailer/1 results=0@0xx", 26,
+                                           &rp, &off),
                          0);
         assert_int_equal(rp, 0);
         assert_int_equal(off, 0);
@@ -33,21 +33,27 @@ static void test_meta_round_trip(void **state) {
 
 static void test_meta_refuses_what_it_did_not_write(void **state) {
         static const char *const bad[] = {
-            "", "kafka-mailer/1 results=", "kafka-mailer/1 results=3",
-            "kafka-mailer/1 results=3@", "kafka-mailer/1 results=-3@5",
-            "kafka-mailer/1 results=3@-5", "kafka-mailer/1 results=3@5 ",
-            "kafka-mailer/1 results=3@5x", "kafka-mailer/2 results=3@5",
-            "kafka-mailer/1 results=99999999999@5",
-            "kafka-mailer/1 results=3@99999999999999999999999",
-            "{\"owner\":\"someone else\"}",
+                "",
+                "kafka-mailer/1 results=",
+                "kafka-mailer/1 results=3",
+                "kafka-mailer/1 results=3@",
+                "kafka-mailer/1 results=-3@5",
+                "kafka-mailer/1 results=3@-5",
+                "kafka-mailer/1 results=3@5 ",
+                "kafka-mailer/1 results=3@5x",
+                "kafka-mailer/2 results=3@5",
+                "kafka-mailer/1 results=99999999999@5",
+                "kafka-mailer/1 results=3@99999999999999999999999",
+                "{\"owner\":\"someone else\"}",
         };
         int32_t rp = 42;
         int64_t off = 42;
 
         (void)state;
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-                assert_int_equal(recall_meta_parse(bad[i], strlen(bad[i]), &rp, &off),
-                                 -1);
+                assert_int_equal(
+                        recall_meta_parse(bad[i], strlen(bad[i]), &rp, &off),
+                        -1);
         assert_int_equal(recall_meta_parse(NULL, 0, &rp, &off), -1);
         assert_int_equal(rp, 42);
         assert_int_equal(off, 42);
@@ -114,19 +120,22 @@ static void test_result_record_read_back(void **state) {
 
 static void test_records_without_a_final_id_are_skipped(void **state) {
         static const char *const skipped[] = {
-            "", "not json", "[1]", "{\"v\":1,\"status\":\"sent\"}",
-            "{\"v\":1,\"id\":null,\"status\":\"rejected\"}",
-            "{\"v\":1,\"id\":\"\",\"status\":\"sent\"}",
-            "{\"v\":1,\"id\":\"x\",\"status\":\"queued\"}",
-            "{\"v\":1,\"id\":\"x\"}",
-            "{\"v\":1,\"id\":7,\"status\":\"sent\"}",
+                "",
+                "not json",
+                "[1]",
+                "{\"v\":1,\"status\":\"sent\"}",
+                "{\"v\":1,\"id\":null,\"status\":\"rejected\"}",
+                "{\"v\":1,\"id\":\"\",\"status\":\"sent\"}",
+                "{\"v\":1,\"id\":\"x\",\"status\":\"queued\"}",
+                "{\"v\":1,\"id\":\"x\"}",
+                "{\"v\":1,\"id\":7,\"status\":\"sent\"}",
         };
         struct recall_item item;
 
         (void)state;
         for (size_t i = 0; i < sizeof(skipped) / sizeof(skipped[0]); i++) {
-                assert_int_equal(recall_parse_result(skipped[i], strlen(skipped[i]),
-                                                     &item),
+                assert_int_equal(recall_parse_result(skipped[i],
+                                                     strlen(skipped[i]), &item),
                                  -1);
                 assert_null(item.id);
         }
@@ -135,7 +144,8 @@ static void test_records_without_a_final_id_are_skipped(void **state) {
                 const char *odd = "{\"id\":\"y\",\"status\":\"expired\","
                                   "\"smtp_code\":\"x\",\"source\":5}";
 
-                assert_int_equal(recall_parse_result(odd, strlen(odd), &item), 0);
+                assert_int_equal(recall_parse_result(odd, strlen(odd), &item),
+                                 0);
         }
         assert_int_equal(item.done.status, RESULT_EXPIRED);
         assert_int_equal(item.done.smtp_code, 0);
@@ -145,10 +155,10 @@ static void test_records_without_a_final_id_are_skipped(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_meta_round_trip),
-            cmocka_unit_test(test_meta_refuses_what_it_did_not_write),
-            cmocka_unit_test(test_result_record_read_back),
-            cmocka_unit_test(test_records_without_a_final_id_are_skipped),
+                cmocka_unit_test(test_meta_round_trip),
+                cmocka_unit_test(test_meta_refuses_what_it_did_not_write),
+                cmocka_unit_test(test_result_record_read_back),
+                cmocka_unit_test(test_records_without_a_final_id_are_skipped),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

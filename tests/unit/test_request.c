@@ -48,15 +48,16 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
         snprintf(path, sizeof(path), "%s/error", dir);
         expect = fixture_read(path, &elen);
         assert_non_null(expect);
-        while (elen > 0 && (expect[elen - 1] == '\n' || expect[elen - 1] == '\r'))
+        while (elen > 0 &&
+               (expect[elen - 1] == '\n' || expect[elen - 1] == '\r'))
                 expect[--elen] = '\0';
         assert_true(elen > 0);
 
         req = request_parse(input, len, &test_limits, id, sizeof(id), err,
                             sizeof(err));
         if (req != NULL)
-                print_error("%s: accepted, expected \"%s\"\n", fixture_name(dir),
-                            expect);
+                print_error("%s: accepted, expected \"%s\"\n",
+                            fixture_name(dir), expect);
         assert_null(req);
         if (strstr(err, expect) == NULL)
                 print_error("%s: reason \"%s\", expected \"%s\"\n",
@@ -133,10 +134,10 @@ static struct mail_request *parse_sized(size_t subject, size_t header,
                                         size_t display, char *err,
                                         size_t err_size) {
         static const struct request_limits small = {
-            .max_bytes = 16384,
-            .max_recipients = 10,
-            .max_subject_bytes = 40,
-            .max_header_bytes = 40,
+                .max_bytes = 16384,
+                .max_recipients = 10,
+                .max_subject_bytes = 40,
+                .max_header_bytes = 40,
         };
         char json[1024], s[200], h[200], d[200], id[64];
 
@@ -157,7 +158,7 @@ static struct mail_request *parse_sized(size_t subject, size_t header,
 }
 
 static void test_subject_header_and_display_name_limits_name_field_and_setting(
-    void **state) {
+        void **state) {
         struct mail_request *req;
         char err[256];
 
@@ -222,9 +223,9 @@ static void test_full_request_fields_parsed(void **state) {
         assert_int_equal(req->attachments[1].data[0], 0);
         assert_int_equal(req->deadline_ms, 1795867200000LL);
         assert_non_null(req->metadata);
-        assert_int_equal(json_integer_value(json_object_get(req->metadata,
-                                                            "order")),
-                         1234);
+        assert_int_equal(
+                json_integer_value(json_object_get(req->metadata, "order")),
+                1234);
         assert_int_equal(request_recipient_count(req), 4);
         request_destroy(req);
 }
@@ -235,10 +236,11 @@ static int64_t deadline_of(const char *value) {
         struct mail_request *req;
         int64_t ms;
 
-        snprintf(json, sizeof(json),
-                 "{\"id\":\"d\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
-                 "\"text\":\"x\",\"deadline\":\"%s\"}",
-                 value);
+        snprintf(
+                json, sizeof(json),
+                "{\"id\":\"d\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"text\":\"x\",\"deadline\":\"%s\"}",
+                value);
         req = parse_str(json, err, sizeof(err));
         if (req == NULL) {
                 print_error("%s: %s\n", value, err);
@@ -324,8 +326,8 @@ static void test_oversize_rejected_without_reading_bytes(void **state) {
 
         (void)state;
         /* Not JSON at all: the size check comes first. */
-        assert_null(request_parse("not json at all", 15, &small, id,
-                                  sizeof(id), err, sizeof(err)));
+        assert_null(request_parse("not json at all", 15, &small, id, sizeof(id),
+                                  err, sizeof(err)));
         assert_string_equal(err,
                             "request: 15 bytes exceeds request.max.bytes (10)");
 }
@@ -339,8 +341,10 @@ static void test_address_forms_accepted(void **state) {
                 {"ann@example.com", NULL, "ann@example.com"},
                 {"<ann@example.com>", NULL, "ann@example.com"},
                 {"Ann <ann@example.com>", "Ann", "ann@example.com"},
-                {"  Ann  Lee\t<ann@example.com>  ", "Ann  Lee", "ann@example.com"},
-                {"\"Lee, Ann\" <ann@example.com>", "Lee, Ann", "ann@example.com"},
+                {"  Ann  Lee\t<ann@example.com>  ", "Ann  Lee",
+                 "ann@example.com"},
+                {"\"Lee, Ann\" <ann@example.com>", "Lee, Ann",
+                 "ann@example.com"},
                 {"\"a \\\"b\\\" \\\\c\"<ann@example.com>", "a \"b\" \\c",
                  "ann@example.com"},
                 {"\"\" <ann@example.com>", NULL, "ann@example.com"},
@@ -366,7 +370,8 @@ static void test_address_forms_accepted(void **state) {
                 if (cases[i].display == NULL)
                         assert_null(req->from.display);
                 else
-                        assert_string_equal(req->from.display, cases[i].display);
+                        assert_string_equal(req->from.display,
+                                            cases[i].display);
                 assert_string_equal(req->from.addr, cases[i].addr);
                 request_destroy(req);
                 free(s);
@@ -383,8 +388,9 @@ static void test_check_addr_limits_at_boundaries(void **state) {
         memset(label, 'b', 63);
         label[63] = '\0';
         /* local part of exactly 64 is fine */
-        snprintf(addr, sizeof(addr), "%.64s@example.com",
-                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        snprintf(
+                addr, sizeof(addr), "%.64s@example.com",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
         assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), 0);
         /* label of exactly 63 is fine */
         snprintf(addr, sizeof(addr), "a@%s.com", label);
@@ -398,16 +404,20 @@ static void test_check_addr_limits_at_boundaries(void **state) {
                  label);
         assert_int_equal(request_check_addr(addr, NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "address longer than 254 characters");
-        assert_int_equal(request_check_addr("a@b\r\n.com", NULL, err, sizeof(err)), -1);
+        assert_int_equal(
+                request_check_addr("a@b\r\n.com", NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "CR or LF not allowed");
         assert_int_equal(request_check_addr("", NULL, err, sizeof(err)), -1);
         assert_string_equal(err, "empty address");
-        assert_int_equal(request_check_addr("a@b-.com", NULL, err, sizeof(err)), -1);
-        assert_int_equal(request_check_addr("a@[1.2.3]", NULL, err, sizeof(err)), -1);
-        assert_int_equal(request_check_addr("a@[1.2.3.4.5]", NULL, err, sizeof(err)),
+        assert_int_equal(request_check_addr("a@b-.com", NULL, err, sizeof(err)),
                          -1);
-        assert_int_equal(request_check_addr("a@[01.2.3.4]", NULL, err, sizeof(err)),
-                         0);
+        assert_int_equal(
+                request_check_addr("a@[1.2.3]", NULL, err, sizeof(err)), -1);
+        assert_int_equal(
+                request_check_addr("a@[1.2.3.4.5]", NULL, err, sizeof(err)),
+                -1);
+        assert_int_equal(
+                request_check_addr("a@[01.2.3.4]", NULL, err, sizeof(err)), 0);
 }
 
 static void test_utf8_addresses_accepted_and_mark_smtputf8(void **state) {
@@ -417,34 +427,44 @@ static void test_utf8_addresses_accepted_and_mark_smtputf8(void **state) {
 
         (void)state;
         assert_int_equal(request_check_addr("j\xc3\xb6rg@example.com", &utf8,
-                                            err, sizeof(err)), 0);
+                                            err, sizeof(err)),
+                         0);
         assert_int_equal(utf8, 1);
-        assert_int_equal(request_check_addr("ann@b\xc3\xbc" "cher.example", &utf8,
-                                            err, sizeof(err)), 0);
+        assert_int_equal(request_check_addr("ann@b\xc3\xbc"
+                                            "cher.example",
+                                            &utf8, err, sizeof(err)),
+                         0);
         assert_int_equal(utf8, 1);
-        assert_int_equal(request_check_addr("ann@example.com", &utf8, err,
-                                            sizeof(err)), 0);
+        assert_int_equal(
+                request_check_addr("ann@example.com", &utf8, err, sizeof(err)),
+                0);
         assert_int_equal(utf8, 0);
         /* Not well-formed UTF-8: a stray continuation byte, an overlong '/',
          * a surrogate, a truncated sequence. */
-        assert_int_equal(request_check_addr("a\x80@example.com", NULL, err,
-                                            sizeof(err)), -1);
+        assert_int_equal(
+                request_check_addr("a\x80@example.com", NULL, err, sizeof(err)),
+                -1);
         assert_string_equal(err, "invalid UTF-8 in address");
         assert_int_equal(request_check_addr("a\xc0\xaf@example.com", NULL, err,
-                                            sizeof(err)), -1);
+                                            sizeof(err)),
+                         -1);
         assert_string_equal(err, "invalid UTF-8 in address");
         assert_int_equal(request_check_addr("a\xed\xa0\x80@example.com", NULL,
-                                            err, sizeof(err)), -1);
+                                            err, sizeof(err)),
+                         -1);
         assert_string_equal(err, "invalid UTF-8 in address");
-        assert_int_equal(request_check_addr("a@example.co\xc3", NULL, err,
-                                            sizeof(err)), -1);
+        assert_int_equal(
+                request_check_addr("a@example.co\xc3", NULL, err, sizeof(err)),
+                -1);
         assert_string_equal(err, "invalid UTF-8 in address");
         /* C1 controls and line separators are control characters. */
         assert_int_equal(request_check_addr("a\xc2\x85@example.com", NULL, err,
-                                            sizeof(err)), -1);
+                                            sizeof(err)),
+                         -1);
         assert_string_equal(err, "control character U+0085 in address");
         assert_int_equal(request_check_addr("a@ex\xe2\x80\xa9.com", NULL, err,
-                                            sizeof(err)), -1);
+                                            sizeof(err)),
+                         -1);
         assert_string_equal(err, "control character U+2029 in address");
 
         req = parse_str("{\"id\":\"a\",\"from\":\"a@example.com\","
@@ -490,10 +510,12 @@ static void test_null_optional_fields_are_absent(void **state) {
 static void test_recipient_limit_counts_to_cc_and_bcc(void **state) {
         char err[256];
         struct request_limits two = {.max_bytes = 4096, .max_recipients = 2};
-        const char *ok = "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
-                         "\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
-        const char *over = "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
-                           "\"cc\":[\"g@h.example\"],\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
+        const char *ok =
+                "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
+        const char *over =
+                "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
+                "\"cc\":[\"g@h.example\"],\"bcc\":[\"e@f.example\"],\"text\":\"x\"}";
         char id[8];
         struct mail_request *req;
 
@@ -502,8 +524,8 @@ static void test_recipient_limit_counts_to_cc_and_bcc(void **state) {
                             sizeof(err));
         assert_non_null(req);
         request_destroy(req);
-        assert_null(request_parse(over, strlen(over), &two, id, sizeof(id),
-                                  err, sizeof(err)));
+        assert_null(request_parse(over, strlen(over), &two, id, sizeof(id), err,
+                                  sizeof(err)));
         assert_string_equal(err, "to: 3 recipients in to, cc and bcc exceed "
                                  "request.max.recipients (2)");
 }
@@ -536,12 +558,14 @@ static void test_errstr_truncated_to_its_size(void **state) {
 
 int main(void) {
         static const struct CMUnitTest fixed[] = {
-                cmocka_unit_test(test_fixture_folders_hold_at_least_30_invalid_cases),
+                cmocka_unit_test(
+                        test_fixture_folders_hold_at_least_30_invalid_cases),
                 cmocka_unit_test(test_a_kafka_key_is_an_id_by_the_id_rules),
-            cmocka_unit_test(
-                    test_subject_header_and_display_name_limits_name_field_and_setting),
+                cmocka_unit_test(
+                        test_subject_header_and_display_name_limits_name_field_and_setting),
                 cmocka_unit_test(test_full_request_fields_parsed),
-                cmocka_unit_test(test_deadline_rfc3339_zone_offset_and_fraction),
+                cmocka_unit_test(
+                        test_deadline_rfc3339_zone_offset_and_fraction),
                 cmocka_unit_test(test_deadline_absent_is_zero),
                 cmocka_unit_test(test_idbuf_filled_on_rejection),
                 cmocka_unit_test(test_idbuf_empty_when_json_invalid),
@@ -549,7 +573,8 @@ int main(void) {
                 cmocka_unit_test(test_oversize_rejected_without_reading_bytes),
                 cmocka_unit_test(test_address_forms_accepted),
                 cmocka_unit_test(test_check_addr_limits_at_boundaries),
-                cmocka_unit_test(test_utf8_addresses_accepted_and_mark_smtputf8),
+                cmocka_unit_test(
+                        test_utf8_addresses_accepted_and_mark_smtputf8),
                 cmocka_unit_test(test_null_optional_fields_are_absent),
                 cmocka_unit_test(test_recipient_limit_counts_to_cc_and_bcc),
                 cmocka_unit_test(test_base64_with_line_breaks_decodes),

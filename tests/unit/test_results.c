@@ -53,23 +53,30 @@ static void test_sent_result_has_every_v1_field(void **state) {
         rec.metadata = meta;
         o = format_and_parse(&rec);
         assert_int_equal(json_integer_value(json_object_get(o, "v")), 1);
-        assert_string_equal(json_string_value(json_object_get(o, "id")), "7f3c");
-        assert_string_equal(json_string_value(json_object_get(o, "status")), "sent");
+        assert_string_equal(json_string_value(json_object_get(o, "id")),
+                            "7f3c");
+        assert_string_equal(json_string_value(json_object_get(o, "status")),
+                            "sent");
         assert_int_equal(json_integer_value(json_object_get(o, "attempts")), 2);
-        assert_int_equal(json_integer_value(json_object_get(o, "smtp_code")), 250);
+        assert_int_equal(json_integer_value(json_object_get(o, "smtp_code")),
+                         250);
         assert_string_equal(json_string_value(json_object_get(o, "relay")),
                             "smtp://relay:587");
         assert_true(json_is_null(json_object_get(o, "error")));
         assert_int_equal(json_integer_value(json_object_get(
-                             json_object_get(o, "source"), "offset")),
+                                 json_object_get(o, "source"), "offset")),
                          1842);
-        assert_string_equal(json_string_value(json_object_get(o, "received_at")),
-                            "2026-11-27T17:20:00.020Z");
-        assert_int_equal(json_integer_value(json_object_get(o, "latency_ms")), 104);
-        assert_string_equal(json_string_value(json_object_get(o, "worker")), "host-1");
+        assert_string_equal(
+                json_string_value(json_object_get(o, "received_at")),
+                "2026-11-27T17:20:00.020Z");
+        assert_int_equal(json_integer_value(json_object_get(o, "latency_ms")),
+                         104);
+        assert_string_equal(json_string_value(json_object_get(o, "worker")),
+                            "host-1");
         assert_true(json_equal(json_object_get(o, "metadata"), meta));
         assert_null(json_object_get(o, "duplicate"));
-        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "all");
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")),
+                            "all");
         assert_null(json_object_get(o, "recipients"));
         json_decref(o);
         json_decref(meta);
@@ -77,28 +84,30 @@ static void test_sent_result_has_every_v1_field(void **state) {
 
 static void test_delivered_and_recipients(void **state) {
         struct result_rec rec = base_rec();
-        json_t *all = json_pack("[{s:s, s:s}, {s:s, s:s}]", "recipient", "a@x.example",
-                                "status", "sent", "recipient", "b@x.example",
-                                "status", "failed");
+        json_t *all = json_pack("[{s:s, s:s}, {s:s, s:s}]", "recipient",
+                                "a@x.example", "status", "sent", "recipient",
+                                "b@x.example", "status", "failed");
         json_t *o;
 
         (void)state;
         rec.status = RESULT_FAILED;
         o = format_and_parse(&rec); /* no per-recipient state */
-        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "none");
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")),
+                            "none");
         json_decref(o);
         rec.status = RESULT_SENT;
         rec.recipients = all;
         rec.delivered = "some";
         o = format_and_parse(&rec);
-        assert_string_equal(json_string_value(json_object_get(o, "delivered")), "some");
+        assert_string_equal(json_string_value(json_object_get(o, "delivered")),
+                            "some");
         assert_true(json_equal(json_object_get(o, "recipients"), all));
         json_decref(o);
         json_decref(all);
 }
 
 static void test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json(
-    void **state) {
+        void **state) {
         struct result_rec rec = base_rec();
         json_t *o;
 
@@ -147,8 +156,10 @@ static void test_an_id_from_the_key_says_so(void **state) {
         json_decref(o);
         rec.id_from_key = 1;
         o = format_and_parse(&rec);
-        assert_string_equal(json_string_value(json_object_get(o, "id")), "7f3c");
-        assert_string_equal(json_string_value(json_object_get(o, "id_from")), "key");
+        assert_string_equal(json_string_value(json_object_get(o, "id")),
+                            "7f3c");
+        assert_string_equal(json_string_value(json_object_get(o, "id_from")),
+                            "key");
         json_decref(o);
         rec.id = NULL; /* no id at all: nothing to say where it came from */
         o = format_and_parse(&rec);
@@ -167,7 +178,7 @@ static void test_duplicate_names_the_earlier_request(void **state) {
         o = format_and_parse(&rec);
         assert_true(json_is_true(json_object_get(o, "duplicate")));
         assert_int_equal(json_integer_value(json_object_get(
-                             json_object_get(o, "duplicate_of"), "offset")),
+                                 json_object_get(o, "duplicate_of"), "offset")),
                          99);
         json_decref(o);
 }
@@ -182,21 +193,22 @@ static void test_long_values_grow_past_the_stack_buffer(void **state) {
         big[99999] = '\0';
         rec.smtp_reply = big;
         o = format_and_parse(&rec);
-        assert_int_equal(json_string_length(json_object_get(o, "smtp_reply")), 99999);
+        assert_int_equal(json_string_length(json_object_get(o, "smtp_reply")),
+                         99999);
         json_decref(o);
         free(big);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_sent_result_has_every_v1_field),
-            cmocka_unit_test(
-                test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
-            cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
-            cmocka_unit_test(test_an_id_from_the_key_says_so),
-            cmocka_unit_test(test_delivered_and_recipients),
-            cmocka_unit_test(test_duplicate_names_the_earlier_request),
-            cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
+                cmocka_unit_test(test_sent_result_has_every_v1_field),
+                cmocka_unit_test(
+                        test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
+                cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
+                cmocka_unit_test(test_an_id_from_the_key_says_so),
+                cmocka_unit_test(test_delivered_and_recipients),
+                cmocka_unit_test(test_duplicate_names_the_earlier_request),
+                cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

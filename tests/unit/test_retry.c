@@ -11,12 +11,12 @@
 
 /* No jitter: the backoff is 1000, 2000, 4000 ... ms, at most 8000. */
 static const struct retry_conf conf = {
-    .attempts_max = 5,
-    .backoff_initial_ms = 1000,
-    .backoff_max_ms = 8000,
-    .jitter_percent = 0,
-    .window_ms = 60000,
-    .local_window_ms = 10000,
+        .attempts_max = 5,
+        .backoff_initial_ms = 1000,
+        .backoff_max_ms = 8000,
+        .jitter_percent = 0,
+        .window_ms = 60000,
+        .local_window_ms = 10000,
 };
 
 /* A request first consumed at 0, now at @now, after @attempts. */
@@ -167,21 +167,22 @@ static void test_record_without_recipients_has_documented_bytes(void **state) {
         r = documented_record();
         v = retry_record_format(&r);
         assert_string_equal(
-            v, "{\"v\":1,\"id\":\"7f3c\",\"request\":"
-               "\"{\\\"id\\\":\\\"7f3c\\\",\\\"from\\\":\\\"a@b.example\\\"}\","
-               "\"attempts\":3,\"due_ms\":1795830000000,"
-               "\"first_received_ms\":1795829990000,"
-               "\"request_ts_ms\":1795829989000,"
-               "\"source\":{\"topic\":\"email.requests\",\"partition\":3,"
-               "\"offset\":1842},\"last_smtp_code\":451,"
-               "\"last_smtp_reply\":\"4.3.0 try again later\"}");
+                v,
+                "{\"v\":1,\"id\":\"7f3c\",\"request\":"
+                "\"{\\\"id\\\":\\\"7f3c\\\",\\\"from\\\":\\\"a@b.example\\\"}\","
+                "\"attempts\":3,\"due_ms\":1795830000000,"
+                "\"first_received_ms\":1795829990000,"
+                "\"request_ts_ms\":1795829989000,"
+                "\"source\":{\"topic\":\"email.requests\",\"partition\":3,"
+                "\"offset\":1842},\"last_smtp_code\":451,"
+                "\"last_smtp_reply\":\"4.3.0 try again later\"}");
         free(v);
 }
 
 static void test_record_round_trips(void **state) {
         struct retry_rcpt rc[2] = {
-            {0, "ann@example.com", 1, 250, "2.0.0 Ok"},
-            {2, "bob@example.com", 0, 550, ""},
+                {0, "ann@example.com", 1, 250, "2.0.0 Ok"},
+                {2, "bob@example.com", 0, 550, ""},
         };
         struct retry_record r, back;
         char errstr[256];
@@ -195,9 +196,9 @@ static void test_record_round_trips(void **state) {
         r.rcpt_cnt = 2;
         v = retry_record_format(&r);
         assert_non_null(strstr(v, "\"last_smtp_reply\":\"\""));
-        assert_int_equal(retry_record_parse(v, strlen(v), &back, errstr,
-                                            sizeof(errstr)),
-                         0);
+        assert_int_equal(
+                retry_record_parse(v, strlen(v), &back, errstr, sizeof(errstr)),
+                0);
         assert_string_equal(back.id, r.id);
         assert_int_equal(back.request_len, r.request_len);
         assert_memory_equal(back.request, request_text, r.request_len);
@@ -232,21 +233,22 @@ static void test_reply_not_utf8_is_repaired(void **state) {
         r.source_topic = "t";
         r.last_smtp_reply = "bad \xff reply";
         v = retry_record_format(&r);
-        assert_non_null(strstr(v, "\"last_smtp_reply\":\"bad \xef\xbf\xbd reply\""));
+        assert_non_null(
+                strstr(v, "\"last_smtp_reply\":\"bad \xef\xbf\xbd reply\""));
         free(v);
 }
 
 /* The example of docs/wire-format.md, as written by earlier versions. */
 static void test_documented_record_parses(void **state) {
         static const char doc[] =
-            "{\"v\": 1, \"id\": \"7f3c\", \"request\": \"{\\\"id\\\":\\\"7f3c\\\"}\", "
-            "\"attempts\": 3,\n \"due_ms\": 1795830000000, "
-            "\"first_received_ms\": 1795829990000,\n \"request_ts_ms\": "
-            "1795829989000,\n \"source\": {\"topic\": \"email.requests\", "
-            "\"partition\": 3, \"offset\": 1842},\n \"last_smtp_code\": 451, "
-            "\"last_smtp_reply\": \"4.3.0 try again later\",\n \"recipients\": "
-            "[{\"index\": 0, \"recipient\": \"ann@example.com\", \"status\": "
-            "\"sent\", \"smtp_code\": 250, \"smtp_reply\": \"2.0.0 Ok\"}]}";
+                "{\"v\": 1, \"id\": \"7f3c\", \"request\": \"{\\\"id\\\":\\\"7f3c\\\"}\", "
+                "\"attempts\": 3,\n \"due_ms\": 1795830000000, "
+                "\"first_received_ms\": 1795829990000,\n \"request_ts_ms\": "
+                "1795829989000,\n \"source\": {\"topic\": \"email.requests\", "
+                "\"partition\": 3, \"offset\": 1842},\n \"last_smtp_code\": 451, "
+                "\"last_smtp_reply\": \"4.3.0 try again later\",\n \"recipients\": "
+                "[{\"index\": 0, \"recipient\": \"ann@example.com\", \"status\": "
+                "\"sent\", \"smtp_code\": 250, \"smtp_reply\": \"2.0.0 Ok\"}]}";
         struct retry_record r;
         char errstr[256];
 
@@ -270,9 +272,9 @@ static void test_documented_record_parses(void **state) {
 
 static void test_optional_fields_may_be_absent(void **state) {
         static const char rec[] =
-            "{\"id\":\"a\",\"request\":\"{}\",\"attempts\":0,\"due_ms\":0,"
-            "\"first_received_ms\":0,\"source\":{\"partition\":0,\"offset\":0},"
-            "\"recipients\":null}";
+                "{\"id\":\"a\",\"request\":\"{}\",\"attempts\":0,\"due_ms\":0,"
+                "\"first_received_ms\":0,\"source\":{\"partition\":0,\"offset\":0},"
+                "\"recipients\":null}";
         struct retry_record r;
         char errstr[256];
 
@@ -302,7 +304,8 @@ static void assert_rejected(const char *rec, const char *want, const char *id) {
         retry_record_clear(&r);
 }
 
-#define GOOD_HEAD "{\"id\":\"a\",\"request\":\"{}\",\"due_ms\":0,\"first_received_ms\":0,"
+#define GOOD_HEAD                                                              \
+        "{\"id\":\"a\",\"request\":\"{}\",\"due_ms\":0,\"first_received_ms\":0,"
 
 static void test_malformed_records_are_rejected(void **state) {
         (void)state;
@@ -310,15 +313,16 @@ static void test_malformed_records_are_rejected(void **state) {
         assert_rejected("[1]", "retry record: Expected object, got array", "");
         assert_rejected(GOOD_HEAD "\"source\":{\"partition\":0,\"offset\":0}}",
                         "retry record: Object item not", "a");
-        assert_rejected(GOOD_HEAD "\"attempts\":\"3\",\"source\":{\"partition\":0,"
-                                  "\"offset\":0}}",
+        assert_rejected(GOOD_HEAD
+                        "\"attempts\":\"3\",\"source\":{\"partition\":0,"
+                        "\"offset\":0}}",
                         "retry record: Expected integer, got string", "a");
         assert_rejected(GOOD_HEAD "\"attempts\":1,\"source\":{\"offset\":0}}",
                         "retry record: Object item not", "a");
-        assert_rejected(GOOD_HEAD "\"attempts\":1001,\"source\":{\"partition\":0,"
-                                  "\"offset\":0}}",
-                        "retry record: attempts: 1001 out of range (0 to 1000)",
-                        "a");
+        assert_rejected(
+                GOOD_HEAD "\"attempts\":1001,\"source\":{\"partition\":0,"
+                          "\"offset\":0}}",
+                "retry record: attempts: 1001 out of range (0 to 1000)", "a");
         assert_rejected(GOOD_HEAD "\"attempts\":1,\"source\":{\"partition\":-1,"
                                   "\"offset\":0}}",
                         "retry record: source.partition: -1 out of range", "a");
@@ -330,51 +334,55 @@ static void test_malformed_records_are_rejected(void **state) {
 }
 
 static void test_bad_recipient_entries_are_rejected(void **state) {
-#define WITH_RCPTS(x)                                                            \
-        GOOD_HEAD "\"attempts\":1,\"source\":{\"partition\":0,\"offset\":0},"     \
+#define WITH_RCPTS(x)                                                          \
+        GOOD_HEAD "\"attempts\":1,\"source\":{\"partition\":0,\"offset\":0},"  \
                   "\"recipients\":" x "}"
         (void)state;
         assert_rejected(WITH_RCPTS("{}"),
                         "retry record: recipients: must be an array", "a");
-        assert_rejected(WITH_RCPTS("[3]"),
-                        "retry record: recipients[0]: Expected object, got integer",
-                        "a");
-        assert_rejected(WITH_RCPTS("[{\"index\":0,\"recipient\":\"x@y\","
-                                   "\"status\":\"sent\"},{\"recipient\":\"x@y\","
-                                   "\"status\":\"sent\"}]"),
-                        "retry record: recipients[1]: Object item not",
-                        "a");
+        assert_rejected(
+                WITH_RCPTS("[3]"),
+                "retry record: recipients[0]: Expected object, got integer",
+                "a");
+        assert_rejected(
+                WITH_RCPTS("[{\"index\":0,\"recipient\":\"x@y\","
+                           "\"status\":\"sent\"},{\"recipient\":\"x@y\","
+                           "\"status\":\"sent\"}]"),
+                "retry record: recipients[1]: Object item not", "a");
         assert_rejected(WITH_RCPTS("[{\"index\":-1,\"recipient\":\"x@y\","
                                    "\"status\":\"sent\"}]"),
                         "retry record: recipients[0]: negative index", "a");
-        assert_rejected(WITH_RCPTS("[{\"index\":0,\"recipient\":\"x@y\","
-                                   "\"status\":\"maybe\"}]"),
-                        "retry record: recipients[0]: status must be \"sent\" or "
-                        "\"failed\"",
-                        "a");
-        assert_rejected(WITH_RCPTS("[{\"index\":0,\"recipient\":1,"
-                                   "\"status\":\"sent\"}]"),
-                        "retry record: recipients[0]: Expected string, got integer",
-                        "a");
+        assert_rejected(
+                WITH_RCPTS("[{\"index\":0,\"recipient\":\"x@y\","
+                           "\"status\":\"maybe\"}]"),
+                "retry record: recipients[0]: status must be \"sent\" or "
+                "\"failed\"",
+                "a");
+        assert_rejected(
+                WITH_RCPTS("[{\"index\":0,\"recipient\":1,"
+                           "\"status\":\"sent\"}]"),
+                "retry record: recipients[0]: Expected string, got integer",
+                "a");
 #undef WITH_RCPTS
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_exhausted_at_attempts_max),
-            cmocka_unit_test(test_window_counts_next_attempt),
-            cmocka_unit_test(test_local_retry_within_local_window),
-            cmocka_unit_test(test_partial_recipients_hand_over_at_once),
-            cmocka_unit_test(test_from_retry_topic_goes_back_there),
-            cmocka_unit_test(test_leaving_hands_over_or_abandons),
-            cmocka_unit_test(test_backoff_grows_to_its_max),
-            cmocka_unit_test(test_record_without_recipients_has_documented_bytes),
-            cmocka_unit_test(test_record_round_trips),
-            cmocka_unit_test(test_reply_not_utf8_is_repaired),
-            cmocka_unit_test(test_documented_record_parses),
-            cmocka_unit_test(test_optional_fields_may_be_absent),
-            cmocka_unit_test(test_malformed_records_are_rejected),
-            cmocka_unit_test(test_bad_recipient_entries_are_rejected),
+                cmocka_unit_test(test_exhausted_at_attempts_max),
+                cmocka_unit_test(test_window_counts_next_attempt),
+                cmocka_unit_test(test_local_retry_within_local_window),
+                cmocka_unit_test(test_partial_recipients_hand_over_at_once),
+                cmocka_unit_test(test_from_retry_topic_goes_back_there),
+                cmocka_unit_test(test_leaving_hands_over_or_abandons),
+                cmocka_unit_test(test_backoff_grows_to_its_max),
+                cmocka_unit_test(
+                        test_record_without_recipients_has_documented_bytes),
+                cmocka_unit_test(test_record_round_trips),
+                cmocka_unit_test(test_reply_not_utf8_is_repaired),
+                cmocka_unit_test(test_documented_record_parses),
+                cmocka_unit_test(test_optional_fields_may_be_absent),
+                cmocka_unit_test(test_malformed_records_are_rejected),
+                cmocka_unit_test(test_bad_recipient_entries_are_rejected),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -82,7 +82,8 @@ static void test_partial_reply_needs_more(void **state) {
         /* every strict prefix is incomplete, none is an error */
         for (size_t len = 0; len < strlen(full); len++) {
                 assert_int_equal(
-                    smtp_reply_parse(full, len, &code, text, sizeof(text)), 0);
+                        smtp_reply_parse(full, len, &code, text, sizeof(text)),
+                        0);
         }
         assert_int_equal(code, -7); /* untouched */
 }
@@ -101,16 +102,16 @@ static void test_bare_lf_and_no_text_are_tolerated(void **state) {
 
 static void test_garbage_is_an_error(void **state) {
         const char *bad[] = {
-            "HTTP/1.1 400 Bad Request\r\n", /* not digits */
-            "2x0 ok\r\n",
-            "150 not smtp\r\n", /* 1xx */
-            "600 no\r\n", /* 6xx */
-            "250x ok\r\n", /* no separator */
-            "25\r\n", /* short line */
-            "\r\n",
-            "250-ok\r\nbogus\r\n", /* garbage continuation */
-            "H", /* recognised early, before a line end */
-            "25a",
+                "HTTP/1.1 400 Bad Request\r\n", /* not digits */
+                "2x0 ok\r\n",
+                "150 not smtp\r\n", /* 1xx */
+                "600 no\r\n", /* 6xx */
+                "250x ok\r\n", /* no separator */
+                "25\r\n", /* short line */
+                "\r\n",
+                "250-ok\r\nbogus\r\n", /* garbage continuation */
+                "H", /* recognised early, before a line end */
+                "25a",
         };
         char text[64];
         int code;
@@ -162,29 +163,31 @@ static void test_text_is_truncated_and_terminated(void **state) {
 }
 
 static void test_control_bytes_in_text_are_replaced(void **state) {
-        const char r[] = "250 a\x01" "b\tc\r\n";
+        const char r[] = "250 a\x01"
+                         "b\tc\r\n";
         char text[64];
         int code = 0;
 
         (void)state;
-        assert_int_equal(smtp_reply_parse(r, sizeof(r) - 1, &code, text,
-                                          sizeof(text)),
-                         (long)(sizeof(r) - 1));
+        assert_int_equal(
+                smtp_reply_parse(r, sizeof(r) - 1, &code, text, sizeof(text)),
+                (long)(sizeof(r) - 1));
         assert_string_equal(text, "a?b\tc");
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_single_line_reply_gives_code_text_and_length),
-            cmocka_unit_test(test_every_reply_class_is_accepted),
-            cmocka_unit_test(test_multi_line_reply_uses_last_line),
-            cmocka_unit_test(test_only_the_first_reply_is_consumed),
-            cmocka_unit_test(test_partial_reply_needs_more),
-            cmocka_unit_test(test_bare_lf_and_no_text_are_tolerated),
-            cmocka_unit_test(test_garbage_is_an_error),
-            cmocka_unit_test(test_line_over_2048_bytes_is_an_error),
-            cmocka_unit_test(test_text_is_truncated_and_terminated),
-            cmocka_unit_test(test_control_bytes_in_text_are_replaced),
+                cmocka_unit_test(
+                        test_single_line_reply_gives_code_text_and_length),
+                cmocka_unit_test(test_every_reply_class_is_accepted),
+                cmocka_unit_test(test_multi_line_reply_uses_last_line),
+                cmocka_unit_test(test_only_the_first_reply_is_consumed),
+                cmocka_unit_test(test_partial_reply_needs_more),
+                cmocka_unit_test(test_bare_lf_and_no_text_are_tolerated),
+                cmocka_unit_test(test_garbage_is_an_error),
+                cmocka_unit_test(test_line_over_2048_bytes_is_an_error),
+                cmocka_unit_test(test_text_is_truncated_and_terminated),
+                cmocka_unit_test(test_control_bytes_in_text_are_replaced),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

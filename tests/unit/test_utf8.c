@@ -13,8 +13,8 @@ static size_t dec(const char *s, size_t n, uint32_t *cp) {
         return utf8_decode((const unsigned char *)s, n, cp);
 }
 
-static void test_well_formed_sequences_decode_to_their_code_point(
-    void **state) {
+static void
+test_well_formed_sequences_decode_to_their_code_point(void **state) {
         uint32_t cp = 0;
 
         (void)state;
@@ -48,8 +48,8 @@ static void test_overlong_forms_are_refused(void **state) {
         assert_int_equal(dec("\xf0\x8f\xbf\xbf", 4, NULL), 0);
 }
 
-static void test_surrogates_and_code_points_above_10ffff_are_refused(
-    void **state) {
+static void
+test_surrogates_and_code_points_above_10ffff_are_refused(void **state) {
         (void)state;
         assert_int_equal(dec("\xed\xa0\x80", 3, NULL), 0);
         assert_int_equal(dec("\xed\xbf\xbf", 3, NULL), 0);
@@ -58,8 +58,8 @@ static void test_surrogates_and_code_points_above_10ffff_are_refused(
         assert_int_equal(dec("\xff", 1, NULL), 0);
 }
 
-static void test_truncated_sequences_and_stray_continuations_are_refused(
-    void **state) {
+static void
+test_truncated_sequences_and_stray_continuations_are_refused(void **state) {
         (void)state;
         assert_int_equal(dec("\xc3", 1, NULL), 0);
         assert_int_equal(dec("\xe2\x82", 2, NULL), 0);
@@ -102,9 +102,10 @@ static void test_encode_round_trips_every_scalar_value(void **state) {
                 if (cp >= 0xd800 && cp <= 0xdfff)
                         continue;
                 n = utf8_encode(out, cp);
-                assert_int_equal(n, cp < 0x80 ? 1 : cp < 0x800 ? 2
-                                                 : cp < 0x10000 ? 3
-                                                                : 4);
+                assert_int_equal(n, cp < 0x80      ? 1
+                                    : cp < 0x800   ? 2
+                                    : cp < 0x10000 ? 3
+                                                   : 4);
                 assert_int_equal(dec(out, n, &back), n);
                 assert_int_equal(back, cp);
                 assert_int_equal(utf8_char_len(out, 4), n);
@@ -128,27 +129,27 @@ static void test_valid_checks_the_whole_text(void **state) {
         assert_true(utf8_valid("a\0b", 3));
 }
 
-static void test_repair_replaces_each_invalid_part_and_keeps_the_rest(
-    void **state) {
+static void
+test_repair_replaces_each_invalid_part_and_keeps_the_rest(void **state) {
         static const struct {
                 const char *in;
                 size_t len;
                 const char *out;
         } cases[] = {
-            {"", 0, ""},
-            {"plain \x01 ascii", 13, "plain \x01 ascii"},
-            {"caf\xc3\xa9", 5, "caf\xc3\xa9"},
-            {"bad \xff\xfe end", 10, "bad \xef\xbf\xbd\xef\xbf\xbd end"},
-            /* a surrogate: no byte starts a well-formed sequence */
-            {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
-            /* overlong */
-            {"\xc0\xaf/", 3, "\xef\xbf\xbd\xef\xbf\xbd/"},
-            /* a truncated sequence is one part */
-            {"\xe2\x82x", 3, "\xef\xbf\xbdx"},
-            {"x\xf0\x9f\x98", 4, "x\xef\xbf\xbd"},
-            {"\xf0\x9f\x98\xc3\xa9", 5, "\xef\xbf\xbd\xc3\xa9"},
-            /* Latin-1 text */
-            {"d\xe9j\xe0 vu", 7, "d\xef\xbf\xbdj\xef\xbf\xbd vu"},
+                {"", 0, ""},
+                {"plain \x01 ascii", 13, "plain \x01 ascii"},
+                {"caf\xc3\xa9", 5, "caf\xc3\xa9"},
+                {"bad \xff\xfe end", 10, "bad \xef\xbf\xbd\xef\xbf\xbd end"},
+                /* a surrogate: no byte starts a well-formed sequence */
+                {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+                /* overlong */
+                {"\xc0\xaf/", 3, "\xef\xbf\xbd\xef\xbf\xbd/"},
+                /* a truncated sequence is one part */
+                {"\xe2\x82x", 3, "\xef\xbf\xbdx"},
+                {"x\xf0\x9f\x98", 4, "x\xef\xbf\xbd"},
+                {"\xf0\x9f\x98\xc3\xa9", 5, "\xef\xbf\xbd\xc3\xa9"},
+                /* Latin-1 text */
+                {"d\xe9j\xe0 vu", 7, "d\xef\xbf\xbdj\xef\xbf\xbd vu"},
         };
 
         (void)state;
@@ -199,16 +200,20 @@ static void test_repair_output_is_valid_for_any_bytes(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_well_formed_sequences_decode_to_their_code_point),
-            cmocka_unit_test(test_overlong_forms_are_refused),
-            cmocka_unit_test(test_surrogates_and_code_points_above_10ffff_are_refused),
-            cmocka_unit_test(test_truncated_sequences_and_stray_continuations_are_refused),
-            cmocka_unit_test(test_invalid_len_is_the_maximal_subpart),
-            cmocka_unit_test(test_encode_round_trips_every_scalar_value),
-            cmocka_unit_test(test_char_len_never_passes_the_end),
-            cmocka_unit_test(test_valid_checks_the_whole_text),
-            cmocka_unit_test(test_repair_replaces_each_invalid_part_and_keeps_the_rest),
-            cmocka_unit_test(test_repair_output_is_valid_for_any_bytes),
+                cmocka_unit_test(
+                        test_well_formed_sequences_decode_to_their_code_point),
+                cmocka_unit_test(test_overlong_forms_are_refused),
+                cmocka_unit_test(
+                        test_surrogates_and_code_points_above_10ffff_are_refused),
+                cmocka_unit_test(
+                        test_truncated_sequences_and_stray_continuations_are_refused),
+                cmocka_unit_test(test_invalid_len_is_the_maximal_subpart),
+                cmocka_unit_test(test_encode_round_trips_every_scalar_value),
+                cmocka_unit_test(test_char_len_never_passes_the_end),
+                cmocka_unit_test(test_valid_checks_the_whole_text),
+                cmocka_unit_test(
+                        test_repair_replaces_each_invalid_part_and_keeps_the_rest),
+                cmocka_unit_test(test_repair_output_is_valid_for_any_bytes),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
