@@ -110,7 +110,8 @@ def iso_to_epoch(ts):
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-_ASSIGNED = re.compile(r'^ts=(\S+Z) level=\w+ msg="partitions assigned"')
+# Quoted since the logs are logfmt; bare in builds before that (--compare-build).
+_ASSIGNED = re.compile(r'^ts=(\S+Z) level=\w+ msg="?partitions assigned')
 
 
 def first_assigned(log_path):
@@ -423,7 +424,7 @@ def _assigned_count(log_path):
     try:
         with open(log_path, errors="replace") as f:
             for line in f:
-                if 'msg="partitions assigned"' in line:
+                if _ASSIGNED.match(line):
                     n += 1
     except OSError:
         pass
