@@ -45,6 +45,9 @@
  * undo a newer forward, and the partition's messages would stay in its own
  * queue for good. A forward again is a no-op when nothing undid it. */
 #define CONSUMER_REFORWARD_MS 5000
+/* Consumers that may be left to the process's exit (consumer_close()): a
+ * worker has two. */
+#define CONSUMER_LEFT_RUNNING_MAX 4
 
 /*
  * The fetch nudger. librdkafka 2.0.2 stops fetching a partition while the
@@ -66,7 +69,7 @@ struct consumer_nudger {
         int n_started;
 };
 
-/* The messages of one subscribed topic. */
+/* The messages of the subscribed topic. */
 struct consumer_mq {
         char *mq_topic;
         rd_kafka_queue_t *mq_queue; /* every assigned partition forwards here */
@@ -76,7 +79,6 @@ struct consumer_mq {
 
 /* A partition forwarded lately (CONSUMER_REFORWARD_MS). */
 struct consumer_fwd {
-        int f_topic; /* index in c_mq */
         int32_t f_partition;
         int64_t f_until_ms;
 };
@@ -86,8 +88,7 @@ struct consumer {
         rd_kafka_t *c_rk;
         rd_kafka_queue_t *c_queue; /* events: rebalances, errors, commits */
         int c_pipe[2];
-        struct consumer_mq c_mq[CONSUMER_TOPICS_MAX];
-        int c_mq_cnt;
+        struct consumer_mq c_mq;
         loop_timer_t c_timer;
         struct consumer_handlers c_h;
         void *c_opaque;
@@ -124,33 +125,30 @@ struct consumer {
 
 static void consumer_drain(consumer_t *c);
 
-int consumer_topic_index(const consumer_t *c, const char *topic) {
-        for (int i = 0; i < c->c_mq_cnt; i++)
-                if (strcmp(c->c_mq[i].mq_topic, topic) == 0)
-                        return i;
-        return -1;
+/* @returns whether @topic is the one subscribed. */
+static int consumer_ours(const consumer_t *c, const char *topic) {
+        return c->c_mq.mq_topic && strcmp(c->c_mq.mq_topic, topic) == 0;
 }
 
-/* Sends the messages of @parts to their topic's message queue, which is read
- * only while the worker takes work of that topic, so that back-pressure needs
+/* Sends the messages of @parts to the topic's message queue, which is read
+ * only while the worker takes work, so that back-pressure needs
  * no pause/resume (after a resume librdkafka 2.0.2 was measured to take about
  * 1 s to deliver again, which capped a worker near inflight.max messages per
  * second). */
-static void consumer_forward_one(consumer_t *c, int t, int32_t partition) {
+static void consumer_forward_one(consumer_t *c, int32_t partition) {
         rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
-                c->c_rk, c->c_mq[t].mq_topic, partition);
+                c->c_rk, c->c_mq.mq_topic, partition);
 
         if (!pq)
                 return;
-        rd_kafka_queue_forward(pq, c->c_mq[t].mq_queue);
+        rd_kafka_queue_forward(pq, c->c_mq.mq_queue);
         rd_kafka_queue_destroy(pq);
 }
 
-/* Drops partition @partition of topic @t from the list forwarded again. */
-static void consumer_fwd_forget(consumer_t *c, int t, int32_t partition) {
+/* Drops partition @partition from the list forwarded again. */
+static void consumer_fwd_forget(consumer_t *c, int32_t partition) {
         for (size_t i = 0; i < c->c_fwd_cnt; i++)
-                if (c->c_fwd[i].f_topic == t &&
-                    c->c_fwd[i].f_partition == partition)
+                if (c->c_fwd[i].f_partition == partition)
                         c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
 }
 
@@ -159,15 +157,14 @@ static void consumer_forward(consumer_t *c,
         int64_t until = loop_now_ms(c->c_loop) + CONSUMER_REFORWARD_MS;
 
         for (int i = 0; i < parts->cnt; i++) {
-                int t = consumer_topic_index(c, parts->elems[i].topic);
                 int32_t partition = parts->elems[i].partition;
 
-                if (t < 0)
+                if (!consumer_ours(c, parts->elems[i].topic))
                         continue;
-                consumer_forward_one(c, t, partition);
+                consumer_forward_one(c, partition);
                 if (c->c_closing)
                         continue;
-                consumer_fwd_forget(c, t, partition);
+                consumer_fwd_forget(c, partition);
                 if (c->c_fwd_cnt == c->c_fwd_cap) {
                         size_t cap = c->c_fwd_cap ? c->c_fwd_cap * 2 : 16;
                         struct consumer_fwd *n =
@@ -178,7 +175,6 @@ static void consumer_forward(consumer_t *c,
                         c->c_fwd = n;
                         c->c_fwd_cap = cap;
                 }
-                c->c_fwd[c->c_fwd_cnt].f_topic = t;
                 c->c_fwd[c->c_fwd_cnt].f_partition = partition;
                 c->c_fwd[c->c_fwd_cnt].f_until_ms = until;
                 c->c_fwd_cnt++;
@@ -194,8 +190,7 @@ static void consumer_reforward(consumer_t *c) {
                         c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
                         continue;
                 }
-                consumer_forward_one(c, c->c_fwd[i].f_topic,
-                                     c->c_fwd[i].f_partition);
+                consumer_forward_one(c, c->c_fwd[i].f_partition);
         }
 }
 
@@ -207,12 +202,10 @@ static void consumer_hold(consumer_t *c,
         for (int i = 0; i < parts->cnt; i++) {
                 rd_kafka_queue_t *pq;
 
-                int t = consumer_topic_index(c, parts->elems[i].topic);
-
-                if (t < 0)
+                if (!consumer_ours(c, parts->elems[i].topic))
                         continue;
                 /* Held means held: not forwarded again either. */
-                consumer_fwd_forget(c, t, parts->elems[i].partition);
+                consumer_fwd_forget(c, parts->elems[i].partition);
                 pq = rd_kafka_queue_get_partition(c->c_rk,
                                                   parts->elems[i].topic,
                                                   parts->elems[i].partition);
@@ -292,14 +285,14 @@ void consumer_revoke_done(consumer_t *c) {
         rd_kafka_topic_partition_list_destroy(parts);
 }
 
-/* @returns whether partition @partition of topic number @t is being
- * revoked: its messages still queued are not handed over. */
-static int consumer_revoking(const consumer_t *c, int t, int32_t partition) {
+/* @returns whether partition @partition is being revoked: its messages
+ * still queued are not handed over. */
+static int consumer_revoking(const consumer_t *c, int32_t partition) {
         const rd_kafka_topic_partition_list_t *r = c->c_revoking;
 
         for (int i = 0; r && i < r->cnt; i++)
                 if (r->elems[i].partition == partition &&
-                    consumer_topic_index(c, r->elems[i].topic) == t)
+                    consumer_ours(c, r->elems[i].topic))
                         return 1;
         return 0;
 }
@@ -327,7 +320,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                 LOG(LL_INFO,
                     "partitions assigned topic=%s count=%d cooperative=%d",
-                    c->c_mq[0].mq_topic, parts->cnt, cooperative);
+                    c->c_mq.mq_topic, parts->cnt, cooperative);
                 /* Before the assignment: once fetching starts, librdkafka
                  * forwards a partition queue the application has not. */
                 if (c->c_hold_assigned)
@@ -354,7 +347,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
                         LOG(LL_INFO,
                             "partitions revoked topic=%s count=%d lost=%d",
-                            c->c_mq[0].mq_topic, parts->cnt, lost);
+                            c->c_mq.mq_topic, parts->cnt, lost);
                 else
                         LOG(LL_ERROR, "rebalance error err=%s",
                             rd_kafka_err2str(err));
@@ -406,20 +399,20 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-/* Handles one message or error of topic @t (-1: not known). */
-static void consumer_dispatch(consumer_t *c, int t, rd_kafka_message_t *m) {
+/* Handles one message or error. */
+static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
         if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                         LOG(LL_WARN, "consume error err=%s",
                             rd_kafka_message_errstr(m));
-        } else if (t < 0) {
+        } else if (!m->rkt || !consumer_ours(c, rd_kafka_topic_name(m->rkt))) {
                 LOG(LL_ERROR, "message of a topic not subscribed topic=%s",
                     rd_kafka_topic_name(m->rkt));
-        } else if (c->c_revoking && consumer_revoking(c, t, m->partition)) {
+        } else if (c->c_revoking && consumer_revoking(c, m->partition)) {
                 /* Queued before its partition's revoke: the next owner
                  * consumes it. */
         } else {
-                c->c_h.on_message(c->c_opaque, t, m);
+                c->c_h.on_message(c->c_opaque, m);
         }
         rd_kafka_message_destroy(m);
 }
@@ -513,39 +506,26 @@ static void consumer_nudger_stop(consumer_t *c) {
         pthread_mutex_destroy(&n->n_lock);
 }
 
-/* Serves the event queue always and each topic's message queue while that
- * topic is not paused. */
+/* Serves the event queue always and the message queue while not paused. */
 static void consumer_drain(consumer_t *c) {
         rd_kafka_message_t *m;
-        int more = 0;
+        int i;
 
         if (c->c_closing)
                 return;
         /* Events (rebalance callbacks run in here); a message only shows up
          * here before its partition's queue was forwarded. */
         while ((m = rd_kafka_consumer_poll(c->c_rk, 0)) != NULL)
-                consumer_dispatch(
-                        c,
-                        m->rkt ? consumer_topic_index(
-                                         c, rd_kafka_topic_name(m->rkt))
-                               : -1,
-                        m);
-        for (int t = 0; t < c->c_mq_cnt; t++) {
-                struct consumer_mq *mq = &c->c_mq[t];
-                int i;
-
-                for (i = 0; i < CONSUMER_BATCH && !mq->mq_paused; i++) {
-                        m = rd_kafka_consume_queue(mq->mq_queue, 0);
-                        if (!m) {
-                                consumer_nudge(c);
-                                break;
-                        }
-                        consumer_dispatch(c, t, m);
+                consumer_dispatch(c, m);
+        for (i = 0; i < CONSUMER_BATCH && !c->c_mq.mq_paused; i++) {
+                m = rd_kafka_consume_queue(c->c_mq.mq_queue, 0);
+                if (!m) {
+                        consumer_nudge(c);
+                        break;
                 }
-                if (i == CONSUMER_BATCH)
-                        more = 1;
+                consumer_dispatch(c, m);
         }
-        if (more)
+        if (i == CONSUMER_BATCH)
                 /* More may be queued: come back on the next iteration. */
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
 }
@@ -571,7 +551,7 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                 LOG(LL_ERROR,
                     "consumer group cannot be joined topic=%s "
                     "reason=%s",
-                    c->c_mq_cnt > 0 ? c->c_mq[0].mq_topic : "-", c->c_fatal);
+                    c->c_mq.mq_topic ? c->c_mq.mq_topic : "-", c->c_fatal);
         }
 
         if (c->c_fwd_cnt > 0 && !c->c_closing)
@@ -620,9 +600,9 @@ static int consumer_fetch_fit(rd_kafka_conf_t *kc, char *errstr,
 }
 
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
-                         const char *group_id, const char *const *topic_names,
-                         int topic_cnt, const struct consumer_handlers *h,
-                         void *opaque, char *errstr, size_t errstr_size) {
+                         const char *group_id, const char *topic,
+                         const struct consumer_handlers *h, void *opaque,
+                         char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
                 {"auto.offset.reset", "earliest"},
                 {"queued.max.messages.kbytes", "4096"},
@@ -659,8 +639,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         c->c_h = *h;
         c->c_opaque = opaque;
         c->c_pipe[0] = c->c_pipe[1] = -1;
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
-                c->c_mq[t].mq_pipe[0] = c->c_mq[t].mq_pipe[1] = -1;
+        c->c_mq.mq_pipe[0] = c->c_mq.mq_pipe[1] = -1;
         loop_timer_init(&c->c_timer, consumer_on_timer, c);
 
         c->c_group_consumer = conf->group_protocol == CONFIG_GROUP_CONSUMER;
@@ -748,30 +727,22 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
                 goto fail;
         }
-        topics = rd_kafka_topic_partition_list_new(topic_cnt);
-        for (int t = 0; t < topic_cnt; t++) {
-                struct consumer_mq *mq = &c->c_mq[t];
-
-                mq->mq_topic = strdup(topic_names[t]);
-                if (!mq->mq_topic ||
-                    pipe2(mq->mq_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
-                        snprintf(errstr, errstr_size, "pipe: %s",
-                                 strerror(errno));
-                        goto fail;
-                }
-                c->c_mq_cnt++;
-                mq->mq_queue = rd_kafka_queue_new(c->c_rk);
-                rd_kafka_queue_io_event_enable(mq->mq_queue, mq->mq_pipe[1],
-                                               "1", 1);
-                if (loop_io_add(loop, mq->mq_pipe[0], LOOP_READ,
-                                consumer_on_pipe, c)) {
-                        snprintf(errstr, errstr_size, "loop: %s",
-                                 strerror(errno));
-                        goto fail;
-                }
-                rd_kafka_topic_partition_list_add(topics, topic_names[t],
-                                                  RD_KAFKA_PARTITION_UA);
+        c->c_mq.mq_topic = strdup(topic);
+        if (!c->c_mq.mq_topic ||
+            pipe2(c->c_mq.mq_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
+                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                goto fail;
         }
+        c->c_mq.mq_queue = rd_kafka_queue_new(c->c_rk);
+        rd_kafka_queue_io_event_enable(c->c_mq.mq_queue, c->c_mq.mq_pipe[1],
+                                       "1", 1);
+        if (loop_io_add(loop, c->c_mq.mq_pipe[0], LOOP_READ, consumer_on_pipe,
+                        c)) {
+                snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
+                goto fail;
+        }
+        topics = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
         c->c_nudge_ms = conf->fetch_nudge_ms;
         if (c->c_nudge_ms < 0)
                 c->c_nudge_ms = rd_kafka_version() < CONSUMER_RDK_FETCH_BACKOFF
@@ -816,7 +787,7 @@ fail:
  * rd_kafka_destroy() would wait for the group (40 s and more with Kafka
  * away), so their handles, and the consumers their callbacks point to, are
  * left to the process's exit. */
-static consumer_t *consumer_left_running[2 * CONSUMER_TOPICS_MAX];
+static consumer_t *consumer_left_running[CONSUMER_LEFT_RUNNING_MAX];
 
 void consumer_close(consumer_t *c, int timeout_ms) {
         rd_kafka_queue_t *q;
@@ -832,22 +803,19 @@ void consumer_close(consumer_t *c, int timeout_ms) {
                 close(c->c_pipe[0]);
                 c->c_pipe[0] = -1;
         }
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
-                if (c->c_mq[t].mq_pipe[0] != -1) {
-                        loop_io_del(c->c_loop, c->c_mq[t].mq_pipe[0]);
-                        close(c->c_mq[t].mq_pipe[0]);
-                        c->c_mq[t].mq_pipe[0] = -1;
-                }
+        if (c->c_mq.mq_pipe[0] != -1) {
+                loop_io_del(c->c_loop, c->c_mq.mq_pipe[0]);
+                close(c->c_mq.mq_pipe[0]);
+                c->c_mq.mq_pipe[0] = -1;
+        }
         if (c->c_queue) {
                 rd_kafka_queue_io_event_enable(c->c_queue, -1, NULL, 0);
                 rd_kafka_queue_destroy(c->c_queue);
         }
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
-                if (c->c_mq[t].mq_queue) {
-                        rd_kafka_queue_io_event_enable(c->c_mq[t].mq_queue, -1,
-                                                       NULL, 0);
-                        rd_kafka_queue_destroy(c->c_mq[t].mq_queue);
-                }
+        if (c->c_mq.mq_queue) {
+                rd_kafka_queue_io_event_enable(c->c_mq.mq_queue, -1, NULL, 0);
+                rd_kafka_queue_destroy(c->c_mq.mq_queue);
+        }
         consumer_nudger_stop(c);
         if (c->c_rk) {
                 /* A revoke still being emptied: the close waits for it. */
@@ -897,17 +865,15 @@ void consumer_close(consumer_t *c, int timeout_ms) {
         }
         if (c->c_pipe[1] != -1)
                 close(c->c_pipe[1]);
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
-                if (c->c_mq[t].mq_pipe[1] != -1)
-                        close(c->c_mq[t].mq_pipe[1]);
-                free(c->c_mq[t].mq_topic);
-        }
+        if (c->c_mq.mq_pipe[1] != -1)
+                close(c->c_mq.mq_pipe[1]);
+        free(c->c_mq.mq_topic);
         free(c->c_fwd);
         free(c);
 }
 
-void consumer_set_paused(consumer_t *c, int t, int paused) {
-        struct consumer_mq *mq = &c->c_mq[t];
+void consumer_set_paused(consumer_t *c, int paused) {
+        struct consumer_mq *mq = &c->c_mq;
 
         if (mq->mq_paused == paused)
                 return;
@@ -918,8 +884,8 @@ void consumer_set_paused(consumer_t *c, int t, int paused) {
                 loop_timer_start(c->c_loop, &c->c_timer, 0);
 }
 
-int consumer_paused(const consumer_t *c, int t) {
-        return c->c_mq[t].mq_paused;
+int consumer_paused(const consumer_t *c) {
+        return c->c_mq.mq_paused;
 }
 
 /* The answer to a commit consumer_commit() waits for. */

@@ -1,6 +1,6 @@
 /*
- * consumer: the worker's Kafka consumer of the requests topic. Joins the
- * group (cooperative-sticky by default), hands messages and partition
+ * consumer: a Kafka consumer of one topic (the worker has one for the
+ * requests topic and one for the retry topic). Joins the group (cooperative-sticky by default), hands messages and partition
  * changes to its owner on the loop, stops taking messages for back-pressure
  * (newly assigned partitions inherit that state) and commits offsets it is
  * given. Offsets are never committed automatically.
@@ -18,15 +18,10 @@
 
 typedef struct consumer consumer_t;
 
-/* Most topics one consumer subscribes to (requests and retry). */
-#define CONSUMER_TOPICS_MAX 2
-
 struct consumer_handlers {
-        /* A message from an assigned partition of topic number @topic (its
-         * index in consumer_new()'s list); @m is destroyed after the call
-         * returns. */
-        void (*on_message)(void *opaque, int topic,
-                           const rd_kafka_message_t *m);
+        /* A message from an assigned partition; @m is destroyed after the
+         * call returns. */
+        void (*on_message)(void *opaque, const rd_kafka_message_t *m);
         /* Partitions were added to the assignment (already assigned). */
         void (*on_assign)(void *opaque,
                           const rd_kafka_topic_partition_list_t *parts);
@@ -48,17 +43,13 @@ struct consumer_handlers {
                           rd_kafka_resp_err_t err);
 };
 
-/* @returns a consumer subscribed to the @topic_cnt (at most
- * CONSUMER_TOPICS_MAX) topics in @topic_names, in the group of the kafka.*
+/* @returns a consumer subscribed to @topic, in the group of the kafka.*
  * settings or, when @group_id is not NULL, in @group_id; or NULL with
  * @errstr. */
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
-                         const char *group_id, const char *const *topic_names,
-                         int topic_cnt, const struct consumer_handlers *h,
-                         void *opaque, char *errstr, size_t errstr_size);
-
-/* @returns the index of @topic in consumer_new()'s list, or -1. */
-int consumer_topic_index(const consumer_t *c, const char *topic);
+                         const char *group_id, const char *topic,
+                         const struct consumer_handlers *h, void *opaque,
+                         char *errstr, size_t errstr_size);
 
 /* Leaves the group (revoke handler runs) within @timeout_ms, then frees.
  * When the group was not left by then (Kafka away), the consumer is left as
@@ -67,12 +58,12 @@ int consumer_topic_index(const consumer_t *c, const char *topic);
  * move when the member's session times out. NULL ok. */
 void consumer_close(consumer_t *c, int timeout_ms);
 
-/* Stops or restarts taking messages of every assigned partition of topic
- * number @topic, new ones included. While paused, librdkafka keeps
+/* Stops or restarts taking messages of every assigned partition, new ones
+ * included. While paused, librdkafka keeps
  * prefetching only up to queued.max.messages.kbytes; group events are still
  * served. */
-void consumer_set_paused(consumer_t *c, int topic, int paused);
-int consumer_paused(const consumer_t *c, int topic);
+void consumer_set_paused(consumer_t *c, int paused);
+int consumer_paused(const consumer_t *c);
 
 /* From now on, partitions assigned are held: their messages wait in
  * librdkafka (up to queued.max.messages.kbytes) until consumer_release()

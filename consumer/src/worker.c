@@ -53,11 +53,8 @@ struct worker_stats {
         uint64_t stalls; /* stall.warn.ms periods with work held, no progress */
 };
 
-/* The topics a worker consumes, in consumer_new()'s order. */
-enum {
-        TOPIC_REQUESTS = 0,
-        TOPIC_RETRY = 1,
-};
+/* The topics a worker consumes, each with a consumer of its own. */
+enum { TOPIC_REQUESTS = 0, TOPIC_RETRY = 1, WORKER_TOPICS_MAX };
 
 /* Where a request is in its life. */
 enum entry_state {
@@ -165,7 +162,7 @@ struct worker_topic {
 struct worker {
         const struct config *w_conf;
         loop_t *w_loop;
-        struct worker_topic w_topics[CONSUMER_TOPICS_MAX];
+        struct worker_topic w_topics[WORKER_TOPICS_MAX];
         int w_topic_cnt;
         char *w_retry_group;
         results_t *w_results;
@@ -241,12 +238,12 @@ static void worker_check_pressure(worker_t *w) {
                 if (!wt->wt_consumer)
                         continue;
                 switch (ledger_pressure(wt->wt_ledger,
-                                        consumer_paused(wt->wt_consumer, 0))) {
+                                        consumer_paused(wt->wt_consumer))) {
                 case LEDGER_PAUSE:
-                        consumer_set_paused(wt->wt_consumer, 0, 1);
+                        consumer_set_paused(wt->wt_consumer, 1);
                         break;
                 case LEDGER_RESUME:
-                        consumer_set_paused(wt->wt_consumer, 0, 0);
+                        consumer_set_paused(wt->wt_consumer, 0);
                         break;
                 case LEDGER_KEEP:
                         break;
@@ -262,8 +259,7 @@ static void worker_commit_soon(worker_t *w, const struct worker_topic *wt) {
         int64_t now = loop_now_ms(w->w_loop);
         int64_t wait = w->w_last_commit_ms + WORKER_COMMIT_MIN_GAP_MS - now;
 
-        if (wait < 0 ||
-            (wt->wt_consumer && consumer_paused(wt->wt_consumer, 0)))
+        if (wait < 0 || (wt->wt_consumer && consumer_paused(wt->wt_consumer)))
                 wait = 0;
         loop_timer_start_within(w->w_loop, &w->w_commit_timer, wait);
 }
@@ -1110,8 +1106,7 @@ static int entry_read_retry(struct entry *e, const rd_kafka_message_t *m,
         return 0;
 }
 
-static void worker_on_message(void *opaque, int topic_of_consumer,
-                              const rd_kafka_message_t *m) {
+static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
         struct worker_topic *wt = opaque;
         worker_t *w = wt->wt_worker;
         ledger_part_t *p = ledger_part_get(wt->wt_ledger, m->partition);
@@ -1131,7 +1126,6 @@ static void worker_on_message(void *opaque, int topic_of_consumer,
                     wt->wt_name, (int)m->partition, (long long)m->offset);
                 return;
         }
-        (void)topic_of_consumer;
         w->w_stats.consumed++;
         e = entry_new(w, wt, p, m->offset);
         e->e_request_ts_ms = rd_kafka_message_timestamp(m, &tstype);
@@ -1493,7 +1487,7 @@ static void worker_watch_progress(worker_t *w) {
             "partitions_waiting_for_results_read=%d",
             w->w_conf->stall_warn_ms, ledger_inflight(rq->wt_ledger),
             ledger_held(rq->wt_ledger), ledger_limit(rq->wt_ledger),
-            rq->wt_consumer ? consumer_paused(rq->wt_consumer, 0) : 0,
+            rq->wt_consumer ? consumer_paused(rq->wt_consumer) : 0,
             rq->wt_commit_sent_ms ? (long long)(now - rq->wt_commit_sent_ms)
                                   : -1LL,
             rt ? ledger_inflight(rt->wt_ledger) : 0,
@@ -1830,7 +1824,7 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                : NULL,
                         topic_labels[t],
                         w->w_topics[t].wt_consumer
-                                ? consumer_paused(w->w_topics[t].wt_consumer, 0)
+                                ? consumer_paused(w->w_topics[t].wt_consumer)
                                 : 0);
         for (int t = 0; t < w->w_topic_cnt; t++)
                 metrics_sample(
@@ -1958,7 +1952,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 w->w_topic_cnt = 2;
         }
         loop_timer_init(&w->w_commit_timer, worker_on_commit_timer, w);
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+        for (int t = 0; t < WORKER_TOPICS_MAX; t++) {
                 struct worker_topic *wt = &w->w_topics[t];
 
                 wt->wt_worker = w;
@@ -2014,8 +2008,8 @@ worker_t *worker_new(const struct config *conf, char *errstr,
 
                 wt->wt_consumer = consumer_new(
                         w->w_loop, conf,
-                        t == TOPIC_RETRY ? w->w_retry_group : NULL,
-                        &wt->wt_name, 1, &handlers, wt, errstr, errstr_size);
+                        t == TOPIC_RETRY ? w->w_retry_group : NULL, wt->wt_name,
+                        &handlers, wt, errstr, errstr_size);
                 if (!wt->wt_consumer)
                         goto fail;
                 if (w->w_recall)
@@ -2082,7 +2076,7 @@ int worker_run(worker_t *w) {
         LOG(LL_INFO, "stopping: draining in-flight sends inflight=%zu",
             worker_entries_of(w, NULL));
         for (int t = 0; t < w->w_topic_cnt; t++)
-                consumer_set_paused(w->w_topics[t].wt_consumer, 0, 1);
+                consumer_set_paused(w->w_topics[t].wt_consumer, 1);
         w->w_stopping = 1;
         w->w_stop_deadline_ms =
                 loop_clock_ms() + w->w_conf->shutdown_timeout_ms;
@@ -2131,7 +2125,7 @@ void worker_destroy(worker_t *w) {
         w->w_metrics = NULL;
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+        for (int t = 0; t < WORKER_TOPICS_MAX; t++) {
                 struct worker_revoke *rv = &w->w_topics[t].wt_revoke;
 
                 /* Not finished: its partitions go back uncommitted. */
@@ -2150,7 +2144,7 @@ void worker_destroy(worker_t *w) {
         /* Acknowledgements served while flushing still find their entries. */
         results_destroy(w->w_results, 1000);
         w->w_results = NULL;
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++)
+        for (int t = 0; t < WORKER_TOPICS_MAX; t++)
                 if (w->w_topics[t].wt_ledger)
                         ledger_release_all(w->w_topics[t].wt_ledger);
         while ((e = w->w_entries) != NULL) {
@@ -2159,7 +2153,7 @@ void worker_destroy(worker_t *w) {
                 entry_destroy(e, 0);
         }
         /* After the entries: the last of a partition's frees it. */
-        for (int t = 0; t < CONSUMER_TOPICS_MAX; t++) {
+        for (int t = 0; t < WORKER_TOPICS_MAX; t++) {
                 ledger_destroy(w->w_topics[t].wt_ledger);
                 w->w_topics[t].wt_ledger = NULL;
         }
