@@ -285,6 +285,11 @@ void consumer_revoke_done(consumer_t *c) {
         rd_kafka_topic_partition_list_destroy(parts);
 }
 
+const rd_kafka_topic_partition_list_t *
+consumer_revoking_parts(const consumer_t *c) {
+        return c->c_revoking;
+}
+
 /* @returns whether partition @partition is being revoked: its messages
  * still queued are not handed over. */
 static int consumer_revoking(const consumer_t *c, int32_t partition) {

@@ -75,6 +75,11 @@ void consumer_hold_assigned(consumer_t *c);
  * no-op when there is none. Call from the loop (or from on_revoke). */
 void consumer_revoke_done(consumer_t *c);
 
+/* @returns the partitions of the revoke handed over with deferred set and
+ * not given back yet, or NULL. Valid until consumer_revoke_done(). */
+const rd_kafka_topic_partition_list_t *
+consumer_revoking_parts(const consumer_t *c);
+
 /* Lets the messages of a held, assigned partition through. A no-op when the
  * partition is no longer assigned. */
 void consumer_release(consumer_t *c, const char *topic, int32_t partition);

@@ -55,6 +55,14 @@ static const char *const reserved_headers[] = {
         "Sender",
 };
 
+int request_header_reserved(const char *name) {
+        for (size_t k = 0;
+             k < sizeof(reserved_headers) / sizeof(reserved_headers[0]); k++)
+                if (strcasecmp(name, reserved_headers[k]) == 0)
+                        return 1;
+        return 0;
+}
+
 static int is_atext(unsigned char c) {
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
             (c >= '0' && c <= '9'))
@@ -739,16 +747,10 @@ static int parse_headers(const json_t *root, struct mail_request *req,
                                 return -1;
                         }
                 }
-                for (size_t k = 0;
-                     k < sizeof(reserved_headers) / sizeof(reserved_headers[0]);
-                     k++) {
-                        if (strcasecmp(name, reserved_headers[k]) == 0) {
-                                fail(errstr, errstr_size,
-                                     "%s: set by the "
-                                     "worker, not allowed",
-                                     field);
-                                return -1;
-                        }
+                if (request_header_reserved(name)) {
+                        fail(errstr, errstr_size,
+                             "%s: set by the worker, not allowed", field);
+                        return -1;
                 }
                 if (!json_is_string(val)) {
                         fail(errstr, errstr_size, "%s: must be a string",

@@ -83,6 +83,10 @@ int request_id_valid(const char *id, size_t len);
 /* @returns the number of envelope recipients (to + cc + bcc). */
 size_t request_recipient_count(const struct mail_request *req);
 
+/* @returns whether header @name (any case) is one the worker writes itself,
+ * which a request may not set. */
+int request_header_reserved(const char *name);
+
 /* Checks one bare address (local@domain): an RFC 5321 mailbox, or with
  * UTF-8 in the local part or the domain an RFC 6531 one. @utf8 (may be NULL)
  * is set to 1 when the address holds UTF-8 text, 0 otherwise.

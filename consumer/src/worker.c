@@ -132,8 +132,7 @@ struct drain {
 /* A revoke being emptied through the loop before its partitions are given
  * back (consumer_revoke_done()). */
 struct worker_revoke {
-        rd_kafka_topic_partition_list_t *rv_parts; /* NULL: none */
-        struct drain rv_drain;
+        struct drain rv_drain; /* of consumer_revoking_parts() */
         loop_timer_t rv_timer; /* worker_on_revoke_timer() */
 };
 
@@ -322,7 +321,8 @@ static void entry_destroy(struct entry *e, int done) {
         /* @p may be freed here (released, and this was its last entry). */
         ledger_part_leave(wt->wt_ledger, p);
         e->e_part = NULL;
-        if (draining && wt->wt_revoke.rv_parts)
+        if (draining && wt->wt_consumer &&
+            consumer_revoking_parts(wt->wt_consumer))
                 /* Its revoke may be done now. */
                 loop_timer_start(w->w_loop, &wt->wt_revoke.rv_timer, 0);
         if (e->e_req && e->e_req->deadline_ms)
@@ -1699,15 +1699,13 @@ static void worker_revoke_end(worker_t *w, struct worker_topic *wt,
 /* Finishes the revoke of @wt being emptied: commits, releases and gives
  * the partitions back to the consumer. */
 static void worker_revoke_finish(worker_t *w, struct worker_topic *wt) {
-        struct worker_revoke *rv = &wt->wt_revoke;
-        rd_kafka_topic_partition_list_t *parts = rv->rv_parts;
+        const rd_kafka_topic_partition_list_t *parts =
+                consumer_revoking_parts(wt->wt_consumer);
 
         if (!parts)
                 return;
-        rv->rv_parts = NULL;
-        loop_timer_stop(w->w_loop, &rv->rv_timer);
+        loop_timer_stop(w->w_loop, &wt->wt_revoke.rv_timer);
         worker_revoke_end(w, wt, parts, 0);
-        rd_kafka_topic_partition_list_destroy(parts);
         consumer_revoke_done(wt->wt_consumer);
 }
 
@@ -1717,11 +1715,13 @@ static void worker_on_revoke_timer(loop_t *loop, void *opaque) {
         struct worker_topic *wt = opaque;
         worker_t *w = wt->wt_worker;
         struct worker_revoke *rv = &wt->wt_revoke;
+        const rd_kafka_topic_partition_list_t *parts =
+                consumer_revoking_parts(wt->wt_consumer);
         int done;
 
-        if (!rv->rv_parts)
+        if (!parts)
                 return;
-        worker_drain_step(w, &rv->rv_drain, rv->rv_parts, &done);
+        worker_drain_step(w, &rv->rv_drain, parts, &done);
         if (done)
                 worker_revoke_finish(w, wt);
         else
@@ -1749,10 +1749,8 @@ static void worker_on_revoke(void *opaque,
                 if (p)
                         ledger_part_drain(p);
         }
-        /* One revoke at a time: one still being emptied ends first. */
-        worker_revoke_finish(w, wt);
         if (deferred) {
-                rv->rv_parts = rd_kafka_topic_partition_list_copy(parts);
+                /* The consumer keeps @parts (consumer_revoking_parts()). */
                 worker_drain_start(
                         w, &rv->rv_drain, parts,
                         w->w_stopping ? 0
@@ -1761,6 +1759,8 @@ static void worker_on_revoke(void *opaque,
                 loop_timer_start(w->w_loop, &rv->rv_timer, 0);
                 return;
         }
+        /* One revoke at a time: one still being emptied ends first. */
+        worker_revoke_finish(w, wt);
         /* Lost: someone else owns them already, and a hand-over would send
          * them twice. */
         worker_drain(w, parts, 0, !lost);
@@ -2126,14 +2126,11 @@ void worker_destroy(worker_t *w) {
         recall_destroy(w->w_recall);
         w->w_recall = NULL;
         for (int t = 0; t < WORKER_TOPICS_MAX; t++) {
-                struct worker_revoke *rv = &w->w_topics[t].wt_revoke;
-
-                /* Not finished: its partitions go back uncommitted. */
-                if (rv->rv_parts) {
-                        loop_timer_stop(w->w_loop, &rv->rv_timer);
-                        rd_kafka_topic_partition_list_destroy(rv->rv_parts);
-                        rv->rv_parts = NULL;
-                }
+                /* A revoke not finished: its partitions go back
+                 * uncommitted (consumer_close()). */
+                if (w->w_loop)
+                        loop_timer_stop(w->w_loop,
+                                        &w->w_topics[t].wt_revoke.rv_timer);
                 consumer_close(w->w_topics[t].wt_consumer,
                                w->w_conf->commit_timeout_ms);
                 w->w_topics[t].wt_consumer = NULL;

@@ -10,7 +10,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "message.h"
 #include "message_check.h"
@@ -122,24 +121,6 @@ static void take_list(struct src *s, struct mail_address **list, size_t *cnt) {
                 take_address(s, &(*list)[i]);
 }
 
-static const char *const reserved[] = {
-        "From",
-        "To",
-        "Cc",
-        "Bcc",
-        "Reply-To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "MIME-Version",
-        "Content-Type",
-        "Content-Transfer-Encoding",
-        "Content-Disposition",
-        "Return-Path",
-        "Received",
-        "Sender",
-};
-
 static char *take_header_name(struct src *s) {
         size_t n = take_byte(s) % 76 + 1;
         char *out = xmalloc(n + 3);
@@ -150,11 +131,9 @@ static char *take_header_name(struct src *s) {
                 out[i] = c == ':' ? '-' : c;
         }
         out[n] = '\0';
-        for (size_t k = 0; k < sizeof(reserved) / sizeof(reserved[0]); k++) {
-                if (strcasecmp(out, reserved[k]) == 0) {
-                        out[n] = 'X';
-                        out[n + 1] = '\0';
-                }
+        if (request_header_reserved(out)) {
+                out[n] = 'X';
+                out[n + 1] = '\0';
         }
         return out;
 }
