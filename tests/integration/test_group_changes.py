@@ -114,12 +114,15 @@ def test_rolling_restart_with_retries_waiting_repeats_nothing(kafka, capture_ser
                                                               round):
     """Every 40th message gets a 451 and waits 3 s in memory for its retry, so each
     SIGTERM finds retries waiting: they go to the retry topic, the watermark passes
-    them, and the partitions' next owners send nothing twice."""
+    them, and the partitions' next owners send nothing twice. The retries, 3 s apart
+    without jitter, can meet the 40th slot again and again: retry.attempts.max is
+    raised so that no request runs out of tries (that is not what this counts)."""
     topics = Topics.new(partitions=6).create(kafka)
     server = capture_server(delay_data=0.02, tempfail_every=40)
     conf = cfg(kafka, topics, server.url, inflight_max=500, smtp_sessions_max=10,
                retry_backoff_initial_ms=3000, retry_backoff_max_ms=3000,
-               retry_jitter_percent=0, retry_local_window_ms=60000)
+               retry_jitter_percent=0, retry_local_window_ms=60000,
+               retry_attempts_max=100)
     ws = start_group(worker, conf, ["w1", "w2", "w3"])
     kafka.produce(topics.requests, make_requests(N))
     wait_results(kafka, topics, 1500, "before the restarts")
