@@ -129,6 +129,19 @@ void dynbuf_setlen(struct dynbuf *d, size_t len) {
         d->db_p[len] = '\0';
 }
 
+size_t dynbuf_avail(const struct dynbuf *d) {
+        return d->db_cap > d->db_len ? d->db_cap - d->db_len - 1 : 0;
+}
+
+void dynbuf_consume(struct dynbuf *d, size_t n) {
+        if (d->db_p == NULL || n == 0)
+                return;
+        if (n > d->db_len)
+                n = d->db_len;
+        memmove(d->db_p, d->db_p + n, d->db_len - n);
+        dynbuf_setlen(d, d->db_len - n);
+}
+
 const char *dynbuf_ptr(const struct dynbuf *d) {
         return d->db_p;
 }

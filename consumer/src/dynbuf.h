@@ -65,6 +65,15 @@ char *dynbuf_reserve(struct dynbuf *d, size_t n);
  * last hold. Terminates the content with a NUL. */
 void dynbuf_setlen(struct dynbuf *d, size_t len);
 
+/* @returns the bytes that fit after the content without growing @d (what
+ * the last dynbuf_reserve() made room for, or more). */
+size_t dynbuf_avail(const struct dynbuf *d);
+
+/* Drops the first @n bytes of the content (at most its length), moving the
+ * rest to the front: for a buffer read from the front, such as a socket's
+ * input. */
+void dynbuf_consume(struct dynbuf *d, size_t n);
+
 /* @returns the content (NUL-terminated; NULL while nothing was added). */
 const char *dynbuf_ptr(const struct dynbuf *d);
 

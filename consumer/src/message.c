@@ -590,6 +590,23 @@ static void body_scan(const char *s, size_t len, struct body_info *bi) {
         bi->qp = !ascii || too_long || memmem(s, len, "=_km_", 5) != NULL;
 }
 
+/* @returns the length of the line at @s + @i: bytes up to CR, LF or @len. */
+static size_t line_len(const char *s, size_t i, size_t len) {
+        size_t n = 0;
+
+        while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
+                n++;
+        return n;
+}
+
+/* @returns the index past the line end (CRLF, CR or LF) at @s + @i, which
+ * is below @len. */
+static size_t past_line_end(const char *s, size_t i, size_t len) {
+        if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
+                i++;
+        return i + 1;
+}
+
 /* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
 static void write_7bit(struct dynbuf *b, const char *s, size_t len,
                        size_t out) {
@@ -601,19 +618,15 @@ static void write_7bit(struct dynbuf *b, const char *s, size_t len,
                 return;
         while (i < len) {
                 const char *nl = s + i;
-                size_t n = 0;
+                size_t n = line_len(s, i, len);
 
-                while (i + n < len && nl[n] != '\r' && nl[n] != '\n')
-                        n++;
                 if (n > 0 && nl[0] == '.')
                         *o++ = '.';
                 memcpy(o, nl, n);
                 o += n;
                 i += n;
                 if (i < len) {
-                        if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
-                                i++;
-                        i++;
+                        i = past_line_end(s, i, len);
                         *o++ = '\r';
                         *o++ = '\n';
                 }
@@ -630,13 +643,11 @@ static void write_qp(struct dynbuf *b, const char *s, size_t len) {
         size_t i = 0;
 
         while (i <= len) {
-                size_t n = 0;
+                size_t n = line_len(s, i, len);
                 size_t col = 0;
                 char *start;
                 char *o;
 
-                while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
-                        n++;
                 /* Worst case: every byte as =XX, a soft break per 25. */
                 start = dynbuf_reserve(b, 3 * n + 3 * (n / 24 + 1) + 2);
                 if (start == NULL)
@@ -674,9 +685,7 @@ static void write_qp(struct dynbuf *b, const char *s, size_t len) {
                 }
                 i += n;
                 if (i < len) {
-                        if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
-                                i++;
-                        i++;
+                        i = past_line_end(s, i, len);
                         *o++ = '\r';
                         *o++ = '\n';
                         dynbuf_setlen(b, dynbuf_len(b) + (size_t)(o - start));

@@ -120,25 +120,34 @@ static rd_kafka_resp_err_t
 results_produce(results_t *r, const char *topic, int32_t partition,
                 const void *key, size_t key_len, const void *value,
                 size_t value_len, rd_kafka_headers_t *headers, void *opaque) {
-        rd_kafka_resp_err_t err;
+        rd_kafka_vu_t vu[7];
+        size_t n = 0;
+        rd_kafka_error_t *error;
+        rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
 
-        if (headers)
-                err = rd_kafka_producev(
-                        r->r_rk, RD_KAFKA_V_TOPIC(topic),
-                        RD_KAFKA_V_PARTITION(partition),
-                        RD_KAFKA_V_KEY(key, key_len),
-                        RD_KAFKA_V_VALUE((void *)value, value_len),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(opaque),
-                        RD_KAFKA_V_END);
-        else
-                err = rd_kafka_producev(
-                        r->r_rk, RD_KAFKA_V_TOPIC(topic),
-                        RD_KAFKA_V_PARTITION(partition),
-                        RD_KAFKA_V_KEY(key, key_len),
-                        RD_KAFKA_V_VALUE((void *)value, value_len),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+        vu[n].vtype = RD_KAFKA_VTYPE_TOPIC;
+        vu[n++].u.cstr = topic;
+        vu[n].vtype = RD_KAFKA_VTYPE_PARTITION;
+        vu[n++].u.i32 = partition;
+        vu[n].vtype = RD_KAFKA_VTYPE_KEY;
+        vu[n].u.mem.ptr = (void *)key;
+        vu[n++].u.mem.size = key_len;
+        vu[n].vtype = RD_KAFKA_VTYPE_VALUE;
+        vu[n].u.mem.ptr = (void *)value;
+        vu[n++].u.mem.size = value_len;
+        vu[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+        vu[n++].u.i = RD_KAFKA_MSG_F_COPY;
+        vu[n].vtype = RD_KAFKA_VTYPE_OPAQUE;
+        vu[n++].u.ptr = opaque;
+        if (headers) {
+                vu[n].vtype = RD_KAFKA_VTYPE_HEADERS;
+                vu[n++].u.headers = headers;
+        }
+        error = rd_kafka_produceva(r->r_rk, vu, n);
+        if (error) {
+                err = rd_kafka_error_code(error);
+                rd_kafka_error_destroy(error);
+        }
         if (!err)
                 r->r_inflight++;
         return err;

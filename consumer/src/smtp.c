@@ -46,7 +46,7 @@
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
-#define SMTP_IN_INITIAL 1024 /* ... at first: replies are short */
+#define SMTP_IN_READ 1024 /* room made before each read: replies are short */
 /*
  * Output buffer of a session, at most. It holds what is not sent yet of
  * one pipelined batch: MAIL, a RCPT per recipient and DATA (or a lone RSET,
@@ -168,10 +168,7 @@ struct smtp_session {
         size_t ss_data_len;
         size_t ss_data_pos;
 
-        /* input */
-        char *ss_in;
-        size_t ss_in_len;
-        size_t ss_in_cap;
+        struct dynbuf ss_in; /* input, SMTP_IN_MAX at most */
 };
 
 struct smtp_client {
@@ -780,8 +777,7 @@ static void session_close(struct smtp_session *s) {
                 if (--s->ss_multi->m_sessions == 0)
                         sc->sc_multi_emptied = 1;
         }
-        free(s->ss_in);
-        s->ss_in = NULL;
+        dynbuf_fini(&s->ss_in);
         dynbuf_fini(&s->ss_out);
         s->ss_out_pos = 0;
         list_insert(&sc->sc_zombies, s);
@@ -1177,15 +1173,17 @@ static void session_on_reply(struct smtp_session *s, int code,
 /* Parses the complete replies in the input buffer. @returns 0, or -1 when
  * the session is closed. */
 static int session_process_input(struct smtp_session *s) {
+        const char *in = dynbuf_ptr(&s->ss_in);
+        size_t len = dynbuf_len(&s->ss_in);
         size_t off = 0;
 
-        while (off < s->ss_in_len) {
+        while (off < len) {
                 char text[sizeof(((struct smtp_job *)0)->reply)];
                 int code = 0;
                 long r;
 
-                r = smtp_reply_parse(s->ss_in + off, s->ss_in_len - off, &code,
-                                     text, sizeof(text));
+                r = smtp_reply_parse(in + off, len - off, &code, text,
+                                     sizeof(text));
                 if (r == 0)
                         break;
                 if (r < 0) {
@@ -1197,10 +1195,7 @@ static int session_process_input(struct smtp_session *s) {
                 if (s->ss_state == SS_DEAD)
                         return -1;
         }
-        if (off > 0) {
-                memmove(s->ss_in, s->ss_in + off, s->ss_in_len - off);
-                s->ss_in_len -= off;
-        }
+        dynbuf_consume(&s->ss_in, off);
         return 0;
 }
 
@@ -1208,26 +1203,18 @@ static int session_process_input(struct smtp_session *s) {
  * socket no longer shows) and handles every complete reply. */
 static void session_read(struct smtp_session *s) {
         for (;;) {
-                size_t room = s->ss_in_cap - s->ss_in_len, n = 0;
+                char *p = dynbuf_reserve(&s->ss_in, SMTP_IN_READ);
+                size_t n = 0;
                 CURLcode rc;
 
-                if (room == 0 && s->ss_in_cap < SMTP_IN_MAX) {
-                        char *in = realloc(s->ss_in, s->ss_in_cap * 2);
-
-                        if (!in) {
-                                session_fail(s, "out of memory");
-                                return;
-                        }
-                        s->ss_in = in;
-                        s->ss_in_cap *= 2;
-                        room = s->ss_in_cap - s->ss_in_len;
-                }
-                if (room == 0) {
-                        session_fail(s, "protocol error (reply too long)");
+                if (p == NULL) {
+                        session_fail(
+                                s, dynbuf_error(&s->ss_in) == DYNBUF_ENOMEM
+                                           ? "out of memory"
+                                           : "protocol error (reply too long)");
                         return;
                 }
-                rc = curl_easy_recv(s->ss_easy, s->ss_in + s->ss_in_len, room,
-                                    &n);
+                rc = curl_easy_recv(s->ss_easy, p, dynbuf_avail(&s->ss_in), &n);
                 if (rc == CURLE_AGAIN)
                         return;
                 if (rc != CURLE_OK) {
@@ -1242,7 +1229,7 @@ static void session_read(struct smtp_session *s) {
                         session_fail(s, "connection lost");
                         return;
                 }
-                s->ss_in_len += n;
+                dynbuf_setlen(&s->ss_in, dynbuf_len(&s->ss_in) + n);
                 if (session_process_input(s) == -1)
                         return;
         }
@@ -1522,12 +1509,6 @@ static void session_connected(struct smtp_session *s) {
                 session_close(s);
                 return;
         }
-        s->ss_in = malloc(SMTP_IN_INITIAL);
-        s->ss_in_cap = SMTP_IN_INITIAL;
-        if (!s->ss_in) {
-                session_close(s);
-                return;
-        }
         /* libcurl said CURL_POLL_REMOVE for it already; be sure */
         smtp_curl_fd_release(sc, fd);
         if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
@@ -1592,6 +1573,7 @@ static int session_open(smtp_client_t *sc) {
         s->ss_client = sc;
         s->ss_fd = -1;
         dynbuf_init(&s->ss_out, SMTP_OUT_MAX);
+        dynbuf_init(&s->ss_in, SMTP_IN_MAX);
         s->ss_state = SS_CONNECTING; /* counted in sc_connecting below */
         s->ss_probe = !sc->sc_healthy;
         loop_timer_init(&s->ss_timer, session_timer_cb, s);

@@ -368,6 +368,18 @@ static void worker_on_nack(void *opaque) {
 
 /* ---- duplicates ---- */
 
+/* Takes the first follower off @e's list. @returns it, or NULL. */
+static struct entry *entry_pop_follower(struct entry *e) {
+        struct entry *f = e->e_followers;
+
+        if (f) {
+                e->e_followers = f->e_follow_next;
+                f->e_following = NULL;
+                f->e_follow_next = NULL;
+        }
+        return f;
+}
+
 /* Takes @f off its leader's list of followers. */
 static void entry_unfollow(struct entry *f) {
         struct entry **pp = &f->e_following->e_followers;
@@ -460,10 +472,7 @@ static void entry_release(struct entry *e) {
                 return;
         e->e_leader = 0;
         dedupe_release(w->w_dedupe, e->e_req->id);
-        while ((f = e->e_followers) != NULL) {
-                e->e_followers = f->e_follow_next;
-                f->e_following = NULL;
-                f->e_follow_next = NULL;
+        while ((f = entry_pop_follower(e)) != NULL) {
                 if (entry_claim(f))
                         entry_start(f);
         }
@@ -779,10 +788,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         done.source_offset = rec.source.offset;
         dedupe_finish(w->w_dedupe, e->e_req->id, &done, rec.completed_ms);
         e->e_leader = 0;
-        while ((f = e->e_followers) != NULL) {
-                e->e_followers = f->e_follow_next;
-                f->e_following = NULL;
-                f->e_follow_next = NULL;
+        while ((f = entry_pop_follower(e)) != NULL) {
                 entry_finish_duplicate(f, &done);
         }
 }
@@ -835,10 +841,7 @@ static void entry_handoff(struct entry *e, int64_t due_ms, int code,
                 e->e_leader = 0;
                 dedupe_release(w->w_dedupe, e->e_req->id);
         }
-        while ((f = e->e_followers) != NULL) {
-                e->e_followers = f->e_follow_next;
-                f->e_following = NULL;
-                f->e_follow_next = NULL;
+        while ((f = entry_pop_follower(e)) != NULL) {
                 entry_handoff(f, due_ms, code, reply);
         }
 }

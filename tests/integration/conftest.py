@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import harness  # noqa: E402
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker,  # noqa: E402,F401
-                     have_binary, make_tmpdir, parse_logfmt)
+                     have_binary, make_tmpdir, parse_logfmt, ready_kafka)
 
 
 def _sigterm_to_interrupt(signum, frame):
@@ -65,12 +65,7 @@ def session_dir():
 def kafka(session_dir):
     """A real single-node Kafka (KM_KAFKA_VERSION, default 4.4.0) for the whole session
     (.bootstrap)."""
-    k = Kafka.start(session_dir / "kafka")
-    try:
-        k.wait_ready(60)
-        yield k
-    finally:
-        k.stop()
+    yield from ready_kafka(Kafka.start(session_dir / "kafka"))
 
 
 @pytest.fixture
@@ -85,35 +80,32 @@ def tmpdir_fast():
     return make_tmpdir("t")
 
 
-@pytest.fixture
-def capture_server():
-    """Factory: capture_server(tls=..., auth="u:p", ...) -> CaptureServer; all stopped at
-    the end of the test."""
+def _started_by(start_fn):
+    """A fixture body: yields a factory that starts servers with start_fn(**kw) and
+    stops every one it started at the end of the test, also on failure."""
     started = []
 
-    def start(**kw):
-        s = CaptureServer.start(**kw)
+    def start(*args, **kw):
+        s = start_fn(*args, **kw)
         started.append(s)
         return s
 
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def capture_server():
+    """Factory: capture_server(tls=..., auth="u:p", ...) -> CaptureServer; all stopped at
+    the end of the test."""
+    yield from _started_by(CaptureServer.start)
 
 
 @pytest.fixture
 def smtp_sink():
     """Factory: smtp_sink(extra=["-W", ".:1"]) -> SmtpSink; all stopped at the end."""
-    started = []
-
-    def start(extra=()):
-        s = SmtpSink.start(extra=extra)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+    yield from _started_by(lambda extra=(): SmtpSink.start(extra=extra))
 
 
 @pytest.fixture

@@ -378,3 +378,12 @@ def final_by_id(results: Iterable[dict]) -> dict:
     for r in results:
         out[r.get("id")] = r
     return out
+
+
+def ready_kafka(k):
+    """A fixture body: waits for the started broker @k, yields it, stops it at the end."""
+    try:
+        k.wait_ready(60)
+        yield k
+    finally:
+        k.stop()

@@ -20,7 +20,7 @@ import pytest
 
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, captured_mids,
                      fast_group, final_by_id, make_request, make_requests,
-                     make_tmpdir, wait_for, worker_knows)
+                     make_tmpdir, ready_kafka, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
@@ -83,12 +83,7 @@ class SilentServer:
 def own_kafka():
     """A broker for this module only (tests here may stop and restart it). Always a
     local one, even when KM_KAFKA_BOOTSTRAP names an external broker."""
-    k = Kafka.start(make_tmpdir("kafka-faults"), local=True)
-    try:
-        k.wait_ready(60)
-        yield k
-    finally:
-        k.stop()
+    yield from ready_kafka(Kafka.start(make_tmpdir("kafka-faults"), local=True))
 
 
 @pytest.fixture
@@ -119,6 +114,18 @@ def start_silent(servers, port=None):
     s = SilentServer(port)
     servers.append(s)
     return s
+
+
+def heal_and_audit(kafka, topics, servers, bad, port, n):
+    """Replaces the server @bad by a healthy capture server on the same @port, waits
+    until every one of the @n requests was sent at least once, and returns the final
+    results by id."""
+    servers.remove(bad)
+    bad.stop()
+    healthy = start_capture(servers, port=port)
+    a = kafka.wait_audit(topics, n, capture_dir=healthy.dir, timeout=60)
+    assert_all_sent_once_or_more(a, n)
+    return final_by_id(kafka.results(topics.results, timeout=30))
 
 
 def assert_all_sent_once_or_more(a, n):
@@ -345,12 +352,7 @@ def test_broken_smtp_server_retries_until_a_healthy_one_takes_over(
         assert bad.accepted > 0
         assert "tim" in w.log().lower(), "a timeout is logged"
 
-    servers.remove(bad)
-    bad.stop()
-    healthy = start_capture(servers, port=port)
-    a = kafka.wait_audit(topics, n, capture_dir=healthy.dir, timeout=60)
-    assert_all_sent_once_or_more(a, n)
-    final = final_by_id(kafka.results(topics.results, timeout=30))
+    final = heal_and_audit(kafka, topics, servers, bad, port, n)
     if fault != "silent":
         # every message met the 421 at least once before it was sent
         assert min(r["attempts"] for r in final.values()) > 1
@@ -407,12 +409,7 @@ def test_4xx_longer_than_the_local_window_goes_through_the_retry_topic(
     assert kafka.count(topics.results) == 0, "nothing final while the server says 4xx"
     time.sleep(2)  # some requests go round the retry topic more than once
 
-    servers.remove(sink)
-    sink.stop()
-    healthy = start_capture(servers, port=port)
-    a = kafka.wait_audit(topics, n, capture_dir=healthy.dir, timeout=60)
-    assert_all_sent_once_or_more(a, n)
-    final = final_by_id(kafka.results(topics.results, timeout=30))
+    final = heal_and_audit(kafka, topics, servers, sink, port, n)
     assert all(r["attempts"] > 1 for r in final.values())
     assert all(r["source"]["topic"] == topics.requests for r in final.values())
     assert kafka.count(topics.retry) > 0

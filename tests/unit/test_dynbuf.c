@@ -121,6 +121,33 @@ static void test_take_hands_over_the_bytes_and_empties(void **state) {
         dynbuf_fini(&d);
 }
 
+static void
+test_consume_drops_from_the_front_and_avail_is_the_room(void **state) {
+        struct dynbuf d;
+        char *p;
+
+        (void)state;
+        dynbuf_init(&d, 64);
+        assert_int_equal(dynbuf_avail(&d), 0);
+        dynbuf_consume(&d, 5); /* nothing yet: no effect */
+        p = dynbuf_reserve(&d, 16);
+        assert_non_null(p);
+        assert_true(dynbuf_avail(&d) >= 16);
+        memcpy(p, "250 ok\r\n354 go", 15);
+        dynbuf_setlen(&d, 15);
+        dynbuf_consume(&d, 8);
+        assert_int_equal(dynbuf_len(&d), 7);
+        assert_string_equal(dynbuf_ptr(&d), "354 go");
+        dynbuf_consume(&d, 100); /* more than held: empties */
+        assert_int_equal(dynbuf_len(&d), 0);
+        assert_string_equal(dynbuf_ptr(&d), "");
+        /* the room is reused, the limit still holds */
+        assert_non_null(dynbuf_reserve(&d, 63));
+        assert_int_equal(dynbuf_avail(&d), 63);
+        assert_null(dynbuf_reserve(&d, 65));
+        dynbuf_fini(&d);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(
@@ -132,6 +159,8 @@ int main(void) {
                 cmocka_unit_test(test_a_failure_sticks_until_reset),
                 cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
                 cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
+                cmocka_unit_test(
+                        test_consume_drops_from_the_front_and_avail_is_the_room),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
