@@ -921,6 +921,29 @@ static void test_421_closes_the_session(void **state) {
         assert_int_equal(f->peer.p_accepts, 2);
 }
 
+/* A reply that never ends within the session's input bound (64 KiB): a
+ * multi-line 250 of 70 KiB. The session fails as a protocol error (the job
+ * is TRANSIENT, after one more try on a new connection, as for a drop
+ * before any reply) instead of buffering without end. */
+static void test_a_reply_past_the_input_bound_fails_the_session(void **state) {
+        static char endless[70 * 1024 + 1];
+        struct fx *f;
+        const struct peer_step script[] = {
+                OPEN(CAPS_PIPELINING), TXN1_PIPELINED,        SEND(endless),
+                CLIENT_CLOSES,         OPEN(CAPS_PIPELINING), TXN1_PIPELINED,
+                SEND(endless),         CLIENT_CLOSES,         END,
+        };
+
+        for (size_t i = 0; i + 100 <= sizeof(endless) - 1; i += 100) {
+                memset(endless + i, 'x', 100);
+                memcpy(endless + i, "250-", 4);
+                memcpy(endless + i + 98, "\r\n", 2);
+        }
+        f = run_one(state, script, rcpt1, BODY2, SMTP_TRANSIENT, 0,
+                    "protocol error (reply too long) after MAIL");
+        assert_int_equal(f->peer.p_accepts, 2);
+}
+
 static void test_command_reply_timeout_is_transient_and_closes(void **state) {
         struct fx *f = *state;
         const struct peer_step script[] = {
@@ -1008,6 +1031,7 @@ int main(void) {
                 T(test_final_reply_4xx_is_transient_then_rset),
                 T(test_final_reply_5xx_is_permanent_then_rset),
                 T(test_421_closes_the_session),
+                T(test_a_reply_past_the_input_bound_fails_the_session),
                 T(test_command_reply_timeout_is_transient_and_closes),
                 T(test_final_reply_timeout_uses_the_data_timeout),
                 T(test_size_is_declared_and_a_larger_message_refused_locally),
