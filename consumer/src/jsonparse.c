@@ -343,3 +343,20 @@ json_t *jsonparse_loadb(const char *buf, size_t len) {
         free(jp.scratch);
         return v;
 }
+
+json_t *jsonparse_string(const char *s) {
+        json_t *v = json_string(s ? s : "");
+        char *fixed;
+        size_t len;
+
+        if (v)
+                return v;
+        fixed = utf8_repair(s, strlen(s), &len);
+        if (!fixed)
+                abort();
+        v = json_stringn(fixed, len);
+        free(fixed);
+        if (!v)
+                abort();
+        return v;
+}

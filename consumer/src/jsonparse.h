@@ -29,4 +29,10 @@
  * not valid JSON or uses something this parser leaves to jansson. */
 json_t *jsonparse_loadb(const char *buf, size_t len);
 
+/* @returns a new JSON string of @s (NULL: ""): text that is not UTF-8, such
+ * as a relay's 8-bit reply, which jansson refuses, is repaired first
+ * (utf8_repair(): U+FFFD for each bad sequence). Aborts when out of
+ * memory. */
+json_t *jsonparse_string(const char *s);
+
 #endif

@@ -7,7 +7,7 @@
 #include <jansson.h>
 
 #include "backoff.h"
-#include "utf8.h"
+#include "jsonparse.h"
 
 /* Most attempts a record may claim: more is a damaged record. */
 #define RETRY_ATTEMPTS_LIMIT 1000
@@ -65,7 +65,7 @@ char *retry_record_format(const struct retry_record *r) {
                       r->source_topic, "partition", (int)r->source_partition,
                       "offset", (json_int_t)r->source_offset, "last_smtp_code",
                       r->last_smtp_code, "last_smtp_reply",
-                      utf8_json_string(r->last_smtp_reply));
+                      jsonparse_string(r->last_smtp_reply));
         if (!o)
                 abort();
         if (r->rcpt_cnt > 0) {
@@ -80,7 +80,7 @@ char *retry_record_format(const struct retry_record *r) {
                                 rc->recipient, "status",
                                 rc->sent ? "sent" : "failed", "smtp_code",
                                 rc->smtp_code, "smtp_reply",
-                                utf8_json_string(rc->smtp_reply));
+                                jsonparse_string(rc->smtp_reply));
 
                         /* Dropped, the recipient would be sent to again. */
                         if (!it || json_array_append_new(arr, it) != 0)

@@ -100,7 +100,7 @@ struct retry_record {
 
 /* @returns @r as the record's value (compact JSON, malloc'd, NUL-ended,
  * owned by the caller). Replies that are not UTF-8 are repaired
- * (utf8_json_string()). Aborts when out of memory. */
+ * (jsonparse_string()). Aborts when out of memory. */
 char *retry_record_format(const struct retry_record *r);
 
 /*

@@ -3,8 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 /* Lead byte @c: sets the sequence length, the lead's bits of the code
  * point and the range the second byte must be in (which excludes overlong
  * forms, surrogates and code points above U+10FFFF).
@@ -169,21 +167,4 @@ char *utf8_repair(const char *s, size_t len, size_t *out_len) {
         if (out_len != NULL)
                 *out_len = o;
         return out;
-}
-
-json_t *utf8_json_string(const char *s) {
-        json_t *v = json_string(s ? s : "");
-        char *fixed;
-        size_t len;
-
-        if (v)
-                return v;
-        fixed = utf8_repair(s, strlen(s), &len);
-        if (!fixed)
-                abort();
-        v = json_stringn(fixed, len);
-        free(fixed);
-        if (!v)
-                abort();
-        return v;
 }

@@ -53,9 +53,4 @@ int utf8_valid(const char *s, size_t len);
  */
 char *utf8_repair(const char *s, size_t len, size_t *out_len);
 
-/* @returns a new JSON string (jansson) of @s (NULL: ""): text that is not
- * UTF-8, such as a relay's 8-bit reply, which jansson refuses, is repaired
- * first (utf8_repair()). Never NULL: aborts when out of memory. */
-struct json_t *utf8_json_string(const char *s);
-
 #endif

@@ -11,6 +11,7 @@
 
 #include "consumer.h"
 #include "dedupe.h"
+#include "jsonparse.h"
 #include "ledger.h"
 #include "log.h"
 #include "loop.h"
@@ -21,7 +22,6 @@
 #include "results.h"
 #include "retry.h"
 #include "smtp.h"
-#include "utf8.h"
 
 /* How long one loop iteration may wait when nothing happens. */
 #define WORKER_IDLE_WAIT_MS 1000
@@ -697,7 +697,7 @@ static void entry_rcpts_result(const struct entry *e, struct result_rec *rec,
                                     r->code ? json_integer(r->code)
                                             : json_null());
                 json_object_set_new(o, "smtp_reply",
-                                    r->reply ? utf8_json_string(r->reply)
+                                    r->reply ? jsonparse_string(r->reply)
                                              : json_null());
                 if (r->st == RCPT_SENT) {
                         sent++;

@@ -135,12 +135,37 @@ static void test_invalid_json_is_rejected_by_both(void **state) {
         assert_left("\"a\0b\"", 5, 0);
 }
 
+static void test_a_json_string_of_any_bytes_is_valid_utf8(void **state) {
+        static const struct {
+                const char *in;
+                const char *out;
+        } cases[] = {
+                {NULL, ""},
+                {"250 2.0.0 Ok", "250 2.0.0 Ok"},
+                {"caf\xc3\xa9", "caf\xc3\xa9"},
+                /* 8-bit reply text: each bad sequence becomes U+FFFD */
+                {"550 Empf\xe4nger unbekannt",
+                 "550 Empf\xef\xbf\xbdnger unbekannt"},
+                {"\xc3", "\xef\xbf\xbd"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                json_t *v = jsonparse_string(cases[i].in);
+
+                assert_non_null(v);
+                assert_string_equal(json_string_value(v), cases[i].out);
+                json_decref(v);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_request_takes_the_fast_path),
                 cmocka_unit_test(test_escapes_and_utf8_decode_like_jansson),
                 cmocka_unit_test(test_what_the_fast_path_leaves_to_jansson),
                 cmocka_unit_test(test_invalid_json_is_rejected_by_both),
+                cmocka_unit_test(test_a_json_string_of_any_bytes_is_valid_utf8),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
