@@ -1401,7 +1401,7 @@ static void test_body_containing_boundary_prefix_forced_to_qp(void **state) {
 
 /* Every valid request fixture builds a well-formed message. */
 static void test_valid_fixture_builds_wellformed_message(void **state) {
-        const char *dir = *state;
+        const char *dir = fixture_case_name(*state);
         char path[2048];
         char *input;
         char *mid;
@@ -1472,30 +1472,14 @@ int main(void) {
         };
         char **valid;
         size_t nv = fixture_list("requests/valid", &valid);
-        size_t nf = sizeof(fixed) / sizeof(fixed[0]);
-        struct CMUnitTest *tests = calloc(nf + nv, sizeof(*tests));
-        char **names = calloc(nv + 1, sizeof(*names));
-        int rc;
+        const struct fixture_cases sets[] = {
+                {"builds_wellformed",
+                 test_valid_fixture_builds_wellformed_message, valid,
+                 sizeof(*valid), nv},
+        };
+        int rc = fixture_run_group("message", fixed, FIXTURE_LEN(fixed), sets,
+                                   FIXTURE_LEN(sets));
 
-        if (tests == NULL || names == NULL)
-                return 1;
-        memcpy(tests, fixed, sizeof(fixed));
-        for (size_t i = 0; i < nv; i++) {
-                size_t len = strlen(fixture_name(valid[i])) + 32;
-
-                names[i] = malloc(len);
-                snprintf(names[i], len, "builds_wellformed/%s",
-                         fixture_name(valid[i]));
-                tests[nf + i].name = names[i];
-                tests[nf + i].test_func =
-                        test_valid_fixture_builds_wellformed_message;
-                tests[nf + i].initial_state = valid[i];
-        }
-        rc = _cmocka_run_group_tests("message", tests, nf + nv, NULL, NULL);
-        for (size_t i = 0; i < nv; i++)
-                free(names[i]);
-        free(names);
-        free(tests);
         fixture_free_list(valid, nv);
         return rc;
 }

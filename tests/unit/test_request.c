@@ -32,7 +32,7 @@ static struct mail_request *parse_str(const char *json, char *err,
 /* One invalid fixture: request_parse fails and the reason contains the
  * text of the case's "error" file. */
 static void test_invalid_fixture_rejected_with_reason(void **state) {
-        const char *dir = *state;
+        const char *dir = fixture_case_name(*state);
         char path[2048];
         char *input;
         char *expect;
@@ -72,7 +72,7 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
 }
 
 static void test_valid_fixture_accepted(void **state) {
-        const char *dir = *state;
+        const char *dir = fixture_case_name(*state);
         char path[2048];
         char *input;
         size_t len = 0;
@@ -584,42 +584,15 @@ int main(void) {
         char **valid;
         size_t ni = fixture_list("requests/invalid", &invalid);
         size_t nv = fixture_list("requests/valid", &valid);
-        size_t nf = sizeof(fixed) / sizeof(fixed[0]);
-        size_t n = nf + ni + nv;
-        struct CMUnitTest *tests = calloc(n, sizeof(*tests));
-        char **names = calloc(n, sizeof(*names));
-        int rc;
+        const struct fixture_cases sets[] = {
+                {"rejects_invalid", test_invalid_fixture_rejected_with_reason,
+                 invalid, sizeof(*invalid), ni},
+                {"accepts_valid", test_valid_fixture_accepted, valid,
+                 sizeof(*valid), nv},
+        };
+        int rc = fixture_run_group("request", fixed, FIXTURE_LEN(fixed), sets,
+                                   FIXTURE_LEN(sets));
 
-        if (tests == NULL || names == NULL)
-                return 1;
-        memcpy(tests, fixed, sizeof(fixed));
-        for (size_t i = 0; i < ni; i++) {
-                size_t k = nf + i;
-                size_t len = strlen(fixture_name(invalid[i])) + 32;
-
-                names[k] = malloc(len);
-                snprintf(names[k], len, "rejects_invalid/%s",
-                         fixture_name(invalid[i]));
-                tests[k].name = names[k];
-                tests[k].test_func = test_invalid_fixture_rejected_with_reason;
-                tests[k].initial_state = invalid[i];
-        }
-        for (size_t i = 0; i < nv; i++) {
-                size_t k = nf + ni + i;
-                size_t len = strlen(fixture_name(valid[i])) + 32;
-
-                names[k] = malloc(len);
-                snprintf(names[k], len, "accepts_valid/%s",
-                         fixture_name(valid[i]));
-                tests[k].name = names[k];
-                tests[k].test_func = test_valid_fixture_accepted;
-                tests[k].initial_state = valid[i];
-        }
-        rc = _cmocka_run_group_tests("request", tests, n, NULL, NULL);
-        for (size_t i = 0; i < n; i++)
-                free(names[i]);
-        free(names);
-        free(tests);
         fixture_free_list(invalid, ni);
         fixture_free_list(valid, nv);
         return rc;
