@@ -28,8 +28,7 @@ static const struct backoff_case cases[] = {
         {"no_jitter_attempt_3_doubles", 1000, 60000, 0, 3, 12345, 4000},
         {"no_jitter_attempt_6_doubles", 1000, 60000, 0, 6, 12345, 32000},
         {"no_jitter_attempt_7_at_max", 1000, 60000, 0, 7, 12345, 60000},
-        {"no_jitter_attempt_1000000_at_max", 1000, 60000, 0, 1000000, 12345,
-         60000},
+        {"no_jitter_attempt_1e6", 1000, 60000, 0, 1000000, 12345, 60000},
         /* an initial delay above the max is cut to it */
         {"initial_above_max_attempt_1", 5000, 3000, 0, 1, 0, 3000},
         {"initial_above_max_attempt_4", 5000, 3000, 0, 4, 0, 3000},
