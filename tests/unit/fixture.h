@@ -46,6 +46,22 @@ static inline char *fixture_read(const char *path, size_t *len) {
         return buf;
 }
 
+/* Reads the file @file of the case folder @dir; it must exist.
+ * @returns a malloc'd NUL-terminated buffer (its length in @len if not
+ * NULL). */
+static inline char *fixture_case_read(const char *dir, const char *file,
+                                      size_t *len) {
+        char path[2048];
+        char *buf;
+
+        snprintf(path, sizeof(path), "%s/%s", dir, file);
+        buf = fixture_read(path, len);
+        if (buf == NULL)
+                print_error("cannot read %s\n", path);
+        assert_non_null(buf);
+        return buf;
+}
+
 static inline int fixture_cmp(const void *a, const void *b) {
         return strcmp(*(char *const *)a, *(char *const *)b);
 }

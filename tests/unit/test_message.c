@@ -1352,13 +1352,10 @@ static void test_body_containing_boundary_prefix_forced_to_qp(void **state) {
 /* Every valid request fixture builds a well-formed message. */
 static void test_valid_fixture_builds_wellformed_message(void **state) {
         const char *dir = fixture_case_name(*state);
-        char path[2048];
         char *input;
         struct built b;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, NULL);
-        assert_non_null(input);
+        input = fixture_case_read(dir, "input.json", NULL);
         b = build(input);
         check_wellformed(b.msg, 1);
         assert_int_equal(b.msg->rcpt_cnt, request_recipient_count(b.req));

@@ -52,7 +52,6 @@ static void assert_smtputf8(const char *json, int expected) {
  * text of the case's "error" file. */
 static void test_invalid_fixture_rejected_with_reason(void **state) {
         const char *dir = fixture_case_name(*state);
-        char path[2048];
         char *input;
         char *expect;
         size_t len = 0;
@@ -61,12 +60,8 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
         char err[512] = "";
         struct mail_request *req;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, &len);
-        assert_non_null(input);
-        snprintf(path, sizeof(path), "%s/error", dir);
-        expect = fixture_read(path, &elen);
-        assert_non_null(expect);
+        input = fixture_case_read(dir, "input.json", &len);
+        expect = fixture_case_read(dir, "error", &elen);
         while (elen > 0 &&
                (expect[elen - 1] == '\n' || expect[elen - 1] == '\r'))
                 expect[--elen] = '\0';
@@ -92,16 +87,13 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
 
 static void test_valid_fixture_accepted(void **state) {
         const char *dir = fixture_case_name(*state);
-        char path[2048];
         char *input;
         size_t len = 0;
         char id[64];
         char err[512] = "";
         struct mail_request *req;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, &len);
-        assert_non_null(input);
+        input = fixture_case_read(dir, "input.json", &len);
         req = request_parse(input, len, &test_limits, id, sizeof(id), err,
                             sizeof(err));
         if (req == NULL)
