@@ -433,10 +433,64 @@ static char *part_body(const char *text, const char *ctype, char **hdrs) {
         return strndup(body, (size_t)(end - body));
 }
 
+/* Checks that the body of the part whose headers contain @ctype is
+ * @expected. */
+static void assert_part_body(const char *text, const char *ctype,
+                             const char *expected) {
+        char *body = part_body(text, ctype, NULL);
+
+        assert_string_equal(body, expected);
+        free(body);
+}
+
 static json_t *base_req(const char *id) {
         return json_pack("{s:s, s:s, s:[s], s:s}", "id", id, "from",
                          "Shop <no-reply@shop.example>", "to",
                          "Ann <ann@example.com>", "text", "Hello");
+}
+
+/* Builds base_req(@id) with the request field @field set to @value. */
+static struct built build_with(const char *id, const char *field,
+                               const char *value) {
+        json_t *o = base_req(id);
+
+        json_object_set_new(o, field, json_string(value));
+        return build_json(o, 1);
+}
+
+/* Builds base_req("att") with one attachment @filename holding 0, 1, 2. */
+static struct built build_attachment(const char *filename) {
+        json_t *o = base_req("att");
+
+        json_object_set_new(o, "attachments",
+                            json_pack("[{s:s, s:s}]", "filename", filename,
+                                      "content_base64", "AAEC"));
+        return build_json(o, 1);
+}
+
+/* Checks that the unfolded header @name of @text is @expected. */
+static void assert_header_equal(const char *text, const char *name,
+                                const char *expected) {
+        char *v = header_get(text, name);
+
+        assert_non_null(v);
+        assert_string_equal(v, expected);
+        free(v);
+}
+
+/* Checks that the header @name of @text decodes (RFC 2047) to @expected. */
+static void assert_header_decodes(const char *text, const char *name,
+                                  const char *expected) {
+        char *raw = header_get(text, name);
+        char *dec;
+
+        assert_non_null(raw);
+        dec = rfc2047_decode(raw);
+        if (strcmp(dec, expected) != 0)
+                print_error("raw: %s\n", raw);
+        assert_string_equal(dec, expected);
+        free(raw);
+        free(dec);
 }
 
 /* --- tests --- */
@@ -461,7 +515,7 @@ static void test_headers_in_contract_order(void **state) {
                 json_pack("{s:s, s:s}", "X-Campaign", "fall", "X-Second", "2"));
         b = build_json(o, 1);
         p = b.text;
-        for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        for (size_t i = 0; i < FIXTURE_LEN(order); i++) {
                 const char *q = strstr(p, order[i]);
 
                 if (q == NULL)
@@ -584,13 +638,10 @@ static void test_message_id_deterministic_from_domain_or_option(void **state) {
         struct built b = build(json);
         struct built c = build_opts(json, "mail.example.net");
         char buf[64];
-        char *v;
 
         (void)state;
         assert_string_equal(a.msg->message_id, "<7f3c.abc@shop.example>");
-        v = header_get(a.text, "Message-ID");
-        assert_string_equal(v, "<7f3c.abc@shop.example>");
-        free(v);
+        assert_header_equal(a.text, "Message-ID", "<7f3c.abc@shop.example>");
         /* the same request gives the same bytes, boundaries included */
         assert_int_equal(a.msg->data_len, b.msg->data_len);
         assert_memory_equal(a.msg->data, b.msg->data, a.msg->data_len);
@@ -643,6 +694,28 @@ static void test_message_id_domain_from_address_literal(void **state) {
         built_free(&b);
 }
 
+/* Builds base_req("s") with @subject (and @from when not NULL) and checks
+ * that the Subject is encoded, ASCII only, and decodes back to @subject. */
+static void check_subject_round_trip(const char *subject, const char *from) {
+        json_t *o = base_req("s");
+        struct built b;
+        char *raw;
+
+        json_object_set_new(o, "subject", json_string(subject));
+        if (from != NULL)
+                json_object_set_new(o, "from", json_string(from));
+        b = build_json(o, 1); /* check_encoded_words() */
+        raw = header_get(b.text, "Subject");
+        assert_non_null(raw);
+        /* encoded, so nothing non-ASCII is left in the header */
+        for (const char *p = raw; *p != '\0'; p++)
+                assert_true((unsigned char)*p < 128 && *p != '\x01');
+        assert_non_null(strstr(raw, "=?UTF-8?"));
+        assert_header_decodes(b.text, "Subject", subject);
+        free(raw);
+        built_free(&b);
+}
+
 static void test_subject_rfc2047_encoded_and_decodes_back(void **state) {
         static const char *const subjects[] = {
                 "Grüße aus Köln",
@@ -655,28 +728,8 @@ static void test_subject_rfc2047_encoded_and_decodes_back(void **state) {
         };
 
         (void)state;
-        for (size_t i = 0; i < sizeof(subjects) / sizeof(subjects[0]); i++) {
-                json_t *o = base_req("s");
-                struct built b;
-                char *raw;
-                char *dec;
-
-                json_object_set_new(o, "subject", json_string(subjects[i]));
-                b = build_json(o, 1);
-                raw = header_get(b.text, "Subject");
-                assert_non_null(raw);
-                /* encoded, so nothing non-ASCII is left in the header */
-                for (const char *p = raw; *p != '\0'; p++)
-                        assert_true((unsigned char)*p < 128 && *p != '\x01');
-                assert_non_null(strstr(raw, "=?UTF-8?"));
-                dec = rfc2047_decode(raw);
-                if (strcmp(dec, subjects[i]) != 0)
-                        print_error("raw: %s\n", raw);
-                assert_string_equal(dec, subjects[i]);
-                free(raw);
-                free(dec);
-                built_free(&b);
-        }
+        for (size_t i = 0; i < FIXTURE_LEN(subjects); i++)
+                check_subject_round_trip(subjects[i], NULL);
 }
 
 static void test_encoded_words_every_parser_reads(void **state) {
@@ -693,46 +746,28 @@ static void test_encoded_words_every_parser_reads(void **state) {
         };
 
         (void)state;
-        for (size_t i = 0; i < sizeof(subjects) / sizeof(subjects[0]); i++) {
-                json_t *o = base_req("s");
-                struct built b;
-                char *raw, *dec;
-
-                json_object_set_new(o, "subject", json_string(subjects[i]));
-                json_object_set_new(
-                        o, "from",
-                        json_string("Отдел доставки интернет-магазина "
-                                    "«Ромашка» <shop@example.com>"));
-                b = build_json(o, 1); /* check_encoded_words() */
-                raw = header_get(b.text, "Subject");
-                dec = rfc2047_decode(raw);
-                assert_string_equal(dec, subjects[i]);
-                free(raw);
-                free(dec);
-                built_free(&b);
-        }
+        for (size_t i = 0; i < FIXTURE_LEN(subjects); i++)
+                check_subject_round_trip(subjects[i],
+                                         "Отдел доставки интернет-магазина "
+                                         "«Ромашка» <shop@example.com>");
 }
 
 static void test_encoded_word_uses_shorter_of_q_and_b(void **state) {
-        json_t *o = base_req("s");
-        struct built b;
-        char *raw;
+        static const struct {
+                const char *subject;
+                const char *encoded;
+        } cases[] = {
+                {"Café au lait", "=?UTF-8?Q?Caf=C3=A9_au_lait?="},
+                {"日本語", "=?UTF-8?B?5pel5pys6Kqe?="},
+        };
 
         (void)state;
-        json_object_set_new(o, "subject", json_string("Café au lait"));
-        b = build_json(o, 1);
-        raw = header_get(b.text, "Subject");
-        assert_string_equal(raw, "=?UTF-8?Q?Caf=C3=A9_au_lait?=");
-        free(raw);
-        built_free(&b);
+        for (size_t i = 0; i < FIXTURE_LEN(cases); i++) {
+                struct built b = build_with("s", "subject", cases[i].subject);
 
-        o = base_req("s");
-        json_object_set_new(o, "subject", json_string("日本語"));
-        b = build_json(o, 1);
-        raw = header_get(b.text, "Subject");
-        assert_string_equal(raw, "=?UTF-8?B?5pel5pys6Kqe?=");
-        free(raw);
-        built_free(&b);
+                assert_header_equal(b.text, "Subject", cases[i].encoded);
+                built_free(&b);
+        }
 }
 
 static void
@@ -741,20 +776,14 @@ test_long_ascii_subject_folded_and_unfolds_to_original(void **state) {
                 "This is a rather long subject line that will certainly need "
                 "folding because it goes well past seventy-eight characters, "
                 "and then   keeps  going with odd   spacing for a while longer";
-        json_t *o = base_req("s");
-        struct built b;
-        char *raw;
+        struct built b = build_with("s", "subject", subject);
         char *hs;
 
         (void)state;
-        json_object_set_new(o, "subject", json_string(subject));
-        b = build_json(o, 1);
         hs = headers_of(b.text);
         /* folded: the Subject spans more than one line */
         assert_non_null(strstr(strstr(hs, "Subject:"), "\r\n "));
-        raw = header_get(b.text, "Subject");
-        assert_string_equal(raw, subject);
-        free(raw);
+        assert_header_equal(b.text, "Subject", subject);
         free(hs);
         built_free(&b);
 }
@@ -763,8 +792,6 @@ static void test_unfoldable_long_header_value_encoded_within_998(void **state) {
         char *word = malloc(3001);
         json_t *o = base_req("s");
         struct built b;
-        char *raw;
-        char *dec;
 
         (void)state;
         memset(word, 'x', 3000);
@@ -772,16 +799,8 @@ static void test_unfoldable_long_header_value_encoded_within_998(void **state) {
         json_object_set_new(o, "subject", json_string(word));
         json_object_set_new(o, "headers", json_pack("{s:s}", "X-Long", word));
         b = build_json(o, 1);
-        raw = header_get(b.text, "Subject");
-        dec = rfc2047_decode(raw);
-        assert_string_equal(dec, word);
-        free(raw);
-        free(dec);
-        raw = header_get(b.text, "X-Long");
-        dec = rfc2047_decode(raw);
-        assert_string_equal(dec, word);
-        free(raw);
-        free(dec);
+        assert_header_decodes(b.text, "Subject", word);
+        assert_header_decodes(b.text, "X-Long", word);
         free(word);
         built_free(&b);
 }
@@ -796,8 +815,6 @@ test_long_white_space_runs_in_header_values_within_998(void **state) {
         char *v3 = malloc(1001);
         json_t *o = base_req("w");
         struct built b;
-        char *raw;
-        char *dec;
 
         (void)state;
         v1[0] = 'a';
@@ -814,21 +831,9 @@ test_long_white_space_runs_in_header_values_within_998(void **state) {
                 o, "headers",
                 json_pack("{s:s, s:s}", "X-Trail", v2, "X-Pad", v3));
         b = build_json(o, 1);
-        raw = header_get(b.text, "Subject");
-        dec = rfc2047_decode(raw);
-        assert_string_equal(dec, v1);
-        free(raw);
-        free(dec);
-        raw = header_get(b.text, "X-Trail");
-        dec = rfc2047_decode(raw);
-        assert_string_equal(dec, v2);
-        free(raw);
-        free(dec);
-        raw = header_get(b.text, "X-Pad");
-        dec = rfc2047_decode(raw);
-        assert_string_equal(dec, v3);
-        free(raw);
-        free(dec);
+        assert_header_decodes(b.text, "Subject", v1);
+        assert_header_decodes(b.text, "X-Trail", v2);
+        assert_header_decodes(b.text, "X-Pad", v3);
         free(v1);
         free(v2);
         free(v3);
@@ -842,28 +847,22 @@ static void test_display_name_with_specials_quoted(void **state) {
                               "Plain Name <p@example.com>", "bare@example.com",
                               "text", "x");
         struct built b;
-        char *from;
-        char *to;
 
         (void)state;
         b = build_json(o, 1);
-        from = header_get(b.text, "From");
-        assert_string_equal(from, "\"Shop, Inc.\" <no-reply@shop.example>");
-        to = header_get(b.text, "To");
-        assert_string_equal(to, "\"Ann \\\"A\\\" \\\\ Lee\" <ann@example.com>, "
-                                "Plain Name <p@example.com>, bare@example.com");
+        assert_header_equal(b.text, "From",
+                            "\"Shop, Inc.\" <no-reply@shop.example>");
+        assert_header_equal(b.text, "To",
+                            "\"Ann \\\"A\\\" \\\\ Lee\" <ann@example.com>, "
+                            "Plain Name <p@example.com>, bare@example.com");
         assert_string_equal(b.req->to[0].display, "Ann \"A\" \\ Lee");
-        free(from);
-        free(to);
         built_free(&b);
 }
 
 static void test_display_name_non_ascii_encoded_and_decodes_back(void **state) {
         json_t *o;
         struct built b;
-        char *from;
         char *to;
-        char *dec;
 
         (void)state;
         o = json_pack("{s:s, s:s, s:[s,s], s:s}", "id", "u", "from",
@@ -871,18 +870,14 @@ static void test_display_name_non_ascii_encoded_and_decodes_back(void **state) {
                       "山田太郎 <taro@example.jp>",
                       "\"Zoë, \\\"the\\\" Ünal\" <z@example.com>", "text", "x");
         b = build_json(o, 1);
-        from = header_get(b.text, "From");
-        dec = rfc2047_decode(from);
-        assert_string_equal(dec, "Émilie Dupont-Lefèvre <emilie@example.fr>");
-        free(dec);
-        to = header_get(b.text, "To");
-        dec = rfc2047_decode(to);
-        assert_string_equal(dec, "山田太郎 <taro@example.jp>, "
-                                 "Zoë, \"the\" Ünal <z@example.com>");
+        assert_header_decodes(b.text, "From",
+                              "Émilie Dupont-Lefèvre <emilie@example.fr>");
+        assert_header_decodes(b.text, "To",
+                              "山田太郎 <taro@example.jp>, "
+                              "Zoë, \"the\" Ünal <z@example.com>");
         /* the Q words of a phrase carry no specials as they are */
+        to = header_get(b.text, "To");
         assert_null(strstr(to, "\""));
-        free(dec);
-        free(from);
         free(to);
         built_free(&b);
 }
@@ -929,7 +924,6 @@ static void test_custom_header_non_ascii_encoded_ascii_kept(void **state) {
         json_t *o = base_req("h");
         struct built b;
         char *v;
-        char *dec;
 
         (void)state;
         json_object_set_new(o, "headers",
@@ -940,13 +934,10 @@ static void test_custom_header_non_ascii_encoded_ascii_kept(void **state) {
         b = build_json(o, 1);
         v = header_get(b.text, "X-Note");
         assert_non_null(strstr(v, "=?UTF-8?"));
-        dec = rfc2047_decode(v);
-        assert_string_equal(dec, "naïve café");
-        free(dec);
         free(v);
-        v = header_get(b.text, "List-Unsubscribe");
-        assert_string_equal(v, "<https://shop.example/u/1>");
-        free(v);
+        assert_header_decodes(b.text, "X-Note", "naïve café");
+        assert_header_equal(b.text, "List-Unsubscribe",
+                            "<https://shop.example/u/1>");
         assert_non_null(strstr(b.text, "\r\nX-Empty:\r\n"));
         built_free(&b);
 }
@@ -964,19 +955,12 @@ static void test_header_name_starting_with_dot_is_stuffed(void **state) {
 }
 
 static void test_text_only_is_text_plain_7bit(void **state) {
-        json_t *o = base_req("t");
-        struct built b;
-        char *v;
+        struct built b = build_with("t", "text", "Hello\r\nWorld\r\n");
 
         (void)state;
-        json_object_set_new(o, "text", json_string("Hello\r\nWorld\r\n"));
-        b = build_json(o, 1);
-        v = header_get(b.text, "Content-Type");
-        assert_string_equal(v, "text/plain; charset=utf-8");
-        free(v);
-        v = header_get(b.text, "Content-Transfer-Encoding");
-        assert_string_equal(v, "7bit");
-        free(v);
+        assert_header_equal(b.text, "Content-Type",
+                            "text/plain; charset=utf-8");
+        assert_header_equal(b.text, "Content-Transfer-Encoding", "7bit");
         assert_non_null(strstr(b.text, "\r\n\r\nHello\r\nWorld\r\n"));
         /* no extra blank line added after a body that ends with a newline */
         assert_true(ends_with(b.text, "\r\n\r\nHello\r\nWorld\r\n"));
@@ -994,15 +978,12 @@ static void test_body_without_final_newline_gets_crlf(void **state) {
 static void test_html_only_is_text_html(void **state) {
         json_t *o = base_req("t");
         struct built b;
-        char *v;
 
         (void)state;
         json_object_del(o, "text");
         json_object_set_new(o, "html", json_string("<p>Hi</p>"));
         b = build_json(o, 1);
-        v = header_get(b.text, "Content-Type");
-        assert_string_equal(v, "text/html; charset=utf-8");
-        free(v);
+        assert_header_equal(b.text, "Content-Type", "text/html; charset=utf-8");
         assert_null(strstr(b.text, "multipart"));
         built_free(&b);
 }
@@ -1016,7 +997,6 @@ static void test_text_and_html_multipart_alternative_text_first(void **state) {
         char close[128];
         const char *plain;
         const char *html;
-        char *body;
 
         (void)state;
         json_object_set_new(o, "html", json_string("<p>Hello</p>"));
@@ -1035,12 +1015,8 @@ static void test_text_and_html_multipart_alternative_text_first(void **state) {
         assert_non_null(html);
         assert_true(plain < html);
         assert_true(html < strstr(b.text, close));
-        body = part_body(b.text, "Content-Type: text/plain", NULL);
-        assert_string_equal(body, "Hello");
-        free(body);
-        body = part_body(b.text, "Content-Type: text/html", NULL);
-        assert_string_equal(body, "<p>Hello</p>");
-        free(body);
+        assert_part_body(b.text, "Content-Type: text/plain", "Hello");
+        assert_part_body(b.text, "Content-Type: text/html", "<p>Hello</p>");
         free(boundary);
         free(ct);
         built_free(&b);
@@ -1120,9 +1096,7 @@ static void test_attachment_base64_decodes_back_in_76_char_lines(void **state) {
         free(dec);
         free(body);
         free(hdrs);
-        body = part_body(b.text, "name=\"empty.txt\"", NULL);
-        assert_string_equal(body, "");
-        free(body);
+        assert_part_body(b.text, "name=\"empty.txt\"", "");
         assert_non_null(strstr(
                 b.text,
                 "Content-Type: application/octet-stream; name=\"empty.txt\""));
@@ -1170,6 +1144,20 @@ static char *rfc2231_get(const char *h, const char *name) {
         return out;
 }
 
+/* Checks that parameter @param of header @name in the headers @hdrs decodes
+ * (RFC 2231) to @expected. */
+static void assert_param_decodes(const char *hdrs, const char *name,
+                                 const char *param, const char *expected) {
+        char *v = header_get(hdrs, name);
+        char *dec;
+
+        assert_non_null(v);
+        dec = rfc2231_get(v, param);
+        assert_string_equal(dec, expected);
+        free(dec);
+        free(v);
+}
+
 static void test_attachment_non_ascii_filename_uses_rfc2231(void **state) {
         static const char *const names[] = {
                 "Überweisung März.pdf",
@@ -1178,19 +1166,12 @@ static void test_attachment_non_ascii_filename_uses_rfc2231(void **state) {
         };
 
         (void)state;
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-                json_t *o = base_req("att");
-                struct built b;
+        for (size_t i = 0; i < FIXTURE_LEN(names); i++) {
+                struct built b = build_attachment(names[i]);
                 char *hdrs;
                 char *body;
                 char *disp;
-                char *dec;
 
-                json_object_set_new(o, "attachments",
-                                    json_pack("[{s:s, s:s}]", "filename",
-                                              names[i], "content_base64",
-                                              "AAEC"));
-                b = build_json(o, 1);
                 body = part_body(b.text,
                                  "Content-Type: application/octet-stream",
                                  &hdrs);
@@ -1198,15 +1179,10 @@ static void test_attachment_non_ascii_filename_uses_rfc2231(void **state) {
                 disp = header_get(hdrs, "Content-Disposition");
                 assert_non_null(disp);
                 assert_true(strncmp(disp, "attachment;", 11) == 0);
-                dec = rfc2231_get(disp, "filename");
-                assert_string_equal(dec, names[i]);
-                free(dec);
                 free(disp);
-                disp = header_get(hdrs, "Content-Type");
-                dec = rfc2231_get(disp, "name");
-                assert_string_equal(dec, names[i]);
-                free(dec);
-                free(disp);
+                assert_param_decodes(hdrs, "Content-Disposition", "filename",
+                                     names[i]);
+                assert_param_decodes(hdrs, "Content-Type", "name", names[i]);
                 free(body);
                 free(hdrs);
                 built_free(&b);
@@ -1214,14 +1190,9 @@ static void test_attachment_non_ascii_filename_uses_rfc2231(void **state) {
 }
 
 static void test_attachment_filename_with_quote_escaped(void **state) {
-        json_t *o = base_req("att");
-        struct built b;
+        struct built b = build_attachment("a \"b\".txt");
 
         (void)state;
-        json_object_set_new(o, "attachments",
-                            json_pack("[{s:s, s:s}]", "filename", "a \"b\".txt",
-                                      "content_base64", "AAEC"));
-        b = build_json(o, 1);
         assert_non_null(strstr(b.text, "filename=\"a \\\"b\\\".txt\""));
         built_free(&b);
 }
@@ -1285,71 +1256,52 @@ static void test_long_line_body_quoted_printable_lines_76(void **state) {
 }
 
 static void test_line_of_998_octets_stays_7bit_999_becomes_qp(void **state) {
-        char text[1200];
-        json_t *o;
-        struct built b;
-        char *v;
+        /* a first line of @len octets (@first, then 'a'), then "end" */
+        static const struct {
+                size_t len;
+                char first;
+                const char *encoding;
+        } cases[] = {
+                {998, 'a', "7bit"},
+                {999, 'a', "quoted-printable"},
+                /* 998 octets starting with '.' would be 999 once stuffed */
+                {998, '.', "quoted-printable"},
+        };
 
         (void)state;
-        memset(text, 'a', 998);
-        memcpy(text + 998, "\nend", 5);
-        o = base_req("l");
-        json_object_set_new(o, "text", json_string(text));
-        b = build_json(o, 1);
-        v = header_get(b.text, "Content-Transfer-Encoding");
-        assert_string_equal(v, "7bit");
-        free(v);
-        built_free(&b);
+        for (size_t i = 0; i < FIXTURE_LEN(cases); i++) {
+                char text[1200];
+                struct built b;
 
-        memset(text, 'a', 999);
-        memcpy(text + 999, "\nend", 5);
-        o = base_req("l");
-        json_object_set_new(o, "text", json_string(text));
-        b = build_json(o, 1);
-        v = header_get(b.text, "Content-Transfer-Encoding");
-        assert_string_equal(v, "quoted-printable");
-        free(v);
-        built_free(&b);
-
-        /* 998 octets starting with '.' would be 999 once stuffed */
-        memset(text, 'a', 998);
-        text[0] = '.';
-        memcpy(text + 998, "\nend", 5);
-        o = base_req("l");
-        json_object_set_new(o, "text", json_string(text));
-        b = build_json(o, 1);
-        v = header_get(b.text, "Content-Transfer-Encoding");
-        assert_string_equal(v, "quoted-printable");
-        free(v);
-        built_free(&b);
+                memset(text, 'a', cases[i].len);
+                text[0] = cases[i].first;
+                memcpy(text + cases[i].len, "\nend", 5);
+                b = build_with("l", "text", text);
+                assert_header_equal(b.text, "Content-Transfer-Encoding",
+                                    cases[i].encoding);
+                built_free(&b);
+        }
 }
 
 static void test_bare_lf_and_cr_normalised_to_crlf(void **state) {
         json_t *o = base_req("n");
         struct built b;
-        char *body;
 
         (void)state;
         json_object_set_new(o, "text", json_string("a\nb\rc\r\nd\n\ne\r\rf"));
         json_object_set_new(o, "html", json_string("<p>\n</p>\r"));
         b = build_json(o, 1);
-        body = part_body(b.text, "Content-Type: text/plain", NULL);
-        assert_string_equal(body, "a\r\nb\r\nc\r\nd\r\n\r\ne\r\n\r\nf");
-        free(body);
-        body = part_body(b.text, "Content-Type: text/html", NULL);
-        assert_string_equal(body, "<p>\r\n</p>\r\n");
-        free(body);
+        assert_part_body(b.text, "Content-Type: text/plain",
+                         "a\r\nb\r\nc\r\nd\r\n\r\ne\r\n\r\nf");
+        assert_part_body(b.text, "Content-Type: text/html", "<p>\r\n</p>\r\n");
         built_free(&b);
 }
 
 static void test_dot_stuffing_of_body_lines(void **state) {
-        json_t *o = base_req("dot");
-        struct built b;
+        struct built b =
+                build_with("dot", "text", ".\n..\n.hidden\nmid.dle\n.");
 
         (void)state;
-        json_object_set_new(o, "text",
-                            json_string(".\n..\n.hidden\nmid.dle\n."));
-        b = build_json(o, 1);
         assert_true(data_has(b.msg, "\r\n\r\n..\r\n...\r\n..hidden\r\n"
                                     "mid.dle\r\n..\r\n"));
         /* undone, the body is the original */
@@ -1393,30 +1345,21 @@ static void test_body_containing_boundary_prefix_forced_to_qp(void **state) {
         free(dec);
         free(body);
         /* the html part is still found: the boundary did not occur early */
-        body = part_body(b.text, "Content-Type: text/html", NULL);
-        assert_string_equal(body, "<p>x</p>");
-        free(body);
+        assert_part_body(b.text, "Content-Type: text/html", "<p>x</p>");
         built_free(&b);
 }
 
 /* Every valid request fixture builds a well-formed message. */
 static void test_valid_fixture_builds_wellformed_message(void **state) {
-        const char *dir = *state;
-        char path[2048];
+        const char *dir = fixture_case_name(*state);
         char *input;
-        char *mid;
         struct built b;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, NULL);
-        assert_non_null(input);
+        input = fixture_case_read(dir, "input.json", NULL);
         b = build(input);
         check_wellformed(b.msg, 1);
         assert_int_equal(b.msg->rcpt_cnt, request_recipient_count(b.req));
-        mid = header_get(b.text, "Message-ID");
-        assert_non_null(mid);
-        assert_string_equal(mid, b.msg->message_id);
-        free(mid);
+        assert_header_equal(b.text, "Message-ID", b.msg->message_id);
         built_free(&b);
         free(input);
 }
@@ -1472,30 +1415,14 @@ int main(void) {
         };
         char **valid;
         size_t nv = fixture_list("requests/valid", &valid);
-        size_t nf = sizeof(fixed) / sizeof(fixed[0]);
-        struct CMUnitTest *tests = calloc(nf + nv, sizeof(*tests));
-        char **names = calloc(nv + 1, sizeof(*names));
-        int rc;
+        const struct fixture_cases sets[] = {
+                {"builds_wellformed",
+                 test_valid_fixture_builds_wellformed_message, valid,
+                 sizeof(*valid), nv},
+        };
+        int rc = fixture_run_group("message", fixed, FIXTURE_LEN(fixed), sets,
+                                   FIXTURE_LEN(sets));
 
-        if (tests == NULL || names == NULL)
-                return 1;
-        memcpy(tests, fixed, sizeof(fixed));
-        for (size_t i = 0; i < nv; i++) {
-                size_t len = strlen(fixture_name(valid[i])) + 32;
-
-                names[i] = malloc(len);
-                snprintf(names[i], len, "builds_wellformed/%s",
-                         fixture_name(valid[i]));
-                tests[nf + i].name = names[i];
-                tests[nf + i].test_func =
-                        test_valid_fixture_builds_wellformed_message;
-                tests[nf + i].initial_state = valid[i];
-        }
-        rc = _cmocka_run_group_tests("message", tests, nf + nv, NULL, NULL);
-        for (size_t i = 0; i < nv; i++)
-                free(names[i]);
-        free(names);
-        free(tests);
         fixture_free_list(valid, nv);
         return rc;
 }

@@ -29,11 +29,29 @@ static struct mail_request *parse_str(const char *json, char *err,
                              err, err_size);
 }
 
+/* Parses @json, which must be accepted. @returns the request. */
+static struct mail_request *parse_ok(const char *json) {
+        char err[256];
+        struct mail_request *req = parse_str(json, err, sizeof(err));
+
+        if (req == NULL)
+                print_error("%s: %s\n", json, err);
+        assert_non_null(req);
+        return req;
+}
+
+/* Checks that @json parses and is marked SMTPUTF8 or not, as @expected. */
+static void assert_smtputf8(const char *json, int expected) {
+        struct mail_request *req = parse_ok(json);
+
+        assert_int_equal(req->smtputf8, expected);
+        request_destroy(req);
+}
+
 /* One invalid fixture: request_parse fails and the reason contains the
  * text of the case's "error" file. */
 static void test_invalid_fixture_rejected_with_reason(void **state) {
-        const char *dir = *state;
-        char path[2048];
+        const char *dir = fixture_case_name(*state);
         char *input;
         char *expect;
         size_t len = 0;
@@ -42,12 +60,8 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
         char err[512] = "";
         struct mail_request *req;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, &len);
-        assert_non_null(input);
-        snprintf(path, sizeof(path), "%s/error", dir);
-        expect = fixture_read(path, &elen);
-        assert_non_null(expect);
+        input = fixture_case_read(dir, "input.json", &len);
+        expect = fixture_case_read(dir, "error", &elen);
         while (elen > 0 &&
                (expect[elen - 1] == '\n' || expect[elen - 1] == '\r'))
                 expect[--elen] = '\0';
@@ -72,17 +86,14 @@ static void test_invalid_fixture_rejected_with_reason(void **state) {
 }
 
 static void test_valid_fixture_accepted(void **state) {
-        const char *dir = *state;
-        char path[2048];
+        const char *dir = fixture_case_name(*state);
         char *input;
         size_t len = 0;
         char id[64];
         char err[512] = "";
         struct mail_request *req;
 
-        snprintf(path, sizeof(path), "%s/input.json", dir);
-        input = fixture_read(path, &len);
-        assert_non_null(input);
+        input = fixture_case_read(dir, "input.json", &len);
         req = request_parse(input, len, &test_limits, id, sizeof(id), err,
                             sizeof(err));
         if (req == NULL)
@@ -188,11 +199,9 @@ static void test_full_request_fields_parsed(void **state) {
                 "\"attachments\":[{\"filename\":\"a.txt\",\"content_base64\":\"aGk=\"},"
                 "{\"filename\":\"b\",\"content_type\":\"image/png\",\"content_base64\":\"AA==\"}],"
                 "\"deadline\":\"2026-11-28T12:00:00Z\",\"metadata\":{\"order\":1234}}";
-        char err[256];
-        struct mail_request *req = parse_str(json, err, sizeof(err));
+        struct mail_request *req = parse_ok(json);
 
         (void)state;
-        assert_non_null(req);
         assert_string_equal(req->id, "r.1");
         assert_string_equal(req->from.display, "Shop");
         assert_string_equal(req->from.addr, "no-reply@shop.example");
@@ -268,14 +277,11 @@ static void test_deadline_rfc3339_zone_offset_and_fraction(void **state) {
 }
 
 static void test_deadline_absent_is_zero(void **state) {
-        char err[256];
-        struct mail_request *req = parse_str(
+        struct mail_request *req = parse_ok(
                 "{\"id\":\"d\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
-                "\"text\":\"x\"}",
-                err, sizeof(err));
+                "\"text\":\"x\"}");
 
         (void)state;
-        assert_non_null(req);
         assert_int_equal(req->deadline_ms, 0);
         assert_string_equal(req->subject, "");
         assert_null(req->html);
@@ -283,40 +289,39 @@ static void test_deadline_absent_is_zero(void **state) {
         request_destroy(req);
 }
 
-static void test_idbuf_filled_on_rejection(void **state) {
-        const char *json = "{\"id\":\"keep-me\",\"from\":\"nobody\"}";
-        char id[64] = "x";
+/* Checks that @json is rejected, with the id buffer (@id_size bytes, "x"
+ * before) then holding @expected_id, and the reason @expected_err unless
+ * that is NULL. */
+static void assert_rejected_with_id(const char *json, size_t id_size,
+                                    const char *expected_id,
+                                    const char *expected_err) {
+        char *id = malloc(id_size);
         char err[256];
-        struct mail_request *req;
 
+        assert_non_null(id);
+        snprintf(id, id_size, "x");
+        assert_null(request_parse(json, strlen(json), &test_limits, id, id_size,
+                                  err, sizeof(err)));
+        assert_string_equal(id, expected_id);
+        if (expected_err != NULL)
+                assert_string_equal(err, expected_err);
+        free(id);
+}
+
+static void test_idbuf_filled_on_rejection(void **state) {
         (void)state;
-        req = request_parse(json, strlen(json), &test_limits, id, sizeof(id),
-                            err, sizeof(err));
-        assert_null(req);
-        assert_string_equal(id, "keep-me");
-        assert_string_equal(err, "from: missing '@' in address");
+        assert_rejected_with_id("{\"id\":\"keep-me\",\"from\":\"nobody\"}", 64,
+                                "keep-me", "from: missing '@' in address");
 }
 
 static void test_idbuf_empty_when_json_invalid(void **state) {
-        const char *json = "{\"id\":\"keep-me\",";
-        char id[64] = "x";
-        char err[256];
-
         (void)state;
-        assert_null(request_parse(json, strlen(json), &test_limits, id,
-                                  sizeof(id), err, sizeof(err)));
-        assert_string_equal(id, "");
+        assert_rejected_with_id("{\"id\":\"keep-me\",", 64, "", NULL);
 }
 
 static void test_idbuf_truncated_to_its_size(void **state) {
-        const char *json = "{\"id\":\"0123456789\"}";
-        char id[5];
-        char err[256];
-
         (void)state;
-        assert_null(request_parse(json, strlen(json), &test_limits, id,
-                                  sizeof(id), err, sizeof(err)));
-        assert_string_equal(id, "0123");
+        assert_rejected_with_id("{\"id\":\"0123456789\"}", 5, "0123", NULL);
 }
 
 static void test_oversize_rejected_without_reading_bytes(void **state) {
@@ -423,7 +428,6 @@ static void test_check_addr_limits_at_boundaries(void **state) {
 static void test_utf8_addresses_accepted_and_mark_smtputf8(void **state) {
         char err[256];
         int utf8 = -1;
-        struct mail_request *req;
 
         (void)state;
         assert_int_equal(request_check_addr("j\xc3\xb6rg@example.com", &utf8,
@@ -467,39 +471,27 @@ static void test_utf8_addresses_accepted_and_mark_smtputf8(void **state) {
                          -1);
         assert_string_equal(err, "control character U+2029 in address");
 
-        req = parse_str("{\"id\":\"a\",\"from\":\"a@example.com\","
+        assert_smtputf8("{\"id\":\"a\",\"from\":\"a@example.com\","
                         "\"to\":[\"b@example.com\"],\"text\":\"x\"}",
-                        err, sizeof(err));
-        assert_non_null(req);
-        assert_int_equal(req->smtputf8, 0);
-        request_destroy(req);
+                        0);
         /* A UTF-8 address in any field, reply_to included, marks it. */
-        req = parse_str("{\"id\":\"a\",\"from\":\"a@example.com\","
+        assert_smtputf8("{\"id\":\"a\",\"from\":\"a@example.com\","
                         "\"to\":[\"b@example.com\"],\"text\":\"x\","
                         "\"reply_to\":\"J\u00f6rg <j\u00f6rg@example.com>\"}",
-                        err, sizeof(err));
-        assert_non_null(req);
-        assert_int_equal(req->smtputf8, 1);
-        request_destroy(req);
+                        1);
         /* A UTF-8 display name alone does not. */
-        req = parse_str("{\"id\":\"a\",\"from\":\"J\u00f6rg <a@example.com>\","
+        assert_smtputf8("{\"id\":\"a\",\"from\":\"J\u00f6rg <a@example.com>\","
                         "\"to\":[\"b@example.com\"],\"text\":\"x\"}",
-                        err, sizeof(err));
-        assert_non_null(req);
-        assert_int_equal(req->smtputf8, 0);
-        request_destroy(req);
+                        0);
 }
 
 static void test_null_optional_fields_are_absent(void **state) {
-        char err[256];
-        struct mail_request *req = parse_str(
+        struct mail_request *req = parse_ok(
                 "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
                 "\"cc\":null,\"subject\":null,\"text\":null,\"html\":\"h\","
-                "\"headers\":null,\"attachments\":null,\"deadline\":null}",
-                err, sizeof(err));
+                "\"headers\":null,\"attachments\":null,\"deadline\":null}");
 
         (void)state;
-        assert_non_null(req);
         assert_int_equal(req->cc_cnt, 0);
         assert_string_equal(req->subject, "");
         assert_null(req->text);
@@ -531,15 +523,12 @@ static void test_recipient_limit_counts_to_cc_and_bcc(void **state) {
 }
 
 static void test_base64_with_line_breaks_decodes(void **state) {
-        char err[256];
-        struct mail_request *req = parse_str(
+        struct mail_request *req = parse_ok(
                 "{\"id\":\"n\",\"from\":\"a@b.example\",\"to\":[\"c@d.example\"],"
                 "\"text\":\"x\",\"attachments\":[{\"filename\":\"f\","
-                "\"content_base64\":\"aGVs\\r\\nbG8g\\nd29y bGQ=\"}]}",
-                err, sizeof(err));
+                "\"content_base64\":\"aGVs\\r\\nbG8g\\nd29y bGQ=\"}]}");
 
         (void)state;
-        assert_non_null(req);
         assert_int_equal(req->attachments[0].data_len, 11);
         assert_memory_equal(req->attachments[0].data, "hello world", 11);
         request_destroy(req);
@@ -584,42 +573,15 @@ int main(void) {
         char **valid;
         size_t ni = fixture_list("requests/invalid", &invalid);
         size_t nv = fixture_list("requests/valid", &valid);
-        size_t nf = sizeof(fixed) / sizeof(fixed[0]);
-        size_t n = nf + ni + nv;
-        struct CMUnitTest *tests = calloc(n, sizeof(*tests));
-        char **names = calloc(n, sizeof(*names));
-        int rc;
+        const struct fixture_cases sets[] = {
+                {"rejects_invalid", test_invalid_fixture_rejected_with_reason,
+                 invalid, sizeof(*invalid), ni},
+                {"accepts_valid", test_valid_fixture_accepted, valid,
+                 sizeof(*valid), nv},
+        };
+        int rc = fixture_run_group("request", fixed, FIXTURE_LEN(fixed), sets,
+                                   FIXTURE_LEN(sets));
 
-        if (tests == NULL || names == NULL)
-                return 1;
-        memcpy(tests, fixed, sizeof(fixed));
-        for (size_t i = 0; i < ni; i++) {
-                size_t k = nf + i;
-                size_t len = strlen(fixture_name(invalid[i])) + 32;
-
-                names[k] = malloc(len);
-                snprintf(names[k], len, "rejects_invalid/%s",
-                         fixture_name(invalid[i]));
-                tests[k].name = names[k];
-                tests[k].test_func = test_invalid_fixture_rejected_with_reason;
-                tests[k].initial_state = invalid[i];
-        }
-        for (size_t i = 0; i < nv; i++) {
-                size_t k = nf + ni + i;
-                size_t len = strlen(fixture_name(valid[i])) + 32;
-
-                names[k] = malloc(len);
-                snprintf(names[k], len, "accepts_valid/%s",
-                         fixture_name(valid[i]));
-                tests[k].name = names[k];
-                tests[k].test_func = test_valid_fixture_accepted;
-                tests[k].initial_state = valid[i];
-        }
-        rc = _cmocka_run_group_tests("request", tests, n, NULL, NULL);
-        for (size_t i = 0; i < n; i++)
-                free(names[i]);
-        free(names);
-        free(tests);
         fixture_free_list(invalid, ni);
         fixture_free_list(valid, nv);
         return rc;

@@ -7,88 +7,95 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "utf8.h"
 
 static size_t dec(const char *s, size_t n, uint32_t *cp) {
         return utf8_decode((const unsigned char *)s, n, cp);
 }
 
-static void
-test_well_formed_sequences_decode_to_their_code_point(void **state) {
+/* Passed as the code point of a case: utf8_decode() gets no pointer. */
+#define NO_CP UINT32_MAX
+
+/* One utf8_decode() of the first @len bytes of @s: it takes @n bytes (0:
+ * refused) and gives @cp. */
+struct decode_case {
+        const char *name;
+        const char *s;
+        size_t len;
+        size_t n;
+        uint32_t cp;
+};
+
+static const struct decode_case decode_cases[] = {
+        /* well-formed sequences decode to their code point */
+        {"well_formed_1_byte", "A", 1, 1, 0x41},
+        {"well_formed_2_bytes", "\xc3\xa9", 2, 2, 0xe9},
+        {"well_formed_3_bytes", "\xe2\x82\xac", 3, 3, 0x20ac},
+        {"well_formed_4_bytes", "\xf0\x9f\x98\x80", 4, 4, 0x1f600},
+        /* the edges */
+        {"well_formed_lowest_2_bytes", "\xc2\x80", 2, 2, 0x80},
+        {"well_formed_below_surrogates", "\xed\x9f\xbf", 3, 3, 0xd7ff},
+        {"well_formed_above_surrogates", "\xee\x80\x80", 3, 3, 0xe000},
+        {"well_formed_highest", "\xf4\x8f\xbf\xbf", 4, 4, 0x10ffff},
+        {"well_formed_no_code_point_wanted", "\xc3\xa9", 2, 2, NO_CP},
+        /* overlong forms are refused */
+        {"overlong_c0", "\xc0\xaf", 2, 0, NO_CP},
+        {"overlong_c1", "\xc1\xbf", 2, 0, NO_CP},
+        {"overlong_e0_80", "\xe0\x80\xaf", 3, 0, NO_CP},
+        {"overlong_e0_9f", "\xe0\x9f\xbf", 3, 0, NO_CP},
+        {"overlong_f0_80", "\xf0\x80\x80\xaf", 4, 0, NO_CP},
+        {"overlong_f0_8f", "\xf0\x8f\xbf\xbf", 4, 0, NO_CP},
+        /* surrogates and code points above 10ffff are refused */
+        {"surrogate_lowest", "\xed\xa0\x80", 3, 0, NO_CP},
+        {"surrogate_highest", "\xed\xbf\xbf", 3, 0, NO_CP},
+        {"above_10ffff_f4_90", "\xf4\x90\x80\x80", 4, 0, NO_CP},
+        {"above_10ffff_f5", "\xf5\x80\x80\x80", 4, 0, NO_CP},
+        {"above_10ffff_ff", "\xff", 1, 0, NO_CP},
+        /* truncated sequences and stray continuations are refused */
+        {"truncated_2_bytes", "\xc3", 1, 0, NO_CP},
+        {"truncated_3_bytes", "\xe2\x82", 2, 0, NO_CP},
+        {"truncated_4_bytes", "\xf0\x9f\x98", 3, 0, NO_CP},
+        /* the bytes are there but the caller's length ends before them */
+        {"truncated_by_the_length", "\xe2\x82\xac", 2, 0, NO_CP},
+        {"truncated_ascii_inside", "\xe2\x41\xac", 3, 0, NO_CP},
+        {"stray_continuation_80", "\x80", 1, 0, NO_CP},
+        {"stray_continuation_bf_bf", "\xbf\xbf", 2, 0, NO_CP},
+};
+
+static void test_decode_case(void **state) {
+        const struct decode_case *c = *state;
         uint32_t cp = 0;
 
-        (void)state;
-        assert_int_equal(dec("A", 1, &cp), 1);
-        assert_int_equal(cp, 0x41);
-        assert_int_equal(dec("\xc3\xa9", 2, &cp), 2);
-        assert_int_equal(cp, 0xe9);
-        assert_int_equal(dec("\xe2\x82\xac", 3, &cp), 3);
-        assert_int_equal(cp, 0x20ac);
-        assert_int_equal(dec("\xf0\x9f\x98\x80", 4, &cp), 4);
-        assert_int_equal(cp, 0x1f600);
-        /* the edges */
-        assert_int_equal(dec("\xc2\x80", 2, &cp), 2);
-        assert_int_equal(cp, 0x80);
-        assert_int_equal(dec("\xed\x9f\xbf", 3, &cp), 3);
-        assert_int_equal(cp, 0xd7ff);
-        assert_int_equal(dec("\xee\x80\x80", 3, &cp), 3);
-        assert_int_equal(cp, 0xe000);
-        assert_int_equal(dec("\xf4\x8f\xbf\xbf", 4, &cp), 4);
-        assert_int_equal(cp, 0x10ffff);
-        assert_int_equal(dec("\xc3\xa9", 2, NULL), 2);
+        assert_int_equal(dec(c->s, c->len, c->cp == NO_CP ? NULL : &cp), c->n);
+        if (c->cp != NO_CP)
+                assert_int_equal(cp, c->cp);
 }
 
-static void test_overlong_forms_are_refused(void **state) {
-        (void)state;
-        assert_int_equal(dec("\xc0\xaf", 2, NULL), 0);
-        assert_int_equal(dec("\xc1\xbf", 2, NULL), 0);
-        assert_int_equal(dec("\xe0\x80\xaf", 3, NULL), 0);
-        assert_int_equal(dec("\xe0\x9f\xbf", 3, NULL), 0);
-        assert_int_equal(dec("\xf0\x80\x80\xaf", 4, NULL), 0);
-        assert_int_equal(dec("\xf0\x8f\xbf\xbf", 4, NULL), 0);
-}
+/* utf8_invalid_len() of the first @len bytes of @s is @n: the maximal
+ * subpart of an ill-formed sequence. */
+struct invalid_len_case {
+        const char *name;
+        const char *s;
+        size_t len;
+        size_t n;
+};
 
-static void
-test_surrogates_and_code_points_above_10ffff_are_refused(void **state) {
-        (void)state;
-        assert_int_equal(dec("\xed\xa0\x80", 3, NULL), 0);
-        assert_int_equal(dec("\xed\xbf\xbf", 3, NULL), 0);
-        assert_int_equal(dec("\xf4\x90\x80\x80", 4, NULL), 0);
-        assert_int_equal(dec("\xf5\x80\x80\x80", 4, NULL), 0);
-        assert_int_equal(dec("\xff", 1, NULL), 0);
-}
+static const struct invalid_len_case invalid_len_cases[] = {
+        {"truncated_3_then_ascii", "\xe2\x82x", 3, 2},
+        {"truncated_4_then_ascii", "\xf0\x9f\x98x", 4, 3},
+        {"truncated_4_at_end", "\xf0\x9f\x98", 3, 3},
+        {"surrogate", "\xed\xa0\x80", 3, 1},
+        {"overlong", "\xc0\xaf", 2, 1},
+        {"stray_continuations", "\x80\x80", 2, 1},
+        {"ff", "\xff", 1, 1},
+};
 
-static void
-test_truncated_sequences_and_stray_continuations_are_refused(void **state) {
-        (void)state;
-        assert_int_equal(dec("\xc3", 1, NULL), 0);
-        assert_int_equal(dec("\xe2\x82", 2, NULL), 0);
-        assert_int_equal(dec("\xf0\x9f\x98", 3, NULL), 0);
-        /* the bytes are there but the caller's length ends before them */
-        assert_int_equal(dec("\xe2\x82\xac", 2, NULL), 0);
-        assert_int_equal(dec("\xe2\x41\xac", 3, NULL), 0);
-        assert_int_equal(dec("\x80", 1, NULL), 0);
-        assert_int_equal(dec("\xbf\xbf", 2, NULL), 0);
-}
+static void test_invalid_len_case(void **state) {
+        const struct invalid_len_case *c = *state;
 
-static void test_invalid_len_is_the_maximal_subpart(void **state) {
-        const unsigned char *u;
-
-        (void)state;
-        u = (const unsigned char *)"\xe2\x82x";
-        assert_int_equal(utf8_invalid_len(u, 3), 2);
-        u = (const unsigned char *)"\xf0\x9f\x98x";
-        assert_int_equal(utf8_invalid_len(u, 4), 3);
-        u = (const unsigned char *)"\xf0\x9f\x98";
-        assert_int_equal(utf8_invalid_len(u, 3), 3);
-        u = (const unsigned char *)"\xed\xa0\x80";
-        assert_int_equal(utf8_invalid_len(u, 3), 1);
-        u = (const unsigned char *)"\xc0\xaf";
-        assert_int_equal(utf8_invalid_len(u, 2), 1);
-        u = (const unsigned char *)"\x80\x80";
-        assert_int_equal(utf8_invalid_len(u, 2), 1);
-        u = (const unsigned char *)"\xff";
-        assert_int_equal(utf8_invalid_len(u, 1), 1);
+        assert_int_equal(utf8_invalid_len((const unsigned char *)c->s, c->len),
+                         c->n);
 }
 
 static void test_encode_round_trips_every_scalar_value(void **state) {
@@ -199,15 +206,7 @@ static void test_repair_output_is_valid_for_any_bytes(void **state) {
 }
 
 int main(void) {
-        const struct CMUnitTest tests[] = {
-                cmocka_unit_test(
-                        test_well_formed_sequences_decode_to_their_code_point),
-                cmocka_unit_test(test_overlong_forms_are_refused),
-                cmocka_unit_test(
-                        test_surrogates_and_code_points_above_10ffff_are_refused),
-                cmocka_unit_test(
-                        test_truncated_sequences_and_stray_continuations_are_refused),
-                cmocka_unit_test(test_invalid_len_is_the_maximal_subpart),
+        static const struct CMUnitTest fixed[] = {
                 cmocka_unit_test(test_encode_round_trips_every_scalar_value),
                 cmocka_unit_test(test_char_len_never_passes_the_end),
                 cmocka_unit_test(test_valid_checks_the_whole_text),
@@ -215,6 +214,14 @@ int main(void) {
                         test_repair_replaces_each_invalid_part_and_keeps_the_rest),
                 cmocka_unit_test(test_repair_output_is_valid_for_any_bytes),
         };
+        const struct fixture_cases sets[] = {
+                {"decode", test_decode_case, decode_cases,
+                 sizeof(decode_cases[0]), FIXTURE_LEN(decode_cases)},
+                {"invalid_len_is_the_maximal_subpart", test_invalid_len_case,
+                 invalid_len_cases, sizeof(invalid_len_cases[0]),
+                 FIXTURE_LEN(invalid_len_cases)},
+        };
 
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return fixture_run_group("utf8", fixed, FIXTURE_LEN(fixed), sets,
+                                 FIXTURE_LEN(sets));
 }
