@@ -200,6 +200,31 @@ static const struct config_key config_keys[] = {
 #undef INT
 #undef BOOL
 
+static const char *const config_route_priority_choices[] = {
+        "any", "transactional", "bulk", NULL};
+
+_Static_assert(sizeof(enum config_route_priority) == sizeof(int),
+               "enum config_route_priority is not int-sized");
+
+/* The keys of a relay that smtp.* has no counterpart for; the others of
+ * relay.<name>.* are smtp.* keys (config_relay_smtp_key()). */
+#define RF(field) offsetof(struct config_relay, field)
+static const struct config_key config_relay_keys[] = {
+        {"weight", CONFIG_T_INT, RF(weight), "1", 0, 1000, NULL,
+         "share of the traffic among the healthy relays a request may use; "
+         "0 = a standby, used only while none of weight > 0 is healthy"},
+        {"route.sender.domains", CONFIG_T_STR, RF(route_sender_domains), "", 0,
+         0, NULL,
+         "comma-separated sender (From) domains this relay takes, \"\" = "
+         "any; \"*.example.com\" matches its subdomains"},
+        {"route.priority", CONFIG_T_ENUM, RF(route_priority), "any", 0, 0,
+         config_route_priority_choices,
+         "requests of this priority only: any, transactional, bulk"},
+};
+#undef RF
+#define CONFIG_RELAY_KEY_CNT                                                   \
+        (sizeof(config_relay_keys) / sizeof(config_relay_keys[0]))
+
 #define CONFIG_KEY_CNT (sizeof(config_keys) / sizeof(config_keys[0]))
 
 size_t config_key_count(void) {
@@ -218,13 +243,13 @@ static const struct config_key *config_key_find(const char *name) {
         return NULL;
 }
 
-static char **config_str_field(struct config *conf,
-                               const struct config_key *k) {
-        return (char **)(void *)((char *)conf + k->offset);
+/* @base: the struct config, or struct config_relay, @k describes. */
+static char **config_str_field(void *base, const struct config_key *k) {
+        return (char **)(void *)((char *)base + k->offset);
 }
 
-static int *config_int_field(struct config *conf, const struct config_key *k) {
-        return (int *)(void *)((char *)conf + k->offset);
+static int *config_int_field(void *base, const struct config_key *k) {
+        return (int *)(void *)((char *)base + k->offset);
 }
 
 static char *const *config_str_field_c(const struct config *conf,
@@ -343,7 +368,7 @@ static int config_parse_enum(const struct config_key *k, const char *value,
         return -1;
 }
 
-static int config_set_key(struct config *conf, const struct config_key *k,
+static int config_set_key(void *conf, const struct config_key *k,
                           const char *value, const char *source, char *errstr,
                           size_t errstr_size) {
         int v;
@@ -450,12 +475,113 @@ static int config_set_kafka(struct config *conf, const char *key,
         return 0;
 }
 
+/* @returns the smtp.* key a relay's @suffix ("url", "tls.verify") stands
+ * for, or NULL when a relay has no such setting. */
+static const struct config_key *config_relay_smtp_key(const char *suffix) {
+        char name[128];
+
+        if (strcmp(suffix, "transaction.max.recipients") == 0)
+                return NULL; /* the worker's, not a relay's */
+        if (snprintf(name, sizeof(name), "smtp.%s", suffix) >=
+            (int)sizeof(name))
+                return NULL;
+        return config_key_find(name);
+}
+
+static const struct config_key *config_relay_key(const char *suffix) {
+        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
+                if (strcmp(config_relay_keys[i].name, suffix) == 0)
+                        return &config_relay_keys[i];
+        }
+        return NULL;
+}
+
+/* Splits "relay.<name>.<suffix>": @returns the suffix with the name's
+ * length in *@name_len, or NULL when the name is empty, too long or has a
+ * character other than [a-z0-9-]. */
+static const char *config_relay_split(const char *key, size_t *name_len) {
+        const char *name = key + strlen("relay.");
+        size_t n = strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-");
+
+        if (n == 0 || n > CONFIG_RELAY_NAME_MAX || name[n] != '.' ||
+            name[n + 1] == '\0')
+                return NULL;
+        *name_len = n;
+        return name + n + 1;
+}
+
+static void config_relays_free(struct config *conf);
+
+/* Applies relay.<name>.<suffix>=@value to the relay's settings @r (a
+ * relay-only key) or @rc (its smtp.* settings), naming @key in errors. */
+static int config_relay_apply(struct config_relay *r, struct config *rc,
+                              const char *key, const char *value,
+                              const char *source, char *errstr,
+                              size_t errstr_size) {
+        size_t name_len;
+        const char *suffix = config_relay_split(key, &name_len);
+        const struct config_key *k;
+        struct config_key named;
+
+        if (!suffix) {
+                snprintf(errstr, errstr_size,
+                         "%s: %s: expected relay.<name>.<setting> with a name "
+                         "of 1 to %d characters a-z, 0-9 and '-'",
+                         source, key, CONFIG_RELAY_NAME_MAX);
+                return -1;
+        }
+        if ((k = config_relay_key(suffix)) != NULL) {
+                named = *k;
+                named.name = key;
+                return config_set_key(r, &named, value, source, errstr,
+                                      errstr_size);
+        }
+        if ((k = config_relay_smtp_key(suffix)) != NULL) {
+                named = *k;
+                named.name = key;
+                return config_set_key(rc, &named, value, source, errstr,
+                                      errstr_size);
+        }
+        snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source, key);
+        return -1;
+}
+
+/* Checks relay.<name>.<suffix>=@value on a scratch relay and keeps it for
+ * config_finish() (the smtp.* values it falls back on may come later). */
+static int config_set_relay(struct config *conf, const char *key,
+                            const char *value, const char *source, char *errstr,
+                            size_t errstr_size) {
+        struct config_relay r = {0};
+        struct config *rc = config_new();
+        int ret = -1;
+
+        if (!rc) {
+                snprintf(errstr, errstr_size, "%s: %s: out of memory", source,
+                         key);
+                return -1;
+        }
+        if (config_relay_apply(&r, rc, key, value, source, errstr,
+                               errstr_size) == 0) {
+                ret = config_kv_set(&conf->relay_kv, &conf->relay_kv_cnt, key,
+                                    value);
+                if (ret != 0)
+                        snprintf(errstr, errstr_size, "%s: %s: out of memory",
+                                 source, key);
+        }
+        free(r.route_sender_domains);
+        config_destroy(rc);
+        return ret;
+}
+
 int config_set(struct config *conf, const char *key, const char *value,
                const char *source, char *errstr, size_t errstr_size) {
         const struct config_key *k;
 
         if (strncmp(key, "kafka.", strlen("kafka.")) == 0)
                 return config_set_kafka(conf, key, value, source, errstr,
+                                        errstr_size);
+        if (strncmp(key, "relay.", strlen("relay.")) == 0)
+                return config_set_relay(conf, key, value, source, errstr,
                                         errstr_size);
         k = config_key_find(key);
         if (!k) {
@@ -510,6 +636,8 @@ void config_destroy(struct config *conf) {
         }
         config_kv_free(conf->kafka_consumer, conf->kafka_consumer_cnt);
         config_kv_free(conf->kafka_producer, conf->kafka_producer_cnt);
+        config_kv_free(conf->relay_kv, conf->relay_kv_cnt);
+        config_relays_free(conf);
         free(conf);
 }
 
@@ -855,25 +983,11 @@ static int config_check_group(const struct config *conf, char *errstr,
         return 0;
 }
 
-int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
-        static const char *const topics[] = {"topic.requests", "topic.results",
-                                             "topic.deadletter"};
-
-        for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
-                const struct config_key *k = config_key_find(topics[i]);
-
-                if ((*config_str_field(conf, k))[0] == '\0') {
-                        snprintf(errstr, errstr_size, "%s: must not be empty",
-                                 topics[i]);
-                        return -1;
-                }
-        }
-        if (conf->worker_id[0] == '\0' &&
-            config_default_worker_id(conf, errstr, errstr_size) == -1)
-                return -1;
-
-        if (config_check_url(conf, errstr, errstr_size) == -1 ||
-            config_check_group(conf, errstr, errstr_size) == -1)
+/* Checks the relay settings (smtp.*) of @conf and reads its password
+ * file. */
+static int config_check_smtp(struct config *conf, char *errstr,
+                             size_t errstr_size) {
+        if (config_check_url(conf, errstr, errstr_size) == -1)
                 return -1;
         if (strncmp(conf->smtp_url, "smtps://", strlen("smtps://")) == 0 &&
             conf->smtp_starttls == CONFIG_TLS_OFF)
@@ -901,13 +1015,202 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
             conf->smtp_starttls == CONFIG_TLS_OFF)
                 LOG(LL_WARN, "smtp.starttls=off with smtp.username set: the "
                              "password crosses the network in clear");
+        return config_check_backoff("smtp.relay.backoff.initial.ms",
+                                    conf->smtp_relay_backoff_initial_ms,
+                                    "smtp.relay.backoff.max.ms",
+                                    conf->smtp_relay_backoff_max_ms, errstr,
+                                    errstr_size);
+}
 
-        if (config_check_backoff("smtp.relay.backoff.initial.ms",
-                                 conf->smtp_relay_backoff_initial_ms,
-                                 "smtp.relay.backoff.max.ms",
-                                 conf->smtp_relay_backoff_max_ms, errstr,
-                                 errstr_size) == -1 ||
-            config_check_backoff(
+static int config_is_credential(const char *name) {
+        return strcmp(name, "smtp.username") == 0 ||
+               strcmp(name, "smtp.password") == 0 ||
+               strcmp(name, "smtp.password.file") == 0;
+}
+
+/* Copies the smtp.* settings of @from to @to, the credentials only when
+ * @creds. @returns 0 or -1 when out of memory. */
+static int config_copy_smtp(struct config *to, const struct config *from,
+                            int creds) {
+        for (size_t i = 0; i < CONFIG_KEY_CNT; i++) {
+                const struct config_key *k = &config_keys[i];
+
+                if (strncmp(k->name, "smtp.", strlen("smtp.")) != 0 ||
+                    (!creds && config_is_credential(k->name)))
+                        continue;
+                if (k->type == CONFIG_T_STR || k->type == CONFIG_T_SECRET ||
+                    k->type == CONFIG_T_ENUM_STR) {
+                        if (config_str_replace(config_str_field(to, k),
+                                               *config_str_field_c(from, k)) ==
+                            -1)
+                                return -1;
+                } else {
+                        *config_int_field(to, k) = *config_int_field_c(from, k);
+                }
+        }
+        return 0;
+}
+
+static void config_relays_free(struct config *conf) {
+        for (size_t i = 0; i < conf->relay_cnt; i++) {
+                free(conf->relays[i].name);
+                config_destroy(conf->relays[i].smtp);
+                free(conf->relays[i].route_sender_domains);
+        }
+        free(conf->relays);
+        conf->relays = NULL;
+        conf->relay_cnt = 0;
+}
+
+/* @returns the relay called @name (@len bytes), added with the smtp.*
+ * settings of @conf (credentials when @creds) if it is new; NULL with
+ * @errstr. */
+static struct config_relay *config_relay_get(struct config *conf,
+                                             const char *name, size_t len,
+                                             int creds, char *errstr,
+                                             size_t errstr_size) {
+        struct config_relay *grown, *r;
+        char err[256];
+
+        for (size_t i = 0; i < conf->relay_cnt; i++) {
+                if (strlen(conf->relays[i].name) == len &&
+                    memcmp(conf->relays[i].name, name, len) == 0)
+                        return &conf->relays[i];
+        }
+        if (conf->relay_cnt == CONFIG_RELAYS_MAX) {
+                snprintf(errstr, errstr_size, "relay.%.*s: more than %d relays",
+                         (int)len, name, CONFIG_RELAYS_MAX);
+                return NULL;
+        }
+        grown = realloc(conf->relays, (conf->relay_cnt + 1) * sizeof(*grown));
+        if (!grown)
+                goto oom;
+        conf->relays = grown;
+        r = &conf->relays[conf->relay_cnt];
+        memset(r, 0, sizeof(*r));
+        r->name = strndup(name, len);
+        r->smtp = config_new();
+        conf->relay_cnt++;
+        if (!r->name || !r->smtp || config_copy_smtp(r->smtp, conf, creds))
+                goto oom;
+        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
+                if (config_set_key(r, &config_relay_keys[i],
+                                   config_relay_keys[i].def, "default", err,
+                                   sizeof(err)) == -1)
+                        goto oom;
+        }
+        return r;
+
+oom:
+        snprintf(errstr, errstr_size, "relay.%.*s: out of memory", (int)len,
+                 name);
+        return NULL;
+}
+
+/* Writes @msg to @errstr with every "smtp." turned into "relay.<name>.". */
+static void config_relay_error(const char *name, const char *msg, char *errstr,
+                               size_t errstr_size) {
+        size_t o = 0;
+
+        while (*msg && o + 1 < errstr_size) {
+                if (strncmp(msg, "smtp.", strlen("smtp.")) == 0) {
+                        int n = snprintf(errstr + o, errstr_size - o,
+                                         "relay.%s.", name);
+
+                        if (n < 0 || (size_t)n >= errstr_size - o)
+                                break;
+                        o += (size_t)n;
+                        msg += strlen("smtp.");
+                        continue;
+                }
+                errstr[o++] = *msg++;
+        }
+        errstr[o] = '\0';
+}
+
+/* Makes conf->relays from relay.<name>.* (or smtp.* alone) and checks that
+ * every request has a relay to go to. */
+static int config_build_relays(struct config *conf, char *errstr,
+                               size_t errstr_size) {
+        static const enum config_route_priority prios[] = {
+                CONFIG_ROUTE_TRANSACTIONAL, CONFIG_ROUTE_BULK};
+        char err[512];
+
+        config_relays_free(conf);
+        if (conf->relay_kv_cnt == 0)
+                return config_relay_get(conf, "default", strlen("default"), 1,
+                                        errstr, errstr_size)
+                               ? 0
+                               : -1;
+        for (size_t i = 0; i < conf->relay_kv_cnt; i++) {
+                const char *key = conf->relay_kv[i].key;
+                size_t len;
+                struct config_relay *r;
+
+                config_relay_split(key, &len);
+                r = config_relay_get(conf, key + strlen("relay."), len, 0,
+                                     errstr, errstr_size);
+                if (!r ||
+                    config_relay_apply(r, r->smtp, key, conf->relay_kv[i].value,
+                                       "relay", errstr, errstr_size) == -1)
+                        return -1;
+        }
+        for (size_t i = 0; i < conf->relay_cnt; i++) {
+                struct config_relay *r = &conf->relays[i];
+
+                if (config_check_smtp(r->smtp, err, sizeof(err)) == -1) {
+                        config_relay_error(r->name, err, errstr, errstr_size);
+                        return -1;
+                }
+        }
+        for (size_t p = 0; p < sizeof(prios) / sizeof(prios[0]); p++) {
+                size_t i;
+
+                for (i = 0; i < conf->relay_cnt; i++) {
+                        const struct config_relay *r = &conf->relays[i];
+
+                        if (r->route_sender_domains[0] == '\0' &&
+                            (r->route_priority == CONFIG_ROUTE_ANY ||
+                             r->route_priority == prios[p]))
+                                break;
+                }
+                if (i == conf->relay_cnt) {
+                        snprintf(errstr, errstr_size,
+                                 "relay.*: no relay takes %s requests from "
+                                 "every sender domain: give one "
+                                 "route.priority any or %s and no "
+                                 "route.sender.domains",
+                                 config_route_priority_choices[prios[p]],
+                                 config_route_priority_choices[prios[p]]);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
+        static const char *const topics[] = {"topic.requests", "topic.results",
+                                             "topic.deadletter"};
+
+        for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+                const struct config_key *k = config_key_find(topics[i]);
+
+                if ((*config_str_field(conf, k))[0] == '\0') {
+                        snprintf(errstr, errstr_size, "%s: must not be empty",
+                                 topics[i]);
+                        return -1;
+                }
+        }
+        if (conf->worker_id[0] == '\0' &&
+            config_default_worker_id(conf, errstr, errstr_size) == -1)
+                return -1;
+
+        if (config_check_group(conf, errstr, errstr_size) == -1 ||
+            config_check_smtp(conf, errstr, errstr_size) == -1 ||
+            config_build_relays(conf, errstr, errstr_size) == -1)
+                return -1;
+
+        if (config_check_backoff(
                     "retry.backoff.initial.ms", conf->retry_backoff_initial_ms,
                     "retry.backoff.max.ms", conf->retry_backoff_max_ms, errstr,
                     errstr_size) == -1)
@@ -939,6 +1242,17 @@ void config_print_help(FILE *fp) {
                 fprintf(fp, "  %s (%s", k->name, config_type_name(k->type));
                 if (k->type != CONFIG_T_SECRET)
                         fprintf(fp, ", default \"%s\"", k->def);
+                if (k->type == CONFIG_T_INT)
+                        fprintf(fp, ", %ld..%ld", k->min, k->max);
+                fprintf(fp, ")\n      %s\n", k->help);
+        }
+        fprintf(fp, "  relay.NAME.K (K one of the smtp.* keys above but "
+                    "transaction.max.recipients, or:)\n");
+        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
+                const struct config_key *k = &config_relay_keys[i];
+
+                fprintf(fp, "  relay.NAME.%s (%s, default \"%s\"", k->name,
+                        config_type_name(k->type), k->def);
                 if (k->type == CONFIG_T_INT)
                         fprintf(fp, ", %ld..%ld", k->min, k->max);
                 fprintf(fp, ")\n      %s\n", k->help);
@@ -989,4 +1303,16 @@ void config_dump(const struct config *conf, FILE *fp) {
                        conf->kafka_consumer_cnt, fp);
         config_dump_kv("kafka.producer.", conf->kafka_producer,
                        conf->kafka_producer_cnt, fp);
+        for (size_t i = 0; i < conf->relay_kv_cnt; i++) {
+                const char *key = conf->relay_kv[i].key;
+                size_t len;
+                const char *suffix = config_relay_split(key, &len);
+                const struct config_key *k =
+                        suffix ? config_relay_smtp_key(suffix) : NULL;
+
+                fprintf(fp, "%s=%s\n", key,
+                        k && k->type == CONFIG_T_SECRET
+                                ? "***"
+                                : conf->relay_kv[i].value);
+        }
 }

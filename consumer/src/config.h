@@ -35,6 +35,36 @@ enum config_group_protocol {
         CONFIG_GROUP_CONSUMER /* "consumer": KIP-848, the broker assigns */
 };
 
+/* relay.<name>.route.priority: the requests a relay takes by priority. */
+enum config_route_priority {
+        CONFIG_ROUTE_ANY = 0, /* "any" */
+        CONFIG_ROUTE_TRANSACTIONAL, /* "transactional" */
+        CONFIG_ROUTE_BULK /* "bulk" */
+};
+
+struct config;
+
+/* One SMTP relay: relay.<name>.* over the smtp.* defaults, or, when no
+ * relay.* key is set, the single relay "default" made of smtp.*. */
+struct config_relay {
+        char *name; /* [a-z0-9-], at most CONFIG_RELAY_NAME_MAX bytes */
+        /* The relay's smtp.* settings (every other field unused):
+         * relay.<name>.<k> where set, else smtp.<k>, except the credentials
+         * (username, password, password.file), which a named relay does not
+         * take from smtp.* */
+        struct config *smtp;
+        int weight; /* relay.<name>.weight: share of the traffic, 0 = only
+                       when no relay of weight > 0 for the request is
+                       healthy */
+        char *route_sender_domains; /* relay.<name>.route.sender.domains:
+                                       comma-separated, "" = any */
+        enum config_route_priority
+                route_priority; /* relay.<name>.route.priority */
+};
+
+#define CONFIG_RELAY_NAME_MAX 32
+#define CONFIG_RELAYS_MAX 16
+
 /* The kafka.* passthrough pairs of one client. */
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
@@ -110,6 +140,13 @@ struct config {
 
         /* logging */
         char *log_level; /* log.level */
+
+        /* relay.<name>.<k> as set (validated, applied by config_finish()) */
+        struct config_kv *relay_kv;
+        size_t relay_kv_cnt;
+        /* the relays, by config_finish(): at least one */
+        struct config_relay *relays;
+        size_t relay_cnt;
 
         /* kafka.* passthrough, kafka.bootstrap.servers and kafka.group.id
          * have defaults ("127.0.0.1:9092", "kafka-mailer") */

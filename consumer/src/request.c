@@ -33,7 +33,7 @@ static void fail(char *errstr, size_t errstr_size, const char *fmt, ...) {
 static const char *const request_fields[] = {
         "v",       "id",          "from",     "to",       "cc",
         "bcc",     "reply_to",    "subject",  "text",     "html",
-        "headers", "attachments", "deadline", "metadata",
+        "headers", "attachments", "deadline", "metadata", "priority",
 };
 
 /* The headers the worker writes itself; a request may not set them. */
@@ -1152,6 +1152,28 @@ static int parse_deadline(const json_t *root, struct mail_request *req,
         return 0;
 }
 
+static int parse_priority(const json_t *root, struct mail_request *req,
+                          char *errstr, size_t errstr_size) {
+        const json_t *v;
+        const char *s;
+
+        if (get_opt_string(root, "priority", &v, errstr, errstr_size) != 0)
+                return -1;
+        if (v == NULL)
+                return 0;
+        s = json_string_value(v);
+        if (strcmp(s, "transactional") == 0 && !has_nul(v))
+                req->priority = MAIL_PRIORITY_TRANSACTIONAL;
+        else if (strcmp(s, "bulk") == 0 && !has_nul(v))
+                req->priority = MAIL_PRIORITY_BULK;
+        else {
+                fail(errstr, errstr_size,
+                     "priority: must be \"transactional\" or \"bulk\"");
+                return -1;
+        }
+        return 0;
+}
+
 /* Copies an optional string field (NUL rejected; @header: CR/LF too). */
 static int copy_opt_string(const json_t *root, const char *name, int header,
                            char **out, char *errstr, size_t errstr_size) {
@@ -1338,7 +1360,8 @@ struct mail_request *request_parse(const char *json, size_t len,
         }
         if (parse_headers(root, req, limits, errstr, errstr_size) != 0 ||
             parse_attachments(root, req, errstr, errstr_size) != 0 ||
-            parse_deadline(root, req, errstr, errstr_size) != 0)
+            parse_deadline(root, req, errstr, errstr_size) != 0 ||
+            parse_priority(root, req, errstr, errstr_size) != 0)
                 goto out;
 
         req->metadata = json_object_get(root, "metadata");

@@ -39,6 +39,13 @@ struct mail_attachment {
         size_t data_len;
 };
 
+/* "priority": which of two requests waiting for the same relay or
+ * destination limit goes first. */
+enum mail_priority {
+        MAIL_PRIORITY_TRANSACTIONAL = 0, /* the default */
+        MAIL_PRIORITY_BULK
+};
+
 struct mail_request {
         char *id; /* RFC 5322 atext and '.', 1..200 chars */
         struct mail_address from;
@@ -59,6 +66,7 @@ struct mail_request {
         size_t attachment_cnt;
         int64_t deadline_ms; /* Unix ms, 0 when none */
         json_t *metadata; /* owned reference, NULL when absent; echoed in the result */
+        enum mail_priority priority; /* "priority", transactional when absent */
         int smtputf8; /* 1 when an address (from, to, cc, bcc, reply_to) has
                          UTF-8 text: the message needs SMTPUTF8 (RFC 6531) */
 };

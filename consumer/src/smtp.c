@@ -1408,6 +1408,8 @@ static void client_relay_failed(smtp_client_t *sc, struct smtp_session *s,
                     sc->sc_last_error);
                 return;
         }
+        if (sc->sc_healthy && sc->sc_conf.health_cb)
+                sc->sc_conf.health_cb(sc->sc_conf.health_opaque, 0);
         sc->sc_healthy = 0;
         if (sc->sc_relay_failures < INT_MAX)
                 sc->sc_relay_failures++;
@@ -1528,6 +1530,8 @@ static void session_connected(struct smtp_session *s) {
                 loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
                 LOG(LL_INFO, "relay healthy relay=%s", sc->sc_relay);
                 client_kick(sc);
+                if (sc->sc_conf.health_cb)
+                        sc->sc_conf.health_cb(sc->sc_conf.health_opaque, 1);
         }
         LOG(LL_DEBUG,
             "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
@@ -1705,8 +1709,17 @@ static void client_kick_cb(loop_t *loop, void *opaque) {
         while (sc->sc_q_head && sc->sc_idle)
                 session_next(sc->sc_idle);
 
-        if (sc->sc_closing || sc->sc_queued <= sc->sc_connecting)
+        if (sc->sc_closing)
                 return;
+        if (sc->sc_queued <= sc->sc_connecting) {
+                /* nothing to send: an unhealthy relay is still probed when
+                 * other relays carry its traffic */
+                if (sc->sc_conf.probe_idle && !sc->sc_healthy &&
+                    !loop_timer_pending(&sc->sc_retry_timer) &&
+                    sc->sc_connecting == 0)
+                        session_open(sc);
+                return;
+        }
         want = sc->sc_queued - sc->sc_connecting;
         if (sc->sc_healthy) {
                 while (want > 0 &&
@@ -1918,6 +1931,7 @@ void smtp_client_destroy(smtp_client_t *sc) {
 
 void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job) {
         job->sj_state = SJ_IDLE;
+        job->sj_client = sc;
         queue_push(sc, job, 0);
         client_kick(sc);
 }
@@ -1927,6 +1941,18 @@ int smtp_client_cancel(smtp_client_t *sc, struct smtp_job *job) {
                 return -1;
         queue_unlink(sc, job);
         return 0;
+}
+
+struct smtp_job *smtp_client_take_queued(smtp_client_t *sc) {
+        struct smtp_job *job = sc->sc_q_head;
+
+        if (job)
+                queue_unlink(sc, job);
+        return job;
+}
+
+smtp_client_t *smtp_job_client(const struct smtp_job *job) {
+        return job->sj_client;
 }
 
 void smtp_client_close_idle(smtp_client_t *sc) {

@@ -83,11 +83,17 @@ struct smtp_job {
         struct smtp_job *sj_next;
         struct smtp_job *sj_prev;
         void *sj_session;
+        void *sj_client; /* the client it was submitted to */
+        uint32_t sj_relays; /* relays.c's: the relays it may go to */
         int sj_state;
 };
 
 /* Called on the loop thread when a submitted job has an outcome. */
 typedef void(smtp_done_cb)(struct smtp_job *job, void *opaque);
+
+/* Called on the loop thread when the relay turns unhealthy (a session's
+ * set-up failed) or healthy again (a session opened). */
+typedef void(smtp_health_cb)(void *opaque, int healthy);
 
 /* Settings of one relay, taken from struct config. */
 struct smtp_client_conf {
@@ -110,6 +116,13 @@ struct smtp_client_conf {
         int relay_backoff_initial_ms;
         int relay_backoff_max_ms;
         int relay_probe_ms; /* longest wait while the relay is unreachable */
+        /* Optional: told of health changes. */
+        smtp_health_cb *health_cb;
+        void *health_opaque;
+        /* 1: an unhealthy relay is probed (a session opened without a job)
+         * after each backoff even with no job queued, so that it is seen
+         * to recover while other relays carry its traffic. */
+        int probe_idle;
 };
 
 /* Fills @scc from @conf (pointers into @conf). */
@@ -133,6 +146,14 @@ void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job);
  * @returns 0 when removed (no callback will run), -1 when it is already in a
  * transaction (its callback will run). */
 int smtp_client_cancel(smtp_client_t *sc, struct smtp_job *job);
+
+/* Takes the oldest job still queued (not yet given to a session) off the
+ * queue, for another client to send. @returns it, or NULL when none is. No
+ * callback runs for it. */
+struct smtp_job *smtp_client_take_queued(smtp_client_t *sc);
+
+/* @returns the client @job was last submitted to. */
+smtp_client_t *smtp_job_client(const struct smtp_job *job);
 
 /* Frees a job's output (rcpt_failures) so it can be submitted again. */
 void smtp_job_reset(struct smtp_job *job);

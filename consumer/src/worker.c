@@ -21,6 +21,7 @@
 #include "request.h"
 #include "results.h"
 #include "retry.h"
+#include "relays.h"
 #include "smtp.h"
 
 /* How long one loop iteration may wait when nothing happens. */
@@ -165,7 +166,7 @@ struct worker {
         int w_topic_cnt;
         char *w_retry_group;
         results_t *w_results;
-        smtp_client_t *w_smtp;
+        relays_t *w_relays;
         dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
         /* NULL when dedupe is off or dedupe.recall.timeout.ms is 0. */
         recall_t *w_recall;
@@ -982,6 +983,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
 static void entry_start(struct entry *e) {
         worker_t *w = e->e_worker;
         int64_t now = results_wall_ms();
+        struct relay_route route;
 
         if (e->e_req->deadline_ms && now >= e->e_req->deadline_ms) {
                 entry_finish(e, RESULT_EXPIRED, 0, NULL,
@@ -1001,7 +1003,11 @@ static void entry_start(struct entry *e) {
         }
         entry_rcpts_to_job(e);
         e->e_state = ENTRY_SENDING;
-        smtp_client_submit(w->w_smtp, &e->e_job);
+        route.sender_domain = strrchr(e->e_req->from.addr, '@');
+        route.sender_domain =
+                route.sender_domain ? route.sender_domain + 1 : "";
+        route.priority = e->e_req->priority;
+        relays_submit(w->w_relays, &e->e_job, &route);
 }
 
 /* Takes @e out of the pipeline without a result (its request is consumed
@@ -1020,7 +1026,7 @@ static int entry_abandon(struct entry *e) {
                 entry_destroy(e, 0);
                 return 0;
         case ENTRY_SENDING:
-                if (smtp_client_cancel(w->w_smtp, &e->e_job) == 0) {
+                if (relays_cancel(w->w_relays, &e->e_job) == 0) {
                         entry_release(e);
                         entry_destroy(e, 0);
                         return 0;
@@ -1442,7 +1448,7 @@ static void worker_expire_waiting(worker_t *w) {
                 if (e->e_state == ENTRY_WAITING) {
                         loop_timer_stop(w->w_loop, &e->e_timer);
                 } else if (e->e_state != ENTRY_SENDING ||
-                           smtp_client_cancel(w->w_smtp, &e->e_job) != 0) {
+                           relays_cancel(w->w_relays, &e->e_job) != 0) {
                         continue; /* following, publishing, or in a transaction */
                 }
                 entry_finish(e, RESULT_EXPIRED, 0, NULL,
@@ -1481,7 +1487,7 @@ static void worker_watch_progress(worker_t *w) {
         for (int t = 0; t < w->w_topic_cnt; t++)
                 waiting_recall +=
                         (int)ledger_parts_held(w->w_topics[t].wt_ledger);
-        smtp_client_stats(w->w_smtp, &ss);
+        relays_stats_total(w->w_relays, &ss);
         LOG(LL_WARN,
             "no progress for stall.warn.ms (%d ms) with requests held "
             "inflight=%zu held=%zu limit=%zu paused=%d commit_out_ms=%lld "
@@ -1584,7 +1590,7 @@ worker_give_up_queued(worker_t *w, const rd_kafka_topic_partition_list_t *parts,
                 next = e->e_next;
                 if (e->e_state != ENTRY_SENDING || !entry_in(w, e, parts) ||
                     e->e_no_handoff || !hand_over ||
-                    smtp_client_cancel(w->w_smtp, &e->e_job) != 0)
+                    relays_cancel(w->w_relays, &e->e_job) != 0)
                         continue;
                 entry_handoff(e, results_wall_ms(), e->e_job.code,
                               e->e_job.reply);
@@ -1635,7 +1641,7 @@ static size_t worker_drain_step(worker_t *w, struct drain *d,
         struct smtp_stats ss;
 
         if (left > 0 && !d->d_given_up) {
-                smtp_client_stats(w->w_smtp, &ss);
+                relays_stats_total(w->w_relays, &ss);
                 if (!d->d_hand_over || !ss.relay_healthy ||
                     loop_clock_ms() >= d->d_give_up_ms) {
                         d->d_queued =
@@ -1772,6 +1778,39 @@ static void worker_on_revoke(void *opaque,
 
 /* ---- metrics ---- */
 
+/* The per-relay series, each family's samples together. */
+static void worker_render_relays(metrics_out_t *out, const relays_t *rs) {
+        static const struct {
+                const char *name, *type, *help;
+        } fam[] = {
+                {"kafka_mailer_relay_up", "gauge",
+                 "1 while this relay takes mail, 0 while it is backed off and "
+                 "probed"},
+                {"kafka_mailer_relay_sessions", "gauge",
+                 "SMTP sessions open to this relay"},
+                {"kafka_mailer_relay_queued", "gauge",
+                 "transactions waiting for a session of this relay"},
+                {"kafka_mailer_relay_session_failures_total", "counter",
+                 "session set-ups this relay refused or that failed"},
+        };
+
+        for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+                for (size_t i = 0; i < relays_count(rs); i++) {
+                        struct smtp_stats ss;
+                        const char *name = relays_stats(rs, i, &ss);
+                        double v[] = {ss.relay_healthy,
+                                      (double)ss.sessions_open,
+                                      (double)ss.jobs_queued,
+                                      (double)ss.relay_failures_total};
+                        char label[64];
+
+                        snprintf(label, sizeof(label), "relay=\"%s\"", name);
+                        metrics_sample(out, fam[f].name, fam[f].type,
+                                       fam[f].help, label, v[f]);
+                }
+        }
+}
+
 static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         static const char *const topic_labels[] = {"topic=\"requests\"",
                                                    "topic=\"retry\""};
@@ -1779,7 +1818,7 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         struct smtp_stats ss;
         const struct worker_stats *st = &w->w_stats;
 
-        smtp_client_stats(w->w_smtp, &ss);
+        relays_stats_total(w->w_relays, &ss);
         metrics_sample(out, "kafka_mailer_requests_consumed_total", "counter",
                        "requests consumed (both topics)", NULL,
                        (double)st->consumed);
@@ -1884,6 +1923,7 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "kafka_mailer_relay_failures_total", "counter",
                        "session set-ups the relay refused or that failed", NULL,
                        (double)ss.relay_failures_total);
+        worker_render_relays(out, w->w_relays);
 }
 
 static int worker_health(char *reason, size_t reason_size, void *opaque) {
@@ -1906,7 +1946,6 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 .on_revoke = worker_on_revoke,
                 .on_commit = worker_on_commit,
         };
-        struct smtp_client_conf scc;
         worker_t *w = calloc(1, sizeof(*w));
 
         if (!w) {
@@ -1990,10 +2029,9 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                         goto fail;
                 }
         }
-        smtp_client_conf_from_config(&scc, conf);
-        w->w_smtp = smtp_client_new(w->w_loop, &scc, worker_on_smtp_done, w,
-                                    errstr, errstr_size);
-        if (!w->w_smtp)
+        w->w_relays = relays_new(w->w_loop, conf, worker_on_smtp_done, w,
+                                 errstr, errstr_size);
+        if (!w->w_relays)
                 goto fail;
         w->w_results = results_new(w->w_loop, conf, worker_on_ack,
                                    worker_on_nack, errstr, errstr_size);
@@ -2139,8 +2177,8 @@ void worker_destroy(worker_t *w) {
                 w->w_topics[t].wt_consumer = NULL;
         }
         /* Entries left are not final: their requests were not committed. */
-        smtp_client_destroy(w->w_smtp);
-        w->w_smtp = NULL;
+        relays_destroy(w->w_relays);
+        w->w_relays = NULL;
         /* Acknowledgements served while flushing still find their entries. */
         results_destroy(w->w_results, 1000);
         w->w_results = NULL;

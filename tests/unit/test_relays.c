@@ -1,0 +1,250 @@
+/* relays: the relay.<name>.* settings, routes, weights and domain patterns.
+ * No session is opened: the loop never runs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+
+#include "config.h"
+#include "loop.h"
+#include "relays.h"
+
+static void done_cb(struct smtp_job *job, void *opaque) {
+        (void)job;
+        (void)opaque;
+}
+
+/* @returns a finished config of "key=value" pairs (NULL-terminated), or
+ * NULL with @err. */
+static struct config *conf_of(const char *const *kv, char *err, size_t size) {
+        struct config *c = config_new();
+
+        assert_non_null(c);
+        for (size_t i = 0; kv[i]; i++) {
+                char key[128];
+                const char *eq = strchr(kv[i], '=');
+
+                assert_non_null(eq);
+                snprintf(key, sizeof(key), "%.*s", (int)(eq - kv[i]), kv[i]);
+                if (config_set(c, key, eq + 1, "-X", err, size) == -1)
+                        goto fail;
+        }
+        if (config_finish(c, err, size) == -1)
+                goto fail;
+        return c;
+fail:
+        config_destroy(c);
+        return NULL;
+}
+
+static void test_domain_patterns(void **state) {
+        static const struct {
+                const char *patterns, *domain;
+                int match;
+        } cases[] = {
+                {"shop.example", "shop.example", 1},
+                {"shop.example", "SHOP.Example", 1},
+                {"shop.example", "news.shop.example", 0},
+                {"*.shop.example", "news.shop.example", 1},
+                {"*.shop.example", "a.b.shop.example", 1},
+                {"*.shop.example", "shop.example", 0},
+                {"*.shop.example", "xshop.example", 0},
+                {"a.example, shop.example ,b.example", "shop.example", 1},
+                {"a.example,,b.example", "", 0},
+                {"", "shop.example", 0},
+                {"shop.example", "shop.exampl", 0},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+                assert_int_equal(
+                        relays_domain_match(cases[i].patterns, cases[i].domain),
+                        cases[i].match);
+}
+
+static void test_without_relay_keys_smtp_is_the_one_relay(void **state) {
+        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:2525",
+                                         "smtp.username=u", "smtp.password=p",
+                                         NULL};
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+
+        (void)state;
+        assert_non_null(c);
+        assert_int_equal(c->relay_cnt, 1);
+        assert_string_equal(c->relays[0].name, "default");
+        assert_string_equal(c->relays[0].smtp->smtp_url,
+                            "smtp://127.0.0.1:2525");
+        assert_string_equal(c->relays[0].smtp->smtp_password, "p");
+        config_destroy(c);
+}
+
+static void
+test_a_relay_falls_back_on_smtp_but_not_for_credentials(void **state) {
+        static const char *const kv[] = {"relay.a.url=smtps://a.example:465",
+                                         "smtp.sessions.max=7",
+                                         "smtp.username=u",
+                                         "smtp.password=secret",
+                                         "relay.b.url=smtp://b.example",
+                                         "relay.b.sessions.max=9",
+                                         "relay.b.username=bu",
+                                         "relay.b.password=bp",
+                                         "relay.b.weight=0",
+                                         NULL};
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+
+        (void)state;
+        assert_non_null(c);
+        assert_int_equal(c->relay_cnt, 2);
+        assert_string_equal(c->relays[0].name, "a");
+        /* smtp.sessions.max set after relay.a.url still applies */
+        assert_int_equal(c->relays[0].smtp->smtp_sessions_max, 7);
+        assert_string_equal(c->relays[0].smtp->smtp_username, "");
+        assert_string_equal(c->relays[0].smtp->smtp_password, "");
+        assert_int_equal(c->relays[0].weight, 1);
+        assert_int_equal(c->relays[1].smtp->smtp_sessions_max, 9);
+        assert_string_equal(c->relays[1].smtp->smtp_username, "bu");
+        assert_int_equal(c->relays[1].weight, 0);
+        config_destroy(c);
+}
+
+static void test_bad_relay_settings_are_refused_by_name(void **state) {
+        static const struct {
+                const char *kv[4];
+                const char *err;
+        } cases[] = {
+                {{"relay.A.url=smtp://x", NULL},
+                 "-X: relay.A.url: expected relay.<name>.<setting>"},
+                {{"relay..url=smtp://x", NULL},
+                 "-X: relay..url: expected relay.<name>.<setting>"},
+                {{"relay.a=smtp://x", NULL},
+                 "-X: relay.a: expected relay.<name>.<setting>"},
+                {{"relay.a.urk=smtp://x", NULL},
+                 "-X: unknown key \"relay.a.urk\""},
+                {{"relay.a.transaction.max.recipients=5", NULL},
+                 "-X: unknown key \"relay.a.transaction.max.recipients\""},
+                {{"relay.a.weight=1001", NULL},
+                 "-X: relay.a.weight: 1001 is above the maximum 1000"},
+                {{"relay.a.sessions.max=0", NULL},
+                 "-X: relay.a.sessions.max: 0 is below the minimum 1"},
+                {{"relay.a.route.priority=urgent", NULL},
+                 "-X: relay.a.route.priority: \"urgent\" is not one of any, "
+                 "transactional, bulk"},
+                {{"relay.a.url=ftp://x", NULL},
+                 "relay.a.url: \"ftp://x\" must start with smtp:// or "
+                 "smtps://"},
+                {{"relay.a.url=smtp://x", "relay.a.username=u", NULL},
+                 "relay.a.username: set without relay.a.password or "
+                 "relay.a.password.file"},
+                {{"relay.a.url=smtp://x", "relay.a.route.priority=bulk", NULL},
+                 "relay.*: no relay takes transactional requests from every "
+                 "sender domain"},
+                {{"relay.a.url=smtp://x", "relay.a.route.sender.domains=x.y",
+                  NULL},
+                 "relay.*: no relay takes transactional requests"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char err[256] = "";
+
+                assert_null(conf_of(cases[i].kv, err, sizeof(err)));
+                if (strncmp(err, cases[i].err, strlen(cases[i].err)) != 0)
+                        fail_msg("case %zu: \"%s\" does not start with "
+                                 "\"%s\"",
+                                 i, err, cases[i].err);
+        }
+}
+
+static void test_routes_pick_the_most_specific_relays_by_weight(void **state) {
+        static const char *const kv[] = {
+                "relay.tx.url=smtp://127.0.0.1:1",
+                "relay.tx.weight=3",
+                "relay.spare.url=smtp://127.0.0.1:1",
+                "relay.standby.url=smtp://127.0.0.1:1",
+                "relay.standby.weight=0",
+                "relay.bulk.url=smtp://127.0.0.1:1",
+                "relay.bulk.route.priority=bulk",
+                "relay.news.url=smtp://127.0.0.1:1",
+                "relay.news.route.sender.domains=*.shop.example",
+                "relay.newsbulk.url=smtp://127.0.0.1:1",
+                "relay.newsbulk.route.sender.domains=*.shop.example",
+                "relay.newsbulk.route.priority=bulk",
+                NULL};
+        static const struct {
+                const char *domain;
+                enum mail_priority prio;
+                const char *only; /* the one relay, or NULL: tx or spare */
+        } cases[] = {
+                {"shop.example", MAIL_PRIORITY_BULK, "bulk"},
+                {"news.shop.example", MAIL_PRIORITY_TRANSACTIONAL, "news"},
+                {"news.shop.example", MAIL_PRIORITY_BULK, "newsbulk"},
+                {"shop.example", MAIL_PRIORITY_TRANSACTIONAL, NULL},
+        };
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+        loop_t *loop = loop_new();
+        relays_t *rs;
+        static struct smtp_job jobs[400];
+
+        (void)state;
+        assert_non_null(c);
+        assert_non_null(loop);
+        rs = relays_new(loop, c, done_cb, NULL, err, sizeof(err));
+        assert_non_null(rs);
+        assert_int_equal(relays_count(rs), 6);
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+                struct relay_route route = {cases[k].domain, cases[k].prio};
+                size_t tx = 0, spare = 0;
+
+                for (size_t i = 0; i < 400; i++) {
+                        const char *name;
+
+                        memset(&jobs[i], 0, sizeof(jobs[i]));
+                        relays_submit(rs, &jobs[i], &route);
+                        name = relays_job_relay(rs, &jobs[i]);
+                        assert_non_null(name);
+                        if (cases[k].only)
+                                assert_string_equal(name, cases[k].only);
+                        else if (strcmp(name, "tx") == 0)
+                                tx++;
+                        else if (strcmp(name, "spare") == 0)
+                                spare++;
+                        else
+                                fail_msg("went to %s", name);
+                }
+                /* weights 3:1 (the standby, 0, takes none while both are
+                 * healthy): 300 expected at tx, far inside 240..360 */
+                if (!cases[k].only)
+                        assert_true(tx > 240 && tx < 360 && tx + spare == 400);
+                for (size_t i = 0; i < 400; i++)
+                        assert_int_equal(relays_cancel(rs, &jobs[i]), 0);
+        }
+        relays_destroy(rs);
+        loop_destroy(loop);
+        config_destroy(c);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_domain_patterns),
+                cmocka_unit_test(test_without_relay_keys_smtp_is_the_one_relay),
+                cmocka_unit_test(
+                        test_a_relay_falls_back_on_smtp_but_not_for_credentials),
+                cmocka_unit_test(test_bad_relay_settings_are_refused_by_name),
+                cmocka_unit_test(
+                        test_routes_pick_the_most_specific_relays_by_weight),
+        };
+        int r;
+
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        r = cmocka_run_group_tests(tests, NULL, NULL);
+        curl_global_cleanup();
+        return r;
+}
