@@ -39,6 +39,36 @@ static void finish(ledger_t *l, ledger_part_t *p, int64_t offset) {
         ledger_part_leave(l, p);
 }
 
+/* Takes the commits of the @cnt partitions of @ask (every one when @ask is
+ * NULL): there must be @n. */
+static void take_n(ledger_t *l, const int32_t *ask, size_t cnt, size_t n) {
+        struct ledger_commit *c;
+
+        assert_int_equal(ledger_commit_take(l, ask, cnt, &c), n);
+        if (n == 0)
+                assert_null(c);
+        free(c);
+}
+
+/* Takes the commits of the @cnt partitions of @ask (every one when @ask is
+ * NULL): there must be one, of @partition at @offset with @metadata (and its
+ * length); a -1 or NULL is not checked. */
+static void take_one(ledger_t *l, const int32_t *ask, size_t cnt,
+                     int32_t partition, int64_t offset, const char *metadata) {
+        struct ledger_commit *c;
+
+        assert_int_equal(ledger_commit_take(l, ask, cnt, &c), 1);
+        if (partition != -1)
+                assert_int_equal(c[0].partition, partition);
+        if (offset != -1)
+                assert_int_equal(c[0].offset, offset);
+        if (metadata != NULL) {
+                assert_string_equal(c[0].metadata, metadata);
+                assert_int_equal(c[0].metadata_len, strlen(metadata));
+        }
+        free(c);
+}
+
 static void test_destroy_accepts_null(void **state) {
         (void)state;
         ledger_destroy(NULL);
@@ -46,12 +76,10 @@ static void test_destroy_accepts_null(void **state) {
 
 static void test_nothing_to_commit_before_anything_is_consumed(void **state) {
         ledger_t *l = ledger_for(10, 50);
-        struct ledger_commit *c;
 
         (void)state;
         ledger_part_add(l, 3);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 0);
-        assert_null(c);
+        take_n(l, NULL, 0, 0); /* and no array */
         ledger_destroy(l);
 }
 
@@ -59,7 +87,6 @@ static void
 test_out_of_order_completion_commits_contiguous_watermark(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 0);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p, 5);
@@ -68,16 +95,11 @@ test_out_of_order_completion_commits_contiguous_watermark(void **state) {
         finish(l, p, 7);
         finish(l, p, 6);
         /* 5 is not done: the watermark stays at 5. */
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].partition, 0);
-        assert_int_equal(c[0].offset, 5);
-        free(c);
+        take_one(l, NULL, 0, 0, 5, NULL);
         /* Offered already, nothing moved. */
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 0);
+        take_n(l, NULL, 0, 0);
         finish(l, p, 5);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 8);
-        free(c);
+        take_one(l, NULL, 0, -1, 8, NULL);
         ledger_destroy(l);
 }
 
@@ -99,7 +121,6 @@ static void test_offset_seen_again_is_refused(void **state) {
 static void test_confirmed_commit_frees_what_it_covered(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 1);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p, 0);
@@ -109,9 +130,7 @@ static void test_confirmed_commit_frees_what_it_covered(void **state) {
         finish(l, p, 1);
         assert_int_equal(ledger_held(l), 3);
         assert_int_equal(ledger_inflight(l), 1);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 2);
-        free(c);
+        take_one(l, NULL, 0, -1, 2, NULL);
         /* An answer about another offset (an older offer) changes nothing. */
         ledger_committed(l, 1, 1);
         assert_int_equal(ledger_held(l), 3);
@@ -130,24 +149,18 @@ static void test_failed_commit_is_offered_again(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p0 = ledger_part_add(l, 0);
         ledger_part_t *p1 = ledger_part_add(l, 1);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p0, 10);
         consume(l, p1, 20);
         finish(l, p0, 10);
         finish(l, p1, 20);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 2);
-        free(c);
+        take_n(l, NULL, 0, 2);
         ledger_commit_failed(l, 1);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].partition, 1);
-        assert_int_equal(c[0].offset, 21);
-        free(c);
+        take_one(l, NULL, 0, 1, 21, NULL);
         assert_int_equal(ledger_held(l), 2); /* nothing confirmed */
         ledger_commit_failed_all(l);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 2);
-        free(c);
+        take_n(l, NULL, 0, 2);
         ledger_destroy(l);
 }
 
@@ -156,37 +169,28 @@ static void test_commit_of_some_partitions_only(void **state) {
         ledger_part_t *p0 = ledger_part_add(l, 0);
         ledger_part_t *p2 = ledger_part_add(l, 2);
         int32_t ask[] = {2, 9};
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p0, 0);
         consume(l, p2, 0);
         finish(l, p0, 0);
         finish(l, p2, 0);
-        assert_int_equal(ledger_commit_take(l, ask, 2, &c), 1);
-        assert_int_equal(c[0].partition, 2);
-        free(c);
+        take_one(l, ask, 2, 2, -1, NULL);
         /* None asked for. */
-        assert_int_equal(ledger_commit_take(l, ask, 0, &c), 0);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].partition, 0);
-        free(c);
+        take_n(l, ask, 0, 0);
+        take_one(l, NULL, 0, 0, -1, NULL);
         ledger_destroy(l);
 }
 
 static void test_no_metadata_without_results_partition(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 0);
-        struct ledger_commit *c;
 
         (void)state;
         fake_results_end = 100;
         consume(l, p, 0);
         finish(l, p, 0);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].metadata_len, 0);
-        assert_string_equal(c[0].metadata, "");
-        free(c);
+        take_one(l, NULL, 0, -1, -1, "");
         ledger_destroy(l);
 }
 
@@ -195,7 +199,6 @@ static void test_no_metadata_without_results_partition(void **state) {
 static void test_metadata_names_floor_of_request_at_watermark(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 3);
-        struct ledger_commit *c;
 
         (void)state;
         ledger_part_hold(p, 1);
@@ -208,42 +211,30 @@ static void test_metadata_names_floor_of_request_at_watermark(void **state) {
         fake_results_end = 50;
         consume(l, p, 101); /* floor 50 */
         finish(l, p, 101);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 100);
-        assert_string_equal(c[0].metadata, "kafka-mailer/1 results=3@42");
-        assert_int_equal(c[0].metadata_len,
-                         strlen("kafka-mailer/1 results=3@42"));
-        free(c);
+        take_one(l, NULL, 0, -1, 100, "kafka-mailer/1 results=3@42");
         /* Every request done: the floor of the next one to come. */
         fake_results_end = 57;
         finish(l, p, 100);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 102);
-        assert_string_equal(c[0].metadata, "kafka-mailer/1 results=3@57");
-        free(c);
+        take_one(l, NULL, 0, -1, 102, "kafka-mailer/1 results=3@57");
         ledger_destroy(l);
 }
 
 static void test_results_base_bounds_floor_from_below(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 0);
-        struct ledger_commit *c;
 
         (void)state;
         ledger_part_hold(p, 5);
         assert_int_equal(ledger_part_let_through(p, 5, 0, 30, -1, -1), 0);
         fake_results_end = 0; /* nothing of ours acknowledged yet */
         consume(l, p, 0);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_string_equal(c[0].metadata, "kafka-mailer/1 results=0@30");
-        free(c);
+        take_one(l, NULL, 0, -1, -1, "kafka-mailer/1 results=0@30");
         ledger_destroy(l);
 }
 
 static void test_requests_below_inherited_end_keep_stored_floor(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 2);
-        struct ledger_commit *c;
 
         (void)state;
         ledger_part_hold(p, 1);
@@ -252,14 +243,9 @@ static void test_requests_below_inherited_end_keep_stored_floor(void **state) {
         consume(l, p, 19);
         consume(l, p, 20);
         finish(l, p, 20);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 19);
-        assert_string_equal(c[0].metadata, "kafka-mailer/1 results=2@7");
-        free(c);
+        take_one(l, NULL, 0, -1, 19, "kafka-mailer/1 results=2@7");
         finish(l, p, 19);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_string_equal(c[0].metadata, "kafka-mailer/1 results=2@90");
-        free(c);
+        take_one(l, NULL, 0, -1, -1, "kafka-mailer/1 results=2@90");
         ledger_destroy(l);
 }
 
@@ -284,19 +270,15 @@ static void test_stale_recall_answer_is_ignored(void **state) {
 static void test_drain_offers_watermark_again(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 0);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p, 0);
         finish(l, p, 0);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        free(c);
+        take_one(l, NULL, 0, -1, -1, NULL);
         assert_int_equal(ledger_part_draining(p), 0);
         ledger_part_drain(p);
         assert_int_equal(ledger_part_draining(p), 1);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 1);
-        free(c);
+        take_one(l, NULL, 0, -1, 1, NULL);
         ledger_destroy(l);
 }
 
@@ -304,7 +286,6 @@ static void test_revoke_leaves_entries_and_release_drops_held(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p = ledger_part_add(l, 4);
         ledger_part_t *q = ledger_part_add(l, 5);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p, 0);
@@ -326,9 +307,7 @@ static void test_revoke_leaves_entries_and_release_drops_held(void **state) {
         assert_int_equal(ledger_done(l, p, 1), -1);
         assert_int_equal(ledger_part_leave(l, p), 1); /* freed */
         assert_int_equal(ledger_inflight(l), 1);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].partition, 5);
-        free(c);
+        take_one(l, NULL, 0, 5, -1, NULL);
         /* The partition assigned again is a new one. */
         assert_int_equal(ledger_part_entries(ledger_part_add(l, 4)), 0);
         ledger_destroy(l);
@@ -350,7 +329,6 @@ static void test_release_of_empty_partition_frees_it(void **state) {
 static void test_pause_at_limit_resume_at_low_water(void **state) {
         ledger_t *l = ledger_for(4, 50); /* resume at 2 */
         ledger_part_t *p = ledger_part_add(l, 0);
-        struct ledger_commit *c;
 
         (void)state;
         consume(l, p, 0);
@@ -367,9 +345,7 @@ static void test_pause_at_limit_resume_at_low_water(void **state) {
         finish(l, p, 2);
         assert_int_equal(ledger_inflight(l), 1);
         assert_int_equal(ledger_pressure(l, 1), LEDGER_KEEP);
-        assert_int_equal(ledger_commit_take(l, NULL, 0, &c), 1);
-        assert_int_equal(c[0].offset, 3);
-        free(c);
+        take_one(l, NULL, 0, -1, 3, NULL);
         ledger_committed(l, 0, 3);
         assert_int_equal(ledger_held(l), 1);
         assert_int_equal(ledger_pressure(l, 1), LEDGER_RESUME);

@@ -207,6 +207,13 @@ static void assert_status(const char *resp, int status) {
                 fail_msg("want \"%s\", got \"%.40s\"", want, resp);
 }
 
+/* Sends @req; the response (in @resp) must have @status. */
+static void request_status(struct fx *fx, const char *req, char *resp,
+                           size_t resp_size, int status) {
+        request(fx, req, resp, resp_size);
+        assert_status(resp, status);
+}
+
 static void assert_header(const char *resp, const char *line) {
         const char *end = strstr(resp, "\r\n\r\n");
         const char *p = strstr(resp, line);
@@ -241,9 +248,9 @@ static void test_get_metrics_serves_exposition_text(void **state) {
         struct fx *fx = *state;
         char resp[8192], cl[64];
 
-        request(fx, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
-                resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(
+                fx, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+                resp, sizeof(resp), 200);
         assert_header(resp, "\r\nContent-Type: text/plain; version=0.0.4; "
                             "charset=utf-8\r\n");
         assert_header(resp, "\r\nConnection: close\r\n");
@@ -270,8 +277,8 @@ static void test_head_metrics_has_length_but_no_body(void **state) {
         struct fx *fx = *state;
         char resp[8192], cl[64];
 
-        request(fx, "HEAD /metrics HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(fx, "HEAD /metrics HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       200);
         snprintf(cl, sizeof(cl), "\r\nContent-Length: %zu\r\n",
                  strlen(expected_body));
         assert_header(resp, cl);
@@ -282,16 +289,16 @@ static void test_query_string_is_ignored(void **state) {
         struct fx *fx = *state;
         char resp[8192];
 
-        request(fx, "GET /metrics?x=1 HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(fx, "GET /metrics?x=1 HTTP/1.1\r\n\r\n", resp,
+                       sizeof(resp), 200);
 }
 
 static void test_healthz_ok(void **state) {
         struct fx *fx = *state;
         char resp[1024];
 
-        request(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       200);
         assert_header(resp, "\r\nContent-Length: 3\r\n");
         assert_string_equal(body_of(resp), "ok\n");
 }
@@ -302,8 +309,8 @@ static void test_healthz_unhealthy_is_503_with_reason(void **state) {
 
         fx->healthy = 0;
         fx->reason = "kafka: all brokers down";
-        request(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 503);
+        request_status(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       503);
         assert_string_equal(body_of(resp), "kafka: all brokers down\n");
 }
 
@@ -311,40 +318,38 @@ static void test_unknown_path_is_404(void **state) {
         struct fx *fx = *state;
         char resp[1024];
 
-        request(fx, "GET /metricsx HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 404);
-        request(fx, "GET / HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 404);
+        request_status(fx, "GET /metricsx HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       404);
+        request_status(fx, "GET / HTTP/1.1\r\n\r\n", resp, sizeof(resp), 404);
 }
 
 static void test_other_method_is_405(void **state) {
         struct fx *fx = *state;
         char resp[1024];
 
-        request(fx, "POST /metrics HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
-                resp, sizeof(resp));
-        assert_status(resp, 405);
+        request_status(
+                fx, "POST /metrics HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
+                resp, sizeof(resp), 405);
         assert_header(resp, "\r\nAllow: GET, HEAD\r\n");
-        request(fx, "DELETE /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 405);
+        request_status(fx, "DELETE /healthz HTTP/1.1\r\n\r\n", resp,
+                       sizeof(resp), 405);
 }
 
 static void test_malformed_request_line_is_400(void **state) {
         struct fx *fx = *state;
         char resp[1024];
 
-        request(fx, "garbage\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 400);
-        request(fx, "GET /metrics SPDY/3\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 400);
+        request_status(fx, "garbage\r\n\r\n", resp, sizeof(resp), 400);
+        request_status(fx, "GET /metrics SPDY/3\r\n\r\n", resp, sizeof(resp),
+                       400);
 }
 
 static void test_bare_newlines_end_the_head(void **state) {
         struct fx *fx = *state;
         char resp[1024];
 
-        request(fx, "GET /healthz HTTP/1.1\nHost: x\n\n", resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(fx, "GET /healthz HTTP/1.1\nHost: x\n\n", resp,
+                       sizeof(resp), 200);
 }
 
 static void test_oversize_request_is_431_and_closed(void **state) {
@@ -483,8 +488,8 @@ static void test_connections_over_the_limit_are_closed(void **state) {
         for (int i = 0; i < CONN_MAX; i++)
                 close(fds[i]);
         run_for(fx, 50);
-        request(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 200);
+        request_status(fx, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       200);
 }
 
 /* Finds the metrics listener on @port among this process's fds and gives
@@ -561,8 +566,8 @@ static void test_metrics_over_the_cap_is_500(void **state) {
         char resp[1024];
 
         fx->mode = RENDER_HUGE;
-        request(fx, "GET /metrics HTTP/1.1\r\n\r\n", resp, sizeof(resp));
-        assert_status(resp, 500);
+        request_status(fx, "GET /metrics HTTP/1.1\r\n\r\n", resp, sizeof(resp),
+                       500);
 }
 
 static void test_destroy_closes_open_connections(void **state) {

@@ -7,6 +7,8 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
+#include "fixture_result.h"
 #include "recall.h"
 #include "results.h"
 
@@ -50,7 +52,7 @@ static void test_meta_refuses_what_it_did_not_write(void **state) {
         int64_t off = 42;
 
         (void)state;
-        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        for (size_t i = 0; i < FIXTURE_LEN(bad); i++)
                 assert_int_equal(
                         recall_meta_parse(bad[i], strlen(bad[i]), &rp, &off),
                         -1);
@@ -61,23 +63,14 @@ static void test_meta_refuses_what_it_did_not_write(void **state) {
 
 /* What the worker writes is what it reads back. */
 static void test_result_record_read_back(void **state) {
-        struct result_rec rec;
+        struct result_rec rec = fixture_result_sent(
+                "order-1", "2.0.0 Ok: queued", "<order-1@shop.example>");
         struct result_source dup = {"email.requests", 2, 77};
         struct recall_item item;
         size_t len;
         char *text;
 
         (void)state;
-        memset(&rec, 0, sizeof(rec));
-        rec.id = "order-1";
-        rec.status = RESULT_SENT;
-        rec.attempts = 2;
-        rec.smtp_code = 250;
-        rec.smtp_reply = "2.0.0 Ok: queued";
-        rec.message_id = "<order-1@shop.example>";
-        rec.source.topic = "email.requests";
-        rec.source.partition = 3;
-        rec.source.offset = 1842;
         text = results_format(&rec, "smtp://relay:25", "w1", &len);
         assert_int_equal(recall_parse_result(text, len, &item), 0);
         assert_string_equal(item.id, "order-1");
@@ -133,7 +126,7 @@ static void test_records_without_a_final_id_are_skipped(void **state) {
         struct recall_item item;
 
         (void)state;
-        for (size_t i = 0; i < sizeof(skipped) / sizeof(skipped[0]); i++) {
+        for (size_t i = 0; i < FIXTURE_LEN(skipped); i++) {
                 assert_int_equal(recall_parse_result(skipped[i],
                                                      strlen(skipped[i]), &item),
                                  -1);

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "fixture_result.h"
 #include "results.h"
 
 static json_t *format_and_parse(const struct result_rec *rec) {
@@ -26,21 +27,21 @@ static json_t *format_and_parse(const struct result_rec *rec) {
 }
 
 static struct result_rec base_rec(void) {
-        struct result_rec rec;
+        struct result_rec rec = fixture_result_sent(
+                "7f3c", "2.0.0 Ok: queued as 4XyZ", "<7f3c@shop.example>");
 
-        memset(&rec, 0, sizeof(rec));
-        rec.id = "7f3c";
-        rec.status = RESULT_SENT;
-        rec.attempts = 2;
-        rec.smtp_code = 250;
-        rec.smtp_reply = "2.0.0 Ok: queued as 4XyZ";
-        rec.message_id = "<7f3c@shop.example>";
-        rec.source.topic = "email.requests";
-        rec.source.partition = 3;
-        rec.source.offset = 1842;
         rec.request_ts_ms = 1795800000000;
         rec.received_ms = 1795800000020;
         rec.completed_ms = 1795800000104;
+        return rec;
+}
+
+/* base_rec() rejected for @error. */
+static struct result_rec rejected_rec(const char *error) {
+        struct result_rec rec = base_rec();
+
+        rec.status = RESULT_REJECTED;
+        rec.error = error;
         return rec;
 }
 
@@ -123,16 +124,14 @@ static void test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json(
 }
 
 static void test_missing_id_code_and_metadata_are_null(void **state) {
-        struct result_rec rec = base_rec();
+        struct result_rec rec = rejected_rec("to[0]: CR or LF not allowed");
         json_t *o;
 
         (void)state;
         rec.id = NULL;
-        rec.status = RESULT_REJECTED;
         rec.smtp_code = 0;
         rec.smtp_reply = NULL;
         rec.message_id = NULL;
-        rec.error = "to[0]: CR or LF not allowed";
         o = format_and_parse(&rec);
         assert_true(json_is_null(json_object_get(o, "id")));
         assert_true(json_is_null(json_object_get(o, "smtp_code")));
@@ -145,12 +144,11 @@ static void test_missing_id_code_and_metadata_are_null(void **state) {
 }
 
 static void test_an_id_from_the_key_says_so(void **state) {
-        struct result_rec rec = base_rec();
+        struct result_rec rec = rejected_rec(
+                "request: 5000 bytes exceeds request.max.bytes (2048)");
         json_t *o;
 
         (void)state;
-        rec.status = RESULT_REJECTED;
-        rec.error = "request: 5000 bytes exceeds request.max.bytes (2048)";
         o = format_and_parse(&rec);
         assert_null(json_object_get(o, "id_from"));
         json_decref(o);

@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "retry.h"
 
 /* No jitter: the backoff is 1000, 2000, 4000 ... ms, at most 8000. */
@@ -19,120 +20,95 @@ static const struct retry_conf conf = {
         .local_window_ms = 10000,
 };
 
-/* A request first consumed at 0, now at @now, after @attempts. */
-static struct retry_state at(int attempts, int64_t now) {
+/* What a decision row says of the request besides its attempts and time. */
+enum {
+        PARTIAL = 1, /* some recipients have a final outcome */
+        FROM_RETRY_TOPIC = 2,
+        LEAVING = 4, /* its partition is being given up */
+        NO_RETRY_TOPIC = 8, /* it cannot be handed over */
+        LONG_LIMITS = 16, /* conf with 10 attempts, a 60000 ms local window */
+};
+
+/* Expected actions besides those of enum retry_action. */
+enum {
+        NOT_FINISH = -1, /* any action but RETRY_FINISH */
+        ANY_ACTION = -2, /* not checked */
+};
+
+/* One retry_decide() for a request first consumed at 0, now at @now_ms,
+ * after @attempts, with @flags. A field expected as -1 (NULL for the reason)
+ * is not checked. */
+struct decide_case {
+        const char *name;
+        int attempts;
+        int64_t now_ms;
+        unsigned flags;
+        int action;
+        int64_t delay_ms;
+        int64_t due_ms;
+        const char *reason;
+};
+
+static const struct decide_case decide_cases[] = {
+        {"attempt_4_of_5_not_final", 4, 0, 0, NOT_FINISH, -1, -1, NULL},
+        {"exhausted_at_attempts_max", 5, 0, 0, RETRY_FINISH, -1, 0,
+         "retries exhausted after 5 attempts"},
+        /* attempt 1: backoff 1000; the window counts the next attempt */
+        {"window_holds_next_attempt", 1, 59000, 0, NOT_FINISH, -1, 60000, NULL},
+        {"window_passed_by_next_attempt", 1, 59001, 0, RETRY_FINISH, -1, -1,
+         "retry window of 60000 ms passed after 1 attempts"},
+        /* attempt 2: backoff 2000, next at 10000, the local window's end */
+        {"local_retry_within_local_window", 2, 8000, 0, RETRY_LOCAL, 2000,
+         10000, ""},
+        {"hand_over_past_local_window", 2, 8001, 0, RETRY_HAND_OVER, -1, 10001,
+         NULL},
+        /* past the local window without a retry topic: wait here */
+        {"local_past_local_window_without_retry_topic", 2, 8001, NO_RETRY_TOPIC,
+         RETRY_LOCAL, -1, -1, NULL},
+        {"partial_recipients_hand_over_at_once", 1, 0, PARTIAL, RETRY_HAND_OVER,
+         -1, 1000, NULL},
+        {"from_retry_topic_goes_back_there", 1, 0, FROM_RETRY_TOPIC,
+         RETRY_HAND_OVER, -1, -1, NULL},
+        {"leaving_hands_over", 1, 0, LEAVING, RETRY_HAND_OVER, -1, -1, NULL},
+        {"leaving_without_retry_topic_abandons", 1, 0, LEAVING | NO_RETRY_TOPIC,
+         RETRY_ABANDON, -1, -1, NULL},
+        /* limits come first */
+        {"leaving_exhausted_finishes", 5, 0, LEAVING | NO_RETRY_TOPIC,
+         RETRY_FINISH, -1, -1, NULL},
+        {"backoff_grows_to_its_max", 4, 0, 0, ANY_ACTION, 8000, -1, NULL},
+        {"backoff_stays_at_its_max", 8, 0, LONG_LIMITS, RETRY_LOCAL, 8000, -1,
+         NULL},
+};
+
+static void test_decide_case(void **state) {
+        const struct decide_case *c = *state;
         struct retry_state st;
+        struct retry_decision d;
+        struct retry_conf c_conf = conf;
 
+        if (c->flags & LONG_LIMITS) {
+                c_conf.attempts_max = 10;
+                c_conf.local_window_ms = 60000;
+        }
         memset(&st, 0, sizeof(st));
-        st.attempts = attempts;
-        st.now_ms = now;
+        st.attempts = c->attempts;
+        st.now_ms = c->now_ms;
         st.received_ms = 0;
-        st.can_hand_over = 1;
-        return st;
-}
-
-static void test_exhausted_at_attempts_max(void **state) {
-        struct retry_state st = at(4, 0);
-        struct retry_decision d;
-
-        (void)state;
-        retry_decide(&conf, &st, &d);
-        assert_int_not_equal(d.action, RETRY_FINISH);
-        st.attempts = 5;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_FINISH);
-        assert_string_equal(d.reason, "retries exhausted after 5 attempts");
-        assert_int_equal(d.due_ms, 0);
-}
-
-static void test_window_counts_next_attempt(void **state) {
-        /* Attempt 1: backoff 1000; the next attempt at now + 1000. */
-        struct retry_state st = at(1, 59000);
-        struct retry_decision d;
-
-        (void)state;
-        retry_decide(&conf, &st, &d);
-        assert_int_not_equal(d.action, RETRY_FINISH);
-        assert_int_equal(d.due_ms, 60000);
-        st.now_ms = 59001;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_FINISH);
-        assert_string_equal(d.reason,
-                            "retry window of 60000 ms passed after 1 attempts");
-}
-
-static void test_local_retry_within_local_window(void **state) {
-        struct retry_state st = at(2, 8000); /* backoff 2000: next at 10000 */
-        struct retry_decision d;
-
-        (void)state;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_LOCAL);
-        assert_int_equal(d.delay_ms, 2000);
-        assert_int_equal(d.due_ms, 10000);
-        assert_string_equal(d.reason, "");
-        st.now_ms = 8001;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_HAND_OVER);
-        assert_int_equal(d.due_ms, 10001);
-        /* Past the local window without a retry topic: wait here. */
-        st.can_hand_over = 0;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_LOCAL);
-}
-
-static void test_partial_recipients_hand_over_at_once(void **state) {
-        struct retry_state st = at(1, 0);
-        struct retry_decision d;
-
-        (void)state;
-        st.partial = 1;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_HAND_OVER);
-        assert_int_equal(d.due_ms, 1000);
-}
-
-static void test_from_retry_topic_goes_back_there(void **state) {
-        struct retry_state st = at(1, 0);
-        struct retry_decision d;
-
-        (void)state;
-        st.from_retry_topic = 1;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_HAND_OVER);
-}
-
-static void test_leaving_hands_over_or_abandons(void **state) {
-        struct retry_state st = at(1, 0);
-        struct retry_decision d;
-
-        (void)state;
-        st.leaving = 1;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_HAND_OVER);
-        st.can_hand_over = 0;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_ABANDON);
-        /* Limits come first. */
-        st.attempts = 5;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.action, RETRY_FINISH);
-}
-
-static void test_backoff_grows_to_its_max(void **state) {
-        struct retry_state st = at(4, 0);
-        struct retry_decision d;
-        struct retry_conf c = conf;
-
-        (void)state;
-        retry_decide(&conf, &st, &d);
-        assert_int_equal(d.delay_ms, 8000);
-        c.attempts_max = 10;
-        c.local_window_ms = 60000;
-        st.attempts = 8;
-        retry_decide(&c, &st, &d);
-        assert_int_equal(d.action, RETRY_LOCAL);
-        assert_int_equal(d.delay_ms, 8000);
+        st.can_hand_over = (c->flags & NO_RETRY_TOPIC) == 0;
+        st.partial = (c->flags & PARTIAL) != 0;
+        st.from_retry_topic = (c->flags & FROM_RETRY_TOPIC) != 0;
+        st.leaving = (c->flags & LEAVING) != 0;
+        retry_decide(&c_conf, &st, &d);
+        if (c->action == NOT_FINISH)
+                assert_int_not_equal(d.action, RETRY_FINISH);
+        else if (c->action != ANY_ACTION)
+                assert_int_equal(d.action, c->action);
+        if (c->delay_ms != -1)
+                assert_int_equal(d.delay_ms, c->delay_ms);
+        if (c->due_ms != -1)
+                assert_int_equal(d.due_ms, c->due_ms);
+        if (c->reason != NULL)
+                assert_string_equal(d.reason, c->reason);
 }
 
 /* ---- the record ---- */
@@ -368,13 +344,6 @@ static void test_bad_recipient_entries_are_rejected(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_exhausted_at_attempts_max),
-                cmocka_unit_test(test_window_counts_next_attempt),
-                cmocka_unit_test(test_local_retry_within_local_window),
-                cmocka_unit_test(test_partial_recipients_hand_over_at_once),
-                cmocka_unit_test(test_from_retry_topic_goes_back_there),
-                cmocka_unit_test(test_leaving_hands_over_or_abandons),
-                cmocka_unit_test(test_backoff_grows_to_its_max),
                 cmocka_unit_test(
                         test_record_without_recipients_has_documented_bytes),
                 cmocka_unit_test(test_record_round_trips),
@@ -385,5 +354,11 @@ int main(void) {
                 cmocka_unit_test(test_bad_recipient_entries_are_rejected),
         };
 
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        const struct fixture_cases sets[] = {
+                {"decide", test_decide_case, decide_cases,
+                 sizeof(decide_cases[0]), FIXTURE_LEN(decide_cases)},
+        };
+
+        return fixture_run_group("retry", tests, FIXTURE_LEN(tests), sets,
+                                 FIXTURE_LEN(sets));
 }

@@ -11,48 +11,56 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixture.h"
 #include "smtp.h"
 
 static long parse(const char *s, int *code, char *text, size_t text_size) {
         return smtp_reply_parse(s, strlen(s), code, text, text_size);
 }
 
-static void test_single_line_reply_gives_code_text_and_length(void **state) {
-        const char *r = "250 2.0.0 Ok: queued as 4XyZ\r\n";
-        char text[64];
-        int code = 0;
-
-        (void)state;
-        assert_int_equal(parse(r, &code, text, sizeof(text)), (long)strlen(r));
-        assert_int_equal(code, 250);
-        assert_string_equal(text, "2.0.0 Ok: queued as 4XyZ");
-}
-
-static void test_every_reply_class_is_accepted(void **state) {
-        const char *r[] = {"220 ready\r\n", "354 go ahead\r\n",
-                           "421 closing\r\n", "550 5.1.1 no\r\n"};
-        const int want[] = {220, 354, 421, 550};
-        char text[64];
+/* A complete reply: smtp_reply_parse() consumes @consumed bytes of it (-1:
+ * all of it) and gives @code (0: not checked) and @text (NULL: not
+ * checked). */
+struct reply_case {
+        const char *name;
+        const char *reply;
+        long consumed;
         int code;
+        const char *text;
+};
 
-        (void)state;
-        for (size_t i = 0; i < 4; i++) {
-                code = 0;
-                assert_int_equal(parse(r[i], &code, text, sizeof(text)),
-                                 (long)strlen(r[i]));
-                assert_int_equal(code, want[i]);
-        }
-}
+static const struct reply_case reply_cases[] = {
+        {"single_line_gives_code_text_and_length",
+         "250 2.0.0 Ok: queued as 4XyZ\r\n", -1, 250,
+         "2.0.0 Ok: queued as 4XyZ"},
+        /* every reply class is accepted */
+        {"class_2", "220 ready\r\n", -1, 220, NULL},
+        {"class_3", "354 go ahead\r\n", -1, 354, NULL},
+        {"class_4", "421 closing\r\n", -1, 421, NULL},
+        {"class_5", "550 5.1.1 no\r\n", -1, 550, NULL},
+        {"multi_line_uses_last_line",
+         "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n", -1, 250,
+         "SIZE 1000"},
+        /* a bare LF and no text are tolerated */
+        {"bare_lf", "250 ok\n", 7, 0, "ok"},
+        {"no_text", "250\r\n", 5, 250, ""},
+        {"control_bytes_in_text_are_replaced",
+         "250 a\x01"
+         "b\tc\r\n",
+         -1, 0, "a?b\tc"},
+};
 
-static void test_multi_line_reply_uses_last_line(void **state) {
-        const char *r = "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n";
+static void test_reply_case(void **state) {
+        const struct reply_case *c = *state;
+        long consumed = c->consumed >= 0 ? c->consumed : (long)strlen(c->reply);
         char text[64];
         int code = 0;
 
-        (void)state;
-        assert_int_equal(parse(r, &code, text, sizeof(text)), (long)strlen(r));
-        assert_int_equal(code, 250);
-        assert_string_equal(text, "SIZE 1000");
+        assert_int_equal(parse(c->reply, &code, text, sizeof(text)), consumed);
+        if (c->code != 0)
+                assert_int_equal(code, c->code);
+        if (c->text != NULL)
+                assert_string_equal(text, c->text);
 }
 
 static void test_only_the_first_reply_is_consumed(void **state) {
@@ -88,18 +96,6 @@ static void test_partial_reply_needs_more(void **state) {
         assert_int_equal(code, -7); /* untouched */
 }
 
-static void test_bare_lf_and_no_text_are_tolerated(void **state) {
-        char text[64];
-        int code = 0;
-
-        (void)state;
-        assert_int_equal(parse("250 ok\n", &code, text, sizeof(text)), 7);
-        assert_string_equal(text, "ok");
-        assert_int_equal(parse("250\r\n", &code, text, sizeof(text)), 5);
-        assert_int_equal(code, 250);
-        assert_string_equal(text, "");
-}
-
 static void test_garbage_is_an_error(void **state) {
         const char *bad[] = {
                 "HTTP/1.1 400 Bad Request\r\n", /* not digits */
@@ -117,7 +113,7 @@ static void test_garbage_is_an_error(void **state) {
         int code;
 
         (void)state;
-        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        for (size_t i = 0; i < FIXTURE_LEN(bad); i++)
                 assert_int_equal(parse(bad[i], &code, text, sizeof(text)), -1);
 }
 
@@ -162,33 +158,20 @@ static void test_text_is_truncated_and_terminated(void **state) {
         assert_int_equal(parse(r, &code, NULL, 0), (long)strlen(r));
 }
 
-static void test_control_bytes_in_text_are_replaced(void **state) {
-        const char r[] = "250 a\x01"
-                         "b\tc\r\n";
-        char text[64];
-        int code = 0;
-
-        (void)state;
-        assert_int_equal(
-                smtp_reply_parse(r, sizeof(r) - 1, &code, text, sizeof(text)),
-                (long)(sizeof(r) - 1));
-        assert_string_equal(text, "a?b\tc");
-}
-
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(
-                        test_single_line_reply_gives_code_text_and_length),
-                cmocka_unit_test(test_every_reply_class_is_accepted),
-                cmocka_unit_test(test_multi_line_reply_uses_last_line),
                 cmocka_unit_test(test_only_the_first_reply_is_consumed),
                 cmocka_unit_test(test_partial_reply_needs_more),
-                cmocka_unit_test(test_bare_lf_and_no_text_are_tolerated),
                 cmocka_unit_test(test_garbage_is_an_error),
                 cmocka_unit_test(test_line_over_2048_bytes_is_an_error),
                 cmocka_unit_test(test_text_is_truncated_and_terminated),
-                cmocka_unit_test(test_control_bytes_in_text_are_replaced),
         };
 
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        const struct fixture_cases sets[] = {
+                {"reply", test_reply_case, reply_cases, sizeof(reply_cases[0]),
+                 FIXTURE_LEN(reply_cases)},
+        };
+
+        return fixture_run_group("smtp_reply", tests, FIXTURE_LEN(tests), sets,
+                                 FIXTURE_LEN(sets));
 }
