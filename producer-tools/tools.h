@@ -1,7 +1,8 @@
 /*
  * tools: code shared by the command-line tools in producer-tools/
  * (mailer-produce, mailer-results, mailer-admin, mailer-audit,
- * mailer-loadgen).
+ * mailer-loadgen). The drivers in tests/tools/ use its messages and option
+ * table too (tool_set_name(), tool_opts_parse()).
  *
  * A tool calls tool_init() first. Messages go to stderr prefixed with the
  * tool's name; stdout carries only the tool's output. Exit codes are the same
