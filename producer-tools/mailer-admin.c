@@ -36,6 +36,9 @@
 struct admin_opts {
         int64_t ao_timeout_ms; /* -1: the command's default */
         int64_t ao_wait_ms; /* offsets: query until no lag for this long; 0: once */
+        const char *ao_cmd;
+        int ao_argc; /* the command's arguments */
+        char **ao_argv;
 };
 
 /* Queries a partition's watermarks, retrying for a while on the errors a
@@ -92,46 +95,59 @@ static void admin_usage(FILE *fp) {
                 "3 (offsets) some partition has a lag.\n");
 }
 
-/* Parses the options found before and after the command.
- * @returns 0, 1 after --help, or -1 after printing why. */
-static int admin_parse_opts(int argc, char **argv, const char *optstring,
-                            rd_kafka_conf_t *conf, struct admin_opts *ao) {
-        static const struct option longopts[] = {
-                {"timeout", required_argument, NULL, 'T'},
-                {"wait", required_argument, NULL, 'W'},
-                {"help", no_argument, NULL, 'h'},
-                {NULL, 0, NULL, 0},
-        };
-        int opt;
+/* --wait S: arg is the int64_t of milliseconds. */
+static int admin_opt_wait(const char *value, void *arg) {
+        char *end;
+        double sec = strtod(value, &end);
 
-        while ((opt = tool_getopt(argc, argv, optstring, longopts, conf,
-                                  &ao->ao_timeout_ms)) != -1) {
-                switch (opt) {
-                case TOOL_OPT_ERROR:
-                        return -1;
-                case 'W': {
-                        char *end;
-                        double sec = strtod(optarg, &end);
-
-                        if (end == optarg || *end != '\0' || !(sec > 0) ||
-                            sec > 86400) {
-                                tool_err("--wait: expected seconds in (0, "
-                                         "86400], got \"%s\"",
-                                         optarg);
-                                return -1;
-                        }
-                        ao->ao_wait_ms = (int64_t)(sec * 1000);
-                        break;
-                }
-                case 'h':
-                        admin_usage(stdout);
-                        return 1;
-                default:
-                        admin_usage(stderr);
-                        return -1;
-                }
+        if (end == value || *end != '\0' || !(sec > 0) || sec > 86400) {
+                tool_err("--wait: expected seconds in (0, 86400], got \"%s\"",
+                         value);
+                return -1;
         }
+        *(int64_t *)arg = (int64_t)(sec * 1000);
         return 0;
+}
+
+/* Parses the options found before and after the command, and finds the
+ * command and its arguments.
+ * @returns what the command line asks (enum tool_opts_result). */
+static enum tool_opts_result admin_parse_args(int argc, char **argv,
+                                              rd_kafka_conf_t *conf,
+                                              struct admin_opts *ao) {
+        const struct tool_opt opts[] = {
+                TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
+                TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_SECONDS("timeout", 0, &ao->ao_timeout_ms,
+                                 "--timeout %s: expected seconds"),
+                TOOL_OPT_CALL("wait", 0, admin_opt_wait, &ao->ao_wait_ms),
+                TOOL_OPT_HELP("help", 'h'),
+                TOOL_OPT_END,
+        };
+        enum tool_opts_result res;
+
+        res = tool_opts_parse(argc, argv, opts, TOOL_OPTS_IN_ORDER,
+                              admin_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
+        if (optind >= argc) {
+                tool_err("expected a command");
+                admin_usage(stderr);
+                return TOOL_OPTS_ERROR;
+        }
+        ao->ao_cmd = argv[optind];
+        /* Options may also follow the command. In the command's own argv
+         * (the command is its argv[0]) getopt moves them before the
+         * arguments, which end up at argv[optind..]. */
+        argc -= optind;
+        argv += optind;
+        optind = 0;
+        res = tool_opts_parse(argc, argv, opts, 0, admin_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
+        ao->ao_argc = argc - optind;
+        ao->ao_argv = argv + optind;
+        return TOOL_OPTS_RUN;
 }
 
 static int admin_timeout(const struct admin_opts *ao, int dflt_ms) {
@@ -687,9 +703,7 @@ int main(int argc, char **argv) {
         struct admin_opts ao = {.ao_timeout_ms = -1};
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
-        const char *cmd;
-        int sub_argc;
-        char **sub_argv;
+        enum tool_opts_result parsed;
         int rc = TOOL_EXIT_INPUT;
 
         tool_init("mailer-admin");
@@ -700,47 +714,20 @@ int main(int argc, char **argv) {
         if (tool_conf_set(conf, "defaults", "allow.auto.create.topics",
                           "false") == -1)
                 goto out;
-        /* "+": stop at the command. */
-        switch (admin_parse_opts(argc, argv, "+b:X:h", conf, &ao)) {
-        case 0:
-                break;
-        case 1:
-                rc = TOOL_EXIT_OK;
-                goto out;
-        default:
+        parsed = admin_parse_args(argc, argv, conf, &ao);
+        if (parsed != TOOL_OPTS_RUN) {
+                rc = parsed == TOOL_OPTS_HELP ? TOOL_EXIT_OK : TOOL_EXIT_INPUT;
                 goto out;
         }
-        if (optind >= argc) {
-                tool_err("expected a command");
-                admin_usage(stderr);
-                goto out;
-        }
-        cmd = argv[optind];
-        /* Options may also follow the command. In the command's own argv
-         * (the command is its argv[0]) getopt moves them before the
-         * arguments, which end up at sub_argv[optind..]. */
-        sub_argc = argc - optind;
-        sub_argv = argv + optind;
-        optind = 0;
-        switch (admin_parse_opts(sub_argc, sub_argv, "b:X:h", conf, &ao)) {
-        case 0:
-                break;
-        case 1:
-                rc = TOOL_EXIT_OK;
-                goto out;
-        default:
-                goto out;
-        }
-        sub_argv += optind;
-        sub_argc -= optind;
 
-        if (strcmp(cmd, "offsets") == 0) {
-                rc = admin_offsets(&conf, sub_argc, sub_argv, &ao);
+        if (strcmp(ao.ao_cmd, "offsets") == 0) {
+                rc = admin_offsets(&conf, ao.ao_argc, ao.ao_argv, &ao);
                 goto out;
         }
-        if (strcmp(cmd, "create-topics") != 0 &&
-            strcmp(cmd, "wait-ready") != 0 && strcmp(cmd, "count") != 0) {
-                tool_err("unknown command: %s", cmd);
+        if (strcmp(ao.ao_cmd, "create-topics") != 0 &&
+            strcmp(ao.ao_cmd, "wait-ready") != 0 &&
+            strcmp(ao.ao_cmd, "count") != 0) {
+                tool_err("unknown command: %s", ao.ao_cmd);
                 admin_usage(stderr);
                 goto out;
         }
@@ -748,12 +735,12 @@ int main(int argc, char **argv) {
         rk = tool_kafka_new(RD_KAFKA_PRODUCER, &conf);
         if (rk == NULL)
                 goto out;
-        if (strcmp(cmd, "create-topics") == 0)
-                rc = admin_create_topics(rk, sub_argc, sub_argv, &ao);
-        else if (strcmp(cmd, "wait-ready") == 0)
+        if (strcmp(ao.ao_cmd, "create-topics") == 0)
+                rc = admin_create_topics(rk, ao.ao_argc, ao.ao_argv, &ao);
+        else if (strcmp(ao.ao_cmd, "wait-ready") == 0)
                 rc = admin_wait_ready(rk, &ao);
         else
-                rc = admin_count(rk, sub_argc, sub_argv, &ao);
+                rc = admin_count(rk, ao.ao_argc, ao.ao_argv, &ao);
 out:
         if (rk != NULL)
                 rd_kafka_destroy(rk);

@@ -144,72 +144,48 @@ static void audit_usage(FILE *fp) {
                 AUDIT_DEFAULT_LIST, AUDIT_DEFAULT_TIMEOUT_MS / 1000);
 }
 
-static int audit_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
-                            struct audit_opts *ao) {
-        static const struct option longopts[] = {
-                {"requests", required_argument, NULL, 'R'},
-                {"results", required_argument, NULL, 'S'},
-                {"capture-dir", required_argument, NULL, 'C'},
-                {"json", no_argument, NULL, 'J'},
-                {"list", required_argument, NULL, 'L'},
-                {"timeout", required_argument, NULL, 'T'},
-                {"help", no_argument, NULL, 'h'},
-                {NULL, 0, NULL, 0},
+/* @returns what the command line asks (enum tool_opts_result). */
+static enum tool_opts_result audit_parse_args(int argc, char **argv,
+                                              rd_kafka_conf_t *conf,
+                                              struct audit_opts *ao) {
+        const struct tool_opt opts[] = {
+                TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
+                TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_STRING("requests", 0, &ao->ao_requests),
+                TOOL_OPT_STRING("results", 0, &ao->ao_results),
+                TOOL_OPT_STRING("capture-dir", 0, &ao->ao_capture_dir),
+                TOOL_OPT_FLAG("json", 0, &ao->ao_json),
+                TOOL_OPT_INT("list", 0, &ao->ao_list, 0, 1000000000LL,
+                             "--list %s: expected a count >= 0"),
+                TOOL_OPT_SECONDS("timeout", 0, &ao->ao_timeout_ms,
+                                 "--timeout %s: expected seconds"),
+                TOOL_OPT_HELP("help", 'h'),
+                TOOL_OPT_END,
         };
-        int opt;
+        enum tool_opts_result res;
 
-        while ((opt = tool_getopt(argc, argv, "b:X:h", longopts, conf,
-                                  &ao->ao_timeout_ms)) != -1) {
-                switch (opt) {
-                case TOOL_OPT_ERROR:
-                        return -1;
-                case 'R':
-                        ao->ao_requests = optarg;
-                        break;
-                case 'S':
-                        ao->ao_results = optarg;
-                        break;
-                case 'C':
-                        ao->ao_capture_dir = optarg;
-                        break;
-                case 'J':
-                        ao->ao_json = 1;
-                        break;
-                case 'L':
-                        if (tool_parse_int(optarg, 0, 1000000000LL,
-                                           &ao->ao_list) == -1) {
-                                tool_err("--list %s: expected a count >= 0",
-                                         optarg);
-                                return -1;
-                        }
-                        break;
-                case 'h':
-                        audit_usage(stdout);
-                        return 1;
-                default:
-                        audit_usage(stderr);
-                        return -1;
-                }
-        }
+        res = tool_opts_parse(argc, argv, opts, 0, audit_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
         if (optind < argc) {
                 tool_err("unexpected argument: %s", argv[optind]);
                 audit_usage(stderr);
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
         if (ao->ao_requests == NULL || ao->ao_results == NULL) {
                 tool_err("--requests and --results are required");
                 audit_usage(stderr);
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
         if (*ao->ao_requests == '\0' || *ao->ao_results == '\0') {
                 tool_err("empty topic name");
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
         if (strcmp(ao->ao_requests, ao->ao_results) == 0) {
                 tool_err("--requests and --results name the same topic");
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
-        return 0;
+        return TOOL_OPTS_RUN;
 }
 
 /* @returns how many times the string key was added to set. */
@@ -900,6 +876,7 @@ int main(int argc, char **argv) {
         rd_kafka_t *rk = NULL;
         rd_kafka_topic_partition_list_t *tpl = NULL;
         rd_kafka_resp_err_t err;
+        enum tool_opts_result parsed;
         int64_t deadline;
         int rc = TOOL_EXIT_INPUT;
         int consuming = 0;
@@ -912,13 +889,9 @@ int main(int argc, char **argv) {
         conf = tool_conf_new();
         if (conf == NULL)
                 goto out;
-        switch (audit_parse_args(argc, argv, conf, &ao)) {
-        case 0:
-                break;
-        case 1:
-                rc = TOOL_EXIT_OK;
-                goto out;
-        default:
+        parsed = audit_parse_args(argc, argv, conf, &ao);
+        if (parsed != TOOL_OPTS_RUN) {
+                rc = parsed == TOOL_OPTS_HELP ? TOOL_EXIT_OK : TOOL_EXIT_INPUT;
                 goto out;
         }
         if (audit_conf(conf) == -1)

@@ -32,6 +32,17 @@
  * suffix takes at most 21. */
 #define LOADGEN_MAX_PREFIX 160
 
+struct loadgen_opts {
+        const char *lo_topic;
+        const char *lo_prefix; /* NULL: lg<unix time> */
+        long long lo_count; /* -1: not given */
+        long long lo_size;
+        long long lo_rcpts;
+        long long lo_attachment; /* -1: none */
+        long long lo_rate; /* 0: as fast as possible */
+        int lo_html;
+};
+
 struct loadgen_state {
         struct tool_deliveries ls_dr;
         int64_t ls_last_dr_ms; /* monotonic time of the last delivery report */
@@ -269,24 +280,61 @@ static void loadgen_drain_progress(void *arg) {
         loadgen_progress(arg, tool_now_ms());
 }
 
-int main(int argc, char **argv) {
-        enum {
-                OPT_SIZE = 256,
-                OPT_RCPTS,
-                OPT_HTML,
-                OPT_ATTACHMENT,
-                OPT_RATE,
-                OPT_ID_PREFIX,
+/* @returns what the command line asks (enum tool_opts_result). */
+static enum tool_opts_result loadgen_parse_args(int argc, char **argv,
+                                                rd_kafka_conf_t *conf,
+                                                struct loadgen_opts *lo) {
+        const struct tool_opt opts[] = {
+                TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
+                TOOL_OPT_STRING(NULL, 't', &lo->lo_topic),
+                TOOL_OPT_INT(NULL, 'n', &lo->lo_count, 0, 1000000000000LL,
+                             "-n: expected a count >= 0, got \"%s\""),
+                TOOL_OPT_INT("size", 0, &lo->lo_size, 1, 64LL * 1024 * 1024,
+                             "--size: expected 1..67108864 bytes, got \"%s\""),
+                TOOL_OPT_INT("rcpts", 0, &lo->lo_rcpts, 1, 10000,
+                             "--rcpts: expected 1..10000, got \"%s\""),
+                TOOL_OPT_FLAG("html", 0, &lo->lo_html),
+                TOOL_OPT_INT("attachment", 0, &lo->lo_attachment, 0,
+                             64LL * 1024 * 1024,
+                             "--attachment: expected 0..67108864 bytes, got "
+                             "\"%s\""),
+                TOOL_OPT_INT("rate", 0, &lo->lo_rate, 0, 100000000,
+                             "--rate: expected requests per second >= 0, got "
+                             "\"%s\""),
+                TOOL_OPT_STRING("id-prefix", 0, &lo->lo_prefix),
+                TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_HELP("help", 'h'),
+                TOOL_OPT_END,
         };
-        static const struct option longopts[] = {
-                {"size", required_argument, NULL, OPT_SIZE},
-                {"rcpts", required_argument, NULL, OPT_RCPTS},
-                {"html", no_argument, NULL, OPT_HTML},
-                {"attachment", required_argument, NULL, OPT_ATTACHMENT},
-                {"rate", required_argument, NULL, OPT_RATE},
-                {"id-prefix", required_argument, NULL, OPT_ID_PREFIX},
-                {"help", no_argument, NULL, 'h'},
-                {NULL, 0, NULL, 0},
+        enum tool_opts_result res;
+
+        res = tool_opts_parse(argc, argv, opts, 0, loadgen_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
+        if (optind < argc) {
+                tool_err("unexpected argument \"%s\"", argv[optind]);
+                loadgen_usage(stderr);
+                return TOOL_OPTS_ERROR;
+        }
+        if (lo->lo_count < 0) {
+                tool_err("-n N is required");
+                loadgen_usage(stderr);
+                return TOOL_OPTS_ERROR;
+        }
+        if (*lo->lo_topic == '\0') {
+                tool_err("-t: empty topic name");
+                return TOOL_OPTS_ERROR;
+        }
+        return TOOL_OPTS_RUN;
+}
+
+int main(int argc, char **argv) {
+        struct loadgen_opts lo = {
+                .lo_topic = LOADGEN_DEFAULT_TOPIC,
+                .lo_count = -1,
+                .lo_size = 1024,
+                .lo_rcpts = 1,
+                .lo_attachment = -1,
         };
         struct loadgen_state ls;
         struct lg_buf head = {0};
@@ -294,21 +342,13 @@ int main(int argc, char **argv) {
         struct lg_buf msg = {0};
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
+        enum tool_opts_result parsed;
         char prefix_buf[32];
-        const char *topic = LOADGEN_DEFAULT_TOPIC;
-        const char *prefix = NULL;
         int part_cnt = 0;
-        long long count = -1;
-        long long size = 1024;
-        long long rcpts = 1;
-        long long attachment = -1;
-        long long rate = 0;
-        int html = 0;
         int64_t end_ms;
         int kafka_failed = 0;
         int left;
         int rc = TOOL_EXIT_INPUT;
-        int opt;
 
         tool_init("mailer-loadgen");
         memset(&ls, 0, sizeof(ls));
@@ -324,116 +364,42 @@ int main(int argc, char **argv) {
             tool_conf_set(conf, "defaults", "queue.buffering.max.messages",
                           "1000000") == -1)
                 goto out;
-
-        while ((opt = tool_getopt(argc, argv, "b:t:n:X:h", longopts, conf,
-                                  NULL)) != -1) {
-                switch (opt) {
-                case TOOL_OPT_ERROR:
-                        goto out;
-                case 't':
-                        topic = optarg;
-                        break;
-                case 'n':
-                        if (tool_parse_int(optarg, 0, 1000000000000LL,
-                                           &count) == -1) {
-                                tool_err("-n: expected a count >= 0, got "
-                                         "\"%s\"",
-                                         optarg);
-                                goto out;
-                        }
-                        break;
-                case OPT_SIZE:
-                        if (tool_parse_int(optarg, 1, 64LL * 1024 * 1024,
-                                           &size) == -1) {
-                                tool_err("--size: expected 1..67108864 bytes, "
-                                         "got \"%s\"",
-                                         optarg);
-                                goto out;
-                        }
-                        break;
-                case OPT_RCPTS:
-                        if (tool_parse_int(optarg, 1, 10000, &rcpts) == -1) {
-                                tool_err("--rcpts: expected 1..10000, got "
-                                         "\"%s\"",
-                                         optarg);
-                                goto out;
-                        }
-                        break;
-                case OPT_HTML:
-                        html = 1;
-                        break;
-                case OPT_ATTACHMENT:
-                        if (tool_parse_int(optarg, 0, 64LL * 1024 * 1024,
-                                           &attachment) == -1) {
-                                tool_err("--attachment: expected 0..67108864 "
-                                         "bytes, got \"%s\"",
-                                         optarg);
-                                goto out;
-                        }
-                        break;
-                case OPT_RATE:
-                        if (tool_parse_int(optarg, 0, 100000000, &rate) == -1) {
-                                tool_err("--rate: expected requests per "
-                                         "second >= 0, got \"%s\"",
-                                         optarg);
-                                goto out;
-                        }
-                        break;
-                case OPT_ID_PREFIX:
-                        prefix = optarg;
-                        break;
-                case 'h':
-                        loadgen_usage(stdout);
-                        rc = TOOL_EXIT_OK;
-                        goto out;
-                default:
-                        loadgen_usage(stderr);
-                        goto out;
-                }
-        }
-        if (optind < argc) {
-                tool_err("unexpected argument \"%s\"", argv[optind]);
-                loadgen_usage(stderr);
+        parsed = loadgen_parse_args(argc, argv, conf, &lo);
+        if (parsed != TOOL_OPTS_RUN) {
+                rc = parsed == TOOL_OPTS_HELP ? TOOL_EXIT_OK : TOOL_EXIT_INPUT;
                 goto out;
         }
-        if (count < 0) {
-                tool_err("-n N is required");
-                loadgen_usage(stderr);
-                goto out;
-        }
-        if (*topic == '\0') {
-                tool_err("-t: empty topic name");
-                goto out;
-        }
-        if (prefix == NULL) {
+        if (lo.lo_prefix == NULL) {
                 snprintf(prefix_buf, sizeof(prefix_buf), "lg%lld",
                          (long long)time(NULL));
-                prefix = prefix_buf;
+                lo.lo_prefix = prefix_buf;
         }
-        if (!loadgen_valid_prefix(prefix)) {
+        if (!loadgen_valid_prefix(lo.lo_prefix)) {
                 tool_err("--id-prefix: \"%s\" is not a valid id start (1 to "
                          "%d characters of atext and dots, no dot at either "
                          "end, no two dots in a row)",
-                         prefix, LOADGEN_MAX_PREFIX);
+                         lo.lo_prefix, LOADGEN_MAX_PREFIX);
                 goto out;
         }
 
-        loadgen_head(&head, rcpts);
-        loadgen_tail(&tail, (size_t)size, html, attachment);
+        loadgen_head(&head, lo.lo_rcpts);
+        loadgen_tail(&tail, (size_t)lo.lo_size, lo.lo_html, lo.lo_attachment);
 
         rc = TOOL_EXIT_KAFKA;
-        rk = tool_producer_new(&conf, loadgen_dr_cb, &ls, topic, &part_cnt);
+        rk = tool_producer_new(&conf, loadgen_dr_cb, &ls, lo.lo_topic,
+                               &part_cnt);
         if (rk == NULL)
                 goto out;
         tool_err("topic %s: %d partitions; %lld requests of about %zu bytes "
                  "(id prefix %s)",
-                 topic, part_cnt, count,
-                 head.b_len + tail.b_len + 2 * strlen(prefix) + 40, prefix);
+                 lo.lo_topic, part_cnt, lo.lo_count,
+                 head.b_len + tail.b_len + 2 * strlen(lo.lo_prefix) + 40,
+                 lo.lo_prefix);
 
         ls.ls_start_ms = tool_now_ms();
         ls.ls_next_progress_ms = ls.ls_start_ms + 1000;
         ls.ls_last_dr_ms = ls.ls_start_ms;
-        for (long long i = 1; i <= count; i++) {
+        for (long long i = 1; i <= lo.lo_count; i++) {
                 char idbuf[LOADGEN_MAX_PREFIX + 32];
                 char subj[LOADGEN_MAX_PREFIX + 64];
                 int idlen;
@@ -450,9 +416,10 @@ int main(int argc, char **argv) {
                         break;
                 }
                 now = tool_now_ms();
-                if (rate > 0) {
+                if (lo.lo_rate > 0) {
                         /* Request i is due at start + (i - 1) / rate. */
-                        int64_t due = ls.ls_start_ms + (i - 1) * 1000 / rate;
+                        int64_t due =
+                                ls.ls_start_ms + (i - 1) * 1000 / lo.lo_rate;
 
                         while (now < due && tool_running()) {
                                 rd_kafka_poll(rk, (int)(due - now));
@@ -461,7 +428,8 @@ int main(int argc, char **argv) {
                 }
                 loadgen_progress(&ls, now);
 
-                idlen = snprintf(idbuf, sizeof(idbuf), "%s.%lld", prefix, i);
+                idlen = snprintf(idbuf, sizeof(idbuf), "%s.%lld", lo.lo_prefix,
+                                 i);
                 subjlen = snprintf(subj, sizeof(subj),
                                    "\",\"subject\":\"Load test %s\"", idbuf);
                 msg.b_len = 0;
@@ -472,7 +440,7 @@ int main(int argc, char **argv) {
 
                 for (;;) {
                         err = rd_kafka_producev(
-                                rk, RD_KAFKA_V_TOPIC(topic),
+                                rk, RD_KAFKA_V_TOPIC(lo.lo_topic),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                 RD_KAFKA_V_KEY(idbuf, (size_t)idlen),
                                 RD_KAFKA_V_VALUE(msg.b_data, msg.b_len),

@@ -22,6 +22,12 @@
 #define PRODUCE_DEFAULT_TOPIC "email.requests"
 #define PRODUCE_MAX_LINE (16 * 1024 * 1024)
 
+struct produce_opts {
+        const char *po_topic;
+        const char *po_path; /* NULL: stdin */
+        int po_raw;
+};
+
 struct produce_state {
         const char *ps_input; /* input name for messages */
         struct tool_deliveries ps_dr;
@@ -166,28 +172,60 @@ static rd_kafka_resp_err_t produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
         }
 }
 
-int main(int argc, char **argv) {
-        static const struct option longopts[] = {
-                {"partitions-by-key", no_argument, NULL, 'P'},
-                {"raw", no_argument, NULL, 'R'},
-                {"help", no_argument, NULL, 'h'},
-                {NULL, 0, NULL, 0},
+/* --partitions-by-key: arg is the configuration. */
+static int produce_opt_by_key(const char *value, void *arg) {
+        (void)value;
+        return tool_conf_set(arg, "--partitions-by-key", "partitioner",
+                             "murmur2_random");
+}
+
+/* @returns what the command line asks (enum tool_opts_result). */
+static enum tool_opts_result produce_parse_args(int argc, char **argv,
+                                                rd_kafka_conf_t *conf,
+                                                struct produce_opts *po) {
+        const struct tool_opt opts[] = {
+                TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
+                TOOL_OPT_STRING(NULL, 't', &po->po_topic),
+                TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_FLAG("raw", 0, &po->po_raw),
+                TOOL_OPT_ACTION("partitions-by-key", 0, produce_opt_by_key,
+                                conf),
+                TOOL_OPT_HELP("help", 'h'),
+                TOOL_OPT_END,
         };
+        enum tool_opts_result res;
+
+        res = tool_opts_parse(argc, argv, opts, 0, produce_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
+        if (argc - optind > 1) {
+                tool_err("at most one input file");
+                produce_usage(stderr);
+                return TOOL_OPTS_ERROR;
+        }
+        if (optind < argc)
+                po->po_path = argv[optind];
+        if (*po->po_topic == '\0') {
+                tool_err("-t: empty topic name");
+                return TOOL_OPTS_ERROR;
+        }
+        return TOOL_OPTS_RUN;
+}
+
+int main(int argc, char **argv) {
+        struct produce_opts po = {.po_topic = PRODUCE_DEFAULT_TOPIC};
         struct produce_state ps;
         rd_kafka_conf_t *conf = NULL;
         rd_kafka_t *rk = NULL;
         rd_kafka_topic_t *rkt = NULL;
         struct tool_lines *tl = NULL;
-        const char *topic = PRODUCE_DEFAULT_TOPIC;
-        const char *path = NULL;
+        enum tool_opts_result parsed;
         char errstr[512];
         unsigned long skipped = 0;
         int kafka_failed = 0;
         int input_failed = 0;
         int left = 0;
-        int raw = 0;
         int rc = TOOL_EXIT_INPUT;
-        int opt;
 
         tool_init("mailer-produce");
         memset(&ps, 0, sizeof(ps));
@@ -197,46 +235,14 @@ int main(int argc, char **argv) {
                     -1 ||
             tool_conf_set(conf, "defaults", "linger.ms", "5") == -1)
                 goto out;
-
-        while ((opt = tool_getopt(argc, argv, "b:t:X:h", longopts, conf,
-                                  NULL)) != -1) {
-                switch (opt) {
-                case TOOL_OPT_ERROR:
-                        goto out;
-                case 't':
-                        topic = optarg;
-                        break;
-                case 'R':
-                        raw = 1;
-                        break;
-                case 'P':
-                        if (tool_conf_set(conf, "--partitions-by-key",
-                                          "partitioner",
-                                          "murmur2_random") == -1)
-                                goto out;
-                        break;
-                case 'h':
-                        produce_usage(stdout);
-                        rc = TOOL_EXIT_OK;
-                        goto out;
-                default:
-                        produce_usage(stderr);
-                        goto out;
-                }
-        }
-        if (argc - optind > 1) {
-                tool_err("at most one input file");
-                produce_usage(stderr);
-                goto out;
-        }
-        if (optind < argc)
-                path = argv[optind];
-        if (*topic == '\0') {
-                tool_err("-t: empty topic name");
+        parsed = produce_parse_args(argc, argv, conf, &po);
+        if (parsed != TOOL_OPTS_RUN) {
+                rc = parsed == TOOL_OPTS_HELP ? TOOL_EXIT_OK : TOOL_EXIT_INPUT;
                 goto out;
         }
 
-        tl = tool_lines_open(path, PRODUCE_MAX_LINE, errstr, sizeof(errstr));
+        tl = tool_lines_open(po.po_path, PRODUCE_MAX_LINE, errstr,
+                             sizeof(errstr));
         if (tl == NULL) {
                 tool_err("%s", errstr);
                 goto out;
@@ -244,12 +250,12 @@ int main(int argc, char **argv) {
         ps.ps_input = tool_lines_name(tl);
 
         rc = TOOL_EXIT_KAFKA;
-        rk = tool_producer_new(&conf, produce_dr_cb, &ps, topic, NULL);
+        rk = tool_producer_new(&conf, produce_dr_cb, &ps, po.po_topic, NULL);
         if (rk == NULL)
                 goto out;
-        rkt = rd_kafka_topic_new(rk, topic, NULL);
+        rkt = rd_kafka_topic_new(rk, po.po_topic, NULL);
         if (rkt == NULL) {
-                tool_err("topic %s: %s", topic,
+                tool_err("topic %s: %s", po.po_topic,
                          rd_kafka_err2str(rd_kafka_last_error()));
                 goto out;
         }
@@ -282,7 +288,7 @@ int main(int argc, char **argv) {
                 }
                 if (produce_is_blank(line, len))
                         continue;
-                if (raw) {
+                if (po.po_raw) {
                         /* Published as they are: for testing what the worker
                          * does with bytes that are not a valid request. */
                         obj = NULL;

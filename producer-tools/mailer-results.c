@@ -83,66 +83,44 @@ static void results_usage(FILE *fp) {
                 "2 Kafka error (no such topic, broker unreachable).\n");
 }
 
-static int results_parse_args(int argc, char **argv, rd_kafka_conf_t *conf,
-                              struct results_opts *ro) {
-        static const struct option longopts[] = {
-                {"summary", no_argument, NULL, 'S'},
-                {"wait", required_argument, NULL, 'W'},
-                {"timeout", required_argument, NULL, 'T'},
-                {"follow", no_argument, NULL, 'F'},
-                {"help", no_argument, NULL, 'h'},
-                {NULL, 0, NULL, 0},
+/* @returns what the command line asks (enum tool_opts_result). */
+static enum tool_opts_result results_parse_args(int argc, char **argv,
+                                                rd_kafka_conf_t *conf,
+                                                struct results_opts *ro) {
+        const struct tool_opt opts[] = {
+                TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
+                TOOL_OPT_STRING(NULL, 't', &ro->ro_topic),
+                TOOL_OPT_STRING(NULL, 'g', &ro->ro_group),
+                TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_FLAG("summary", 0, &ro->ro_summary),
+                TOOL_OPT_INT("wait", 0, &ro->ro_wait, 1, 1000000000LL,
+                             "--wait %s: expected a count >= 1"),
+                TOOL_OPT_SECONDS("timeout", 0, &ro->ro_timeout_ms,
+                                 "--timeout %s: expected seconds"),
+                TOOL_OPT_FLAG("follow", 0, &ro->ro_follow),
+                TOOL_OPT_HELP("help", 'h'),
+                TOOL_OPT_END,
         };
-        int opt;
+        enum tool_opts_result res;
 
-        while ((opt = tool_getopt(argc, argv, "b:t:g:X:h", longopts, conf,
-                                  &ro->ro_timeout_ms)) != -1) {
-                switch (opt) {
-                case TOOL_OPT_ERROR:
-                        return -1;
-                case 't':
-                        ro->ro_topic = optarg;
-                        break;
-                case 'g':
-                        ro->ro_group = optarg;
-                        break;
-                case 'S':
-                        ro->ro_summary = 1;
-                        break;
-                case 'W':
-                        if (tool_parse_int(optarg, 1, 1000000000LL,
-                                           &ro->ro_wait) == -1) {
-                                tool_err("--wait %s: expected a count >= 1",
-                                         optarg);
-                                return -1;
-                        }
-                        break;
-                case 'F':
-                        ro->ro_follow = 1;
-                        break;
-                case 'h':
-                        results_usage(stdout);
-                        return 1;
-                default:
-                        results_usage(stderr);
-                        return -1;
-                }
-        }
+        res = tool_opts_parse(argc, argv, opts, 0, results_usage);
+        if (res != TOOL_OPTS_RUN)
+                return res;
         if (optind < argc) {
                 tool_err("unexpected argument: %s", argv[optind]);
                 results_usage(stderr);
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
         if (*ro->ro_topic == '\0' ||
             (ro->ro_group != NULL && *ro->ro_group == '\0')) {
                 tool_err("empty topic or group name");
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
         if (ro->ro_follow && ro->ro_wait > 0) {
                 tool_err("--follow and --wait cannot be combined");
-                return -1;
+                return TOOL_OPTS_ERROR;
         }
-        return 0;
+        return TOOL_OPTS_RUN;
 }
 
 /* Builds the consumer's configuration on top of the -X properties. */
@@ -340,6 +318,7 @@ int main(int argc, char **argv) {
         rd_kafka_t *rk = NULL;
         rd_kafka_topic_partition_list_t *tpl = NULL;
         rd_kafka_resp_err_t err;
+        enum tool_opts_result parsed;
         int64_t deadline = -1;
         int64_t next_progress;
         int rc = TOOL_EXIT_INPUT;
@@ -352,13 +331,9 @@ int main(int argc, char **argv) {
         conf = tool_conf_new();
         if (conf == NULL)
                 goto out;
-        switch (results_parse_args(argc, argv, conf, &ro)) {
-        case 0:
-                break;
-        case 1:
-                rc = TOOL_EXIT_OK;
-                goto out;
-        default:
+        parsed = results_parse_args(argc, argv, conf, &ro);
+        if (parsed != TOOL_OPTS_RUN) {
+                rc = parsed == TOOL_OPTS_HELP ? TOOL_EXIT_OK : TOOL_EXIT_INPUT;
                 goto out;
         }
         if (results_conf(conf, &ro) == -1)

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
@@ -28,10 +29,14 @@ static void tool_on_signal(int sig) {
         tool_run = 0;
 }
 
+void tool_set_name(const char *name) {
+        tool_prog = name;
+}
+
 void tool_init(const char *name) {
         struct sigaction sa;
 
-        tool_prog = name;
+        tool_set_name(name);
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = tool_on_signal;
         sigemptyset(&sa.sa_mask);
@@ -94,45 +99,134 @@ int tool_parse_seconds(const char *s, int64_t *out_ms) {
         return 0;
 }
 
-/* @returns 1 if opt is a common option and was applied, 0 if it is another
- * one, -1 after printing why its value is wrong. */
-static int tool_common_opt(rd_kafka_conf_t *conf, int opt, const char *arg,
-                           int64_t *timeout_ms) {
-        switch (opt) {
-        case 'b':
-                return tool_conf_set(conf, "-b", "bootstrap.servers", arg) == -1
-                               ? -1
-                               : 1;
-        case 'X':
-                return tool_conf_set_kv(conf, arg) == -1 ? -1 : 1;
-        case 'T':
-                if (timeout_ms == NULL)
+/*
+ * Command-line options
+ */
+
+/* getopt_long()'s value for the long option of row i that has no short
+ * one: above every char. */
+#define TOOL_OPT_LONG_ONLY 256
+
+static int tool_opt_has_value(enum tool_opt_kind kind) {
+        return kind == TOOL_OPT_KIND_STRING || kind == TOOL_OPT_KIND_INT ||
+               kind == TOOL_OPT_KIND_SECONDS || kind == TOOL_OPT_KIND_CALL;
+}
+
+/* @returns the row getopt_long() returned val for, or NULL ('?'). */
+static const struct tool_opt *tool_opt_find(const struct tool_opt *opts,
+                                            int val) {
+        if (val >= TOOL_OPT_LONG_ONLY)
+                return &opts[val - TOOL_OPT_LONG_ONLY];
+        for (size_t i = 0; opts[i].to_kind != TOOL_OPT_KIND_END; i++) {
+                if (opts[i].to_short == val)
+                        return &opts[i];
+        }
+        return NULL;
+}
+
+/* Prints the row's to_err with value in place of its "%s". */
+static void tool_opt_bad_value(const struct tool_opt *o, const char *value) {
+        const char *at = strstr(o->to_err, "%s");
+
+        if (at == NULL)
+                tool_err("%s", o->to_err);
+        else
+                tool_err("%.*s%s%s", (int)(at - o->to_err), o->to_err, value,
+                         at + 2);
+}
+
+/* Applies one option other than TOOL_OPT_HELP().
+ * @returns 0, or -1 after printing why the value is wrong. */
+static int tool_opt_apply(const struct tool_opt *o, const char *value) {
+        switch (o->to_kind) {
+        case TOOL_OPT_KIND_FLAG:
+                *o->to_target.flag = 1;
+                return 0;
+        case TOOL_OPT_KIND_STRING:
+                *o->to_target.str = value;
+                return 0;
+        case TOOL_OPT_KIND_INT:
+                if (tool_parse_int(value, o->to_min, o->to_max,
+                                   o->to_target.num) == 0)
                         return 0;
-                if (tool_parse_seconds(arg, timeout_ms) == -1) {
-                        tool_err("--timeout %s: expected seconds", arg);
-                        return -1;
-                }
-                return 1;
+                break;
+        case TOOL_OPT_KIND_SECONDS:
+                if (tool_parse_seconds(value, o->to_target.ms) == 0)
+                        return 0;
+                break;
+        case TOOL_OPT_KIND_CALL:
+        case TOOL_OPT_KIND_ACTION:
+                return o->to_call(value, o->to_target.arg);
         default:
                 return 0;
         }
+        tool_opt_bad_value(o, value);
+        return -1;
 }
 
-int tool_getopt(int argc, char **argv, const char *optstring,
-                const struct option *longopts, rd_kafka_conf_t *conf,
-                int64_t *timeout_ms) {
-        int opt;
+enum tool_opts_result tool_opts_parse(int argc, char **argv,
+                                      const struct tool_opt *opts,
+                                      unsigned flags, void (*usage)(FILE *fp)) {
+        struct option longopts[TOOL_OPTS_MAX + 1];
+        /* "+", then "C:" for each row, then the NUL */
+        char shortopts[1 + 2 * TOOL_OPTS_MAX + 1];
+        size_t nlong = 0;
+        size_t nshort = 0;
+        int val;
 
-        while ((opt = getopt_long(argc, argv, optstring, longopts, NULL)) !=
-               -1) {
-                switch (tool_common_opt(conf, opt, optarg, timeout_ms)) {
-                case 0:
-                        return opt;
-                case -1:
-                        return TOOL_OPT_ERROR;
+        if (flags & TOOL_OPTS_IN_ORDER)
+                shortopts[nshort++] = '+';
+        for (size_t i = 0; opts[i].to_kind != TOOL_OPT_KIND_END; i++) {
+                const struct tool_opt *o = &opts[i];
+                int has_value = tool_opt_has_value(o->to_kind);
+
+                if (i == TOOL_OPTS_MAX) {
+                        tool_err("more than %d options", TOOL_OPTS_MAX);
+                        return TOOL_OPTS_ERROR;
+                }
+                if (o->to_short != 0) {
+                        shortopts[nshort++] = (char)o->to_short;
+                        if (has_value)
+                                shortopts[nshort++] = ':';
+                }
+                if (o->to_long != NULL) {
+                        longopts[nlong].name = o->to_long;
+                        longopts[nlong].has_arg =
+                                has_value ? required_argument : no_argument;
+                        longopts[nlong].flag = NULL;
+                        longopts[nlong].val =
+                                o->to_short != 0 ? o->to_short
+                                                 : TOOL_OPT_LONG_ONLY + (int)i;
+                        nlong++;
                 }
         }
-        return -1;
+        shortopts[nshort] = '\0';
+        memset(&longopts[nlong], 0, sizeof(longopts[nlong]));
+
+        while ((val = getopt_long(argc, argv, shortopts, longopts, NULL)) !=
+               -1) {
+                const struct tool_opt *o = tool_opt_find(opts, val);
+
+                if (o == NULL) {
+                        usage(stderr);
+                        return TOOL_OPTS_ERROR;
+                }
+                if (o->to_kind == TOOL_OPT_KIND_HELP) {
+                        usage(stdout);
+                        return TOOL_OPTS_HELP;
+                }
+                if (tool_opt_apply(o, optarg) == -1)
+                        return TOOL_OPTS_ERROR;
+        }
+        return TOOL_OPTS_RUN;
+}
+
+int tool_opt_bootstrap(const char *value, void *arg) {
+        return tool_conf_set(arg, "-b", "bootstrap.servers", value);
+}
+
+int tool_opt_property(const char *value, void *arg) {
+        return tool_conf_set_kv(arg, value);
 }
 
 /*

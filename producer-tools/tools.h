@@ -1,7 +1,8 @@
 /*
  * tools: code shared by the command-line tools in producer-tools/
  * (mailer-produce, mailer-results, mailer-admin, mailer-audit,
- * mailer-loadgen).
+ * mailer-loadgen). The drivers in tests/tools/ use its messages and option
+ * table too (tool_set_name(), tool_opts_parse()).
  *
  * A tool calls tool_init() first. Messages go to stderr prefixed with the
  * tool's name; stdout carries only the tool's output. Exit codes are the same
@@ -14,9 +15,9 @@
 #ifndef KM_TOOLS_H
 #define KM_TOOLS_H
 
-#include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -32,6 +33,10 @@ enum tool_exit {
  * handlers that only clear the flag read by tool_running(). A second signal
  * restores the default action, so a third one kills the tool. */
 void tool_init(const char *name);
+
+/* Sets only the name, for a program that keeps the default signal actions
+ * and uses no more than the messages and the option table. */
+void tool_set_name(const char *name);
 
 const char *tool_name(void);
 
@@ -52,17 +57,133 @@ int tool_parse_int(const char *s, long long min, long long max, long long *out);
  * @returns 0 and sets *out_ms, or -1 (nothing printed). */
 int tool_parse_seconds(const char *s, int64_t *out_ms);
 
-/* Returned by tool_getopt() after a bad value of a common option. */
-#define TOOL_OPT_ERROR (-2)
+/*
+ * Command-line options. A tool lists its options in a table, one row an
+ * option made by the TOOL_OPT_*() macros below and TOOL_OPT_END last, and
+ * tool_opts_parse() applies them to the rows' targets, with getopt_long()'s
+ * rules and messages. In a row, lname is the NAME of --NAME or NULL, sname
+ * the C of -C or 0.
+ */
 
-/* getopt_long() that applies the options every tool spells the same way
- * itself: -b BOOTSTRAP and -X prop=value to conf and, when timeout_ms is not
- * NULL, --timeout S (which longopts must map to 'T') to *timeout_ms.
- * @returns the next other option as getopt_long() does, -1 at the end, or
- * TOOL_OPT_ERROR after printing why a value is wrong. */
-int tool_getopt(int argc, char **argv, const char *optstring,
-                const struct option *longopts, rd_kafka_conf_t *conf,
-                int64_t *timeout_ms);
+enum tool_opt_kind {
+        TOOL_OPT_KIND_END,
+        TOOL_OPT_KIND_FLAG,
+        TOOL_OPT_KIND_STRING,
+        TOOL_OPT_KIND_INT,
+        TOOL_OPT_KIND_SECONDS,
+        TOOL_OPT_KIND_CALL,
+        TOOL_OPT_KIND_ACTION,
+        TOOL_OPT_KIND_HELP,
+};
+
+struct tool_opt {
+        const char *to_long;
+        int to_short;
+        enum tool_opt_kind to_kind;
+        union {
+                int *flag;
+                const char **str;
+                long long *num;
+                int64_t *ms;
+                void *arg;
+        } to_target;
+        long long to_min; /* TOOL_OPT_INT() */
+        long long to_max; /* TOOL_OPT_INT() */
+        /* The message printed for a bad value, in which "%s" stands for the
+         * value (TOOL_OPT_INT(), TOOL_OPT_SECONDS()). */
+        const char *to_err;
+        /* Applies the option (TOOL_OPT_CALL(), TOOL_OPT_ACTION()).
+         * @returns 0, or -1 after printing why the value is wrong. */
+        int (*to_call)(const char *value, void *arg);
+};
+
+/* No value; sets *target (int) to 1. */
+#define TOOL_OPT_FLAG(lname, sname, target)                                    \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_FLAG, .to_target.flag = (target)      \
+        }
+
+/* *target (const char *) = the value, which stays in argv. */
+#define TOOL_OPT_STRING(lname, sname, target)                                  \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_STRING, .to_target.str = (target)     \
+        }
+
+/* *target (long long) = the value, a whole decimal number in [min, max]
+ * (tool_parse_int()); else err is printed. */
+#define TOOL_OPT_INT(lname, sname, target, min, max, err)                      \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_INT, .to_target.num = (target),       \
+                .to_min = (min), .to_max = (max), .to_err = (err)              \
+        }
+
+/* *target (int64_t) = the value, seconds ("2", "0.5"), in milliseconds
+ * (tool_parse_seconds()); else err is printed. */
+#define TOOL_OPT_SECONDS(lname, sname, target, err)                            \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_SECONDS, .to_target.ms = (target),    \
+                .to_err = (err)                                                \
+        }
+
+/* call(the value, data). */
+#define TOOL_OPT_CALL(lname, sname, call, data)                                \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_CALL, .to_target.arg = (data),        \
+                .to_call = (call)                                              \
+        }
+
+/* No value; call(NULL, data). */
+#define TOOL_OPT_ACTION(lname, sname, call, data)                              \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_ACTION, .to_target.arg = (data),      \
+                .to_call = (call)                                              \
+        }
+
+/* No value; prints the usage on stdout and stops (TOOL_OPTS_HELP). */
+#define TOOL_OPT_HELP(lname, sname)                                            \
+        {                                                                      \
+                .to_long = (lname), .to_short = (sname),                       \
+                .to_kind = TOOL_OPT_KIND_HELP                                  \
+        }
+
+#define TOOL_OPT_END                                                           \
+        { .to_kind = TOOL_OPT_KIND_END }
+
+/* The most rows a table may have, TOOL_OPT_END aside. */
+#define TOOL_OPTS_MAX 32
+
+/* tool_opts_parse() flag: stop at the first argument that is not an option
+ * (getopt's "+"), as before a command and its own arguments. */
+#define TOOL_OPTS_IN_ORDER 0x1
+
+/* What tool_opts_parse() found. */
+enum tool_opts_result {
+        TOOL_OPTS_RUN, /* every option applied: go on */
+        TOOL_OPTS_HELP, /* the usage is on stdout: exit TOOL_EXIT_OK */
+        TOOL_OPTS_ERROR, /* why is on stderr: exit with a usage error */
+};
+
+/* Applies the options of argv from optind on, as opts lists them, in the
+ * order they come; a bad value stops at once. getopt_long() reports an
+ * unknown option or a missing value, then usage(stderr) is printed.
+ * Without TOOL_OPTS_IN_ORDER the arguments that are not options are moved to
+ * argv[optind..argc). Messages are prefixed with tool_name().
+ * @returns what it found (enum tool_opts_result). */
+enum tool_opts_result tool_opts_parse(int argc, char **argv,
+                                      const struct tool_opt *opts,
+                                      unsigned flags, void (*usage)(FILE *fp));
+
+/* TOOL_OPT_CALL() callbacks of the options every Kafka tool spells the same
+ * way; arg is the tool's rd_kafka_conf_t. -b BOOTSTRAP sets
+ * bootstrap.servers; -X prop=value sets any property. */
+int tool_opt_bootstrap(const char *value, void *arg);
+int tool_opt_property(const char *value, void *arg);
 
 /*
  * librdkafka configuration.

@@ -17,6 +17,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@
 #include "log.h"
 #include "loop.h"
 #include "smtp.h"
+#include "tools.h"
 
 struct drive {
         smtp_client_t *sc;
@@ -39,7 +41,10 @@ struct drive {
         int verbose_failures;
 };
 
-static const char *drive_rcpts[8] = {
+/* The recipients of every message: --rcpts R takes the first R. */
+#define DRIVE_MAX_RCPTS 8
+
+static const char *drive_rcpts[DRIVE_MAX_RCPTS] = {
         "a@sink.example", "b@sink.example", "c@sink.example", "d@sink.example",
         "e@sink.example", "f@sink.example", "g@sink.example", "h@sink.example"};
 
@@ -107,54 +112,77 @@ static char *drive_message(size_t size, size_t *lenp) {
         return m;
 }
 
-static long drive_long(const char *s, const char *name) {
-        char *end;
-        long v;
+static void drive_usage(FILE *fp) {
+        fprintf(fp, "usage: smtp-drive --url URL [--count N] [--inflight K] "
+                    "[--sessions S] [--size BYTES] [--rcpts R]\n"
+                    "       [--starttls off|opportunistic|required] [--user U "
+                    "--password P] [--ca FILE] [--insecure]\n"
+                    "       [--helo NAME] [--no-pipelining] [--max-messages M] "
+                    "[--timeout-data MS] [--max-seconds SEC] [--log LEVEL]\n"
+                    "       [--to ADDR]... (up to 8, replaces the default "
+                    "recipients)\n");
+}
 
-        errno = 0;
-        v = strtol(s, &end, 10);
-        if (errno || end == s || *end || v < 0) {
-                fprintf(stderr, "smtp-drive: %s: not a number: %s\n", name, s);
-                exit(2);
+/* The command line's numbers and switches; the rest goes to the smtp
+ * client's configuration directly. */
+struct drive_args {
+        long long count;
+        long long inflight;
+        long long sessions;
+        long long size;
+        long long rcpts;
+        long long max_messages;
+        long long timeout_data;
+        long long max_seconds;
+        long long to_cnt; /* --to given so many times */
+        int insecure;
+        int no_pipelining;
+};
+
+/* --starttls: arg is the enum config_tls_mode. */
+static int drive_opt_starttls(const char *value, void *arg) {
+        enum config_tls_mode *mode = arg;
+
+        if (strcmp(value, "off") == 0) {
+                *mode = CONFIG_TLS_OFF;
+        } else if (strcmp(value, "opportunistic") == 0) {
+                *mode = CONFIG_TLS_OPPORTUNISTIC;
+        } else if (strcmp(value, "required") == 0) {
+                *mode = CONFIG_TLS_REQUIRED;
+        } else {
+                drive_usage(stderr);
+                return -1;
         }
-        return v;
+        return 0;
 }
 
-static void drive_usage(void) {
-        fprintf(stderr,
-                "usage: smtp-drive --url URL [--count N] [--inflight K] "
-                "[--sessions S] [--size BYTES] [--rcpts R]\n"
-                "       [--starttls off|opportunistic|required] [--user U "
-                "--password P] [--ca FILE] [--insecure]\n"
-                "       [--helo NAME] [--no-pipelining] [--max-messages M] "
-                "[--timeout-data MS] [--max-seconds SEC] [--log LEVEL]\n"
-                "       [--to ADDR]... (up to 8, replaces the default "
-                "recipients)\n");
-        exit(2);
+/* --log LEVEL */
+static int drive_opt_log(const char *value, void *arg) {
+        (void)arg;
+        if (log_set_level(value) == 0)
+                return 0;
+        drive_usage(stderr);
+        return -1;
 }
+
+/* --to ADDR: arg is the struct drive_args. */
+static int drive_opt_to(const char *value, void *arg) {
+        struct drive_args *da = arg;
+
+        if (da->to_cnt == DRIVE_MAX_RCPTS) {
+                drive_usage(stderr);
+                return -1;
+        }
+        drive_rcpts[da->to_cnt++] = value;
+        da->rcpts = da->to_cnt;
+        return 0;
+}
+
+#define DRIVE_OPT_NUM(lname, target)                                           \
+        TOOL_OPT_INT(lname, 0, target, 0, LONG_MAX,                            \
+                     "--" lname ": not a number: %s")
 
 int main(int argc, char **argv) {
-        static const struct option opts[] = {
-                {"url", required_argument, NULL, 'u'},
-                {"count", required_argument, NULL, 'n'},
-                {"inflight", required_argument, NULL, 'k'},
-                {"sessions", required_argument, NULL, 's'},
-                {"size", required_argument, NULL, 'z'},
-                {"rcpts", required_argument, NULL, 'r'},
-                {"starttls", required_argument, NULL, 't'},
-                {"user", required_argument, NULL, 'U'},
-                {"password", required_argument, NULL, 'P'},
-                {"ca", required_argument, NULL, 'C'},
-                {"insecure", no_argument, NULL, 'I'},
-                {"helo", required_argument, NULL, 'H'},
-                {"no-pipelining", no_argument, NULL, 'N'},
-                {"max-messages", required_argument, NULL, 'm'},
-                {"timeout-data", required_argument, NULL, 'D'},
-                {"max-seconds", required_argument, NULL, 'x'},
-                {"log", required_argument, NULL, 'l'},
-                {"to", required_argument, NULL, 'T'},
-                {NULL, 0, NULL, 0},
-        };
         struct smtp_client_conf scc = {
                 .starttls = CONFIG_TLS_OFF,
                 .tls_verify = 1,
@@ -169,9 +197,37 @@ int main(int argc, char **argv) {
                 .relay_backoff_max_ms = 10000,
                 .relay_probe_ms = 1000,
         };
+        struct drive_args da = {
+                .count = 1000,
+                .inflight = 100,
+                .sessions = 20,
+                .size = 1024,
+                .rcpts = 1,
+                .max_messages = 1000000,
+                .timeout_data = 60000,
+        };
+        const struct tool_opt opts[] = {
+                TOOL_OPT_STRING("url", 0, &scc.url),
+                DRIVE_OPT_NUM("count", &da.count),
+                DRIVE_OPT_NUM("inflight", &da.inflight),
+                DRIVE_OPT_NUM("sessions", &da.sessions),
+                DRIVE_OPT_NUM("size", &da.size),
+                DRIVE_OPT_NUM("rcpts", &da.rcpts),
+                TOOL_OPT_CALL("starttls", 0, drive_opt_starttls, &scc.starttls),
+                TOOL_OPT_STRING("user", 0, &scc.username),
+                TOOL_OPT_STRING("password", 0, &scc.password),
+                TOOL_OPT_STRING("ca", 0, &scc.ca_file),
+                TOOL_OPT_FLAG("insecure", 0, &da.insecure),
+                TOOL_OPT_STRING("helo", 0, &scc.helo_name),
+                TOOL_OPT_FLAG("no-pipelining", 0, &da.no_pipelining),
+                DRIVE_OPT_NUM("max-messages", &da.max_messages),
+                DRIVE_OPT_NUM("timeout-data", &da.timeout_data),
+                DRIVE_OPT_NUM("max-seconds", &da.max_seconds),
+                TOOL_OPT_CALL("log", 0, drive_opt_log, NULL),
+                TOOL_OPT_CALL("to", 0, drive_opt_to, &da),
+                TOOL_OPT_END,
+        };
         struct drive d;
-        long inflight = 100, size = 1024, rcpts = 1, max_seconds = 0;
-        long to_cnt = 0;
         char errstr[256];
         struct smtp_stats st;
         loop_t *loop = NULL;
@@ -179,93 +235,31 @@ int main(int argc, char **argv) {
         size_t msg_len = 0;
         int64_t t0, t1;
         double secs;
-        int c, ret = 1;
+        int ret = 1;
 
+        tool_set_name("smtp-drive");
         memset(&d, 0, sizeof(d));
-        d.count = 1000;
         d.verbose_failures = 5;
         log_set_level("warn");
-        while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-                switch (c) {
-                case 'u':
-                        scc.url = optarg;
-                        break;
-                case 'n':
-                        d.count = drive_long(optarg, "--count");
-                        break;
-                case 'k':
-                        inflight = drive_long(optarg, "--inflight");
-                        break;
-                case 's':
-                        scc.sessions_max =
-                                (int)drive_long(optarg, "--sessions");
-                        break;
-                case 'z':
-                        size = drive_long(optarg, "--size");
-                        break;
-                case 'r':
-                        rcpts = drive_long(optarg, "--rcpts");
-                        break;
-                case 't':
-                        if (strcmp(optarg, "off") == 0)
-                                scc.starttls = CONFIG_TLS_OFF;
-                        else if (strcmp(optarg, "opportunistic") == 0)
-                                scc.starttls = CONFIG_TLS_OPPORTUNISTIC;
-                        else if (strcmp(optarg, "required") == 0)
-                                scc.starttls = CONFIG_TLS_REQUIRED;
-                        else
-                                drive_usage();
-                        break;
-                case 'U':
-                        scc.username = optarg;
-                        break;
-                case 'P':
-                        scc.password = optarg;
-                        break;
-                case 'C':
-                        scc.ca_file = optarg;
-                        break;
-                case 'I':
-                        scc.tls_verify = 0;
-                        break;
-                case 'H':
-                        scc.helo_name = optarg;
-                        break;
-                case 'N':
-                        scc.pipelining = 0;
-                        break;
-                case 'm':
-                        scc.session_max_messages =
-                                (int)drive_long(optarg, "--max-messages");
-                        break;
-                case 'D':
-                        scc.timeout_data_ms =
-                                (int)drive_long(optarg, "--timeout-data");
-                        break;
-                case 'x':
-                        max_seconds = drive_long(optarg, "--max-seconds");
-                        break;
-                case 'T':
-                        if (to_cnt == 8)
-                                drive_usage();
-                        drive_rcpts[to_cnt++] = optarg;
-                        rcpts = to_cnt;
-                        break;
-                case 'l':
-                        if (log_set_level(optarg) == -1)
-                                drive_usage();
-                        break;
-                default:
-                        drive_usage();
-                }
+        if (tool_opts_parse(argc, argv, opts, 0, drive_usage) != TOOL_OPTS_RUN)
+                return 2;
+        if (!scc.url || optind != argc || da.inflight < 1 || da.rcpts < 1 ||
+            da.rcpts > DRIVE_MAX_RCPTS) {
+                drive_usage(stderr);
+                return 2;
         }
-        if (!scc.url || optind != argc || inflight < 1 || rcpts < 1 ||
-            rcpts > (long)(sizeof(drive_rcpts) / sizeof(drive_rcpts[0])))
-                drive_usage();
+        d.count = (long)da.count;
+        scc.sessions_max = (int)da.sessions;
+        scc.session_max_messages = (int)da.max_messages;
+        scc.timeout_data_ms = (int)da.timeout_data;
+        if (da.insecure)
+                scc.tls_verify = 0;
+        if (da.no_pipelining)
+                scc.pipelining = 0;
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         loop = loop_new();
-        msg = drive_message((size_t)size, &msg_len);
+        msg = drive_message((size_t)da.size, &msg_len);
         d.jobs = calloc((size_t)d.count + 1, sizeof(*d.jobs));
         if (!loop || !msg || !d.jobs) {
                 fprintf(stderr, "smtp-drive: out of memory\n");
@@ -280,13 +274,13 @@ int main(int argc, char **argv) {
         for (long i = 0; i < d.count; i++) {
                 d.jobs[i].mail_from = "drive@example.com";
                 d.jobs[i].rcpts = drive_rcpts;
-                d.jobs[i].rcpt_cnt = (size_t)rcpts;
+                d.jobs[i].rcpt_cnt = (size_t)da.rcpts;
                 d.jobs[i].data = msg;
                 d.jobs[i].data_len = msg_len;
         }
 
         t0 = loop_clock_ms();
-        for (; d.next < d.count && d.next < inflight; d.next++)
+        for (; d.next < d.count && d.next < da.inflight; d.next++)
                 smtp_client_submit(d.sc, &d.jobs[d.next]);
         while (d.done < d.count) {
                 if (loop_run_once(loop, 1000) == -1) {
@@ -294,16 +288,17 @@ int main(int argc, char **argv) {
                                 strerror(errno));
                         break;
                 }
-                if (max_seconds > 0 &&
-                    loop_clock_ms() - t0 > max_seconds * 1000) {
+                if (da.max_seconds > 0 &&
+                    loop_clock_ms() - t0 > da.max_seconds * 1000) {
                         smtp_client_stats(d.sc, &st);
                         fprintf(stderr,
-                                "smtp-drive: gave up after %ld s: "
+                                "smtp-drive: gave up after %lld s: "
                                 "queued=%zu sessions=%zu healthy=%d "
                                 "opened=%" PRIu64 " relay_failures=%" PRIu64
                                 " last_error=\"%s\"\n",
-                                max_seconds, st.jobs_queued, st.sessions_open,
-                                st.relay_healthy, st.sessions_opened_total,
+                                da.max_seconds, st.jobs_queued,
+                                st.sessions_open, st.relay_healthy,
+                                st.sessions_opened_total,
                                 st.relay_failures_total, st.last_relay_error);
                         break;
                 }
