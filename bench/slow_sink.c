@@ -134,19 +134,32 @@ static void conn_close(struct conn *c) {
         conn_unref(c); /* the socket's reference */
 }
 
+enum io_next { IO_AGAIN, IO_WAIT, IO_CLOSED };
+
+/* After a send() or recv() on @c that returned @n <= 0: interrupted (try
+ * again), nothing to move now (wait for the socket), or the connection is
+ * done (closed here). */
+static enum io_next io_after(struct conn *c, ssize_t n) {
+        if (n < 0 && errno == EINTR)
+                return IO_AGAIN;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return IO_WAIT;
+        conn_close(c);
+        return IO_CLOSED;
+}
+
 static void flush_out(struct conn *c) {
         while (c->outlen > 0) {
                 ssize_t n = send(c->fd, c->out, c->outlen, MSG_NOSIGNAL);
                 if (n > 0) {
                         memmove(c->out, c->out + n, c->outlen - n);
                         c->outlen -= n;
-                } else if (n < 0 && errno == EINTR) {
-                        continue;
-                } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                        break;
                 } else {
-                        conn_close(c);
-                        return;
+                        enum io_next next = io_after(c, n);
+                        if (next == IO_CLOSED)
+                                return;
+                        if (next == IO_WAIT)
+                                break;
                 }
         }
         int want = c->outlen > 0;
@@ -266,13 +279,12 @@ static void on_readable(struct conn *c) {
                         }
                         if ((size_t)n < sizeof buf)
                                 break;
-                } else if (n < 0 && errno == EINTR) {
-                        continue;
-                } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                        break;
                 } else {
-                        conn_close(c);
-                        return;
+                        enum io_next next = io_after(c, n);
+                        if (next == IO_CLOSED)
+                                return;
+                        if (next == IO_WAIT)
+                                break;
                 }
         }
         if (rtt_us == 0)

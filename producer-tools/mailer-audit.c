@@ -1010,22 +1010,7 @@ int main(int argc, char **argv) {
                          "captured",
                          as.as_sent_not_captured);
 out:
-        if (fflush(stdout) == EOF && rc == TOOL_EXIT_OK) {
-                tool_err("stdout: %s", strerror(errno));
-                rc = TOOL_EXIT_INPUT;
-        }
-        if (rk != NULL) {
-                if (consuming) {
-                        err = rd_kafka_consumer_close(rk);
-                        if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-                                tool_err("close: %s", rd_kafka_err2str(err));
-                }
-                rd_kafka_destroy(rk);
-        }
-        if (conf != NULL)
-                rd_kafka_conf_destroy(conf);
-        if (tpl != NULL)
-                rd_kafka_topic_partition_list_destroy(tpl);
+        rc = tool_consumer_finish(rk, consuming, conf, tpl, rc);
         audit_free(&req, &res, &ar);
         tool_idset_destroy(mids);
         tool_idset_destroy(result_ids);

@@ -472,22 +472,7 @@ int main(int argc, char **argv) {
                 rc = TOOL_EXIT_INPUT;
         }
 out:
-        if (fflush(stdout) == EOF && rc == TOOL_EXIT_OK) {
-                tool_err("stdout: %s", strerror(errno));
-                rc = TOOL_EXIT_INPUT;
-        }
-        if (rk != NULL) {
-                if (consuming) {
-                        err = rd_kafka_consumer_close(rk);
-                        if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-                                tool_err("close: %s", rd_kafka_err2str(err));
-                }
-                rd_kafka_destroy(rk);
-        }
-        if (conf != NULL)
-                rd_kafka_conf_destroy(conf);
-        if (tpl != NULL)
-                rd_kafka_topic_partition_list_destroy(tpl);
+        rc = tool_consumer_finish(rk, consuming, conf, tpl, rc);
         tool_ends_destroy(&re);
         free(rs.rs_lat);
         tool_idset_destroy(rs.rs_ids);

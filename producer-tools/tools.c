@@ -888,3 +888,26 @@ int64_t tool_percentile(const int64_t *sorted, size_t n, double p) {
                 idx = n - 1;
         return sorted[idx];
 }
+
+int tool_consumer_finish(rd_kafka_t *rk, int consuming, rd_kafka_conf_t *conf,
+                         rd_kafka_topic_partition_list_t *tpl, int rc) {
+        rd_kafka_resp_err_t err;
+
+        if (fflush(stdout) == EOF && rc == TOOL_EXIT_OK) {
+                tool_err("stdout: %s", strerror(errno));
+                rc = TOOL_EXIT_INPUT;
+        }
+        if (rk != NULL) {
+                if (consuming) {
+                        err = rd_kafka_consumer_close(rk);
+                        if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+                                tool_err("close: %s", rd_kafka_err2str(err));
+                }
+                rd_kafka_destroy(rk);
+        }
+        if (conf != NULL)
+                rd_kafka_conf_destroy(conf);
+        if (tpl != NULL)
+                rd_kafka_topic_partition_list_destroy(tpl);
+        return rc;
+}

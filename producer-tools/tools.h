@@ -367,6 +367,15 @@ int tool_idset_next(const struct tool_idset *set, size_t *pos, const char **idp,
 /* Sorts v ascending. */
 void tool_sort_i64(int64_t *v, size_t n);
 
+/*
+ * The end of a consuming tool's run: flushes stdout (a failure turns @rc
+ * TOOL_EXIT_OK into TOOL_EXIT_INPUT), closes the consumer @rk when
+ * @consuming, destroys @rk, @conf and @tpl (each may be NULL).
+ * @returns the exit status.
+ */
+int tool_consumer_finish(rd_kafka_t *rk, int consuming, rd_kafka_conf_t *conf,
+                         rd_kafka_topic_partition_list_t *tpl, int rc);
+
 /* Nearest-rank percentile of an ascending array: the smallest value such that
  * at least p percent of the values are <= it. p is in (0, 100].
  * @returns the value, or 0 if n == 0. */
