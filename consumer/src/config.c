@@ -189,6 +189,18 @@ static const struct config_key config_keys[] = {
             "time revoked partitions' in-flight sends get to finish"),
         INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,
             "time in-flight sends get to finish on SIGTERM/SIGINT"),
+        INT("limit.queue.max.ms", limit_queue_max_ms, "5000", 0, 3600000,
+            "longest wait for a rate or session limit (relay.<name>.rate.max, "
+            "limit.<name>.*) before the request goes to topic.retry (and its "
+            "offset commits), due when the limit lets it through"),
+        INT("throttle.decrease.percent", throttle_decrease_percent, "30", 1, 90,
+            "a reply that says the sender goes too fast cuts the rate of its "
+            "relay or destination by this much (at most once a second)"),
+        INT("throttle.increase.percent", throttle_increase_percent, "5", 1, 100,
+            "each second without such a reply raises a cut rate by this "
+            "percentage of the rate before the cut, up to the limit"),
+        INT("throttle.rate.min", throttle_rate_min, "1", 1, 1000000,
+            "msgs/s a relay or destination is never cut below"),
         {"log.level", CONFIG_T_ENUM_STR, F(log_level), "info", 0, 0,
          config_log_choices,
          "least severe level logged: error, warn, info, debug"},
@@ -220,10 +232,29 @@ static const struct config_key config_relay_keys[] = {
         {"route.priority", CONFIG_T_ENUM, RF(route_priority), "any", 0, 0,
          config_route_priority_choices,
          "requests of this priority only: any, transactional, bulk"},
+        {"rate.max", CONFIG_T_INT, RF(rate_max), "0", 0, 1000000, NULL,
+         "msgs/s through this relay for the whole group (its account's "
+         "limit), shared among the workers by the partitions each owns; 0 = "
+         "none"},
 };
 #undef RF
 #define CONFIG_RELAY_KEY_CNT                                                   \
         (sizeof(config_relay_keys) / sizeof(config_relay_keys[0]))
+
+#define LF(field) offsetof(struct config_limit, field)
+static const struct config_key config_limit_keys[] = {
+        {"domains", CONFIG_T_STR, LF(domains), "", 0, 0, NULL,
+         "comma-separated recipient domains the limit covers together "
+         "(\"*.example.com\": its subdomains); not for limit.default"},
+        {"rate.max", CONFIG_T_INT, LF(rate_max), "0", 0, 1000000, NULL,
+         "msgs/s to these domains for the whole group, shared among the "
+         "workers by the partitions each owns; 0 = none"},
+        {"sessions.max", CONFIG_T_INT, LF(sessions_max), "0", 0, 100000, NULL,
+         "transactions to these domains at once, per worker; 0 = none"},
+};
+#undef LF
+#define CONFIG_LIMIT_KEY_CNT                                                   \
+        (sizeof(config_limit_keys) / sizeof(config_limit_keys[0]))
 
 #define CONFIG_KEY_CNT (sizeof(config_keys) / sizeof(config_keys[0]))
 
@@ -488,19 +519,12 @@ static const struct config_key *config_relay_smtp_key(const char *suffix) {
         return config_key_find(name);
 }
 
-static const struct config_key *config_relay_key(const char *suffix) {
-        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
-                if (strcmp(config_relay_keys[i].name, suffix) == 0)
-                        return &config_relay_keys[i];
-        }
-        return NULL;
-}
-
-/* Splits "relay.<name>.<suffix>": @returns the suffix with the name's
- * length in *@name_len, or NULL when the name is empty, too long or has a
- * character other than [a-z0-9-]. */
-static const char *config_relay_split(const char *key, size_t *name_len) {
-        const char *name = key + strlen("relay.");
+/* Splits "<prefix><name>.<suffix>" (@prefix ends in '.'): @returns the
+ * suffix with the name's length in *@name_len, or NULL when the name is
+ * empty, too long or has a character other than [a-z0-9-]. */
+static const char *config_family_split(const char *key, const char *prefix,
+                                       size_t *name_len) {
+        const char *name = key + strlen(prefix);
         size_t n = strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-");
 
         if (n == 0 || n > CONFIG_RELAY_NAME_MAX || name[n] != '.' ||
@@ -508,6 +532,31 @@ static const char *config_relay_split(const char *key, size_t *name_len) {
                 return NULL;
         *name_len = n;
         return name + n + 1;
+}
+
+static const char *config_relay_split(const char *key, size_t *name_len) {
+        return config_family_split(key, "relay.", name_len);
+}
+
+/* @returns the key of @table (@cnt rows) named @suffix, or NULL. */
+static const struct config_key *
+config_table_find(const struct config_key *table, size_t cnt,
+                  const char *suffix) {
+        for (size_t i = 0; i < cnt; i++) {
+                if (strcmp(table[i].name, suffix) == 0)
+                        return &table[i];
+        }
+        return NULL;
+}
+
+/* The error for a key of a named family whose name is not valid. */
+static void config_family_bad_name(const char *source, const char *key,
+                                   const char *prefix, char *errstr,
+                                   size_t errstr_size) {
+        snprintf(errstr, errstr_size,
+                 "%s: %s: expected %s<name>.<setting> with a name of 1 to %d "
+                 "characters a-z, 0-9 and '-'",
+                 source, key, prefix, CONFIG_RELAY_NAME_MAX);
 }
 
 static void config_relays_free(struct config *conf);
@@ -524,13 +573,12 @@ static int config_relay_apply(struct config_relay *r, struct config *rc,
         struct config_key named;
 
         if (!suffix) {
-                snprintf(errstr, errstr_size,
-                         "%s: %s: expected relay.<name>.<setting> with a name "
-                         "of 1 to %d characters a-z, 0-9 and '-'",
-                         source, key, CONFIG_RELAY_NAME_MAX);
+                config_family_bad_name(source, key, "relay.", errstr,
+                                       errstr_size);
                 return -1;
         }
-        if ((k = config_relay_key(suffix)) != NULL) {
+        if ((k = config_table_find(config_relay_keys, CONFIG_RELAY_KEY_CNT,
+                                   suffix)) != NULL) {
                 named = *k;
                 named.name = key;
                 return config_set_key(r, &named, value, source, errstr,
@@ -573,6 +621,99 @@ static int config_set_relay(struct config *conf, const char *key,
         return ret;
 }
 
+/* Sets limit.<name>.<suffix>=@value, adding the limit when it is new. */
+static int config_set_limit(struct config *conf, const char *key,
+                            const char *value, const char *source, char *errstr,
+                            size_t errstr_size) {
+        size_t len;
+        const char *suffix = config_family_split(key, "limit.", &len);
+        const char *name = key + strlen("limit.");
+        const struct config_key *k;
+        struct config_limit *l = NULL, *grown;
+        struct config_key named;
+        char err[64];
+
+        if (!suffix) {
+                config_family_bad_name(source, key, "limit.", errstr,
+                                       errstr_size);
+                return -1;
+        }
+        k = config_table_find(config_limit_keys, CONFIG_LIMIT_KEY_CNT, suffix);
+        if (!k) {
+                snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source,
+                         key);
+                return -1;
+        }
+        for (size_t i = 0; i < conf->limit_cnt && !l; i++) {
+                if (strlen(conf->limits[i].name) == len &&
+                    memcmp(conf->limits[i].name, name, len) == 0)
+                        l = &conf->limits[i];
+        }
+        if (!l) {
+                if (conf->limit_cnt == CONFIG_LIMITS_MAX) {
+                        snprintf(errstr, errstr_size,
+                                 "%s: %s: more than %d limits", source, key,
+                                 CONFIG_LIMITS_MAX);
+                        return -1;
+                }
+                grown = realloc(conf->limits,
+                                (conf->limit_cnt + 1) * sizeof(*grown));
+                if (!grown)
+                        goto oom;
+                conf->limits = grown;
+                l = &conf->limits[conf->limit_cnt++];
+                memset(l, 0, sizeof(*l));
+                l->name = strndup(name, len);
+                if (!l->name)
+                        goto oom;
+                for (size_t i = 0; i < CONFIG_LIMIT_KEY_CNT; i++) {
+                        if (config_set_key(l, &config_limit_keys[i],
+                                           config_limit_keys[i].def, "default",
+                                           err, sizeof(err)) == -1)
+                                goto oom;
+                }
+        }
+        named = *k;
+        named.name = key;
+        return config_set_key(l, &named, value, source, errstr, errstr_size);
+
+oom:
+        snprintf(errstr, errstr_size, "%s: %s: out of memory", source, key);
+        return -1;
+}
+
+/* Checks the limits: a named one covers domains, default covers no list. */
+static int config_check_limits(const struct config *conf, char *errstr,
+                               size_t errstr_size) {
+        for (size_t i = 0; i < conf->limit_cnt; i++) {
+                const struct config_limit *l = &conf->limits[i];
+                int is_default = strcmp(l->name, "default") == 0;
+
+                if (is_default && l->domains[0] != '\0') {
+                        snprintf(errstr, errstr_size,
+                                 "limit.default.domains: not allowed: "
+                                 "limit.default covers every domain no other "
+                                 "limit names");
+                        return -1;
+                }
+                if (!is_default && l->domains[0] == '\0') {
+                        snprintf(errstr, errstr_size,
+                                 "limit.%s.domains: must not be empty",
+                                 l->name);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+static void config_limits_free(struct config *conf) {
+        for (size_t i = 0; i < conf->limit_cnt; i++) {
+                free(conf->limits[i].name);
+                free(conf->limits[i].domains);
+        }
+        free(conf->limits);
+}
+
 int config_set(struct config *conf, const char *key, const char *value,
                const char *source, char *errstr, size_t errstr_size) {
         const struct config_key *k;
@@ -582,6 +723,10 @@ int config_set(struct config *conf, const char *key, const char *value,
                                         errstr_size);
         if (strncmp(key, "relay.", strlen("relay.")) == 0)
                 return config_set_relay(conf, key, value, source, errstr,
+                                        errstr_size);
+        if (strncmp(key, "limit.", strlen("limit.")) == 0 &&
+            !config_key_find(key))
+                return config_set_limit(conf, key, value, source, errstr,
                                         errstr_size);
         k = config_key_find(key);
         if (!k) {
@@ -638,6 +783,7 @@ void config_destroy(struct config *conf) {
         config_kv_free(conf->kafka_producer, conf->kafka_producer_cnt);
         config_kv_free(conf->relay_kv, conf->relay_kv_cnt);
         config_relays_free(conf);
+        config_limits_free(conf);
         free(conf);
 }
 
@@ -1207,7 +1353,8 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
 
         if (config_check_group(conf, errstr, errstr_size) == -1 ||
             config_check_smtp(conf, errstr, errstr_size) == -1 ||
-            config_build_relays(conf, errstr, errstr_size) == -1)
+            config_build_relays(conf, errstr, errstr_size) == -1 ||
+            config_check_limits(conf, errstr, errstr_size) == -1)
                 return -1;
 
         if (config_check_backoff(
@@ -1314,5 +1461,14 @@ void config_dump(const struct config *conf, FILE *fp) {
                         k && k->type == CONFIG_T_SECRET
                                 ? "***"
                                 : conf->relay_kv[i].value);
+        }
+        for (size_t i = 0; i < conf->limit_cnt; i++) {
+                const struct config_limit *l = &conf->limits[i];
+
+                fprintf(fp,
+                        "limit.%s.domains=%s\nlimit.%s.rate.max=%d\n"
+                        "limit.%s.sessions.max=%d\n",
+                        l->name, l->domains, l->name, l->rate_max, l->name,
+                        l->sessions_max);
         }
 }

@@ -60,8 +60,23 @@ struct config_relay {
                                        comma-separated, "" = any */
         enum config_route_priority
                 route_priority; /* relay.<name>.route.priority */
+        int rate_max; /* relay.<name>.rate.max: msgs/s for the whole group,
+                         0 = none */
 };
 
+/* limit.<name>.*: how fast and how many at once to a set of recipient
+ * domains; "default" is the limit of every other domain, each on its own. */
+struct config_limit {
+        char *name;
+        char *domains; /* limit.<name>.domains, comma-separated ("" for
+                          default) */
+        int rate_max; /* limit.<name>.rate.max: msgs/s for the whole group,
+                         0 = none */
+        int sessions_max; /* limit.<name>.sessions.max: transactions at
+                             once per worker, 0 = none */
+};
+
+#define CONFIG_LIMITS_MAX 64
 #define CONFIG_RELAY_NAME_MAX 32
 #define CONFIG_RELAYS_MAX 16
 
@@ -144,6 +159,14 @@ struct config {
         /* relay.<name>.<k> as set (validated, applied by config_finish()) */
         struct config_kv *relay_kv;
         size_t relay_kv_cnt;
+        /* limit.<name>.* in the order first named */
+        struct config_limit *limits;
+        size_t limit_cnt;
+        int limit_queue_max_ms; /* limit.queue.max.ms */
+        int throttle_decrease_percent; /* throttle.decrease.percent */
+        int throttle_increase_percent; /* throttle.increase.percent */
+        int throttle_rate_min; /* throttle.rate.min */
+
         /* the relays, by config_finish(): at least one */
         struct config_relay *relays;
         size_t relay_cnt;

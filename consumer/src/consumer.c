@@ -1,6 +1,7 @@
 #include "consumer.h"
 
 #include <errno.h>
+#include <time.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -37,6 +38,10 @@
 /* How long the nudger waits for the end offsets it asked for (only the
  * request matters; this bounds how long closing waits for the thread). */
 #define CONSUMER_NUDGE_WAIT_MS 500
+/* The partition count: how long one metadata request may wait, and how
+ * often it is asked again (partitions can be added). */
+#define CONSUMER_COUNT_WAIT_MS 5000
+#define CONSUMER_COUNT_REFRESH_S 30
 /* How long after a partition's queue was forwarded to its topic's queue it
  * is forwarded again on each timer tick. librdkafka's fetch stop, which a
  * broker thread runs some time after an unassignment, clears the
@@ -67,6 +72,8 @@ struct consumer_nudger {
         rd_kafka_topic_partition_list_t *n_parts; /* to ask about, or NULL */
         int n_stop;
         int n_started;
+        int n_count_wanted; /* the topic's partition count, asked for */
+        _Atomic int32_t n_count; /* the last one learnt, 0 = none yet */
 };
 
 /* The messages of the subscribed topic. */
@@ -302,6 +309,8 @@ static int consumer_revoking(const consumer_t *c, int32_t partition) {
         return 0;
 }
 
+static void consumer_want_count(consumer_t *c);
+
 /* librdkafka's rebalance callback, run from rd_kafka_consumer_poll() in
  * consumer_drain(). A revoke is handed to the owner to empty the partitions
  * through the loop (deferred), not here: librdkafka waits for the unassign
@@ -339,6 +348,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                 consumer_forward(c, parts);
                         c->c_h.on_assign(c->c_opaque, parts);
                 }
+                consumer_want_count(c);
                 if (c->c_rounds_left > 0 && --c->c_rounds_left == 0)
                         c->c_revoked_ms = 0;
                 consumer_assign_result(error, ret);
@@ -422,18 +432,49 @@ static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
         rd_kafka_message_destroy(m);
 }
 
+/* Learns the topic's partition count (the metadata request blocks). */
+static void consumer_learn_count(consumer_t *c, rd_kafka_topic_t *rkt) {
+        const struct rd_kafka_metadata *md = NULL;
+
+        if (!rkt ||
+            rd_kafka_metadata(c->c_rk, 0, rkt, &md, CONSUMER_COUNT_WAIT_MS) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR)
+                return;
+        if (md->topic_cnt == 1 && !md->topics[0].err &&
+            md->topics[0].partition_cnt > 0)
+                c->c_nudger.n_count = md->topics[0].partition_cnt;
+        rd_kafka_metadata_destroy(md);
+}
+
+/* The helper thread: fetch nudges, and the partition count now and then
+ * (partitions can be added). */
 static void *consumer_nudger_main(void *arg) {
         consumer_t *c = arg;
         struct consumer_nudger *n = &c->c_nudger;
+        rd_kafka_topic_t *rkt =
+                rd_kafka_topic_new(c->c_rk, c->c_mq.mq_topic, NULL);
 
         pthread_mutex_lock(&n->n_lock);
         for (;;) {
                 rd_kafka_topic_partition_list_t *parts;
+                struct timespec until;
 
-                while (!n->n_stop && !n->n_parts)
-                        pthread_cond_wait(&n->n_cond, &n->n_lock);
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_sec += CONSUMER_COUNT_REFRESH_S;
+                while (!n->n_stop && !n->n_parts && !n->n_count_wanted) {
+                        if (pthread_cond_timedwait(&n->n_cond, &n->n_lock,
+                                                   &until) == ETIMEDOUT)
+                                n->n_count_wanted = 1;
+                }
                 if (n->n_stop)
                         break;
+                if (n->n_count_wanted) {
+                        n->n_count_wanted = 0;
+                        pthread_mutex_unlock(&n->n_lock);
+                        consumer_learn_count(c, rkt);
+                        pthread_mutex_lock(&n->n_lock);
+                        continue;
+                }
                 parts = n->n_parts;
                 n->n_parts = NULL;
                 pthread_mutex_unlock(&n->n_lock);
@@ -445,7 +486,23 @@ static void *consumer_nudger_main(void *arg) {
                 pthread_mutex_lock(&n->n_lock);
         }
         pthread_mutex_unlock(&n->n_lock);
+        if (rkt)
+                rd_kafka_topic_destroy(rkt);
         return NULL;
+}
+
+/* Asks the helper thread for the partition count. */
+static void consumer_want_count(consumer_t *c) {
+        if (!c->c_nudger.n_started)
+                return;
+        pthread_mutex_lock(&c->c_nudger.n_lock);
+        c->c_nudger.n_count_wanted = 1;
+        pthread_cond_signal(&c->c_nudger.n_cond);
+        pthread_mutex_unlock(&c->c_nudger.n_lock);
+}
+
+int32_t consumer_partition_count(const consumer_t *c) {
+        return c->c_nudger.n_count;
 }
 
 /* Called when the message queue ran dry: nudges the fetcher (at most every
@@ -456,7 +513,7 @@ static void consumer_nudge(consumer_t *c) {
         rd_kafka_topic_partition_list_t *lagging = NULL;
         int64_t now = loop_now_ms(c->c_loop);
 
-        if (!c->c_nudger.n_started || now - c->c_nudge_last_ms < c->c_nudge_ms)
+        if (c->c_nudge_ms <= 0 || now - c->c_nudge_last_ms < c->c_nudge_ms)
                 return;
         c->c_nudge_last_ms = now;
         if (rd_kafka_assignment(c->c_rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -753,7 +810,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 c->c_nudge_ms = rd_kafka_version() < CONSUMER_RDK_FETCH_BACKOFF
                                         ? CONSUMER_NUDGE_DEFAULT_MS
                                         : 0;
-        if (c->c_nudge_ms > 0) {
+        {
                 pthread_mutex_init(&c->c_nudger.n_lock, NULL);
                 pthread_cond_init(&c->c_nudger.n_cond, NULL);
                 if (pthread_create(&c->c_nudger.n_thread, NULL,
@@ -761,11 +818,11 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                         pthread_cond_destroy(&c->c_nudger.n_cond);
                         pthread_mutex_destroy(&c->c_nudger.n_lock);
                         snprintf(errstr, errstr_size,
-                                 "consumer: cannot start "
-                                 "the fetch nudger");
+                                 "consumer: cannot start its helper thread");
                         goto fail;
                 }
                 c->c_nudger.n_started = 1;
+                c->c_nudger.n_count_wanted = 1;
         }
         err = rd_kafka_subscribe(c->c_rk, topics);
         if (err) {

@@ -172,6 +172,14 @@ size_t ledger_parts_held(const ledger_t *l) {
         return n;
 }
 
+size_t ledger_part_count(const ledger_t *l) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < l->l_parts_size; i++)
+                n += l->l_parts[i] != NULL;
+        return n;
+}
+
 int32_t ledger_part_results_partition(const ledger_part_t *p) {
         return p->lp_results_partition;
 }

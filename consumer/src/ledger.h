@@ -112,6 +112,9 @@ int ledger_part_let_through(ledger_part_t *p, uint64_t seq,
 /* @returns how many partitions wait for the results topic to be read. */
 size_t ledger_parts_held(const ledger_t *l);
 
+/* @returns the partitions @l has (assigned, not yet released). */
+size_t ledger_part_count(const ledger_t *l);
+
 /* @returns where @p's requests' results go, -1 when by key. */
 int32_t ledger_part_results_partition(const ledger_part_t *p);
 

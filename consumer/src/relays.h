@@ -50,6 +50,11 @@ void relays_submit(relays_t *rs, struct smtp_job *job,
 /* Like smtp_client_cancel(), at whichever relay holds @job. */
 int relays_cancel(relays_t *rs, struct smtp_job *job);
 
+/* Sets the worker's share of the group-wide limits (relay.<name>.rate.max,
+ * limit.<name>.rate.max): the partitions it owns over all partitions, 0..1
+ * (1 at first). */
+void relays_set_share(relays_t *rs, double share);
+
 /* @returns the name of the relay @job was last queued at, NULL when none. */
 const char *relays_job_relay(const relays_t *rs, const struct smtp_job *job);
 
@@ -65,6 +70,31 @@ const char *relays_stats(const relays_t *rs, size_t i, struct smtp_stats *st);
 /* Fills @st with the sums over every relay; relay_healthy is 1 when a relay
  * is healthy, last_relay_error that of the last relay with one. */
 void relays_stats_total(const relays_t *rs, struct smtp_stats *st);
+
+/* How fast one relay or limit goes. */
+struct relays_pacing {
+        double rate; /* msgs/s allowed now (after throttling); 0 = none */
+        double limit; /* this worker's share of the configured rate; 0 =
+                         none */
+        uint64_t throttled_total; /* rate cuts after throttling replies */
+        size_t waiting; /* jobs waiting for it */
+        int busy; /* limits: transactions under way */
+};
+
+/* Fills @p for relay @i. */
+void relays_relay_pacing(const relays_t *rs, size_t i, struct relays_pacing *p);
+
+/* @returns the number of limits: the named ones, then "default" when it
+ * limits anything. */
+size_t relays_limit_count(const relays_t *rs);
+
+/* @returns the name of limit @i and fills @p; for "default", the sums over
+ * the domains it covers now (rate and limit: those of one domain). */
+const char *relays_limit_pacing(const relays_t *rs, size_t i,
+                                struct relays_pacing *p);
+
+/* @returns the sends limits put off so far (SMTP_DEFERRED). */
+uint64_t relays_deferrals(const relays_t *rs);
 
 /* @returns 1 when @domain matches the comma-separated @patterns (ASCII case
  * ignored; "*.example.com" matches the subdomains of example.com, not

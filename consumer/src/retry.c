@@ -17,14 +17,17 @@ void retry_decide(const struct retry_conf *conf, const struct retry_state *st,
         int64_t backoff, next;
 
         memset(d, 0, sizeof(*d));
-        if (st->attempts >= conf->attempts_max) {
+        if (st->wait_ms <= 0 && st->attempts >= conf->attempts_max) {
                 d->action = RETRY_FINISH;
                 snprintf(d->reason, sizeof(d->reason),
                          "retries exhausted after %d attempts", st->attempts);
                 return;
         }
-        backoff = backoff_ms(conf->backoff_initial_ms, conf->backoff_max_ms,
-                             conf->jitter_percent, st->attempts, st->rnd);
+        backoff = st->wait_ms > 0 ? st->wait_ms
+                                  : backoff_ms(conf->backoff_initial_ms,
+                                               conf->backoff_max_ms,
+                                               conf->jitter_percent,
+                                               st->attempts, st->rnd);
         /* How long after it was first consumed the next attempt comes. */
         next = st->now_ms + backoff - st->received_ms;
         if (next > conf->window_ms) {
@@ -40,8 +43,9 @@ void retry_decide(const struct retry_conf *conf, const struct retry_state *st,
          * retry topic at once: its record keeps who has the mail, where an
          * in-memory retry would leave the next owner (after a crash, stop or
          * revoke) only the request, to send to every recipient again. */
-        if (st->can_hand_over && (st->from_retry_topic || st->leaving ||
-                                  st->partial || next > conf->local_window_ms))
+        if (st->can_hand_over &&
+            (st->from_retry_topic || st->leaving || st->partial ||
+             st->wait_ms > 0 || next > conf->local_window_ms))
                 d->action = RETRY_HAND_OVER;
         else if (st->leaving)
                 d->action = RETRY_ABANDON;

@@ -37,6 +37,11 @@ struct retry_state {
         int from_retry_topic;
         /* Its partition is being given up (revoke, shutdown). */
         int leaving;
+        /* 0: an attempt failed (@attempts counts it; the backoff applies).
+         * > 0: not tried, a rate or session limit lets it go in this many
+         * ms: no attempt counted, and it goes to the retry topic when it
+         * may (a limit's wait holds no partition's commits). */
+        int64_t wait_ms;
 };
 
 enum retry_action {
@@ -60,7 +65,8 @@ struct retry_decision {
  * topic when it may go there and it came from there, its partition is being
  * given up, some recipients are final, or the next attempt falls past
  * retry.local.window.ms; else abandoned when its partition is being given up;
- * else a local retry after the backoff.
+ * else a local retry after the backoff. A wait for a limit (@st->wait_ms)
+ * takes the place of the attempt count and the backoff.
  */
 void retry_decide(const struct retry_conf *conf, const struct retry_state *st,
                   struct retry_decision *d);

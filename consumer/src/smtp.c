@@ -1936,6 +1936,13 @@ void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job) {
         client_kick(sc);
 }
 
+void smtp_client_submit_first(smtp_client_t *sc, struct smtp_job *job) {
+        job->sj_state = SJ_IDLE;
+        job->sj_client = sc;
+        queue_push(sc, job, 1);
+        client_kick(sc);
+}
+
 int smtp_client_cancel(smtp_client_t *sc, struct smtp_job *job) {
         if ((job->sj_state & SJ_STATE_MASK) != SJ_QUEUED)
                 return -1;

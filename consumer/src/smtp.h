@@ -41,6 +41,9 @@ enum smtp_outcome {
                            of what the relay advertised (no SMTPUTF8 for a
                            UTF-8 address, a message over its SIZE) */
         SMTP_TRANSIENT, /* 4xx, timeout, disconnect or I/O error in the transaction */
+        SMTP_DEFERRED, /* not tried: a rate or session limit would hold it
+                          longer than limit.queue.max.ms (relays.h); send
+                          it again in about defer_ms, no attempt counted */
 };
 
 /* A recipient the relay refused (RCPT answered 4xx or 5xx). */
@@ -78,13 +81,21 @@ struct smtp_job {
          * by smtp_job_reset(). */
         struct smtp_rcpt_failure *rcpt_failures;
         size_t rcpt_failure_cnt;
+        int64_t defer_ms; /* SMTP_DEFERRED: when it may go, from now */
 
         /* private to smtp.c */
         struct smtp_job *sj_next;
         struct smtp_job *sj_prev;
         void *sj_session;
         void *sj_client; /* the client it was submitted to */
-        uint32_t sj_relays; /* relays.c's: the relays it may go to */
+        /* relays.c's, while the job is in its care */
+        uint32_t sj_relays; /* the relays it may go to */
+        void *sj_dests[4]; /* the limits it is counted against */
+        unsigned char sj_dest_cnt;
+        unsigned char sj_prio; /* 0 transactional, 1 bulk */
+        unsigned char sj_held; /* counted in its limits' transactions */
+        void *sj_wq; /* the queue it waits in, NULL when none */
+        int64_t sj_enq_ms; /* when it began to wait */
         int sj_state;
 };
 
@@ -141,6 +152,11 @@ void smtp_client_destroy(smtp_client_t *sc);
 
 /* Queues @job. Its done callback runs later, never from inside this call. */
 void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job);
+
+/* Like smtp_client_submit(), at the head of the queue: for a job whose
+ * time was chosen (paced by a rate limit), which should not wait behind
+ * others for a session. */
+void smtp_client_submit_first(smtp_client_t *sc, struct smtp_job *job);
 
 /* Removes @job if it is still queued (not yet given to a session).
  * @returns 0 when removed (no callback will run), -1 when it is already in a

@@ -44,6 +44,7 @@ struct worker_stats {
         uint64_t rejected;
         uint64_t expired;
         uint64_t retries; /* transient failures retried */
+        uint64_t deferrals; /* sends a limit put off (to the retry topic) */
         uint64_t handoffs; /* requests moved to the retry topic */
         uint64_t duplicates; /* repeated ids answered from an earlier result */
         uint64_t recalled; /* final outcomes read from the results topic */
@@ -194,6 +195,7 @@ struct worker {
 };
 
 static void entry_start(struct entry *e);
+static void worker_update_share(worker_t *w);
 static void entry_on_timer(loop_t *loop, void *opaque);
 static void entry_finish(struct entry *e, enum result_status status, int code,
                          const char *reply, const char *error);
@@ -597,6 +599,7 @@ static int entry_rcpts_apply(struct entry *e, const struct smtp_job *job) {
                         rcpt_set(r, RCPT_FAILED, job->code, job->reply);
                         break;
                 case SMTP_TRANSIENT:
+                case SMTP_DEFERRED:
                         rcpt_set(r, RCPT_PENDING, job->code, job->reply);
                         all_452 = 0;
                         break;
@@ -898,12 +901,10 @@ static void entry_finish_rcpts(struct entry *e, const struct smtp_job *job,
                 entry_finish_failed(e, job, why);
 }
 
-static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
-        struct entry *e = job->opaque;
-        worker_t *w = opaque;
-        struct retry_state st;
-        struct retry_decision d;
-
+/* Applies the outcome of a transaction tried for @e. @returns 1 when that
+ * settled @e (finished, or its next transaction started), 0 when a
+ * transient failure leaves it to the retry policy. */
+static int worker_on_attempt(struct entry *e, struct smtp_job *job) {
         e->e_attempts++;
         if (!e->e_rcpts && job->rcpt_failure_cnt == 0 &&
             job->rcpt_cnt == e->e_msg->rcpt_cnt) {
@@ -913,11 +914,12 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                 case SMTP_OK:
                         entry_finish(e, RESULT_SENT, job->code, job->reply,
                                      NULL);
-                        return;
+                        return 1;
                 case SMTP_PERMANENT:
                         entry_finish_failed(e, job, NULL);
-                        return;
+                        return 1;
                 case SMTP_TRANSIENT:
+                case SMTP_DEFERRED:
                         break;
                 }
         } else {
@@ -925,7 +927,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
 
                 if (entry_rcpts_pending(e) == 0) {
                         entry_finish_rcpts(e, job, NULL);
-                        return;
+                        return 1;
                 }
                 if (next_at_once && !ledger_part_released(e->e_part)) {
                         /* The relay took what it could in this one: the
@@ -933,8 +935,26 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
                          * same try. */
                         e->e_attempts--;
                         entry_start(e);
-                        return;
+                        return 1;
                 }
+        }
+        return 0;
+}
+
+static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
+        struct entry *e = job->opaque;
+        worker_t *w = opaque;
+        struct retry_state st;
+        struct retry_decision d;
+
+        if (job->outcome == SMTP_DEFERRED) {
+                /* Not tried: a limit would hold it too long. No attempt
+                 * counts; it goes when the limit lets it. */
+                if (e->e_rcpts)
+                        entry_rcpts_apply(e, job);
+                w->w_stats.deferrals++;
+        } else if (worker_on_attempt(e, job)) {
+                return;
         }
         if (ledger_part_released(e->e_part)) {
                 /* Its partition is someone else's already: the next owner
@@ -951,12 +971,14 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         st.can_hand_over = worker_can_hand_over(w) && !e->e_no_handoff;
         st.from_retry_topic = e->e_topic->wt_index == TOPIC_RETRY;
         st.leaving = w->w_stopping || ledger_part_draining(e->e_part);
+        st.wait_ms = job->outcome == SMTP_DEFERRED ? job->defer_ms : 0;
         retry_decide(&w->w_retry, &st, &d);
         if (d.action == RETRY_FINISH) {
                 entry_finish_rcpts(e, job, d.reason);
                 return;
         }
-        w->w_stats.retries++;
+        if (job->outcome != SMTP_DEFERRED)
+                w->w_stats.retries++;
         switch (d.action) {
         case RETRY_HAND_OVER:
                 entry_handoff(e, d.due_ms, job->code, job->reply);
@@ -1219,6 +1241,7 @@ static void worker_on_assign(void *opaque,
                            wt->wt_name, ids, seqs, n);
         free(ids);
         free(seqs);
+        worker_update_share(w);
 }
 
 /* What the results topic says about partitions assigned: their finished
@@ -1505,10 +1528,33 @@ static void worker_watch_progress(worker_t *w) {
             ss.relay_healthy, waiting_recall);
 }
 
+/* Gives the relays this worker's share of the group's rate limits: the
+ * partitions it owns of the requests and retry topics together (kept while
+ * a partition count is not known yet). */
+static void worker_update_share(worker_t *w) {
+        size_t owned = 0;
+        int64_t total = 0;
+
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                const struct worker_topic *wt = &w->w_topics[t];
+                int32_t n = wt->wt_consumer
+                                    ? consumer_partition_count(wt->wt_consumer)
+                                    : 0;
+
+                if (n <= 0)
+                        return;
+                total += n;
+                owned += ledger_part_count(wt->wt_ledger);
+        }
+        if (total > 0)
+                relays_set_share(w->w_relays, (double)owned / (double)total);
+}
+
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
         worker_watch_progress(w);
+        worker_update_share(w);
         w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
@@ -1716,6 +1762,7 @@ static void worker_revoke_finish(worker_t *w, struct worker_topic *wt) {
         loop_timer_stop(w->w_loop, &wt->wt_revoke.rv_timer);
         worker_revoke_end(w, wt, parts, 0);
         consumer_revoke_done(wt->wt_consumer);
+        worker_update_share(w);
 }
 
 /* The revoke of a topic being emptied: a step every WORKER_DRAIN_STEP_MS,
@@ -1778,37 +1825,81 @@ static void worker_on_revoke(void *opaque,
 
 /* ---- metrics ---- */
 
-/* The per-relay series, each family's samples together. */
+/* One family of per-relay or per-limit series. */
+struct worker_family {
+        const char *name, *type, *help;
+};
+
+/* The per-relay and per-limit series, each family's samples together. */
 static void worker_render_relays(metrics_out_t *out, const relays_t *rs) {
-        static const struct {
-                const char *name, *type, *help;
-        } fam[] = {
+        static const struct worker_family relay[] = {
                 {"kafka_mailer_relay_up", "gauge",
                  "1 while this relay takes mail, 0 while it is backed off and "
                  "probed"},
                 {"kafka_mailer_relay_sessions", "gauge",
                  "SMTP sessions open to this relay"},
                 {"kafka_mailer_relay_queued", "gauge",
-                 "transactions waiting for a session of this relay"},
+                 "transactions waiting for a session of this relay or for its "
+                 "rate"},
                 {"kafka_mailer_relay_session_failures_total", "counter",
                  "session set-ups this relay refused or that failed"},
+                {"kafka_mailer_relay_rate", "gauge",
+                 "msgs/s this worker may send through this relay now (its "
+                 "share of rate.max, lower after throttling), 0 = no limit"},
+                {"kafka_mailer_relay_throttled_total", "counter",
+                 "rate cuts after replies that said this relay was sent to "
+                 "too fast"},
         };
+        static const struct worker_family limit[] = {
+                {"kafka_mailer_limit_rate", "gauge",
+                 "msgs/s this worker may send to this limit's domains now, 0 = "
+                 "no limit"},
+                {"kafka_mailer_limit_waiting", "gauge",
+                 "transactions waiting for this limit"},
+                {"kafka_mailer_limit_sessions", "gauge",
+                 "transactions to this limit's domains under way"},
+                {"kafka_mailer_limit_throttled_total", "counter",
+                 "rate cuts after replies that said these domains were sent "
+                 "to too fast"},
+        };
+        char label[80];
 
-        for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+        for (size_t f = 0; f < sizeof(relay) / sizeof(relay[0]); f++) {
                 for (size_t i = 0; i < relays_count(rs); i++) {
                         struct smtp_stats ss;
+                        struct relays_pacing p;
                         const char *name = relays_stats(rs, i, &ss);
-                        double v[] = {ss.relay_healthy,
-                                      (double)ss.sessions_open,
-                                      (double)ss.jobs_queued,
-                                      (double)ss.relay_failures_total};
-                        char label[64];
+                        double v[6];
 
+                        relays_relay_pacing(rs, i, &p);
+                        v[0] = ss.relay_healthy;
+                        v[1] = (double)ss.sessions_open;
+                        v[2] = (double)(ss.jobs_queued + p.waiting);
+                        v[3] = (double)ss.relay_failures_total;
+                        v[4] = p.rate;
+                        v[5] = (double)p.throttled_total;
                         snprintf(label, sizeof(label), "relay=\"%s\"", name);
-                        metrics_sample(out, fam[f].name, fam[f].type,
-                                       fam[f].help, label, v[f]);
+                        metrics_sample(out, relay[f].name, relay[f].type,
+                                       relay[f].help, label, v[f]);
                 }
         }
+        for (size_t f = 0; f < sizeof(limit) / sizeof(limit[0]); f++) {
+                for (size_t i = 0; i < relays_limit_count(rs); i++) {
+                        struct relays_pacing p;
+                        const char *name = relays_limit_pacing(rs, i, &p);
+                        double v[4] = {p.rate, (double)p.waiting,
+                                       (double)p.busy,
+                                       (double)p.throttled_total};
+
+                        snprintf(label, sizeof(label), "limit=\"%s\"", name);
+                        metrics_sample(out, limit[f].name, limit[f].type,
+                                       limit[f].help, label, v[f]);
+                }
+        }
+        metrics_sample(out, "kafka_mailer_limit_deferrals_total", "counter",
+                       "sends a rate or session limit put off to the retry "
+                       "topic (limit.queue.max.ms)",
+                       NULL, (double)relays_deferrals(rs));
 }
 
 static void worker_render_metrics(metrics_out_t *out, void *opaque) {
