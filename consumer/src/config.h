@@ -65,6 +65,19 @@ struct config_relay {
 #define CONFIG_RELAY_NAME_MAX 32
 #define CONFIG_RELAYS_MAX 16
 
+/* One DKIM signing key: dkim.key.<name>.*. It signs every message whose
+ * From address's domain is its domain (ASCII, any case). */
+struct config_dkim_key {
+        char *name; /* [a-z0-9-], at most CONFIG_DKIM_KEY_NAME_MAX bytes */
+        char *domain; /* dkim.key.<name>.domain: d=, the From domain */
+        char *selector; /* dkim.key.<name>.selector: s= */
+        char *file; /* dkim.key.<name>.file: the PEM private key */
+        char *headers; /* dkim.key.<name>.headers, "" = dkim.headers */
+};
+
+#define CONFIG_DKIM_KEY_NAME_MAX 32
+#define CONFIG_DKIM_KEYS_MAX 16
+
 /* The kafka.* passthrough pairs of one client. */
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
@@ -140,6 +153,16 @@ struct config {
 
         /* logging */
         char *log_level; /* log.level */
+
+        /* DKIM signing */
+        char *dkim_headers; /* dkim.headers: the header fields a key signs
+                               unless dkim.key.<name>.headers says */
+        /* dkim.key.<name>.<k> as set (validated, applied by config_finish()) */
+        struct config_kv *dkim_kv;
+        size_t dkim_kv_cnt;
+        /* the keys, by config_finish(); none: DKIM is off */
+        struct config_dkim_key *dkim_keys;
+        size_t dkim_key_cnt;
 
         /* relay.<name>.<k> as set (validated, applied by config_finish()) */
         struct config_kv *relay_kv;
