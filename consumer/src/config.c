@@ -804,7 +804,7 @@ static int config_family_build(struct config *conf,
         config_family_free(conf, f);
         for (size_t i = 0; i < *kv_cnt; i++) {
                 const char *key = (*kv)[i].key;
-                size_t len;
+                size_t len = 0; /* set: the key was checked by config_set() */
                 int added;
                 void *e;
 
