@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include "dkim.h"
 #include "kconf.h"
 #include "log.h"
 
@@ -189,6 +190,9 @@ static const struct config_key config_keys[] = {
             "time revoked partitions' in-flight sends get to finish"),
         INT("shutdown.timeout.ms", shutdown_timeout_ms, "30000", 0, 3600000,
             "time in-flight sends get to finish on SIGTERM/SIGINT"),
+        STR("dkim.headers", dkim_headers, DKIM_HEADERS_DEFAULT,
+            "colon-separated header fields a DKIM key signs unless "
+            "dkim.key.NAME.headers says (from among them)"),
         INT("limit.queue.max.ms", limit_queue_max_ms, "5000", 0, 3600000,
             "longest wait for a rate or session limit (relay.<name>.rate.max, "
             "limit.<name>.*) before the request goes to topic.retry (and its "
@@ -238,8 +242,22 @@ static const struct config_key config_relay_keys[] = {
          "none"},
 };
 #undef RF
-#define CONFIG_RELAY_KEY_CNT                                                   \
-        (sizeof(config_relay_keys) / sizeof(config_relay_keys[0]))
+
+/* The keys of a DKIM key, dkim.key.<name>.* */
+#define DF(field) offsetof(struct config_dkim_key, field)
+static const struct config_key config_dkim_keys[] = {
+        {"domain", CONFIG_T_STR, DF(domain), "", 0, 0, NULL,
+         "signing domain (d=): the key signs mail whose From address is in "
+         "it (ASCII, any case); required"},
+        {"selector", CONFIG_T_STR, DF(selector), "", 0, 0, NULL,
+         "selector (s=): the public key is published at "
+         "<selector>._domainkey.<domain>; required"},
+        {"file", CONFIG_T_STR, DF(file), "", 0, 0, NULL,
+         "PEM file of the private key, RSA (1024-4096 bits) or Ed25519, read "
+         "once at start; required"},
+        {"headers", CONFIG_T_STR, DF(headers), "", 0, 0, NULL,
+         "colon-separated header fields this key signs, \"\" = dkim.headers"},
+};
 
 #define LF(field) offsetof(struct config_limit, field)
 static const struct config_key config_limit_keys[] = {
@@ -253,8 +271,12 @@ static const struct config_key config_limit_keys[] = {
          "transactions to these domains at once, per worker; 0 = none"},
 };
 #undef LF
-#define CONFIG_LIMIT_KEY_CNT                                                   \
-        (sizeof(config_limit_keys) / sizeof(config_limit_keys[0]))
+#undef DF
+
+_Static_assert(offsetof(struct config_relay, name) == 0,
+               "a family's entry starts with its name");
+_Static_assert(offsetof(struct config_dkim_key, name) == 0,
+               "a family's entry starts with its name");
 
 #define CONFIG_KEY_CNT (sizeof(config_keys) / sizeof(config_keys[0]))
 
@@ -506,6 +528,23 @@ static int config_set_kafka(struct config *conf, const char *key,
         return 0;
 }
 
+static const char *config_type_name(enum config_type type) {
+        switch (type) {
+        case CONFIG_T_STR:
+                return "string";
+        case CONFIG_T_SECRET:
+                return "secret string";
+        case CONFIG_T_INT:
+                return "int";
+        case CONFIG_T_BOOL:
+                return "bool";
+        case CONFIG_T_ENUM:
+        case CONFIG_T_ENUM_STR:
+                return "enum";
+        }
+        return "?";
+}
+
 /* @returns the smtp.* key a relay's @suffix ("url", "tls.verify") stands
  * for, or NULL when a relay has no such setting. */
 static const struct config_key *config_relay_smtp_key(const char *suffix) {
@@ -519,199 +558,351 @@ static const struct config_key *config_relay_smtp_key(const char *suffix) {
         return config_key_find(name);
 }
 
-/* Splits "<prefix><name>.<suffix>" (@prefix ends in '.'): @returns the
- * suffix with the name's length in *@name_len, or NULL when the name is
- * empty, too long or has a character other than [a-z0-9-]. */
-static const char *config_family_split(const char *key, const char *prefix,
-                                       size_t *name_len) {
-        const char *name = key + strlen(prefix);
+/*
+ * A family of named settings, "<prefix>.<name>.<suffix>" (relay.<name>.*,
+ * dkim.key.<name>.*). config_set() checks a value on a scratch entry and
+ * keeps the pair as set (the family's kv list in struct config);
+ * config_finish() makes the entries from them, in the order their names
+ * first appear. An entry is a struct whose first field is its name
+ * (char *); the suffixes are a key table with offsets into it.
+ */
+struct config_family {
+        const char *prefix; /* "relay", without the dot */
+        const char *noun; /* "relays", in "more than 16 relays" */
+        size_t name_max; /* a name's length: 1 to this */
+        size_t entry_max; /* most entries */
+        size_t entry_size;
+        const struct config_key *keys; /* the suffixes of the entry */
+        size_t key_cnt;
+        int no_empty; /* a value may not be "" */
+        /* where struct config keeps the pairs set and the entries */
+        size_t kv_off, kv_cnt_off, entries_off, entry_cnt_off;
+        /* optional: more suffixes, kept in the struct config the entry
+         * points to at sub_off (a relay's smtp.* settings) */
+        const struct config_key *(*sub_key)(const char *suffix);
+        size_t sub_off;
+};
+
+#define CF(field) offsetof(struct config, field)
+static const struct config_family config_relay_family = {
+        "relay",
+        "relays",
+        CONFIG_RELAY_NAME_MAX,
+        CONFIG_RELAYS_MAX,
+        sizeof(struct config_relay),
+        config_relay_keys,
+        sizeof(config_relay_keys) / sizeof(config_relay_keys[0]),
+        0,
+        CF(relay_kv),
+        CF(relay_kv_cnt),
+        CF(relays),
+        CF(relay_cnt),
+        config_relay_smtp_key,
+        offsetof(struct config_relay, smtp),
+};
+
+static const struct config_family config_limit_family = {
+        "limit",
+        "limits",
+        CONFIG_RELAY_NAME_MAX,
+        CONFIG_LIMITS_MAX,
+        sizeof(struct config_limit),
+        config_limit_keys,
+        sizeof(config_limit_keys) / sizeof(config_limit_keys[0]),
+        0,
+        CF(limit_kv),
+        CF(limit_kv_cnt),
+        CF(limits),
+        CF(limit_cnt),
+        NULL,
+        0,
+};
+
+static const struct config_family config_dkim_family = {
+        "dkim.key",
+        "DKIM keys",
+        CONFIG_DKIM_KEY_NAME_MAX,
+        CONFIG_DKIM_KEYS_MAX,
+        sizeof(struct config_dkim_key),
+        config_dkim_keys,
+        sizeof(config_dkim_keys) / sizeof(config_dkim_keys[0]),
+        1,
+        CF(dkim_kv),
+        CF(dkim_kv_cnt),
+        CF(dkim_keys),
+        CF(dkim_key_cnt),
+        NULL,
+        0,
+};
+#undef CF
+
+static struct config_kv **config_family_kv(struct config *conf,
+                                           const struct config_family *f,
+                                           size_t **cnt) {
+        *cnt = (size_t *)(void *)((char *)conf + f->kv_cnt_off);
+        return (struct config_kv **)(void *)((char *)conf + f->kv_off);
+}
+
+/* @returns where @conf points to the family's entries (an array of
+ * entry_size structs), with their count in *@cnt. */
+static char **config_family_entries(struct config *conf,
+                                    const struct config_family *f,
+                                    size_t **cnt) {
+        *cnt = (size_t *)(void *)((char *)conf + f->entry_cnt_off);
+        return (char **)(void *)((char *)conf + f->entries_off);
+}
+
+/* @returns the struct config the entry @e points to, when the family has
+ * one. */
+static struct config **config_family_sub(const struct config_family *f,
+                                         void *e) {
+        return (struct config **)(void *)((char *)e + f->sub_off);
+}
+
+static const struct config_key *config_family_key(const struct config_family *f,
+                                                  const char *suffix) {
+        for (size_t i = 0; i < f->key_cnt; i++) {
+                if (strcmp(f->keys[i].name, suffix) == 0)
+                        return &f->keys[i];
+        }
+        return NULL;
+}
+
+/* Splits "<prefix>.<name>.<suffix>": @returns the suffix with the name's
+ * length in *@name_len, or NULL when the name is empty, too long or has a
+ * character other than [a-z0-9-]. */
+static const char *config_family_split(const struct config_family *f,
+                                       const char *key, size_t *name_len) {
+        const char *name = key + strlen(f->prefix) + 1;
         size_t n = strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-");
 
-        if (n == 0 || n > CONFIG_RELAY_NAME_MAX || name[n] != '.' ||
-            name[n + 1] == '\0')
+        if (n == 0 || n > f->name_max || name[n] != '.' || name[n + 1] == '\0')
                 return NULL;
         *name_len = n;
         return name + n + 1;
 }
 
-static const char *config_relay_split(const char *key, size_t *name_len) {
-        return config_family_split(key, "relay.", name_len);
+/* Frees what the entry @e holds (not @e). */
+static void config_family_entry_fini(const struct config_family *f, void *e) {
+        free(*(char **)e);
+        for (size_t i = 0; i < f->key_cnt; i++) {
+                const struct config_key *k = &f->keys[i];
+
+                if (k->type == CONFIG_T_STR || k->type == CONFIG_T_SECRET ||
+                    k->type == CONFIG_T_ENUM_STR)
+                        free(*config_str_field(e, k));
+        }
+        if (f->sub_key)
+                config_destroy(*config_family_sub(f, e));
 }
 
-/* @returns the key of @table (@cnt rows) named @suffix, or NULL. */
-static const struct config_key *
-config_table_find(const struct config_key *table, size_t cnt,
-                  const char *suffix) {
-        for (size_t i = 0; i < cnt; i++) {
-                if (strcmp(table[i].name, suffix) == 0)
-                        return &table[i];
+/* Fills the new (zeroed) entry @e: its name (@len bytes of @name), the
+ * defaults of its keys, and an empty struct config when the family has
+ * one. @returns 0 or -1 when out of memory. */
+static int config_family_entry_init(const struct config_family *f, void *e,
+                                    const char *name, size_t len) {
+        char err[256];
+
+        *(char **)e = strndup(name, len);
+        if (!*(char **)e)
+                return -1;
+        for (size_t i = 0; i < f->key_cnt; i++) {
+                if (config_set_key(e, &f->keys[i], f->keys[i].def, "default",
+                                   err, sizeof(err)) == -1)
+                        return -1;
         }
+        if (f->sub_key) {
+                *config_family_sub(f, e) = config_new();
+                if (!*config_family_sub(f, e))
+                        return -1;
+        }
+        return 0;
+}
+
+static void config_family_free(struct config *conf,
+                               const struct config_family *f) {
+        size_t *cnt;
+        char **entries = config_family_entries(conf, f, &cnt);
+
+        for (size_t i = 0; i < *cnt; i++)
+                config_family_entry_fini(f, *entries + i * f->entry_size);
+        free(*entries);
+        *entries = NULL;
+        *cnt = 0;
+}
+
+/* @returns the entry called @name (@len bytes), added if it is new (then
+ * *@added is 1); NULL with @errstr. */
+static void *config_family_get(struct config *conf,
+                               const struct config_family *f, const char *name,
+                               size_t len, int *added, char *errstr,
+                               size_t errstr_size) {
+        size_t *cnt;
+        char **entries = config_family_entries(conf, f, &cnt);
+        char *grown, *e;
+
+        *added = 0;
+        for (size_t i = 0; i < *cnt; i++) {
+                const char *have = *(char **)(*entries + i * f->entry_size);
+
+                if (strlen(have) == len && memcmp(have, name, len) == 0)
+                        return *entries + i * f->entry_size;
+        }
+        if (*cnt == f->entry_max) {
+                snprintf(errstr, errstr_size, "%s.%.*s: more than %zu %s",
+                         f->prefix, (int)len, name, f->entry_max, f->noun);
+                return NULL;
+        }
+        grown = realloc(*entries, (*cnt + 1) * f->entry_size);
+        if (!grown)
+                goto oom;
+        *entries = grown;
+        e = grown + *cnt * f->entry_size;
+        memset(e, 0, f->entry_size);
+        (*cnt)++;
+        if (config_family_entry_init(f, e, name, len) == -1)
+                goto oom;
+        *added = 1;
+        return e;
+
+oom:
+        snprintf(errstr, errstr_size, "%s.%.*s: out of memory", f->prefix,
+                 (int)len, name);
         return NULL;
 }
 
-/* The error for a key of a named family whose name is not valid. */
-static void config_family_bad_name(const char *source, const char *key,
-                                   const char *prefix, char *errstr,
-                                   size_t errstr_size) {
-        snprintf(errstr, errstr_size,
-                 "%s: %s: expected %s<name>.<setting> with a name of 1 to %d "
-                 "characters a-z, 0-9 and '-'",
-                 source, key, prefix, CONFIG_RELAY_NAME_MAX);
-}
-
-static void config_relays_free(struct config *conf);
-
-/* Applies relay.<name>.<suffix>=@value to the relay's settings @r (a
- * relay-only key) or @rc (its smtp.* settings), naming @key in errors. */
-static int config_relay_apply(struct config_relay *r, struct config *rc,
-                              const char *key, const char *value,
-                              const char *source, char *errstr,
-                              size_t errstr_size) {
+/* Applies <prefix>.<name>.<suffix>=@value (@key) to the entry @e, or to
+ * the struct config it points to, naming @key in errors. */
+static int config_family_apply(const struct config_family *f, void *e,
+                               const char *key, const char *value,
+                               const char *source, char *errstr,
+                               size_t errstr_size) {
         size_t name_len;
-        const char *suffix = config_relay_split(key, &name_len);
+        const char *suffix = config_family_split(f, key, &name_len);
         const struct config_key *k;
         struct config_key named;
 
         if (!suffix) {
-                config_family_bad_name(source, key, "relay.", errstr,
-                                       errstr_size);
+                snprintf(errstr, errstr_size,
+                         "%s: %s: expected %s.<name>.<setting> with a name "
+                         "of 1 to %zu characters a-z, 0-9 and '-'",
+                         source, key, f->prefix, f->name_max);
                 return -1;
         }
-        if ((k = config_table_find(config_relay_keys, CONFIG_RELAY_KEY_CNT,
-                                   suffix)) != NULL) {
-                named = *k;
-                named.name = key;
-                return config_set_key(r, &named, value, source, errstr,
-                                      errstr_size);
-        }
-        if ((k = config_relay_smtp_key(suffix)) != NULL) {
-                named = *k;
-                named.name = key;
-                return config_set_key(rc, &named, value, source, errstr,
-                                      errstr_size);
-        }
-        snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source, key);
-        return -1;
-}
-
-/* Checks relay.<name>.<suffix>=@value on a scratch relay and keeps it for
- * config_finish() (the smtp.* values it falls back on may come later). */
-static int config_set_relay(struct config *conf, const char *key,
-                            const char *value, const char *source, char *errstr,
-                            size_t errstr_size) {
-        struct config_relay r = {0};
-        struct config *rc = config_new();
-        int ret = -1;
-
-        if (!rc) {
-                snprintf(errstr, errstr_size, "%s: %s: out of memory", source,
-                         key);
-                return -1;
-        }
-        if (config_relay_apply(&r, rc, key, value, source, errstr,
-                               errstr_size) == 0) {
-                ret = config_kv_set(&conf->relay_kv, &conf->relay_kv_cnt, key,
-                                    value);
-                if (ret != 0)
-                        snprintf(errstr, errstr_size, "%s: %s: out of memory",
-                                 source, key);
-        }
-        free(r.route_sender_domains);
-        config_destroy(rc);
-        return ret;
-}
-
-/* Sets limit.<name>.<suffix>=@value, adding the limit when it is new. */
-static int config_set_limit(struct config *conf, const char *key,
-                            const char *value, const char *source, char *errstr,
-                            size_t errstr_size) {
-        size_t len;
-        const char *suffix = config_family_split(key, "limit.", &len);
-        const char *name = key + strlen("limit.");
-        const struct config_key *k;
-        struct config_limit *l = NULL, *grown;
-        struct config_key named;
-        char err[64];
-
-        if (!suffix) {
-                config_family_bad_name(source, key, "limit.", errstr,
-                                       errstr_size);
-                return -1;
-        }
-        k = config_table_find(config_limit_keys, CONFIG_LIMIT_KEY_CNT, suffix);
+        if ((k = config_family_key(f, suffix)) == NULL && f->sub_key &&
+            (k = f->sub_key(suffix)) != NULL)
+                e = *config_family_sub(f, e);
         if (!k) {
                 snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source,
                          key);
                 return -1;
         }
-        for (size_t i = 0; i < conf->limit_cnt && !l; i++) {
-                if (strlen(conf->limits[i].name) == len &&
-                    memcmp(conf->limits[i].name, name, len) == 0)
-                        l = &conf->limits[i];
-        }
-        if (!l) {
-                if (conf->limit_cnt == CONFIG_LIMITS_MAX) {
-                        snprintf(errstr, errstr_size,
-                                 "%s: %s: more than %d limits", source, key,
-                                 CONFIG_LIMITS_MAX);
-                        return -1;
-                }
-                grown = realloc(conf->limits,
-                                (conf->limit_cnt + 1) * sizeof(*grown));
-                if (!grown)
-                        goto oom;
-                conf->limits = grown;
-                l = &conf->limits[conf->limit_cnt++];
-                memset(l, 0, sizeof(*l));
-                l->name = strndup(name, len);
-                if (!l->name)
-                        goto oom;
-                for (size_t i = 0; i < CONFIG_LIMIT_KEY_CNT; i++) {
-                        if (config_set_key(l, &config_limit_keys[i],
-                                           config_limit_keys[i].def, "default",
-                                           err, sizeof(err)) == -1)
-                                goto oom;
-                }
+        if (f->no_empty && value[0] == '\0') {
+                snprintf(errstr, errstr_size, "%s: %s: must not be empty",
+                         source, key);
+                return -1;
         }
         named = *k;
         named.name = key;
-        return config_set_key(l, &named, value, source, errstr, errstr_size);
-
-oom:
-        snprintf(errstr, errstr_size, "%s: %s: out of memory", source, key);
-        return -1;
+        return config_set_key(e, &named, value, source, errstr, errstr_size);
 }
 
-/* Checks the limits: a named one covers domains, default covers no list. */
-static int config_check_limits(const struct config *conf, char *errstr,
-                               size_t errstr_size) {
-        for (size_t i = 0; i < conf->limit_cnt; i++) {
-                const struct config_limit *l = &conf->limits[i];
-                int is_default = strcmp(l->name, "default") == 0;
+/* Checks <prefix>.<name>.<suffix>=@value on a scratch entry and keeps it
+ * for config_finish() (values it falls back on may come later). */
+static int config_family_set(struct config *conf, const struct config_family *f,
+                             const char *key, const char *value,
+                             const char *source, char *errstr,
+                             size_t errstr_size) {
+        char *e = calloc(1, f->entry_size);
+        struct config_kv **kv;
+        size_t *kv_cnt;
+        int ret = -1;
 
-                if (is_default && l->domains[0] != '\0') {
-                        snprintf(errstr, errstr_size,
-                                 "limit.default.domains: not allowed: "
-                                 "limit.default covers every domain no other "
-                                 "limit names");
+        if (!e || config_family_entry_init(f, e, "", 0) == -1) {
+                snprintf(errstr, errstr_size, "%s: %s: out of memory", source,
+                         key);
+                goto out;
+        }
+        if (config_family_apply(f, e, key, value, source, errstr,
+                                errstr_size) == 0) {
+                kv = config_family_kv(conf, f, &kv_cnt);
+                ret = config_kv_set(kv, kv_cnt, key, value);
+                if (ret != 0)
+                        snprintf(errstr, errstr_size, "%s: %s: out of memory",
+                                 source, key);
+        }
+out:
+        if (e)
+                config_family_entry_fini(f, e);
+        free(e);
+        return ret;
+}
+
+/* Makes the family's entries from the pairs set; @on_add (NULL: none)
+ * fills in a new entry first. */
+static int config_family_build(struct config *conf,
+                               const struct config_family *f,
+                               int (*on_add)(struct config *conf, void *e),
+                               char *errstr, size_t errstr_size) {
+        size_t *kv_cnt;
+        struct config_kv **kv = config_family_kv(conf, f, &kv_cnt);
+
+        config_family_free(conf, f);
+        for (size_t i = 0; i < *kv_cnt; i++) {
+                const char *key = (*kv)[i].key;
+                size_t len = 0; /* set: the key was checked by config_set() */
+                int added;
+                void *e;
+
+                config_family_split(f, key, &len);
+                e = config_family_get(conf, f, key + strlen(f->prefix) + 1, len,
+                                      &added, errstr, errstr_size);
+                if (!e)
+                        return -1;
+                if (added && on_add && on_add(conf, e) == -1) {
+                        snprintf(errstr, errstr_size, "%s: out of memory", key);
                         return -1;
                 }
-                if (!is_default && l->domains[0] == '\0') {
-                        snprintf(errstr, errstr_size,
-                                 "limit.%s.domains: must not be empty",
-                                 l->name);
+                if (config_family_apply(f, e, key, (*kv)[i].value, f->prefix,
+                                        errstr, errstr_size) == -1)
                         return -1;
-                }
         }
         return 0;
 }
 
-static void config_limits_free(struct config *conf) {
-        for (size_t i = 0; i < conf->limit_cnt; i++) {
-                free(conf->limits[i].name);
-                free(conf->limits[i].domains);
+/* Prints the family's keys for --help. */
+static void config_family_help(const struct config_family *f, FILE *fp) {
+        for (size_t i = 0; i < f->key_cnt; i++) {
+                const struct config_key *k = &f->keys[i];
+
+                fprintf(fp, "  %s.NAME.%s (%s, default \"%s\"", f->prefix,
+                        k->name, config_type_name(k->type), k->def);
+                if (k->type == CONFIG_T_INT)
+                        fprintf(fp, ", %ld..%ld", k->min, k->max);
+                fprintf(fp, ")\n      %s\n", k->help);
         }
-        free(conf->limits);
+}
+
+/* Prints the pairs set in the family, secrets masked. */
+static void config_family_dump(const struct config *conf,
+                               const struct config_family *f, FILE *fp) {
+        size_t *kv_cnt;
+        struct config_kv **kv =
+                config_family_kv((struct config *)conf, f, &kv_cnt);
+
+        for (size_t i = 0; i < *kv_cnt; i++) {
+                const char *key = (*kv)[i].key;
+                size_t len;
+                const char *suffix = config_family_split(f, key, &len);
+                const struct config_key *k =
+                        suffix ? config_family_key(f, suffix) : NULL;
+
+                if (!k && suffix && f->sub_key)
+                        k = f->sub_key(suffix);
+                fprintf(fp, "%s=%s\n", key,
+                        k && k->type == CONFIG_T_SECRET ? "***"
+                                                        : (*kv)[i].value);
+        }
 }
 
 int config_set(struct config *conf, const char *key, const char *value,
@@ -722,13 +913,15 @@ int config_set(struct config *conf, const char *key, const char *value,
                 return config_set_kafka(conf, key, value, source, errstr,
                                         errstr_size);
         if (strncmp(key, "relay.", strlen("relay.")) == 0)
-                return config_set_relay(conf, key, value, source, errstr,
-                                        errstr_size);
-        if (strncmp(key, "limit.", strlen("limit.")) == 0 &&
-            !config_key_find(key))
-                return config_set_limit(conf, key, value, source, errstr,
-                                        errstr_size);
+                return config_family_set(conf, &config_relay_family, key, value,
+                                         source, errstr, errstr_size);
+        if (strncmp(key, "dkim.key.", strlen("dkim.key.")) == 0)
+                return config_family_set(conf, &config_dkim_family, key, value,
+                                         source, errstr, errstr_size);
         k = config_key_find(key);
+        if (!k && strncmp(key, "limit.", strlen("limit.")) == 0)
+                return config_family_set(conf, &config_limit_family, key, value,
+                                         source, errstr, errstr_size);
         if (!k) {
                 snprintf(errstr, errstr_size, "%s: unknown key \"%s\"", source,
                          key);
@@ -782,8 +975,11 @@ void config_destroy(struct config *conf) {
         config_kv_free(conf->kafka_consumer, conf->kafka_consumer_cnt);
         config_kv_free(conf->kafka_producer, conf->kafka_producer_cnt);
         config_kv_free(conf->relay_kv, conf->relay_kv_cnt);
-        config_relays_free(conf);
-        config_limits_free(conf);
+        config_family_free(conf, &config_relay_family);
+        config_kv_free(conf->dkim_kv, conf->dkim_kv_cnt);
+        config_family_free(conf, &config_dkim_family);
+        config_kv_free(conf->limit_kv, conf->limit_kv_cnt);
+        config_family_free(conf, &config_limit_family);
         free(conf);
 }
 
@@ -1197,60 +1393,12 @@ static int config_copy_smtp(struct config *to, const struct config *from,
         return 0;
 }
 
-static void config_relays_free(struct config *conf) {
-        for (size_t i = 0; i < conf->relay_cnt; i++) {
-                free(conf->relays[i].name);
-                config_destroy(conf->relays[i].smtp);
-                free(conf->relays[i].route_sender_domains);
-        }
-        free(conf->relays);
-        conf->relays = NULL;
-        conf->relay_cnt = 0;
-}
+/* A relay named in relay.<name>.* starts from the smtp.* settings but
+ * the credentials. */
+static int config_relay_add(struct config *conf, void *e) {
+        struct config_relay *r = e;
 
-/* @returns the relay called @name (@len bytes), added with the smtp.*
- * settings of @conf (credentials when @creds) if it is new; NULL with
- * @errstr. */
-static struct config_relay *config_relay_get(struct config *conf,
-                                             const char *name, size_t len,
-                                             int creds, char *errstr,
-                                             size_t errstr_size) {
-        struct config_relay *grown, *r;
-        char err[256];
-
-        for (size_t i = 0; i < conf->relay_cnt; i++) {
-                if (strlen(conf->relays[i].name) == len &&
-                    memcmp(conf->relays[i].name, name, len) == 0)
-                        return &conf->relays[i];
-        }
-        if (conf->relay_cnt == CONFIG_RELAYS_MAX) {
-                snprintf(errstr, errstr_size, "relay.%.*s: more than %d relays",
-                         (int)len, name, CONFIG_RELAYS_MAX);
-                return NULL;
-        }
-        grown = realloc(conf->relays, (conf->relay_cnt + 1) * sizeof(*grown));
-        if (!grown)
-                goto oom;
-        conf->relays = grown;
-        r = &conf->relays[conf->relay_cnt];
-        memset(r, 0, sizeof(*r));
-        r->name = strndup(name, len);
-        r->smtp = config_new();
-        conf->relay_cnt++;
-        if (!r->name || !r->smtp || config_copy_smtp(r->smtp, conf, creds))
-                goto oom;
-        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
-                if (config_set_key(r, &config_relay_keys[i],
-                                   config_relay_keys[i].def, "default", err,
-                                   sizeof(err)) == -1)
-                        goto oom;
-        }
-        return r;
-
-oom:
-        snprintf(errstr, errstr_size, "relay.%.*s: out of memory", (int)len,
-                 name);
-        return NULL;
+        return config_copy_smtp(r->smtp, conf, 0);
 }
 
 /* Writes @msg to @errstr with every "smtp." turned into "relay.<name>.". */
@@ -1282,25 +1430,26 @@ static int config_build_relays(struct config *conf, char *errstr,
                 CONFIG_ROUTE_TRANSACTIONAL, CONFIG_ROUTE_BULK};
         char err[512];
 
-        config_relays_free(conf);
-        if (conf->relay_kv_cnt == 0)
-                return config_relay_get(conf, "default", strlen("default"), 1,
-                                        errstr, errstr_size)
-                               ? 0
-                               : -1;
-        for (size_t i = 0; i < conf->relay_kv_cnt; i++) {
-                const char *key = conf->relay_kv[i].key;
-                size_t len;
+        if (conf->relay_kv_cnt == 0) {
                 struct config_relay *r;
+                int added;
 
-                config_relay_split(key, &len);
-                r = config_relay_get(conf, key + strlen("relay."), len, 0,
-                                     errstr, errstr_size);
-                if (!r ||
-                    config_relay_apply(r, r->smtp, key, conf->relay_kv[i].value,
-                                       "relay", errstr, errstr_size) == -1)
+                config_family_free(conf, &config_relay_family);
+                r = config_family_get(conf, &config_relay_family, "default",
+                                      strlen("default"), &added, errstr,
+                                      errstr_size);
+                if (!r)
                         return -1;
+                if (config_copy_smtp(r->smtp, conf, 1) == -1) {
+                        snprintf(errstr, errstr_size,
+                                 "relay.default: out of memory");
+                        return -1;
+                }
+                return 0;
         }
+        if (config_family_build(conf, &config_relay_family, config_relay_add,
+                                errstr, errstr_size) == -1)
+                return -1;
         for (size_t i = 0; i < conf->relay_cnt; i++) {
                 struct config_relay *r = &conf->relays[i];
 
@@ -1334,6 +1483,63 @@ static int config_build_relays(struct config *conf, char *errstr,
         return 0;
 }
 
+/* Makes conf->dkim_keys from dkim.key.<name>.* and checks that each has
+ * what it needs to sign. */
+static int config_build_dkim(struct config *conf, char *errstr,
+                             size_t errstr_size) {
+        if (conf->dkim_headers[0] == '\0') {
+                snprintf(errstr, errstr_size,
+                         "dkim.headers: must not be empty (from at least)");
+                return -1;
+        }
+        if (config_family_build(conf, &config_dkim_family, NULL, errstr,
+                                errstr_size) == -1)
+                return -1;
+        for (size_t i = 0; i < conf->dkim_key_cnt; i++) {
+                const struct config_dkim_key *d = &conf->dkim_keys[i];
+                const char *missing = d->domain[0] == '\0'     ? "domain"
+                                      : d->selector[0] == '\0' ? "selector"
+                                      : d->file[0] == '\0'     ? "file"
+                                                               : NULL;
+
+                if (missing) {
+                        snprintf(errstr, errstr_size,
+                                 "dkim.key.%s.%s: not set (a DKIM key needs "
+                                 "domain, selector and file)",
+                                 d->name, missing);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+/* Makes the limits: a named one covers domains, default covers no list. */
+static int config_build_limits(struct config *conf, char *errstr,
+                               size_t errstr_size) {
+        if (config_family_build(conf, &config_limit_family, NULL, errstr,
+                                errstr_size) == -1)
+                return -1;
+        for (size_t i = 0; i < conf->limit_cnt; i++) {
+                const struct config_limit *l = &conf->limits[i];
+                int is_default = strcmp(l->name, "default") == 0;
+
+                if (is_default && l->domains[0] != '\0') {
+                        snprintf(errstr, errstr_size,
+                                 "limit.default.domains: not allowed: "
+                                 "limit.default covers every domain no other "
+                                 "limit names");
+                        return -1;
+                }
+                if (!is_default && l->domains[0] == '\0') {
+                        snprintf(errstr, errstr_size,
+                                 "limit.%s.domains: must not be empty",
+                                 l->name);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
 int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
         static const char *const topics[] = {"topic.requests", "topic.results",
                                              "topic.deadletter"};
@@ -1354,7 +1560,8 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
         if (config_check_group(conf, errstr, errstr_size) == -1 ||
             config_check_smtp(conf, errstr, errstr_size) == -1 ||
             config_build_relays(conf, errstr, errstr_size) == -1 ||
-            config_check_limits(conf, errstr, errstr_size) == -1)
+            config_build_dkim(conf, errstr, errstr_size) == -1 ||
+            config_build_limits(conf, errstr, errstr_size) == -1)
                 return -1;
 
         if (config_check_backoff(
@@ -1363,23 +1570,6 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
                     errstr_size) == -1)
                 return -1;
         return 0;
-}
-
-static const char *config_type_name(enum config_type type) {
-        switch (type) {
-        case CONFIG_T_STR:
-                return "string";
-        case CONFIG_T_SECRET:
-                return "secret string";
-        case CONFIG_T_INT:
-                return "int";
-        case CONFIG_T_BOOL:
-                return "bool";
-        case CONFIG_T_ENUM:
-        case CONFIG_T_ENUM_STR:
-                return "enum";
-        }
-        return "?";
 }
 
 void config_print_help(FILE *fp) {
@@ -1395,15 +1585,9 @@ void config_print_help(FILE *fp) {
         }
         fprintf(fp, "  relay.NAME.K (K one of the smtp.* keys above but "
                     "transaction.max.recipients, or:)\n");
-        for (size_t i = 0; i < CONFIG_RELAY_KEY_CNT; i++) {
-                const struct config_key *k = &config_relay_keys[i];
-
-                fprintf(fp, "  relay.NAME.%s (%s, default \"%s\"", k->name,
-                        config_type_name(k->type), k->def);
-                if (k->type == CONFIG_T_INT)
-                        fprintf(fp, ", %ld..%ld", k->min, k->max);
-                fprintf(fp, ")\n      %s\n", k->help);
-        }
+        config_family_help(&config_relay_family, fp);
+        config_family_help(&config_dkim_family, fp);
+        config_family_help(&config_limit_family, fp);
         fprintf(fp, "  kafka.X, kafka.consumer.X, kafka.producer.X (string)\n"
                     "      librdkafka property X for both clients, the "
                     "consumer or the producer\n");
@@ -1450,25 +1634,7 @@ void config_dump(const struct config *conf, FILE *fp) {
                        conf->kafka_consumer_cnt, fp);
         config_dump_kv("kafka.producer.", conf->kafka_producer,
                        conf->kafka_producer_cnt, fp);
-        for (size_t i = 0; i < conf->relay_kv_cnt; i++) {
-                const char *key = conf->relay_kv[i].key;
-                size_t len;
-                const char *suffix = config_relay_split(key, &len);
-                const struct config_key *k =
-                        suffix ? config_relay_smtp_key(suffix) : NULL;
-
-                fprintf(fp, "%s=%s\n", key,
-                        k && k->type == CONFIG_T_SECRET
-                                ? "***"
-                                : conf->relay_kv[i].value);
-        }
-        for (size_t i = 0; i < conf->limit_cnt; i++) {
-                const struct config_limit *l = &conf->limits[i];
-
-                fprintf(fp,
-                        "limit.%s.domains=%s\nlimit.%s.rate.max=%d\n"
-                        "limit.%s.sessions.max=%d\n",
-                        l->name, l->domains, l->name, l->rate_max, l->name,
-                        l->sessions_max);
-        }
+        config_family_dump(conf, &config_relay_family, fp);
+        config_family_dump(conf, &config_dkim_family, fp);
+        config_family_dump(conf, &config_limit_family, fp);
 }

@@ -80,6 +80,19 @@ struct config_limit {
 #define CONFIG_RELAY_NAME_MAX 32
 #define CONFIG_RELAYS_MAX 16
 
+/* One DKIM signing key: dkim.key.<name>.*. It signs every message whose
+ * From address's domain is its domain (ASCII, any case). */
+struct config_dkim_key {
+        char *name; /* [a-z0-9-], at most CONFIG_DKIM_KEY_NAME_MAX bytes */
+        char *domain; /* dkim.key.<name>.domain: d=, the From domain */
+        char *selector; /* dkim.key.<name>.selector: s= */
+        char *file; /* dkim.key.<name>.file: the PEM private key */
+        char *headers; /* dkim.key.<name>.headers, "" = dkim.headers */
+};
+
+#define CONFIG_DKIM_KEY_NAME_MAX 32
+#define CONFIG_DKIM_KEYS_MAX 16
+
 /* The kafka.* passthrough pairs of one client. */
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
@@ -156,10 +169,23 @@ struct config {
         /* logging */
         char *log_level; /* log.level */
 
+        /* DKIM signing */
+        char *dkim_headers; /* dkim.headers: the header fields a key signs
+                               unless dkim.key.<name>.headers says */
+        /* dkim.key.<name>.<k> as set (validated, applied by config_finish()) */
+        struct config_kv *dkim_kv;
+        size_t dkim_kv_cnt;
+        /* the keys, by config_finish(); none: DKIM is off */
+        struct config_dkim_key *dkim_keys;
+        size_t dkim_key_cnt;
+
         /* relay.<name>.<k> as set (validated, applied by config_finish()) */
         struct config_kv *relay_kv;
         size_t relay_kv_cnt;
-        /* limit.<name>.* in the order first named */
+        /* limit.<name>.* as set, and the limits by config_finish() in the
+         * order first named */
+        struct config_kv *limit_kv;
+        size_t limit_kv_cnt;
         struct config_limit *limits;
         size_t limit_cnt;
         int limit_queue_max_ms; /* limit.queue.max.ms */

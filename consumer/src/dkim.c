@@ -164,13 +164,17 @@ static void canon_header(struct sink *s, const char *f, size_t len, int crlf) {
                 sink_put(s, "\r\n", 2);
 }
 
-/* Relaxed body canonicalisation (RFC 6376 3.4.4), in one pass. */
-static void canon_body(struct sink *s, const char *p, size_t len) {
+/* Relaxed body canonicalisation (RFC 6376 3.4.4), in one pass. When
+ * @stuffed, the body is dot-stuffed (SMTP DATA form): the first '.' of a
+ * line that starts with one is not part of the message. */
+static void canon_body(struct sink *s, const char *p, size_t len, int stuffed) {
         const char *end = p + len;
         size_t blank = 0; /* empty lines not written yet */
         int wsp = 0; /* white space not written yet */
         int content = 0; /* the current line has something */
 
+        if (stuffed && p < end && *p == '.')
+                p++;
         while (p < end) {
                 const char *q;
 
@@ -187,6 +191,8 @@ static void canon_body(struct sink *s, const char *p, size_t len) {
                         content = 0;
                         wsp = 0;
                         p += 2;
+                        if (stuffed && p < end && *p == '.')
+                                p++;
                         continue;
                 }
                 q = p + 1;
@@ -216,7 +222,7 @@ int dkim_canon_header(const char *field, size_t len, struct dynbuf *out) {
 int dkim_canon_body(const char *body, size_t len, struct dynbuf *out) {
         struct sink s = {.s_db = out};
 
-        canon_body(&s, body, len);
+        canon_body(&s, body, len, 0);
         sink_flush(&s);
         return s.s_err ? -1 : 0;
 }
@@ -647,22 +653,26 @@ out:
 
 /*
  * Finds the header fields of @msg whose names @k lists, in the order of the
- * message, and where the body starts.
+ * message, and where the body starts. When @stuffed, a field that starts
+ * with '.' starts after it (dot-stuffing).
  * @returns their number, or -1 when there are more than DKIM_FIELDS_MAX.
  */
 static int fields_find(const dkim_key_t *k, const char *msg, size_t len,
-                       struct field *fields, const char **bodyp) {
+                       int stuffed, struct field *fields, const char **bodyp) {
         const char *p = msg, *end = msg + len;
         int nf = 0;
 
         *bodyp = end;
         while (p < end) {
-                const char *f = p, *colon, *name_end;
+                const char *f, *colon, *name_end;
 
                 if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
                         *bodyp = p + 2;
                         break;
                 }
+                if (stuffed && *p == '.')
+                        p++;
+                f = p;
                 /* the field ends at a CRLF not followed by white space */
                 for (;;) {
                         const char *cr = memchr(p, '\r', (size_t)(end - p));
@@ -752,8 +762,10 @@ static size_t hash_sign(const dkim_key_t *k, EVP_MD_CTX *md,
         return n;
 }
 
-int dkim_sign(const dkim_key_t *k, const char *msg, size_t msg_len, int64_t now,
-              struct dynbuf *out, char *errstr, size_t errstr_size) {
+/* dkim_sign() and dkim_sign_data(): @stuffed says which. */
+static int sign(const dkim_key_t *k, const char *msg, size_t msg_len,
+                int stuffed, int64_t now, struct dynbuf *out, char *errstr,
+                size_t errstr_size) {
         struct field fields[DKIM_FIELDS_MAX];
         struct pick picks[DKIM_FIELDS_MAX + 1];
         struct sink s = {0};
@@ -765,7 +777,7 @@ int dkim_sign(const dkim_key_t *k, const char *msg, size_t msg_len, int64_t now,
         unsigned int hlen;
         int nf, ret = -1, have_from = 0;
 
-        nf = fields_find(k, msg, msg_len, fields, &body);
+        nf = fields_find(k, msg, msg_len, stuffed, fields, &body);
         if (nf < 0) {
                 snprintf(errstr, errstr_size,
                          "more than %d header fields to sign", DKIM_FIELDS_MAX);
@@ -787,7 +799,7 @@ int dkim_sign(const dkim_key_t *k, const char *msg, size_t msg_len, int64_t now,
         /* body hash */
         if (EVP_DigestInit_ex2(s.s_md, k->k_sha256, NULL) != 1)
                 goto ssl_err;
-        canon_body(&s, body, (size_t)(msg_len - (size_t)(body - msg)));
+        canon_body(&s, body, (size_t)(msg_len - (size_t)(body - msg)), stuffed);
         sink_flush(&s);
         if (s.s_err || EVP_DigestFinal_ex(s.s_md, hash, &hlen) != 1)
                 goto ssl_err;
@@ -849,4 +861,34 @@ out:
         if (ret != 0)
                 dynbuf_setlen(out, start);
         return ret;
+}
+
+int dkim_sign(const dkim_key_t *k, const char *msg, size_t msg_len, int64_t now,
+              struct dynbuf *out, char *errstr, size_t errstr_size) {
+        return sign(k, msg, msg_len, 0, now, out, errstr, errstr_size);
+}
+
+int dkim_sign_data(const dkim_key_t *k, const char *data, size_t data_len,
+                   int64_t now, struct dynbuf *out, char *errstr,
+                   size_t errstr_size) {
+        return sign(k, data, data_len, 1, now, out, errstr, errstr_size);
+}
+
+size_t dkim_key_field_max(const dkim_key_t *k) {
+        size_t sig = B64_LEN(k->k_ed25519 ? 64 : ((size_t)k->k_bits + 7) / 8);
+        size_t words = 4; /* t=, h=, bh=, b= */
+        size_t n = k->k_prefix_len;
+
+        n += strlen("t=;") + 20; /* a 64-bit number */
+        n += strlen("h=;");
+        for (size_t i = 0; i < k->k_nhdr; i++)
+                n += k->k_hdr[i].h_len + 1;
+        n += k->k_hdr[k->k_from].h_len + 1; /* over-signed */
+        words += k->k_nhdr + 1;
+        n += strlen("bh=;") + B64_LEN(HASH_LEN);
+        n += strlen("b=") + sig;
+        /* before each word a fold (CRLF SP) or a space; the signature
+         * folded at most every LINE_SOFT - 1 characters; the last CRLF */
+        n += 3 * words + 3 * (sig / (LINE_SOFT - 1) + 1) + 2;
+        return n;
 }

@@ -100,6 +100,25 @@ int dkim_sign(const dkim_key_t *k, const char *msg, size_t msg_len, int64_t now,
               struct dynbuf *out, char *errstr, size_t errstr_size);
 
 /*
+ * Like dkim_sign(), for the message in SMTP DATA form (RFC 5321 4.5.2):
+ * @data is dot-stuffed (a line that starts with '.' has one more in
+ * front) and does not include the final ".\r\n". The signature covers the
+ * message the receiver gets, the stuffing taken out; nothing is copied.
+ * @returns 0, or -1 with @errstr as dkim_sign().
+ */
+int dkim_sign_data(const dkim_key_t *k, const char *data, size_t data_len,
+                   int64_t now, struct dynbuf *out, char *errstr,
+                   size_t errstr_size);
+
+/*
+ * @returns a length the DKIM-Signature field dkim_sign() or
+ * dkim_sign_data() makes with @k does not pass when the message has each
+ * header field that @k signs at most once (repeated fields lengthen h=):
+ * the room to keep in front of a message for it.
+ */
+size_t dkim_key_field_max(const dkim_key_t *k);
+
+/*
  * The relaxed canonical form (RFC 6376 3.4.2) of the header field @field
  * (@len bytes, its final CRLF optional): the name in lower case, ":", the
  * value unfolded with each run of spaces and tabs made one space and none

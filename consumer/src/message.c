@@ -907,7 +907,11 @@ struct message *message_build(const struct mail_request *req,
         size_t data_len;
         int ok = 0;
 
-        dynbuf_init(&b, MESSAGE_MAX_BYTES);
+        if (opts->headroom > MESSAGE_MAX_BYTES) {
+                snprintf(errstr, errstr_size, "message: headroom too large");
+                return NULL;
+        }
+        dynbuf_init(&b, MESSAGE_MAX_BYTES + opts->headroom);
         dynbuf_init(&scratch, MESSAGE_MAX_BYTES);
         if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) !=
             0) {
@@ -923,10 +927,12 @@ struct message *message_build(const struct mail_request *req,
         snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
         snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
         estimate = estimate_size(req);
-        if (dynbuf_reserve(&b, estimate < MESSAGE_MAX_BYTES
-                                       ? estimate
-                                       : MESSAGE_MAX_BYTES) == NULL)
+        if (dynbuf_reserve(&b, opts->headroom +
+                                       (estimate < MESSAGE_MAX_BYTES
+                                                ? estimate
+                                                : MESSAGE_MAX_BYTES)) == NULL)
                 goto oom;
+        dynbuf_setlen(&b, opts->headroom); /* filled by message_prepend() */
 
         write_date(&b, opts->date_ms);
         write_addresses(&b, &scratch, "From", &req->from, 1);
@@ -972,10 +978,12 @@ struct message *message_build(const struct mail_request *req,
                          MESSAGE_MAX_BYTES);
                 goto out;
         }
-        msg->data = dynbuf_take(&b, &data_len);
-        if (msg->data == NULL)
+        msg->buf = dynbuf_take(&b, &data_len);
+        if (msg->buf == NULL)
                 goto oom;
-        msg->data_len = data_len - 3;
+        msg->headroom = opts->headroom;
+        msg->data = msg->buf + opts->headroom;
+        msg->data_len = data_len - opts->headroom - 3;
         ok = 1;
         goto out;
 
@@ -991,10 +999,32 @@ out:
         return msg;
 }
 
+int message_prepend(struct message *msg, const char *p, size_t len) {
+        char *buf;
+
+        if (len <= msg->headroom) {
+                msg->data -= len;
+                msg->headroom -= len;
+        } else {
+                /* + 4: the terminator that follows the data, and a NUL */
+                buf = malloc(len + msg->data_len + 4);
+                if (buf == NULL)
+                        return -1;
+                memcpy(buf + len, msg->data, msg->data_len + 4);
+                free(msg->buf);
+                msg->buf = buf;
+                msg->data = buf;
+                msg->headroom = 0;
+        }
+        memcpy(msg->data, p, len);
+        msg->data_len += len;
+        return 0;
+}
+
 void message_destroy(struct message *msg) {
         if (msg == NULL)
                 return;
         free(msg->rcpts); /* holds message_id, mail_from and the rcpts */
-        free(msg->data);
+        free(msg->buf);
         free(msg);
 }

@@ -18,6 +18,8 @@ struct message_opts {
         const char
                 *message_id_domain; /* NULL or "": the From address's domain */
         int64_t date_ms; /* Unix ms for the Date header */
+        size_t headroom; /* bytes kept free in front of data, so that
+                            message_prepend() of that much copies nothing */
 };
 
 /* One built message, ready for SMTP. */
@@ -30,6 +32,8 @@ struct message {
                        data_len does not count the terminating ".\r\n",
                        which follows it in memory */
         size_t data_len;
+        char *buf; /* the allocation data is in (owned) */
+        size_t headroom; /* free bytes in front of data */
         int smtputf8; /* 1 when an address is UTF-8: the envelope and the
                          header block carry it raw (RFC 6531, RFC 6532) and
                          the relay must offer SMTPUTF8. Otherwise the header
@@ -45,6 +49,14 @@ int message_id_for(const struct mail_request *req, const char *domain,
 struct message *message_build(const struct mail_request *req,
                               const struct message_opts *opts, char *errstr,
                               size_t errstr_size);
+
+/*
+ * Puts the @len bytes of @p (whole header fields with their CRLF, such as a
+ * DKIM-Signature) in front of @msg's data. Within the headroom left in
+ * front of it nothing is copied; beyond it the data is copied to a new
+ * allocation. @returns 0, or -1 when out of memory (@msg unchanged).
+ */
+int message_prepend(struct message *msg, const char *p, size_t len);
 
 void message_destroy(struct message *msg);
 

@@ -22,6 +22,7 @@
 #include "results.h"
 #include "retry.h"
 #include "relays.h"
+#include "signer.h"
 #include "smtp.h"
 
 /* How long one loop iteration may wait when nothing happens. */
@@ -169,6 +170,7 @@ struct worker {
         results_t *w_results;
         relays_t *w_relays;
         dedupe_t *w_dedupe; /* NULL when dedupe.capacity is 0 */
+        signer_t *w_signer; /* the DKIM keys (none: signs nothing) */
         /* NULL when dedupe is off or dedupe.recall.timeout.ms is 0. */
         recall_t *w_recall;
         uint64_t w_assign_seq;
@@ -1191,6 +1193,7 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                 w->w_with_deadline++;
         mo.message_id_domain = w->w_conf->message_id_domain;
         mo.date_ms = e->e_received_ms;
+        mo.headroom = signer_headroom(w->w_signer, e->e_req->from.addr);
         e->e_msg = message_build(e->e_req, &mo, errstr, sizeof(errstr));
         if (!e->e_msg) {
                 if (e->e_req->deadline_ms)
@@ -1200,6 +1203,9 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                 worker_reject(w, e, m, id, errstr);
                 goto out;
         }
+        if (mo.headroom > 0)
+                signer_sign(w->w_signer, e->e_msg, e->e_req->from.addr,
+                            results_wall_ms() / 1000, id);
         e->e_job.mail_from = e->e_msg->mail_from;
         entry_rcpts_from_retry(e);
         e->e_job.data = e->e_msg->data;
@@ -2015,6 +2021,7 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        "session set-ups the relay refused or that failed", NULL,
                        (double)ss.relay_failures_total);
         worker_render_relays(out, w->w_relays);
+        signer_render(w->w_signer, out);
 }
 
 static int worker_health(char *reason, size_t reason_size, void *opaque) {
@@ -2120,6 +2127,9 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                         goto fail;
                 }
         }
+        w->w_signer = signer_new(conf, errstr, errstr_size);
+        if (!w->w_signer)
+                goto fail;
         w->w_relays = relays_new(w->w_loop, conf, worker_on_smtp_done, w,
                                  errstr, errstr_size);
         if (!w->w_relays)
@@ -2287,6 +2297,7 @@ void worker_destroy(worker_t *w) {
                 w->w_topics[t].wt_ledger = NULL;
         }
         dedupe_destroy(w->w_dedupe);
+        signer_destroy(w->w_signer);
         free(w->w_retry_group);
         if (w->w_loop)
                 loop_timer_stop(w->w_loop, &w->w_commit_timer);

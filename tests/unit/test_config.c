@@ -680,6 +680,29 @@ static const struct set_fails_case set_fails_cases[] = {
          "-X: kafka.producer: no librdkafka property name after the prefix"},
         {"kafka_alone_unknown", "kafka", "x", NULL,
          "-X: unknown key \"kafka\""},
+        /* dkim.key.<name>.* */
+        {"dkim_key_name_upper_case", "dkim.key.Main.domain", "shop.example",
+         NULL,
+         "-X: dkim.key.Main.domain: expected dkim.key.<name>.<setting> with a "
+         "name of 1 to 32 characters a-z, 0-9 and '-'"},
+        {"dkim_key_name_too_long",
+         "dkim.key.a23456789012345678901234567890123.file", "/k.pem", NULL,
+         "-X: dkim.key.a23456789012345678901234567890123.file: expected "
+         "dkim.key.<name>.<setting> with a name of 1 to 32 characters a-z, 0-9 "
+         "and '-'"},
+        {"dkim_key_without_setting", "dkim.key.main", "x", NULL,
+         "-X: dkim.key.main: expected dkim.key.<name>.<setting> with a name of "
+         "1 to 32 characters a-z, 0-9 and '-'"},
+        {"dkim_key_unknown_setting", "dkim.key.main.algorithm", "rsa", NULL,
+         "-X: unknown key \"dkim.key.main.algorithm\""},
+        {"dkim_key_relay_setting", "dkim.key.main.url", "smtp://x", NULL,
+         "-X: unknown key \"dkim.key.main.url\""},
+        {"dkim_key_empty_value", "dkim.key.main.selector", "",
+         "env KAFKA_MAILER_DKIM_KEY_MAIN_SELECTOR",
+         "env KAFKA_MAILER_DKIM_KEY_MAIN_SELECTOR: dkim.key.main.selector: "
+         "must not be empty"},
+        {"dkim_alone_unknown", "dkim.key", "x", NULL,
+         "-X: unknown key \"dkim.key\""},
 };
 
 static void test_set_fails_case(void **state) {
@@ -706,7 +729,7 @@ static void test_set_fails_case(void **state) {
  * @expected, or succeeds when it is NULL. */
 struct finish_case {
         const char *name;
-        const char *settings[2][2];
+        const char *settings[3][2];
         const char *expected;
 };
 
@@ -758,6 +781,29 @@ static const struct finish_case finish_cases[] = {
         {"empty_topic",
          {{"topic.results", ""}},
          "topic.results: must not be empty"},
+        {"dkim_key_complete",
+         {{"dkim.key.main.domain", "shop.example"},
+          {"dkim.key.main.selector", "s2026"},
+          {"dkim.key.main.file", "/etc/kafka-mailer/dkim.pem"}},
+         NULL},
+        {"dkim_key_without_domain",
+         {{"dkim.key.main.selector", "s2026"},
+          {"dkim.key.main.file", "/etc/kafka-mailer/dkim.pem"}},
+         "dkim.key.main.domain: not set (a DKIM key needs domain, selector and "
+         "file)"},
+        {"dkim_key_without_selector",
+         {{"dkim.key.main.domain", "shop.example"},
+          {"dkim.key.main.file", "/etc/kafka-mailer/dkim.pem"}},
+         "dkim.key.main.selector: not set (a DKIM key needs domain, selector "
+         "and file)"},
+        {"dkim_key_without_file",
+         {{"dkim.key.ed.domain", "shop.example"},
+          {"dkim.key.ed.selector", "s2026"}},
+         "dkim.key.ed.file: not set (a DKIM key needs domain, selector and "
+         "file)"},
+        {"dkim_headers_empty",
+         {{"dkim.headers", ""}},
+         "dkim.headers: must not be empty (from at least)"},
         {"kafka_group_protocol_refused",
          {{"kafka.consumer.group.protocol", "consumer"}},
          "kafka.group.protocol: set group.protocol instead (the worker picks "
@@ -900,6 +946,70 @@ static void test_password_file_case(void **state) {
         config_destroy(conf);
 }
 
+static void test_dkim_keys_by_name_from_every_source(void **state) {
+        struct config *conf = *state;
+        char *const envp[] = {
+                "KAFKA_MAILER_DKIM_KEY_RSA_FILE=/keys/rsa.pem",
+                "KAFKA_MAILER_DKIM_HEADERS=from:to:subject",
+                NULL,
+        };
+        char path[64];
+        char *dump;
+
+        assert_int_equal(conf->dkim_key_cnt, 0);
+        assert_string_equal(conf->dkim_headers,
+                            "from:to:cc:subject:date:message-id:reply-to:"
+                            "in-reply-to:references:mime-version:content-type:"
+                            "content-transfer-encoding:sender:list-unsubscribe:"
+                            "list-unsubscribe-post");
+        write_tmp("dkim.key.rsa.domain = Shop.Example\n"
+                  "dkim.key.rsa.selector = r2026\n"
+                  "dkim.key.ed-1.domain = shop.example\n"
+                  "dkim.key.ed-1.selector = e2026\n"
+                  "dkim.key.ed-1.file = /keys/ed.pem\n",
+                  path, sizeof(path));
+        assert_int_equal(config_load_file(conf, path, errstr, sizeof(errstr)),
+                         0);
+        unlink(path);
+        assert_int_equal(config_load_env(conf, envp, errstr, sizeof(errstr)),
+                         0);
+        assert_int_equal(set(conf, "dkim.key.ed-1.headers", "from:subject"), 0);
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+
+        assert_int_equal(conf->dkim_key_cnt, 2);
+        assert_string_equal(conf->dkim_keys[0].name, "rsa");
+        assert_string_equal(conf->dkim_keys[0].domain, "Shop.Example");
+        assert_string_equal(conf->dkim_keys[0].selector, "r2026");
+        assert_string_equal(conf->dkim_keys[0].file, "/keys/rsa.pem");
+        assert_string_equal(conf->dkim_keys[0].headers, "");
+        assert_string_equal(conf->dkim_keys[1].name, "ed-1");
+        assert_string_equal(conf->dkim_keys[1].file, "/keys/ed.pem");
+        assert_string_equal(conf->dkim_keys[1].headers, "from:subject");
+        assert_string_equal(conf->dkim_headers, "from:to:subject");
+
+        dump = capture(conf);
+        assert_non_null(strstr(dump, "\ndkim.headers=from:to:subject\n"));
+        assert_non_null(strstr(dump, "\ndkim.key.rsa.file=/keys/rsa.pem\n"));
+        assert_non_null(strstr(dump, "\ndkim.key.ed-1.selector=e2026\n"));
+        free(dump);
+
+        /* finishing again builds the same keys */
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), 0);
+        assert_int_equal(conf->dkim_key_cnt, 2);
+}
+
+static void test_more_than_the_most_dkim_keys_refused(void **state) {
+        struct config *conf = *state;
+        char key[64];
+
+        for (int i = 0; i <= CONFIG_DKIM_KEYS_MAX; i++) {
+                snprintf(key, sizeof(key), "dkim.key.k%d.domain", i);
+                assert_int_equal(set(conf, key, "shop.example"), 0);
+        }
+        assert_int_equal(config_finish(conf, errstr, sizeof(errstr)), -1);
+        assert_string_equal(errstr, "dkim.key.k16: more than 16 DKIM keys");
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -925,6 +1035,8 @@ int main(void) {
                 T(test_doc_names_every_key),
                 T(test_group_protocol_default_and_choices),
                 T(test_settings_of_the_other_group_protocol_refused),
+                T(test_dkim_keys_by_name_from_every_source),
+                T(test_more_than_the_most_dkim_keys_refused),
         };
 
         const struct fixture_cases sets[] = {

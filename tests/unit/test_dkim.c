@@ -701,6 +701,95 @@ test_the_field_is_appended_and_failures_leave_the_buffer(void **state) {
         dkim_key_destroy(k);
 }
 
+/* @returns @msg dot-stuffed as SMTP DATA sends it (malloc'd). */
+static char *stuff(const char *msg) {
+        struct dynbuf b;
+
+        dynbuf_init(&b, 1 << 20);
+        for (const char *p = msg; *p != '\0';) {
+                const char *eol = strstr(p, "\r\n");
+                size_t n = eol != NULL ? (size_t)(eol - p) + 2 : strlen(p);
+
+                if (*p == '.')
+                        dynbuf_appendc(&b, '.');
+                dynbuf_append(&b, p, n);
+                p += n;
+        }
+        assert_int_equal(dynbuf_error(&b), DYNBUF_OK);
+        return dynbuf_take(&b, NULL);
+}
+
+static void test_dot_stuffed_data_is_signed_as_the_message(void **state) {
+        static const char dotted[] =
+                ".X-Dot: a field that starts with a dot\r\n"
+                "From: Shop <no-reply@shop.example>\r\n"
+                "Subject: dots\r\n"
+                "\r\n"
+                ".first line\r\n"
+                "..two dots\r\n"
+                ".\r\n"
+                ". \t\r\n"
+                "a . in the middle\r\n"
+                "\r\n"
+                ".\r\n";
+        const char *paths[] = {rsa_path, ed_path};
+        const char *msgs[] = {dotted, msg_simple, msg_empty_body};
+
+        (void)state;
+        for (size_t i = 0; i < 2; i++) {
+                dkim_key_t *k =
+                        key_load(paths[i], "sel", "from:subject:.x-dot");
+
+                for (size_t m = 0; m < sizeof(msgs) / sizeof(msgs[0]); m++) {
+                        char *field = sign_verified(k, msgs[m]);
+                        char *data = stuff(msgs[m]);
+                        struct dynbuf out;
+                        char err[256];
+                        int64_t now;
+
+                        /* the same signature (both algorithms are
+                         * deterministic) at the same t= */
+                        now = strtoll(strstr(field, " t=") + 3, NULL, 10);
+                        dynbuf_init(&out, 1 << 16);
+                        assert_int_equal(dkim_sign_data(k, data, strlen(data),
+                                                        now, &out, err,
+                                                        sizeof(err)),
+                                         0);
+                        assert_string_equal(dynbuf_ptr(&out), field);
+                        assert_true(dynbuf_len(&out) <= dkim_key_field_max(k));
+                        if (m == 0)
+                                h_tag_is(field, "from:subject:.x-dot:from");
+                        dynbuf_fini(&out);
+                        free(data);
+                        free(field);
+                }
+                dkim_key_destroy(k);
+        }
+}
+
+static void test_the_field_fits_the_room_the_key_asks_for(void **state) {
+        static const char *const selectors[] = {
+                "s", "a-very-long-selector-name-of-sixty-three-characters-"
+                     "xxxxxxxxxxx"};
+        const char *paths[] = {rsa_path, ed_path};
+        char *multi = msg_multipart();
+
+        (void)state;
+        for (size_t i = 0; i < 2; i++) {
+                for (size_t j = 0; j < 2; j++) {
+                        dkim_key_t *k = key_load(paths[i], selectors[j], NULL);
+                        char *field = sign(k, multi, strlen(multi), INT64_MAX);
+
+                        assert_true(strlen(field) <= dkim_key_field_max(k));
+                        /* and no more than twice what it needs */
+                        assert_true(dkim_key_field_max(k) < 2 * strlen(field));
+                        free(field);
+                        dkim_key_destroy(k);
+                }
+        }
+        free(multi);
+}
+
 static void test_too_many_fields_to_sign_are_refused(void **state) {
         dkim_key_t *k;
         struct dynbuf msg, out;
@@ -914,6 +1003,9 @@ int main(void) {
                 cmocka_unit_test(test_an_empty_body_is_hashed_as_nothing),
                 cmocka_unit_test(
                         test_the_field_is_appended_and_failures_leave_the_buffer),
+                cmocka_unit_test(
+                        test_dot_stuffed_data_is_signed_as_the_message),
+                cmocka_unit_test(test_the_field_fits_the_room_the_key_asks_for),
                 cmocka_unit_test(test_too_many_fields_to_sign_are_refused),
                 cmocka_unit_test(
                         test_keys_that_cannot_sign_are_refused_without_showing_them),

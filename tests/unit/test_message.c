@@ -658,6 +658,59 @@ static void test_message_id_deterministic_from_domain_or_option(void **state) {
         built_free(&c);
 }
 
+static void test_headroom_leaves_the_message_as_it_is(void **state) {
+        static const char field[] = "DKIM-Signature: v=1; a=ed25519-sha256;\r\n"
+                                    " b=abc\r\n";
+        struct built a = build("{\"id\":\"h\",\"from\":\"a@b.example\","
+                               "\"to\":[\"c@d.example\"],\"text\":\".x\"}");
+        struct message_opts opts = {.date_ms = TEST_DATE_MS, .headroom = 100};
+        struct message *m;
+        char err[128];
+        const char *buf;
+        size_t len = strlen(field);
+
+        (void)state;
+        m = message_build(a.req, &opts, err, sizeof(err));
+        assert_non_null(m);
+        /* the same bytes as without headroom, the terminator after them */
+        assert_int_equal(m->data_len, a.msg->data_len);
+        assert_memory_equal(m->data, a.msg->data, a.msg->data_len + 3);
+        assert_int_equal(m->headroom, 100);
+        assert_ptr_equal(m->data, m->buf + 100);
+
+        /* within the headroom: in place */
+        buf = m->buf;
+        assert_int_equal(message_prepend(m, field, len), 0);
+        assert_ptr_equal(m->buf, buf);
+        assert_int_equal(m->headroom, 100 - len);
+        assert_int_equal(m->data_len, a.msg->data_len + len);
+        assert_memory_equal(m->data, field, len);
+        assert_memory_equal(m->data + len, a.msg->data, a.msg->data_len + 3);
+
+        /* beyond it: copied */
+        assert_int_equal(message_prepend(m, field, len), 0);
+        assert_int_equal(message_prepend(m, field, len), 0);
+        assert_int_equal(m->headroom, 0);
+        assert_ptr_equal(m->data, m->buf);
+        assert_int_equal(m->data_len, a.msg->data_len + 3 * len);
+        for (size_t i = 0; i < 3; i++)
+                assert_memory_equal(m->data + i * len, field, len);
+        assert_memory_equal(m->data + 3 * len, a.msg->data,
+                            a.msg->data_len + 3);
+        message_destroy(m);
+
+        /* no headroom: copied at once */
+        m = message_build(a.req,
+                          &(struct message_opts){.date_ms = TEST_DATE_MS}, err,
+                          sizeof(err));
+        assert_non_null(m);
+        assert_int_equal(message_prepend(m, field, len), 0);
+        assert_memory_equal(m->data, field, len);
+        assert_memory_equal(m->data + len, a.msg->data, a.msg->data_len + 3);
+        message_destroy(m);
+        built_free(&a);
+}
+
 static void
 test_message_id_for_rejects_bad_domain_and_small_buffer(void **state) {
         struct built a = build("{\"id\":\"m\",\"from\":\"a@b.example\","
@@ -1410,6 +1463,7 @@ int main(void) {
                         test_line_of_998_octets_stays_7bit_999_becomes_qp),
                 cmocka_unit_test(test_bare_lf_and_cr_normalised_to_crlf),
                 cmocka_unit_test(test_dot_stuffing_of_body_lines),
+                cmocka_unit_test(test_headroom_leaves_the_message_as_it_is),
                 cmocka_unit_test(
                         test_body_containing_boundary_prefix_forced_to_qp),
         };
