@@ -14,9 +14,17 @@
 #include "loop.h"
 #include "relays.h"
 
+/* The jobs whose outcome came, in order. */
+struct outcomes {
+        struct smtp_job *jobs[64];
+        size_t cnt;
+};
+
 static void done_cb(struct smtp_job *job, void *opaque) {
-        (void)job;
-        (void)opaque;
+        struct outcomes *o = opaque;
+
+        if (o && o->cnt < 64)
+                o->jobs[o->cnt++] = job;
 }
 
 /* @returns a finished config of "key=value" pairs (NULL-terminated), or
@@ -148,6 +156,26 @@ static void test_bad_relay_settings_are_refused_by_name(void **state) {
                 {{"relay.a.url=smtp://x", "relay.a.route.sender.domains=x.y",
                   NULL},
                  "relay.*: no relay takes transactional requests"},
+                {{"limit.g.rate.max=10", NULL},
+                 "limit.g.domains: must not be empty"},
+                {{"limit.default.domains=a.example", NULL},
+                 "limit.default.domains: not allowed"},
+                {{"limit.g.speed=1", NULL},
+                 "-X: unknown key \"limit.g.speed\""},
+                {{"limit.g.rate.max=-1", NULL},
+                 "-X: limit.g.rate.max: -1 is below the minimum 0"},
+                {{"limit.g.sessions.max=100001", NULL},
+                 "-X: limit.g.sessions.max: 100001 is above the maximum 100000"},
+                {{"relay.a.rate.max=1000001", NULL},
+                 "-X: relay.a.rate.max: 1000001 is above the maximum 1000000"},
+                {{"limit.queue.max.ms=3600001", NULL},
+                 "-X: limit.queue.max.ms: 3600001 is above the maximum"},
+                {{"throttle.decrease.percent=91", NULL},
+                 "-X: throttle.decrease.percent: 91 is above the maximum 90"},
+                {{"throttle.increase.percent=0", NULL},
+                 "-X: throttle.increase.percent: 0 is below the minimum 1"},
+                {{"throttle.rate.min=0", NULL},
+                 "-X: throttle.rate.min: 0 is below the minimum 1"},
         };
 
         (void)state;
@@ -231,6 +259,72 @@ static void test_routes_pick_the_most_specific_relays_by_weight(void **state) {
         config_destroy(c);
 }
 
+static const char *const slow_rcpt[] = {"a@slow.example", NULL};
+static const char *const both_rcpts[] = {"a@slow.example", "b@other.example",
+                                         NULL};
+
+/* A limit of 2 msgs/s and limit.queue.max.ms=1000: the first goes at once
+ * (a full bucket), two wait (500 and 1000 ms ahead), the rest are put off, each at a slot of its own, without
+ * an attempt; a limit's queue is transactional first; cancel takes a job
+ * off a limit's queue. */
+static void
+test_a_limit_queues_then_puts_off_at_slots_of_their_own(void **state) {
+        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:1",
+                                         "limit.slow.domains=slow.example",
+                                         "limit.slow.rate.max=2",
+                                         "limit.queue.max.ms=1000", NULL};
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+        loop_t *loop = loop_new();
+        struct outcomes o = {0};
+        static struct smtp_job jobs[10];
+        struct relay_route route = {"shop.example",
+                                    MAIL_PRIORITY_TRANSACTIONAL};
+        relays_t *rs;
+        struct relays_pacing p;
+
+        (void)state;
+        assert_non_null(c);
+        rs = relays_new(loop, c, done_cb, &o, err, sizeof(err));
+        assert_non_null(rs);
+        relays_set_share(rs, 1.0);
+        for (size_t i = 0; i < 10; i++) {
+                memset(&jobs[i], 0, sizeof(jobs[i]));
+                jobs[i].rcpts = i == 9 ? both_rcpts : slow_rcpt;
+                jobs[i].rcpt_cnt = i == 9 ? 2 : 1;
+                relays_submit(rs, &jobs[i], &route);
+        }
+        assert_int_equal(o.cnt, 0); /* never from inside relays_submit() */
+        for (int i = 0; i < 20 && o.cnt < 7; i++)
+                loop_run_once(loop, 50);
+        /* seven are put off (the last one's second recipient has no limit:
+         * the first counts) */
+        assert_int_equal(o.cnt, 7);
+        for (size_t i = 0; i < o.cnt; i++) {
+                assert_int_equal(o.jobs[i]->outcome, SMTP_DEFERRED);
+                assert_true(o.jobs[i]->defer_ms >= 1000);
+                if (i > 0)
+                        assert_int_equal(o.jobs[i]->defer_ms -
+                                                 o.jobs[i - 1]->defer_ms,
+                                         500);
+                assert_non_null(strstr(o.jobs[i]->reply, "limit slow"));
+        }
+        assert_int_equal(relays_deferrals(rs), 7);
+        assert_int_equal(relays_limit_count(rs), 1);
+        assert_string_equal(relays_limit_pacing(rs, 0, &p), "slow");
+        assert_true(p.rate == 2.0);
+        assert_int_equal(p.waiting, 2);
+        /* the waiting ones can be cancelled */
+        for (size_t i = 1; i < 3; i++)
+                if (jobs[i].sj_wq)
+                        assert_int_equal(relays_cancel(rs, &jobs[i]), 0);
+        relays_limit_pacing(rs, 0, &p);
+        assert_int_equal(p.waiting, 0);
+        relays_destroy(rs);
+        loop_destroy(loop);
+        config_destroy(c);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_domain_patterns),
@@ -240,6 +334,8 @@ int main(void) {
                 cmocka_unit_test(test_bad_relay_settings_are_refused_by_name),
                 cmocka_unit_test(
                         test_routes_pick_the_most_specific_relays_by_weight),
+                cmocka_unit_test(
+                        test_a_limit_queues_then_puts_off_at_slots_of_their_own),
         };
         int r;
 
