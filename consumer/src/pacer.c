@@ -8,6 +8,9 @@
 /* A bucket holds a tenth of a second of sends (at least one): sends stay
  * paced, and a one-second window sees the rate and little more. */
 #define PACER_BURST_S 0.1
+/* The least raise per second, msgs/s: a cut after a quiet second (little
+ * went) does not take minutes to undo. */
+#define PACER_STEP_MIN 1.0
 /* One cut per this long: the replies to sends made before a cut are not
  * a reason for another. */
 #define PACER_CUT_GAP_MS 1000
@@ -90,7 +93,7 @@ void pacer_take(struct pacer *p, int64_t now_ms) {
 
 void pacer_throttled(struct pacer *p, const struct pacer_conf *c,
                      int64_t now_ms) {
-        double sent, base, rate;
+        double sent, before, base, rate;
 
         if (p->p_cut_ms && now_ms - p->p_cut_ms < PACER_CUT_GAP_MS)
                 return;
@@ -98,17 +101,23 @@ void pacer_throttled(struct pacer *p, const struct pacer_conf *c,
         /* what went through in the last second: the rate the other side
          * found too fast */
         sent = p->p_prev_cnt > p->p_win_cnt ? p->p_prev_cnt : p->p_win_cnt;
-        if (sent < 1)
-                sent = 1;
-        base = p->p_rate > 0 && p->p_rate < sent ? p->p_rate : sent;
+        /* the rate before the cut: the one allowed, or (unlimited) what
+         * went */
+        before = p->p_rate > 0 ? p->p_rate : sent;
+        if (before < c->rate_min)
+                before = c->rate_min;
+        /* cut from what the other side saw, when less went than allowed */
+        base = sent >= c->rate_min && sent < before ? sent : before;
         rate = base * (100 - c->decrease_percent) / 100.0;
         if (rate < c->rate_min)
                 rate = c->rate_min;
+        if (p->p_limit > 0 && rate > p->p_limit)
+                rate = p->p_limit;
         pacer_refill(p, now_ms);
         p->p_rate = rate;
-        p->p_step = base * c->increase_percent / 100.0;
-        if (p->p_step < c->rate_min / 10.0)
-                p->p_step = c->rate_min / 10.0;
+        p->p_step = before * c->increase_percent / 100.0;
+        if (p->p_step < PACER_STEP_MIN)
+                p->p_step = PACER_STEP_MIN;
         if (p->p_tokens > pacer_burst(rate))
                 p->p_tokens = pacer_burst(rate);
         p->p_cut_ms = now_ms;

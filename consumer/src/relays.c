@@ -18,8 +18,9 @@ _Static_assert(CONFIG_RELAYS_MAX <= 32, "relay masks are 32 bits");
 #define RELAYS_DEST_BUCKETS 256
 #define RELAYS_TICK_MS 250
 /* The rate a worker keeps to while its share of a limit is 0 (it owns no
- * partition, or the partition counts are not known yet), msgs/s. */
-#define RELAYS_RATE_FLOOR 0.1
+ * partition, or the partition counts are not known yet), msgs/s: a
+ * pacer's 0 would mean no limit. */
+#define RELAYS_RATE_FLOOR 0.01
 
 /* Jobs waiting in this module, linked through sj_next/sj_prev (free while
  * a job is not at a client). */
@@ -42,6 +43,7 @@ struct dest {
         struct dest *d_wnext;
         struct dest *d_hnext; /* default ones: the hash chain */
         int64_t d_idle_ms; /* default ones: since when nothing uses it */
+        unsigned d_refs; /* jobs that count against it (sj_dests) */
         int64_t d_booked_ms; /* slots given to jobs put off, up to here */
 };
 
@@ -89,6 +91,10 @@ struct relays {
 };
 
 static void relays_pump_soon(relays_t *rs, int64_t in_ms);
+
+static int64_t relays_now(const relays_t *rs) {
+        return loop_now_ms(rs->rs_loop);
+}
 
 /* ---- queues ---- */
 
@@ -295,16 +301,26 @@ static void relays_release(relays_t *rs, struct smtp_job *job) {
                 struct dest *d = job->sj_dests[i];
 
                 d->d_busy--;
-                if (d->d_listed)
-                        relays_pump_soon(rs, 0);
         }
+        /* a job waiting at another limit may need this one's slot */
+        if (rs->rs_waiting)
+                relays_pump_soon(rs, 0);
+}
+
+/* @job leaves this module's care (done, cancelled, put off): its limits
+ * no longer count it. */
+static void relays_forget(relays_t *rs, struct smtp_job *job) {
+        relays_release(rs, job);
+        for (unsigned i = 0; i < job->sj_dest_cnt; i++) {
+                struct dest *d = job->sj_dests[i];
+
+                if (--d->d_refs == 0 && !d->d_listed)
+                        d->d_idle_ms = relays_now(rs);
+        }
+        job->sj_dest_cnt = 0;
 }
 
 /* ---- the relay stage ---- */
-
-static int64_t relays_now(const relays_t *rs) {
-        return loop_now_ms(rs->rs_loop);
-}
 
 /* Gives @job to @r's client: a job a limit paced goes first, so that it
  * leaves when its limit let it, not behind unlimited ones. */
@@ -357,7 +373,7 @@ static double relays_part(const relays_t *rs, double rate_max) {
 
         if (rate_max <= 0)
                 return 0;
-        return part < RELAYS_RATE_FLOOR ? RELAYS_RATE_FLOOR : part;
+        return part > 0 ? part : RELAYS_RATE_FLOOR;
 }
 
 static void dest_init(relays_t *rs, struct dest *d, double rate_max,
@@ -383,6 +399,7 @@ static struct dest *relays_default_dest(relays_t *rs, const char *domain) {
                 return NULL;
         }
         dest_init(rs, d, rs->rs_default_rate_max, rs->rs_default_sessions_max);
+        d->d_idle_ms = relays_now(rs);
         d->d_hnext = rs->rs_hash[h];
         rs->rs_hash[h] = d;
         rs->rs_default_cnt++;
@@ -476,8 +493,17 @@ static int64_t relays_pump_dest(relays_t *rs, struct dest *d, int64_t now) {
                                      &d->d_booked_ms, wq_ahead(d->d_q, 1));
                         continue;
                 }
+                if (wait < 0) {
+                        /* waits for a transaction to end; looked at again
+                         * then, and when limit.queue.max.ms has passed */
+                        int64_t left =
+                                job->sj_enq_ms + rs->rs_queue_max_ms + 1 - now;
+
+                        return rs->rs_share_known && left > 0 ? left
+                                                              : INT64_MAX;
+                }
                 if (wait != 0)
-                        return wait < 0 ? INT64_MAX : wait;
+                        return wait;
                 for (unsigned i = 0; i < job->sj_dest_cnt; i++) {
                         struct dest *x = job->sj_dests[i];
 
@@ -545,6 +571,7 @@ static void relays_pump_cb(loop_t *loop, void *opaque) {
         }
         while ((job = rs->rs_deferred.head) != NULL) {
                 wq_remove(job);
+                relays_forget(rs, job);
                 rs->rs_done_cb(job, rs->rs_opaque);
         }
         if (next != INT64_MAX)
@@ -604,7 +631,10 @@ static void relays_done_cb(struct smtp_job *job, void *opaque) {
         struct relay *r = relays_of_job(rs, job);
 
         relays_release(rs, job);
+        /* the transaction refused as a whole (not recipient by recipient:
+         * those are the destinations', below) */
         if (r && job->outcome == SMTP_TRANSIENT &&
+            (job->rcpt_failure_cnt == 0 || job->code == 421) &&
             pacer_is_throttle(job->code, job->reply))
                 relays_throttled(rs, &r->r_pacer, "relay", r->r_name, job->code,
                                  job->reply);
@@ -632,6 +662,7 @@ static void relays_done_cb(struct smtp_job *job, void *opaque) {
                         relays_throttled(rs, &r->r_pacer, "relay", r->r_name,
                                          f->code, f->reply);
         }
+        relays_forget(rs, job);
         rs->rs_done_cb(job, rs->rs_opaque);
 }
 
@@ -710,7 +741,7 @@ static void relays_tick_cb(loop_t *loop, void *opaque) {
                         struct dest *d = *pp;
 
                         pacer_tick(&d->d_pacer, &rs->rs_pc, now);
-                        if (!d->d_listed && d->d_busy == 0 &&
+                        if (!d->d_listed && d->d_busy == 0 && d->d_refs == 0 &&
                             d->d_pacer.p_cut_ms == 0 &&
                             now - d->d_idle_ms > RELAYS_DEST_IDLE_MS) {
                                 *pp = d->d_hnext;
@@ -923,12 +954,12 @@ int relays_cancel(relays_t *rs, struct smtp_job *job) {
         if (job->sj_wq) {
                 /* waiting here, or its deferral not yet told */
                 wq_remove(job);
-                relays_release(rs, job);
+                relays_forget(rs, job);
                 return 0;
         }
         sc = smtp_job_client(job);
         if (sc && smtp_client_cancel(sc, job) == 0) {
-                relays_release(rs, job);
+                relays_forget(rs, job);
                 return 0;
         }
         return -1;

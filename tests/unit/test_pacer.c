@@ -96,6 +96,27 @@ test_throttling_cuts_once_a_second_then_rises_to_the_limit(void **state) {
         assert_true(pacer_rate(&p) == 100); /* never above the limit */
 }
 
+/* A throttling reply after a quiet second cuts from what went, raises by
+ * the share of the rate allowed before, and never above the limit. */
+static void test_a_cut_after_a_quiet_second_is_undone_in_seconds(void **state) {
+        struct pacer p;
+        struct pacer small;
+
+        (void)state;
+        pacer_init(&p, 200, 0);
+        pacer_take(&p, 500); /* one send */
+        pacer_throttled(&p, &pc, 1200);
+        assert_true(pacer_rate(&p) == 1.0);
+        /* 5 % of 200 a second: back at 200 about 21 s later */
+        for (int64_t t = 1450; t <= 23200; t += 250)
+                pacer_tick(&p, &pc, t);
+        assert_true(pacer_rate(&p) == 200);
+        /* a limit below throttle.rate.min stays the ceiling of a cut */
+        pacer_init(&small, 0.5, 0);
+        pacer_throttled(&small, &pc, 1000);
+        assert_true(pacer_rate(&small) <= 0.5);
+}
+
 static void test_throttling_without_a_limit_cuts_from_what_went(void **state) {
         struct pacer p;
 
@@ -154,6 +175,8 @@ int main(void) {
                 cmocka_unit_test(test_a_new_share_changes_the_rate),
                 cmocka_unit_test(
                         test_throttling_cuts_once_a_second_then_rises_to_the_limit),
+                cmocka_unit_test(
+                        test_a_cut_after_a_quiet_second_is_undone_in_seconds),
                 cmocka_unit_test(
                         test_throttling_without_a_limit_cuts_from_what_went),
                 cmocka_unit_test(test_which_replies_are_throttling),

@@ -325,6 +325,56 @@ test_a_limit_queues_then_puts_off_at_slots_of_their_own(void **state) {
         config_destroy(c);
 }
 
+static void run_ms(loop_t *loop, int ms) {
+        int64_t end = loop_clock_ms() + ms;
+
+        while (loop_clock_ms() < end)
+                loop_run_once(loop, 50);
+}
+
+/* limit.default.sessions.max=1: a job to a.example and b.example waits at
+ * a.example while b.example's one transaction is under way; b.example's
+ * default limit (made for it, never queued at) stays while the job counts
+ * against it, and the end of b.example's transaction lets the job go. */
+static void
+test_a_job_waiting_for_its_second_limit_goes_when_it_frees(void **state) {
+        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:1",
+                                         "limit.default.sessions.max=1",
+                                         "limit.queue.max.ms=600000", NULL};
+        static const char *const rcpt_b[] = {"x@b.example", NULL};
+        static const char *const rcpt_ab[] = {"x@a.example", "y@b.example",
+                                              NULL};
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+        loop_t *loop = loop_new();
+        static struct smtp_job j1, j2;
+        struct relay_route route = {"shop.example",
+                                    MAIL_PRIORITY_TRANSACTIONAL};
+        relays_t *rs;
+
+        (void)state;
+        assert_non_null(c);
+        rs = relays_new(loop, c, done_cb, NULL, err, sizeof(err));
+        assert_non_null(rs);
+        relays_set_share(rs, 1.0);
+        j1.rcpts = rcpt_b;
+        j1.rcpt_cnt = 1;
+        relays_submit(rs, &j1, &route); /* b.example: 1 under way */
+        run_ms(loop, 100);
+        assert_null(j1.sj_wq);
+        j2.rcpts = rcpt_ab;
+        j2.rcpt_cnt = 2;
+        relays_submit(rs, &j2, &route); /* waits at a.example for b */
+        run_ms(loop, 700); /* ticks go by: b.example's limit stays */
+        assert_non_null(j2.sj_wq);
+        assert_int_equal(relays_cancel(rs, &j1), 0); /* b.example frees */
+        run_ms(loop, 300);
+        assert_null(j2.sj_wq); /* went to the relay */
+        relays_destroy(rs);
+        loop_destroy(loop);
+        config_destroy(c);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_domain_patterns),
@@ -336,6 +386,8 @@ int main(void) {
                         test_routes_pick_the_most_specific_relays_by_weight),
                 cmocka_unit_test(
                         test_a_limit_queues_then_puts_off_at_slots_of_their_own),
+                cmocka_unit_test(
+                        test_a_job_waiting_for_its_second_limit_goes_when_it_frees),
         };
         int r;
 
