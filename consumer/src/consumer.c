@@ -40,7 +40,7 @@
 #define CONSUMER_NUDGE_WAIT_MS 500
 /* The partition count: how long one metadata request may wait, and how
  * often it is asked again (partitions can be added). */
-#define CONSUMER_COUNT_WAIT_MS 5000
+#define CONSUMER_COUNT_WAIT_MS 1000
 #define CONSUMER_COUNT_REFRESH_S 30
 /* How long after a partition's queue was forwarded to its topic's queue it
  * is forwarded again on each timer tick. librdkafka's fetch stop, which a
@@ -454,13 +454,13 @@ static void *consumer_nudger_main(void *arg) {
         rd_kafka_topic_t *rkt =
                 rd_kafka_topic_new(c->c_rk, c->c_mq.mq_topic, NULL);
 
+        struct timespec until;
+
+        clock_gettime(CLOCK_REALTIME, &until);
         pthread_mutex_lock(&n->n_lock);
         for (;;) {
                 rd_kafka_topic_partition_list_t *parts;
-                struct timespec until;
 
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_sec += CONSUMER_COUNT_REFRESH_S;
                 while (!n->n_stop && !n->n_parts && !n->n_count_wanted) {
                         if (pthread_cond_timedwait(&n->n_cond, &n->n_lock,
                                                    &until) == ETIMEDOUT)
@@ -472,6 +472,8 @@ static void *consumer_nudger_main(void *arg) {
                         n->n_count_wanted = 0;
                         pthread_mutex_unlock(&n->n_lock);
                         consumer_learn_count(c, rkt);
+                        clock_gettime(CLOCK_REALTIME, &until);
+                        until.tv_sec += CONSUMER_COUNT_REFRESH_S;
                         pthread_mutex_lock(&n->n_lock);
                         continue;
                 }
@@ -813,6 +815,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         {
                 pthread_mutex_init(&c->c_nudger.n_lock, NULL);
                 pthread_cond_init(&c->c_nudger.n_cond, NULL);
+                c->c_nudger.n_count_wanted = 1; /* before the thread reads it */
                 if (pthread_create(&c->c_nudger.n_thread, NULL,
                                    consumer_nudger_main, c) != 0) {
                         pthread_cond_destroy(&c->c_nudger.n_cond);
@@ -822,7 +825,6 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                         goto fail;
                 }
                 c->c_nudger.n_started = 1;
-                c->c_nudger.n_count_wanted = 1;
         }
         err = rd_kafka_subscribe(c->c_rk, topics);
         if (err) {

@@ -50,6 +50,7 @@ struct dest {
 struct relay {
         relays_t *r_set;
         char *r_name;
+        char *r_url; /* relay.<name>.url or smtp.url */
         smtp_client_t *r_sc;
         int r_weight;
         char *r_domains; /* route.sender.domains, NULL = any */
@@ -890,11 +891,12 @@ relays_t *relays_new(loop_t *loop, const struct config *conf,
                 pacer_init(&r->r_pacer, relays_part(rs, r->r_rate_max),
                            relays_now(rs));
                 r->r_name = strdup(cr->name);
+                r->r_url = strdup(cr->smtp->smtp_url);
                 r->r_domains = cr->route_sender_domains[0]
                                        ? strdup(cr->route_sender_domains)
                                        : NULL;
                 rs->rs_cnt++;
-                if (!r->r_name ||
+                if (!r->r_name || !r->r_url ||
                     (cr->route_sender_domains[0] && !r->r_domains)) {
                         snprintf(errstr, errstr_size, "relays: out of memory");
                         goto err;
@@ -927,6 +929,7 @@ void relays_destroy(relays_t *rs) {
         for (size_t i = 0; i < rs->rs_cnt; i++) {
                 smtp_client_destroy(rs->rs_relays[i].r_sc);
                 free(rs->rs_relays[i].r_name);
+                free(rs->rs_relays[i].r_url);
                 free(rs->rs_relays[i].r_domains);
         }
         for (size_t i = 0; i < rs->rs_named_cnt; i++)
@@ -966,13 +969,15 @@ int relays_cancel(relays_t *rs, struct smtp_job *job) {
 }
 
 const char *relays_job_relay(const relays_t *rs, const struct smtp_job *job) {
-        smtp_client_t *sc = smtp_job_client(job);
+        const struct relay *r = relays_of_job(rs, job);
 
-        for (size_t i = 0; sc && i < rs->rs_cnt; i++) {
-                if (rs->rs_relays[i].r_sc == sc)
-                        return rs->rs_relays[i].r_name;
-        }
-        return NULL;
+        return r ? r->r_name : NULL;
+}
+
+const char *relays_job_url(const relays_t *rs, const struct smtp_job *job) {
+        const struct relay *r = relays_of_job(rs, job);
+
+        return r ? r->r_url : NULL;
 }
 
 void relays_close_idle(relays_t *rs) {

@@ -58,6 +58,10 @@ void relays_set_share(relays_t *rs, double share);
 /* @returns the name of the relay @job was last queued at, NULL when none. */
 const char *relays_job_relay(const relays_t *rs, const struct smtp_job *job);
 
+/* @returns the URL of the relay @job was last queued at (never with
+ * credentials: the configuration refuses them), NULL when none. */
+const char *relays_job_url(const relays_t *rs, const struct smtp_job *job);
+
 /* smtp_client_close_idle() on every relay. */
 void relays_close_idle(relays_t *rs);
 

@@ -759,7 +759,7 @@ char *results_format(const struct result_rec *rec, const char *relay,
         dynbuf_appends(&b, ",\"message_id\":");
         jb_str(&b, rec->message_id);
         dynbuf_appends(&b, ",\"relay\":");
-        jb_str(&b, relay);
+        jb_str(&b, rec->relay ? rec->relay : relay);
         dynbuf_appends(&b, ",\"error\":");
         jb_str(&b, rec->error);
         if (rec->failed_recipients) {

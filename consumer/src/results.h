@@ -53,6 +53,8 @@ struct result_rec {
         int smtp_code; /* 0: null */
         const char *smtp_reply;
         const char *message_id;
+        const char *relay; /* URL of the relay that carried the last try;
+                              NULL: the worker's (smtp.url) */
         const char *error; /* reason for failed/rejected/expired */
         json_t *failed_recipients; /* borrowed, NULL when none */
         /* Per recipient (borrowed, NULL: every recipient has the request's

@@ -187,6 +187,9 @@ struct smtp_client {
 
         struct smtp_job *sc_q_head;
         struct smtp_job *sc_q_tail;
+        struct smtp_job *sc_q_paced; /* the last paced job (submit_first):
+                                        they go ahead of the others, in the
+                                        order they came */
         size_t sc_queued;
 
         struct smtp_session *sc_sessions;
@@ -342,30 +345,49 @@ static int smtp_header_block_utf8(const char *data, size_t len) {
  * The queue
  */
 
-static void queue_push(smtp_client_t *sc, struct smtp_job *job, int front) {
+enum queue_where {
+        QUEUE_BACK = 0,
+        QUEUE_FRONT, /* a job to try again at once */
+        QUEUE_PACED /* behind the paced jobs, ahead of the others */
+};
+
+/* Links @job after @prev (NULL: at the head). */
+static void queue_link_after(smtp_client_t *sc, struct smtp_job *job,
+                             struct smtp_job *prev) {
+        job->sj_prev = prev;
+        job->sj_next = prev ? prev->sj_next : sc->sc_q_head;
+        if (job->sj_next)
+                job->sj_next->sj_prev = job;
+        else
+                sc->sc_q_tail = job;
+        if (prev)
+                prev->sj_next = job;
+        else
+                sc->sc_q_head = job;
+}
+
+static void queue_push(smtp_client_t *sc, struct smtp_job *job,
+                       enum queue_where where) {
         job->sj_session = NULL;
         job->sj_state = (job->sj_state & ~SJ_STATE_MASK) | SJ_QUEUED;
-        if (front) {
-                job->sj_prev = NULL;
-                job->sj_next = sc->sc_q_head;
-                if (sc->sc_q_head)
-                        sc->sc_q_head->sj_prev = job;
-                else
-                        sc->sc_q_tail = job;
-                sc->sc_q_head = job;
-        } else {
-                job->sj_next = NULL;
-                job->sj_prev = sc->sc_q_tail;
-                if (sc->sc_q_tail)
-                        sc->sc_q_tail->sj_next = job;
-                else
-                        sc->sc_q_head = job;
-                sc->sc_q_tail = job;
+        switch (where) {
+        case QUEUE_FRONT:
+                queue_link_after(sc, job, NULL);
+                break;
+        case QUEUE_PACED:
+                queue_link_after(sc, job, sc->sc_q_paced);
+                sc->sc_q_paced = job;
+                break;
+        case QUEUE_BACK:
+                queue_link_after(sc, job, sc->sc_q_tail);
+                break;
         }
         sc->sc_queued++;
 }
 
 static void queue_unlink(smtp_client_t *sc, struct smtp_job *job) {
+        if (sc->sc_q_paced == job)
+                sc->sc_q_paced = job->sj_prev;
         if (job->sj_prev)
                 job->sj_prev->sj_next = job->sj_next;
         else
@@ -813,7 +835,7 @@ static void session_fail(struct smtp_session *s, const char *reason) {
                 return;
         if (!s->ss_acked && !(job->sj_state & SJ_F_REQUEUED)) {
                 job->sj_state |= SJ_F_REQUEUED;
-                queue_push(sc, job, 1);
+                queue_push(sc, job, QUEUE_FRONT);
                 client_kick(sc);
                 return;
         }
@@ -1932,14 +1954,14 @@ void smtp_client_destroy(smtp_client_t *sc) {
 void smtp_client_submit(smtp_client_t *sc, struct smtp_job *job) {
         job->sj_state = SJ_IDLE;
         job->sj_client = sc;
-        queue_push(sc, job, 0);
+        queue_push(sc, job, QUEUE_BACK);
         client_kick(sc);
 }
 
 void smtp_client_submit_first(smtp_client_t *sc, struct smtp_job *job) {
         job->sj_state = SJ_IDLE;
         job->sj_client = sc;
-        queue_push(sc, job, 1);
+        queue_push(sc, job, QUEUE_PACED);
         client_kick(sc);
 }
 

@@ -739,6 +739,8 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.smtp_code = code;
         rec.smtp_reply = reply;
         rec.message_id = e->e_msg ? e->e_msg->message_id : NULL;
+        rec.relay = e->e_attempts > 0 ? relays_job_url(w->w_relays, &e->e_job)
+                                      : NULL;
         rec.error = error;
         entry_rcpts_result(e, &rec, &all, &failed);
         rec.source.topic = w->w_conf->topic_requests;
@@ -1535,8 +1537,8 @@ static void worker_watch_progress(worker_t *w) {
 }
 
 /* Gives the relays this worker's share of the group's rate limits: the
- * partitions it owns of the requests and retry topics together (kept while
- * a partition count is not known yet). */
+ * partitions it owns of the requests and retry topics together (a topic
+ * whose partition count is not known is left out; none known: kept). */
 static void worker_update_share(worker_t *w) {
         size_t owned = 0;
         int64_t total = 0;
@@ -1548,7 +1550,7 @@ static void worker_update_share(worker_t *w) {
                                     : 0;
 
                 if (n <= 0)
-                        return;
+                        continue; /* not known (yet): left out */
                 total += n;
                 owned += ledger_part_count(wt->wt_ledger);
         }

@@ -96,8 +96,11 @@ def test_routes_by_priority_and_sender_domain_and_weights(kafka, topics, capture
     def where(r):
         return sorted(n for n, got in at.items() if got[mid(r)])
 
-    # bulk requests: the bulk relay, the most specific match (priority rule)
+    # bulk requests: the bulk relay, the most specific match (priority rule); the
+    # result names the relay that carried it
     assert all(where(r) == ["bulk"] for r in reqs[:60])
+    assert all(final[r["id"]]["relay"] == bulk.url for r in reqs[:60])
+    assert all(final[r["id"]]["relay"] == news.url for r in reqs[120:])
     # transactional from shop.example: tx and spare by weight 3:1 (news matches
     # *.shop.example only for subdomains)
     plain = [where(r) for r in reqs[60:120]]
