@@ -99,6 +99,89 @@ int tool_parse_seconds(const char *s, int64_t *out_ms) {
         return 0;
 }
 
+/* Reads exactly n digits at *sp into *out and moves *sp past them.
+ * @returns 0 or -1. */
+static int tool_digits(const char **sp, int n, int *out) {
+        int v = 0;
+
+        for (int i = 0; i < n; i++) {
+                if ((*sp)[i] < '0' || (*sp)[i] > '9')
+                        return -1;
+                v = v * 10 + ((*sp)[i] - '0');
+        }
+        *sp += n;
+        *out = v;
+        return 0;
+}
+
+/* @returns the days from 1970-01-01 to y-m-d (proleptic Gregorian). */
+static int64_t tool_days_from_civil(int y, int m, int d) {
+        int64_t era;
+        int64_t yoe;
+        int64_t doy;
+
+        y -= m <= 2;
+        era = (y >= 0 ? y : y - 399) / 400;
+        yoe = y - era * 400;
+        doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+        return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+int tool_parse_time(const char *s, int64_t *out_ms) {
+        static const int mdays[] = {31, 29, 31, 30, 31, 30,
+                                    31, 31, 30, 31, 30, 31};
+        int y, mo, d, h = 0, mi = 0, sec = 0, ms = 0;
+        int64_t off_min = 0;
+
+        if (tool_digits(&s, 4, &y) == -1 || *s++ != '-' ||
+            tool_digits(&s, 2, &mo) == -1 || *s++ != '-' ||
+            tool_digits(&s, 2, &d) == -1)
+                return -1;
+        if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] ||
+            (mo == 2 && d == 29 &&
+             (y % 4 != 0 || (y % 100 == 0 && y % 400 != 0))))
+                return -1;
+        if (*s != '\0') {
+                if (*s != 'T' && *s != 't' && *s != ' ')
+                        return -1;
+                s++;
+                if (tool_digits(&s, 2, &h) == -1 || *s++ != ':' ||
+                    tool_digits(&s, 2, &mi) == -1 || *s++ != ':' ||
+                    tool_digits(&s, 2, &sec) == -1 || h > 23 || mi > 59 ||
+                    sec > 60)
+                        return -1;
+                if (*s == '.') {
+                        int scale = 100;
+
+                        s++;
+                        if (*s < '0' || *s > '9')
+                                return -1;
+                        for (; *s >= '0' && *s <= '9'; s++, scale /= 10)
+                                ms += (*s - '0') * scale;
+                }
+                if (*s == 'Z' || *s == 'z') {
+                        s++;
+                } else if (*s == '+' || *s == '-') {
+                        int sign = *s++ == '-' ? -1 : 1;
+                        int oh, om;
+
+                        if (tool_digits(&s, 2, &oh) == -1 || *s++ != ':' ||
+                            tool_digits(&s, 2, &om) == -1 || oh > 23 || om > 59)
+                                return -1;
+                        off_min = sign * (oh * 60 + om);
+                } else {
+                        return -1;
+                }
+                if (*s != '\0')
+                        return -1;
+        }
+        *out_ms = ((tool_days_from_civil(y, mo, d) * 86400 + h * 3600 +
+                    mi * 60 + sec - off_min * 60) *
+                   1000) +
+                  ms;
+        return 0;
+}
+
 /*
  * Command-line options
  */

@@ -1,7 +1,7 @@
 /*
  * tools: code shared by the command-line tools in producer-tools/
  * (mailer-produce, mailer-results, mailer-admin, mailer-audit,
- * mailer-loadgen). The drivers in tests/tools/ use its messages and option
+ * mailer-replay, mailer-loadgen). The drivers in tests/tools/ use its messages and option
  * table too (tool_set_name(), tool_opts_parse()).
  *
  * A tool calls tool_init() first. Messages go to stderr prefixed with the
@@ -56,6 +56,13 @@ int tool_parse_int(const char *s, long long min, long long max, long long *out);
 /* Parses a non-negative number of seconds ("2", "0.5") into milliseconds.
  * @returns 0 and sets *out_ms, or -1 (nothing printed). */
 int tool_parse_seconds(const char *s, int64_t *out_ms);
+
+/* Parses an RFC 3339 date-time ("2026-11-28T10:00:00Z",
+ * "2026-11-28T11:00:00.250+01:00"; 't' or a space may stand for 'T', and
+ * fractions are cut to milliseconds) or a date alone ("2026-11-28", midnight
+ * UTC) into Unix milliseconds.
+ * @returns 0 and sets *out_ms, or -1 (nothing printed). */
+int tool_parse_time(const char *s, int64_t *out_ms);
 
 /*
  * Command-line options. A tool lists its options in a table, one row an
