@@ -127,6 +127,43 @@ void metrics_sample(metrics_out_t *out, const char *name, const char *type,
         out->mo_name_len = name_len;
 }
 
+const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS] = {
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,  1,
+        2.5,   5,    10,    30,   60,  300,  1800, 7200};
+
+void metrics_hist_observe(struct metrics_hist *h, double seconds) {
+        size_t i = 0;
+
+        while (i < METRICS_LATENCY_BUCKETS &&
+               seconds > metrics_latency_bounds[i])
+                i++;
+        h->mh_counts[i]++;
+        h->mh_count++;
+        h->mh_sum += seconds;
+}
+
+void metrics_histogram(metrics_out_t *out, const char *name, const char *help,
+                       const struct metrics_hist *h) {
+        uint64_t cum = 0;
+        char num[32];
+
+        dynbuf_appendf(&out->mo_text, "# HELP %s %s\n# TYPE %s histogram\n",
+                       name, help, name);
+        for (size_t i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+                cum += h->mh_counts[i];
+                if (i < METRICS_LATENCY_BUCKETS)
+                        snprintf(num, sizeof(num), "%g",
+                                 metrics_latency_bounds[i]);
+                dynbuf_appendf(&out->mo_text, "%s_bucket{le=\"%s\"} %llu\n",
+                               name, i < METRICS_LATENCY_BUCKETS ? num : "+Inf",
+                               (unsigned long long)cum);
+        }
+        metrics_format_value(num, sizeof(num), h->mh_sum);
+        dynbuf_appendf(&out->mo_text, "%s_sum %s\n%s_count %llu\n", name, num,
+                       name, (unsigned long long)h->mh_count);
+        out->mo_name_len = 0; /* the next sample writes its own HELP */
+}
+
 /*
  * Connections
  */

@@ -51,4 +51,25 @@ void metrics_set_timeout_ms(metrics_t *m, int timeout_ms);
 void metrics_sample(metrics_out_t *out, const char *name, const char *type,
                     const char *help, const char *labels, double value);
 
+/* The buckets of the latency histograms, in seconds (upper bounds; +Inf
+ * follows). */
+#define METRICS_LATENCY_BUCKETS 16
+extern const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS];
+
+/* A histogram of latencies over metrics_latency_bounds. Zero it to start. */
+struct metrics_hist {
+        uint64_t mh_counts[METRICS_LATENCY_BUCKETS + 1]; /* per bucket, the
+                                                          last +Inf */
+        uint64_t mh_count;
+        double mh_sum; /* seconds */
+};
+
+/* Counts one observation of @seconds. */
+void metrics_hist_observe(struct metrics_hist *h, double seconds);
+
+/* Writes @h as a Prometheus histogram @name (its _bucket, _sum and _count
+ * series; buckets cumulative). */
+void metrics_histogram(metrics_out_t *out, const char *name, const char *help,
+                       const struct metrics_hist *h);
+
 #endif

@@ -46,6 +46,10 @@ struct worker_stats {
         uint64_t expired;
         uint64_t retries; /* transient failures retried */
         uint64_t deferrals; /* sends a limit put off (to the retry topic) */
+        /* first consumed -> sent, failed or expired */
+        struct metrics_hist request_latency;
+        /* a transaction handed to the relays -> its outcome */
+        struct metrics_hist send_latency;
         uint64_t handoffs; /* requests moved to the retry topic */
         uint64_t duplicates; /* repeated ids answered from an earlier result */
         uint64_t recalled; /* final outcomes read from the results topic */
@@ -119,6 +123,8 @@ struct entry {
         int64_t e_origin_offset;
         int64_t e_request_ts_ms;
         int64_t e_received_ms; /* first consumed (wall clock) */
+        int64_t e_send_ms; /* the transaction under way was handed over
+                              (loop clock) */
         int64_t e_due_ms; /* when to send: retry-topic entries, retries */
 };
 
@@ -752,6 +758,10 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
 
+        if (status != RESULT_REJECTED)
+                metrics_hist_observe(
+                        &w->w_stats.request_latency,
+                        (double)(rec.completed_ms - rec.received_ms) / 1000.0);
         switch (status) {
         case RESULT_SENT:
                 w->w_stats.sent++;
@@ -951,6 +961,11 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
         struct retry_state st;
         struct retry_decision d;
 
+        if (job->outcome != SMTP_DEFERRED)
+                metrics_hist_observe(
+                        &w->w_stats.send_latency,
+                        (double)(loop_now_ms(w->w_loop) - e->e_send_ms) /
+                                1000.0);
         if (job->outcome == SMTP_DEFERRED) {
                 /* Not tried: a limit would hold it too long. No attempt
                  * counts; it goes when the limit lets it. */
@@ -1033,6 +1048,7 @@ static void entry_start(struct entry *e) {
         route.sender_domain =
                 route.sender_domain ? route.sender_domain + 1 : "";
         route.priority = e->e_req->priority;
+        e->e_send_ms = loop_now_ms(w->w_loop);
         relays_submit(w->w_relays, &e->e_job, &route);
 }
 
@@ -1978,6 +1994,15 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                 ? (double)consumer_nudges(
                                           w->w_topics[t].wt_consumer)
                                 : 0);
+        metrics_histogram(out, "kafka_mailer_request_duration_seconds",
+                          "from a request's first consumption to its final "
+                          "outcome (sent, failed or expired; retries "
+                          "included)",
+                          &st->request_latency);
+        metrics_histogram(out, "kafka_mailer_send_duration_seconds",
+                          "from handing a transaction to the relays to its "
+                          "outcome (waits for limits and sessions included)",
+                          &st->send_latency);
         metrics_sample(out, "kafka_mailer_outcome_unknown", "gauge",
                        "sends whose outcome a crash now would lose: SMTP "
                        "transactions under way plus mail sent whose result "

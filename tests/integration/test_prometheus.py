@@ -81,6 +81,9 @@ def test_dashboard_and_rules_name_only_documented_metrics():
     documented = metric_names((REPO / "docs" / "operations.md").read_text())
     used = metric_names(RULES.read_text())
     used |= {m for _, e in dashboard_exprs() for m in metric_names(e)}
+    # a histogram's series are documented by its name
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) if m.endswith(
+        ("_seconds_bucket", "_seconds_sum", "_seconds_count")) else m for m in used}
     assert used - documented == set(), "metrics not in docs/operations.md"
 
 
@@ -180,6 +183,13 @@ def test_prometheus_reads_a_live_worker_evaluates_the_rules_and_holds_alerts(
     # What the worker did, read back through the query API.
     sent = 'sum(kafka_mailer_results_total{job="kafka-mailer",status="sent"})'
     wait_for(lambda: prom.value(sent) == n, 30, f"{sent} == {n}")
+    # The latency histograms: one observation per request sent, and a median
+    # between the first bucket and a minute.
+    assert prom.value('sum(kafka_mailer_request_duration_seconds_count)') == n
+    assert prom.value('sum(kafka_mailer_send_duration_seconds_count)') >= n
+    p50 = prom.value('histogram_quantile(0.5, sum by (le) '
+                     '(kafka_mailer_request_duration_seconds_bucket))')
+    assert p50 is not None and 0 < p50 < 60, p50
 
     # Every rule of rules.yml loaded and evaluated without error.
     def rules_ok():

@@ -68,6 +68,17 @@ static void fx_render(metrics_out_t *out, void *opaque) {
                        INFINITY);
         metrics_sample(out, "km_odd", "gauge", "Odd values.", "v=\"-inf\"",
                        -INFINITY);
+        {
+                struct metrics_hist h;
+
+                memset(&h, 0, sizeof(h));
+                metrics_hist_observe(&h, 0.003);
+                metrics_hist_observe(&h, 0.25); /* on a bound: in it */
+                metrics_hist_observe(&h, 0.3);
+                metrics_hist_observe(&h, 9000); /* past the last: +Inf */
+                metrics_histogram(out, "km_took_seconds", "Took.", &h);
+        }
+        metrics_sample(out, "km_after", "gauge", "After.", NULL, 1);
 }
 
 static int fx_health(char *reason, size_t reason_size, void *opaque) {
@@ -242,7 +253,31 @@ static const char expected_body[] = "# HELP km_sent_total Messages sent.\n"
                                     "# TYPE km_odd gauge\n"
                                     "km_odd{v=\"nan\"} NaN\n"
                                     "km_odd{v=\"inf\"} +Inf\n"
-                                    "km_odd{v=\"-inf\"} -Inf\n";
+                                    "km_odd{v=\"-inf\"} -Inf\n"
+                                    "# HELP km_took_seconds Took.\n"
+                                    "# TYPE km_took_seconds histogram\n"
+                                    "km_took_seconds_bucket{le=\"0.005\"} 1\n"
+                                    "km_took_seconds_bucket{le=\"0.01\"} 1\n"
+                                    "km_took_seconds_bucket{le=\"0.025\"} 1\n"
+                                    "km_took_seconds_bucket{le=\"0.05\"} 1\n"
+                                    "km_took_seconds_bucket{le=\"0.1\"} 1\n"
+                                    "km_took_seconds_bucket{le=\"0.25\"} 2\n"
+                                    "km_took_seconds_bucket{le=\"0.5\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"1\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"2.5\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"5\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"10\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"30\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"60\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"300\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"1800\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"7200\"} 3\n"
+                                    "km_took_seconds_bucket{le=\"+Inf\"} 4\n"
+                                    "km_took_seconds_sum 9000.5529999999999\n"
+                                    "km_took_seconds_count 4\n"
+                                    "# HELP km_after After.\n"
+                                    "# TYPE km_after gauge\n"
+                                    "km_after 1\n";
 
 static void test_get_metrics_serves_exposition_text(void **state) {
         struct fx *fx = *state;
