@@ -164,14 +164,10 @@ static enum tool_opts_result audit_parse_args(int argc, char **argv,
         };
         enum tool_opts_result res;
 
-        res = tool_opts_parse(argc, argv, opts, 0, audit_usage);
+        res = tool_opts_parse(argc, argv, opts, TOOL_OPTS_NO_OPERANDS,
+                              audit_usage);
         if (res != TOOL_OPTS_RUN)
                 return res;
-        if (optind < argc) {
-                tool_err("unexpected argument: %s", argv[optind]);
-                audit_usage(stderr);
-                return TOOL_OPTS_ERROR;
-        }
         if (ao->ao_requests == NULL || ao->ao_results == NULL) {
                 tool_err("--requests and --results are required");
                 audit_usage(stderr);

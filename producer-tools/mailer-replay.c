@@ -337,14 +337,10 @@ static enum tool_opts_result replay_parse_args(int argc, char **argv,
         };
         enum tool_opts_result res;
 
-        res = tool_opts_parse(argc, argv, opts, 0, replay_usage);
+        res = tool_opts_parse(argc, argv, opts, TOOL_OPTS_NO_OPERANDS,
+                              replay_usage);
         if (res != TOOL_OPTS_RUN)
                 return res;
-        if (optind < argc) {
-                tool_err("unexpected argument: %s", argv[optind]);
-                replay_usage(stderr);
-                return TOOL_OPTS_ERROR;
-        }
         if (ro->ro_results == NULL || ro->ro_requests == NULL) {
                 tool_err("--results and --requests are required");
                 replay_usage(stderr);

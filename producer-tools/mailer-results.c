@@ -103,14 +103,10 @@ static enum tool_opts_result results_parse_args(int argc, char **argv,
         };
         enum tool_opts_result res;
 
-        res = tool_opts_parse(argc, argv, opts, 0, results_usage);
+        res = tool_opts_parse(argc, argv, opts, TOOL_OPTS_NO_OPERANDS,
+                              results_usage);
         if (res != TOOL_OPTS_RUN)
                 return res;
-        if (optind < argc) {
-                tool_err("unexpected argument: %s", argv[optind]);
-                results_usage(stderr);
-                return TOOL_OPTS_ERROR;
-        }
         if (*ro->ro_topic == '\0' ||
             (ro->ro_group != NULL && *ro->ro_group == '\0')) {
                 tool_err("empty topic or group name");

@@ -301,6 +301,11 @@ enum tool_opts_result tool_opts_parse(int argc, char **argv,
                 if (tool_opt_apply(o, optarg) == -1)
                         return TOOL_OPTS_ERROR;
         }
+        if ((flags & TOOL_OPTS_NO_OPERANDS) && optind < argc) {
+                tool_err("unexpected argument: %s", argv[optind]);
+                usage(stderr);
+                return TOOL_OPTS_ERROR;
+        }
         return TOOL_OPTS_RUN;
 }
 

@@ -168,6 +168,9 @@ struct tool_opt {
 /* tool_opts_parse() flag: stop at the first argument that is not an option
  * (getopt's "+"), as before a command and its own arguments. */
 #define TOOL_OPTS_IN_ORDER 0x1
+/* tool_opts_parse() flag: the tool takes no operands: one left over is a
+ * usage error ("unexpected argument: X"). */
+#define TOOL_OPTS_NO_OPERANDS 0x2
 
 /* What tool_opts_parse() found. */
 enum tool_opts_result {
