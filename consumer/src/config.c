@@ -154,8 +154,12 @@ static const struct config_key config_keys[] = {
             "topic.results, 0 = no reading (and no repeat check across "
             "workers)"),
         STR("metrics.listen", metrics_listen, "",
-            "address:port of the HTTP endpoint for /metrics and /healthz, "
-            "\"\" = off"),
+            "address:port of the HTTP endpoint for /metrics, /healthz and "
+            "/readyz, \"\" = off"),
+        INT("ready.error.window.ms", ready_error_window_ms, "15000", 1000,
+            3600000,
+            "how long an authentication, TLS or authorization error from "
+            "Kafka keeps /readyz at 503 after it was last seen"),
         INT("request.max.bytes", request_max_bytes, "4194304", 1024, 104857600,
             "largest request accepted, in bytes"),
         INT("request.max.recipients", request_max_recipients, "100", 1, 10000,

@@ -149,6 +149,7 @@ struct config {
 
         /* metrics */
         char *metrics_listen; /* metrics.listen, "" = off */
+        int ready_error_window_ms; /* ready.error.window.ms */
 
         /* requests */
         int request_max_bytes; /* request.max.bytes */
