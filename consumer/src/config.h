@@ -97,6 +97,9 @@ struct config_dkim_key {
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
         char *value;
+        /* kafka.*: the file the secret value was read from (<key>.file),
+         * or NULL */
+        char *file;
 };
 
 struct config {
