@@ -21,7 +21,8 @@ struct kstatus {
         enum kstatus_cause ks_any_cause;
         char ks_any_reason[KSTATUS_REASON_MAX];
         int ks_probe_ok; /* the last probe's outcome; -1 before the first */
-        int ks_was_ready; /* what kstatus_ready() last said, -1 never */
+        /* the cause last logged as not ready, KSTATUS_NONE while ready */
+        enum kstatus_cause ks_logged;
 };
 
 kstatus_t *kstatus_new(int window_ms) {
@@ -32,7 +33,6 @@ kstatus_t *kstatus_new(int window_ms) {
         pthread_mutex_init(&ks->ks_lock, NULL);
         ks->ks_window_ms = window_ms;
         ks->ks_probe_ok = -1;
-        ks->ks_was_ready = -1;
         return ks;
 }
 
@@ -106,7 +106,7 @@ int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
                   char *reason, size_t reason_size) {
         enum kstatus_cause c = KSTATUS_NONE;
         const char *why = "";
-        int ready, was;
+        int ready, log_down = 0, log_up = 0;
 
         pthread_mutex_lock(&ks->ks_lock);
         if (ks->ks_last_cause != KSTATUS_NONE &&
@@ -134,15 +134,21 @@ int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
                         snprintf(reason, reason_size, "%s: %s",
                                  kstatus_cause_name(c), why);
         }
-        was = ks->ks_was_ready;
-        ks->ks_was_ready = ready;
+        /* One line when the cause changes (not for the start-up wait). */
+        if (!ready && c != ks->ks_logged && ks->ks_probe_ok >= 0) {
+                ks->ks_logged = c;
+                log_down = 1;
+        } else if (ready && ks->ks_logged != KSTATUS_NONE) {
+                ks->ks_logged = KSTATUS_NONE;
+                log_up = 1;
+        }
+        if (log_down)
+                LOG(LL_WARN, "kafka not ready cause=%s reason=%s",
+                    kstatus_cause_name(c), why);
         pthread_mutex_unlock(&ks->ks_lock);
         if (cause)
                 *cause = c;
-        if (!ready && was != 0 && (was == 1 || c != KSTATUS_TRANSPORT))
-                LOG(LL_WARN, "kafka not ready cause=%s reason=%s",
-                    kstatus_cause_name(c), why);
-        else if (ready && was == 0)
+        if (log_up)
                 LOG(LL_INFO, "kafka ready again");
         return ready;
 }
