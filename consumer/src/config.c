@@ -154,8 +154,12 @@ static const struct config_key config_keys[] = {
             "topic.results, 0 = no reading (and no repeat check across "
             "workers)"),
         STR("metrics.listen", metrics_listen, "",
-            "address:port of the HTTP endpoint for /metrics and /healthz, "
-            "\"\" = off"),
+            "address:port of the HTTP endpoint for /metrics, /healthz and "
+            "/readyz, \"\" = off"),
+        INT("ready.error.window.ms", ready_error_window_ms, "15000", 1000,
+            3600000,
+            "how long an authentication, TLS or authorization error from "
+            "Kafka keeps /readyz at 503 after it was last seen"),
         INT("request.max.bytes", request_max_bytes, "4194304", 1024, 104857600,
             "largest request accepted, in bytes"),
         INT("request.max.recipients", request_max_recipients, "100", 1, 10000,
@@ -486,6 +490,7 @@ static int config_kv_set(struct config_kv **kvs, size_t *cnt, const char *key,
         *kvs = grown;
         (*kvs)[*cnt].key = k;
         (*kvs)[*cnt].value = v;
+        (*kvs)[*cnt].file = NULL;
         (*cnt)++;
         return 0;
 }
@@ -958,6 +963,7 @@ static void config_kv_free(struct config_kv *kvs, size_t cnt) {
         for (size_t i = 0; i < cnt; i++) {
                 free(kvs[i].key);
                 free(kvs[i].value);
+                free(kvs[i].file);
         }
         free(kvs);
 }
@@ -1142,10 +1148,11 @@ int config_load_env(struct config *conf, char *const *envp, char *errstr,
         return config_load_env_pass(conf, envp, 1, errstr, errstr_size);
 }
 
-/* Reads the first line of smtp.password.file into smtp_password. */
-static int config_read_password_file(struct config *conf, char *errstr,
-                                     size_t errstr_size) {
-        const char *path = conf->smtp_password_file;
+/* Reads the first line of the file @path that setting @name (e.g.
+ * "smtp.password.file") names into *@out. */
+static int config_read_secret_file(const char *name, const char *path,
+                                   char **out, char *errstr,
+                                   size_t errstr_size) {
         char buf[CONFIG_SECRET_MAX + 2];
         FILE *fp = NULL;
         size_t len;
@@ -1153,19 +1160,17 @@ static int config_read_password_file(struct config *conf, char *errstr,
 
         fp = fopen(path, "r");
         if (!fp) {
-                snprintf(errstr, errstr_size,
-                         "smtp.password.file: cannot open \"%s\": %s", path,
-                         strerror(errno));
+                snprintf(errstr, errstr_size, "%s: cannot open \"%s\": %s",
+                         name, path, strerror(errno));
                 goto out;
         }
         if (!fgets(buf, sizeof(buf), fp)) {
                 if (ferror(fp))
-                        snprintf(errstr, errstr_size,
-                                 "smtp.password.file: cannot read \"%s\"",
-                                 path);
+                        snprintf(errstr, errstr_size, "%s: cannot read \"%s\"",
+                                 name, path);
                 else
-                        snprintf(errstr, errstr_size,
-                                 "smtp.password.file: \"%s\" is empty", path);
+                        snprintf(errstr, errstr_size, "%s: \"%s\" is empty",
+                                 name, path);
                 goto out;
         }
         len = strlen(buf);
@@ -1173,22 +1178,19 @@ static int config_read_password_file(struct config *conf, char *errstr,
                 buf[--len] = '\0';
         else if (len > CONFIG_SECRET_MAX) {
                 snprintf(errstr, errstr_size,
-                         "smtp.password.file: \"%s\": first line longer than "
-                         "%d bytes",
+                         "%s: \"%s\": first line longer than %d bytes", name,
                          path, CONFIG_SECRET_MAX);
                 goto out;
         }
         if (len > 0 && buf[len - 1] == '\r')
                 buf[--len] = '\0';
         if (len == 0) {
-                snprintf(errstr, errstr_size,
-                         "smtp.password.file: \"%s\": first line is empty",
-                         path);
+                snprintf(errstr, errstr_size, "%s: \"%s\": first line is empty",
+                         name, path);
                 goto out;
         }
-        if (config_str_replace(&conf->smtp_password, buf) == -1) {
-                snprintf(errstr, errstr_size,
-                         "smtp.password.file: out of memory");
+        if (config_str_replace(out, buf) == -1) {
+                snprintf(errstr, errstr_size, "%s: out of memory", name);
                 goto out;
         }
         r = 0;
@@ -1291,6 +1293,46 @@ static const struct {
          "assigns with partition.assignment.strategy"},
 };
 
+/* Turns each secret's <prop>.file=PATH in one client's kafka.* list into
+ * <prop>=<the first line of PATH>, keeping the path for config_dump(). */
+static int config_read_kafka_files(struct config_kv *kvs, size_t cnt,
+                                   const char *scope, char *errstr,
+                                   size_t errstr_size) {
+        const size_t sfx = strlen(".file");
+
+        for (size_t i = 0; i < cnt; i++) {
+                size_t len = strlen(kvs[i].key);
+                char name[256];
+                char *secret = NULL;
+
+                if (kvs[i].file || len <= sfx ||
+                    strcmp(kvs[i].key + len - sfx, ".file") != 0)
+                        continue;
+                kvs[i].key[len - sfx] = '\0';
+                if (!kconf_is_secret(kvs[i].key)) {
+                        kvs[i].key[len - sfx] = '.';
+                        continue; /* librdkafka's own *.file property */
+                }
+                snprintf(name, sizeof(name), "%s.%s.file", scope, kvs[i].key);
+                for (size_t j = 0; j < cnt; j++) {
+                        if (j != i && strcmp(kvs[j].key, kvs[i].key) == 0) {
+                                snprintf(errstr, errstr_size,
+                                         "%s.%s, %s: set only one", scope,
+                                         kvs[i].key, name);
+                                return -1;
+                        }
+                }
+                if (config_read_secret_file(name, kvs[i].value, &secret, errstr,
+                                            errstr_size) == -1) {
+                        free(secret);
+                        return -1;
+                }
+                kvs[i].file = kvs[i].value;
+                kvs[i].value = secret;
+        }
+        return 0;
+}
+
 /* Checks the consumer's kafka.* settings against group.protocol. */
 static int config_check_group(const struct config *conf, char *errstr,
                               size_t errstr_size) {
@@ -1344,7 +1386,9 @@ static int config_check_smtp(struct config *conf, char *errstr,
                 return -1;
         }
         if (conf->smtp_password_file[0] != '\0' &&
-            config_read_password_file(conf, errstr, errstr_size) == -1)
+            config_read_secret_file(
+                    "smtp.password.file", conf->smtp_password_file,
+                    &conf->smtp_password, errstr, errstr_size) == -1)
                 return -1;
         if (conf->smtp_username[0] != '\0' && conf->smtp_password[0] == '\0') {
                 snprintf(errstr, errstr_size,
@@ -1557,7 +1601,13 @@ int config_finish(struct config *conf, char *errstr, size_t errstr_size) {
             config_default_worker_id(conf, errstr, errstr_size) == -1)
                 return -1;
 
-        if (config_check_group(conf, errstr, errstr_size) == -1 ||
+        if (config_read_kafka_files(conf->kafka_consumer,
+                                    conf->kafka_consumer_cnt, "kafka.consumer",
+                                    errstr, errstr_size) == -1 ||
+            config_read_kafka_files(conf->kafka_producer,
+                                    conf->kafka_producer_cnt, "kafka.producer",
+                                    errstr, errstr_size) == -1 ||
+            config_check_group(conf, errstr, errstr_size) == -1 ||
             config_check_smtp(conf, errstr, errstr_size) == -1 ||
             config_build_relays(conf, errstr, errstr_size) == -1 ||
             config_build_dkim(conf, errstr, errstr_size) == -1 ||
@@ -1595,9 +1645,15 @@ void config_print_help(FILE *fp) {
 
 static void config_dump_kv(const char *prefix, const struct config_kv *kvs,
                            size_t cnt, FILE *fp) {
-        for (size_t i = 0; i < cnt; i++)
-                fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
-                        kconf_is_secret(kvs[i].key) ? "***" : kvs[i].value);
+        for (size_t i = 0; i < cnt; i++) {
+                if (kvs[i].file)
+                        fprintf(fp, "%s%s.file=%s\n", prefix, kvs[i].key,
+                                kvs[i].file);
+                else
+                        fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
+                                kconf_is_secret(kvs[i].key) ? "***"
+                                                            : kvs[i].value);
+        }
 }
 
 void config_dump(const struct config *conf, FILE *fp) {

@@ -97,6 +97,9 @@ struct config_dkim_key {
 struct config_kv {
         char *key; /* without the "kafka.[consumer.|producer.]" prefix */
         char *value;
+        /* kafka.*: the file the secret value was read from (<key>.file),
+         * or NULL */
+        char *file;
 };
 
 struct config {
@@ -149,6 +152,7 @@ struct config {
 
         /* metrics */
         char *metrics_listen; /* metrics.listen, "" = off */
+        int ready_error_window_ms; /* ready.error.window.ms */
 
         /* requests */
         int request_max_bytes; /* request.max.bytes */

@@ -41,7 +41,9 @@
 /* The partition count: how long one metadata request may wait, and how
  * often it is asked again (partitions can be added). */
 #define CONSUMER_COUNT_WAIT_MS 1000
-#define CONSUMER_COUNT_REFRESH_S 30
+/* The same request is the readiness probe (kstatus): it is sent every
+ * CONSUMER_PROBE_S seconds. */
+#define CONSUMER_PROBE_S 3
 /* How long after a partition's queue was forwarded to its topic's queue it
  * is forwarded again on each timer tick. librdkafka's fetch stop, which a
  * broker thread runs some time after an unassignment, clears the
@@ -121,6 +123,8 @@ struct consumer {
          * CONSUMER_NO_KIP848) and turns them off at the first assignment. */
         int c_debug_ours;
         const char *c_fatal; /* why the consumer cannot go on, or NULL */
+        kstatus_t *c_ks; /* where access errors and probes go (not owned) */
+        const char *c_client; /* how c_ks names this consumer */
         int c_nudge_ms; /* fetch.nudge.ms; 0: no nudger */
         int64_t c_nudge_last_ms;
         uint64_t c_nudges;
@@ -363,9 +367,12 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         LOG(LL_INFO,
                             "partitions revoked topic=%s count=%d lost=%d",
                             c->c_mq.mq_topic, parts->cnt, lost);
-                else
+                else {
+                        kstatus_error(c->c_ks, loop_clock_ms(), c->c_client,
+                                      err, "rebalance failed");
                         LOG(LL_ERROR, "rebalance error err=%s",
                             rd_kafka_err2str(err));
+                }
                 /* Their messages stay in their own queues, dropped with
                  * the partitions. */
                 consumer_hold(c, parts);
@@ -388,6 +395,8 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         (void)rk;
         if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
                 c->c_commit_errors++;
+                kstatus_error(c->c_ks, loop_clock_ms(), c->c_client, err,
+                              "offset commit failed");
                 LOG(LL_WARN, "offset commit failed err=%s partitions=%d",
                     rd_kafka_err2str(err), offsets ? offsets->cnt : 0);
         }
@@ -408,8 +417,11 @@ static void consumer_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 
 static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
                               void *opaque) {
+        consumer_t *c = opaque;
+
         (void)rk;
-        (void)opaque;
+        kstatus_error(c->c_ks, loop_clock_ms(), c->c_client,
+                      (rd_kafka_resp_err_t)err, reason);
         LOG(LL_WARN, "consumer error err=%s reason=%s",
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
@@ -417,6 +429,8 @@ static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
 /* Handles one message or error. */
 static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
         if (m->err) {
+                kstatus_error(c->c_ks, loop_clock_ms(), c->c_client, m->err,
+                              rd_kafka_message_errstr(m));
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                         LOG(LL_WARN, "consume error err=%s",
                             rd_kafka_message_errstr(m));
@@ -432,14 +446,21 @@ static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
         rd_kafka_message_destroy(m);
 }
 
-/* Learns the topic's partition count (the metadata request blocks). */
+/* Learns the topic's partition count (the metadata request blocks), and
+ * tells c_ks whether the broker answered (the readiness probe). */
 static void consumer_learn_count(consumer_t *c, rd_kafka_topic_t *rkt) {
         const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err;
 
-        if (!rkt ||
-            rd_kafka_metadata(c->c_rk, 0, rkt, &md, CONSUMER_COUNT_WAIT_MS) !=
-                    RD_KAFKA_RESP_ERR_NO_ERROR)
+        if (!rkt)
                 return;
+        err = rd_kafka_metadata(c->c_rk, 0, rkt, &md, CONSUMER_COUNT_WAIT_MS);
+        kstatus_probe(c->c_ks, loop_clock_ms(), err == 0);
+        if (err)
+                return;
+        if (md->topic_cnt == 1 && md->topics[0].err)
+                kstatus_error(c->c_ks, loop_clock_ms(), c->c_client,
+                              md->topics[0].err, "topic metadata refused");
         if (md->topic_cnt == 1 && !md->topics[0].err &&
             md->topics[0].partition_cnt > 0)
                 c->c_nudger.n_count = md->topics[0].partition_cnt;
@@ -473,7 +494,7 @@ static void *consumer_nudger_main(void *arg) {
                         pthread_mutex_unlock(&n->n_lock);
                         consumer_learn_count(c, rkt);
                         clock_gettime(CLOCK_REALTIME, &until);
-                        until.tv_sec += CONSUMER_COUNT_REFRESH_S;
+                        until.tv_sec += CONSUMER_PROBE_S;
                         pthread_mutex_lock(&n->n_lock);
                         continue;
                 }
@@ -666,7 +687,7 @@ static int consumer_fetch_fit(rd_kafka_conf_t *kc, char *errstr,
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                          const char *group_id, const char *topic,
                          const struct consumer_handlers *h, void *opaque,
-                         char *errstr, size_t errstr_size) {
+                         kstatus_t *ks, char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
                 {"auto.offset.reset", "earliest"},
                 {"queued.max.messages.kbytes", "4096"},
@@ -681,6 +702,11 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 {"max.partition.fetch.bytes", "65536"},
                 {"message.max.bytes", "262144"},
                 {"fetch.max.bytes", "262144"},
+                /* A topic the consumer was refused (a missing ACL) is
+                 * looked at again at the next metadata refresh: every 10 s
+                 * instead of librdkafka's 5 minutes, so that access given
+                 * back is used within seconds. */
+                {"topic.metadata.refresh.interval.ms", "10000"},
         };
         /* Settings the delivery contract depends on: not overridable. */
         static const char *const fixed[][2] = {
@@ -702,6 +728,8 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         c->c_loop = loop;
         c->c_h = *h;
         c->c_opaque = opaque;
+        c->c_ks = ks;
+        c->c_client = "consumer";
         c->c_pipe[0] = c->c_pipe[1] = -1;
         c->c_mq.mq_pipe[0] = c->c_mq.mq_pipe[1] = -1;
         loop_timer_init(&c->c_timer, consumer_on_timer, c);

@@ -14,6 +14,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "config.h"
+#include "kstatus.h"
 #include "loop.h"
 
 typedef struct consumer consumer_t;
@@ -49,7 +50,7 @@ struct consumer_handlers {
 consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                          const char *group_id, const char *topic,
                          const struct consumer_handlers *h, void *opaque,
-                         char *errstr, size_t errstr_size);
+                         kstatus_t *ks, char *errstr, size_t errstr_size);
 
 /* Leaves the group (revoke handler runs) within @timeout_ms, then frees.
  * When the group was not left by then (Kafka away), the consumer is left as

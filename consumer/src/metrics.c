@@ -77,6 +77,7 @@ struct metrics {
         int m_timeout_ms;
         metrics_render_cb *m_render;
         metrics_health_cb *m_health;
+        metrics_health_cb *m_ready; /* /readyz, NULL: as /healthz */
         void *m_opaque;
         loop_timer_t m_accept_timer; /* resumes accepting after a pause */
         struct metrics_conn *m_conns; /* open connections */
@@ -326,22 +327,28 @@ static void metrics_serve_metrics(struct metrics_conn *c, int head_only) {
         dynbuf_fini(&out.mo_text);
 }
 
-static void metrics_serve_health(struct metrics_conn *c, int head_only) {
+/* Answers /healthz (@ready 0) or /readyz (@ready 1). */
+static void metrics_serve_health(struct metrics_conn *c, int head_only,
+                                 int ready) {
         metrics_t *m = c->mc_m;
+        metrics_health_cb *cb = ready && m->m_ready ? m->m_ready : m->m_health;
         char reason[METRICS_REASON_MAX];
         char body[METRICS_REASON_MAX + 1];
         int ok = 1;
 
         reason[0] = '\0';
-        if (m->m_health)
-                ok = m->m_health(reason, sizeof(reason), m->m_opaque);
+        if (cb)
+                ok = cb(reason, sizeof(reason), m->m_opaque);
         if (ok) {
-                metrics_conn_respond_text(c, 200, "ok\n", head_only, NULL);
+                metrics_conn_respond_text(c, 200, ready ? "ready\n" : "ok\n",
+                                          head_only, NULL);
                 return;
         }
         reason[sizeof(reason) - 1] = '\0';
         snprintf(body, sizeof(body), "%s\n",
-                 reason[0] != '\0' ? reason : "unhealthy");
+                 reason[0] != '\0' ? reason
+                 : ready           ? "not ready"
+                                   : "unhealthy");
         metrics_conn_respond_text(c, 503, body, head_only, NULL);
 }
 
@@ -389,9 +396,12 @@ static void metrics_conn_handle(struct metrics_conn *c) {
                 else
                         metrics_conn_respond_text(
                                 c, 405, "method not allowed\n", 0, "GET, HEAD");
-        } else if (metrics_token_is(target, path_len, "/healthz")) {
+        } else if (metrics_token_is(target, path_len, "/healthz") ||
+                   metrics_token_is(target, path_len, "/readyz")) {
                 if (get || head)
-                        metrics_serve_health(c, head);
+                        metrics_serve_health(
+                                c, head,
+                                metrics_token_is(target, path_len, "/readyz"));
                 else
                         metrics_conn_respond_text(
                                 c, 405, "method not allowed\n", 0, "GET, HEAD");
@@ -753,6 +763,10 @@ void metrics_destroy(metrics_t *m) {
         loop_io_del(m->m_loop, m->m_fd);
         close(m->m_fd);
         free(m);
+}
+
+void metrics_set_ready(metrics_t *m, metrics_health_cb *ready) {
+        m->m_ready = ready;
 }
 
 int metrics_port(const metrics_t *m) {

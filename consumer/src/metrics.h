@@ -37,6 +37,10 @@ metrics_t *metrics_new(loop_t *loop, const char *listen,
  * loop_destroy(). */
 void metrics_destroy(metrics_t *m);
 
+/* Serves /readyz with @ready (NULL: /readyz answers as /healthz does): 200
+ * "ready", or 503 with the reason. */
+void metrics_set_ready(metrics_t *m, metrics_health_cb *ready);
+
 /* @returns the port actually listened on. */
 int metrics_port(const metrics_t *m);
 

@@ -79,6 +79,7 @@ struct results {
         int64_t *r_end;
         size_t r_end_cnt;
         int r_fatal;
+        kstatus_t *r_ks; /* where access errors go (not owned) */
 };
 
 static const char *const status_names[] = {"sent", "failed", "rejected",
@@ -401,6 +402,8 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 return;
         }
         /* Not stored: the request stays uncommitted until a copy is. */
+        kstatus_error(r->r_ks, loop_clock_ms(), "results producer", m->err,
+                      rd_kafka_err2str(m->err));
         LOG(LL_WARN, "record delivery failed topic=%s err=%s", topic,
             rd_kafka_err2str(m->err));
         if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -421,7 +424,9 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
         char fatal[512];
 
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
-                rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+                kstatus_error(r->r_ks, loop_clock_ms(), "results producer",
+                              rd_kafka_fatal_error(rk, fatal, sizeof(fatal)),
+                              fatal);
                 LOG(LL_ERROR,
                     "results producer failed for good, stopping "
                     "(unfinished requests stay uncommitted) reason=%s",
@@ -429,6 +434,8 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
                 r->r_fatal = 1;
                 return;
         }
+        kstatus_error(r->r_ks, loop_clock_ms(), "results producer",
+                      (rd_kafka_resp_err_t)err, reason);
         LOG(LL_WARN, "results producer error err=%s reason=%s",
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
@@ -479,7 +486,7 @@ static int results_conf_has(const struct config *conf, const char *key) {
 
 results_t *results_new(loop_t *loop, const struct config *conf,
                        results_ack_cb *ack_cb, results_ack_cb *nack_cb,
-                       char *errstr, size_t errstr_size) {
+                       kstatus_t *ks, char *errstr, size_t errstr_size) {
         /* Defaults first; kafka.* settings may replace any of them except
          * idempotence, which the contract needs. */
         static const char *const defaults[][2] = {
@@ -499,6 +506,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         }
         r->r_pipe[0] = r->r_pipe[1] = -1;
         r->r_loop = loop;
+        r->r_ks = ks;
         r->r_ack_cb = ack_cb;
         r->r_nack_cb = nack_cb;
         loop_timer_init(&r->r_timer, results_on_timer, r);

@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "kstatus.h"
 #include "loop.h"
 
 typedef struct results results_t;
@@ -80,7 +81,7 @@ struct result_rec {
  * stored because it is too large: its request must be retried otherwise. */
 results_t *results_new(loop_t *loop, const struct config *conf,
                        results_ack_cb *ack_cb, results_ack_cb *nack_cb,
-                       char *errstr, size_t errstr_size);
+                       kstatus_t *ks, char *errstr, size_t errstr_size);
 
 /* @returns non-zero once the producer failed for good (a fatal idempotence
  * error): nothing more can be published, the worker must stop. */

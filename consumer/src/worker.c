@@ -12,6 +12,7 @@
 #include "consumer.h"
 #include "dedupe.h"
 #include "jsonparse.h"
+#include "kstatus.h"
 #include "ledger.h"
 #include "log.h"
 #include "loop.h"
@@ -182,6 +183,7 @@ struct worker {
         uint64_t w_assign_seq;
         size_t w_sent_unacked; /* entries with e_sent_unacked */
         metrics_t *w_metrics; /* NULL when metrics.listen is "" */
+        kstatus_t *w_kstatus; /* access to Kafka, for /readyz */
         struct request_limits w_limits;
         struct retry_conf w_retry;
 
@@ -1579,6 +1581,8 @@ static void worker_on_commit_timer(loop_t *loop, void *opaque) {
 
         worker_watch_progress(w);
         worker_update_share(w);
+        /* The log lines when readiness changes, also with no one asking. */
+        kstatus_ready(w->w_kstatus, loop_clock_ms(), NULL, NULL, 0);
         w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
@@ -1926,6 +1930,8 @@ static void worker_render_relays(metrics_out_t *out, const relays_t *rs) {
                        NULL, (double)relays_deferrals(rs));
 }
 
+static void worker_render_kafka(metrics_out_t *out, kstatus_t *ks);
+
 static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         static const char *const topic_labels[] = {"topic=\"requests\"",
                                                    "topic=\"retry\""};
@@ -2049,6 +2055,39 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        (double)ss.relay_failures_total);
         worker_render_relays(out, w->w_relays);
         signer_render(w->w_signer, out);
+        worker_render_kafka(out, w->w_kstatus);
+}
+
+/* /readyz: Kafka answers and has refused nothing lately (kstatus). */
+static int worker_ready(char *reason, size_t reason_size, void *opaque) {
+        worker_t *w = opaque;
+
+        if (w->w_stop || w->w_stopping) {
+                snprintf(reason, reason_size, "stopping");
+                return 0;
+        }
+        return kstatus_ready(w->w_kstatus, loop_clock_ms(), NULL, reason,
+                             reason_size);
+}
+
+static void worker_render_kafka(metrics_out_t *out, kstatus_t *ks) {
+        static const char *const labels[KSTATUS_CAUSE_CNT] = {
+                NULL, "cause=\"authentication\"", "cause=\"tls\"",
+                "cause=\"authorization\"", "cause=\"transport\""};
+
+        metrics_sample(out, "kafka_mailer_kafka_ready", "gauge",
+                       "1 when Kafka answers and refused nothing lately "
+                       "(as /readyz)",
+                       NULL, kstatus_ready(ks, loop_clock_ms(), NULL, NULL, 0));
+        for (int c = KSTATUS_AUTHENTICATION; c < KSTATUS_CAUSE_CNT; c++)
+                metrics_sample(
+                        out, "kafka_mailer_kafka_errors_total", "counter",
+                        c == KSTATUS_AUTHENTICATION
+                                ? "errors from Kafka that refuse the "
+                                  "worker access, by cause"
+                                : NULL,
+                        labels[c],
+                        (double)kstatus_errors(ks, (enum kstatus_cause)c));
 }
 
 static int worker_health(char *reason, size_t reason_size, void *opaque) {
@@ -2161,8 +2200,14 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                  errstr, errstr_size);
         if (!w->w_relays)
                 goto fail;
-        w->w_results = results_new(w->w_loop, conf, worker_on_ack,
-                                   worker_on_nack, errstr, errstr_size);
+        w->w_kstatus = kstatus_new(conf->ready_error_window_ms);
+        if (!w->w_kstatus) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
+        w->w_results =
+                results_new(w->w_loop, conf, worker_on_ack, worker_on_nack,
+                            w->w_kstatus, errstr, errstr_size);
         if (!w->w_results)
                 goto fail;
         if (w->w_dedupe && conf->dedupe_recall_timeout_ms > 0) {
@@ -2178,7 +2223,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 wt->wt_consumer = consumer_new(
                         w->w_loop, conf,
                         t == TOPIC_RETRY ? w->w_retry_group : NULL, wt->wt_name,
-                        &handlers, wt, errstr, errstr_size);
+                        &handlers, wt, w->w_kstatus, errstr, errstr_size);
                 if (!wt->wt_consumer)
                         goto fail;
                 if (w->w_recall)
@@ -2190,6 +2235,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                                            w, errstr, errstr_size);
                 if (!w->w_metrics)
                         goto fail;
+                metrics_set_ready(w->w_metrics, worker_ready);
         }
         loop_timer_start(w->w_loop, &w->w_commit_timer,
                          conf->commit_interval_ms);
@@ -2329,5 +2375,6 @@ void worker_destroy(worker_t *w) {
         if (w->w_loop)
                 loop_timer_stop(w->w_loop, &w->w_commit_timer);
         loop_destroy(w->w_loop);
+        kstatus_destroy(w->w_kstatus);
         free(w);
 }

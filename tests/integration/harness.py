@@ -147,22 +147,24 @@ class Kafka(kmstack.Kafka):
 
     @classmethod
     def start(cls, dir: Optional[Path] = None, version: Optional[str] = None,
-              local: bool = False, props: Sequence[str] = ()) -> "Kafka":
+              local: bool = False, props: Sequence[str] = (), sasl_ssl: bool = False,
+              scram_users: Sequence[str] = ()) -> "Kafka":
         """A broker of @version (default KM_KAFKA_VERSION) with the test broker settings
         and then @props (KEY=VALUE, later ones win); KM_KAFKA_BOOTSTRAP's instead unless
         @local (a test that stops its broker, or needs settings of its own, needs its
-        own)."""
+        own) or @sasl_ssl (kmstack.Kafka.start)."""
         external = os.environ.get("KM_KAFKA_BOOTSTRAP")
-        if external and not local:
+        if external and not local and not sasl_ssl:
             return cls(external)
         version = version or KAFKA_VERSION
         return super().start(dir or make_tmpdir("kafka"), version,
-                             broker_props(version) + tuple(props))
+                             broker_props(version) + tuple(props), sasl_ssl=sasl_ssl,
+                             scram_users=scram_users)
 
     # thin wrappers around the C tools, bound to this broker
     def admin(self, *args, timeout: float = TOOL_TIMEOUT, check: bool = False):
-        return run([binary("mailer-admin"), "-b", self.bootstrap, *args],
-                   timeout=timeout, check=check)
+        return run([binary("mailer-admin"), "-b", self.bootstrap, *self.tool_args,
+                    *args], timeout=timeout, check=check)
 
     def wait_ready(self, timeout: float = 60) -> None:
         if have_binary("mailer-admin"):
@@ -203,14 +205,16 @@ class Kafka(kmstack.Kafka):
             else:
                 lines.append(json.dumps(r).encode())
         data = b"\n".join(lines) + b"\n"
-        return run([binary("mailer-produce"), "-b", self.bootstrap, "-t", topic, *extra],
+        return run([binary("mailer-produce"), "-b", self.bootstrap, *self.tool_args,
+                    "-t", topic, *extra],
                    input=data, timeout=timeout, check=True)
 
     def results(self, topic: str, wait: Optional[int] = None, timeout: float = 60,
                 check: bool = True) -> list:
         """Reads the results topic with mailer-results; returns the parsed JSON lines.
         With wait=N, reads until N distinct ids have a final result (bounded)."""
-        args = [binary("mailer-results"), "-b", self.bootstrap, "-t", topic]
+        args = [binary("mailer-results"), "-b", self.bootstrap, *self.tool_args,
+                "-t", topic]
         if wait is not None:
             args += ["--wait", str(wait)]
         args += ["--timeout", str(int(timeout))]
@@ -227,8 +231,8 @@ class Kafka(kmstack.Kafka):
         """mailer-audit --json: joins topics.requests with topics.results (and the
         capture-server folder) and returns its numbers, with "rc" (0: nothing lost,
         4: something lost)."""
-        args = [binary("mailer-audit"), "-b", self.bootstrap, "--requests",
-                topics.requests, "--results", topics.results, "--json",
+        args = [binary("mailer-audit"), "-b", self.bootstrap, *self.tool_args,
+                "--requests", topics.requests, "--results", topics.results, "--json",
                 "--timeout", str(int(timeout))]
         if capture_dir is not None:
             args += ["--capture-dir", capture_dir]
@@ -258,7 +262,8 @@ class Kafka(kmstack.Kafka):
             raise TimeoutError(f"{e}; last audit: {summary}") from None
 
     def results_summary(self, topic: str, timeout: float = 60) -> str:
-        return run([binary("mailer-results"), "-b", self.bootstrap, "-t", topic,
+        return run([binary("mailer-results"), "-b", self.bootstrap, *self.tool_args,
+                    "-t", topic,
                     "--summary", "--timeout", str(int(timeout))],
                    timeout=timeout + 30, check=True).stdout
 

@@ -310,15 +310,32 @@ def run(argv: Sequence[str], timeout: float = TOOL_TIMEOUT, input: Optional[byte
 # --- Kafka -----------------------------------------------------------------------------
 
 def kafka_start_argv(dir, port, version: Optional[str] = None,
-                     props: Sequence[str] = ()) -> list:
+                     props: Sequence[str] = (), sasl_ssl: bool = False,
+                     scram_users: Sequence[str] = ()) -> list:
     """deploy/local/kafka-start for @version (default kafka-start's: KM_KAFKA_VERSION,
-    else 4.4.0) with broker settings @props (KEY=VALUE, later ones win)."""
+    else 4.4.0) with broker settings @props (KEY=VALUE, later ones win); with @sasl_ssl a
+    SASL_SSL listener, SCRAM users "admin" and @scram_users (NAME:PASSWORD) and ACLs."""
     argv = [LOCAL / "kafka-start"]
     if version:
         argv += ["--version", version]
     for prop in props:
         argv += ["--set", prop]
+    if sasl_ssl:
+        argv.append("--sasl-ssl")
+        for user in scram_users:
+            argv += ["--scram-user", user]
     return argv + [dir, port]
+
+
+def make_ca(dir: Path, name: str = "ca") -> Path:
+    """A throw-away CA certificate (@dir/@name.pem, its key beside it), e.g. one a broker
+    certificate was not signed by."""
+    dir.mkdir(parents=True, exist_ok=True)
+    pem = dir / f"{name}.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         dir / f"{name}.key", "-out", pem, "-days", "2", "-subj", f"/CN={name}"],
+        timeout=60, check=True)
+    return pem
 
 
 class Kafka:
@@ -326,29 +343,78 @@ class Kafka:
     and stopped with deploy/local/kafka-stop (by the pid file kafka-start wrote there)."""
 
     def __init__(self, bootstrap: str, dir: Optional[Path] = None,
-                 version: Optional[str] = None, props: Sequence[str] = ()):
+                 version: Optional[str] = None, props: Sequence[str] = (),
+                 sasl_ssl: bool = False, scram_users: Sequence[str] = ()):
         self.bootstrap = bootstrap
         self.dir = dir
         self.port = int(bootstrap.rsplit(":", 1)[1])
         self.version = version
         self.props = tuple(props)
+        self.sasl_ssl = sasl_ssl
+        self.scram_users = tuple(scram_users)
 
     @classmethod
     def start(cls, dir: Path, version: Optional[str] = None, props: Sequence[str] = (),
               timeout: float = KAFKA_START_TIMEOUT,
-              broker_wait: Optional[float] = None) -> "Kafka":
+              broker_wait: Optional[float] = None, sasl_ssl: bool = False,
+              scram_users: Sequence[str] = ()) -> "Kafka":
         """A broker of @version with broker settings @props (KEY=VALUE) in @dir, on a
         free port; kafka-start is bounded by @timeout seconds and waits @broker_wait
-        seconds for the broker (KAFKA_START_TIMEOUT; default kafka-start's)."""
+        seconds for the broker (KAFKA_START_TIMEOUT; default kafka-start's). With
+        @sasl_ssl: SASL_SSL, SCRAM-SHA-512 users admin and @scram_users (NAME:PASSWORD),
+        the StandardAuthorizer (see client_config, acl)."""
         env = {"KAFKA_START_TIMEOUT": int(broker_wait)} if broker_wait else None
         last = ""
         for _ in range(3):  # a port picked free can be taken before the broker binds it
             port = free_port()
-            r = run(kafka_start_argv(dir, port, version, props), timeout=timeout, env=env)
+            r = run(kafka_start_argv(dir, port, version, props, sasl_ssl, scram_users),
+                    timeout=timeout, env=env)
             if r.returncode == 0:
-                return cls(r.stdout.strip().splitlines()[-1], dir, version, props)
+                return cls(r.stdout.strip().splitlines()[-1], dir, version, props,
+                           sasl_ssl, scram_users)
             last = r.stderr
         raise StartFailed(f"kafka-start failed:\n{last[-4000:]}")
+
+    @property
+    def ca_file(self) -> Optional[Path]:
+        """The CA a SASL_SSL broker's certificate is signed by."""
+        return self.dir / "tls" / "ca.pem" if self.sasl_ssl and self.dir else None
+
+    @property
+    def admin_properties(self) -> Optional[Path]:
+        """A SASL_SSL broker's super user settings as a librdkafka properties file."""
+        return self.dir / "admin.properties" if self.sasl_ssl and self.dir else None
+
+    def client_config(self, user: str = "admin", password: Optional[str] = None,
+                      ca: Optional[Path] = None) -> dict:
+        """librdkafka settings for a SASL_SSL broker as @user (admin's password is
+        kafka-start's; another user's is @password), trusting @ca (default: the
+        broker's CA). {} for a plain broker."""
+        if not self.sasl_ssl:
+            return {}
+        if password is None:
+            assert user == "admin", "a password for a user other than admin"
+            password = (self.dir / "tls" / "admin.password").read_text().strip()
+        return {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
+                "sasl.username": user, "sasl.password": password,
+                "ssl.ca.location": str(ca or self.ca_file)}
+
+    @property
+    def tool_args(self) -> list:
+        """The tools' arguments that let them in as admin ([] for a plain broker)."""
+        args = []
+        for k, v in self.client_config().items():
+            args += ["-X", f"{k}={v}"]
+        return args
+
+    def acl(self, action: str, principal: str, resource: str, *operations: str,
+            timeout: float = 90) -> None:
+        """deploy/local/kafka-acl: @action add or remove, for @principal
+        ("User:NAME"), on @resource ("topic:NAME", "group:NAME", "cluster"),
+        @operations ("READ", "DESCRIBE", ...); returns once the broker applied it."""
+        assert self.sasl_ssl and self.dir is not None
+        run([LOCAL / "kafka-acl", self.dir, action, principal, resource, *operations],
+            timeout=timeout, check=True)
 
     @property
     def pid(self) -> Optional[int]:
@@ -364,7 +430,8 @@ class Kafka:
     def restart(self) -> subprocess.CompletedProcess:
         """Starts the stopped broker again on its folder and port (its data kept)."""
         assert self.dir is not None
-        return run(kafka_start_argv(self.dir, self.port, self.version, self.props),
+        return run(kafka_start_argv(self.dir, self.port, self.version, self.props,
+                                    self.sasl_ssl, self.scram_users),
                    timeout=KAFKA_START_TIMEOUT)
 
     def log_tail(self, n: int = 40) -> str:

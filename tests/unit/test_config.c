@@ -899,10 +899,10 @@ static void test_env_error_case(void **state) {
         config_destroy(conf);
 }
 
-/* smtp.password.file (with smtp.username when @username) holding @content,
- * or the missing file @path when @content is NULL: config_finish() reads
- * SECRET_VALUE from it, or fails with @before "<path>" @after when @before
- * is not NULL. */
+/* smtp.password.file, or the secret file setting @setting (a kafka.* one),
+ * (with smtp.username when @username) holding @content, or the missing file
+ * @path when @content is NULL: config_finish() reads SECRET_VALUE from it,
+ * or fails with @before "<path>" @after when @before is not NULL. */
 struct password_file_case {
         const char *name;
         const char *content;
@@ -910,18 +910,82 @@ struct password_file_case {
         const char *username;
         const char *before;
         const char *after;
+        const char *setting;
 };
 
 static const struct password_file_case password_file_cases[] = {
         {"first_line", SECRET_VALUE "\r\nsecond line\n", NULL, "mailer", NULL,
-         NULL},
-        {"without_newline", SECRET_VALUE, NULL, NULL, NULL, NULL},
+         NULL, NULL},
+        {"without_newline", SECRET_VALUE, NULL, NULL, NULL, NULL, NULL},
         {"missing", NULL, "/nonexistent/pw", NULL,
-         "smtp.password.file: cannot open \"", "\": No such file or directory"},
-        {"empty", "", NULL, NULL, "smtp.password.file: \"", "\" is empty"},
+         "smtp.password.file: cannot open \"", "\": No such file or directory",
+         NULL},
+        {"empty", "", NULL, NULL, "smtp.password.file: \"", "\" is empty",
+         NULL},
         {"first_line_empty", "\nsecond\n", NULL, NULL, "smtp.password.file: \"",
-         "\": first line is empty"},
+         "\": first line is empty", NULL},
+        {"kafka_sasl_password", SECRET_VALUE "\nsecond line\n", NULL, NULL,
+         NULL, NULL, "kafka.sasl.password.file"},
+        {"kafka_consumer_ssl_key_password", SECRET_VALUE, NULL, NULL, NULL,
+         NULL, "kafka.consumer.ssl.key.password.file"},
+        {"kafka_producer_oauthbearer_secret", SECRET_VALUE "\r\n", NULL, NULL,
+         NULL, NULL, "kafka.producer.sasl.oauthbearer.client.secret.file"},
+        {"kafka_missing", NULL, "/nonexistent/pw", NULL,
+         "kafka.consumer.sasl.password.file: cannot open \"",
+         "\": No such file or directory", "kafka.sasl.password.file"},
+        {"kafka_empty", "", NULL, NULL,
+         "kafka.producer.ssl.keystore.password.file: \"", "\" is empty",
+         "kafka.producer.ssl.keystore.password.file"},
 };
+
+/* @returns the value of librdkafka property @key in @kvs, or NULL. */
+static const char *kv_value(const struct config_kv *kvs, size_t cnt,
+                            const char *key) {
+        for (size_t i = 0; i < cnt; i++)
+                if (strcmp(kvs[i].key, key) == 0)
+                        return kvs[i].value;
+        return NULL;
+}
+
+/* A kafka.* secret file was read into the lists of the clients it names,
+ * and --dump-config shows its path, never the secret. */
+static void check_kafka_secret(struct config *conf, const char *setting,
+                               const char *path) {
+        const char *prop = setting + strlen("kafka.");
+        int consumer = 1, producer = 1;
+        char key[128], line[256];
+        char *dump;
+
+        if (strncmp(prop, "consumer.", strlen("consumer.")) == 0) {
+                prop += strlen("consumer.");
+                producer = 0;
+        } else if (strncmp(prop, "producer.", strlen("producer.")) == 0) {
+                prop += strlen("producer.");
+                consumer = 0;
+        }
+        snprintf(key, sizeof(key), "%.*s",
+                 (int)(strlen(prop) - strlen(".file")), prop);
+        if (consumer)
+                assert_string_equal(kv_value(conf->kafka_consumer,
+                                             conf->kafka_consumer_cnt, key),
+                                    SECRET_VALUE);
+        else
+                assert_null(kv_value(conf->kafka_consumer,
+                                     conf->kafka_consumer_cnt, key));
+        if (producer)
+                assert_string_equal(kv_value(conf->kafka_producer,
+                                             conf->kafka_producer_cnt, key),
+                                    SECRET_VALUE);
+        else
+                assert_null(kv_value(conf->kafka_producer,
+                                     conf->kafka_producer_cnt, key));
+        dump = capture(conf);
+        assert_null(strstr(dump, SECRET_VALUE));
+        snprintf(line, sizeof(line), "kafka.%s.%s.file=%s\n",
+                 consumer ? "consumer" : "producer", key, path);
+        assert_non_null(strstr(dump, line));
+        free(dump);
+}
 
 static void test_password_file_case(void **state) {
         const struct password_file_case *c = *state;
@@ -931,11 +995,16 @@ static void test_password_file_case(void **state) {
         case_file(c->content, c->path, path, sizeof(path));
         if (c->username != NULL)
                 assert_int_equal(set(conf, "smtp.username", c->username), 0);
-        assert_int_equal(set(conf, "smtp.password.file", path), 0);
+        assert_int_equal(
+                set(conf, c->setting ? c->setting : "smtp.password.file", path),
+                0);
         if (c->before == NULL) {
                 assert_int_equal(config_finish(conf, errstr, sizeof(errstr)),
                                  0);
-                assert_string_equal(conf->smtp_password, SECRET_VALUE);
+                if (c->setting)
+                        check_kafka_secret(conf, c->setting, path);
+                else
+                        assert_string_equal(conf->smtp_password, SECRET_VALUE);
         } else {
                 snprintf(expected, sizeof(expected), "%s%s%s", c->before, path,
                          c->after);

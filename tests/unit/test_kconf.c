@@ -98,8 +98,8 @@ static int takes_all_but_client_id(const char *key) {
 
 static void test_user_pairs_override_and_can_be_filtered(void **state) {
         struct config_kv kvs[] = {
-                {"client.id", "user"},
-                {"linger.ms", "9"},
+                {"client.id", "user", NULL},
+                {"linger.ms", "9", NULL},
         };
         rd_kafka_conf_t *kc = rd_kafka_conf_new();
         char errstr[256];

@@ -1,0 +1,163 @@
+#include "kstatus.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define KSTATUS_REASON_MAX 384
+
+struct kstatus {
+        pthread_mutex_t ks_lock;
+        int ks_window_ms;
+        uint64_t ks_errors[KSTATUS_CAUSE_CNT];
+        /* the last error that names a cause other than transport, and the
+         * last one of any cause */
+        enum kstatus_cause ks_last_cause;
+        int64_t ks_last_ms;
+        char ks_last_reason[KSTATUS_REASON_MAX];
+        enum kstatus_cause ks_any_cause;
+        char ks_any_reason[KSTATUS_REASON_MAX];
+        int ks_probe_ok; /* the last probe's outcome; -1 before the first */
+        /* the cause last logged as not ready, KSTATUS_NONE while ready */
+        enum kstatus_cause ks_logged;
+};
+
+kstatus_t *kstatus_new(int window_ms) {
+        kstatus_t *ks = calloc(1, sizeof(*ks));
+
+        if (!ks)
+                return NULL;
+        pthread_mutex_init(&ks->ks_lock, NULL);
+        ks->ks_window_ms = window_ms;
+        ks->ks_probe_ok = -1;
+        return ks;
+}
+
+void kstatus_destroy(kstatus_t *ks) {
+        if (!ks)
+                return;
+        pthread_mutex_destroy(&ks->ks_lock);
+        free(ks);
+}
+
+enum kstatus_cause kstatus_cause_of(rd_kafka_resp_err_t err) {
+        switch (err) {
+        case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+        case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+        case RD_KAFKA_RESP_ERR_UNSUPPORTED_SASL_MECHANISM:
+        case RD_KAFKA_RESP_ERR_ILLEGAL_SASL_STATE:
+                return KSTATUS_AUTHENTICATION;
+        case RD_KAFKA_RESP_ERR__SSL:
+                return KSTATUS_TLS;
+        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+        case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+        case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                return KSTATUS_AUTHORIZATION;
+        case RD_KAFKA_RESP_ERR__TRANSPORT:
+        case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+        case RD_KAFKA_RESP_ERR__RESOLVE:
+                return KSTATUS_TRANSPORT;
+        default:
+                return KSTATUS_NONE;
+        }
+}
+
+const char *kstatus_cause_name(enum kstatus_cause cause) {
+        static const char *const names[KSTATUS_CAUSE_CNT] = {
+                "", "authentication", "tls", "authorization", "transport"};
+
+        return cause < KSTATUS_CAUSE_CNT ? names[cause] : "";
+}
+
+void kstatus_error(kstatus_t *ks, int64_t now_ms, const char *client,
+                   rd_kafka_resp_err_t err, const char *reason) {
+        enum kstatus_cause cause = kstatus_cause_of(err);
+        char text[KSTATUS_REASON_MAX];
+
+        if (cause == KSTATUS_NONE)
+                return;
+        snprintf(text, sizeof(text), "%s: %s", client,
+                 reason ? reason : rd_kafka_err2str(err));
+        pthread_mutex_lock(&ks->ks_lock);
+        ks->ks_errors[cause]++;
+        ks->ks_any_cause = cause;
+        snprintf(ks->ks_any_reason, sizeof(ks->ks_any_reason), "%s", text);
+        if (cause != KSTATUS_TRANSPORT) {
+                ks->ks_last_cause = cause;
+                ks->ks_last_ms = now_ms;
+                snprintf(ks->ks_last_reason, sizeof(ks->ks_last_reason), "%s",
+                         text);
+        }
+        pthread_mutex_unlock(&ks->ks_lock);
+}
+
+void kstatus_probe(kstatus_t *ks, int64_t now_ms, int ok) {
+        (void)now_ms;
+        pthread_mutex_lock(&ks->ks_lock);
+        ks->ks_probe_ok = ok;
+        pthread_mutex_unlock(&ks->ks_lock);
+}
+
+int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
+                  char *reason, size_t reason_size) {
+        enum kstatus_cause c = KSTATUS_NONE;
+        const char *why = "";
+        int ready, log_down = 0, log_up = 0;
+
+        pthread_mutex_lock(&ks->ks_lock);
+        if (ks->ks_last_cause != KSTATUS_NONE &&
+            now_ms - ks->ks_last_ms < ks->ks_window_ms) {
+                c = ks->ks_last_cause;
+                why = ks->ks_last_reason;
+        } else if (ks->ks_probe_ok == 0) {
+                /* A broker that does not answer: the last error that said
+                 * why, when there was one. */
+                c = ks->ks_last_cause != KSTATUS_NONE  ? ks->ks_last_cause
+                    : ks->ks_any_cause != KSTATUS_NONE ? ks->ks_any_cause
+                                                       : KSTATUS_TRANSPORT;
+                why = ks->ks_last_cause != KSTATUS_NONE  ? ks->ks_last_reason
+                      : ks->ks_any_cause != KSTATUS_NONE ? ks->ks_any_reason
+                                                         : "no broker answered";
+        } else if (ks->ks_probe_ok < 0) {
+                c = KSTATUS_TRANSPORT;
+                why = "no broker answered yet";
+        }
+        ready = c == KSTATUS_NONE;
+        if (reason_size > 0) {
+                if (ready)
+                        reason[0] = '\0';
+                else
+                        snprintf(reason, reason_size, "%s: %s",
+                                 kstatus_cause_name(c), why);
+        }
+        /* One line when the cause changes (not for the start-up wait). */
+        if (!ready && c != ks->ks_logged && ks->ks_probe_ok >= 0) {
+                ks->ks_logged = c;
+                log_down = 1;
+        } else if (ready && ks->ks_logged != KSTATUS_NONE) {
+                ks->ks_logged = KSTATUS_NONE;
+                log_up = 1;
+        }
+        if (log_down)
+                LOG(LL_WARN, "kafka not ready cause=%s reason=%s",
+                    kstatus_cause_name(c), why);
+        pthread_mutex_unlock(&ks->ks_lock);
+        if (cause)
+                *cause = c;
+        if (log_up)
+                LOG(LL_INFO, "kafka ready again");
+        return ready;
+}
+
+uint64_t kstatus_errors(kstatus_t *ks, enum kstatus_cause cause) {
+        uint64_t n;
+
+        pthread_mutex_lock(&ks->ks_lock);
+        n = cause < KSTATUS_CAUSE_CNT ? ks->ks_errors[cause] : 0;
+        pthread_mutex_unlock(&ks->ks_lock);
+        return n;
+}
