@@ -1,7 +1,7 @@
 /*
  * mailer-admin: small Kafka chores for running and testing kafka-mailer.
  *
- *   mailer-admin [-b BOOTSTRAP] [-X prop=value]... COMMAND [ARGS]
+ *   mailer-admin [-b BOOTSTRAP] [-F FILE]... [-X prop=value]... COMMAND [ARGS]
  *
  *   create-topics NAME:PARTITIONS...   create topics (replication 1) and wait
  *                                      until every partition has a leader
@@ -87,6 +87,7 @@ static void admin_usage(FILE *fp) {
                 "  -b BOOTSTRAP      bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
                 ")\n"
                 "  -X prop=value     librdkafka property (repeatable; later wins)\n"
+                "  -F FILE           librdkafka properties file (key=value lines; repeatable)\n"
                 "      --timeout S   how long to wait (default 30 s for create-topics and\n"
                 "                    wait-ready, 10 s for each query otherwise)\n"
                 "  -h, --help        this help\n"
@@ -118,6 +119,7 @@ static enum tool_opts_result admin_parse_args(int argc, char **argv,
         const struct tool_opt opts[] = {
                 TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_SECONDS("timeout", 0, &ao->ao_timeout_ms,
                                  "--timeout %s: expected seconds"),
                 TOOL_OPT_CALL("wait", 0, admin_opt_wait, &ao->ao_wait_ms),
@@ -367,7 +369,7 @@ static int admin_create_request(rd_kafka_t *rk, struct admin_topic *topics,
                                 rd_kafka_topic_result_error_string(trs[i]);
 
                         tool_err("cannot create %s: %s", name,
-                                 msg != NULL ? msg : rd_kafka_err2str(err));
+                                 tool_kafka_why(err, msg, "Create", name));
                         rc = admin_create_exit(err);
                 }
         }
@@ -479,7 +481,7 @@ static int admin_offsets_query(rd_kafka_t *rk, const char *group,
         err = rd_kafka_committed(rk, tpl, timeout_ms);
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                 tool_err("committed offsets of group %s: %s", group,
-                         rd_kafka_err2str(err));
+                         tool_kafka_why(err, NULL, "Describe", topic));
                 goto out;
         }
         for (int i = 0; i < tpl->cnt; i++) {
@@ -490,14 +492,16 @@ static int admin_offsets_query(rd_kafka_t *rk, const char *group,
 
                 if (tp->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: %s", topic, tp->partition,
-                                 rd_kafka_err2str(tp->err));
+                                 tool_kafka_why(tp->err, NULL, "Describe",
+                                                topic));
                         goto out;
                 }
                 err = admin_watermarks(rk, topic, tp->partition, &lo, &hi,
                                        timeout_ms);
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: end offset: %s", topic,
-                                 tp->partition, rd_kafka_err2str(err));
+                                 tp->partition,
+                                 tool_kafka_why(err, NULL, "Describe", topic));
                         goto out;
                 }
                 if (tp->offset >= 0) {
@@ -648,6 +652,11 @@ static int admin_wait_ready(rd_kafka_t *rk, const struct admin_opts *ao) {
                 rd_kafka_poll(rk, 100);
         }
         tool_kafka_set_quiet(0);
+        if (*tool_kafka_cause() != '\0') {
+                tool_err("broker not ready after %.1f s%s",
+                         (double)timeout_ms / 1000.0, tool_kafka_cause_note());
+                return TOOL_EXIT_KAFKA;
+        }
         tool_err("broker not ready after %.1f s%s%s",
                  (double)timeout_ms / 1000.0,
                  *tool_kafka_last_error() != '\0' ? ": " : "",
@@ -686,8 +695,9 @@ static int admin_count(rd_kafka_t *rk, int argc, char **argv,
                 err = admin_watermarks(rk, argv[0], parts[i], &lo, &hi,
                                        timeout_ms);
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("%s [%" PRId32 "]: %s", argv[0], parts[i],
-                                 rd_kafka_err2str(err));
+                        tool_err(
+                                "%s [%" PRId32 "]: %s", argv[0], parts[i],
+                                tool_kafka_why(err, NULL, "Describe", argv[0]));
                         goto out;
                 }
                 total += hi - lo;

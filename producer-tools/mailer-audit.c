@@ -4,7 +4,7 @@
  *
  *   mailer-audit [-b BOOTSTRAP] --requests TOPIC --results TOPIC
  *                [--capture-dir DIR] [--json] [--list N] [--timeout S]
- *                [-X prop=value]...
+ *                [-F FILE]... [-X prop=value]...
  *
  * Every message of the requests topic (up to the end offsets it had when the
  * tool started) must have at least one result with a final status whose
@@ -126,6 +126,7 @@ static void audit_usage(FILE *fp) {
                 "  -b BOOTSTRAP        bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
                 ")\n"
                 "  -X prop=value       librdkafka property (repeatable; later wins)\n"
+                "  -F FILE             librdkafka properties file (key=value lines; repeatable)\n"
                 "      --requests TOPIC  the requests topic (required)\n"
                 "      --results TOPIC   the results topic (required)\n"
                 "      --capture-dir DIR capture-server folder (NNNNNN.eml): also report\n"
@@ -151,6 +152,7 @@ static enum tool_opts_result audit_parse_args(int argc, char **argv,
         const struct tool_opt opts[] = {
                 TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_STRING("requests", 0, &ao->ao_requests),
                 TOOL_OPT_STRING("results", 0, &ao->ao_results),
                 TOOL_OPT_STRING("capture-dir", 0, &ao->ao_capture_dir),
@@ -940,7 +942,7 @@ int main(int argc, char **argv) {
                         continue;
                 }
                 if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("consume: %s", rd_kafka_message_errstr(rkm));
+                        tool_err("consume: %s", tool_consume_why(rkm));
                         err = rkm->err;
                         rd_kafka_message_destroy(rkm);
                         if (tool_consume_err_is_fatal(err))
@@ -965,10 +967,10 @@ int main(int argc, char **argv) {
         }
         if (req.at_ends.te_pending > 0 || res.at_ends.te_pending > 0) {
                 tool_err("timed out after %.1f s before the end of %s "
-                         "(%d partitions left) and %s (%d partitions left)",
+                         "(%d partitions left) and %s (%d partitions left)%s",
                          (double)ao.ao_timeout_ms / 1000.0, req.at_name,
                          req.at_ends.te_pending, res.at_name,
-                         res.at_ends.te_pending);
+                         res.at_ends.te_pending, tool_kafka_cause_note());
                 rc = TOOL_EXIT_INPUT;
                 goto out;
         }

@@ -4,7 +4,7 @@
  *
  *   mailer-loadgen -b BOOTSTRAP -t TOPIC -n N [--size BYTES] [--rcpts K]
  *                  [--html] [--attachment BYTES] [--rate R]
- *                  [--id-prefix P] [-X prop=value]...
+ *                  [--id-prefix P] [-F FILE]... [-X prop=value]...
  *
  * Each request has the id "<prefix>.<seq>" (also its key, so the requests
  * spread over the partitions), one From, K recipients in "to", a subject, a
@@ -106,6 +106,7 @@ static void loadgen_usage(FILE *fp) {
                 "                        (default 0)\n"
                 "      --id-prefix P     ids are P.1 .. P.N (default lg<unix time>)\n"
                 "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+                "  -F FILE               librdkafka properties file (key=value lines; repeatable)\n"
                 "  -h, --help            this help\n"
                 "\n"
                 "Producer defaults: enable.idempotence=true, linger.ms=20,\n"
@@ -127,7 +128,7 @@ static void loadgen_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
         ls->ls_last_dr_ms = tool_now_ms();
         if (tool_delivery_count(&ls->ls_dr, rkm->err))
                 tool_err("%.*s: delivery failed: %s", (int)rkm->key_len,
-                         (const char *)rkm->key, rd_kafka_err2str(rkm->err));
+                         (const char *)rkm->key, tool_delivery_why(rkm));
 }
 
 /* RFC 5322 atext plus '.', as the request id allows. */
@@ -303,6 +304,7 @@ static enum tool_opts_result loadgen_parse_args(int argc, char **argv,
                              "\"%s\""),
                 TOOL_OPT_STRING("id-prefix", 0, &lo->lo_prefix),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_HELP("help", 'h'),
                 TOOL_OPT_END,
         };
@@ -454,7 +456,8 @@ int main(int argc, char **argv) {
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                                 tool_err("cannot produce request %lld: %s", i,
-                                         rd_kafka_err2str(err));
+                                         tool_kafka_why(err, NULL, "Write",
+                                                        NULL));
                         kafka_failed = 1;
                         break;
                 }

@@ -2,7 +2,7 @@
  * mailer-produce: publishes email requests, one JSON object per input line,
  * to the requests topic, keyed by the request's "id".
  *
- *   mailer-produce [-b BOOTSTRAP] [-t TOPIC] [-X prop=value]...
+ *   mailer-produce [-b BOOTSTRAP] [-t TOPIC] [-F FILE]... [-X prop=value]...
  *                  [--raw] [--partitions-by-key] [FILE]
  *
  * Bad lines are reported with their file:line and skipped; the good ones are
@@ -47,6 +47,7 @@ static void produce_usage(FILE *fp) {
                 "  -t TOPIC              topic (default " PRODUCE_DEFAULT_TOPIC
                 ")\n"
                 "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+                "  -F FILE               librdkafka properties file (key=value lines; repeatable)\n"
                 "      --raw             publish every non-blank line as it is, without\n"
                 "                        checking it is JSON (no key); for tests\n"
                 "      --partitions-by-key\n"
@@ -72,7 +73,7 @@ static void produce_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
         (void)rk;
         if (tool_delivery_count(&ps->ps_dr, rkm->err))
                 tool_err("%s:%lu: delivery failed: %s", ps->ps_input, lineno,
-                         rd_kafka_err2str(rkm->err));
+                         tool_delivery_why(rkm));
 }
 
 static int produce_is_blank(const char *line, size_t len) {
@@ -187,6 +188,7 @@ static enum tool_opts_result produce_parse_args(int argc, char **argv,
                 TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
                 TOOL_OPT_STRING(NULL, 't', &po->po_topic),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_FLAG("raw", 0, &po->po_raw),
                 TOOL_OPT_ACTION("partitions-by-key", 0, produce_opt_by_key,
                                 conf),
@@ -317,7 +319,8 @@ int main(int argc, char **argv) {
                                 tool_err("%s:%lu: cannot produce: %s",
                                          tool_lines_name(tl),
                                          tool_lines_lineno(tl),
-                                         rd_kafka_err2str(err));
+                                         tool_kafka_why(err, NULL, "Write",
+                                                        po.po_topic));
                         kafka_failed = 1;
                         break;
                 }

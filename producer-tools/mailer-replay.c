@@ -6,7 +6,7 @@
  *                 [--status LIST] [--since TIME] [--until TIME]
  *                 [--error-contains TEXT] [--id ID]... [--ids-file FILE]
  *                 [--publish [--yes]] [--to TOPIC] [--id-suffix S]
- *                 [--list N] [--max N] [--timeout S] [-X prop=value]...
+ *                 [--list N] [--max N] [--timeout S] [-F FILE]... [-X prop=value]...
  *
  * The results topic is read from its beginning to the end it had at start;
  * the latest final result of each id is kept, then selected. The request a
@@ -130,6 +130,7 @@ static void replay_usage(FILE *fp) {
                 "  -b BOOTSTRAP          bootstrap servers (default " TOOL_DEFAULT_BOOTSTRAP
                 ")\n"
                 "  -X prop=value         librdkafka property (repeatable; later wins)\n"
+                "  -F FILE               librdkafka properties file (key=value lines; repeatable)\n"
                 "      --results TOPIC   the results topic (required)\n"
                 "      --requests TOPIC  the requests topic (required)\n"
                 "      --status LIST     statuses to select, comma-separated: sent, failed,\n"
@@ -314,6 +315,7 @@ static enum tool_opts_result replay_parse_args(int argc, char **argv,
         const struct tool_opt opts[] = {
                 TOOL_OPT_CALL(NULL, 'b', tool_opt_bootstrap, conf),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_STRING("results", 0, &ro->ro_results),
                 TOOL_OPT_STRING("requests", 0, &ro->ro_requests),
                 TOOL_OPT_CALL("status", 0, replay_opt_status, ro),
@@ -555,7 +557,7 @@ replay_consume(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *tpl,
                     rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                         ret = on_msg(rkm, arg);
                 } else {
-                        tool_err("consume: %s", rd_kafka_message_errstr(rkm));
+                        tool_err("consume: %s", tool_consume_why(rkm));
                         err = rkm->err;
                         if (tool_consume_err_is_fatal(err))
                                 rc = TOOL_EXIT_KAFKA;
@@ -577,9 +579,9 @@ replay_consume(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *tpl,
         }
         if (*pending > 0) {
                 tool_err("timed out reading %s (%" PRId32
-                         " partitions left; see --timeout)",
-                         what, *pending);
-                return TOOL_EXIT_INPUT;
+                         " partitions left; see --timeout)%s",
+                         what, *pending, tool_kafka_cause_note());
+                return tool_timeout_exit();
         }
         return TOOL_EXIT_OK;
 }
@@ -992,7 +994,8 @@ static int replay_fetch(rd_kafka_t *rk, struct replay_item **sel, size_t nsel,
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: cannot get offsets: %s",
                                  sel[i]->ri_src_topic, sel[i]->ri_src_partition,
-                                 rd_kafka_err2str(err));
+                                 tool_kafka_why(err, NULL, "Describe",
+                                                sel[i]->ri_src_topic));
                         rc = TOOL_EXIT_KAFKA;
                         goto out;
                 }
@@ -1139,7 +1142,7 @@ static void replay_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
                                                               : ST_FAILED;
         if (tool_delivery_count(opaque, rkm->err))
                 tool_err("%s: delivery failed: %s", ri->ri_new_id,
-                         rd_kafka_err2str(rkm->err));
+                         tool_delivery_why(rkm));
 }
 
 /* Publishes the rewritten requests, keyed by their new ids, with the header
@@ -1180,7 +1183,7 @@ static int replay_publish(const struct replay_opts *ro, rd_kafka_conf_t **confp,
                 }
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s: cannot produce: %s", ri->ri_new_id,
-                                 rd_kafka_err2str(err));
+                                 tool_kafka_why(err, NULL, "Write", NULL));
                         ri->ri_state = ST_FAILED;
                         td.td_failed++;
                         failed = 1;

@@ -3,7 +3,7 @@
  * or a summary, and can wait until a number of requests have a final result.
  *
  *   mailer-results [-b BOOTSTRAP] [-t TOPIC] [-g GROUP] [--summary]
- *                  [--wait N] [--timeout S] [--follow] [-X prop=value]...
+ *                  [--wait N] [--timeout S] [--follow] [-F FILE]... [-X prop=value]...
  *
  * Without -g, every partition is assigned at its beginning (no group, no
  * commits). With -g, the tool subscribes as a member of GROUP and goes on
@@ -71,6 +71,7 @@ static void results_usage(FILE *fp) {
                 "                    offsets (earliest if none), and commit; without -g all\n"
                 "                    partitions are read from the beginning, nothing committed\n"
                 "  -X prop=value     librdkafka property (repeatable; later wins)\n"
+                "  -F FILE           librdkafka properties file (key=value lines; repeatable)\n"
                 "      --summary     print counts by status, distinct and duplicate ids and\n"
                 "                    latency percentiles (sent only) instead of the results\n"
                 "      --wait N      read until N distinct ids have a final result\n"
@@ -92,6 +93,7 @@ static enum tool_opts_result results_parse_args(int argc, char **argv,
                 TOOL_OPT_STRING(NULL, 't', &ro->ro_topic),
                 TOOL_OPT_STRING(NULL, 'g', &ro->ro_group),
                 TOOL_OPT_CALL(NULL, 'X', tool_opt_property, conf),
+                TOOL_OPT_CALL(NULL, 'F', tool_opt_properties_file, conf),
                 TOOL_OPT_FLAG("summary", 0, &ro->ro_summary),
                 TOOL_OPT_INT("wait", 0, &ro->ro_wait, 1, 1000000000LL,
                              "--wait %s: expected a count >= 1"),
@@ -403,7 +405,7 @@ int main(int argc, char **argv) {
                         continue;
                 }
                 if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                        tool_err("consume: %s", rd_kafka_message_errstr(rkm));
+                        tool_err("consume: %s", tool_consume_why(rkm));
                         err = rkm->err;
                         rd_kafka_message_destroy(rkm);
                         /* With -g the group's authorization matters too. */
@@ -456,16 +458,18 @@ int main(int argc, char **argv) {
                 tool_err("interrupted");
                 rc = TOOL_EXIT_INPUT;
         } else if (ro.ro_wait > 0) {
-                tool_err("timed out after %.1f s: %zu of %lld results arrived",
+                tool_err("timed out after %.1f s: %zu of %lld results "
+                         "arrived%s",
                          (double)ro.ro_timeout_ms / 1000.0,
-                         tool_idset_count(rs.rs_final_ids), ro.ro_wait);
-                rc = TOOL_EXIT_INPUT;
+                         tool_idset_count(rs.rs_final_ids), ro.ro_wait,
+                         tool_kafka_cause_note());
+                rc = tool_timeout_exit();
         } else {
                 tool_err("timed out after %.1f s before the end of %s "
-                         "(%d partitions left)",
+                         "(%d partitions left)%s",
                          (double)ro.ro_timeout_ms / 1000.0, ro.ro_topic,
-                         re.te_pending);
-                rc = TOOL_EXIT_INPUT;
+                         re.te_pending, tool_kafka_cause_note());
+                rc = tool_timeout_exit();
         }
 out:
         rc = tool_consumer_finish(rk, consuming, conf, tpl, rc);

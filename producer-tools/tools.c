@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kcause.h"
+#include "props.h"
+
 #define TOOL_METADATA_TIMEOUT_MS 10000
 
 static const char *tool_prog = "mailer-tool";
@@ -22,6 +25,15 @@ static volatile sig_atomic_t tool_run = 1;
 static int tool_quiet;
 static int tool_fatal_seen;
 static char tool_last_error[1024];
+
+/* The first authentication, TLS or authorization error librdkafka
+ * reported, which names the cause of later failures. */
+static struct {
+        rd_kafka_resp_err_t tc_err; /* NO_ERROR while none was seen */
+        char tc_reason[512];
+        char tc_mechanism[64]; /* sasl.mechanisms then */
+} tool_cause;
+static char tool_group[256]; /* the consumer's group.id, or "" */
 
 static void tool_on_signal(int sig) {
         if (!tool_run)
@@ -317,9 +329,77 @@ int tool_opt_property(const char *value, void *arg) {
         return tool_conf_set_kv(arg, value);
 }
 
+/* props_read_file()'s callback for -F: sets one property of the
+ * rd_kafka_conf_t @arg; <secret>.file=PATH sets <secret> to PATH's first
+ * line. */
+static int tool_props_set(const char *key, const char *value,
+                          const char *source, void *arg, char *errstr,
+                          size_t errstr_size) {
+        char prop[256];
+        char secret[PROPS_SECRET_MAX + 2];
+        char why[512];
+        size_t len = props_secret_file_key(key);
+        int r = -1;
+
+        secret[0] = '\0';
+        if (len > 0) {
+                memcpy(prop, key, len);
+                prop[len] = '\0';
+                if (props_read_secret(key, value, secret, sizeof(secret), why,
+                                      sizeof(why)) == -1) {
+                        snprintf(errstr, errstr_size, "%s: %s", source, why);
+                        goto out;
+                }
+                key = prop;
+                value = secret;
+        }
+        if (rd_kafka_conf_set(arg, key, value, why, sizeof(why)) !=
+            RD_KAFKA_CONF_OK) {
+                if (props_is_secret(key) && strstr(why, value) != NULL)
+                        snprintf(why, sizeof(why), "invalid value (not shown)");
+                snprintf(errstr, errstr_size, "%s: %s: %s", source, key, why);
+                goto out;
+        }
+        r = 0;
+
+out:
+        explicit_bzero(secret, sizeof(secret));
+        return r;
+}
+
+int tool_opt_properties_file(const char *value, void *arg) {
+        char errstr[1024];
+
+        if (props_read_file(value, tool_props_set, arg, errstr,
+                            sizeof(errstr)) == -1) {
+                tool_err("-F %s", errstr);
+                return -1;
+        }
+        return 0;
+}
+
 /*
  * librdkafka
  */
+
+/* Notes @err with @reason as the cause of later failures when it is the
+ * first authentication, TLS or authorization error. */
+static void tool_cause_note(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            const char *reason) {
+        enum kcause c = kcause_of(err);
+        size_t size = sizeof(tool_cause.tc_mechanism);
+
+        if (tool_cause.tc_err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+            c == KCAUSE_NONE || c == KCAUSE_TRANSPORT)
+                return;
+        tool_cause.tc_err = err;
+        snprintf(tool_cause.tc_reason, sizeof(tool_cause.tc_reason), "%s",
+                 reason);
+        if (rd_kafka_conf_get(rd_kafka_conf(rk), "sasl.mechanisms",
+                              tool_cause.tc_mechanism,
+                              &size) != RD_KAFKA_CONF_OK)
+                tool_cause.tc_mechanism[0] = '\0';
+}
 
 /* Runs on librdkafka's threads; only writes to stderr and simple flags. */
 static void tool_error_cb(rd_kafka_t *rk, int err, const char *reason,
@@ -333,9 +413,11 @@ static void tool_error_cb(rd_kafka_t *rk, int err, const char *reason,
                 snprintf(tool_last_error, sizeof(tool_last_error),
                          "fatal error: %s: %s", rd_kafka_err2name(ferr), fatal);
                 tool_fatal_seen = 1;
+                tool_cause_note(rk, ferr, fatal);
         } else {
                 snprintf(tool_last_error, sizeof(tool_last_error), "%s: %s",
                          rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+                tool_cause_note(rk, (rd_kafka_resp_err_t)err, reason);
         }
         if (!tool_quiet)
                 fprintf(stderr, "%s: kafka: %s\n", tool_prog, tool_last_error);
@@ -406,6 +488,13 @@ rd_kafka_t *tool_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t **confp) {
         char errstr[512];
         rd_kafka_t *rk;
 
+        if (type == RD_KAFKA_CONSUMER) {
+                size_t size = sizeof(tool_group);
+
+                if (rd_kafka_conf_get(*confp, "group.id", tool_group, &size) !=
+                    RD_KAFKA_CONF_OK)
+                        tool_group[0] = '\0';
+        }
         rk = rd_kafka_new(type, *confp, errstr, sizeof(errstr));
         if (rk == NULL) {
                 tool_err("cannot create the Kafka client: %s", errstr);
@@ -425,6 +514,149 @@ const char *tool_kafka_last_error(void) {
 
 int tool_kafka_fatal(void) {
         return tool_fatal_seen;
+}
+
+/* What to check for a SASL mechanism's refusal. */
+static const char *tool_sasl_hint(const char *mechanism) {
+        if (strcmp(mechanism, "OAUTHBEARER") == 0)
+                return "check the sasl.oauthbearer.* settings";
+        if (strcmp(mechanism, "GSSAPI") == 0)
+                return "check sasl.kerberos.principal and the keytab";
+        return "check sasl.username and sasl.password";
+}
+
+/* Writes the words for error @err of cause @c (authentication, TLS or
+ * authorization) with librdkafka's @reason to @buf; @op and @topic as for
+ * tool_kafka_why(). */
+static void tool_cause_text(enum kcause c, rd_kafka_resp_err_t err,
+                            const char *reason, const char *mechanism,
+                            const char *op, const char *topic, char *buf,
+                            size_t size) {
+        char what[384];
+
+        if (c == KCAUSE_AUTHENTICATION) {
+                snprintf(buf, size, "authentication failed (SASL%s%s: %s): %s",
+                         *mechanism != '\0' ? "/" : "", mechanism,
+                         tool_sasl_hint(mechanism), reason);
+                return;
+        }
+        if (c == KCAUSE_TLS) {
+                if (strstr(reason, "certificate verify failed") != NULL ||
+                    strstr(reason, "unable to get local issuer") != NULL ||
+                    strstr(reason, "self-signed") != NULL ||
+                    strstr(reason, "self signed") != NULL)
+                        snprintf(buf, size,
+                                 "TLS: the broker's certificate is not trusted "
+                                 "(ssl.ca.location): %s",
+                                 reason);
+                else
+                        snprintf(buf, size,
+                                 "TLS: the handshake failed (check "
+                                 "security.protocol and the ssl.* settings): "
+                                 "%s",
+                                 reason);
+                return;
+        }
+        switch (err) {
+        case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+                snprintf(what, sizeof(what), "group %s",
+                         tool_group[0] != '\0' ? tool_group : "(group.id)");
+                break;
+        case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+                snprintf(what, sizeof(what), "the cluster");
+                break;
+        case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                snprintf(what, sizeof(what), "the transactional id");
+                break;
+        default:
+                snprintf(what, sizeof(what), "topic %s",
+                         topic != NULL ? topic : "(unknown)");
+                break;
+        }
+        snprintf(buf, size, "not authorized: %s%son %s (missing ACL): %s",
+                 op != NULL ? op : "", op != NULL ? " " : "", what, reason);
+}
+
+const char *tool_kafka_why(rd_kafka_resp_err_t err, const char *reason,
+                           const char *op, const char *topic) {
+        static char buf[1024];
+        enum kcause c = kcause_of(err);
+
+        if (reason == NULL)
+                reason = rd_kafka_err2str(err);
+        if (c != KCAUSE_NONE && c != KCAUSE_TRANSPORT) {
+                tool_cause_text(c, err, reason, tool_cause.tc_mechanism, op,
+                                topic, buf, sizeof(buf));
+        } else if (tool_cause.tc_err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                tool_cause_text(kcause_of(tool_cause.tc_err), tool_cause.tc_err,
+                                tool_cause.tc_reason, tool_cause.tc_mechanism,
+                                op, topic, buf, sizeof(buf));
+        } else {
+                snprintf(buf, sizeof(buf), "%s", reason);
+        }
+        return buf;
+}
+
+const char *tool_consume_why(const rd_kafka_message_t *rkm) {
+        return tool_kafka_why(rkm->err, rd_kafka_message_errstr(rkm), "Read",
+                              rkm->rkt != NULL ? rd_kafka_topic_name(rkm->rkt)
+                                               : NULL);
+}
+
+const char *tool_delivery_why(const rd_kafka_message_t *rkm) {
+        return tool_kafka_why(rkm->err, NULL, "Write",
+                              rkm->rkt != NULL ? rd_kafka_topic_name(rkm->rkt)
+                                               : NULL);
+}
+
+const char *tool_kafka_cause_note(void) {
+        static char buf[1040];
+        const char *cause = tool_kafka_cause();
+
+        snprintf(buf, sizeof(buf), "%s%s", *cause != '\0' ? ": " : "", cause);
+        return buf;
+}
+
+int tool_timeout_exit(void) {
+        return *tool_kafka_cause() != '\0' ? TOOL_EXIT_KAFKA : TOOL_EXIT_INPUT;
+}
+
+const char *tool_kafka_cause(void) {
+        static char buf[1024];
+
+        if (tool_cause.tc_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                return "";
+        tool_cause_text(kcause_of(tool_cause.tc_err), tool_cause.tc_err,
+                        tool_cause.tc_reason, tool_cause.tc_mechanism, NULL,
+                        NULL, buf, sizeof(buf));
+        return buf;
+}
+
+/* Queries the metadata of @rkt for up to @timeout_ms, serving the
+ * callbacks of @rk every second, so that a refused login or handshake ends
+ * the wait early. Only for a handle that is not consuming yet.
+ * @returns as rd_kafka_metadata(). */
+static rd_kafka_resp_err_t tool_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                                         int timeout_ms,
+                                         const struct rd_kafka_metadata **mdp) {
+        int64_t deadline = tool_now_ms() + timeout_ms;
+        rd_kafka_resp_err_t err;
+
+        for (;;) {
+                int64_t left = deadline - tool_now_ms();
+
+                err = rd_kafka_metadata(rk, 0, rkt, mdp,
+                                        left > 1000 ? 1000
+                                        : left > 0  ? (int)left
+                                                    : 0);
+                if (err != RD_KAFKA_RESP_ERR__TIMED_OUT &&
+                    err != RD_KAFKA_RESP_ERR__TRANSPORT)
+                        return err;
+                rd_kafka_poll(rk, 0);
+                if (tool_cause.tc_err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+                    tool_now_ms() >= deadline || !tool_running())
+                        return err;
+        }
 }
 
 static int tool_cmp_i32(const void *a, const void *b) {
@@ -451,11 +683,11 @@ rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
                          rd_kafka_err2str(err));
                 return err;
         }
-        err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+        err = tool_metadata(rk, rkt, timeout_ms, &md);
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                 snprintf(errstr, errstr_size,
-                         "cannot get metadata for topic %s: %s", topic,
-                         rd_kafka_err2str(err));
+                         "cannot reach Kafka (metadata for topic %s): %s",
+                         topic, tool_kafka_why(err, NULL, "Describe", topic));
                 goto out;
         }
         if (md->topic_cnt != 1 || strcmp(md->topics[0].topic, topic) != 0) {
@@ -471,6 +703,11 @@ rd_kafka_resp_err_t tool_topic_partitions(rd_kafka_t *rk, const char *topic,
                 err = mt->err;
         if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
                 snprintf(errstr, errstr_size, "topic %s does not exist", topic);
+                goto out;
+        }
+        if (kcause_of(err) == KCAUSE_AUTHORIZATION) {
+                snprintf(errstr, errstr_size, "%s",
+                         tool_kafka_why(err, NULL, "Describe", topic));
                 goto out;
         }
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -599,7 +836,8 @@ int tool_ends_init(rd_kafka_t *rk, struct tool_ends *te, const char *topic,
                 }
                 if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
                         tool_err("%s [%" PRId32 "]: cannot get offsets: %s",
-                                 topic, parts[i], rd_kafka_err2str(err));
+                                 topic, parts[i],
+                                 tool_kafka_why(err, NULL, "Describe", topic));
                         return TOOL_EXIT_KAFKA;
                 }
                 te->te_end[parts[i]] = hi;

@@ -195,6 +195,13 @@ enum tool_opts_result tool_opts_parse(int argc, char **argv,
 int tool_opt_bootstrap(const char *value, void *arg);
 int tool_opt_property(const char *value, void *arg);
 
+/* TOOL_OPT_CALL() callback of -F FILE: sets the librdkafka properties of a
+ * properties file (key=value lines; blank and '#' lines skipped; a secret's
+ * <prop>.file=PATH sets <prop> to the first line of PATH) in the tool's
+ * rd_kafka_conf_t arg, in order. Errors name the file and the line
+ * ("-F FILE:3: ..."), never a value. */
+int tool_opt_properties_file(const char *value, void *arg);
+
 /*
  * librdkafka configuration.
  */
@@ -229,6 +236,41 @@ const char *tool_kafka_last_error(void);
 
 /* @returns 1 once librdkafka reported a fatal error (idempotent producer). */
 int tool_kafka_fatal(void);
+
+/*
+ * @returns the text for a Kafka failure with error @err and librdkafka's
+ * @reason (NULL: rd_kafka_err2str(@err)), when the tool needed @op ("Read",
+ * "Write", "Describe"; may be NULL) on topic @topic (may be NULL): for an
+ * authentication, TLS or authorization error (kcause_of()) its cause and
+ * what to check ("authentication failed (SASL/SCRAM-SHA-512: check
+ * sasl.username and sasl.password): <reason>", "TLS: the broker's
+ * certificate is not trusted (ssl.ca.location): <reason>", "not authorized:
+ * Read on topic T (missing ACL): <reason>"); for another error (transport,
+ * timeout) the cause of the first such error the error callback saw, else
+ * @reason. Valid until the next call.
+ */
+const char *tool_kafka_why(rd_kafka_resp_err_t err, const char *reason,
+                           const char *op, const char *topic);
+
+/* @returns the cause of the first authentication, TLS or authorization
+ * error the error callback saw, as tool_kafka_why() words it, or "". */
+const char *tool_kafka_cause(void);
+
+/* @returns ": " and tool_kafka_cause(), or "" when there is none: the end
+ * of a message about a timeout. Valid until the next call. */
+const char *tool_kafka_cause_note(void);
+
+/* @returns the exit status of a timeout: TOOL_EXIT_KAFKA when the error
+ * callback saw an authentication, TLS or authorization error, else
+ * TOOL_EXIT_INPUT. */
+int tool_timeout_exit(void);
+
+/* tool_kafka_why() for the consumer error @rkm (Read on its topic). */
+const char *tool_consume_why(const rd_kafka_message_t *rkm);
+
+/* tool_kafka_why() for the failed delivery report @rkm (Write on its
+ * topic). */
+const char *tool_delivery_why(const rd_kafka_message_t *rkm);
 
 /* Lists the partitions of a topic from the cluster's metadata.
  * @returns RD_KAFKA_RESP_ERR_NO_ERROR with *partsp (caller frees) sorted by

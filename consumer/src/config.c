@@ -3,6 +3,7 @@
 #include "dkim.h"
 #include "kconf.h"
 #include "log.h"
+#include "props.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -11,8 +12,6 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define CONFIG_LINE_MAX 65536 /* longest line of a properties file */
-#define CONFIG_SECRET_MAX 4096 /* longest line read from smtp.password.file */
 #define CONFIG_ENV_PREFIX "KAFKA_MAILER_"
 
 enum config_type {
@@ -989,91 +988,17 @@ void config_destroy(struct config *conf) {
         free(conf);
 }
 
-static int config_is_space(char c) {
-        return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' ||
-               c == '\v';
-}
-
-/* Trims white space at both ends of @s in place. @returns @s's new start. */
-static char *config_trim(char *s) {
-        size_t len;
-
-        while (config_is_space(*s))
-                s++;
-        len = strlen(s);
-        while (len > 0 && config_is_space(s[len - 1]))
-                s[--len] = '\0';
-        return s;
+/* props_read_file()'s callback: sets one line's key in the config. */
+static int config_set_line(const char *key, const char *value,
+                           const char *source, void *arg, char *errstr,
+                           size_t errstr_size) {
+        return config_set(arg, key, value, source, errstr, errstr_size);
 }
 
 int config_load_file(struct config *conf, const char *path, char *errstr,
                      size_t errstr_size) {
-        FILE *fp = NULL;
-        char *line = NULL;
-        size_t line_size = 0;
-        unsigned long lineno = 0;
-        char source[4096 + 32];
-        ssize_t len;
-        int r = -1;
-
-        fp = fopen(path, "r");
-        if (!fp) {
-                snprintf(errstr, errstr_size, "%s: cannot open: %s", path,
-                         strerror(errno));
-                goto out;
-        }
-        errno = 0;
-        while ((len = getline(&line, &line_size, fp)) != -1) {
-                char *key, *value, *eq;
-
-                lineno++;
-                snprintf(source, sizeof(source), "%s:%lu", path, lineno);
-                if (len > CONFIG_LINE_MAX) {
-                        snprintf(errstr, errstr_size,
-                                 "%s: line longer than %d bytes", source,
-                                 CONFIG_LINE_MAX);
-                        goto out;
-                }
-                if ((size_t)len != strlen(line)) {
-                        snprintf(errstr, errstr_size, "%s: NUL byte in line",
-                                 source);
-                        goto out;
-                }
-                key = config_trim(line);
-                if (key[0] == '\0' || key[0] == '#')
-                        continue;
-                /* The line is not echoed in errors: it may hold a secret. */
-                eq = strchr(key, '=');
-                if (!eq) {
-                        snprintf(errstr, errstr_size, "%s: expected key=value",
-                                 source);
-                        goto out;
-                }
-                *eq = '\0';
-                value = config_trim(eq + 1);
-                key = config_trim(key);
-                if (key[0] == '\0') {
-                        snprintf(errstr, errstr_size, "%s: no key before '='",
-                                 source);
-                        goto out;
-                }
-                if (config_set(conf, key, value, source, errstr, errstr_size) ==
-                    -1)
-                        goto out;
-                errno = 0;
-        }
-        if (ferror(fp)) {
-                snprintf(errstr, errstr_size, "%s: read error: %s", path,
-                         strerror(errno ? errno : EIO));
-                goto out;
-        }
-        r = 0;
-
-out:
-        free(line);
-        if (fp)
-                fclose(fp);
-        return r;
+        return props_read_file(path, config_set_line, conf, errstr,
+                               errstr_size);
 }
 
 /* Turns the part of a variable's name after KAFKA_MAILER_ into a key:
@@ -1153,42 +1078,12 @@ int config_load_env(struct config *conf, char *const *envp, char *errstr,
 static int config_read_secret_file(const char *name, const char *path,
                                    char **out, char *errstr,
                                    size_t errstr_size) {
-        char buf[CONFIG_SECRET_MAX + 2];
-        FILE *fp = NULL;
-        size_t len;
+        char buf[PROPS_SECRET_MAX + 2];
         int r = -1;
 
-        fp = fopen(path, "r");
-        if (!fp) {
-                snprintf(errstr, errstr_size, "%s: cannot open \"%s\": %s",
-                         name, path, strerror(errno));
+        if (props_read_secret(name, path, buf, sizeof(buf), errstr,
+                              errstr_size) == -1)
                 goto out;
-        }
-        if (!fgets(buf, sizeof(buf), fp)) {
-                if (ferror(fp))
-                        snprintf(errstr, errstr_size, "%s: cannot read \"%s\"",
-                                 name, path);
-                else
-                        snprintf(errstr, errstr_size, "%s: \"%s\" is empty",
-                                 name, path);
-                goto out;
-        }
-        len = strlen(buf);
-        if (len > 0 && buf[len - 1] == '\n')
-                buf[--len] = '\0';
-        else if (len > CONFIG_SECRET_MAX) {
-                snprintf(errstr, errstr_size,
-                         "%s: \"%s\": first line longer than %d bytes", name,
-                         path, CONFIG_SECRET_MAX);
-                goto out;
-        }
-        if (len > 0 && buf[len - 1] == '\r')
-                buf[--len] = '\0';
-        if (len == 0) {
-                snprintf(errstr, errstr_size, "%s: \"%s\": first line is empty",
-                         name, path);
-                goto out;
-        }
         if (config_str_replace(out, buf) == -1) {
                 snprintf(errstr, errstr_size, "%s: out of memory", name);
                 goto out;
@@ -1197,8 +1092,6 @@ static int config_read_secret_file(const char *name, const char *path,
 
 out:
         explicit_bzero(buf, sizeof(buf));
-        if (fp)
-                fclose(fp);
         return r;
 }
 
@@ -1298,21 +1191,15 @@ static const struct {
 static int config_read_kafka_files(struct config_kv *kvs, size_t cnt,
                                    const char *scope, char *errstr,
                                    size_t errstr_size) {
-        const size_t sfx = strlen(".file");
-
         for (size_t i = 0; i < cnt; i++) {
-                size_t len = strlen(kvs[i].key);
+                size_t len = props_secret_file_key(kvs[i].key);
                 char name[256];
                 char *secret = NULL;
 
-                if (kvs[i].file || len <= sfx ||
-                    strcmp(kvs[i].key + len - sfx, ".file") != 0)
+                /* librdkafka's own *.file properties are left alone. */
+                if (kvs[i].file || len == 0)
                         continue;
-                kvs[i].key[len - sfx] = '\0';
-                if (!kconf_is_secret(kvs[i].key)) {
-                        kvs[i].key[len - sfx] = '.';
-                        continue; /* librdkafka's own *.file property */
-                }
+                kvs[i].key[len] = '\0';
                 snprintf(name, sizeof(name), "%s.%s.file", scope, kvs[i].key);
                 for (size_t j = 0; j < cnt; j++) {
                         if (j != i && strcmp(kvs[j].key, kvs[i].key) == 0) {
@@ -1651,7 +1538,7 @@ static void config_dump_kv(const char *prefix, const struct config_kv *kvs,
                                 kvs[i].file);
                 else
                         fprintf(fp, "%s%s=%s\n", prefix, kvs[i].key,
-                                kconf_is_secret(kvs[i].key) ? "***"
+                                props_is_secret(kvs[i].key) ? "***"
                                                             : kvs[i].value);
         }
 }

@@ -1,14 +1,9 @@
 #include "kconf.h"
 
+#include "props.h"
+
 #include <stdio.h>
 #include <string.h>
-
-int kconf_is_secret(const char *key) {
-        return strstr(key, "password") != NULL ||
-               strstr(key, "secret") != NULL ||
-               strcmp(key, "ssl.key.pem") == 0 ||
-               strcmp(key, "sasl.oauthbearer.config") == 0;
-}
 
 int kconf_set(rd_kafka_conf_t *kc, const char *scope, const char *key,
               const char *value, char *errstr, size_t errstr_size) {
@@ -18,7 +13,7 @@ int kconf_set(rd_kafka_conf_t *kc, const char *scope, const char *key,
             RD_KAFKA_CONF_OK)
                 return 0;
         snprintf(errstr, errstr_size, "%s.%s=%s: %s", scope, key,
-                 kconf_is_secret(key) ? "***" : value, rderr);
+                 props_is_secret(key) ? "***" : value, rderr);
         return -1;
 }
 

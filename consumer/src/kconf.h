@@ -15,7 +15,7 @@
  * Sets librdkafka property @key to @value in @kc. @scope names the client
  * in errors, e.g. "kafka.consumer".
  * @returns 0, or -1 with "<scope>.<key>=<value>: <librdkafka's reason>" in
- * @errstr (the value shown as "***" when kconf_is_secret(@key)).
+ * @errstr (the value shown as "***" when props_is_secret(@key)).
  */
 int kconf_set(rd_kafka_conf_t *kc, const char *scope, const char *key,
               const char *value, char *errstr, size_t errstr_size);
@@ -33,9 +33,5 @@ int kconf_set_kvs(rd_kafka_conf_t *kc, const char *scope,
                   const struct config_kv *kvs, size_t cnt,
                   int (*takes)(const char *key), char *errstr,
                   size_t errstr_size);
-
-/* @returns 1 when librdkafka property @key holds a secret (a password, a
- * private key), which is never shown. */
-int kconf_is_secret(const char *key);
 
 #endif

@@ -12,17 +12,17 @@
 struct kstatus {
         pthread_mutex_t ks_lock;
         int ks_window_ms;
-        uint64_t ks_errors[KSTATUS_CAUSE_CNT];
+        uint64_t ks_errors[KCAUSE_CNT];
         /* the last error that names a cause other than transport, and the
          * last one of any cause */
-        enum kstatus_cause ks_last_cause;
+        enum kcause ks_last_cause;
         int64_t ks_last_ms;
         char ks_last_reason[KSTATUS_REASON_MAX];
-        enum kstatus_cause ks_any_cause;
+        enum kcause ks_any_cause;
         char ks_any_reason[KSTATUS_REASON_MAX];
         int ks_probe_ok; /* the last probe's outcome; -1 before the first */
-        /* the cause last logged as not ready, KSTATUS_NONE while ready */
-        enum kstatus_cause ks_logged;
+        /* the cause last logged as not ready, KCAUSE_NONE while ready */
+        enum kcause ks_logged;
 };
 
 kstatus_t *kstatus_new(int window_ms) {
@@ -43,42 +43,12 @@ void kstatus_destroy(kstatus_t *ks) {
         free(ks);
 }
 
-enum kstatus_cause kstatus_cause_of(rd_kafka_resp_err_t err) {
-        switch (err) {
-        case RD_KAFKA_RESP_ERR__AUTHENTICATION:
-        case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
-        case RD_KAFKA_RESP_ERR_UNSUPPORTED_SASL_MECHANISM:
-        case RD_KAFKA_RESP_ERR_ILLEGAL_SASL_STATE:
-                return KSTATUS_AUTHENTICATION;
-        case RD_KAFKA_RESP_ERR__SSL:
-                return KSTATUS_TLS;
-        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
-        case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
-                return KSTATUS_AUTHORIZATION;
-        case RD_KAFKA_RESP_ERR__TRANSPORT:
-        case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
-        case RD_KAFKA_RESP_ERR__RESOLVE:
-                return KSTATUS_TRANSPORT;
-        default:
-                return KSTATUS_NONE;
-        }
-}
-
-const char *kstatus_cause_name(enum kstatus_cause cause) {
-        static const char *const names[KSTATUS_CAUSE_CNT] = {
-                "", "authentication", "tls", "authorization", "transport"};
-
-        return cause < KSTATUS_CAUSE_CNT ? names[cause] : "";
-}
-
 void kstatus_error(kstatus_t *ks, int64_t now_ms, const char *client,
                    rd_kafka_resp_err_t err, const char *reason) {
-        enum kstatus_cause cause = kstatus_cause_of(err);
+        enum kcause cause = kcause_of(err);
         char text[KSTATUS_REASON_MAX];
 
-        if (cause == KSTATUS_NONE)
+        if (cause == KCAUSE_NONE)
                 return;
         snprintf(text, sizeof(text), "%s: %s", client,
                  reason ? reason : rd_kafka_err2str(err));
@@ -86,7 +56,7 @@ void kstatus_error(kstatus_t *ks, int64_t now_ms, const char *client,
         ks->ks_errors[cause]++;
         ks->ks_any_cause = cause;
         snprintf(ks->ks_any_reason, sizeof(ks->ks_any_reason), "%s", text);
-        if (cause != KSTATUS_TRANSPORT) {
+        if (cause != KCAUSE_TRANSPORT) {
                 ks->ks_last_cause = cause;
                 ks->ks_last_ms = now_ms;
                 snprintf(ks->ks_last_reason, sizeof(ks->ks_last_reason), "%s",
@@ -102,49 +72,49 @@ void kstatus_probe(kstatus_t *ks, int64_t now_ms, int ok) {
         pthread_mutex_unlock(&ks->ks_lock);
 }
 
-int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
+int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kcause *cause,
                   char *reason, size_t reason_size) {
-        enum kstatus_cause c = KSTATUS_NONE;
+        enum kcause c = KCAUSE_NONE;
         const char *why = "";
         int ready, log_down = 0, log_up = 0;
 
         pthread_mutex_lock(&ks->ks_lock);
-        if (ks->ks_last_cause != KSTATUS_NONE &&
+        if (ks->ks_last_cause != KCAUSE_NONE &&
             now_ms - ks->ks_last_ms < ks->ks_window_ms) {
                 c = ks->ks_last_cause;
                 why = ks->ks_last_reason;
         } else if (ks->ks_probe_ok == 0) {
                 /* A broker that does not answer: the last error that said
                  * why, when there was one. */
-                c = ks->ks_last_cause != KSTATUS_NONE  ? ks->ks_last_cause
-                    : ks->ks_any_cause != KSTATUS_NONE ? ks->ks_any_cause
-                                                       : KSTATUS_TRANSPORT;
-                why = ks->ks_last_cause != KSTATUS_NONE  ? ks->ks_last_reason
-                      : ks->ks_any_cause != KSTATUS_NONE ? ks->ks_any_reason
-                                                         : "no broker answered";
+                c = ks->ks_last_cause != KCAUSE_NONE  ? ks->ks_last_cause
+                    : ks->ks_any_cause != KCAUSE_NONE ? ks->ks_any_cause
+                                                      : KCAUSE_TRANSPORT;
+                why = ks->ks_last_cause != KCAUSE_NONE  ? ks->ks_last_reason
+                      : ks->ks_any_cause != KCAUSE_NONE ? ks->ks_any_reason
+                                                        : "no broker answered";
         } else if (ks->ks_probe_ok < 0) {
-                c = KSTATUS_TRANSPORT;
+                c = KCAUSE_TRANSPORT;
                 why = "no broker answered yet";
         }
-        ready = c == KSTATUS_NONE;
+        ready = c == KCAUSE_NONE;
         if (reason_size > 0) {
                 if (ready)
                         reason[0] = '\0';
                 else
-                        snprintf(reason, reason_size, "%s: %s",
-                                 kstatus_cause_name(c), why);
+                        snprintf(reason, reason_size, "%s: %s", kcause_name(c),
+                                 why);
         }
         /* One line when the cause changes (not for the start-up wait). */
         if (!ready && c != ks->ks_logged && ks->ks_probe_ok >= 0) {
                 ks->ks_logged = c;
                 log_down = 1;
-        } else if (ready && ks->ks_logged != KSTATUS_NONE) {
-                ks->ks_logged = KSTATUS_NONE;
+        } else if (ready && ks->ks_logged != KCAUSE_NONE) {
+                ks->ks_logged = KCAUSE_NONE;
                 log_up = 1;
         }
         if (log_down)
                 LOG(LL_WARN, "kafka not ready cause=%s reason=%s",
-                    kstatus_cause_name(c), why);
+                    kcause_name(c), why);
         pthread_mutex_unlock(&ks->ks_lock);
         if (cause)
                 *cause = c;
@@ -153,11 +123,11 @@ int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
         return ready;
 }
 
-uint64_t kstatus_errors(kstatus_t *ks, enum kstatus_cause cause) {
+uint64_t kstatus_errors(kstatus_t *ks, enum kcause cause) {
         uint64_t n;
 
         pthread_mutex_lock(&ks->ks_lock);
-        n = cause < KSTATUS_CAUSE_CNT ? ks->ks_errors[cause] : 0;
+        n = cause < KCAUSE_CNT ? ks->ks_errors[cause] : 0;
         pthread_mutex_unlock(&ks->ks_lock);
         return n;
 }

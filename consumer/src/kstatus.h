@@ -3,7 +3,7 @@
  * (/readyz), the kafka_mailer_kafka_* metrics and the log.
  *
  * Its clients report what librdkafka tells them: errors (classified by
- * kstatus_cause_of()) and the answers of a periodic probe. Thread-safe: the
+ * kcause_of()) and the answers of a periodic probe. Thread-safe: the
  * loop and the consumers' helper threads report; the loop reads.
  */
 #ifndef KM_KSTATUS_H
@@ -14,15 +14,7 @@
 
 #include <librdkafka/rdkafka.h>
 
-/* Why Kafka cannot be used. */
-enum kstatus_cause {
-        KSTATUS_NONE = 0,
-        KSTATUS_AUTHENTICATION, /* SASL refused the credentials */
-        KSTATUS_TLS, /* the handshake failed (certificate...) */
-        KSTATUS_AUTHORIZATION, /* an ACL is missing */
-        KSTATUS_TRANSPORT, /* no broker answers */
-        KSTATUS_CAUSE_CNT
-};
+#include "kcause.h"
 
 typedef struct kstatus kstatus_t;
 
@@ -30,13 +22,6 @@ typedef struct kstatus kstatus_t;
  * the worker not ready after it was last seen. */
 kstatus_t *kstatus_new(int window_ms);
 void kstatus_destroy(kstatus_t *ks);
-
-/* @returns the cause @err stands for, or KSTATUS_NONE when it is not about
- * access to Kafka. */
-enum kstatus_cause kstatus_cause_of(rd_kafka_resp_err_t err);
-
-/* @returns "authentication", "tls", "authorization", "transport" or "". */
-const char *kstatus_cause_name(enum kstatus_cause cause);
 
 /* Notes error @err from @client ("consumer", "results producer"...) with
  * librdkafka's @reason (may be NULL) at @now_ms. Errors of no cause are
@@ -54,10 +39,10 @@ void kstatus_probe(kstatus_t *ks, int64_t now_ms, int ok);
  * @reason. Logs a warning when it turns not ready and a line at info when
  * it is ready again.
  */
-int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kstatus_cause *cause,
+int kstatus_ready(kstatus_t *ks, int64_t now_ms, enum kcause *cause,
                   char *reason, size_t reason_size);
 
 /* @returns how many errors of @cause were noted. */
-uint64_t kstatus_errors(kstatus_t *ks, enum kstatus_cause cause);
+uint64_t kstatus_errors(kstatus_t *ks, enum kcause cause);
 
 #endif

@@ -2071,7 +2071,7 @@ static int worker_ready(char *reason, size_t reason_size, void *opaque) {
 }
 
 static void worker_render_kafka(metrics_out_t *out, kstatus_t *ks) {
-        static const char *const labels[KSTATUS_CAUSE_CNT] = {
+        static const char *const labels[KCAUSE_CNT] = {
                 NULL, "cause=\"authentication\"", "cause=\"tls\"",
                 "cause=\"authorization\"", "cause=\"transport\""};
 
@@ -2079,15 +2079,14 @@ static void worker_render_kafka(metrics_out_t *out, kstatus_t *ks) {
                        "1 when Kafka answers and refused nothing lately "
                        "(as /readyz)",
                        NULL, kstatus_ready(ks, loop_clock_ms(), NULL, NULL, 0));
-        for (int c = KSTATUS_AUTHENTICATION; c < KSTATUS_CAUSE_CNT; c++)
+        for (int c = KCAUSE_AUTHENTICATION; c < KCAUSE_CNT; c++)
                 metrics_sample(
                         out, "kafka_mailer_kafka_errors_total", "counter",
-                        c == KSTATUS_AUTHENTICATION
+                        c == KCAUSE_AUTHENTICATION
                                 ? "errors from Kafka that refuse the "
                                   "worker access, by cause"
                                 : NULL,
-                        labels[c],
-                        (double)kstatus_errors(ks, (enum kstatus_cause)c));
+                        labels[c], (double)kstatus_errors(ks, (enum kcause)c));
 }
 
 static int worker_health(char *reason, size_t reason_size, void *opaque) {

@@ -3,9 +3,11 @@ StandardAuthorizer with per-topic ACLs (deploy/local/kafka-start --sasl-ssl), an
 worker and the tools against it, with the right credentials and with each way of being
 refused (a wrong password, an untrusted CA, a missing ACL)."""
 
+import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +149,104 @@ def test_worker_without_read_acl_says_authorization_and_resumes_when_it_is_back(
     took = time.monotonic() - restored
     assert took < 15, f"consumed {took:.1f}s after the ACL was back"
     skafka.wait_committed(t.group, t.requests, timeout=60)
+
+
+# --- the tools with -F ---------------------------------------------------------------
+
+TOOLS = ["mailer-produce", "mailer-results", "mailer-admin", "mailer-audit",
+         "mailer-replay", "mailer-loadgen"]
+
+
+def properties_file(k, password=PASSWORD, ca=None, user=USER) -> Path:
+    """A -F file for @user: comments, blank and CRLF lines, spaces around '=',
+    and the password in a file of its own (sasl.password.file)."""
+    d = make_tmpdir("props")
+    (d / "password").write_text(password + "\n")
+    lines = ["# kafka-mailer tools", ""]
+    for key, v in k.client_config(user, password, ca=ca).items():
+        if key != "sasl.password":
+            lines.append(f"  {key} = {v}")
+    lines.append(f"sasl.password.file={d / 'password'}")
+    path = d / "client.properties"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
+
+
+def run_tool(k, tool: str, props: Path, t: Topics):
+    """@tool with -F @props against @t, each call bounded (--timeout, or
+    message.timeout.ms for the producers, which wait 10 s at most for the
+    metadata)."""
+    bound = ["-X", "message.timeout.ms=10000"]
+    args = {
+        "mailer-produce": ["-t", t.requests, *bound],
+        "mailer-loadgen": ["-t", t.requests, "-n", "2", *bound],
+        "mailer-results": ["-t", t.results, "--timeout", "15"],
+        "mailer-admin": ["count", t.requests, "--timeout", "15"],
+        "mailer-audit": ["--requests", t.requests, "--results", t.results,
+                         "--timeout", "15"],
+        "mailer-replay": ["--results", t.results, "--requests", t.requests,
+                          "--timeout", "15"],
+    }[tool]
+    stdin = None
+    if tool == "mailer-produce":
+        stdin = "".join(json.dumps(r) + "\n" for r in make_requests(1)).encode()
+    return run([binary(tool), "-b", k.bootstrap, "-F", props, *args], timeout=90,
+               input=stdin)
+
+
+@pytest.fixture(scope="module")
+def tool_topics(skafka):
+    """Topics USER may use (granted), and topics it has no ACL on."""
+    granted = Topics.new(partitions=2).create(skafka)
+    grant_worker(skafka, granted)
+    skafka.acl("add", f"User:{USER}", f"topic:{granted.requests}", "WRITE")
+    ungranted = Topics.new(partitions=2).create(skafka)
+    return granted, ungranted
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_with_a_properties_file_and_its_credentials_works(skafka, tool_topics,
+                                                               tool):
+    r = run_tool(skafka, tool, properties_file(skafka), tool_topics[0])
+    ok = (0, 4) if tool == "mailer-audit" else (0,)  # 4: requests without results
+    assert r.returncode in ok, r.stderr
+    assert "authentication" not in r.stderr and "TLS" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("case", ["authentication", "tls", "authorization"])
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_refused_exits_2_and_names_the_cause(skafka, tool_topics, tool, case):
+    granted, ungranted = tool_topics
+    if case == "authentication":
+        props, t = properties_file(skafka, password="wrong-password"), granted
+        expect = "authentication failed (SASL/SCRAM-SHA-512: check sasl.username " \
+                 "and sasl.password)"
+    elif case == "tls":
+        props = properties_file(skafka, ca=make_ca(make_tmpdir("other-ca")))
+        t, expect = granted, "TLS: the broker's certificate is not trusted " \
+                             "(ssl.ca.location)"
+    else:
+        props, t = properties_file(skafka), ungranted
+        expect = "not authorized: "
+    r = run_tool(skafka, tool, props, t)
+    assert r.returncode == 2, f"exit {r.returncode}: {r.stderr}"
+    assert expect in r.stderr, r.stderr
+    if case == "authorization":
+        assert f"topic {t.requests} (missing ACL)" in r.stderr or \
+            f"topic {t.results} (missing ACL)" in r.stderr, r.stderr
+    assert PASSWORD not in r.stderr and "wrong-password" not in r.stderr
+
+
+def test_tool_properties_file_errors_name_the_file_and_line_not_the_secret():
+    d = make_tmpdir("props-bad")
+    bad = d / "bad.properties"
+    bad.write_text("# x\n\nsasl.password " + PASSWORD + "\n")
+    r = run([binary("mailer-admin"), "-F", bad, "count", "t"], timeout=30)
+    assert r.returncode == 1
+    assert f"mailer-admin: -F {bad}:3: expected key=value" in r.stderr, r.stderr
+    assert PASSWORD not in r.stderr
+    bad.write_text("sasl.username=u\nsasl.password.file=/nonexistent/pw\n")
+    r = run([binary("mailer-results"), "-F", bad], timeout=30)
+    assert r.returncode == 1
+    assert f"-F {bad}:2: sasl.password.file: cannot open \"/nonexistent/pw\"" \
+        in r.stderr, r.stderr

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Reads a whole file. @returns a malloc'd NUL-terminated buffer or NULL. */
 static inline char *fixture_read(const char *path, size_t *len) {
@@ -44,6 +45,17 @@ static inline char *fixture_read(const char *path, size_t *len) {
         if (len != NULL)
                 *len = n;
         return buf;
+}
+
+/* Writes @content to a new file made from the mkstemp() template @path
+ * (e.g. "/tmp/test_x.XXXXXX"), whose name replaces the template. */
+static inline void fixture_write_tmp(const char *content, char *path) {
+        size_t len = strlen(content);
+        int fd = mkstemp(path);
+
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, content, len), (ssize_t)len);
+        close(fd);
 }
 
 /* Reads the file @file of the case folder @dir; it must exist.

@@ -29,14 +29,8 @@ static void assert_set_fails(struct config *conf, const char *key,
 
 /* Writes @content to a new temporary file. @path gets its name. */
 static void write_tmp(const char *content, char *path, size_t path_size) {
-        int fd;
-        size_t len = strlen(content);
-
         snprintf(path, path_size, "/tmp/test_config.XXXXXX");
-        fd = mkstemp(path);
-        assert_true(fd >= 0);
-        assert_int_equal(write(fd, content, len), (ssize_t)len);
-        close(fd);
+        fixture_write_tmp(content, path);
 }
 
 /* @returns a malloc'd string of everything @conf's dump prints (or help
