@@ -214,7 +214,8 @@ static struct mail_request *take_request(struct src *s) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct src s = {data, size};
         struct mail_request *req = take_request(&s);
-        struct message_opts opts = {"fuzz.example", 1700000000123};
+        struct message_opts opts = {.message_id_domain = "fuzz.example",
+                                    .date_ms = 1700000000123};
         struct message *msg;
         char err[256] = "";
 

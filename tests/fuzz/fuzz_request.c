@@ -22,7 +22,8 @@ static const struct request_limits fuzz_limits = {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct mail_request *req;
         struct message *msg;
-        struct message_opts opts = {NULL, 1700000000123};
+        struct message_opts opts = {.message_id_domain = NULL,
+                                    .date_ms = 1700000000123};
         char id[32];
         char err[256] = "";
 
