@@ -41,6 +41,7 @@
 /* The partition count: how long one metadata request may wait, and how
  * often it is asked again (partitions can be added). */
 #define CONSUMER_COUNT_WAIT_MS 1000
+#define CONSUMER_COUNT_SLICE_MS 100 /* one metadata request waits this long */
 /* The same request is the readiness probe (kstatus): it is sent every
  * CONSUMER_PROBE_S seconds. */
 #define CONSUMER_PROBE_S 3
@@ -448,13 +449,32 @@ static void consumer_dispatch(consumer_t *c, rd_kafka_message_t *m) {
 
 /* Learns the topic's partition count (the metadata request blocks), and
  * tells c_ks whether the broker answered (the readiness probe). */
+static int consumer_nudger_stopping(struct consumer_nudger *n) {
+        int stop;
+
+        pthread_mutex_lock(&n->n_lock);
+        stop = n->n_stop;
+        pthread_mutex_unlock(&n->n_lock);
+        return stop;
+}
+
 static void consumer_learn_count(consumer_t *c, rd_kafka_topic_t *rkt) {
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err;
 
         if (!rkt)
                 return;
-        err = rd_kafka_metadata(c->c_rk, 0, rkt, &md, CONSUMER_COUNT_WAIT_MS);
+        /* in slices, so that a stop (which joins this thread) waits for
+         * one slice at most while no broker answers */
+        for (int waited = 0;; waited += CONSUMER_COUNT_SLICE_MS) {
+                err = rd_kafka_metadata(c->c_rk, 0, rkt, &md,
+                                        CONSUMER_COUNT_SLICE_MS);
+                if (err != RD_KAFKA_RESP_ERR__TIMED_OUT ||
+                    waited + CONSUMER_COUNT_SLICE_MS >=
+                            CONSUMER_COUNT_WAIT_MS ||
+                    consumer_nudger_stopping(&c->c_nudger))
+                        break;
+        }
         kstatus_probe(c->c_ks, loop_clock_ms(), err == 0);
         if (err)
                 return;
