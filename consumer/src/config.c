@@ -93,6 +93,10 @@ static const struct config_key config_keys[] = {
             "name sent in EHLO, \"\" = libcurl's default"),
         BOOL("smtp.pipelining", smtp_pipelining, "true",
              "pipeline MAIL/RCPT/DATA when the relay offers PIPELINING"),
+        BOOL("smtp.pipelining.transactions", smtp_pipelining_txns, "true",
+             "with smtp.pipelining: write the next message's MAIL/RCPT/DATA "
+             "right after the end of data of the one before, without waiting "
+             "for its reply"),
         INT("smtp.sessions.max", smtp_sessions_max, "100", 1, 20000,
             "most SMTP sessions open to the relay at once"),
         INT("smtp.transaction.max.recipients", smtp_transaction_max_recipients,

@@ -123,6 +123,7 @@ struct config {
         enum config_tls_version smtp_tls_min_version; /* smtp.tls.min.version */
         char *smtp_helo_name; /* smtp.helo.name, "" = libcurl's default */
         int smtp_pipelining; /* smtp.pipelining (bool): use PIPELINING if offered */
+        int smtp_pipelining_txns; /* smtp.pipelining.transactions (bool) */
         int smtp_transaction_max_recipients; /* smtp.transaction.max.recipients */
         int smtp_sessions_max; /* smtp.sessions.max */
         int smtp_session_max_messages; /* smtp.session.max.messages */

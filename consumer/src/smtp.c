@@ -60,6 +60,13 @@
 #define SMTP_RCPTS_MAX 10000
 #define SMTP_OUT_MAX ((size_t)SMTP_CMD_MAX * (SMTP_RCPTS_MAX + 2))
 #define SMTP_QUIT_WAIT_MS 1000 /* how long to wait for the reply to QUIT */
+/*
+ * A message up to this size (with its ".\r\n") is copied into the output
+ * buffer when the next transaction's commands follow it in the same write
+ * (RFC 2920 pipelining across transactions); a bigger one is sent from the
+ * job's buffer, and the next commands go in the write after it.
+ */
+#define SMTP_DATA_COPY_MAX (16 * 1024)
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
  * every curl_easy_send()/recv(); a multi handle costs about 25 KB. */
@@ -149,8 +156,20 @@ struct smtp_session {
         char ss_last_line[256]; /* last reply line seen while connecting */
         char ss_errbuf[CURL_ERROR_SIZE];
 
-        /* the transaction */
+        /* the transaction whose reply comes next */
         struct smtp_job *ss_job;
+        /* The transaction pipelined behind ss_job (whose "." was written or
+         * queued): its MAIL, RCPT and DATA are written, no reply came yet.
+         * Replies come in order, so it becomes ss_job at ss_job's final
+         * reply, whatever that reply is (the final "." ends a transaction,
+         * RFC 5321 4.1.1.4). */
+        struct smtp_job *ss_pnext;
+        /* The transaction before ss_job, when ss_job was pipelined behind
+         * it: its final reply came and is in its fields, reported once
+         * ss_job's DATA is answered. A relay that answers the pipelined
+         * commands before the "." (a 354 to MAIL or RCPT) has its replies
+         * out of order: that reply was not the final one. */
+        struct smtp_job *ss_held;
         int ss_pipelined;
         size_t ss_step; /* command whose reply comes next: 0 MAIL,
                          * 1..n RCPT, n+1 DATA, n+2 end of data */
@@ -167,6 +186,12 @@ struct smtp_session {
         const char *ss_data;
         size_t ss_data_len;
         size_t ss_data_pos;
+        /* bytes queued and written in the session's life, and the position
+         * of the end of ss_job's ".\r\n" (0 until queued): its final reply
+         * counts only once all of it is written */
+        uint64_t ss_out_queued;
+        uint64_t ss_out_written;
+        uint64_t ss_data_end;
 
         struct dynbuf ss_in; /* input, SMTP_IN_MAX at most */
 };
@@ -203,6 +228,9 @@ struct smtp_client {
         loop_timer_t sc_retry_timer;
         int sc_healthy;
         int sc_closing;
+        /* the relay answered commands pipelined after a "." before the
+         * "." itself: no more transactions are pipelined behind a "." */
+        int sc_no_txn_pipelining;
         int sc_relay_failures; /* failures in a row, 0 while healthy */
         int64_t sc_warned_ms; /* last "relay unhealthy" warning, 0: none */
         const char *sc_warned_what; /* the kind of failure it named */
@@ -219,6 +247,7 @@ struct smtp_client {
 
 static void session_next(struct smtp_session *s);
 static void session_read(struct smtp_session *s);
+static int session_pipeline_next(struct smtp_session *s);
 static void client_kick(smtp_client_t *sc);
 
 /*
@@ -278,6 +307,37 @@ long smtp_reply_parse(const char *buf, size_t len, int *code, char *text,
 /*
  * Small helpers
  */
+
+/* @returns whether @p[0..@len) has a byte with the high bit set. */
+static int memchr_8bit(const char *p, size_t len) {
+        size_t i = 0;
+        uint64_t w;
+
+        for (; i + 8 <= len; i += 8) {
+                memcpy(&w, p + i, 8);
+                if (w & UINT64_C(0x8080808080808080))
+                        return 1;
+        }
+        for (; i < len; i++) {
+                if ((unsigned char)p[i] & 0x80)
+                        return 1;
+        }
+        return 0;
+}
+
+/* Writes @v in decimal at @dst (room for 20 digits). @returns its length. */
+static size_t fmt_u64(char *dst, uint64_t v) {
+        char tmp[20];
+        size_t n = 0;
+
+        do {
+                tmp[n++] = (char)('0' + v % 10);
+                v /= 10;
+        } while (v > 0);
+        for (size_t i = 0; i < n; i++)
+                dst[i] = tmp[n - 1 - i];
+        return n;
+}
 
 static char *smtp_strdup0(const char *s) {
         return (s && *s) ? strdup(s) : NULL;
@@ -679,22 +739,48 @@ static void session_set_state(struct smtp_session *s, enum ss_state to,
  * Session output
  */
 
-/* Appends a command line (CRLF added) to the output buffer.
- * @returns 0 or -1 (out of memory, or SMTP_OUT_MAX reached). */
-static int session_cmd(struct smtp_session *s, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-
-static int session_cmd(struct smtp_session *s, const char *fmt, ...) {
-        va_list ap;
-
+/* Starts an output batch: the buffer is emptied when all of it was
+ * written. @returns its length, for session_out_end(). */
+static size_t session_out_begin(struct smtp_session *s) {
         if (s->ss_out_pos == dynbuf_len(&s->ss_out)) {
                 dynbuf_reset(&s->ss_out);
                 s->ss_out_pos = 0;
         }
-        va_start(ap, fmt);
-        dynbuf_vappendf(&s->ss_out, fmt, ap);
-        va_end(ap);
-        return dynbuf_append(&s->ss_out, "\r\n", 2);
+        return dynbuf_len(&s->ss_out);
+}
+
+/* Ends a batch begun at length @from (appends may fail and check once).
+ * @returns 0 or -1 (out of memory, or SMTP_OUT_MAX reached). */
+static int session_out_end(struct smtp_session *s, size_t from) {
+        if (dynbuf_error(&s->ss_out) != DYNBUF_OK)
+                return -1;
+        s->ss_out_queued += dynbuf_len(&s->ss_out) - from;
+        return 0;
+}
+
+/* Appends a command line (CRLF added) to the output buffer.
+ * @returns 0 or -1 (out of memory, or SMTP_OUT_MAX reached). */
+static int session_cmd(struct smtp_session *s, const char *line) {
+        size_t from = session_out_begin(s);
+
+        dynbuf_appends(&s->ss_out, line);
+        dynbuf_append(&s->ss_out, "\r\n", 2);
+        return session_out_end(s, from);
+}
+
+/* Appends "<@verb><@addr>>" and what @params holds, then CRLF: MAIL and
+ * RCPT without printf. @returns 0 or -1. */
+static int session_cmd_addr(struct smtp_session *s, const char *verb,
+                            const char *addr, const char *params) {
+        size_t from = session_out_begin(s);
+
+        dynbuf_appends(&s->ss_out, verb);
+        dynbuf_appends(&s->ss_out, addr);
+        dynbuf_appendc(&s->ss_out, '>');
+        if (params)
+                dynbuf_appends(&s->ss_out, params);
+        dynbuf_append(&s->ss_out, "\r\n", 2);
+        return session_out_end(s, from);
 }
 
 /* @returns why session_cmd() failed, for session_fail(). */
@@ -776,6 +862,64 @@ static void session_arm(struct smtp_session *s) {
  * Session teardown
  */
 
+/*
+ * @job's session closed before any of its commands was answered: it goes
+ * to the front of the queue, once; the second time it is TRANSIENT with
+ * @reason.
+ */
+static void job_retry_or_fail(smtp_client_t *sc, struct smtp_job *job,
+                              const char *reason) {
+        if (!(job->sj_state & SJ_F_REQUEUED)) {
+                job->sj_state |= SJ_F_REQUEUED;
+                queue_push(sc, job, QUEUE_FRONT);
+                client_kick(sc);
+                return;
+        }
+        job_complete(sc, job, SMTP_TRANSIENT, 0, reason);
+}
+
+/* Reports the held transaction (see ss_held) with the final reply it got. */
+static void session_release_held(struct smtp_session *s) {
+        struct smtp_job *job = s->ss_held;
+
+        if (!job)
+                return;
+        s->ss_held = NULL;
+        job_complete(s->ss_client, job, job->outcome, job->code, job->reply);
+}
+
+static void session_close(struct smtp_session *s);
+
+/*
+ * The relay answered the commands pipelined behind a "." before the "."
+ * (seen as a 354 to MAIL or RCPT): the held transaction's "final reply" was
+ * another command's, so its outcome is unknown: TRANSIENT (it may have been
+ * delivered). The pipelined one saw no DATA go out: it is queued again. The
+ * session closes and the relay gets no more transactions behind a ".".
+ */
+static void session_out_of_order(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_job *held = s->ss_held, *job = s->ss_job;
+
+        if (!sc->sc_no_txn_pipelining)
+                LOG(LL_WARN,
+                    "smtp relay answers pipelined commands out of order; "
+                    "no more transactions pipelined after end of data "
+                    "relay=%s",
+                    sc->sc_relay);
+        sc->sc_no_txn_pipelining = 1;
+        s->ss_held = NULL;
+        s->ss_job = NULL;
+        session_close(s);
+        job->sj_state &= ~SJ_STATE_MASK;
+        job->sj_session = NULL;
+        queue_push(sc, job, QUEUE_FRONT);
+        client_kick(sc);
+        job_complete(sc, held, SMTP_TRANSIENT, 0,
+                     "relay answered pipelined commands out of order after "
+                     "end of data (the message may have been delivered)");
+}
+
 /* Closes the connection and moves @s to the zombie list (freed by the kick
  * timer). A job still attached must have been taken off by the caller. */
 static void session_close(struct smtp_session *s) {
@@ -804,6 +948,14 @@ static void session_close(struct smtp_session *s) {
         s->ss_out_pos = 0;
         list_insert(&sc->sc_zombies, s);
         client_kick(sc);
+        session_release_held(s);
+        if (s->ss_pnext) {
+                /* pipelined, no reply yet: not an attempt */
+                struct smtp_job *next = s->ss_pnext;
+
+                s->ss_pnext = NULL;
+                job_retry_or_fail(sc, next, "connection closed before a reply");
+        }
 }
 
 /* Detaches the job from @s (which stays busy until it leaves SS_TXN).
@@ -833,10 +985,8 @@ static void session_fail(struct smtp_session *s, const char *reason) {
         session_close(s);
         if (!job)
                 return;
-        if (!s->ss_acked && !(job->sj_state & SJ_F_REQUEUED)) {
-                job->sj_state |= SJ_F_REQUEUED;
-                queue_push(sc, job, QUEUE_FRONT);
-                client_kick(sc);
+        if (!s->ss_acked) {
+                job_retry_or_fail(sc, job, msg);
                 return;
         }
         job_complete(sc, job, SMTP_TRANSIENT, 0, msg);
@@ -846,7 +996,7 @@ static void session_fail(struct smtp_session *s, const char *reason) {
 static int session_flush(struct smtp_session *s) {
         int progress = 0;
 
-        while (session_out_pending(s)) {
+        for (;;) {
                 const char *p;
                 size_t len, n = 0, *pos;
                 CURLcode rc;
@@ -855,10 +1005,21 @@ static int session_flush(struct smtp_session *s) {
                         p = dynbuf_ptr(&s->ss_out) + s->ss_out_pos;
                         len = dynbuf_len(&s->ss_out) - s->ss_out_pos;
                         pos = &s->ss_out_pos;
-                } else {
+                } else if (s->ss_data_pos < s->ss_data_len) {
                         p = s->ss_data + s->ss_data_pos;
                         len = s->ss_data_len - s->ss_data_pos;
                         pos = &s->ss_data_pos;
+                } else {
+                        /* all written; a message sent from the job's
+                         * buffer is followed by the next transaction */
+                        if (s->ss_pnext || s->ss_data_end == 0 ||
+                            !s->ss_client->sc_q_head)
+                                break;
+                        if (session_pipeline_next(s) == -1)
+                                return -1;
+                        if (!session_out_pending(s))
+                                break;
+                        continue;
                 }
                 rc = curl_easy_send(s->ss_easy, p, len, &n);
                 if (rc == CURLE_AGAIN)
@@ -868,6 +1029,7 @@ static int session_flush(struct smtp_session *s) {
                         return -1;
                 }
                 *pos += n;
+                s->ss_out_written += n;
                 progress = 1;
         }
         if (progress && s->ss_state == SS_TXN)
@@ -908,6 +1070,7 @@ static void session_abort_txn(struct smtp_session *s, enum smtp_outcome outcome,
         smtp_client_t *sc = s->ss_client;
         struct smtp_job *job;
 
+        session_release_held(s);
         s->ss_drain = s->ss_sent > s->ss_step ? s->ss_sent - s->ss_step : 0;
         job = session_take_job(s);
         if (s->ss_drain > 0) {
@@ -925,96 +1088,168 @@ static enum smtp_outcome smtp_outcome_of(int code) {
         return SMTP_TRANSIENT;
 }
 
-/* Starts @job on idle session @s. @returns 0 when it started, 1 when the
- * job was decided locally (its callback ran; @s is still usable unless its
- * state changed). */
-static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
-        smtp_client_t *sc = s->ss_client;
-        int non_ascii = 0, eightbit = 0, rc = 0;
-        const char *why = NULL;
-        char msg[sizeof(job->reply)];
-
-        idle_remove(s);
-        loop_timer_stop(sc->sc_loop, &s->ss_timer);
+/*
+ * Checks @job against what the relay offers before any command is sent.
+ * @returns NULL, or why it cannot go (written to @msg when it names a
+ * figure). Sets the MAIL parameters the job needs in @params.
+ */
+static const char *session_check_job(const struct smtp_session *s,
+                                     const struct smtp_job *job, char *params,
+                                     size_t params_size, char *msg,
+                                     size_t msg_size) {
+        int non_ascii = 0, eightbit = 0;
+        char *p = params;
 
         if (job->rcpt_cnt == 0)
-                why = "no recipients";
-        else if (!smtp_addr_ok(job->mail_from ? job->mail_from : "",
-                               &non_ascii))
-                why = "invalid sender address";
-        for (size_t i = 0; !why && i < job->rcpt_cnt; i++) {
+                return "no recipients";
+        if (!smtp_addr_ok(job->mail_from ? job->mail_from : "", &non_ascii))
+                return "invalid sender address";
+        for (size_t i = 0; i < job->rcpt_cnt; i++) {
                 if (!job->rcpts[i][0] ||
                     !smtp_addr_ok(job->rcpts[i], &non_ascii))
-                        why = "invalid recipient address";
+                        return "invalid recipient address";
         }
-        if (!why && !non_ascii)
+        if (!non_ascii)
                 non_ascii = smtp_header_block_utf8(job->data, job->data_len);
-        if (!why && non_ascii && !s->ss_cap_smtputf8)
-                why = "relay does not offer SMTPUTF8, needed for a UTF-8 "
-                      "address";
-        if (!why && s->ss_cap_size && s->ss_size_max > 0 &&
+        if (non_ascii && !s->ss_cap_smtputf8)
+                return "relay does not offer SMTPUTF8, needed for a UTF-8 "
+                       "address";
+        if (s->ss_cap_size && s->ss_size_max > 0 &&
             job->data_len > s->ss_size_max) {
-                snprintf(msg, sizeof(msg),
+                snprintf(msg, msg_size,
                          "message of %zu bytes exceeds the relay's SIZE %llu",
                          job->data_len, (unsigned long long)s->ss_size_max);
-                why = msg;
+                return msg;
         }
-        if (why) {
-                if (why != msg)
-                        snprintf(msg, sizeof(msg), "%s", why);
-                job_complete(sc, job, SMTP_PERMANENT, 0, msg);
+        if (s->ss_cap_8bitmime)
+                eightbit = memchr_8bit(job->data, job->data_len);
+
+        /* " SIZE=<n> BODY=8BITMIME SMTPUTF8": 44 bytes at most */
+        if (params_size < 48)
+                return "internal error: MAIL parameters";
+        if (s->ss_cap_size) {
+                memcpy(p, " SIZE=", 6);
+                p += 6;
+                p += fmt_u64(p, (uint64_t)job->data_len);
+        }
+        if (eightbit) {
+                memcpy(p, " BODY=8BITMIME", 14);
+                p += 14;
+        }
+        if (non_ascii) {
+                memcpy(p, " SMTPUTF8", 9);
+                p += 9;
+        }
+        *p = '\0';
+        return NULL;
+}
+
+/* Queues MAIL, and with pipelining every RCPT and DATA, of @job with the
+ * MAIL parameters @params. @returns the commands queued (replies to come),
+ * or 0 when the output buffer failed. */
+static size_t session_queue_txn(struct smtp_session *s,
+                                const struct smtp_job *job,
+                                const char *params) {
+        if (session_cmd_addr(s, "MAIL FROM:<",
+                             job->mail_from ? job->mail_from : "",
+                             params) == -1)
+                return 0;
+        if (!s->ss_pipelined)
                 return 1;
+        for (size_t i = 0; i < job->rcpt_cnt; i++) {
+                if (session_cmd_addr(s, "RCPT TO:<", job->rcpts[i], NULL) == -1)
+                        return 0;
         }
+        if (session_cmd(s, "DATA") == -1)
+                return 0;
+        return job->rcpt_cnt + 2;
+}
 
-        if (s->ss_cap_8bitmime) {
-                for (size_t i = 0; i < job->data_len; i++) {
-                        if ((unsigned char)job->data[i] & 0x80) {
-                                eightbit = 1;
-                                break;
-                        }
-                }
-        }
-
+/* Marks @job as running on @s. */
+static void job_activate(struct smtp_session *s, struct smtp_job *job) {
         job->sj_state = (job->sj_state & ~SJ_STATE_MASK) | SJ_ACTIVE;
         job->sj_session = s;
         job->code = 0;
         job->reply[0] = '\0';
-        s->ss_job = job;
-        session_set_state(s, SS_TXN, "job started");
         s->ss_messages++;
+}
+
+/* Resets the per-transaction counts for ss_job, whose first @sent
+ * commands are queued. */
+static void session_txn_begin(struct smtp_session *s, size_t sent) {
         s->ss_step = 0;
+        s->ss_sent = sent;
         s->ss_rcpt_ok = 0;
         s->ss_rcpt_4xx = 0;
         s->ss_acked = 0;
         s->ss_data = NULL;
         s->ss_data_len = s->ss_data_pos = 0;
-        s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
+        s->ss_data_end = 0;
+}
 
-        if (s->ss_cap_size)
-                rc = session_cmd(s, "MAIL FROM:<%s> SIZE=%zu%s%s",
-                                 job->mail_from ? job->mail_from : "",
-                                 job->data_len,
-                                 eightbit ? " BODY=8BITMIME" : "",
-                                 non_ascii ? " SMTPUTF8" : "");
-        else
-                rc = session_cmd(s, "MAIL FROM:<%s>%s%s",
-                                 job->mail_from ? job->mail_from : "",
-                                 eightbit ? " BODY=8BITMIME" : "",
-                                 non_ascii ? " SMTPUTF8" : "");
-        s->ss_sent = 1;
-        if (s->ss_pipelined) {
-                for (size_t i = 0; rc == 0 && i < job->rcpt_cnt; i++)
-                        rc = session_cmd(s, "RCPT TO:<%s>", job->rcpts[i]);
-                if (rc == 0)
-                        rc = session_cmd(s, "DATA");
-                s->ss_sent = job->rcpt_cnt + 2;
+/* Starts @job on idle session @s. @returns 0 when it started, 1 when the
+ * job was decided locally (its callback ran; @s is still usable unless its
+ * state changed). */
+static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
+        smtp_client_t *sc = s->ss_client;
+        char params[64], msg[sizeof(job->reply)];
+        const char *why;
+        size_t sent;
+
+        idle_remove(s);
+        loop_timer_stop(sc->sc_loop, &s->ss_timer);
+        why = session_check_job(s, job, params, sizeof(params), msg,
+                                sizeof(msg));
+        if (why) {
+                job_complete(sc, job, SMTP_PERMANENT, 0, why);
+                return 1;
         }
-        if (rc == -1) {
+        job_activate(s, job);
+        s->ss_job = job;
+        session_set_state(s, SS_TXN, "job started");
+        s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
+        sent = session_queue_txn(s, job, params);
+        session_txn_begin(s, sent);
+        if (sent == 0) {
                 session_fail(s, session_cmd_error(s));
                 return 0;
         }
         session_arm(s);
         session_flush(s);
+        return 0;
+}
+
+/*
+ * Pipelines the next queued job behind ss_job, whose ".\r\n" is queued
+ * (RFC 2920: the final "." ends a transaction, the next MAIL may follow it
+ * in the same write). Jobs decided locally complete here, and the next one
+ * is tried. @returns 0, or -1 when the session failed.
+ */
+static int session_pipeline_next(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        while (s->ss_state == SS_TXN && s->ss_pipelined &&
+               !sc->sc_no_txn_pipelining && !s->ss_pnext &&
+               s->ss_data_end > 0 && sc->sc_q_head &&
+               s->ss_messages < (unsigned)sc->sc_conf.session_max_messages) {
+                struct smtp_job *job = sc->sc_q_head;
+                char params[64], msg[sizeof(job->reply)];
+                const char *why;
+
+                queue_unlink(sc, job);
+                why = session_check_job(s, job, params, sizeof(params), msg,
+                                        sizeof(msg));
+                if (why) {
+                        job_complete(sc, job, SMTP_PERMANENT, 0, why);
+                        continue;
+                }
+                job_activate(s, job);
+                s->ss_pnext = job;
+                if (session_queue_txn(s, job, params) == 0) {
+                        session_fail(s, session_cmd_error(s));
+                        return -1;
+                }
+        }
         return 0;
 }
 
@@ -1024,7 +1259,8 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         int rc;
 
         if (step <= job->rcpt_cnt)
-                rc = session_cmd(s, "RCPT TO:<%s>", job->rcpts[step - 1]);
+                rc = session_cmd_addr(s, "RCPT TO:<", job->rcpts[step - 1],
+                                      NULL);
         else
                 rc = session_cmd(s, "DATA");
         if (rc == -1) {
@@ -1035,15 +1271,45 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         return session_flush(s);
 }
 
+/* DATA was answered 354: queue the message and its ".\r\n", and the next
+ * transaction behind it when there is one. */
 static void session_start_data(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
         const struct smtp_job *job = s->ss_job;
+        size_t len = job->data_len + 3; /* with its ".\r\n" */
 
         s->ss_sent = job->rcpt_cnt + 3;
-        s->ss_data = job->data;
-        s->ss_data_len = job->data_len + 3; /* with its ".\r\n" */
-        s->ss_data_pos = 0;
+        if (s->ss_pipelined && !sc->sc_no_txn_pipelining && sc->sc_q_head &&
+            len <= SMTP_DATA_COPY_MAX) {
+                size_t from = session_out_begin(s);
+
+                dynbuf_append(&s->ss_out, job->data, len);
+                if (session_out_end(s, from) == -1) {
+                        session_fail(s, session_cmd_error(s));
+                        return;
+                }
+                s->ss_data_end = s->ss_out_queued;
+                if (session_pipeline_next(s) == -1)
+                        return;
+        } else {
+                s->ss_data = job->data;
+                s->ss_data_len = len;
+                s->ss_data_pos = 0;
+                s->ss_out_queued += len;
+                s->ss_data_end = s->ss_out_queued;
+        }
         session_arm(s);
         session_flush(s);
+}
+
+/* ss_job's final reply came: ss_pnext, if any, takes its place. */
+static void session_promote_next(struct smtp_session *s) {
+        struct smtp_job *next = s->ss_pnext;
+
+        s->ss_pnext = NULL;
+        s->ss_job = next;
+        session_txn_begin(s, next->rcpt_cnt + 2);
+        session_arm(s);
 }
 
 /* Handles one reply of a transaction. */
@@ -1055,7 +1321,8 @@ static void session_txn_reply(struct smtp_session *s, int code,
         size_t step = s->ss_step;
         int klass = code / 100;
 
-        if (step >= s->ss_sent || (step == n + 2 && session_out_pending(s))) {
+        if (step >= s->ss_sent ||
+            (step == n + 2 && s->ss_out_written < s->ss_data_end)) {
                 /* a reply nobody asked for yet, e.g. a rejection while
                  * the message is still being sent */
                 job = session_take_job(s);
@@ -1065,6 +1332,14 @@ static void session_txn_reply(struct smtp_session *s, int code,
                                         : smtp_outcome_of(code),
                              code, text);
                 return;
+        }
+        if (s->ss_held) {
+                if (code == 354 && step <= n) {
+                        session_out_of_order(s);
+                        return;
+                }
+                if (step == n + 1 || code == 421)
+                        session_release_held(s);
         }
         s->ss_acked = 1;
         s->ss_step++;
@@ -1131,8 +1406,18 @@ static void session_txn_reply(struct smtp_session *s, int code,
                 return;
         }
 
-        /* end of data */
+        /* end of data: the transaction is over whatever the reply */
         job = session_take_job(s);
+        if (s->ss_pnext) {
+                job->outcome = klass == 2   ? SMTP_OK
+                               : klass == 5 ? SMTP_PERMANENT
+                                            : SMTP_TRANSIENT;
+                job->code = code;
+                snprintf(job->reply, sizeof(job->reply), "%s", text);
+                s->ss_held = job;
+                session_promote_next(s);
+                return;
+        }
         if (klass == 2) {
                 session_set_state(s, SS_IDLE, "message accepted");
                 job_complete(sc, job, SMTP_OK, code, text);
@@ -1779,6 +2064,7 @@ void smtp_client_conf_from_config(struct smtp_client_conf *scc,
         scc->tls_min_version = conf->smtp_tls_min_version;
         scc->helo_name = conf->smtp_helo_name;
         scc->pipelining = conf->smtp_pipelining;
+        scc->pipelining_txns = conf->smtp_pipelining_txns;
         scc->sessions_max = conf->smtp_sessions_max;
         scc->session_max_messages = conf->smtp_session_max_messages;
         scc->session_idle_ms = conf->smtp_session_idle_ms;
@@ -1883,6 +2169,7 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
         sc->sc_done_cb = done_cb;
         sc->sc_opaque = opaque;
         sc->sc_conf = *scc;
+        sc->sc_no_txn_pipelining = !scc->pipelining_txns;
         sc->sc_healthy = 1;
         sc->sc_rand = (uint64_t)loop_clock_ms() ^ (uint64_t)(uintptr_t)sc ^
                       0x9e3779b97f4a7c15ull;
@@ -1925,6 +2212,16 @@ void smtp_client_destroy(smtp_client_t *sc) {
                         s->ss_job->sj_state = SJ_IDLE;
                         s->ss_job->sj_session = NULL;
                         session_take_job(s);
+                }
+                if (s->ss_pnext) {
+                        s->ss_pnext->sj_state = SJ_IDLE;
+                        s->ss_pnext->sj_session = NULL;
+                        s->ss_pnext = NULL;
+                }
+                if (s->ss_held) {
+                        s->ss_held->sj_state = SJ_IDLE;
+                        s->ss_held->sj_session = NULL;
+                        s->ss_held = NULL;
                 }
                 session_close(s);
         }

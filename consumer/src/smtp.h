@@ -118,6 +118,7 @@ struct smtp_client_conf {
                 tls_min_version; /* oldest TLS version accepted */
         const char *helo_name; /* NULL or "": libcurl's default */
         int pipelining;
+        int pipelining_txns; /* the next MAIL right after a "." */
         int sessions_max;
         int session_max_messages;
         int session_idle_ms;

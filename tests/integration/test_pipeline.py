@@ -5,6 +5,7 @@ requests. Every wait is bounded.
 """
 
 import base64
+import collections
 import datetime
 import re
 import signal
@@ -871,3 +872,52 @@ def test_smtps_with_implicit_tls_and_auth_delivers(kafka, topics, capture_server
     assert {r["relay"] for r in final.values()} == {url}
     assert all(m.meta["auth_user"] == "mailer" for m in server.wait_messages(5))
     assert PASSWORD not in w.log()
+
+
+def test_a_relay_answering_ahead_of_the_final_dot_loses_nothing(
+        request, kafka, topics, smtp_sink, worker):
+    # smtp-sink -W .:1 delays the reply to "." by a second but answers the
+    # commands written after it at once: the MAIL, RCPT and DATA of the next
+    # message, pipelined behind the "." (smtp.pipelining.transactions),
+    # come back before the "."'s reply. The worker sees a 354 where a RCPT
+    # reply was due, retries the message whose reply it cannot know (it may
+    # repeat: at most one per session that had one pipelined), sends the
+    # pipelined one again, and pipelines nothing more behind a "." to that
+    # relay. Every request is sent, counted at the sink by Message-ID.
+    import os
+    import shutil
+    import tempfile
+    # smtp-sink runs as nobody when the tests run as root: its dump folder
+    # must be reachable by it (the run's folders are not)
+    dump = tempfile.mkdtemp(prefix="km-sink-dump-")
+    os.chmod(dump, 0o777)
+    request.addfinalizer(lambda: shutil.rmtree(dump, ignore_errors=True))
+    sink = smtp_sink(extra=["-W", ".:1", "-d", f"{dump}/%H%M%S."])
+    sessions = 4
+    reqs = make_requests(40)
+    kafka.produce(topics.requests, reqs)
+    w = worker(Worker.base_config(kafka, topics, sink.url, smtp_starttls="off",
+                                  smtp_sessions_max=sessions, inflight_max=40,
+                                  retry_backoff_initial_ms=100,
+                                  retry_backoff_max_ms=200))
+    final = final_by_id(kafka.results(topics.results, wait=40, timeout=120))
+    assert {r["status"] for r in final.values()} == {"sent"}
+    assert set(final) == {r["id"] for r in reqs}
+
+    def sink_ids():
+        ids = collections.Counter()
+        for name in os.listdir(dump):
+            with open(os.path.join(dump, name), "rb") as f:
+                for m in re.finditer(rb"^Message-ID: *(<[^>\r\n]*>)", f.read(),
+                                     re.M | re.I):
+                    ids[m.group(1).decode()] += 1
+        return ids
+
+    want = {r["message_id"] for r in final.values()}
+    ids = wait_for(lambda: want <= set(sink_ids()) and sink_ids(), 10,
+                   "every Message-ID at the sink")
+    repeats = sum(n - 1 for n in ids.values())
+    assert repeats <= sessions, ids.most_common(5)
+    warned = [line for line in w.log().splitlines()
+              if "answers pipelined commands out of order" in line]
+    assert len(warned) == 1, warned

@@ -5,8 +5,8 @@
  *              --sessions S --size BYTES [--rcpts R]
  *              [--starttls off|opportunistic|required]
  *              [--user U --password P] [--ca FILE] [--insecure]
- *              [--helo NAME] [--no-pipelining] [--max-messages M]
- *              [--timeout-data MS] [--max-seconds SEC] [--log LEVEL]
+ *              [--helo NAME] [--no-pipelining] [--no-txn-pipelining]
+ *              [--max-messages M] [--timeout-data MS] [--max-seconds SEC] [--log LEVEL]
  *              [--to ADDR]...
  *
  * Submits N jobs keeping K in flight and prints one line on stdout:
@@ -117,8 +117,10 @@ static void drive_usage(FILE *fp) {
                     "[--sessions S] [--size BYTES] [--rcpts R]\n"
                     "       [--starttls off|opportunistic|required] [--user U "
                     "--password P] [--ca FILE] [--insecure]\n"
-                    "       [--helo NAME] [--no-pipelining] [--max-messages M] "
-                    "[--timeout-data MS] [--max-seconds SEC] [--log LEVEL]\n"
+                    "       [--helo NAME] [--no-pipelining] "
+                    "[--no-txn-pipelining] [--max-messages M]\n"
+                    "       [--timeout-data MS] [--max-seconds SEC] "
+                    "[--log LEVEL]\n"
                     "       [--to ADDR]... (up to 8, replaces the default "
                     "recipients)\n");
 }
@@ -137,6 +139,7 @@ struct drive_args {
         long long to_cnt; /* --to given so many times */
         int insecure;
         int no_pipelining;
+        int no_txn_pipelining;
 };
 
 /* --starttls: arg is the enum config_tls_mode. */
@@ -187,6 +190,7 @@ int main(int argc, char **argv) {
                 .starttls = CONFIG_TLS_OFF,
                 .tls_verify = 1,
                 .pipelining = 1,
+                .pipelining_txns = 1,
                 .sessions_max = 20,
                 .session_max_messages = 1000000,
                 .session_idle_ms = 10000,
@@ -220,6 +224,7 @@ int main(int argc, char **argv) {
                 TOOL_OPT_FLAG("insecure", 0, &da.insecure),
                 TOOL_OPT_STRING("helo", 0, &scc.helo_name),
                 TOOL_OPT_FLAG("no-pipelining", 0, &da.no_pipelining),
+                TOOL_OPT_FLAG("no-txn-pipelining", 0, &da.no_txn_pipelining),
                 DRIVE_OPT_NUM("max-messages", &da.max_messages),
                 DRIVE_OPT_NUM("timeout-data", &da.timeout_data),
                 DRIVE_OPT_NUM("max-seconds", &da.max_seconds),
@@ -256,6 +261,8 @@ int main(int argc, char **argv) {
                 scc.tls_verify = 0;
         if (da.no_pipelining)
                 scc.pipelining = 0;
+        if (da.no_txn_pipelining)
+                scc.pipelining_txns = 0;
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         loop = loop_new();

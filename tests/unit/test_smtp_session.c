@@ -346,6 +346,7 @@ static int fx_setup(void **state) {
         f->conf.tls_verify = 1;
         f->conf.helo_name = "client.test";
         f->conf.pipelining = 1;
+        f->conf.pipelining_txns = 1;
         f->conf.sessions_max = 1;
         f->conf.session_max_messages = 100;
         f->conf.session_idle_ms = 10000;
@@ -1005,6 +1006,185 @@ test_size_is_declared_and_a_larger_message_refused_locally(void **state) {
         assert_true(starts_with(peer_log(f), EHLO_LINE "\nMAIL"));
 }
 
+/*
+ * Pipelining across transactions (RFC 2920): job 1's MAIL, RCPT and DATA
+ * follow job 0's final "." before its reply. The peer reads them before it
+ * answers the ".", so a client that waited for that reply fails the script.
+ */
+#define TXN0_TO_DOT                                                            \
+        OPEN(CAPS_PIPELINING), TXN1_PIPELINED,                                 \
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"), DATA
+#define TXN1_AFTER(final0)                                                     \
+        TXN1_PIPELINED, SEND(final0 "250 ok\r\n250 ok\r\n354 go\r\n"), DATA,   \
+                SEND("250 2.0.0 queued as B\r\n")
+
+static void
+test_the_next_transaction_follows_the_final_dot_in_one_write(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_AFTER("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f;
+
+        f = run_two(state, script, rcpt1, BODY, SMTP_OK, 250,
+                    "2.0.0 queued as A");
+        assert_string_equal(peer_log(f),
+                            EHLO_LINE "\n" LOG_TXN1 "<payload>\n" LOG_TXN1
+                                      "<payload>\nQUIT\n"
+                                      "<closed>\n");
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload), BODY BODY2);
+        assert_int_equal(f->peer.p_accepts, 1);
+}
+
+/* A refused message ends its transaction: the one pipelined behind it
+ * goes on, with no RSET between them. */
+static void
+test_a_refused_final_dot_leaves_the_pipelined_next_unharmed(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_AFTER("554 5.7.1 spam\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f;
+
+        f = run_two(state, script, rcpt1, BODY, SMTP_PERMANENT, 554,
+                    "5.7.1 spam");
+        assert_null(strstr(peer_log(f), "RSET"));
+}
+
+/* 421 to the final ".": that job is TRANSIENT; the one pipelined behind
+ * it had no reply, so it is not an attempt and goes on a new session. */
+static void
+test_421_at_the_final_dot_requeues_the_pipelined_next(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_PIPELINED,
+                SEND("421 4.3.2 shutting down\r\n"),
+                CLIENT_CLOSES,
+                OPEN(CAPS_PIPELINING),
+                TXN2_OK,
+                BYE,
+                END,
+        };
+        struct fx *f;
+
+        f = run_two(state, script, rcpt1, BODY, SMTP_TRANSIENT, 421,
+                    "4.3.2 shutting down");
+        assert_int_equal(f->peer.p_accepts, 2);
+}
+
+/* The connection drops after the next transaction was pipelined: the job
+ * whose "." was sent is TRANSIENT (it may have been delivered), the next
+ * one goes on a new session. */
+static void
+test_a_drop_with_the_next_pipelined_requeues_only_the_next(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT, TXN1_PIPELINED,
+                CLOSE,       OPEN(CAPS_PIPELINING),
+                TXN2_OK,     BYE,
+                END,
+        };
+        struct fx *f = *state;
+
+        fx_job(f, 0, rcpt1, BODY);
+        fx_job(f, 1, rcpt1, BODY2);
+        fx_run(f, script, 2);
+        assert_int_equal(f->jobs[0].outcome, SMTP_TRANSIENT);
+        assert_true(starts_with(f->jobs[0].reply, "connection lost after "
+                                                  "end of data"));
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->peer.p_accepts, 2);
+}
+
+/* The pipelined transaction's own MAIL is refused: its RCPT and DATA
+ * replies are discarded, RSET follows, and a third job goes after it. */
+static void
+test_a_refused_mail_of_the_pipelined_next_is_its_own_outcome(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_PIPELINED,
+                SEND("250 2.0.0 queued as A\r\n550 5.1.8 bad sender\r\n"
+                     "503 5.5.1 no MAIL\r\n503 5.5.1 no valid rcpt\r\n"),
+                EXPECT("RSET"),
+                SEND("250 reset\r\n"),
+                TXN2_OK,
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+
+        fx_job(f, 0, rcpt1, BODY);
+        fx_job(f, 1, rcpt1, BODY);
+        fx_job(f, 2, rcpt1, BODY2);
+        fx_run(f, script, 3);
+        assert_outcome(&f->jobs[0], SMTP_OK, 250, "2.0.0 queued as A");
+        assert_outcome(&f->jobs[1], SMTP_PERMANENT, 550, "5.1.8 bad sender");
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->peer.p_accepts, 1);
+}
+
+/* A message bigger than what is copied next to the commands: the next
+ * transaction goes in the write after it, still before the final reply. */
+static void
+test_a_large_message_is_followed_by_the_next_transaction(void **state) {
+        static char big[40 * 1024 + 32];
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_AFTER("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+        size_t n;
+
+        n = (size_t)snprintf(big, sizeof(big), "Subject: big\r\n\r\n");
+        while (n + 80 < sizeof(big) - 8) {
+                memset(big + n, 'x', 76);
+                memcpy(big + n + 76, "\r\n", 2);
+                n += 78;
+        }
+        memcpy(big + n, ".\r\n", 4);
+        run_two(state, script, rcpt1, big, SMTP_OK, 250, "2.0.0 queued as A");
+}
+
+/* A relay that answers the commands pipelined after a "." before the "."
+ * (smtp-sink -W does): the 354 comes where a RCPT reply was due. The first
+ * job's outcome is unknown (TRANSIENT, it may have been delivered), the
+ * second goes again on a new session, and the relay gets no more
+ * transactions pipelined behind a ".". */
+static void
+test_replies_out_of_order_after_the_dot_stop_that_pipelining(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN1_PIPELINED,
+                SEND("250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n354 go\r\n"),
+                CLIENT_CLOSES,
+                OPEN(CAPS_PIPELINING),
+                TXN1_PIPELINED,
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                /* job 2 waits for this reply: nothing pipelined after "." */
+                QUIET(50),
+                SEND("250 2.0.0 queued as B\r\n"),
+                TXN2_OK,
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+
+        fx_job(f, 0, rcpt1, BODY);
+        fx_job(f, 1, rcpt1, BODY2);
+        fx_job(f, 2, rcpt1, BODY2);
+        fx_run(f, script, 3);
+        assert_int_equal(f->jobs[0].outcome, SMTP_TRANSIENT);
+        assert_non_null(strstr(f->jobs[0].reply, "out of order"));
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->peer.p_accepts, 2);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
         const struct CMUnitTest tests[] = {
@@ -1035,6 +1215,13 @@ int main(void) {
                 T(test_command_reply_timeout_is_transient_and_closes),
                 T(test_final_reply_timeout_uses_the_data_timeout),
                 T(test_size_is_declared_and_a_larger_message_refused_locally),
+                T(test_the_next_transaction_follows_the_final_dot_in_one_write),
+                T(test_a_refused_final_dot_leaves_the_pipelined_next_unharmed),
+                T(test_421_at_the_final_dot_requeues_the_pipelined_next),
+                T(test_a_drop_with_the_next_pipelined_requeues_only_the_next),
+                T(test_a_refused_mail_of_the_pipelined_next_is_its_own_outcome),
+                T(test_a_large_message_is_followed_by_the_next_transaction),
+                T(test_replies_out_of_order_after_the_dot_stop_that_pipelining),
         };
 #undef T
         int rc;
