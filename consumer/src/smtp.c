@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "backoff.h"
@@ -143,6 +144,11 @@ struct smtp_session {
         unsigned ss_watch; /* LOOP_* events asked for on ss_fd */
         int ss_probe; /* opened while the relay was unhealthy */
         int ss_sock_gone; /* libcurl closed the socket under us */
+        /* a plain connection: send() and recv() on ss_fd, not through
+         * libcurl (whose calls look the connection up in its multi
+         * handle's cache every time); set after the first libcurl read,
+         * which attaches the connection to the handle for good */
+        int ss_raw;
         loop_timer_t ss_timer;
         unsigned ss_messages; /* transactions started */
 
@@ -170,6 +176,10 @@ struct smtp_session {
          * commands before the "." (a 354 to MAIL or RCPT) has its replies
          * out of order: that reply was not the final one. */
         struct smtp_job *ss_held;
+        /* ss_pnext's DATA was answered already and its message queued,
+         * ending at ss_pnext_data_end (see session_out_of_order()) */
+        int ss_pnext_at_data;
+        uint64_t ss_pnext_data_end;
         int ss_pipelined;
         size_t ss_step; /* command whose reply comes next: 0 MAIL,
                          * 1..n RCPT, n+1 DATA, n+2 end of data */
@@ -228,6 +238,7 @@ struct smtp_client {
         loop_timer_t sc_retry_timer;
         int sc_healthy;
         int sc_closing;
+        int sc_plain; /* smtp:// without STARTTLS: no TLS on any session */
         /* the relay answered commands pipelined after a "." before the
          * "." itself: no more transactions are pipelined behind a "." */
         int sc_no_txn_pipelining;
@@ -739,6 +750,62 @@ static void session_set_state(struct smtp_session *s, enum ss_state to,
  * Session output
  */
 
+/*
+ * Reads @len bytes at most into @p: with recv() on a plain connection the
+ * session reads itself (ss_raw), else through libcurl. @returns 1 with
+ * *@n bytes read (0 at EOF), 0 when nothing is there (again), -1 on an
+ * error.
+ */
+static int session_recv(struct smtp_session *s, char *p, size_t len,
+                        size_t *n) {
+        if (s->ss_raw) {
+                ssize_t r = recv(s->ss_fd, p, len, 0);
+
+                if (r >= 0) {
+                        *n = (size_t)r;
+                        return 1;
+                }
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
+                               ? 0
+                               : -1;
+        }
+        switch (curl_easy_recv(s->ss_easy, p, len, n)) {
+        case CURLE_OK:
+                return 1;
+        case CURLE_AGAIN:
+                return 0;
+        default:
+                return -1;
+        }
+}
+
+/* Writes @len bytes at most from @p (see session_recv()). @returns 1 with
+ * *@n bytes written, 0 when the socket is full, -1 on an error (@err set). */
+static int session_send(struct smtp_session *s, const char *p, size_t len,
+                        size_t *n, const char **err) {
+        CURLcode rc;
+
+        if (s->ss_raw) {
+                ssize_t r = send(s->ss_fd, p, len, MSG_NOSIGNAL);
+
+                if (r >= 0) {
+                        *n = (size_t)r;
+                        return 1;
+                }
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                        return 0;
+                *err = strerror(errno);
+                return -1;
+        }
+        rc = curl_easy_send(s->ss_easy, p, len, n);
+        if (rc == CURLE_OK)
+                return 1;
+        if (rc == CURLE_AGAIN)
+                return 0;
+        *err = curl_easy_strerror(rc);
+        return -1;
+}
+
 /* Starts an output batch: the buffer is emptied when all of it was
  * written. @returns its length, for session_out_end(). */
 static size_t session_out_begin(struct smtp_session *s) {
@@ -890,36 +957,6 @@ static void session_release_held(struct smtp_session *s) {
 
 static void session_close(struct smtp_session *s);
 
-/*
- * The relay answered the commands pipelined behind a "." before the "."
- * (seen as a 354 to MAIL or RCPT): the held transaction's "final reply" was
- * another command's, so its outcome is unknown: TRANSIENT (it may have been
- * delivered). The pipelined one saw no DATA go out: it is queued again. The
- * session closes and the relay gets no more transactions behind a ".".
- */
-static void session_out_of_order(struct smtp_session *s) {
-        smtp_client_t *sc = s->ss_client;
-        struct smtp_job *held = s->ss_held, *job = s->ss_job;
-
-        if (!sc->sc_no_txn_pipelining)
-                LOG(LL_WARN,
-                    "smtp relay answers pipelined commands out of order; "
-                    "no more transactions pipelined after end of data "
-                    "relay=%s",
-                    sc->sc_relay);
-        sc->sc_no_txn_pipelining = 1;
-        s->ss_held = NULL;
-        s->ss_job = NULL;
-        session_close(s);
-        job->sj_state &= ~SJ_STATE_MASK;
-        job->sj_session = NULL;
-        queue_push(sc, job, QUEUE_FRONT);
-        client_kick(sc);
-        job_complete(sc, held, SMTP_TRANSIENT, 0,
-                     "relay answered pipelined commands out of order after "
-                     "end of data (the message may have been delivered)");
-}
-
 /* Closes the connection and moves @s to the zombie list (freed by the kick
  * timer). A job still attached must have been taken off by the caller. */
 static void session_close(struct smtp_session *s) {
@@ -950,11 +987,18 @@ static void session_close(struct smtp_session *s) {
         client_kick(sc);
         session_release_held(s);
         if (s->ss_pnext) {
-                /* pipelined, no reply yet: not an attempt */
+                /* pipelined: not an attempt, unless its message went */
                 struct smtp_job *next = s->ss_pnext;
 
                 s->ss_pnext = NULL;
-                job_retry_or_fail(sc, next, "connection closed before a reply");
+                if (s->ss_pnext_at_data) {
+                        s->ss_pnext_at_data = 0;
+                        job_complete(sc, next, SMTP_TRANSIENT, 0,
+                                     "connection closed after end of data");
+                } else {
+                        job_retry_or_fail(sc, next,
+                                          "connection closed before a reply");
+                }
         }
 }
 
@@ -997,9 +1041,9 @@ static int session_flush(struct smtp_session *s) {
         int progress = 0;
 
         for (;;) {
-                const char *p;
+                const char *p, *err = NULL;
                 size_t len, n = 0, *pos;
-                CURLcode rc;
+                int rc;
 
                 if (s->ss_out_pos < dynbuf_len(&s->ss_out)) {
                         p = dynbuf_ptr(&s->ss_out) + s->ss_out_pos;
@@ -1021,11 +1065,11 @@ static int session_flush(struct smtp_session *s) {
                                 break;
                         continue;
                 }
-                rc = curl_easy_send(s->ss_easy, p, len, &n);
-                if (rc == CURLE_AGAIN)
+                rc = session_send(s, p, len, &n, &err);
+                if (rc == 0)
                         break;
-                if (rc != CURLE_OK) {
-                        session_fail(s, curl_easy_strerror(rc));
+                if (rc < 0) {
+                        session_fail(s, err);
                         return -1;
                 }
                 *pos += n;
@@ -1182,8 +1226,6 @@ static void session_txn_begin(struct smtp_session *s, size_t sent) {
         s->ss_rcpt_ok = 0;
         s->ss_rcpt_4xx = 0;
         s->ss_acked = 0;
-        s->ss_data = NULL;
-        s->ss_data_len = s->ss_data_pos = 0;
         s->ss_data_end = 0;
 }
 
@@ -1208,6 +1250,8 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         s->ss_job = job;
         session_set_state(s, SS_TXN, "job started");
         s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
+        s->ss_data = NULL;
+        s->ss_data_len = s->ss_data_pos = 0;
         sent = session_queue_txn(s, job, params);
         session_txn_begin(s, sent);
         if (sent == 0) {
@@ -1230,7 +1274,10 @@ static int session_pipeline_next(struct smtp_session *s) {
 
         while (s->ss_state == SS_TXN && s->ss_pipelined &&
                !sc->sc_no_txn_pipelining && !s->ss_pnext &&
-               s->ss_data_end > 0 && sc->sc_q_head &&
+               s->ss_data_pos ==
+                       s->ss_data_len && /* none from a job's buffer */
+               s->ss_data_end > 0 &&
+               sc->sc_q_head &&
                s->ss_messages < (unsigned)sc->sc_conf.session_max_messages) {
                 struct smtp_job *job = sc->sc_q_head;
                 char params[64], msg[sizeof(job->reply)];
@@ -1271,33 +1318,45 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         return session_flush(s);
 }
 
-/* DATA was answered 354: queue the message and its ".\r\n", and the next
- * transaction behind it when there is one. */
-static void session_start_data(struct smtp_session *s) {
-        smtp_client_t *sc = s->ss_client;
-        const struct smtp_job *job = s->ss_job;
+/* Queues @job's message and its ".\r\n": copied behind what is queued
+ * when @copy and it is small, else written from the job's buffer once the
+ * output buffer is. @returns the output position where it ends, or 0 when
+ * the output buffer failed. */
+static uint64_t session_queue_data(struct smtp_session *s,
+                                   const struct smtp_job *job, int copy) {
         size_t len = job->data_len + 3; /* with its ".\r\n" */
 
-        s->ss_sent = job->rcpt_cnt + 3;
-        if (s->ss_pipelined && !sc->sc_no_txn_pipelining && sc->sc_q_head &&
-            len <= SMTP_DATA_COPY_MAX) {
+        if (copy && len <= SMTP_DATA_COPY_MAX) {
                 size_t from = session_out_begin(s);
 
                 dynbuf_append(&s->ss_out, job->data, len);
-                if (session_out_end(s, from) == -1) {
-                        session_fail(s, session_cmd_error(s));
-                        return;
-                }
-                s->ss_data_end = s->ss_out_queued;
-                if (session_pipeline_next(s) == -1)
-                        return;
+                if (session_out_end(s, from) == -1)
+                        return 0;
         } else {
                 s->ss_data = job->data;
                 s->ss_data_len = len;
                 s->ss_data_pos = 0;
                 s->ss_out_queued += len;
-                s->ss_data_end = s->ss_out_queued;
         }
+        return s->ss_out_queued;
+}
+
+/* DATA was answered 354: queue the message and its ".\r\n", and the next
+ * transaction behind it when there is one. */
+static void session_start_data(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+        const struct smtp_job *job = s->ss_job;
+        int follow = s->ss_pipelined && !sc->sc_no_txn_pipelining &&
+                     sc->sc_q_head != NULL;
+
+        s->ss_sent = job->rcpt_cnt + 3;
+        s->ss_data_end = session_queue_data(s, job, follow);
+        if (s->ss_data_end == 0) {
+                session_fail(s, session_cmd_error(s));
+                return;
+        }
+        if (follow && session_pipeline_next(s) == -1)
+                return;
         session_arm(s);
         session_flush(s);
 }
@@ -1305,11 +1364,93 @@ static void session_start_data(struct smtp_session *s) {
 /* ss_job's final reply came: ss_pnext, if any, takes its place. */
 static void session_promote_next(struct smtp_session *s) {
         struct smtp_job *next = s->ss_pnext;
+        size_t n = next->rcpt_cnt;
 
         s->ss_pnext = NULL;
         s->ss_job = next;
-        session_txn_begin(s, next->rcpt_cnt + 2);
+        if (s->ss_pnext_at_data) {
+                /* only its final reply is still to come */
+                session_txn_begin(s, n + 3);
+                s->ss_step = n + 2;
+                s->ss_rcpt_ok = n;
+                s->ss_acked = 1;
+                s->ss_data_end = s->ss_pnext_data_end;
+                s->ss_pnext_at_data = 0;
+        } else {
+                session_txn_begin(s, n + 2);
+        }
         session_arm(s);
+}
+
+static void job_clear_rcpt_failures(struct smtp_job *job) {
+        for (size_t i = 0; i < job->rcpt_failure_cnt; i++) {
+                free(job->rcpt_failures[i].rcpt);
+                free(job->rcpt_failures[i].reply);
+        }
+        free(job->rcpt_failures);
+        job->rcpt_failures = NULL;
+        job->rcpt_failure_cnt = 0;
+}
+
+/*
+ * The relay answered the commands pipelined behind a "." before the "."
+ * itself: a 354 came where ss_job's RCPT reply @step was due, while the
+ * transaction before it (ss_held) waits. No more transactions go behind a
+ * "." to this relay.
+ *
+ * When every reply so far was a success and the 354 came at the last RCPT,
+ * the replies were those of ss_job's own commands, one step early
+ * (smtp-sink -W does that: it holds the reply to "." and answers what
+ * follows): the "final reply" held was ss_job's MAIL reply. Then the
+ * session goes on as the server sees it: ss_held waits for its real final
+ * reply, and ss_job's message is sent now, its final reply after that.
+ *
+ * Otherwise the held transaction's outcome is unknown: TRANSIENT (it may
+ * have been delivered); ss_job saw no message go out and is queued again;
+ * the session closes.
+ */
+static void session_out_of_order(struct smtp_session *s, size_t step) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_job *held = s->ss_held, *job = s->ss_job;
+        size_t n = job->rcpt_cnt;
+        int realign = step == n && s->ss_rcpt_ok + 1 == n &&
+                      held->outcome == SMTP_OK && job->rcpt_failure_cnt == 0;
+
+        if (!sc->sc_no_txn_pipelining)
+                LOG(LL_WARN,
+                    "smtp relay answers pipelined commands out of order; "
+                    "no more transactions pipelined after end of data "
+                    "relay=%s replies=%s",
+                    sc->sc_relay, realign ? "realigned" : "unknown");
+        sc->sc_no_txn_pipelining = 1;
+        s->ss_held = NULL;
+        if (realign) {
+                s->ss_job = held;
+                s->ss_pnext = job;
+                session_txn_begin(s, held->rcpt_cnt + 3);
+                s->ss_step = held->rcpt_cnt + 2;
+                s->ss_acked = 1;
+                s->ss_data_end = s->ss_out_written; /* all of it went */
+                s->ss_pnext_at_data = 1;
+                s->ss_pnext_data_end = session_queue_data(s, job, 1);
+                if (s->ss_pnext_data_end == 0) {
+                        session_fail(s, session_cmd_error(s));
+                        return;
+                }
+                session_arm(s);
+                session_flush(s);
+                return;
+        }
+        s->ss_job = NULL;
+        session_close(s);
+        job_clear_rcpt_failures(job);
+        job->sj_state &= ~SJ_STATE_MASK;
+        job->sj_session = NULL;
+        queue_push(sc, job, QUEUE_FRONT);
+        client_kick(sc);
+        job_complete(sc, held, SMTP_TRANSIENT, 0,
+                     "relay answered pipelined commands out of order after "
+                     "end of data (the message may have been delivered)");
 }
 
 /* Handles one reply of a transaction. */
@@ -1335,7 +1476,7 @@ static void session_txn_reply(struct smtp_session *s, int code,
         }
         if (s->ss_held) {
                 if (code == 354 && step <= n) {
-                        session_out_of_order(s);
+                        session_out_of_order(s, step);
                         return;
                 }
                 if (step == n + 1 || code == 421)
@@ -1408,6 +1549,15 @@ static void session_txn_reply(struct smtp_session *s, int code,
 
         /* end of data: the transaction is over whatever the reply */
         job = session_take_job(s);
+        if (s->ss_pnext && s->ss_pnext_at_data) {
+                session_promote_next(s);
+                job_complete(sc, job,
+                             klass == 2   ? SMTP_OK
+                             : klass == 5 ? SMTP_PERMANENT
+                                          : SMTP_TRANSIENT,
+                             code, text);
+                return;
+        }
         if (s->ss_pnext) {
                 job->outcome = klass == 2   ? SMTP_OK
                                : klass == 5 ? SMTP_PERMANENT
@@ -1506,13 +1656,15 @@ static int session_process_input(struct smtp_session *s) {
         return 0;
 }
 
-/* Reads until libcurl says CURLE_AGAIN (TLS may hold decrypted bytes the
- * socket no longer shows) and handles every complete reply. */
+/* Reads until there is nothing more (through libcurl: until CURLE_AGAIN,
+ * TLS may hold decrypted bytes the socket no longer shows; a plain socket
+ * read short is drained, the loop's level-triggered wake says when more
+ * comes) and handles every complete reply. */
 static void session_read(struct smtp_session *s) {
         for (;;) {
                 char *p = dynbuf_reserve(&s->ss_in, SMTP_IN_READ);
-                size_t n = 0;
-                CURLcode rc;
+                size_t n = 0, room;
+                int rc;
 
                 if (p == NULL) {
                         session_fail(
@@ -1521,10 +1673,11 @@ static void session_read(struct smtp_session *s) {
                                            : "protocol error (reply too long)");
                         return;
                 }
-                rc = curl_easy_recv(s->ss_easy, p, dynbuf_avail(&s->ss_in), &n);
-                if (rc == CURLE_AGAIN)
+                room = dynbuf_avail(&s->ss_in);
+                rc = session_recv(s, p, room, &n);
+                if (rc == 0)
                         return;
-                if (rc != CURLE_OK) {
+                if (rc < 0) {
                         session_fail(s, "connection lost");
                         return;
                 }
@@ -1538,6 +1691,8 @@ static void session_read(struct smtp_session *s) {
                 }
                 dynbuf_setlen(&s->ss_in, dynbuf_len(&s->ss_in) + n);
                 if (session_process_input(s) == -1)
+                        return;
+                if (s->ss_raw && n < room)
                         return;
         }
 }
@@ -1847,6 +2002,8 @@ static void session_connected(struct smtp_session *s) {
         /* the first recv re-attaches the connection to the handle (no
          * pruning from now on) and notices a server that hung up */
         session_read(s);
+        if (s->ss_state != SS_DEAD)
+                s->ss_raw = sc->sc_plain;
         if (s->ss_state == SS_IDLE)
                 session_next(s);
 }
@@ -2179,6 +2336,8 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
         if (client_parse_url(sc, scc->url, scc->helo_name, errstr,
                              errstr_size) == -1)
                 goto err;
+        sc->sc_plain = strncmp(sc->sc_relay, "smtp://", 7) == 0 &&
+                       scc->starttls == CONFIG_TLS_OFF;
         sc->sc_username = smtp_strdup0(scc->username);
         sc->sc_password = smtp_strdup0(scc->password);
         sc->sc_ca_file = smtp_strdup0(scc->ca_file);
@@ -2217,6 +2376,7 @@ void smtp_client_destroy(smtp_client_t *sc) {
                         s->ss_pnext->sj_state = SJ_IDLE;
                         s->ss_pnext->sj_session = NULL;
                         s->ss_pnext = NULL;
+                        s->ss_pnext_at_data = 0;
                 }
                 if (s->ss_held) {
                         s->ss_held->sj_state = SJ_IDLE;

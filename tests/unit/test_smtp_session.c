@@ -1150,22 +1150,19 @@ test_a_large_message_is_followed_by_the_next_transaction(void **state) {
 }
 
 /* A relay that answers the commands pipelined after a "." before the "."
- * (smtp-sink -W does): the 354 comes where a RCPT reply was due. The first
- * job's outcome is unknown (TRANSIENT, it may have been delivered), the
- * second goes again on a new session, and the relay gets no more
- * transactions pipelined behind a ".". */
-static void
-test_replies_out_of_order_after_the_dot_stop_that_pipelining(void **state) {
+ * (smtp-sink -W does): the 354 comes where the last RCPT reply was due and
+ * every reply so far was a success, so they were job 1's own replies, one
+ * step early. Job 1's message goes, then both final replies come in order;
+ * nothing is lost or sent twice, and the relay gets no more transactions
+ * pipelined behind a ".". */
+static void test_replies_ahead_of_the_final_dot_are_realigned(void **state) {
         const struct peer_step script[] = {
                 TXN0_TO_DOT,
                 TXN1_PIPELINED,
                 SEND("250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n354 go\r\n"),
-                CLIENT_CLOSES,
-                OPEN(CAPS_PIPELINING),
-                TXN1_PIPELINED,
-                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
                 DATA,
-                /* job 2 waits for this reply: nothing pipelined after "." */
+                SEND("250 2.0.0 queued as A\r\n"),
+                /* job 2 waits for job 1's final reply */
                 QUIET(50),
                 SEND("250 2.0.0 queued as B\r\n"),
                 TXN2_OK,
@@ -1178,9 +1175,45 @@ test_replies_out_of_order_after_the_dot_stop_that_pipelining(void **state) {
         fx_job(f, 1, rcpt1, BODY2);
         fx_job(f, 2, rcpt1, BODY2);
         fx_run(f, script, 3);
+        assert_outcome(&f->jobs[0], SMTP_OK, 250, "2.0.0 queued as A");
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->jobs[1].rcpt_failure_cnt, 0);
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload), BODY BODY2 BODY2);
+        assert_int_equal(f->peer.p_accepts, 1);
+}
+
+/* Replies out of order in a way that cannot be read back (the 354 comes
+ * before the last RCPT reply was due): the first job's outcome is unknown
+ * (TRANSIENT: it may have been delivered), the second goes again on a new
+ * session, where nothing is pipelined behind a "." any more. */
+static void
+test_replies_out_of_order_that_cannot_be_realigned_close(void **state) {
+        const struct peer_step script[] = {
+                TXN0_TO_DOT,
+                TXN3_PIPELINED,
+                SEND("250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n354 go\r\n"),
+                CLIENT_CLOSES,
+                OPEN(CAPS_PIPELINING),
+                TXN3_PIPELINED,
+                SEND("250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                QUIET(50),
+                SEND("250 2.0.0 queued as B\r\n"),
+                TXN2_OK,
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+
+        fx_job(f, 0, rcpt1, BODY);
+        fx_job(f, 1, rcpt3, BODY2);
+        fx_job(f, 2, rcpt1, BODY2);
+        fx_run(f, script, 3);
         assert_int_equal(f->jobs[0].outcome, SMTP_TRANSIENT);
         assert_non_null(strstr(f->jobs[0].reply, "out of order"));
         assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->jobs[1].rcpt_failure_cnt, 0);
         assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as B");
         assert_int_equal(f->peer.p_accepts, 2);
 }
@@ -1221,7 +1254,8 @@ int main(void) {
                 T(test_a_drop_with_the_next_pipelined_requeues_only_the_next),
                 T(test_a_refused_mail_of_the_pipelined_next_is_its_own_outcome),
                 T(test_a_large_message_is_followed_by_the_next_transaction),
-                T(test_replies_out_of_order_after_the_dot_stop_that_pipelining),
+                T(test_replies_ahead_of_the_final_dot_are_realigned),
+                T(test_replies_out_of_order_that_cannot_be_realigned_close),
         };
 #undef T
         int rc;
