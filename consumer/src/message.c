@@ -430,6 +430,17 @@ static void write_addresses(struct dynbuf *b, struct dynbuf *scratch,
         hdr_end(&h);
 }
 
+/* Appends the @width low decimal digits of @v (0 <= @v), zero-padded. */
+static void put_digits(struct dynbuf *b, int v, int width) {
+        char d[10];
+
+        for (int i = width - 1; i >= 0; i--) {
+                d[i] = (char)('0' + v % 10);
+                v /= 10;
+        }
+        dynbuf_append(b, d, (size_t)width);
+}
+
 static void write_date(struct dynbuf *b, int64_t ms) {
         static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
                                            "Thu", "Fri", "Sat"};
@@ -443,9 +454,32 @@ static void write_date(struct dynbuf *b, int64_t ms) {
                 dynbuf_fail(b, DYNBUF_ENOMEM);
                 return;
         }
-        dynbuf_appendf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
-                       days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-                       tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (tm.tm_year + 1900 < 1000 || tm.tm_year + 1900 > 9999) {
+                dynbuf_appendf(
+                        b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
+                        days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+                        tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                return;
+        }
+        /* The common case without printf: "Date: Www, D Mmm YYYY HH:MM:SS
+         * +0000" */
+        dynbuf_appends(b, "Date: ");
+        dynbuf_appends(b, days[tm.tm_wday]);
+        dynbuf_append(b, ", ", 2);
+        if (tm.tm_mday >= 10)
+                dynbuf_appendc(b, (char)('0' + tm.tm_mday / 10));
+        dynbuf_appendc(b, (char)('0' + tm.tm_mday % 10));
+        dynbuf_appendc(b, ' ');
+        dynbuf_appends(b, months[tm.tm_mon]);
+        dynbuf_appendc(b, ' ');
+        put_digits(b, tm.tm_year + 1900, 4);
+        dynbuf_appendc(b, ' ');
+        put_digits(b, tm.tm_hour, 2);
+        dynbuf_appendc(b, ':');
+        put_digits(b, tm.tm_min, 2);
+        dynbuf_appendc(b, ':');
+        put_digits(b, tm.tm_sec, 2);
+        dynbuf_appends(b, " +0000\r\n");
 }
 
 /* RFC 5987 attr-char: sent as it is in an extended parameter value. */
@@ -554,49 +588,13 @@ struct body_info {
         size_t out7; /* 7bit output length: CRLF line ends, dot-stuffed */
 };
 
-/*
- * Chooses the transfer encoding of a text body: 7bit when it is ASCII, each
- * line (dot-stuffed) fits LINE_HARD and it cannot contain a boundary ("=_km_"),
- * quoted-printable otherwise.
- */
-static void body_scan(const char *s, size_t len, struct body_info *bi) {
-        size_t line = 0;
-        size_t out = 0;
-        int ascii = 1;
-        int too_long = 0;
-
-        for (size_t i = 0; i < len; i++) {
-                unsigned char c = (unsigned char)s[i];
-
-                if (c == '\r' || c == '\n') {
-                        if (c == '\r' && i + 1 < len && s[i + 1] == '\n')
-                                i++;
-                        out += 2;
-                        line = 0;
-                        continue;
-                }
-                if (c >= 0x80)
-                        ascii = 0;
-                if (line == 0 && c == '.') {
-                        line++;
-                        out++;
-                }
-                line++;
-                out++;
-                if (line > LINE_HARD)
-                        too_long = 1;
-        }
-        bi->out7 = out;
-        bi->qp = !ascii || too_long || memmem(s, len, "=_km_", 5) != NULL;
-}
-
 /* @returns the length of the line at @s + @i: bytes up to CR, LF or @len. */
 static size_t line_len(const char *s, size_t i, size_t len) {
-        size_t n = 0;
+        const char *lf = memchr(s + i, '\n', len - i);
+        size_t end = lf != NULL ? (size_t)(lf - s) : len;
+        const char *cr = memchr(s + i, '\r', end - i);
 
-        while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
-                n++;
-        return n;
+        return (cr != NULL ? (size_t)(cr - s) : end) - i;
 }
 
 /* @returns the index past the line end (CRLF, CR or LF) at @s + @i, which
@@ -605,6 +603,64 @@ static size_t past_line_end(const char *s, size_t i, size_t len) {
         if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
                 i++;
         return i + 1;
+}
+
+/* @returns whether any of @len bytes at @s is not ASCII. */
+static int has_non_ascii(const char *s, size_t len) {
+        uint64_t acc = 0;
+        size_t i = 0;
+
+        for (; i + 8 <= len; i += 8) {
+                uint64_t w;
+
+                memcpy(&w, s + i, 8);
+                acc |= w;
+        }
+        for (; i < len; i++)
+                acc |= (unsigned char)s[i];
+        return (acc & 0x8080808080808080u) != 0;
+}
+
+/* @returns whether @len bytes at @s hold "=_km_", how every boundary
+ * starts. */
+static int has_boundary_prefix(const char *s, size_t len) {
+        const char *end = s + len;
+        const char *p = s;
+
+        while ((p = memchr(p, '=', (size_t)(end - p))) != NULL) {
+                if ((size_t)(end - p) >= 5 && memcmp(p, "=_km_", 5) == 0)
+                        return 1;
+                p++;
+        }
+        return 0;
+}
+
+/*
+ * Chooses the transfer encoding of a text body: 7bit when it is ASCII, each
+ * line (dot-stuffed) fits LINE_HARD and it cannot contain a boundary ("=_km_"),
+ * quoted-printable otherwise.
+ */
+static void body_scan(const char *s, size_t len, struct body_info *bi) {
+        size_t out = 0;
+        int too_long = 0;
+        size_t i = 0;
+
+        for (;;) {
+                size_t n = line_len(s, i, len);
+                size_t dot = n > 0 && s[i] == '.';
+
+                out += n + dot;
+                if (n + dot > LINE_HARD)
+                        too_long = 1;
+                i += n;
+                if (i >= len)
+                        break;
+                i = past_line_end(s, i, len);
+                out += 2;
+        }
+        bi->out7 = out;
+        bi->qp = too_long || has_non_ascii(s, len) ||
+                 has_boundary_prefix(s, len);
 }
 
 /* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
@@ -703,10 +759,13 @@ static void write_text_part(struct dynbuf *b, const char *subtype,
         struct body_info bi;
 
         body_scan(body, len, &bi);
-        dynbuf_appendf(b,
-                       "Content-Type: text/%s; charset=utf-8\r\n"
-                       "Content-Transfer-Encoding: %s\r\n\r\n",
-                       subtype, bi.qp ? "quoted-printable" : "7bit");
+        dynbuf_appends(b, "Content-Type: text/");
+        dynbuf_appends(b, subtype);
+        dynbuf_appends(b, bi.qp ? "; charset=utf-8\r\n"
+                                  "Content-Transfer-Encoding: "
+                                  "quoted-printable\r\n\r\n"
+                                : "; charset=utf-8\r\n"
+                                  "Content-Transfer-Encoding: 7bit\r\n\r\n");
         if (bi.qp)
                 write_qp(b, body, len);
         else
@@ -755,11 +814,19 @@ static void write_attachment(struct dynbuf *b,
         write_base64_lines(b, a->data, a->data_len);
 }
 
+/* Appends @pre, @boundary and @post. */
+static void write_boundary(struct dynbuf *b, const char *pre,
+                           const char *boundary, const char *post) {
+        dynbuf_appends(b, pre);
+        dynbuf_appends(b, boundary);
+        dynbuf_appends(b, post);
+}
+
 static void write_multipart_header(struct dynbuf *b, const char *subtype,
                                    const char *boundary) {
-        dynbuf_appendf(
-                b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
-                subtype, boundary);
+        dynbuf_appends(b, "Content-Type: multipart/");
+        dynbuf_appends(b, subtype);
+        write_boundary(b, ";\r\n boundary=\"", boundary, "\"\r\n\r\n");
 }
 
 /* Writes the body part(s) of @req: one text part or a multipart/alternative. */
@@ -767,11 +834,11 @@ static void write_body(struct dynbuf *b, const struct mail_request *req,
                        const char *alt_boundary) {
         if (req->text != NULL && req->html != NULL) {
                 write_multipart_header(b, "alternative", alt_boundary);
-                dynbuf_appendf(b, "--%s\r\n", alt_boundary);
+                write_boundary(b, "--", alt_boundary, "\r\n");
                 write_text_part(b, "plain", req->text);
-                dynbuf_appendf(b, "\r\n--%s\r\n", alt_boundary);
+                write_boundary(b, "\r\n--", alt_boundary, "\r\n");
                 write_text_part(b, "html", req->html);
-                dynbuf_appendf(b, "\r\n--%s--\r\n", alt_boundary);
+                write_boundary(b, "\r\n--", alt_boundary, "--\r\n");
         } else if (req->text != NULL) {
                 write_text_part(b, "plain", req->text);
         } else {
@@ -955,13 +1022,13 @@ struct message *message_build(const struct mail_request *req,
 
         if (req->attachment_cnt > 0) {
                 write_multipart_header(&b, "mixed", mixed);
-                dynbuf_appendf(&b, "--%s\r\n", mixed);
+                write_boundary(&b, "--", mixed, "\r\n");
                 write_body(&b, req, alt);
                 for (size_t i = 0; i < req->attachment_cnt; i++) {
-                        dynbuf_appendf(&b, "\r\n--%s\r\n", mixed);
+                        write_boundary(&b, "\r\n--", mixed, "\r\n");
                         write_attachment(&b, &req->attachments[i]);
                 }
-                dynbuf_appendf(&b, "\r\n--%s--\r\n", mixed);
+                write_boundary(&b, "\r\n--", mixed, "--\r\n");
         } else {
                 write_body(&b, req, alt);
                 size_t len = dynbuf_len(&b);
