@@ -44,6 +44,23 @@ static int jp_hex4(const unsigned char *p, uint32_t *out) {
         return 0;
 }
 
+/* @returns whether none of the 8 bytes at @p ends a plain run of a string:
+ * a control byte, a byte of 0x80 or more, a quote or a backslash. */
+static int jp_word_plain(const unsigned char *p) {
+        const uint64_t ones = 0x0101010101010101u;
+        const uint64_t highs = 0x8080808080808080u;
+        uint64_t w, q, b, hit;
+
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* Each term has a high bit set when some byte is below 0x20, is 0x80
+         * or more, is a quote (q has a zero byte), is a backslash. */
+        hit = ((w - ones * 0x20) & ~w) | w | ((q - ones) & ~q) |
+              ((b - ones) & ~b);
+        return (hit & highs) == 0;
+}
+
 /* Reads the string whose opening quote is at jp->p. Unescaped, it is left
  * in the input; escaped, it is decoded into jp->scratch.
  * @returns 0 with *s and *n set, or -1. */
@@ -58,9 +75,15 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                 size_t len;
 
                 /* the run up to a quote, a backslash or a byte to check */
-                while (p < jp->end && *p >= 0x20 && *p < 0x80 && *p != '"' &&
-                       *p != '\\')
+                while (p < jp->end) {
+                        if (jp->end - p >= 8 && jp_word_plain(p)) {
+                                p += 8;
+                                continue;
+                        }
+                        if (*p < 0x20 || *p >= 0x80 || *p == '"' || *p == '\\')
+                                break;
                         p++;
+                }
                 if (escaped) {
                         memcpy(jp->scratch + o, run, (size_t)(p - run));
                         o += (size_t)(p - run);

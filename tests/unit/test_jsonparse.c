@@ -159,6 +159,44 @@ static void test_a_json_string_of_any_bytes_is_valid_utf8(void **state) {
         }
 }
 
+/* A string is read 8 bytes at a time: a byte that ends a plain run (a
+ * quote, a backslash, a control byte, UTF-8, each byte value around those)
+ * is found at every position of a word and across two words, alike with
+ * jansson (parsed the same, or rejected by both). */
+static void test_string_bytes_found_at_every_position(void **state) {
+        static const char *const specials[] = {
+                "\\\"",    "\\\\",     "\\n",
+                "\\u00e9", "\"",       "\x1f",
+                "\x01",    "\xc3\xa9", "\xe2\x82\xac",
+                "\xc3",    "\x7f",     " ",
+                "!",       "#",        "[",
+                "]",       "\x21",     "\x5b",
+                "\x5d",
+        };
+
+        (void)state;
+        for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++) {
+                for (size_t pos = 0; pos < 20; pos++) {
+                        char s[64];
+                        int n = snprintf(s, sizeof(s), "\"%.*s%s%.*s\"",
+                                         (int)pos, "abcdefghijklmnopqrstu",
+                                         specials[k], (int)(19 - pos),
+                                         "ABCDEFGHIJKLMNOPQRSTU");
+                        json_t *fast = jsonparse_loadb(s, (size_t)n);
+                        json_t *ref = reference(s, (size_t)n);
+
+                        if (fast != NULL &&
+                            (ref == NULL || !json_equal(fast, ref)))
+                                fail_msg("not parsed alike: %s", s);
+                        if (fast == NULL && ref != NULL &&
+                            specials[k][0] != '"')
+                                fail_msg("fast path left: %s", s);
+                        json_decref(fast);
+                        json_decref(ref);
+                }
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_request_takes_the_fast_path),
@@ -166,6 +204,7 @@ int main(void) {
                 cmocka_unit_test(test_what_the_fast_path_leaves_to_jansson),
                 cmocka_unit_test(test_invalid_json_is_rejected_by_both),
                 cmocka_unit_test(test_a_json_string_of_any_bytes_is_valid_utf8),
+                cmocka_unit_test(test_string_bytes_found_at_every_position),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
