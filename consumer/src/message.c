@@ -3,7 +3,6 @@
 #include "hash.h"
 #include "utf8.h"
 
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -878,7 +877,7 @@ static int check_msgid_domain(const char *d, int utf8) {
 
 int message_id_for(const struct mail_request *req, const char *domain,
                    char *buf, size_t buf_size) {
-        int n;
+        size_t id_len, domain_len;
 
         if (domain == NULL || *domain == '\0') {
                 const char *at = strrchr(req->from.addr, '@');
@@ -889,10 +888,31 @@ int message_id_for(const struct mail_request *req, const char *domain,
         }
         if (check_msgid_domain(domain, req->smtputf8) != 0)
                 return -1;
-        n = snprintf(buf, buf_size, "<%s@%s>", req->id, domain);
-        if (n < 0 || (size_t)n >= buf_size)
+        id_len = strlen(req->id);
+        domain_len = strlen(domain);
+        if (id_len + domain_len + 3 >= buf_size)
                 return -1;
+        buf[0] = '<';
+        memcpy(buf + 1, req->id, id_len);
+        buf[1 + id_len] = '@';
+        memcpy(buf + 2 + id_len, domain, domain_len);
+        memcpy(buf + 2 + id_len + domain_len, ">", 2);
         return 0;
+}
+
+/* Writes the boundary "=_km_<@hash, 16 hex digits>_<@kind>" at @out (at
+ * least 24 bytes). */
+static void boundary_of(char *out, uint64_t hash, char kind) {
+        static const char hex_lower[] = "0123456789abcdef";
+
+        memcpy(out, "=_km_", 5);
+        for (int i = 15; i >= 0; i--) {
+                out[5 + i] = hex_lower[hash & 15];
+                hash >>= 4;
+        }
+        out[21] = '_';
+        out[22] = kind;
+        out[23] = '\0';
 }
 
 /* A first guess of the output size, so most messages need one allocation. */
@@ -991,8 +1011,8 @@ struct message *message_build(const struct mail_request *req,
         if (msg == NULL || build_envelope(msg, req, mid) != 0)
                 goto oom;
         msg->smtputf8 = req->smtputf8;
-        snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
-        snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
+        boundary_of(alt, hash, 'a');
+        boundary_of(mixed, hash, 'm');
         estimate = estimate_size(req);
         if (dynbuf_reserve(&b, opts->headroom +
                                        (estimate < MESSAGE_MAX_BYTES

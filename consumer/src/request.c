@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cstr.h"
 #include "jsonparse.h"
 #include "utf8.h"
 
@@ -1283,7 +1284,7 @@ struct mail_request *request_parse(const char *json, size_t len,
         }
         idv = json_object_get(root, "id");
         if (idv != NULL && json_is_string(idv) && idbuf_size > 0)
-                snprintf(idbuf, idbuf_size, "%s", json_string_value(idv));
+                cstr_copy(idbuf, idbuf_size, json_string_value(idv));
 
         if (check_unknown_fields(root, errstr, errstr_size) != 0 ||
             check_version(root, errstr, errstr_size) != 0 ||

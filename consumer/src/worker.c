@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "consumer.h"
+#include "cstr.h"
 #include "dedupe.h"
 #include "jsonparse.h"
 #include "kstatus.h"
@@ -797,13 +798,12 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                                                               : 2;
         done.smtp_code = code;
         done.attempts = e->e_attempts;
-        snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s",
-                 reply ? reply : "");
-        snprintf(done.error, sizeof(done.error), "%s", error ? error : "");
-        snprintf(done.message_id, sizeof(done.message_id), "%s",
-                 rec.message_id ? rec.message_id : "");
-        snprintf(done.source_topic, sizeof(done.source_topic), "%s",
-                 rec.source.topic);
+        cstr_copy(done.smtp_reply, sizeof(done.smtp_reply), reply ? reply : "");
+        cstr_copy(done.error, sizeof(done.error), error ? error : "");
+        cstr_copy(done.message_id, sizeof(done.message_id),
+                  rec.message_id ? rec.message_id : "");
+        cstr_copy(done.source_topic, sizeof(done.source_topic),
+                  rec.source.topic);
         done.source_partition = rec.source.partition;
         done.source_offset = rec.source.offset;
         dedupe_finish(w->w_dedupe, e->e_req->id, &done, rec.completed_ms);
