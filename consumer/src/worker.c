@@ -291,7 +291,7 @@ static struct entry *entry_new(worker_t *w, struct worker_topic *wt,
         e->e_offset = offset;
         e->e_origin_partition = ledger_part_partition(p);
         e->e_origin_offset = offset;
-        e->e_received_ms = results_wall_ms();
+        e->e_received_ms = loop_wall_ms(w->w_loop);
         loop_timer_init(&e->e_timer, entry_on_timer, e);
         e->e_next = w->w_entries;
         if (w->w_entries)
@@ -435,7 +435,7 @@ static void entry_finish_duplicate(struct entry *e,
         rec.duplicate_of = &dup;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.duplicates++;
@@ -457,8 +457,8 @@ static int entry_claim(struct entry *e) {
 
         if (!w->w_dedupe)
                 return 1;
-        switch (dedupe_claim(w->w_dedupe, e->e_req->id, e, results_wall_ms(),
-                             &leader, &done)) {
+        switch (dedupe_claim(w->w_dedupe, e->e_req->id, e,
+                             loop_wall_ms(w->w_loop), &leader, &done)) {
         case DEDUPE_NEW:
                 e->e_leader = 1;
                 return 1;
@@ -757,7 +757,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.source.offset = e->e_origin_offset;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
 
@@ -1025,7 +1025,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
  * deadline has passed. */
 static void entry_start(struct entry *e) {
         worker_t *w = e->e_worker;
-        int64_t now = results_wall_ms();
+        int64_t now = loop_wall_ms(w->w_loop);
         struct relay_route route;
 
         if (e->e_req->deadline_ms && now >= e->e_req->deadline_ms) {
@@ -1126,7 +1126,7 @@ static void worker_reject(worker_t *w, struct entry *e,
         rec.source = src;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.rejected++;
         results_publish(w->w_results, &rec, e);
