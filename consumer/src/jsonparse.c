@@ -7,12 +7,15 @@
 
 /* Integers of more digits than this are left to jansson (overflow). */
 #define JSONPARSE_INT_DIGITS 18
+/* The scratch buffer on the stack: most requests need no other. */
+#define JSONPARSE_STACK_SCRATCH 4096
 
 struct jp {
         const unsigned char *p;
         const unsigned char *end;
         char *scratch; /* decoded escaped strings */
         size_t scratch_cap;
+        int scratch_heap; /* scratch was allocated (else on the stack) */
         int depth;
 };
 
@@ -110,12 +113,16 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                         size_t need = (size_t)(jp->end - start);
 
                         if (need > jp->scratch_cap) {
-                                char *ns = realloc(jp->scratch, need);
+                                /* Nothing in it is needed any more. */
+                                char *ns = malloc(need);
 
                                 if (!ns)
                                         return -1;
+                                if (jp->scratch_heap)
+                                        free(jp->scratch);
                                 jp->scratch = ns;
                                 jp->scratch_cap = need;
+                                jp->scratch_heap = 1;
                         }
                         o = (size_t)(p - start);
                         memcpy(jp->scratch, start, o);
@@ -350,8 +357,11 @@ static json_t *jp_value(struct jp *jp) {
 }
 
 json_t *jsonparse_loadb(const char *buf, size_t len) {
+        char stack[JSONPARSE_STACK_SCRATCH];
         struct jp jp = {.p = (const unsigned char *)buf,
-                        .end = (const unsigned char *)buf + len};
+                        .end = (const unsigned char *)buf + len,
+                        .scratch = stack,
+                        .scratch_cap = sizeof(stack)};
         json_t *v;
 
         jp_ws(&jp);
@@ -363,7 +373,8 @@ json_t *jsonparse_loadb(const char *buf, size_t len) {
                         v = NULL;
                 }
         }
-        free(jp.scratch);
+        if (jp.scratch_heap)
+                free(jp.scratch);
         return v;
 }
 

@@ -197,6 +197,44 @@ static void test_string_bytes_found_at_every_position(void **state) {
         }
 }
 
+/* Writes @len characters at @s + @n: @c, with an escape \@esc every 7th.
+ * @returns the new length. */
+static size_t put_escaped(char *s, size_t n, size_t len, char c, char esc) {
+        for (size_t k = 0; k < len; k++) {
+                if (k % 7 == 0) {
+                        s[n++] = '\\';
+                        s[n++] = esc;
+                } else {
+                        s[n++] = c;
+                }
+        }
+        return n;
+}
+
+/* Escaped strings are decoded alike whether they fit the parser's stack
+ * buffer or not: short, one past it, two long ones (the second larger). */
+static void test_escaped_strings_of_any_length_decode_alike(void **state) {
+        static const size_t lens[][2] = {
+                {10, 10}, {3000, 10}, {5000, 10}, {5000, 9000}, {9000, 5000},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+                size_t cap = lens[i][0] * 2 + lens[i][1] * 2 + 64;
+                char *s = malloc(cap);
+                size_t n = 0;
+
+                assert_non_null(s);
+                n += (size_t)snprintf(s + n, cap - n, "{\"a\":\"");
+                n = put_escaped(s, n, lens[i][0], 'x', 'n');
+                n += (size_t)snprintf(s + n, cap - n, "\",\"b\\u0062\":\"");
+                n = put_escaped(s, n, lens[i][1], 'y', 't');
+                n += (size_t)snprintf(s + n, cap - n, "\"}");
+                assert_fast(s, n);
+                free(s);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_request_takes_the_fast_path),
@@ -205,6 +243,8 @@ int main(void) {
                 cmocka_unit_test(test_invalid_json_is_rejected_by_both),
                 cmocka_unit_test(test_a_json_string_of_any_bytes_is_valid_utf8),
                 cmocka_unit_test(test_string_bytes_found_at_every_position),
+                cmocka_unit_test(
+                        test_escaped_strings_of_any_length_decode_alike),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
