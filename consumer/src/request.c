@@ -520,6 +520,23 @@ static void addresses_free(struct mail_address *a, size_t cnt) {
         free(a);
 }
 
+/* Makes "@name: reason" in @errstr "@name[@i]: reason" (a reason about an
+ * array element is written with the array's name, which is all that most
+ * requests, those without an error, need). */
+static void name_element(char *errstr, size_t errstr_size, const char *name,
+                         size_t i) {
+        size_t n = strlen(name);
+        char *rest;
+
+        if (errstr_size == 0 || strncmp(errstr, name, n) != 0)
+                return;
+        rest = strdup(errstr + n);
+        if (rest == NULL)
+                return;
+        snprintf(errstr, errstr_size, "%s[%zu]%s", name, i, rest);
+        free(rest);
+}
+
 /*
  * Parses an optional array of addresses (or, with @allow_string, one string)
  * under @name. @returns 0 or -1 with @errstr.
@@ -531,7 +548,6 @@ static int parse_address_list(const json_t *root, const char *name,
         const json_t *v = json_object_get(root, name);
         struct mail_address *list = NULL;
         size_t cnt;
-        char field[48];
 
         *out = NULL;
         *out_cnt = 0;
@@ -567,9 +583,9 @@ static int parse_address_list(const json_t *root, const char *name,
                 return -1;
         }
         for (size_t i = 0; i < cnt; i++) {
-                snprintf(field, sizeof(field), "%s[%zu]", name, i);
-                if (parse_mailbox(json_array_get(v, i), field, &list[i], utf8,
+                if (parse_mailbox(json_array_get(v, i), name, &list[i], utf8,
                                   errstr, errstr_size) != 0) {
+                        name_element(errstr, errstr_size, name, i);
                         addresses_free(list, i);
                         return -1;
                 }
