@@ -108,6 +108,9 @@ struct entry {
         struct entry *e_following; /* the leader this one waits for */
         char *e_raw; /* the request's JSON text, for the retry topic */
         size_t e_raw_len;
+        /* Room for a copy of the request after the entry, in its
+         * allocation (entry_new()); NULL when none. */
+        char *e_raw_room;
         struct mail_request *e_req;
         struct message *e_msg;
         struct smtp_job e_job;
@@ -279,12 +282,17 @@ static void worker_commit_soon(worker_t *w, const struct worker_topic *wt) {
 
 /* ---- entries ---- */
 
+/* @returns a new entry for @offset, with @raw_room bytes after it for a copy
+ * of its request (one allocation a request instead of two). */
 static struct entry *entry_new(worker_t *w, struct worker_topic *wt,
-                               ledger_part_t *p, int64_t offset) {
-        struct entry *e = calloc(1, sizeof(*e));
+                               ledger_part_t *p, int64_t offset,
+                               size_t raw_room) {
+        struct entry *e = malloc(sizeof(*e) + raw_room);
 
         if (!e)
                 abort();
+        memset(e, 0, sizeof(*e));
+        e->e_raw_room = raw_room > 0 ? (char *)(e + 1) : NULL;
         e->e_worker = w;
         e->e_topic = wt;
         e->e_part = p;
@@ -353,7 +361,8 @@ static void entry_destroy(struct entry *e, int done) {
         retry_record_clear(&e->e_retry);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
-        free(e->e_raw);
+        if (e->e_raw != e->e_raw_room)
+                free(e->e_raw);
         free(e);
         worker_check_pressure(w);
 }
@@ -1180,7 +1189,8 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                 return;
         }
         w->w_stats.consumed++;
-        e = entry_new(w, wt, p, m->offset);
+        e = entry_new(w, wt, p, m->offset,
+                      wt->wt_index == TOPIC_RETRY || !m->payload ? 0 : m->len);
         e->e_request_ts_ms = rd_kafka_message_timestamp(m, &tstype);
         if (e->e_request_ts_ms < 0)
                 e->e_request_ts_ms = 0;
@@ -1197,9 +1207,7 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                         goto out;
                 }
         } else {
-                e->e_raw = malloc(m->len);
-                if (!e->e_raw)
-                        abort();
+                e->e_raw = e->e_raw_room;
                 memcpy(e->e_raw, m->payload, m->len);
                 e->e_raw_len = m->len;
         }
