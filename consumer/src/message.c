@@ -462,7 +462,7 @@ static void write_date(struct dynbuf *b, int64_t ms) {
         }
         /* The common case without printf: "Date: Www, D Mmm YYYY HH:MM:SS
          * +0000" */
-        dynbuf_appends(b, "Date: ");
+        dynbuf_appendlit(b, "Date: ");
         dynbuf_appends(b, days[tm.tm_wday]);
         dynbuf_append(b, ", ", 2);
         if (tm.tm_mday >= 10)
@@ -478,7 +478,7 @@ static void write_date(struct dynbuf *b, int64_t ms) {
         put_digits(b, tm.tm_min, 2);
         dynbuf_appendc(b, ':');
         put_digits(b, tm.tm_sec, 2);
-        dynbuf_appends(b, " +0000\r\n");
+        dynbuf_appendlit(b, " +0000\r\n");
 }
 
 /* RFC 5987 attr-char: sent as it is in an extended parameter value. */
@@ -758,13 +758,15 @@ static void write_text_part(struct dynbuf *b, const char *subtype,
         struct body_info bi;
 
         body_scan(body, len, &bi);
-        dynbuf_appends(b, "Content-Type: text/");
+        dynbuf_appendlit(b, "Content-Type: text/");
         dynbuf_appends(b, subtype);
-        dynbuf_appends(b, bi.qp ? "; charset=utf-8\r\n"
-                                  "Content-Transfer-Encoding: "
-                                  "quoted-printable\r\n\r\n"
-                                : "; charset=utf-8\r\n"
-                                  "Content-Transfer-Encoding: 7bit\r\n\r\n");
+        if (bi.qp)
+                dynbuf_appendlit(b, "; charset=utf-8\r\n"
+                                    "Content-Transfer-Encoding: "
+                                    "quoted-printable\r\n\r\n");
+        else
+                dynbuf_appendlit(b, "; charset=utf-8\r\n"
+                                    "Content-Transfer-Encoding: 7bit\r\n\r\n");
         if (bi.qp)
                 write_qp(b, body, len);
         else
@@ -809,7 +811,7 @@ static void write_attachment(struct dynbuf *b,
         hdr_token(&h, "attachment;", 11);
         hdr_param(&h, "filename", a->filename);
         hdr_end(&h);
-        dynbuf_appends(b, "Content-Transfer-Encoding: base64\r\n\r\n");
+        dynbuf_appendlit(b, "Content-Transfer-Encoding: base64\r\n\r\n");
         write_base64_lines(b, a->data, a->data_len);
 }
 
@@ -823,7 +825,7 @@ static void write_boundary(struct dynbuf *b, const char *pre,
 
 static void write_multipart_header(struct dynbuf *b, const char *subtype,
                                    const char *boundary) {
-        dynbuf_appends(b, "Content-Type: multipart/");
+        dynbuf_appendlit(b, "Content-Type: multipart/");
         dynbuf_appends(b, subtype);
         write_boundary(b, ";\r\n boundary=\"", boundary, "\"\r\n\r\n");
 }
@@ -1033,7 +1035,7 @@ struct message *message_build(const struct mail_request *req,
         hdr_begin(&h, &b, "Message-ID");
         hdr_token(&h, mid, strlen(mid));
         hdr_end(&h);
-        dynbuf_appends(&b, "MIME-Version: 1.0\r\n");
+        dynbuf_appendlit(&b, "MIME-Version: 1.0\r\n");
         for (size_t i = 0; i < req->header_cnt; i++) {
                 hdr_begin(&h, &b, req->headers[i].name);
                 hdr_unstructured(&h, req->headers[i].value);

@@ -694,7 +694,7 @@ static void jb_str(struct dynbuf *b, const char *s) {
         size_t n, run = 0;
 
         if (!s) {
-                dynbuf_appends(b, "null");
+                dynbuf_appendlit(b, "null");
                 return;
         }
         n = strlen(s);
@@ -726,7 +726,7 @@ static void jb_str(struct dynbuf *b, const char *s) {
                         dynbuf_append(b, (const char *)p + i, len);
                         i += len;
                 } else {
-                        dynbuf_appends(b, "\\ufffd");
+                        dynbuf_appendlit(b, "\\ufffd");
                         i += utf8_invalid_len(p + i, n - i);
                 }
         }
@@ -755,7 +755,7 @@ static void jb_json(struct dynbuf *b, const json_t *v) {
         char *text;
 
         if (!v) {
-                dynbuf_appends(b, "null");
+                dynbuf_appendlit(b, "null");
                 return;
         }
         text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -766,13 +766,13 @@ static void jb_json(struct dynbuf *b, const json_t *v) {
 }
 
 static void jb_source(struct dynbuf *b, const struct result_source *src) {
-        dynbuf_appends(b, "{\"topic\":");
+        dynbuf_appendlit(b, "{\"topic\":");
         jb_str(b, src->topic);
-        dynbuf_appends(b, ",\"partition\":");
+        dynbuf_appendlit(b, ",\"partition\":");
         jb_int(b, src->partition);
-        dynbuf_appends(b, ",\"offset\":");
+        dynbuf_appendlit(b, ",\"offset\":");
         jb_int(b, src->offset);
-        dynbuf_appends(b, "}");
+        dynbuf_appendlit(b, "}");
 }
 
 /* Appends the result record's JSON text to @bp (results_format()). */
@@ -789,56 +789,56 @@ static void results_format_into(struct dynbuf *bp, const struct result_rec *rec,
         if (latency < 0)
                 latency = 0;
 
-        dynbuf_appends(bp, "{\"v\":1,\"id\":");
+        dynbuf_appendlit(bp, "{\"v\":1,\"id\":");
         jb_str(bp, rec->id);
         if (rec->id && rec->id_from_key)
-                dynbuf_appends(bp, ",\"id_from\":\"key\"");
-        dynbuf_appends(bp, ",\"status\":\"");
+                dynbuf_appendlit(bp, ",\"id_from\":\"key\"");
+        dynbuf_appendlit(bp, ",\"status\":\"");
         dynbuf_appends(bp, result_status_name(rec->status));
-        dynbuf_appends(bp, "\",\"delivered\":\"");
+        dynbuf_appendlit(bp, "\",\"delivered\":\"");
         dynbuf_appends(bp, rec->delivered               ? rec->delivered
                            : rec->status == RESULT_SENT ? "all"
                                                         : "none");
-        dynbuf_appends(bp, "\",\"attempts\":");
+        dynbuf_appendlit(bp, "\",\"attempts\":");
         jb_int(bp, rec->attempts);
-        dynbuf_appends(bp, ",\"smtp_code\":");
+        dynbuf_appendlit(bp, ",\"smtp_code\":");
         if (rec->smtp_code)
                 jb_int(bp, rec->smtp_code);
         else
-                dynbuf_appends(bp, "null");
-        dynbuf_appends(bp, ",\"smtp_reply\":");
+                dynbuf_appendlit(bp, "null");
+        dynbuf_appendlit(bp, ",\"smtp_reply\":");
         jb_str(bp, rec->smtp_reply);
-        dynbuf_appends(bp, ",\"message_id\":");
+        dynbuf_appendlit(bp, ",\"message_id\":");
         jb_str(bp, rec->message_id);
-        dynbuf_appends(bp, ",\"relay\":");
+        dynbuf_appendlit(bp, ",\"relay\":");
         jb_str(bp, rec->relay ? rec->relay : relay);
-        dynbuf_appends(bp, ",\"error\":");
+        dynbuf_appendlit(bp, ",\"error\":");
         jb_str(bp, rec->error);
         if (rec->failed_recipients) {
-                dynbuf_appends(bp, ",\"failed_recipients\":");
+                dynbuf_appendlit(bp, ",\"failed_recipients\":");
                 jb_json(bp, rec->failed_recipients);
         }
         if (rec->recipients) {
-                dynbuf_appends(bp, ",\"recipients\":");
+                dynbuf_appendlit(bp, ",\"recipients\":");
                 jb_json(bp, rec->recipients);
         }
         if (rec->duplicate_of) {
-                dynbuf_appends(bp, ",\"duplicate\":true,\"duplicate_of\":");
+                dynbuf_appendlit(bp, ",\"duplicate\":true,\"duplicate_of\":");
                 jb_source(bp, rec->duplicate_of);
         }
-        dynbuf_appends(bp, ",\"source\":");
+        dynbuf_appendlit(bp, ",\"source\":");
         jb_source(bp, &rec->source);
-        dynbuf_appends(bp, ",\"received_at\":\"");
+        dynbuf_appendlit(bp, ",\"received_at\":\"");
         dynbuf_appends(bp, received);
-        dynbuf_appends(bp, "\",\"completed_at\":\"");
+        dynbuf_appendlit(bp, "\",\"completed_at\":\"");
         dynbuf_appends(bp, completed);
-        dynbuf_appends(bp, "\",\"latency_ms\":");
+        dynbuf_appendlit(bp, "\",\"latency_ms\":");
         jb_int(bp, latency);
-        dynbuf_appends(bp, ",\"worker\":");
+        dynbuf_appendlit(bp, ",\"worker\":");
         jb_str(bp, worker);
-        dynbuf_appends(bp, ",\"metadata\":");
+        dynbuf_appendlit(bp, ",\"metadata\":");
         jb_json(bp, rec->metadata);
-        dynbuf_appends(bp, "}");
+        dynbuf_appendlit(bp, "}");
 }
 
 char *results_format(const struct result_rec *rec, const char *relay,
