@@ -942,14 +942,19 @@ static size_t estimate_size(const struct mail_request *req) {
         return n;
 }
 
-/* Fills the envelope: one block holds the rcpts array and every string. */
-static int build_envelope(struct message *msg, const struct mail_request *req,
-                          const char *mid) {
+/* @returns a new message, its envelope filled: the rcpts array and every
+ * string of the envelope follow the struct in its allocation. NULL when out
+ * of memory. */
+static struct message *message_new(const struct mail_request *req,
+                                   const char *mid) {
         const struct mail_address *lists[] = {req->to, req->cc, req->bcc};
         const size_t cnts[] = {req->to_cnt, req->cc_cnt, req->bcc_cnt};
         size_t cnt = request_recipient_count(req);
-        size_t size = (cnt + 1) * sizeof(char *) + strlen(mid) + 1 +
-                      strlen(req->from.addr) + 1;
+        size_t mid_size = strlen(mid) + 1;
+        size_t from_size = strlen(req->from.addr) + 1;
+        size_t size = sizeof(struct message) + (cnt + 1) * sizeof(char *) +
+                      mid_size + from_size;
+        struct message *msg;
         char **block;
         char *p;
         size_t r = 0;
@@ -957,9 +962,11 @@ static int build_envelope(struct message *msg, const struct mail_request *req,
         for (size_t l = 0; l < 3; l++)
                 for (size_t i = 0; i < cnts[l]; i++)
                         size += strlen(lists[l][i].addr) + 1;
-        block = malloc(size);
-        if (block == NULL)
-                return -1;
+        msg = malloc(size);
+        if (msg == NULL)
+                return NULL;
+        memset(msg, 0, sizeof(*msg));
+        block = (char **)(msg + 1);
         p = (char *)(block + cnt + 1);
         for (size_t l = 0; l < 3; l++) {
                 for (size_t i = 0; i < cnts[l]; i++) {
@@ -974,11 +981,11 @@ static int build_envelope(struct message *msg, const struct mail_request *req,
         msg->rcpts = block;
         msg->rcpt_cnt = cnt;
         msg->message_id = p;
-        memcpy(p, mid, strlen(mid) + 1);
-        p += strlen(mid) + 1;
+        memcpy(p, mid, mid_size);
+        p += mid_size;
         msg->mail_from = p;
-        memcpy(p, req->from.addr, strlen(req->from.addr) + 1);
-        return 0;
+        memcpy(p, req->from.addr, from_size);
+        return msg;
 }
 
 struct message *message_build(const struct mail_request *req,
@@ -1009,8 +1016,8 @@ struct message *message_build(const struct mail_request *req,
                          "domain");
                 goto out;
         }
-        msg = calloc(1, sizeof(*msg));
-        if (msg == NULL || build_envelope(msg, req, mid) != 0)
+        msg = message_new(req, mid);
+        if (msg == NULL)
                 goto oom;
         msg->smtputf8 = req->smtputf8;
         boundary_of(alt, hash, 'a');
@@ -1113,7 +1120,6 @@ int message_prepend(struct message *msg, const char *p, size_t len) {
 void message_destroy(struct message *msg) {
         if (msg == NULL)
                 return;
-        free(msg->rcpts); /* holds message_id, mail_from and the rcpts */
         free(msg->buf);
-        free(msg);
+        free(msg); /* with the rcpts, message_id and mail_from */
 }
