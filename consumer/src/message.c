@@ -1,4 +1,5 @@
 #include "message.h"
+#include "civil.h"
 #include "dynbuf.h"
 #include "hash.h"
 #include "utf8.h"
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define LINE_SOFT 78 /* RFC 5322 "SHOULD" line length */
 #define LINE_HARD 998 /* RFC 5322 "MUST" line length */
@@ -446,38 +446,34 @@ static void write_date(struct dynbuf *b, int64_t ms) {
         static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
                                              "May", "Jun", "Jul", "Aug",
                                              "Sep", "Oct", "Nov", "Dec"};
-        time_t t = (time_t)(ms / 1000);
-        struct tm tm;
+        struct civil c;
 
-        if (gmtime_r(&t, &tm) == NULL) {
-                dynbuf_fail(b, DYNBUF_ENOMEM);
-                return;
-        }
-        if (tm.tm_year + 1900 < 1000 || tm.tm_year + 1900 > 9999) {
+        civil_from_unix(ms / 1000, &c);
+        if (c.year < 1000 || c.year > 9999) {
                 dynbuf_appendf(
-                        b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
-                        days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-                        tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                        b, "Date: %s, %d %s %04lld %02d:%02d:%02d +0000\r\n",
+                        days[c.wday], c.day, months[c.month - 1],
+                        (long long)c.year, c.hour, c.min, c.sec);
                 return;
         }
         /* The common case without printf: "Date: Www, D Mmm YYYY HH:MM:SS
          * +0000" */
         dynbuf_appendlit(b, "Date: ");
-        dynbuf_appends(b, days[tm.tm_wday]);
+        dynbuf_appends(b, days[c.wday]);
         dynbuf_append(b, ", ", 2);
-        if (tm.tm_mday >= 10)
-                dynbuf_appendc(b, (char)('0' + tm.tm_mday / 10));
-        dynbuf_appendc(b, (char)('0' + tm.tm_mday % 10));
+        if (c.day >= 10)
+                dynbuf_appendc(b, (char)('0' + c.day / 10));
+        dynbuf_appendc(b, (char)('0' + c.day % 10));
         dynbuf_appendc(b, ' ');
-        dynbuf_appends(b, months[tm.tm_mon]);
+        dynbuf_appends(b, months[c.month - 1]);
         dynbuf_appendc(b, ' ');
-        put_digits(b, tm.tm_year + 1900, 4);
+        put_digits(b, (int)c.year, 4);
         dynbuf_appendc(b, ' ');
-        put_digits(b, tm.tm_hour, 2);
+        put_digits(b, c.hour, 2);
         dynbuf_appendc(b, ':');
-        put_digits(b, tm.tm_min, 2);
+        put_digits(b, c.min, 2);
         dynbuf_appendc(b, ':');
-        put_digits(b, tm.tm_sec, 2);
+        put_digits(b, c.sec, 2);
         dynbuf_appendlit(b, " +0000\r\n");
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "civil.h"
 #include "cstr.h"
 #include "jsonparse.h"
 #include "utf8.h"
@@ -1057,17 +1058,6 @@ static int digits(const char **p, int n) {
         return v;
 }
 
-/* Days since 1970-01-01 of a proleptic Gregorian date. */
-static int64_t days_from_civil(int64_t y, int m, int d) {
-        y -= m <= 2;
-        int64_t era = (y >= 0 ? y : y - 399) / 400;
-        int64_t yoe = y - era * 400;
-        int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-        int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-
-        return era * 146097 + doe - 719468;
-}
-
 static int days_in_month(int y, int m) {
         static const int dm[] = {31, 28, 31, 30, 31, 30,
                                  31, 31, 30, 31, 30, 31};
@@ -1142,7 +1132,7 @@ static int parse_rfc3339(const char *s, int64_t *out) {
         }
         if (*p != '\0')
                 return -1;
-        int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 +
+        int64_t secs = civil_days_from(y, mo, d) * 86400 + h * 3600 + mi * 60 +
                        sec - (int64_t)off * 60;
 
         *out = secs * 1000 + ms;

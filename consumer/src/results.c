@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "backoff.h"
+#include "civil.h"
 #include "dynbuf.h"
 #include "kconf.h"
 #include "log.h"
@@ -117,30 +118,29 @@ static char *results_put_digits(char *p, int v, int width) {
 }
 
 void results_format_time(int64_t unix_ms, char *buf, size_t buf_size) {
-        time_t secs = (time_t)(unix_ms / 1000);
-        struct tm tm;
+        struct civil c;
         char *p = buf;
 
-        gmtime_r(&secs, &tm);
-        if (unix_ms < 0 || tm.tm_year + 1900 > 9999 || buf_size < 25) {
-                snprintf(buf, buf_size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                         tm.tm_hour, tm.tm_min, tm.tm_sec,
-                         (int)(unix_ms % 1000));
+        /* The seconds as gmtime_r() of unix_ms / 1000 has them. */
+        civil_from_unix(unix_ms / 1000, &c);
+        if (unix_ms < 0 || c.year > 9999 || buf_size < 25) {
+                snprintf(buf, buf_size, "%04lld-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                         (long long)c.year, c.month, c.day, c.hour, c.min,
+                         c.sec, (int)(unix_ms % 1000));
                 return;
         }
         /* The common case without printf: YYYY-MM-DDTHH:MM:SS.mmmZ */
-        p = results_put_digits(p, tm.tm_year + 1900, 4);
+        p = results_put_digits(p, (int)c.year, 4);
         *p++ = '-';
-        p = results_put_digits(p, tm.tm_mon + 1, 2);
+        p = results_put_digits(p, c.month, 2);
         *p++ = '-';
-        p = results_put_digits(p, tm.tm_mday, 2);
+        p = results_put_digits(p, c.day, 2);
         *p++ = 'T';
-        p = results_put_digits(p, tm.tm_hour, 2);
+        p = results_put_digits(p, c.hour, 2);
         *p++ = ':';
-        p = results_put_digits(p, tm.tm_min, 2);
+        p = results_put_digits(p, c.min, 2);
         *p++ = ':';
-        p = results_put_digits(p, tm.tm_sec, 2);
+        p = results_put_digits(p, c.sec, 2);
         *p++ = '.';
         p = results_put_digits(p, (int)(unix_ms % 1000), 3);
         *p++ = 'Z';
