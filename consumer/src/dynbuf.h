@@ -43,6 +43,10 @@ int dynbuf_append(struct dynbuf *d, const void *p, size_t n);
 /* Appends the NUL-terminated @s. @returns 0 or -1. */
 int dynbuf_appends(struct dynbuf *d, const char *s);
 
+/* Appends the string literal @lit (its length known when compiled).
+ * @returns 0 or -1. */
+#define dynbuf_appendlit(d, lit) dynbuf_append((d), "" lit, sizeof(lit) - 1)
+
 /* Appends the byte @c. @returns 0 or -1. */
 int dynbuf_appendc(struct dynbuf *d, char c);
 

@@ -7,12 +7,15 @@
 
 /* Integers of more digits than this are left to jansson (overflow). */
 #define JSONPARSE_INT_DIGITS 18
+/* The scratch buffer on the stack: most requests need no other. */
+#define JSONPARSE_STACK_SCRATCH 4096
 
 struct jp {
         const unsigned char *p;
         const unsigned char *end;
         char *scratch; /* decoded escaped strings */
         size_t scratch_cap;
+        int scratch_heap; /* scratch was allocated (else on the stack) */
         int depth;
 };
 
@@ -44,6 +47,23 @@ static int jp_hex4(const unsigned char *p, uint32_t *out) {
         return 0;
 }
 
+/* @returns whether none of the 8 bytes at @p ends a plain run of a string:
+ * a control byte, a byte of 0x80 or more, a quote or a backslash. */
+static int jp_word_plain(const unsigned char *p) {
+        const uint64_t ones = 0x0101010101010101u;
+        const uint64_t highs = 0x8080808080808080u;
+        uint64_t w, q, b, hit;
+
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* Each term has a high bit set when some byte is below 0x20, is 0x80
+         * or more, is a quote (q has a zero byte), is a backslash. */
+        hit = ((w - ones * 0x20) & ~w) | w | ((q - ones) & ~q) |
+              ((b - ones) & ~b);
+        return (hit & highs) == 0;
+}
+
 /* Reads the string whose opening quote is at jp->p. Unescaped, it is left
  * in the input; escaped, it is decoded into jp->scratch.
  * @returns 0 with *s and *n set, or -1. */
@@ -58,9 +78,15 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                 size_t len;
 
                 /* the run up to a quote, a backslash or a byte to check */
-                while (p < jp->end && *p >= 0x20 && *p < 0x80 && *p != '"' &&
-                       *p != '\\')
+                while (p < jp->end) {
+                        if (jp->end - p >= 8 && jp_word_plain(p)) {
+                                p += 8;
+                                continue;
+                        }
+                        if (*p < 0x20 || *p >= 0x80 || *p == '"' || *p == '\\')
+                                break;
                         p++;
+                }
                 if (escaped) {
                         memcpy(jp->scratch + o, run, (size_t)(p - run));
                         o += (size_t)(p - run);
@@ -87,12 +113,16 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
                         size_t need = (size_t)(jp->end - start);
 
                         if (need > jp->scratch_cap) {
-                                char *ns = realloc(jp->scratch, need);
+                                /* Nothing in it is needed any more. */
+                                char *ns = malloc(need);
 
                                 if (!ns)
                                         return -1;
+                                if (jp->scratch_heap)
+                                        free(jp->scratch);
                                 jp->scratch = ns;
                                 jp->scratch_cap = need;
+                                jp->scratch_heap = 1;
                         }
                         o = (size_t)(p - start);
                         memcpy(jp->scratch, start, o);
@@ -327,8 +357,11 @@ static json_t *jp_value(struct jp *jp) {
 }
 
 json_t *jsonparse_loadb(const char *buf, size_t len) {
+        char stack[JSONPARSE_STACK_SCRATCH];
         struct jp jp = {.p = (const unsigned char *)buf,
-                        .end = (const unsigned char *)buf + len};
+                        .end = (const unsigned char *)buf + len,
+                        .scratch = stack,
+                        .scratch_cap = sizeof(stack)};
         json_t *v;
 
         jp_ws(&jp);
@@ -340,7 +373,8 @@ json_t *jsonparse_loadb(const char *buf, size_t len) {
                         v = NULL;
                 }
         }
-        free(jp.scratch);
+        if (jp.scratch_heap)
+                free(jp.scratch);
         return v;
 }
 

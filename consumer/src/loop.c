@@ -41,6 +41,7 @@ struct loop {
         uint64_t l_timer_seq;
         int l_running; /* in loop_run_once(): it is not re-entrant */
         int64_t l_now_ms;
+        int64_t l_wall_ms; /* loop_wall_ms() of this iteration, 0: none yet */
 };
 
 int64_t loop_clock_ms(void) {
@@ -52,6 +53,19 @@ int64_t loop_clock_ms(void) {
 
 int64_t loop_now_ms(const loop_t *loop) {
         return loop->l_now_ms;
+}
+
+int64_t loop_wall_ms(loop_t *loop) {
+        struct timespec ts;
+        int64_t ms;
+
+        if (loop->l_running && loop->l_wall_ms != 0)
+                return loop->l_wall_ms;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        if (loop->l_running)
+                loop->l_wall_ms = ms;
+        return ms;
 }
 
 loop_t *loop_new(void) {
@@ -382,6 +396,7 @@ int loop_run_once(loop_t *loop, int max_wait_ms) {
                 n = 0;
         }
         loop->l_now_ms = loop_clock_ms();
+        loop->l_wall_ms = 0;
 
         for (int i = 0; i < n; i++) {
                 const struct epoll_event *ev = &events_buf[i];

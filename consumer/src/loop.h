@@ -82,6 +82,12 @@ void loop_wakeup(loop_t *loop);
 /* @returns the loop's monotonic clock in ms, refreshed once per iteration. */
 int64_t loop_now_ms(const loop_t *loop);
 
+/* @returns the wall clock in Unix ms. In a callback of an iteration, the
+ * first call reads the clock and later ones of the same iteration return that
+ * reading (at most the iteration's own run time old); outside an iteration,
+ * it is read each time. */
+int64_t loop_wall_ms(loop_t *loop);
+
 /* @returns the current monotonic time in ms (not cached). */
 int64_t loop_clock_ms(void);
 

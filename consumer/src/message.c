@@ -1,14 +1,13 @@
 #include "message.h"
+#include "civil.h"
 #include "dynbuf.h"
 #include "hash.h"
 #include "utf8.h"
 
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define LINE_SOFT 78 /* RFC 5322 "SHOULD" line length */
 #define LINE_HARD 998 /* RFC 5322 "MUST" line length */
@@ -430,22 +429,52 @@ static void write_addresses(struct dynbuf *b, struct dynbuf *scratch,
         hdr_end(&h);
 }
 
+/* Appends the @width low decimal digits of @v (0 <= @v), zero-padded. */
+static void put_digits(struct dynbuf *b, int v, int width) {
+        char d[10];
+
+        for (int i = width - 1; i >= 0; i--) {
+                d[i] = (char)('0' + v % 10);
+                v /= 10;
+        }
+        dynbuf_append(b, d, (size_t)width);
+}
+
 static void write_date(struct dynbuf *b, int64_t ms) {
         static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
                                            "Thu", "Fri", "Sat"};
         static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
                                              "May", "Jun", "Jul", "Aug",
                                              "Sep", "Oct", "Nov", "Dec"};
-        time_t t = (time_t)(ms / 1000);
-        struct tm tm;
+        struct civil c;
 
-        if (gmtime_r(&t, &tm) == NULL) {
-                dynbuf_fail(b, DYNBUF_ENOMEM);
+        civil_from_unix(ms / 1000, &c);
+        if (c.year < 1000 || c.year > 9999) {
+                dynbuf_appendf(
+                        b, "Date: %s, %d %s %04lld %02d:%02d:%02d +0000\r\n",
+                        days[c.wday], c.day, months[c.month - 1],
+                        (long long)c.year, c.hour, c.min, c.sec);
                 return;
         }
-        dynbuf_appendf(b, "Date: %s, %d %s %04d %02d:%02d:%02d +0000\r\n",
-                       days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-                       tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        /* The common case without printf: "Date: Www, D Mmm YYYY HH:MM:SS
+         * +0000" */
+        dynbuf_appendlit(b, "Date: ");
+        dynbuf_appends(b, days[c.wday]);
+        dynbuf_append(b, ", ", 2);
+        if (c.day >= 10)
+                dynbuf_appendc(b, (char)('0' + c.day / 10));
+        dynbuf_appendc(b, (char)('0' + c.day % 10));
+        dynbuf_appendc(b, ' ');
+        dynbuf_appends(b, months[c.month - 1]);
+        dynbuf_appendc(b, ' ');
+        put_digits(b, (int)c.year, 4);
+        dynbuf_appendc(b, ' ');
+        put_digits(b, c.hour, 2);
+        dynbuf_appendc(b, ':');
+        put_digits(b, c.min, 2);
+        dynbuf_appendc(b, ':');
+        put_digits(b, c.sec, 2);
+        dynbuf_appendlit(b, " +0000\r\n");
 }
 
 /* RFC 5987 attr-char: sent as it is in an extended parameter value. */
@@ -554,49 +583,13 @@ struct body_info {
         size_t out7; /* 7bit output length: CRLF line ends, dot-stuffed */
 };
 
-/*
- * Chooses the transfer encoding of a text body: 7bit when it is ASCII, each
- * line (dot-stuffed) fits LINE_HARD and it cannot contain a boundary ("=_km_"),
- * quoted-printable otherwise.
- */
-static void body_scan(const char *s, size_t len, struct body_info *bi) {
-        size_t line = 0;
-        size_t out = 0;
-        int ascii = 1;
-        int too_long = 0;
-
-        for (size_t i = 0; i < len; i++) {
-                unsigned char c = (unsigned char)s[i];
-
-                if (c == '\r' || c == '\n') {
-                        if (c == '\r' && i + 1 < len && s[i + 1] == '\n')
-                                i++;
-                        out += 2;
-                        line = 0;
-                        continue;
-                }
-                if (c >= 0x80)
-                        ascii = 0;
-                if (line == 0 && c == '.') {
-                        line++;
-                        out++;
-                }
-                line++;
-                out++;
-                if (line > LINE_HARD)
-                        too_long = 1;
-        }
-        bi->out7 = out;
-        bi->qp = !ascii || too_long || memmem(s, len, "=_km_", 5) != NULL;
-}
-
 /* @returns the length of the line at @s + @i: bytes up to CR, LF or @len. */
 static size_t line_len(const char *s, size_t i, size_t len) {
-        size_t n = 0;
+        const char *lf = memchr(s + i, '\n', len - i);
+        size_t end = lf != NULL ? (size_t)(lf - s) : len;
+        const char *cr = memchr(s + i, '\r', end - i);
 
-        while (i + n < len && s[i + n] != '\r' && s[i + n] != '\n')
-                n++;
-        return n;
+        return (cr != NULL ? (size_t)(cr - s) : end) - i;
 }
 
 /* @returns the index past the line end (CRLF, CR or LF) at @s + @i, which
@@ -605,6 +598,64 @@ static size_t past_line_end(const char *s, size_t i, size_t len) {
         if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
                 i++;
         return i + 1;
+}
+
+/* @returns whether any of @len bytes at @s is not ASCII. */
+static int has_non_ascii(const char *s, size_t len) {
+        uint64_t acc = 0;
+        size_t i = 0;
+
+        for (; i + 8 <= len; i += 8) {
+                uint64_t w;
+
+                memcpy(&w, s + i, 8);
+                acc |= w;
+        }
+        for (; i < len; i++)
+                acc |= (unsigned char)s[i];
+        return (acc & 0x8080808080808080u) != 0;
+}
+
+/* @returns whether @len bytes at @s hold "=_km_", how every boundary
+ * starts. */
+static int has_boundary_prefix(const char *s, size_t len) {
+        const char *end = s + len;
+        const char *p = s;
+
+        while ((p = memchr(p, '=', (size_t)(end - p))) != NULL) {
+                if ((size_t)(end - p) >= 5 && memcmp(p, "=_km_", 5) == 0)
+                        return 1;
+                p++;
+        }
+        return 0;
+}
+
+/*
+ * Chooses the transfer encoding of a text body: 7bit when it is ASCII, each
+ * line (dot-stuffed) fits LINE_HARD and it cannot contain a boundary ("=_km_"),
+ * quoted-printable otherwise.
+ */
+static void body_scan(const char *s, size_t len, struct body_info *bi) {
+        size_t out = 0;
+        int too_long = 0;
+        size_t i = 0;
+
+        for (;;) {
+                size_t n = line_len(s, i, len);
+                size_t dot = n > 0 && s[i] == '.';
+
+                out += n + dot;
+                if (n + dot > LINE_HARD)
+                        too_long = 1;
+                i += n;
+                if (i >= len)
+                        break;
+                i = past_line_end(s, i, len);
+                out += 2;
+        }
+        bi->out7 = out;
+        bi->qp = too_long || has_non_ascii(s, len) ||
+                 has_boundary_prefix(s, len);
 }
 
 /* Writes a 7bit body: line ends to CRLF, lines starting with '.' stuffed. */
@@ -703,10 +754,15 @@ static void write_text_part(struct dynbuf *b, const char *subtype,
         struct body_info bi;
 
         body_scan(body, len, &bi);
-        dynbuf_appendf(b,
-                       "Content-Type: text/%s; charset=utf-8\r\n"
-                       "Content-Transfer-Encoding: %s\r\n\r\n",
-                       subtype, bi.qp ? "quoted-printable" : "7bit");
+        dynbuf_appendlit(b, "Content-Type: text/");
+        dynbuf_appends(b, subtype);
+        if (bi.qp)
+                dynbuf_appendlit(b, "; charset=utf-8\r\n"
+                                    "Content-Transfer-Encoding: "
+                                    "quoted-printable\r\n\r\n");
+        else
+                dynbuf_appendlit(b, "; charset=utf-8\r\n"
+                                    "Content-Transfer-Encoding: 7bit\r\n\r\n");
         if (bi.qp)
                 write_qp(b, body, len);
         else
@@ -751,15 +807,23 @@ static void write_attachment(struct dynbuf *b,
         hdr_token(&h, "attachment;", 11);
         hdr_param(&h, "filename", a->filename);
         hdr_end(&h);
-        dynbuf_appends(b, "Content-Transfer-Encoding: base64\r\n\r\n");
+        dynbuf_appendlit(b, "Content-Transfer-Encoding: base64\r\n\r\n");
         write_base64_lines(b, a->data, a->data_len);
+}
+
+/* Appends @pre, @boundary and @post. */
+static void write_boundary(struct dynbuf *b, const char *pre,
+                           const char *boundary, const char *post) {
+        dynbuf_appends(b, pre);
+        dynbuf_appends(b, boundary);
+        dynbuf_appends(b, post);
 }
 
 static void write_multipart_header(struct dynbuf *b, const char *subtype,
                                    const char *boundary) {
-        dynbuf_appendf(
-                b, "Content-Type: multipart/%s;\r\n boundary=\"%s\"\r\n\r\n",
-                subtype, boundary);
+        dynbuf_appendlit(b, "Content-Type: multipart/");
+        dynbuf_appends(b, subtype);
+        write_boundary(b, ";\r\n boundary=\"", boundary, "\"\r\n\r\n");
 }
 
 /* Writes the body part(s) of @req: one text part or a multipart/alternative. */
@@ -767,11 +831,11 @@ static void write_body(struct dynbuf *b, const struct mail_request *req,
                        const char *alt_boundary) {
         if (req->text != NULL && req->html != NULL) {
                 write_multipart_header(b, "alternative", alt_boundary);
-                dynbuf_appendf(b, "--%s\r\n", alt_boundary);
+                write_boundary(b, "--", alt_boundary, "\r\n");
                 write_text_part(b, "plain", req->text);
-                dynbuf_appendf(b, "\r\n--%s\r\n", alt_boundary);
+                write_boundary(b, "\r\n--", alt_boundary, "\r\n");
                 write_text_part(b, "html", req->html);
-                dynbuf_appendf(b, "\r\n--%s--\r\n", alt_boundary);
+                write_boundary(b, "\r\n--", alt_boundary, "--\r\n");
         } else if (req->text != NULL) {
                 write_text_part(b, "plain", req->text);
         } else {
@@ -811,7 +875,7 @@ static int check_msgid_domain(const char *d, int utf8) {
 
 int message_id_for(const struct mail_request *req, const char *domain,
                    char *buf, size_t buf_size) {
-        int n;
+        size_t id_len, domain_len;
 
         if (domain == NULL || *domain == '\0') {
                 const char *at = strrchr(req->from.addr, '@');
@@ -822,10 +886,31 @@ int message_id_for(const struct mail_request *req, const char *domain,
         }
         if (check_msgid_domain(domain, req->smtputf8) != 0)
                 return -1;
-        n = snprintf(buf, buf_size, "<%s@%s>", req->id, domain);
-        if (n < 0 || (size_t)n >= buf_size)
+        id_len = strlen(req->id);
+        domain_len = strlen(domain);
+        if (id_len + domain_len + 3 >= buf_size)
                 return -1;
+        buf[0] = '<';
+        memcpy(buf + 1, req->id, id_len);
+        buf[1 + id_len] = '@';
+        memcpy(buf + 2 + id_len, domain, domain_len);
+        memcpy(buf + 2 + id_len + domain_len, ">", 2);
         return 0;
+}
+
+/* Writes the boundary "=_km_<@hash, 16 hex digits>_<@kind>" at @out (at
+ * least 24 bytes). */
+static void boundary_of(char *out, uint64_t hash, char kind) {
+        static const char hex_lower[] = "0123456789abcdef";
+
+        memcpy(out, "=_km_", 5);
+        for (int i = 15; i >= 0; i--) {
+                out[5 + i] = hex_lower[hash & 15];
+                hash >>= 4;
+        }
+        out[21] = '_';
+        out[22] = kind;
+        out[23] = '\0';
 }
 
 /* A first guess of the output size, so most messages need one allocation. */
@@ -853,14 +938,19 @@ static size_t estimate_size(const struct mail_request *req) {
         return n;
 }
 
-/* Fills the envelope: one block holds the rcpts array and every string. */
-static int build_envelope(struct message *msg, const struct mail_request *req,
-                          const char *mid) {
+/* @returns a new message, its envelope filled: the rcpts array and every
+ * string of the envelope follow the struct in its allocation. NULL when out
+ * of memory. */
+static struct message *message_new(const struct mail_request *req,
+                                   const char *mid) {
         const struct mail_address *lists[] = {req->to, req->cc, req->bcc};
         const size_t cnts[] = {req->to_cnt, req->cc_cnt, req->bcc_cnt};
         size_t cnt = request_recipient_count(req);
-        size_t size = (cnt + 1) * sizeof(char *) + strlen(mid) + 1 +
-                      strlen(req->from.addr) + 1;
+        size_t mid_size = strlen(mid) + 1;
+        size_t from_size = strlen(req->from.addr) + 1;
+        size_t size = sizeof(struct message) + (cnt + 1) * sizeof(char *) +
+                      mid_size + from_size;
+        struct message *msg;
         char **block;
         char *p;
         size_t r = 0;
@@ -868,9 +958,11 @@ static int build_envelope(struct message *msg, const struct mail_request *req,
         for (size_t l = 0; l < 3; l++)
                 for (size_t i = 0; i < cnts[l]; i++)
                         size += strlen(lists[l][i].addr) + 1;
-        block = malloc(size);
-        if (block == NULL)
-                return -1;
+        msg = malloc(size);
+        if (msg == NULL)
+                return NULL;
+        memset(msg, 0, sizeof(*msg));
+        block = (char **)(msg + 1);
         p = (char *)(block + cnt + 1);
         for (size_t l = 0; l < 3; l++) {
                 for (size_t i = 0; i < cnts[l]; i++) {
@@ -885,11 +977,11 @@ static int build_envelope(struct message *msg, const struct mail_request *req,
         msg->rcpts = block;
         msg->rcpt_cnt = cnt;
         msg->message_id = p;
-        memcpy(p, mid, strlen(mid) + 1);
-        p += strlen(mid) + 1;
+        memcpy(p, mid, mid_size);
+        p += mid_size;
         msg->mail_from = p;
-        memcpy(p, req->from.addr, strlen(req->from.addr) + 1);
-        return 0;
+        memcpy(p, req->from.addr, from_size);
+        return msg;
 }
 
 struct message *message_build(const struct mail_request *req,
@@ -920,12 +1012,12 @@ struct message *message_build(const struct mail_request *req,
                          "domain");
                 goto out;
         }
-        msg = calloc(1, sizeof(*msg));
-        if (msg == NULL || build_envelope(msg, req, mid) != 0)
+        msg = message_new(req, mid);
+        if (msg == NULL)
                 goto oom;
         msg->smtputf8 = req->smtputf8;
-        snprintf(alt, sizeof(alt), "=_km_%016" PRIx64 "_a", hash);
-        snprintf(mixed, sizeof(mixed), "=_km_%016" PRIx64 "_m", hash);
+        boundary_of(alt, hash, 'a');
+        boundary_of(mixed, hash, 'm');
         estimate = estimate_size(req);
         if (dynbuf_reserve(&b, opts->headroom +
                                        (estimate < MESSAGE_MAX_BYTES
@@ -946,7 +1038,7 @@ struct message *message_build(const struct mail_request *req,
         hdr_begin(&h, &b, "Message-ID");
         hdr_token(&h, mid, strlen(mid));
         hdr_end(&h);
-        dynbuf_appends(&b, "MIME-Version: 1.0\r\n");
+        dynbuf_appendlit(&b, "MIME-Version: 1.0\r\n");
         for (size_t i = 0; i < req->header_cnt; i++) {
                 hdr_begin(&h, &b, req->headers[i].name);
                 hdr_unstructured(&h, req->headers[i].value);
@@ -955,13 +1047,13 @@ struct message *message_build(const struct mail_request *req,
 
         if (req->attachment_cnt > 0) {
                 write_multipart_header(&b, "mixed", mixed);
-                dynbuf_appendf(&b, "--%s\r\n", mixed);
+                write_boundary(&b, "--", mixed, "\r\n");
                 write_body(&b, req, alt);
                 for (size_t i = 0; i < req->attachment_cnt; i++) {
-                        dynbuf_appendf(&b, "\r\n--%s\r\n", mixed);
+                        write_boundary(&b, "\r\n--", mixed, "\r\n");
                         write_attachment(&b, &req->attachments[i]);
                 }
-                dynbuf_appendf(&b, "\r\n--%s--\r\n", mixed);
+                write_boundary(&b, "\r\n--", mixed, "--\r\n");
         } else {
                 write_body(&b, req, alt);
                 size_t len = dynbuf_len(&b);
@@ -1024,7 +1116,6 @@ int message_prepend(struct message *msg, const char *p, size_t len) {
 void message_destroy(struct message *msg) {
         if (msg == NULL)
                 return;
-        free(msg->rcpts); /* holds message_id, mail_from and the rcpts */
         free(msg->buf);
-        free(msg);
+        free(msg); /* with the rcpts, message_id and mail_from */
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "civil.h"
+#include "cstr.h"
 #include "jsonparse.h"
 #include "utf8.h"
 
@@ -519,6 +521,23 @@ static void addresses_free(struct mail_address *a, size_t cnt) {
         free(a);
 }
 
+/* Makes "@name: reason" in @errstr "@name[@i]: reason" (a reason about an
+ * array element is written with the array's name, which is all that most
+ * requests, those without an error, need). */
+static void name_element(char *errstr, size_t errstr_size, const char *name,
+                         size_t i) {
+        size_t n = strlen(name);
+        char *rest;
+
+        if (errstr_size == 0 || strncmp(errstr, name, n) != 0)
+                return;
+        rest = strdup(errstr + n);
+        if (rest == NULL)
+                return;
+        snprintf(errstr, errstr_size, "%s[%zu]%s", name, i, rest);
+        free(rest);
+}
+
 /*
  * Parses an optional array of addresses (or, with @allow_string, one string)
  * under @name. @returns 0 or -1 with @errstr.
@@ -530,7 +549,6 @@ static int parse_address_list(const json_t *root, const char *name,
         const json_t *v = json_object_get(root, name);
         struct mail_address *list = NULL;
         size_t cnt;
-        char field[48];
 
         *out = NULL;
         *out_cnt = 0;
@@ -566,9 +584,9 @@ static int parse_address_list(const json_t *root, const char *name,
                 return -1;
         }
         for (size_t i = 0; i < cnt; i++) {
-                snprintf(field, sizeof(field), "%s[%zu]", name, i);
-                if (parse_mailbox(json_array_get(v, i), field, &list[i], utf8,
+                if (parse_mailbox(json_array_get(v, i), name, &list[i], utf8,
                                   errstr, errstr_size) != 0) {
+                        name_element(errstr, errstr_size, name, i);
                         addresses_free(list, i);
                         return -1;
                 }
@@ -1040,17 +1058,6 @@ static int digits(const char **p, int n) {
         return v;
 }
 
-/* Days since 1970-01-01 of a proleptic Gregorian date. */
-static int64_t days_from_civil(int64_t y, int m, int d) {
-        y -= m <= 2;
-        int64_t era = (y >= 0 ? y : y - 399) / 400;
-        int64_t yoe = y - era * 400;
-        int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-        int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-
-        return era * 146097 + doe - 719468;
-}
-
 static int days_in_month(int y, int m) {
         static const int dm[] = {31, 28, 31, 30, 31, 30,
                                  31, 31, 30, 31, 30, 31};
@@ -1125,7 +1132,7 @@ static int parse_rfc3339(const char *s, int64_t *out) {
         }
         if (*p != '\0')
                 return -1;
-        int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 +
+        int64_t secs = civil_days_from(y, mo, d) * 86400 + h * 3600 + mi * 60 +
                        sec - (int64_t)off * 60;
 
         *out = secs * 1000 + ms;
@@ -1283,7 +1290,7 @@ struct mail_request *request_parse(const char *json, size_t len,
         }
         idv = json_object_get(root, "id");
         if (idv != NULL && json_is_string(idv) && idbuf_size > 0)
-                snprintf(idbuf, idbuf_size, "%s", json_string_value(idv));
+                cstr_copy(idbuf, idbuf_size, json_string_value(idv));
 
         if (check_unknown_fields(root, errstr, errstr_size) != 0 ||
             check_version(root, errstr, errstr_size) != 0 ||

@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "backoff.h"
+#include "civil.h"
 #include "dynbuf.h"
 #include "kconf.h"
 #include "log.h"
@@ -29,6 +30,13 @@
 #define RESULTS_DEADLETTER_CUT 65536
 /* A result too large for the topic loses its metadata and long texts. */
 #define RESULTS_REPLY_CUT 512
+/* The longest result record formatted: far above what its parts can
+ * make (the request's metadata is at most request.max.bytes, 100 MiB at
+ * most; a reply at most an SMTP session's input buffer, 6 bytes a byte
+ * escaped; recipients request.max.recipients, at most 10000). */
+#define RESULTS_RECORD_MAX (256u * 1024 * 1024)
+/* The largest formatting buffer kept between two results. */
+#define RESULTS_FMT_KEEP 65536
 
 /* What a record is, which decides what happens when Kafka refuses it. */
 enum rec_kind {
@@ -80,6 +88,9 @@ struct results {
         size_t r_end_cnt;
         int r_fatal;
         kstatus_t *r_ks; /* where access errors go (not owned) */
+        /* Where results_publish() formats a record: kept from one record
+         * to the next unless it grew past RESULTS_FMT_KEEP. */
+        struct dynbuf r_fmt;
 };
 
 static const char *const status_names[] = {"sent", "failed", "rejected",
@@ -96,14 +107,44 @@ int64_t results_wall_ms(void) {
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void results_format_time(int64_t unix_ms, char *buf, size_t buf_size) {
-        time_t secs = (time_t)(unix_ms / 1000);
-        struct tm tm;
+/* Writes the @width low decimal digits of @v (0 <= @v), zero-padded, at
+ * @p. @returns the byte past them. */
+static char *results_put_digits(char *p, int v, int width) {
+        for (int i = width - 1; i >= 0; i--) {
+                p[i] = (char)('0' + v % 10);
+                v /= 10;
+        }
+        return p + width;
+}
 
-        gmtime_r(&secs, &tm);
-        snprintf(buf, buf_size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                 tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
+void results_format_time(int64_t unix_ms, char *buf, size_t buf_size) {
+        struct civil c;
+        char *p = buf;
+
+        /* The seconds as gmtime_r() of unix_ms / 1000 has them. */
+        civil_from_unix(unix_ms / 1000, &c);
+        if (unix_ms < 0 || c.year > 9999 || buf_size < 25) {
+                snprintf(buf, buf_size, "%04lld-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                         (long long)c.year, c.month, c.day, c.hour, c.min,
+                         c.sec, (int)(unix_ms % 1000));
+                return;
+        }
+        /* The common case without printf: YYYY-MM-DDTHH:MM:SS.mmmZ */
+        p = results_put_digits(p, (int)c.year, 4);
+        *p++ = '-';
+        p = results_put_digits(p, c.month, 2);
+        *p++ = '-';
+        p = results_put_digits(p, c.day, 2);
+        *p++ = 'T';
+        p = results_put_digits(p, c.hour, 2);
+        *p++ = ':';
+        p = results_put_digits(p, c.min, 2);
+        *p++ = ':';
+        p = results_put_digits(p, c.sec, 2);
+        *p++ = '.';
+        p = results_put_digits(p, (int)(unix_ms % 1000), 3);
+        *p++ = 'Z';
+        *p = '\0';
 }
 
 static void backlog_free(struct backlog *b) {
@@ -505,6 +546,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 return NULL;
         }
         r->r_pipe[0] = r->r_pipe[1] = -1;
+        dynbuf_init(&r->r_fmt, RESULTS_RECORD_MAX);
         r->r_loop = loop;
         r->r_ks = ks;
         r->r_ack_cb = ack_cb;
@@ -626,6 +668,7 @@ void results_destroy(results_t *r, int timeout_ms) {
                 r->r_backlog_head = b->next;
                 backlog_free(b);
         }
+        dynbuf_fini(&r->r_fmt);
         free(r->r_end);
         free(r->r_topic_results);
         free(r->r_topic_deadletter);
@@ -639,12 +682,6 @@ size_t results_pending(const results_t *r) {
         return r->r_backlog_cnt + r->r_inflight;
 }
 
-/* The longest result record formatted: far above what its parts can
- * make (the request's metadata is at most request.max.bytes, 100 MiB at
- * most; a reply at most an SMTP session's input buffer, 6 bytes a byte
- * escaped; recipients request.max.recipients, at most 10000). */
-#define RESULTS_RECORD_MAX (256u * 1024 * 1024)
-
 /* Result records are written by hand (jb_*()): building a jansson object
  * per result cost more than the rest of the result path.
  *
@@ -657,7 +694,7 @@ static void jb_str(struct dynbuf *b, const char *s) {
         size_t n, run = 0;
 
         if (!s) {
-                dynbuf_appends(b, "null");
+                dynbuf_appendlit(b, "null");
                 return;
         }
         n = strlen(s);
@@ -689,7 +726,7 @@ static void jb_str(struct dynbuf *b, const char *s) {
                         dynbuf_append(b, (const char *)p + i, len);
                         i += len;
                 } else {
-                        dynbuf_appends(b, "\\ufffd");
+                        dynbuf_appendlit(b, "\\ufffd");
                         i += utf8_invalid_len(p + i, n - i);
                 }
         }
@@ -699,9 +736,18 @@ static void jb_str(struct dynbuf *b, const char *s) {
 
 static void jb_int(struct dynbuf *b, long long v) {
         char num[24];
-        int n = snprintf(num, sizeof(num), "%lld", v);
+        char *p = num + sizeof(num);
+        /* As unsigned: the lowest value has no positive counterpart. */
+        unsigned long long u =
+                v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 
-        dynbuf_append(b, num, (size_t)n);
+        do {
+                *--p = (char)('0' + u % 10);
+                u /= 10;
+        } while (u > 0);
+        if (v < 0)
+                *--p = '-';
+        dynbuf_append(b, p, (size_t)(num + sizeof(num) - p));
 }
 
 /* Writes a jansson value (metadata, failed recipients) compactly. */
@@ -709,7 +755,7 @@ static void jb_json(struct dynbuf *b, const json_t *v) {
         char *text;
 
         if (!v) {
-                dynbuf_appends(b, "null");
+                dynbuf_appendlit(b, "null");
                 return;
         }
         text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -720,21 +766,20 @@ static void jb_json(struct dynbuf *b, const json_t *v) {
 }
 
 static void jb_source(struct dynbuf *b, const struct result_source *src) {
-        dynbuf_appends(b, "{\"topic\":");
+        dynbuf_appendlit(b, "{\"topic\":");
         jb_str(b, src->topic);
-        dynbuf_appends(b, ",\"partition\":");
+        dynbuf_appendlit(b, ",\"partition\":");
         jb_int(b, src->partition);
-        dynbuf_appends(b, ",\"offset\":");
+        dynbuf_appendlit(b, ",\"offset\":");
         jb_int(b, src->offset);
-        dynbuf_appends(b, "}");
+        dynbuf_appendlit(b, "}");
 }
 
-char *results_format(const struct result_rec *rec, const char *relay,
-                     const char *worker, size_t *lenp) {
+/* Appends the result record's JSON text to @bp (results_format()). */
+static void results_format_into(struct dynbuf *bp, const struct result_rec *rec,
+                                const char *relay, const char *worker) {
         char received[40], completed[40];
-        struct dynbuf b;
         int64_t latency;
-        char *out;
 
         results_format_time(rec->received_ms, received, sizeof(received));
         results_format_time(rec->completed_ms, completed, sizeof(completed));
@@ -744,57 +789,65 @@ char *results_format(const struct result_rec *rec, const char *relay,
         if (latency < 0)
                 latency = 0;
 
-        dynbuf_init(&b, RESULTS_RECORD_MAX);
-        dynbuf_appends(&b, "{\"v\":1,\"id\":");
-        jb_str(&b, rec->id);
+        dynbuf_appendlit(bp, "{\"v\":1,\"id\":");
+        jb_str(bp, rec->id);
         if (rec->id && rec->id_from_key)
-                dynbuf_appends(&b, ",\"id_from\":\"key\"");
-        dynbuf_appends(&b, ",\"status\":\"");
-        dynbuf_appends(&b, result_status_name(rec->status));
-        dynbuf_appends(&b, "\",\"delivered\":\"");
-        dynbuf_appends(&b, rec->delivered               ? rec->delivered
+                dynbuf_appendlit(bp, ",\"id_from\":\"key\"");
+        dynbuf_appendlit(bp, ",\"status\":\"");
+        dynbuf_appends(bp, result_status_name(rec->status));
+        dynbuf_appendlit(bp, "\",\"delivered\":\"");
+        dynbuf_appends(bp, rec->delivered               ? rec->delivered
                            : rec->status == RESULT_SENT ? "all"
                                                         : "none");
-        dynbuf_appends(&b, "\",\"attempts\":");
-        jb_int(&b, rec->attempts);
-        dynbuf_appends(&b, ",\"smtp_code\":");
+        dynbuf_appendlit(bp, "\",\"attempts\":");
+        jb_int(bp, rec->attempts);
+        dynbuf_appendlit(bp, ",\"smtp_code\":");
         if (rec->smtp_code)
-                jb_int(&b, rec->smtp_code);
+                jb_int(bp, rec->smtp_code);
         else
-                dynbuf_appends(&b, "null");
-        dynbuf_appends(&b, ",\"smtp_reply\":");
-        jb_str(&b, rec->smtp_reply);
-        dynbuf_appends(&b, ",\"message_id\":");
-        jb_str(&b, rec->message_id);
-        dynbuf_appends(&b, ",\"relay\":");
-        jb_str(&b, rec->relay ? rec->relay : relay);
-        dynbuf_appends(&b, ",\"error\":");
-        jb_str(&b, rec->error);
+                dynbuf_appendlit(bp, "null");
+        dynbuf_appendlit(bp, ",\"smtp_reply\":");
+        jb_str(bp, rec->smtp_reply);
+        dynbuf_appendlit(bp, ",\"message_id\":");
+        jb_str(bp, rec->message_id);
+        dynbuf_appendlit(bp, ",\"relay\":");
+        jb_str(bp, rec->relay ? rec->relay : relay);
+        dynbuf_appendlit(bp, ",\"error\":");
+        jb_str(bp, rec->error);
         if (rec->failed_recipients) {
-                dynbuf_appends(&b, ",\"failed_recipients\":");
-                jb_json(&b, rec->failed_recipients);
+                dynbuf_appendlit(bp, ",\"failed_recipients\":");
+                jb_json(bp, rec->failed_recipients);
         }
         if (rec->recipients) {
-                dynbuf_appends(&b, ",\"recipients\":");
-                jb_json(&b, rec->recipients);
+                dynbuf_appendlit(bp, ",\"recipients\":");
+                jb_json(bp, rec->recipients);
         }
         if (rec->duplicate_of) {
-                dynbuf_appends(&b, ",\"duplicate\":true,\"duplicate_of\":");
-                jb_source(&b, rec->duplicate_of);
+                dynbuf_appendlit(bp, ",\"duplicate\":true,\"duplicate_of\":");
+                jb_source(bp, rec->duplicate_of);
         }
-        dynbuf_appends(&b, ",\"source\":");
-        jb_source(&b, &rec->source);
-        dynbuf_appends(&b, ",\"received_at\":\"");
-        dynbuf_appends(&b, received);
-        dynbuf_appends(&b, "\",\"completed_at\":\"");
-        dynbuf_appends(&b, completed);
-        dynbuf_appends(&b, "\",\"latency_ms\":");
-        jb_int(&b, latency);
-        dynbuf_appends(&b, ",\"worker\":");
-        jb_str(&b, worker);
-        dynbuf_appends(&b, ",\"metadata\":");
-        jb_json(&b, rec->metadata);
-        dynbuf_appends(&b, "}");
+        dynbuf_appendlit(bp, ",\"source\":");
+        jb_source(bp, &rec->source);
+        dynbuf_appendlit(bp, ",\"received_at\":\"");
+        dynbuf_appends(bp, received);
+        dynbuf_appendlit(bp, "\",\"completed_at\":\"");
+        dynbuf_appends(bp, completed);
+        dynbuf_appendlit(bp, "\",\"latency_ms\":");
+        jb_int(bp, latency);
+        dynbuf_appendlit(bp, ",\"worker\":");
+        jb_str(bp, worker);
+        dynbuf_appendlit(bp, ",\"metadata\":");
+        jb_json(bp, rec->metadata);
+        dynbuf_appendlit(bp, "}");
+}
+
+char *results_format(const struct result_rec *rec, const char *relay,
+                     const char *worker, size_t *lenp) {
+        struct dynbuf b;
+        char *out;
+
+        dynbuf_init(&b, RESULTS_RECORD_MAX);
+        results_format_into(&b, rec, relay, worker);
         /* Cannot fail but for memory: the parts are bounded (see
          * RESULTS_RECORD_MAX); as elsewhere, out of memory aborts. */
         out = dynbuf_take(&b, lenp);
@@ -804,15 +857,23 @@ char *results_format(const struct result_rec *rec, const char *relay,
 }
 
 int results_publish(results_t *r, const struct result_rec *rec, void *opaque) {
-        size_t len;
-        char *value = results_format(rec, r->r_relay, r->r_worker, &len);
+        struct dynbuf *b = &r->r_fmt;
 
+        /* Formatted into the buffer kept for it, from which librdkafka
+         * copies the record (or the backlog does). */
+        dynbuf_reset(b);
+        results_format_into(b, rec, r->r_relay, r->r_worker);
+        /* Cannot fail but for memory: the parts are bounded (see
+         * RESULTS_RECORD_MAX); as elsewhere, out of memory aborts. */
+        if (dynbuf_error(b) != DYNBUF_OK)
+                abort();
         results_send(r, REC_RESULT, r->r_topic_results,
                      rec->results_partition >= 0 ? rec->results_partition
                                                  : RD_KAFKA_PARTITION_UA,
-                     rec->id, rec->id ? strlen(rec->id) : 0, value, len, NULL,
-                     opaque);
-        free(value);
+                     rec->id, rec->id ? strlen(rec->id) : 0, dynbuf_ptr(b),
+                     dynbuf_len(b), NULL, opaque);
+        if (dynbuf_len(b) > RESULTS_FMT_KEEP)
+                dynbuf_fini(b);
         return 0;
 }
 

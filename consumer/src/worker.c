@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "consumer.h"
+#include "cstr.h"
 #include "dedupe.h"
 #include "jsonparse.h"
 #include "kstatus.h"
@@ -107,6 +108,9 @@ struct entry {
         struct entry *e_following; /* the leader this one waits for */
         char *e_raw; /* the request's JSON text, for the retry topic */
         size_t e_raw_len;
+        /* Room for a copy of the request after the entry, in its
+         * allocation (entry_new()); NULL when none. */
+        char *e_raw_room;
         struct mail_request *e_req;
         struct message *e_msg;
         struct smtp_job e_job;
@@ -278,19 +282,24 @@ static void worker_commit_soon(worker_t *w, const struct worker_topic *wt) {
 
 /* ---- entries ---- */
 
+/* @returns a new entry for @offset, with @raw_room bytes after it for a copy
+ * of its request (one allocation a request instead of two). */
 static struct entry *entry_new(worker_t *w, struct worker_topic *wt,
-                               ledger_part_t *p, int64_t offset) {
-        struct entry *e = calloc(1, sizeof(*e));
+                               ledger_part_t *p, int64_t offset,
+                               size_t raw_room) {
+        struct entry *e = malloc(sizeof(*e) + raw_room);
 
         if (!e)
                 abort();
+        memset(e, 0, sizeof(*e));
+        e->e_raw_room = raw_room > 0 ? (char *)(e + 1) : NULL;
         e->e_worker = w;
         e->e_topic = wt;
         e->e_part = p;
         e->e_offset = offset;
         e->e_origin_partition = ledger_part_partition(p);
         e->e_origin_offset = offset;
-        e->e_received_ms = results_wall_ms();
+        e->e_received_ms = loop_wall_ms(w->w_loop);
         loop_timer_init(&e->e_timer, entry_on_timer, e);
         e->e_next = w->w_entries;
         if (w->w_entries)
@@ -352,7 +361,8 @@ static void entry_destroy(struct entry *e, int done) {
         retry_record_clear(&e->e_retry);
         message_destroy(e->e_msg);
         request_destroy(e->e_req);
-        free(e->e_raw);
+        if (e->e_raw != e->e_raw_room)
+                free(e->e_raw);
         free(e);
         worker_check_pressure(w);
 }
@@ -434,7 +444,7 @@ static void entry_finish_duplicate(struct entry *e,
         rec.duplicate_of = &dup;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.duplicates++;
@@ -456,8 +466,8 @@ static int entry_claim(struct entry *e) {
 
         if (!w->w_dedupe)
                 return 1;
-        switch (dedupe_claim(w->w_dedupe, e->e_req->id, e, results_wall_ms(),
-                             &leader, &done)) {
+        switch (dedupe_claim(w->w_dedupe, e->e_req->id, e,
+                             loop_wall_ms(w->w_loop), &leader, &done)) {
         case DEDUPE_NEW:
                 e->e_leader = 1;
                 return 1;
@@ -756,7 +766,7 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
         rec.source.offset = e->e_origin_offset;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.metadata = e->e_req->metadata;
         rec.results_partition = ledger_part_results_partition(e->e_part);
 
@@ -797,13 +807,12 @@ static void entry_finish(struct entry *e, enum result_status status, int code,
                                                               : 2;
         done.smtp_code = code;
         done.attempts = e->e_attempts;
-        snprintf(done.smtp_reply, sizeof(done.smtp_reply), "%s",
-                 reply ? reply : "");
-        snprintf(done.error, sizeof(done.error), "%s", error ? error : "");
-        snprintf(done.message_id, sizeof(done.message_id), "%s",
-                 rec.message_id ? rec.message_id : "");
-        snprintf(done.source_topic, sizeof(done.source_topic), "%s",
-                 rec.source.topic);
+        cstr_copy(done.smtp_reply, sizeof(done.smtp_reply), reply ? reply : "");
+        cstr_copy(done.error, sizeof(done.error), error ? error : "");
+        cstr_copy(done.message_id, sizeof(done.message_id),
+                  rec.message_id ? rec.message_id : "");
+        cstr_copy(done.source_topic, sizeof(done.source_topic),
+                  rec.source.topic);
         done.source_partition = rec.source.partition;
         done.source_offset = rec.source.offset;
         dedupe_finish(w->w_dedupe, e->e_req->id, &done, rec.completed_ms);
@@ -1025,7 +1034,7 @@ static void worker_on_smtp_done(struct smtp_job *job, void *opaque) {
  * deadline has passed. */
 static void entry_start(struct entry *e) {
         worker_t *w = e->e_worker;
-        int64_t now = results_wall_ms();
+        int64_t now = loop_wall_ms(w->w_loop);
         struct relay_route route;
 
         if (e->e_req->deadline_ms && now >= e->e_req->deadline_ms) {
@@ -1126,7 +1135,7 @@ static void worker_reject(worker_t *w, struct entry *e,
         rec.source = src;
         rec.request_ts_ms = e->e_request_ts_ms;
         rec.received_ms = e->e_received_ms;
-        rec.completed_ms = results_wall_ms();
+        rec.completed_ms = loop_wall_ms(w->w_loop);
         rec.results_partition = ledger_part_results_partition(e->e_part);
         w->w_stats.rejected++;
         results_publish(w->w_results, &rec, e);
@@ -1180,7 +1189,8 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                 return;
         }
         w->w_stats.consumed++;
-        e = entry_new(w, wt, p, m->offset);
+        e = entry_new(w, wt, p, m->offset,
+                      wt->wt_index == TOPIC_RETRY || !m->payload ? 0 : m->len);
         e->e_request_ts_ms = rd_kafka_message_timestamp(m, &tstype);
         if (e->e_request_ts_ms < 0)
                 e->e_request_ts_ms = 0;
@@ -1197,9 +1207,7 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
                         goto out;
                 }
         } else {
-                e->e_raw = malloc(m->len);
-                if (!e->e_raw)
-                        abort();
+                e->e_raw = e->e_raw_room;
                 memcpy(e->e_raw, m->payload, m->len);
                 e->e_raw_len = m->len;
         }

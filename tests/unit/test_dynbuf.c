@@ -27,6 +27,24 @@ static void test_appends_accumulate_and_stay_nul_terminated(void **state) {
         assert_int_equal(dynbuf_len(&d), 0);
 }
 
+/* A literal appended by dynbuf_appendlit() is appended whole, NULs inside
+ * it too, as dynbuf_append() with its length would. */
+static void test_literal_appends_take_the_whole_literal(void **state) {
+        struct dynbuf d;
+
+        (void)state;
+        dynbuf_init(&d, 64);
+        assert_int_equal(dynbuf_appendlit(&d, ""), 0);
+        assert_int_equal(dynbuf_len(&d), 0);
+        assert_int_equal(dynbuf_appendlit(&d, "ab"
+                                              "c"),
+                         0);
+        assert_int_equal(dynbuf_appendlit(&d, "d\0e"), 0);
+        assert_int_equal(dynbuf_len(&d), 6);
+        assert_memory_equal(dynbuf_ptr(&d), "abcd\0e", 7);
+        dynbuf_fini(&d);
+}
+
 static void test_growing_past_many_doublings_keeps_every_byte(void **state) {
         struct dynbuf d;
 
@@ -157,6 +175,7 @@ int main(void) {
                 cmocka_unit_test(
                         test_the_limit_is_reached_exactly_and_not_passed),
                 cmocka_unit_test(test_a_failure_sticks_until_reset),
+                cmocka_unit_test(test_literal_appends_take_the_whole_literal),
                 cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
                 cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
                 cmocka_unit_test(

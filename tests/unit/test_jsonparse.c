@@ -159,6 +159,82 @@ static void test_a_json_string_of_any_bytes_is_valid_utf8(void **state) {
         }
 }
 
+/* A string is read 8 bytes at a time: a byte that ends a plain run (a
+ * quote, a backslash, a control byte, UTF-8, each byte value around those)
+ * is found at every position of a word and across two words, alike with
+ * jansson (parsed the same, or rejected by both). */
+static void test_string_bytes_found_at_every_position(void **state) {
+        static const char *const specials[] = {
+                "\\\"",    "\\\\",     "\\n",
+                "\\u00e9", "\"",       "\x1f",
+                "\x01",    "\xc3\xa9", "\xe2\x82\xac",
+                "\xc3",    "\x7f",     " ",
+                "!",       "#",        "[",
+                "]",       "\x21",     "\x5b",
+                "\x5d",
+        };
+
+        (void)state;
+        for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++) {
+                for (size_t pos = 0; pos < 20; pos++) {
+                        char s[64];
+                        int n = snprintf(s, sizeof(s), "\"%.*s%s%.*s\"",
+                                         (int)pos, "abcdefghijklmnopqrstu",
+                                         specials[k], (int)(19 - pos),
+                                         "ABCDEFGHIJKLMNOPQRSTU");
+                        json_t *fast = jsonparse_loadb(s, (size_t)n);
+                        json_t *ref = reference(s, (size_t)n);
+
+                        if (fast != NULL &&
+                            (ref == NULL || !json_equal(fast, ref)))
+                                fail_msg("not parsed alike: %s", s);
+                        if (fast == NULL && ref != NULL &&
+                            specials[k][0] != '"')
+                                fail_msg("fast path left: %s", s);
+                        json_decref(fast);
+                        json_decref(ref);
+                }
+        }
+}
+
+/* Writes @len characters at @s + @n: @c, with an escape \@esc every 7th.
+ * @returns the new length. */
+static size_t put_escaped(char *s, size_t n, size_t len, char c, char esc) {
+        for (size_t k = 0; k < len; k++) {
+                if (k % 7 == 0) {
+                        s[n++] = '\\';
+                        s[n++] = esc;
+                } else {
+                        s[n++] = c;
+                }
+        }
+        return n;
+}
+
+/* Escaped strings are decoded alike whether they fit the parser's stack
+ * buffer or not: short, one past it, two long ones (the second larger). */
+static void test_escaped_strings_of_any_length_decode_alike(void **state) {
+        static const size_t lens[][2] = {
+                {10, 10}, {3000, 10}, {5000, 10}, {5000, 9000}, {9000, 5000},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+                size_t cap = lens[i][0] * 2 + lens[i][1] * 2 + 64;
+                char *s = malloc(cap);
+                size_t n = 0;
+
+                assert_non_null(s);
+                n += (size_t)snprintf(s + n, cap - n, "{\"a\":\"");
+                n = put_escaped(s, n, lens[i][0], 'x', 'n');
+                n += (size_t)snprintf(s + n, cap - n, "\",\"b\\u0062\":\"");
+                n = put_escaped(s, n, lens[i][1], 'y', 't');
+                n += (size_t)snprintf(s + n, cap - n, "\"}");
+                assert_fast(s, n);
+                free(s);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_request_takes_the_fast_path),
@@ -166,6 +242,9 @@ int main(void) {
                 cmocka_unit_test(test_what_the_fast_path_leaves_to_jansson),
                 cmocka_unit_test(test_invalid_json_is_rejected_by_both),
                 cmocka_unit_test(test_a_json_string_of_any_bytes_is_valid_utf8),
+                cmocka_unit_test(test_string_bytes_found_at_every_position),
+                cmocka_unit_test(
+                        test_escaped_strings_of_any_length_decode_alike),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

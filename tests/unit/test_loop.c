@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop.h"
@@ -418,6 +419,53 @@ static void test_now_is_cached_per_iteration(void **state) {
         loop_destroy(loop);
 }
 
+/* The wall clock is read once per iteration by the callbacks of that
+ * iteration (two timers 20 ms apart in one run see one reading), afresh in
+ * the next, and read each time outside an iteration. */
+static int64_t wall_seen[3];
+static int wall_calls;
+
+static void wall_timer_cb(loop_t *l, void *o) {
+        (void)o;
+        wall_seen[wall_calls++] = loop_wall_ms(l);
+        usleep(20 * 1000);
+}
+
+static int64_t wall_now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_wall_clock_is_read_once_per_iteration(void **state) {
+        loop_t *loop = loop_new();
+        loop_timer_t t1, t2, t3;
+        int64_t before = wall_now_ms();
+        int64_t a;
+
+        (void)state;
+        a = loop_wall_ms(loop);
+        assert_true(a >= before && a <= wall_now_ms());
+        usleep(20 * 1000);
+        assert_true(loop_wall_ms(loop) >= a + 20);
+        loop_timer_init(&t1, wall_timer_cb, NULL);
+        loop_timer_init(&t2, wall_timer_cb, NULL);
+        loop_timer_init(&t3, wall_timer_cb, NULL);
+        loop_timer_start(loop, &t1, 0);
+        loop_timer_start(loop, &t2, 0);
+        before = wall_now_ms();
+        loop_run_once(loop, 1000);
+        assert_int_equal(wall_calls, 2);
+        assert_true(wall_seen[0] >= before);
+        assert_true(wall_seen[1] == wall_seen[0]);
+        loop_timer_start(loop, &t3, 0);
+        loop_run_once(loop, 1000);
+        assert_int_equal(wall_calls, 3);
+        assert_true(wall_seen[2] >= wall_seen[0] + 40);
+        loop_destroy(loop);
+}
+
 /* The loop is not re-entrant: run from one of its callbacks, it refuses
  * (EDEADLK) and the outer run goes on as if nothing happened. */
 static int nest_result = 1, nest_errno, nest_calls_b;
@@ -491,6 +539,7 @@ int main(void) {
                 cmocka_unit_test(test_io_fd_table_grows),
                 cmocka_unit_test(test_wakeup_from_another_thread_ends_the_wait),
                 cmocka_unit_test(test_now_is_cached_per_iteration),
+                cmocka_unit_test(test_wall_clock_is_read_once_per_iteration),
                 cmocka_unit_test(test_a_callback_cannot_run_the_loop_again),
         };
 

@@ -1336,6 +1336,100 @@ static void test_line_of_998_octets_stays_7bit_999_becomes_qp(void **state) {
         }
 }
 
+/* The transfer encoding a text body gets, at the edges of each rule:
+ * ASCII only, lines within 998 octets once stuffed (whatever ends them),
+ * no boundary prefix anywhere (also at the very end). */
+static void test_text_body_encoding_choice_at_the_edges(void **state) {
+        static const struct {
+                const char *text;
+                const char *encoding;
+        } cases[] = {
+                {"", "7bit"},
+                {"plain words\nand more", "7bit"},
+                {"a=b =_km =_k_m_ = _km_", "7bit"},
+                {"ends with =_km_", "quoted-printable"},
+                {"=_km_ starts", "quoted-printable"},
+                {"==_km_x", "quoted-printable"},
+                {"seven bytes\x7f", "7bit"},
+                {"caf\xc3\xa9", "quoted-printable"},
+                {"line\rline\r\nline\n\n.\r", "7bit"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < FIXTURE_LEN(cases); i++) {
+                struct built b = build_with("enc", "text", cases[i].text);
+
+                assert_header_equal(b.text, "Content-Transfer-Encoding",
+                                    cases[i].encoding);
+                built_free(&b);
+        }
+}
+
+/* A CR alone ends a line for the 998-octet rule, as LF and CRLF do. */
+static void test_line_rule_counts_lines_ended_by_cr(void **state) {
+        static const struct {
+                const char *sep;
+                const char *encoding;
+        } cases[] = {
+                {"\r", "7bit"},
+                {"\n", "7bit"},
+                {"\r\n", "7bit"},
+                {"", "quoted-printable"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < FIXTURE_LEN(cases); i++) {
+                char text[2100];
+                size_t n = strlen(cases[i].sep);
+                struct built b;
+
+                memset(text, 'a', 600);
+                memcpy(text + 600, cases[i].sep, n);
+                memset(text + 600 + n, 'b', 600);
+                text[1200 + n] = '\0';
+                b = build_with("cr", "text", text);
+                assert_header_equal(b.text, "Content-Transfer-Encoding",
+                                    cases[i].encoding);
+                built_free(&b);
+        }
+}
+
+/* The Date header's day has no leading zero, the time has. */
+static void test_date_header_fields_padded_as_rfc5322(void **state) {
+        static const struct {
+                int64_t ms;
+                const char *date;
+        } cases[] = {
+                {0, "Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"},
+                {1795867200000LL, "Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"},
+                {1801472705123LL, "Date: Mon, 1 Feb 2027 09:05:05 +0000\r\n"},
+                {253402300799000LL,
+                 "Date: Fri, 31 Dec 9999 23:59:59 +0000\r\n"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < FIXTURE_LEN(cases); i++) {
+                const char *json = "{\"id\":\"d\",\"from\":\"a@b.example\","
+                                   "\"to\":[\"c@d.example\"],\"text\":\"x\"}";
+                char id[8];
+                char err[128];
+                struct mail_request *req =
+                        request_parse(json, strlen(json), &test_limits, id,
+                                      sizeof(id), err, sizeof(err));
+                struct message_opts opts = {.date_ms = cases[i].ms};
+                struct message *msg;
+
+                assert_non_null(req);
+                msg = message_build(req, &opts, err, sizeof(err));
+                assert_non_null(msg);
+                assert_true(msg->data_len > strlen(cases[i].date));
+                assert_memory_equal(msg->data, cases[i].date,
+                                    strlen(cases[i].date));
+                message_destroy(msg);
+                request_destroy(req);
+        }
+}
+
 static void test_bare_lf_and_cr_normalised_to_crlf(void **state) {
         json_t *o = base_req("n");
         struct built b;
@@ -1463,6 +1557,9 @@ int main(void) {
                         test_line_of_998_octets_stays_7bit_999_becomes_qp),
                 cmocka_unit_test(test_bare_lf_and_cr_normalised_to_crlf),
                 cmocka_unit_test(test_dot_stuffing_of_body_lines),
+                cmocka_unit_test(test_text_body_encoding_choice_at_the_edges),
+                cmocka_unit_test(test_line_rule_counts_lines_ended_by_cr),
+                cmocka_unit_test(test_date_header_fields_padded_as_rfc5322),
                 cmocka_unit_test(test_headroom_leaves_the_message_as_it_is),
                 cmocka_unit_test(
                         test_body_containing_boundary_prefix_forced_to_qp),

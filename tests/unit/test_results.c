@@ -197,6 +197,60 @@ static void test_long_values_grow_past_the_stack_buffer(void **state) {
         free(big);
 }
 
+/* Times are RFC 3339 UTC with milliseconds, zero-padded, at the edges of
+ * each field. */
+static void test_times_formatted_rfc3339_with_milliseconds(void **state) {
+        static const struct {
+                int64_t ms;
+                const char *text;
+        } cases[] = {
+                {0, "1970-01-01T00:00:00.000Z"},
+                {1795800000104LL, "2026-11-27T17:20:00.104Z"},
+                {951782400999LL, "2000-02-29T00:00:00.999Z"},
+                {253402300799001LL, "9999-12-31T23:59:59.001Z"},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char buf[40];
+
+                results_format_time(cases[i].ms, buf, sizeof(buf));
+                assert_string_equal(buf, cases[i].text);
+        }
+}
+
+/* Partitions and offsets are written as JSON integers, negative ones
+ * and the int64 extremes too. */
+static void test_source_numbers_at_their_extremes(void **state) {
+        static const struct {
+                int32_t partition;
+                int64_t offset;
+        } cases[] = {
+                {0, 0},
+                {-1, -1001},
+                {2147483647, INT64_MAX},
+                {-2147483647 - 1, INT64_MIN},
+                {9, 1000000000000LL},
+        };
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct result_rec rec = base_rec();
+                json_t *o, *src;
+
+                rec.source.partition = cases[i].partition;
+                rec.source.offset = cases[i].offset;
+                o = format_and_parse(&rec);
+                src = json_object_get(o, "source");
+                assert_int_equal(
+                        json_integer_value(json_object_get(src, "partition")),
+                        cases[i].partition);
+                assert_true(json_integer_value(json_object_get(
+                                    src, "offset")) == cases[i].offset);
+                json_decref(o);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_sent_result_has_every_v1_field),
@@ -207,6 +261,9 @@ int main(void) {
                 cmocka_unit_test(test_delivered_and_recipients),
                 cmocka_unit_test(test_duplicate_names_the_earlier_request),
                 cmocka_unit_test(test_long_values_grow_past_the_stack_buffer),
+                cmocka_unit_test(
+                        test_times_formatted_rfc3339_with_milliseconds),
+                cmocka_unit_test(test_source_numbers_at_their_extremes),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
