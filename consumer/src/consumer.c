@@ -712,16 +712,19 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 {"auto.offset.reset", "earliest"},
                 {"queued.max.messages.kbytes", "4096"},
                 /* A fetch response stays in memory while any of its messages
-             * is queued: with librdkafka's defaults (1 MiB a partition,
-             * 50 MiB a fetch) the worker held about 60 MiB of prefetched
-             * requests on a backlog, whatever queued.max.messages.kbytes
-             * said; with 1 MiB fetches, 10 MiB more than with 256 KiB
-             * (benchmark B3 over 60,000 requests). librdkafka wants
-             * fetch.max.bytes >= message.max.bytes, which bounds only the
-             * consumer's own requests. */
+                 * is queued: with librdkafka's defaults (1 MiB a partition,
+                 * 50 MiB a fetch) the worker held about 60 MiB of prefetched
+                 * requests on a backlog, whatever queued.max.messages.kbytes
+                 * said. The fetch sizes count compressed bytes, and the queue
+                 * passes its limit by about one fetch, decompressed: with
+                 * 256 KiB fetches of lz4 requests librdkafka's decompressed
+                 * batches took 11-15 MiB of the heap at 1,000 in flight,
+                 * with 64 KiB 6.5 MiB (benchmark B3 under heaptrack).
+                 * librdkafka wants fetch.max.bytes >= message.max.bytes,
+                 * which bounds only the consumer's own requests. */
                 {"max.partition.fetch.bytes", "65536"},
-                {"message.max.bytes", "262144"},
-                {"fetch.max.bytes", "262144"},
+                {"message.max.bytes", "65536"},
+                {"fetch.max.bytes", "65536"},
                 /* A topic the consumer was refused (a missing ACL) is
                  * looked at again at the next metadata refresh: every 10 s
                  * instead of librdkafka's 5 minutes, so that access given

@@ -7,6 +7,8 @@
 
 /* The first allocation: most users write short texts. */
 #define DYNBUF_MIN 64
+/* Room past the content that dynbuf_take() leaves allocated, at most. */
+#define DYNBUF_TAKE_SLACK 256
 
 void dynbuf_init(struct dynbuf *d, size_t max) {
         d->db_p = NULL;
@@ -170,6 +172,12 @@ char *dynbuf_take(struct dynbuf *d, size_t *lenp) {
                 return NULL;
         p = d->db_p;
         p[d->db_len] = '\0';
+        if (d->db_cap - (d->db_len + 1) > DYNBUF_TAKE_SLACK) {
+                char *fit = realloc(p, d->db_len + 1);
+
+                if (fit != NULL) /* else the larger block serves as well */
+                        p = fit;
+        }
         if (lenp != NULL)
                 *lenp = d->db_len;
         dynbuf_init(d, d->db_max);

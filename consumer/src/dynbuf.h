@@ -94,7 +94,9 @@ enum dynbuf_err dynbuf_error(const struct dynbuf *d);
 /*
  * Hands the content over: @returns it (malloc'd, NUL-terminated, owned by
  * the caller from now on) with its length in *@lenp (when not NULL), and
- * leaves @d empty. @returns NULL after a failed append (the content is
+ * leaves @d empty. Room beyond the content is given back when it is more
+ * than 256 bytes: a taken buffer often lives long (a built
+ * message, for as long as its request is in flight). @returns NULL after a failed append (the content is
  * freed) or when no memory is left for an empty content.
  */
 char *dynbuf_take(struct dynbuf *d, size_t *lenp);

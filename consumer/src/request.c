@@ -1395,21 +1395,31 @@ void request_destroy(struct mail_request *req) {
         addresses_free(req->bcc, req->bcc_cnt);
         addresses_free(req->reply_to, req->reply_to_cnt);
         free(req->subject);
+        request_drop_content(req);
+        json_decref(req->metadata);
+        free(req);
+}
+
+void request_drop_content(struct mail_request *req) {
         free(req->text);
+        req->text = NULL;
         free(req->html);
+        req->html = NULL;
         for (size_t i = 0; i < req->header_cnt; i++) {
                 free(req->headers[i].name);
                 free(req->headers[i].value);
         }
         free(req->headers);
+        req->headers = NULL;
+        req->header_cnt = 0;
         for (size_t i = 0; i < req->attachment_cnt; i++) {
                 free(req->attachments[i].filename);
                 free(req->attachments[i].content_type);
                 free(req->attachments[i].data);
         }
         free(req->attachments);
-        json_decref(req->metadata);
-        free(req);
+        req->attachments = NULL;
+        req->attachment_cnt = 0;
 }
 
 size_t request_recipient_count(const struct mail_request *req) {

@@ -84,6 +84,12 @@ struct mail_request *request_parse(const char *json, size_t len,
 
 void request_destroy(struct mail_request *req);
 
+/* Frees what only the message's building reads: text, html, the extra
+ * headers and the attachments (counts set to 0, pointers to NULL). The id,
+ * the addresses, the subject, the deadline, the metadata and the priority
+ * stay. */
+void request_drop_content(struct mail_request *req);
+
 /* @returns 1 when @len bytes at @id make a valid request id (the rules of
  * the "id" field: docs/wire-format.md), 0 otherwise. */
 int request_id_valid(const char *id, size_t len);

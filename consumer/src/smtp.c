@@ -47,7 +47,9 @@
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
-#define SMTP_IN_READ 1024 /* room made before each read: replies are short */
+/* Room made before each read (with the NUL, a block of 1 KiB): replies are
+ * short. */
+#define SMTP_IN_READ 1023
 /*
  * Output buffer of a session, at most. It holds what is not sent yet of
  * one pipelined batch: MAIL, a RCPT per recipient and DATA (or a lone RSET,

@@ -1234,6 +1234,9 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
         if (mo.headroom > 0)
                 signer_sign(w->w_signer, e->e_msg, e->e_req->from.addr,
                             results_wall_ms() / 1000, id);
+        /* The message holds the body now; e_raw keeps the request's text
+         * for the retry topic. */
+        request_drop_content(e->e_req);
         e->e_job.mail_from = e->e_msg->mail_from;
         entry_rcpts_from_retry(e);
         e->e_job.data = e->e_msg->data;

@@ -459,7 +459,7 @@ def test_a_larger_kafka_message_max_bytes_raises_the_consumers_fetch_limit(
 
 def test_a_request_larger_than_a_fetch_is_consumed_and_sent(
         kafka, topics, capture_server, worker):
-    # The consumer fetches at most 256 KiB at a time; Kafka still hands over
+    # The consumer fetches at most 64 KiB at a time; Kafka still hands over
     # a larger record batch whole.
     import os
     server = capture_server()

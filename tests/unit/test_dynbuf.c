@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +140,25 @@ static void test_take_hands_over_the_bytes_and_empties(void **state) {
         dynbuf_fini(&d);
 }
 
+/* A taken buffer lives on (a built message, while its request is in
+ * flight): room reserved and not used is given back. */
+static void test_take_gives_back_unused_room(void **state) {
+        struct dynbuf d;
+        size_t len = 0;
+        char *p;
+
+        (void)state;
+        dynbuf_init(&d, 1 << 20);
+        assert_non_null(dynbuf_reserve(&d, 8000));
+        dynbuf_appends(&d, "short");
+        p = dynbuf_take(&d, &len);
+        assert_string_equal(p, "short");
+        assert_int_equal(len, 5);
+        assert_true(malloc_usable_size(p) < 64);
+        free(p);
+        dynbuf_fini(&d);
+}
+
 static void
 test_consume_drops_from_the_front_and_avail_is_the_room(void **state) {
         struct dynbuf d;
@@ -178,6 +198,7 @@ int main(void) {
                 cmocka_unit_test(test_literal_appends_take_the_whole_literal),
                 cmocka_unit_test(test_reserve_then_setlen_writes_in_place),
                 cmocka_unit_test(test_take_hands_over_the_bytes_and_empties),
+                cmocka_unit_test(test_take_gives_back_unused_room),
                 cmocka_unit_test(
                         test_consume_drops_from_the_front_and_avail_is_the_room),
         };

@@ -534,6 +534,34 @@ static void test_base64_with_line_breaks_decodes(void **state) {
         request_destroy(req);
 }
 
+/* Once the message is built only the envelope, the id and what the result
+ * echoes are read: the content goes, the rest stays. */
+static void test_drop_content_keeps_the_envelope(void **state) {
+        struct mail_request *req =
+                parse_ok("{\"id\":\"a1\",\"from\":\"f@x.example\","
+                         "\"to\":[\"t@x.example\"],\"subject\":\"s\","
+                         "\"text\":\"body\",\"html\":\"<p>b</p>\","
+                         "\"headers\":{\"X-A\":\"1\"},\"metadata\":{\"k\":1},"
+                         "\"attachments\":[{\"filename\":\"a.txt\","
+                         "\"content_base64\":\"aGVsbG8gd29ybGQ=\"}]}");
+
+        (void)state;
+        request_drop_content(req);
+        assert_null(req->text);
+        assert_null(req->html);
+        assert_null(req->headers);
+        assert_int_equal(req->header_cnt, 0);
+        assert_null(req->attachments);
+        assert_int_equal(req->attachment_cnt, 0);
+        assert_string_equal(req->id, "a1");
+        assert_string_equal(req->from.addr, "f@x.example");
+        assert_int_equal(req->to_cnt, 1);
+        assert_string_equal(req->subject, "s");
+        assert_non_null(req->metadata);
+        request_drop_content(req); /* again: nothing left to free */
+        request_destroy(req);
+}
+
 static void test_errstr_truncated_to_its_size(void **state) {
         char err[8];
         char id[8];
@@ -547,6 +575,7 @@ static void test_errstr_truncated_to_its_size(void **state) {
 
 int main(void) {
         static const struct CMUnitTest fixed[] = {
+                cmocka_unit_test(test_drop_content_keeps_the_envelope),
                 cmocka_unit_test(
                         test_fixture_folders_hold_at_least_30_invalid_cases),
                 cmocka_unit_test(test_a_kafka_key_is_an_id_by_the_id_rules),
