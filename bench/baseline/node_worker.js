@@ -17,6 +17,8 @@
 //     node node_worker.js --bootstrap HOST:PORT --topic T --group G \
 //                         --smtp HOST:PORT [--max-connections 64]
 //
+// Packages (exact versions in package-lock.json): kafkajs, nodemailer, and
+// lz4js for the LZ4-compressed batches the requests come in.
 // At most 2 x max-connections requests are taken from Kafka and not yet sent
 // (the Python worker's 2 per thread). kafkajs and nodemailer come from
 // bench/.node/node_modules (benchlib.ensure_node(), NODE_PATH). Logs go to
@@ -25,8 +27,18 @@
 // way for every worker. SIGTERM or SIGINT stops it after the sends in flight.
 'use strict';
 
-const { Kafka, logLevel } = require('kafkajs');
+const { Kafka, logLevel, CompressionTypes, CompressionCodecs } = require('kafkajs');
+const lz4 = require('lz4js');
 const nodemailer = require('nodemailer');
+
+// KafkaJS reads only uncompressed and gzip batches by itself; mailer-loadgen
+// (like kafka-mailer's producers) writes LZ4, so the worker registers a codec:
+// lz4js, pure JavaScript (the native `lz4` package behind kafkajs-lz4 needs
+// node-gyp and a compiler), the LZ4 frame format Kafka uses.
+CompressionCodecs[CompressionTypes.LZ4] = () => ({
+  async compress(encoder) { return Buffer.from(lz4.compress(encoder.buffer)); },
+  async decompress(buffer) { return Buffer.from(lz4.decompress(buffer)); },
+});
 
 function logfmtValue(v) {
   v = String(v);
@@ -104,6 +116,12 @@ async function main() {
     },
   });
   const consumer = kafka.consumer({ groupId: a.group });
+  consumer.on(consumer.events.CRASH, (e) => {
+    if (!e.payload.restart) {
+      log('error', 'consumer crashed', { error: String(e.payload.error) });
+      process.exit(1);
+    }
+  });
   consumer.on(consumer.events.GROUP_JOIN, (e) => {
     const parts = Object.values(e.payload.memberAssignment || {})
       .reduce((n, ps) => n + ps.length, 0);
