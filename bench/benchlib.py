@@ -328,10 +328,10 @@ def ensure_venv(log_to):
 
 
 def ensure_node(log_to):
-    """bench/.node/node_modules with the exact kafkajs and nodemailer of
+    """bench/.node/node_modules with the exact kafkajs, nodemailer and lz4js of
     bench/baseline/package-lock.json (`npm ci`, run again when the lock file
     changed). The Node peer runs with NODE_PATH set to it.
-    @returns (node path, NODE_PATH, "kafkajs X, nodemailer Y") or
+    @returns (node path, NODE_PATH, "kafkajs X, nodemailer Y, lz4js Z") or
     (None, None, reason)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
@@ -342,7 +342,7 @@ def ensure_node(log_to):
     def versions():
         try:
             return ", ".join("%s %s" % (m, json.loads((mods / m / "package.json").read_text())
-                                        ["version"]) for m in ("kafkajs", "nodemailer"))
+                                        ["version"]) for m in ("kafkajs", "nodemailer", "lz4js"))
         except (OSError, ValueError, KeyError):
             return None
 
