@@ -20,6 +20,8 @@ Pieces:
 - peak_rss_kib() (VmHWM) and cpu_seconds() of a process.
 - ensure_venv(): bench/.venv with confluent-kafka (kafka-python as a fallback)
   for the Python baseline.
+- ensure_node(): bench/.node/node_modules (`npm ci` of
+  bench/baseline/package-lock.json) for the Node.js peer of B1 --peers.
 """
 import datetime
 import json
@@ -221,11 +223,12 @@ class Run:
         return self.bin / name
 
     # --- processes -----------------------------------------------------------
-    def start_process(self, name, cmd):
+    def start_process(self, name, cmd, env=None):
         """Starts a process in its own session (a Ctrl-C on the terminal
         reaches only this script, which then stops it), stdout and stderr to
-        NAME.log. @returns the kmstack.Proc."""
-        p = ks.Proc(cmd, name, self.dir, stdout_log=False)
+        NAME.log; @env: variables added to this one's environment.
+        @returns the kmstack.Proc."""
+        p = ks.Proc(cmd, name, self.dir, env=env, stdout_log=False)
         self.procs.append(p)
         return p
 
@@ -322,6 +325,49 @@ def ensure_venv(log_to):
             if run([py, "-c", "import " + mod], 30, check=False).returncode == 0:
                 return py, name
     return None, "neither confluent-kafka nor kafka-python could be installed (see %s)" % log_to
+
+
+def ensure_node(log_to):
+    """bench/.node/node_modules with the exact kafkajs, nodemailer and lz4js of
+    bench/baseline/package-lock.json (`npm ci`, run again when the lock file
+    changed). The Node peer runs with NODE_PATH set to it.
+    @returns (node path, NODE_PATH, "kafkajs X, nodemailer Y, lz4js Z") or
+    (None, None, reason)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return None, None, "node or npm not installed (apt-get install nodejs npm)"
+    src, dest = BENCH / "baseline", BENCH / ".node"
+    mods = dest / "node_modules"
+
+    def versions():
+        try:
+            return ", ".join("%s %s" % (m, json.loads((mods / m / "package.json").read_text())
+                                        ["version"]) for m in ("kafkajs", "nodemailer", "lz4js"))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    lock = (src / "package-lock.json").read_bytes()
+    try:
+        same = (dest / "package-lock.json").read_bytes() == lock
+    except OSError:
+        same = False
+    if same and versions() is not None:
+        return node, mods, versions()
+    dest.mkdir(exist_ok=True)
+    for f in ("package.json", "package-lock.json"):
+        shutil.copy2(src / f, dest / f)
+    log("npm ci into %s" % dest)
+    with open(log_to, "a") as out:
+        try:
+            r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
+                               cwd=dest, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+        except subprocess.TimeoutExpired:
+            r = None
+    if r is None or r.returncode != 0 or versions() is None:
+        # Installed again next time: the lock file copy no longer matches.
+        (dest / "package-lock.json").unlink(missing_ok=True)
+        return None, None, "npm ci failed: npm registry unreachable? (see %s)" % log_to
+    return node, mods, versions()
 
 
 def fmt_rate(x):
