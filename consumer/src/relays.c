@@ -1002,6 +1002,7 @@ void relays_stats_total(const relays_t *rs, struct smtp_stats *st) {
                 smtp_client_stats(rs->rs_relays[i].r_sc, &one);
                 st->sessions_open += one.sessions_open;
                 st->sessions_busy += one.sessions_busy;
+                st->transactions += one.transactions;
                 st->jobs_queued += one.jobs_queued;
                 st->relay_healthy |= one.relay_healthy;
                 st->sessions_opened_total += one.sessions_opened_total;

@@ -2453,6 +2453,10 @@ void smtp_client_stats(const smtp_client_t *sc, struct smtp_stats *st) {
         memset(st, 0, sizeof(*st));
         st->sessions_open = sc->sc_session_cnt;
         st->sessions_busy = sc->sc_busy;
+        for (const struct smtp_session *s = sc->sc_sessions; s; s = s->ss_next)
+                st->transactions += (s->ss_job != NULL) +
+                                    (s->ss_pnext != NULL) +
+                                    (s->ss_held != NULL);
         st->jobs_queued = sc->sc_queued;
         st->relay_healthy = sc->sc_healthy;
         st->sessions_opened_total = sc->sc_opened_total;

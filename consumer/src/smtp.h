@@ -182,6 +182,8 @@ void smtp_client_close_idle(smtp_client_t *sc);
 struct smtp_stats {
         size_t sessions_open; /* connected or connecting */
         size_t sessions_busy; /* in a transaction */
+        size_t transactions; /* under way: a session may carry two (one
+                                pipelined behind the other's ".") */
         size_t jobs_queued; /* waiting for a session */
         int relay_healthy; /* 0 while backing off after a relay failure */
         uint64_t sessions_opened_total;

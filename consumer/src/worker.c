@@ -2024,7 +2024,7 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                        "sends whose outcome a crash now would lose: SMTP "
                        "transactions under way plus mail sent whose result "
                        "Kafka has not acknowledged (what a kill may repeat)",
-                       NULL, (double)(ss.sessions_busy + w->w_sent_unacked));
+                       NULL, (double)(ss.transactions + w->w_sent_unacked));
         metrics_sample(out, "kafka_mailer_recalled_total", "counter",
                        "final outcomes read from the results topic at "
                        "assignment",
