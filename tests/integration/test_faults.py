@@ -10,6 +10,7 @@ broker, which the other tests share, is never stopped. Every wait is bounded.
 """
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -344,9 +345,16 @@ def test_broken_smtp_server_retries_until_a_healthy_one_takes_over(
                    smtp_timeout_command_ms=500, smtp_timeout_data_ms=1000,
                    retry_attempts_max=100, retry_backoff_initial_ms=100,
                    retry_backoff_max_ms=500, smtp_relay_backoff_initial_ms=100,
-                   smtp_relay_backoff_max_ms=500))
+                   smtp_relay_backoff_max_ms=500, throttle_rate_min=20,
+                   log_level="debug"))
     w.wait_log("partitions assigned", timeout=30)
     time.sleep(5)
+    if fault != "silent":
+        # 421 is a throttling reply: the relay's rate comes down to throttle.rate.min
+        # (20/s here), so within a bounded time every message has met it once
+        def tried():
+            return len(set(re.findall(r'msg=retrying id=(\S+)', w.log())))
+        wait_for(lambda: tried() >= n, 60, "every message tried once", interval=0.2)
     assert kafka.count(topics.results) == 0, "nothing is final while the server is broken"
     if fault == "silent":
         assert bad.accepted > 0
