@@ -90,7 +90,7 @@ static const struct config_key config_keys[] = {
          0, 0, config_tls_version_choices,
          "oldest TLS version accepted from the relay: 1.2 or 1.3"},
         STR("smtp.helo.name", smtp_helo_name, "",
-            "name sent in EHLO, \"\" = libcurl's default"),
+            "name sent in EHLO, \"\" = the host name up to its first dot"),
         BOOL("smtp.pipelining", smtp_pipelining, "true",
              "pipeline MAIL/RCPT/DATA when the relay offers PIPELINING"),
         BOOL("smtp.pipelining.transactions", smtp_pipelining_txns, "true",
@@ -1270,6 +1270,14 @@ static int config_check_smtp(struct config *conf, char *errstr,
                     "smtp.url is smtps://: TLS is implicit, smtp.starttls=off "
                     "does not turn it off");
 
+        for (const char *p = conf->smtp_helo_name; *p; p++) {
+                if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
+                        snprintf(errstr, errstr_size,
+                                 "smtp.helo.name: only printable ASCII "
+                                 "without spaces");
+                        return -1;
+                }
+        }
         if (conf->smtp_password[0] != '\0' &&
             conf->smtp_password_file[0] != '\0') {
                 snprintf(errstr, errstr_size,

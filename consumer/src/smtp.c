@@ -23,6 +23,12 @@
  *   half of the worker's CPU. Sessions are therefore spread over multi
  *   handles of at most SMTP_MULTI_SESSIONS each.
  *
+ * A plain relay without AUTH is driven without libcurl's protocol code
+ * (direct sessions, see ss_direct): the session connects by itself to an IP
+ * address, or lets libcurl resolve and connect a host name (an http:// URL,
+ * CONNECT_ONLY, nothing sent) and keeps the socket when the handle goes;
+ * it reads the greeting and runs EHLO itself. No easy handle stays with it.
+ *
  * Sessions are freed only from the client's kick timer (closed sessions wait
  * on a zombie list), so a done callback may call back into this module
  * (submit, cancel, close_idle, stats) while a session further up the stack
@@ -38,6 +44,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -151,6 +161,16 @@ struct smtp_session {
          * handle's cache every time); set after the first libcurl read,
          * which attaches the connection to the handle for good */
         int ss_raw;
+        /* A direct session (sc_direct): libcurl made the TCP connection
+         * only and let go of it; the session reads the greeting and runs
+         * EHLO itself (ss_greet), and closes the socket itself. */
+        int ss_direct;
+        int ss_detaching; /* in curl_multi_remove_handle(): keep the fd */
+        int ss_kept; /* libcurl let go of the fd without closing it */
+        int ss_tcp_connecting; /* connect() of an address under way */
+        int ss_connect_errno; /* connect() failed at once with this */
+        int64_t ss_open_ms; /* loop_now_ms() when the session was opened */
+        enum { GREET_WAIT, GREET_EHLO, GREET_HELO } ss_greet;
         loop_timer_t ss_timer;
         unsigned ss_messages; /* transactions started */
 
@@ -241,6 +261,19 @@ struct smtp_client {
         int sc_healthy;
         int sc_closing;
         int sc_plain; /* smtp:// without STARTTLS: no TLS on any session */
+        /* plain and without AUTH: sessions are direct (see ss_direct);
+         * libcurl connects to sc_tcp_url, an http:// URL of the relay's
+         * host and port with CURLOPT_CONNECT_ONLY: resolve and connect,
+         * nothing sent */
+        int sc_direct;
+        char *sc_tcp_url;
+        /* the relay's host is an IP address: direct sessions connect to
+         * sc_addr themselves, without libcurl at all */
+        int sc_direct_ip;
+        struct sockaddr_storage sc_addr;
+        socklen_t sc_addrlen;
+        char *sc_ehlo_line; /* "EHLO <name>" */
+        char *sc_helo_line; /* "HELO <name>" */
         /* the relay answered commands pipelined after a "." before the
          * "." itself: no more transactions are pipelined behind a "." */
         int sc_no_txn_pipelining;
@@ -260,6 +293,13 @@ struct smtp_client {
 
 static void session_next(struct smtp_session *s);
 static void session_read(struct smtp_session *s);
+static void session_greet_failed(struct smtp_session *s, const char *what,
+                                 const char *detail, int unreachable);
+static void session_greet_reply(struct smtp_session *s, int code,
+                                const char *text);
+static void session_cap_reply(struct smtp_session *s, const char *p,
+                              size_t len);
+static void session_tcp_connected(struct smtp_session *s);
 static int session_pipeline_next(struct smtp_session *s);
 static void client_kick(smtp_client_t *sc);
 
@@ -970,6 +1010,8 @@ static void session_close(struct smtp_session *s) {
         loop_timer_stop(sc->sc_loop, &s->ss_timer);
         if (s->ss_fd != -1) {
                 loop_io_del(sc->sc_loop, s->ss_fd);
+                if (s->ss_direct && !s->ss_easy)
+                        close(s->ss_fd); /* a direct session's own */
                 s->ss_fd = -1;
         }
         list_remove(&sc->sc_sessions, s);
@@ -1023,6 +1065,11 @@ static void session_fail(struct smtp_session *s, const char *reason) {
         struct smtp_job *job;
         char msg[sizeof(job->reply)];
 
+        if (s->ss_state == SS_CONNECTING) {
+                /* a direct session opening */
+                session_greet_failed(s, "session setup failed", reason, 0);
+                return;
+        }
         snprintf(msg, sizeof(msg), "%s after %s", reason,
                  session_step_name(s, s->ss_step));
         LOG(LL_DEBUG, "smtp session closed relay=%s reason=%s", sc->sc_relay,
@@ -1586,6 +1633,9 @@ static void session_txn_reply(struct smtp_session *s, int code,
 static void session_on_reply(struct smtp_session *s, int code,
                              const char *text) {
         switch (s->ss_state) {
+        case SS_CONNECTING:
+                session_greet_reply(s, code, text);
+                break;
         case SS_TXN:
                 session_txn_reply(s, code, text);
                 break;
@@ -1649,6 +1699,8 @@ static int session_process_input(struct smtp_session *s) {
                         session_fail(s, "protocol error (not an SMTP reply)");
                         return -1;
                 }
+                if (s->ss_state == SS_CONNECTING)
+                        session_cap_reply(s, in + off, (size_t)r);
                 off += (size_t)r;
                 session_on_reply(s, code, text);
                 if (s->ss_state == SS_DEAD)
@@ -1704,6 +1756,10 @@ static void session_io_cb(loop_t *loop, int fd, unsigned events, void *opaque) {
 
         (void)loop;
         (void)fd;
+        if (s->ss_tcp_connecting) {
+                session_tcp_connected(s);
+                return;
+        }
         if ((events & LOOP_WRITE) && session_out_pending(s)) {
                 if (session_flush(s) == -1)
                         return;
@@ -1723,6 +1779,26 @@ static void session_timer_cb(loop_t *loop, void *opaque) {
                 return;
         }
         switch (s->ss_state) {
+        case SS_CONNECTING: /* a direct session's connect, greeting, EHLO */
+                if (s->ss_connect_errno) {
+                        session_tcp_connected(s);
+                        break;
+                }
+                if (s->ss_tcp_connecting) {
+                        snprintf(reason, sizeof(reason),
+                                 "no connection within %d ms",
+                                 c->timeout_connect_ms);
+                        session_greet_failed(s, "timeout", reason, 1);
+                        break;
+                }
+                snprintf(reason, sizeof(reason), "no %s reply within %d ms",
+                         s->ss_greet == GREET_WAIT   ? "greeting"
+                         : s->ss_greet == GREET_EHLO ? "EHLO"
+                                                     : "HELO",
+                         c->timeout_connect_ms);
+                session_greet_failed(s, "timeout", reason,
+                                     s->ss_greet == GREET_WAIT);
+                break;
         case SS_IDLE:
                 session_quit(s);
                 break;
@@ -1773,11 +1849,10 @@ static void session_next(struct smtp_session *s) {
  * Connecting
  */
 
-/* Captures reply lines and EHLO capabilities while libcurl connects. */
-static size_t session_header_cb(char *buf, size_t size, size_t nitems,
-                                void *userdata) {
-        struct smtp_session *s = userdata;
-        size_t len = size * nitems, l = len;
+/* Takes one reply line (its CRLF optional) seen while the session opens:
+ * kept for errors, and its EHLO capability noted. */
+static void session_cap_line(struct smtp_session *s, const char *buf,
+                             size_t l) {
         const char *kw;
         size_t kwlen;
 
@@ -1798,11 +1873,11 @@ static size_t session_header_cb(char *buf, size_t size, size_t nitems,
                 s->ss_cap_8bitmime = s->ss_cap_smtputf8 = 0;
                 s->ss_cap_auth = 0;
                 s->ss_size_max = 0;
-                return len;
+                return;
         }
         if (l < 5 || memcmp(buf, "250", 3) != 0 ||
             (buf[3] != '-' && buf[3] != ' '))
-                return len;
+                return;
         kw = buf + 4;
         kwlen = 0;
         while (4 + kwlen < l && kw[kwlen] != ' ' && kw[kwlen] != '=')
@@ -1830,7 +1905,29 @@ static size_t session_header_cb(char *buf, size_t size, size_t nitems,
                 s->ss_cap_auth = 1;
         }
 #undef KW_IS
+}
+
+/* Captures reply lines and EHLO capabilities while libcurl connects. */
+static size_t session_header_cb(char *buf, size_t size, size_t nitems,
+                                void *userdata) {
+        size_t len = size * nitems;
+
+        session_cap_line(userdata, buf, len);
         return len;
+}
+
+/* Takes the lines of one complete reply of @len bytes at @p (a direct
+ * session opening). */
+static void session_cap_reply(struct smtp_session *s, const char *p,
+                              size_t len) {
+        while (len > 0) {
+                const char *nl = memchr(p, '\n', len);
+                size_t l = nl ? (size_t)(nl - p) + 1 : len;
+
+                session_cap_line(s, p, l);
+                p += l;
+                len -= l;
+        }
 }
 
 /* libcurl closes a socket: when it is the one a session drives (libcurl
@@ -1839,6 +1936,12 @@ static int session_closesocket_cb(void *clientp, curl_socket_t fd) {
         struct smtp_session *s = clientp;
         smtp_client_t *sc = s->ss_client;
 
+        if (s->ss_detaching) {
+                /* a direct session takes the connection over */
+                s->ss_kept = 1;
+                smtp_curl_fd_release(sc, fd);
+                return 0;
+        }
         if (s->ss_state != SS_DEAD && s->ss_fd == fd) {
                 loop_io_del(sc->sc_loop, fd);
                 s->ss_fd = -1;
@@ -1958,7 +2061,122 @@ static void session_connect_failed(struct smtp_session *s, CURLcode res) {
         session_close(s);
 }
 
-/* libcurl finished greeting..AUTH: take the connection over. */
+/* The session is open (greeting, EHLO, STARTTLS and AUTH done): idle, the
+ * relay healthy again. */
+static void session_ready(struct smtp_session *s) {
+        smtp_client_t *sc = s->ss_client;
+
+        session_set_state(s, SS_IDLE, "connected");
+        if (!sc->sc_healthy) {
+                sc->sc_healthy = 1;
+                sc->sc_relay_failures = 0;
+                sc->sc_warned_ms = 0;
+                sc->sc_failures_quiet = 0;
+                loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
+                LOG(LL_INFO, "relay healthy relay=%s", sc->sc_relay);
+                client_kick(sc);
+                if (sc->sc_conf.health_cb)
+                        sc->sc_conf.health_cb(sc->sc_conf.health_opaque, 1);
+        }
+        LOG(LL_DEBUG,
+            "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
+            sc->sc_relay, s->ss_fd, s->ss_cap_pipelining,
+            (unsigned long long)s->ss_size_max);
+}
+
+/* A direct session's opening failed: a relay failure (@unreachable: no
+ * reply came at all). */
+static void session_greet_failed(struct smtp_session *s, const char *what,
+                                 const char *detail, int unreachable) {
+        client_relay_failed(s->ss_client, s, what, detail, unreachable);
+        session_close(s);
+}
+
+/* Writes "EHLO <name>" or "HELO <name>" of a direct session. */
+static void session_greet_send(struct smtp_session *s, const char *line) {
+        if (session_cmd(s, line) == -1) {
+                session_greet_failed(s, "session setup failed", "out of memory",
+                                     0);
+                return;
+        }
+        (void)session_flush(s);
+}
+
+/*
+ * A reply while a direct session opens: the greeting (220), then EHLO's
+ * (250 with the capabilities), or HELO's when EHLO was refused (as libcurl
+ * does). Anything else is a relay failure naming the reply.
+ */
+static void session_greet_reply(struct smtp_session *s, int code,
+                                const char *text) {
+        smtp_client_t *sc = s->ss_client;
+        char detail[sizeof(s->ss_last_line) + 8];
+
+        if (code == 220 && s->ss_greet == GREET_WAIT) {
+                s->ss_greet = GREET_EHLO;
+                session_greet_send(s, sc->sc_ehlo_line);
+                return;
+        }
+        if (code == 250 && s->ss_greet != GREET_WAIT) {
+                loop_timer_stop(sc->sc_loop, &s->ss_timer);
+                session_ready(s);
+                session_next(s);
+                return;
+        }
+        if (s->ss_greet == GREET_EHLO && code != 421 && code / 100 != 2) {
+                s->ss_greet = GREET_HELO;
+                s->ss_cap_pipelining = s->ss_cap_size = 0;
+                s->ss_cap_8bitmime = s->ss_cap_smtputf8 = 0;
+                s->ss_cap_auth = 0;
+                s->ss_size_max = 0;
+                session_greet_send(s, sc->sc_helo_line);
+                return;
+        }
+        snprintf(detail, sizeof(detail), "%d %s", code, text);
+        session_greet_failed(s, "unexpected reply", detail, 0);
+}
+
+/*
+ * libcurl connected a direct session: it lets go of the connection (the
+ * socket is the session's from now on, libcurl's handle is freed) and the
+ * session waits for the greeting, within smtp.timeout.connect.ms.
+ */
+static void session_detach(struct smtp_session *s, int fd) {
+        smtp_client_t *sc = s->ss_client;
+        struct smtp_multi *m = s->ss_multi;
+        int64_t left;
+
+        s->ss_detaching = 1;
+        curl_multi_remove_handle(m->m_multi, s->ss_easy);
+        s->ss_detaching = 0;
+        if (!s->ss_kept) {
+                /* libcurl kept the connection after all: not expected */
+                session_greet_failed(s, "session setup failed",
+                                     "libcurl did not let go of the socket", 0);
+                return;
+        }
+        curl_easy_cleanup(s->ss_easy);
+        s->ss_easy = NULL;
+        if (--m->m_sessions == 0)
+                sc->sc_multi_emptied = 1;
+        s->ss_fd = fd;
+        s->ss_raw = 1;
+        s->ss_greet = GREET_WAIT;
+        if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
+                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
+                    strerror(errno));
+                session_close(s);
+                return;
+        }
+        s->ss_watch = LOOP_READ;
+        /* what is left of smtp.timeout.connect.ms */
+        left = sc->sc_conf.timeout_connect_ms -
+               (loop_now_ms(sc->sc_loop) - s->ss_open_ms);
+        loop_timer_start(sc->sc_loop, &s->ss_timer, left > 1 ? left : 1);
+}
+
+/* libcurl finished greeting..AUTH (a direct session: the TCP connection):
+ * take the connection over. */
 static void session_connected(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
         curl_socket_t fd = CURL_SOCKET_BAD;
@@ -1967,6 +2185,10 @@ static void session_connected(struct smtp_session *s) {
                     CURLE_OK ||
             fd == CURL_SOCKET_BAD) {
                 session_connect_failed(s, CURLE_RECV_ERROR);
+                return;
+        }
+        if (s->ss_direct) {
+                session_detach(s, fd);
                 return;
         }
         if (sc->sc_username && !s->ss_cap_auth) {
@@ -1985,22 +2207,7 @@ static void session_connected(struct smtp_session *s) {
         }
         s->ss_fd = fd;
         s->ss_watch = LOOP_READ;
-        session_set_state(s, SS_IDLE, "connected");
-        if (!sc->sc_healthy) {
-                sc->sc_healthy = 1;
-                sc->sc_relay_failures = 0;
-                sc->sc_warned_ms = 0;
-                sc->sc_failures_quiet = 0;
-                loop_timer_stop(sc->sc_loop, &sc->sc_retry_timer);
-                LOG(LL_INFO, "relay healthy relay=%s", sc->sc_relay);
-                client_kick(sc);
-                if (sc->sc_conf.health_cb)
-                        sc->sc_conf.health_cb(sc->sc_conf.health_opaque, 1);
-        }
-        LOG(LL_DEBUG,
-            "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
-            sc->sc_relay, fd, s->ss_cap_pipelining,
-            (unsigned long long)s->ss_size_max);
+        session_ready(s);
         /* the first recv re-attaches the connection to the handle (no
          * pruning from now on) and notices a server that hung up */
         session_read(s);
@@ -2032,6 +2239,77 @@ static void client_check_multi(struct smtp_multi *m) {
         }
 }
 
+/*
+ * Opens direct session @s to the relay's address: a non-blocking connect()
+ * watched for writing (session_io_cb() then waits for the greeting), all of
+ * it within smtp.timeout.connect.ms. TCP_NODELAY and keep-alive as libcurl
+ * sets them. A connect() that fails at once fails from the timer, not from
+ * inside the caller. @returns 0, or -1 (@s freed).
+ */
+static int session_open_ip(smtp_client_t *sc, struct smtp_session *s) {
+        const struct smtp_client_conf *c = &sc->sc_conf;
+        int one = 1, fd, idle = 60;
+
+        fd = socket(sc->sc_addr.ss_family,
+                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1) {
+                LOG(LL_ERROR, "smtp: cannot open a socket error=%s",
+                    strerror(errno));
+                free(s);
+                return -1;
+        }
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+        if (loop_io_add(sc->sc_loop, fd, LOOP_WRITE, session_io_cb, s) == -1) {
+                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
+                    strerror(errno));
+                close(fd);
+                free(s);
+                return -1;
+        }
+        s->ss_direct = 1;
+        s->ss_raw = 1;
+        s->ss_fd = fd;
+        s->ss_watch = LOOP_WRITE;
+        s->ss_tcp_connecting = 1;
+        list_insert(&sc->sc_sessions, s);
+        sc->sc_session_cnt++;
+        sc->sc_connecting++;
+        sc->sc_opened_total++;
+        if (connect(fd, (const struct sockaddr *)&sc->sc_addr,
+                    sc->sc_addrlen) == -1 &&
+            errno != EINPROGRESS) {
+                s->ss_connect_errno = errno;
+                loop_timer_start(sc->sc_loop, &s->ss_timer, 0);
+                return 0;
+        }
+        loop_timer_start(sc->sc_loop, &s->ss_timer, c->timeout_connect_ms);
+        return 0;
+}
+
+/* The connect() of direct session @s ended: it waits for the greeting, or
+ * the relay is unreachable. */
+static void session_tcp_connected(struct smtp_session *s) {
+        int err = s->ss_connect_errno;
+        socklen_t len = sizeof(err);
+        char detail[128];
+
+        s->ss_tcp_connecting = 0;
+        if (err == 0 &&
+            getsockopt(s->ss_fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+                err = errno;
+        if (err != 0) {
+                snprintf(detail, sizeof(detail), "cannot connect to %s: %s",
+                         s->ss_client->sc_relay, strerror(err));
+                session_greet_failed(s, "connect failed", detail, 1);
+                return;
+        }
+        s->ss_greet = GREET_WAIT;
+        session_watch(s, LOOP_READ);
+}
+
 static int session_open(smtp_client_t *sc) {
         const struct smtp_client_conf *c = &sc->sc_conf;
         struct smtp_session *s;
@@ -2046,7 +2324,10 @@ static int session_open(smtp_client_t *sc) {
         dynbuf_init(&s->ss_in, SMTP_IN_MAX);
         s->ss_state = SS_CONNECTING; /* counted in sc_connecting below */
         s->ss_probe = !sc->sc_healthy;
+        s->ss_open_ms = loop_now_ms(sc->sc_loop);
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
+        if (sc->sc_direct_ip)
+                return session_open_ip(sc, s);
         s->ss_multi = client_multi_for_session(sc);
         e = s->ss_multi ? curl_easy_init() : NULL;
         if (!e) {
@@ -2055,7 +2336,14 @@ static int session_open(smtp_client_t *sc) {
         }
         s->ss_easy = e;
         s->ss_multi->m_sessions++;
-        curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
+        s->ss_direct = sc->sc_direct;
+        if (s->ss_direct) {
+                /* an http:// URL only to resolve and connect: no proxy */
+                curl_easy_setopt(e, CURLOPT_URL, sc->sc_tcp_url);
+                curl_easy_setopt(e, CURLOPT_PROXY, "");
+        } else {
+                curl_easy_setopt(e, CURLOPT_URL, sc->sc_url);
+        }
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
         /* libcurl reads only the greeting, EHLO and AUTH replies (lines of
          * at most 512 octets, RFC 5321 4.5.3.1.5): its 16 KiB default
@@ -2237,6 +2525,124 @@ void smtp_client_conf_from_config(struct smtp_client_conf *scc,
 
 /* Builds the libcurl URL (HELO name as the path) and the display name
  * scheme://host:port (no credentials). @returns 0 or -1 with @errstr. */
+/* @returns "<verb> <name>", or NULL when out of memory. */
+static char *client_greet_line(const char *verb, const char *name) {
+        size_t vl = strlen(verb), nl = strlen(name);
+        char *p = malloc(vl + 1 + nl + 1);
+
+        if (!p)
+                return NULL;
+        memcpy(p, verb, vl);
+        p[vl] = ' ';
+        memcpy(p + vl + 1, name, nl + 1);
+        return p;
+}
+
+/* Sets sc_addr when the host of sc_relay ("smtp://host:port") is an IPv4
+ * or IPv6 ("[...]") address. */
+static void client_direct_addr(smtp_client_t *sc) {
+        const char *h = sc->sc_relay + 7, *colon = strrchr(h, ':');
+        char host[64];
+        size_t hl;
+        long port;
+        char *end;
+
+        if (!colon)
+                return;
+        port = strtol(colon + 1, &end, 10);
+        if (*end || port < 1 || port > 65535)
+                return;
+        hl = (size_t)(colon - h);
+        if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+                h++;
+                hl -= 2;
+        }
+        if (hl == 0 || hl >= sizeof(host))
+                return;
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+        memset(&sc->sc_addr, 0, sizeof(sc->sc_addr));
+        {
+                struct sockaddr_in *a4 = (struct sockaddr_in *)&sc->sc_addr;
+                struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sc->sc_addr;
+
+                if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+                        a4->sin_family = AF_INET;
+                        a4->sin_port = htons((uint16_t)port);
+                        sc->sc_addrlen = sizeof(*a4);
+                        sc->sc_direct_ip = 1;
+                } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+                        a6->sin6_family = AF_INET6;
+                        a6->sin6_port = htons((uint16_t)port);
+                        sc->sc_addrlen = sizeof(*a6);
+                        sc->sc_direct_ip = 1;
+                }
+        }
+}
+
+/*
+ * Checks the EHLO name and, for a plain relay without AUTH, prepares the
+ * direct sessions: the http:// URL libcurl connects to and the EHLO and
+ * HELO lines. The name is smtp.helo.name, else the host name up to its
+ * first dot (as libcurl does), else "localhost". @returns 0 or -1
+ * (@errstr set).
+ */
+static int client_direct_setup(smtp_client_t *sc, char *errstr,
+                               size_t errstr_size) {
+        char host[256];
+        const char *name = sc->sc_helo_name;
+        size_t len;
+
+        if (name) {
+                for (const char *p = name; *p; p++) {
+                        if ((unsigned char)*p <= 0x20 ||
+                            (unsigned char)*p >= 0x7f) {
+                                snprintf(errstr, errstr_size,
+                                         "smtp.helo.name: only printable "
+                                         "ASCII without spaces");
+                                return -1;
+                        }
+                }
+        }
+        sc->sc_direct = sc->sc_plain && !sc->sc_username;
+        if (!sc->sc_direct)
+                return 0;
+        if (!name) {
+                char *dot;
+
+                if (gethostname(host, sizeof(host)) != 0)
+                        host[0] = '\0';
+                host[sizeof(host) - 1] = '\0';
+                dot = strchr(host, '.');
+                if (dot)
+                        *dot = '\0';
+                for (char *p = host; *p; p++) {
+                        if ((unsigned char)*p <= 0x20 ||
+                            (unsigned char)*p >= 0x7f) {
+                                host[0] = '\0';
+                                break;
+                        }
+                }
+                name = host[0] ? host : "localhost";
+        }
+        client_direct_addr(sc);
+        /* sc_relay is "smtp://host:port" */
+        len = strlen(sc->sc_relay);
+        sc->sc_tcp_url = malloc(len + 2);
+        if (sc->sc_tcp_url) {
+                memcpy(sc->sc_tcp_url, "http", 4);
+                memcpy(sc->sc_tcp_url + 4, sc->sc_relay + 4, len - 4);
+                memcpy(sc->sc_tcp_url + len, "/", 2);
+        }
+        sc->sc_ehlo_line = client_greet_line("EHLO", name);
+        sc->sc_helo_line = client_greet_line("HELO", name);
+        if (!sc->sc_tcp_url || !sc->sc_ehlo_line || !sc->sc_helo_line) {
+                snprintf(errstr, errstr_size, "smtp: out of memory");
+                return -1;
+        }
+        return 0;
+}
+
 static int client_parse_url(smtp_client_t *sc, const char *url,
                             const char *helo, char *errstr,
                             size_t errstr_size) {
@@ -2351,6 +2757,8 @@ smtp_client_t *smtp_client_new(loop_t *loop, const struct smtp_client_conf *scc,
                 snprintf(errstr, errstr_size, "smtp: out of memory");
                 goto err;
         }
+        if (client_direct_setup(sc, errstr, errstr_size) == -1)
+                goto err;
         sc->sc_conf.url = sc->sc_url;
         sc->sc_conf.username = sc->sc_username;
         sc->sc_conf.password = sc->sc_password;
@@ -2407,6 +2815,9 @@ void smtp_client_destroy(smtp_client_t *sc) {
         free(sc->sc_password);
         free(sc->sc_ca_file);
         free(sc->sc_helo_name);
+        free(sc->sc_tcp_url);
+        free(sc->sc_ehlo_line);
+        free(sc->sc_helo_line);
         free(sc);
 }
 

@@ -741,6 +741,10 @@ static const struct finish_case finish_cases[] = {
          {{"retry.backoff.initial.ms", "61000"}},
          "retry.backoff.initial.ms: 61000 is above retry.backoff.max.ms "
          "60000"},
+        {"helo_name_with_a_space",
+         {{"smtp.helo.name", "mail host"}},
+         "smtp.helo.name: only printable ASCII without spaces"},
+        {"helo_name_plain", {{"smtp.helo.name", "mailer-1.example.com"}}, NULL},
         {"url_http_scheme",
          {{"smtp.url", "http://relay:25"}},
          "smtp.url: \"http://relay:25\" must start with smtp:// or smtps://"},

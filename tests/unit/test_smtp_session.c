@@ -674,6 +674,56 @@ test_ehlo_refused_falls_back_to_helo_without_pipelining(void **state) {
         run_one(state, script, rcpt1, BODY, SMTP_OK, 250, "done");
 }
 
+/* A greeting that never comes: a relay failure ("timeout") after
+ * smtp.timeout.connect.ms, and the job goes on the next session. */
+static void test_no_greeting_within_the_connect_timeout(void **state) {
+        struct fx *f = *state;
+        const struct peer_step failed[] = {
+                ACCEPT,
+                CLIENT_CLOSES,
+                END,
+        };
+
+        f->conf.timeout_connect_ms = 300;
+        check_reopened_after(state, failed, 1, "no greeting reply within 300");
+}
+
+/* A relay given by a host name: libcurl resolves and connects (an http://
+ * URL, nothing sent), then lets go of the socket; the session greets the
+ * relay itself, as with an address. */
+static void
+test_a_host_name_is_connected_by_libcurl_and_greeted_here(void **state) {
+        struct fx *f = *state;
+        struct smtp_stats st;
+        const struct peer_step script[] = {
+                ACCEPT,  SEND("554 5.3.2 go away\r\n"),
+                CLOSE,   OPEN(CAPS_PIPELINING),
+                TXN2_OK, BYE,
+                END,
+        };
+
+        snprintf(f->url, sizeof(f->url), "smtp://localhost:%d", f->peer.p_port);
+        run_one(state, script, rcpt1, BODY2, SMTP_OK, 250, "2.0.0 queued as B");
+        smtp_client_stats(f->sc, &st);
+        assert_int_equal(st.relay_failures_total, 1);
+        assert_non_null(strstr(st.last_relay_error, "554 5.3.2 go away"));
+        assert_int_equal(f->peer.p_accepts, 2);
+}
+
+/* An EHLO name that would break the command line is refused up front. */
+static void test_an_unusable_helo_name_is_refused(void **state) {
+        struct fx *f = *state;
+        char errstr[256];
+
+        f->conf.helo_name = "client.test\r\nRSET";
+        assert_null(smtp_client_new(f->loop, &f->conf, fx_done_cb, f, errstr,
+                                    sizeof(errstr)));
+        assert_non_null(strstr(errstr, "smtp.helo.name"));
+        f->conf.helo_name = "a b";
+        assert_null(smtp_client_new(f->loop, &f->conf, fx_done_cb, f, errstr,
+                                    sizeof(errstr)));
+}
+
 /* A drop while the session opens is a relay failure: the job waits and
  * goes on the next session. */
 static void test_drop_while_opening_retries_on_a_new_connection(void **state) {
@@ -1228,6 +1278,9 @@ int main(void) {
                 T(test_greeting_554_marks_the_relay_unhealthy_then_a_new_session),
                 T(test_ehlo_refused_falls_back_to_helo_without_pipelining),
                 T(test_drop_while_opening_retries_on_a_new_connection),
+                T(test_no_greeting_within_the_connect_timeout),
+                T(test_a_host_name_is_connected_by_libcurl_and_greeted_here),
+                T(test_an_unusable_helo_name_is_refused),
                 T(test_drop_before_any_reply_requeues_the_job_once),
                 T(test_drop_at_rcpt_is_transient),
                 T(test_drop_at_data_is_transient),
