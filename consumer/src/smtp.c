@@ -2110,7 +2110,7 @@ static void session_greet_send(struct smtp_session *s, const char *line) {
 static void session_greet_reply(struct smtp_session *s, int code,
                                 const char *text) {
         smtp_client_t *sc = s->ss_client;
-        char detail[sizeof(s->ss_last_line) + 8];
+        char detail[sizeof(((struct smtp_job *)0)->reply) + 8];
 
         if (code == 220 && s->ss_greet == GREET_WAIT) {
                 s->ss_greet = GREET_EHLO;
