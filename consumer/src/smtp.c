@@ -301,6 +301,14 @@ static void session_cap_reply(struct smtp_session *s, const char *p,
                               size_t len);
 static void session_tcp_connected(struct smtp_session *s);
 static int session_pipeline_next(struct smtp_session *s);
+
+/* @returns 1 when the first queued job has no session to go to now: none is
+ * idle, those being opened are spoken for, and no other may be opened. */
+static int client_job_would_wait(const smtp_client_t *sc) {
+        return sc->sc_q_head && !sc->sc_idle &&
+               sc->sc_queued > sc->sc_connecting &&
+               sc->sc_session_cnt >= (size_t)sc->sc_conf.sessions_max;
+}
 static void client_kick(smtp_client_t *sc);
 
 /*
@@ -1317,6 +1325,11 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
  * (RFC 2920: the final "." ends a transaction, the next MAIL may follow it
  * in the same write). Jobs decided locally complete here, and the next one
  * is tried. @returns 0, or -1 when the session failed.
+ *
+ * Only a job that would otherwise wait for a session goes there (see
+ * client_job_would_wait()): a pipelined job waits for this session's final
+ * reply, which a relay may take a second or more to give, while an idle or
+ * new session would start it at once.
  */
 static int session_pipeline_next(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
@@ -1326,7 +1339,7 @@ static int session_pipeline_next(struct smtp_session *s) {
                s->ss_data_pos ==
                        s->ss_data_len && /* none from a job's buffer */
                s->ss_data_end > 0 &&
-               sc->sc_q_head &&
+               client_job_would_wait(sc) &&
                s->ss_messages < (unsigned)sc->sc_conf.session_max_messages) {
                 struct smtp_job *job = sc->sc_q_head;
                 char params[64], msg[sizeof(job->reply)];
