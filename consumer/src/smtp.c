@@ -303,11 +303,13 @@ static void session_tcp_connected(struct smtp_session *s);
 static int session_pipeline_next(struct smtp_session *s);
 
 /* @returns 1 when the first queued job has no session to go to now: none is
- * idle, those being opened are spoken for, and no other may be opened. */
+ * idle and those being opened are spoken for. (Whether one more may be
+ * opened is left out: against a quick relay fewer sessions, each with the
+ * next transaction pipelined, do the work, and the pool need not grow to
+ * smtp.sessions.max first.) */
 static int client_job_would_wait(const smtp_client_t *sc) {
         return sc->sc_q_head && !sc->sc_idle &&
-               sc->sc_queued > sc->sc_connecting &&
-               sc->sc_session_cnt >= (size_t)sc->sc_conf.sessions_max;
+               sc->sc_queued > sc->sc_connecting;
 }
 static void client_kick(smtp_client_t *sc);
 
