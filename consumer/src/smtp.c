@@ -57,9 +57,9 @@
 
 #define SMTP_LINE_MAX 2048 /* longest reply line, without CRLF */
 #define SMTP_IN_MAX (64 * 1024) /* input buffer of a session, at most */
-/* Room made before each read (with the NUL, a block of 1 KiB): replies are
- * short. */
-#define SMTP_IN_READ 1023
+/* Bytes read at once, into the reader's stack: replies are short, and a
+ * session holds input only while a reply is incomplete (session_take_input) */
+#define SMTP_READ_BUF 4096
 /*
  * Output buffer of a session, at most. It holds what is not sent yet of
  * one pipelined batch: MAIL, a RCPT per recipient and DATA (or a lone RSET,
@@ -142,6 +142,13 @@ struct smtp_multi {
         struct smtp_multi *m_next;
 };
 
+/* What a session libcurl connects keeps for its errors: the last reply line
+ * seen while connecting, and libcurl's CURLOPT_ERRORBUFFER. */
+struct session_curl_text {
+        char last_line[256];
+        char errbuf[CURL_ERROR_SIZE];
+};
+
 struct smtp_session {
         smtp_client_t *ss_client;
         struct smtp_multi *ss_multi;
@@ -166,6 +173,7 @@ struct smtp_session {
          * EHLO itself (ss_greet), and closes the socket itself. */
         int ss_direct;
         int ss_detaching; /* in curl_multi_remove_handle(): keep the fd */
+        int ss_detach_fd; /* the fd to keep */
         int ss_kept; /* libcurl let go of the fd without closing it */
         int ss_tcp_connecting; /* connect() of an address under way */
         int ss_connect_errno; /* connect() failed at once with this */
@@ -181,8 +189,9 @@ struct smtp_session {
         int ss_cap_8bitmime;
         int ss_cap_smtputf8;
         int ss_cap_auth;
-        char ss_last_line[256]; /* last reply line seen while connecting */
-        char ss_errbuf[CURL_ERROR_SIZE];
+        /* a session that libcurl connects: for its errors (NULL for a
+         * session that connects by itself) */
+        struct session_curl_text *ss_text;
 
         /* the transaction whose reply comes next */
         struct smtp_job *ss_job;
@@ -1694,11 +1703,10 @@ static void session_on_reply(struct smtp_session *s, int code,
         }
 }
 
-/* Parses the complete replies in the input buffer. @returns 0, or -1 when
- * the session is closed. */
-static int session_process_input(struct smtp_session *s) {
-        const char *in = dynbuf_ptr(&s->ss_in);
-        size_t len = dynbuf_len(&s->ss_in);
+/* Handles the complete replies in @len bytes at @in. @returns the bytes they
+ * took, or -1 when the session is closed. */
+static long session_process_replies(struct smtp_session *s, const char *in,
+                                    size_t len) {
         size_t off = 0;
 
         while (off < len) {
@@ -1721,29 +1729,56 @@ static int session_process_input(struct smtp_session *s) {
                 if (s->ss_state == SS_DEAD)
                         return -1;
         }
-        dynbuf_consume(&s->ss_in, off);
+        return (long)off;
+}
+
+/*
+ * Takes @n bytes read into @p (the reader's buffer): the complete replies
+ * are handled from there when nothing was left over before, and only the
+ * start of a reply still coming waits in ss_in, which holds no memory the
+ * rest of the time (SMTP_IN_MAX at most). @returns 0, or -1 when the
+ * session is closed.
+ */
+static int session_take_input(struct smtp_session *s, const char *p, size_t n) {
+        long used;
+
+        if (dynbuf_len(&s->ss_in) == 0) {
+                used = session_process_replies(s, p, n);
+                if (used < 0)
+                        return -1;
+                p += used;
+                n -= (size_t)used;
+                if (n == 0)
+                        return 0;
+        }
+        if (dynbuf_append(&s->ss_in, p, n) == -1) {
+                session_fail(s, dynbuf_error(&s->ss_in) == DYNBUF_ENOMEM
+                                        ? "out of memory"
+                                        : "protocol error (reply too long)");
+                return -1;
+        }
+        used = session_process_replies(s, dynbuf_ptr(&s->ss_in),
+                                       dynbuf_len(&s->ss_in));
+        if (used < 0)
+                return -1;
+        dynbuf_consume(&s->ss_in, (size_t)used);
+        if (dynbuf_len(&s->ss_in) == 0)
+                dynbuf_fini(&s->ss_in);
         return 0;
 }
 
 /* Reads until there is nothing more (through libcurl: until CURLE_AGAIN,
  * TLS may hold decrypted bytes the socket no longer shows; a plain socket
  * read short is drained, the loop's level-triggered wake says when more
- * comes) and handles every complete reply. */
+ * comes) and handles every complete reply. Never called while replies are
+ * being handled. */
 static void session_read(struct smtp_session *s) {
-        for (;;) {
-                char *p = dynbuf_reserve(&s->ss_in, SMTP_IN_READ);
-                size_t n = 0, room;
-                int rc;
+        char buf[SMTP_READ_BUF];
 
-                if (p == NULL) {
-                        session_fail(
-                                s, dynbuf_error(&s->ss_in) == DYNBUF_ENOMEM
-                                           ? "out of memory"
-                                           : "protocol error (reply too long)");
-                        return;
-                }
-                room = dynbuf_avail(&s->ss_in);
-                rc = session_recv(s, p, room, &n);
+        for (;;) {
+                size_t n = 0;
+                int rc = session_recv(s, buf, sizeof(buf), &n);
+
                 if (rc == 0)
                         return;
                 if (rc < 0) {
@@ -1758,10 +1793,9 @@ static void session_read(struct smtp_session *s) {
                         session_fail(s, "connection lost");
                         return;
                 }
-                dynbuf_setlen(&s->ss_in, dynbuf_len(&s->ss_in) + n);
-                if (session_process_input(s) == -1)
+                if (session_take_input(s, buf, n) == -1)
                         return;
-                if (s->ss_raw && n < room)
+                if (s->ss_raw && n < sizeof(buf))
                         return;
         }
 }
@@ -1873,13 +1907,18 @@ static void session_cap_line(struct smtp_session *s, const char *buf,
 
         while (l > 0 && (buf[l - 1] == '\r' || buf[l - 1] == '\n'))
                 l--;
-        if (l >= sizeof(s->ss_last_line))
-                l = sizeof(s->ss_last_line) - 1;
-        memcpy(s->ss_last_line, buf, l);
-        s->ss_last_line[l] = '\0';
-        for (size_t i = 0; i < l; i++) {
-                if ((unsigned char)s->ss_last_line[i] < 0x20)
-                        s->ss_last_line[i] = '?';
+        if (s->ss_text) {
+                char *last = s->ss_text->last_line;
+                size_t k = l < sizeof(s->ss_text->last_line)
+                                   ? l
+                                   : sizeof(s->ss_text->last_line) - 1;
+
+                memcpy(last, buf, k);
+                last[k] = '\0';
+                for (size_t i = 0; i < k; i++) {
+                        if ((unsigned char)last[i] < 0x20)
+                                last[i] = '?';
+                }
         }
 
         if (l >= 3 && memcmp(buf, "220", 3) == 0) {
@@ -1951,7 +1990,7 @@ static int session_closesocket_cb(void *clientp, curl_socket_t fd) {
         struct smtp_session *s = clientp;
         smtp_client_t *sc = s->ss_client;
 
-        if (s->ss_detaching) {
+        if (s->ss_detaching && fd == s->ss_detach_fd) {
                 /* a direct session takes the connection over */
                 s->ss_kept = 1;
                 smtp_curl_fd_release(sc, fd);
@@ -2062,10 +2101,10 @@ static void session_connect_failed(struct smtp_session *s, CURLcode res) {
                 break;
         }
         if (code >= 400 && code <= 599 &&
-            strtol(s->ss_last_line, NULL, 10) == code)
-                snprintf(detail, sizeof(detail), "%s", s->ss_last_line);
-        else if (s->ss_errbuf[0])
-                snprintf(detail, sizeof(detail), "%s", s->ss_errbuf);
+            strtol(s->ss_text->last_line, NULL, 10) == code)
+                snprintf(detail, sizeof(detail), "%s", s->ss_text->last_line);
+        else if (s->ss_text->errbuf[0])
+                snprintf(detail, sizeof(detail), "%s", s->ss_text->errbuf);
         else
                 snprintf(detail, sizeof(detail), "%s", curl_easy_strerror(res));
         /* No reply from the relay at all: down, not refusing us. */
@@ -2162,6 +2201,7 @@ static void session_detach(struct smtp_session *s, int fd) {
         int64_t left;
 
         s->ss_detaching = 1;
+        s->ss_detach_fd = fd;
         curl_multi_remove_handle(m->m_multi, s->ss_easy);
         s->ss_detaching = 0;
         if (!s->ss_kept) {
@@ -2172,6 +2212,8 @@ static void session_detach(struct smtp_session *s, int fd) {
         }
         curl_easy_cleanup(s->ss_easy);
         s->ss_easy = NULL;
+        free(s->ss_text);
+        s->ss_text = NULL;
         if (--m->m_sessions == 0)
                 sc->sc_multi_emptied = 1;
         s->ss_fd = fd;
@@ -2343,9 +2385,11 @@ static int session_open(smtp_client_t *sc) {
         loop_timer_init(&s->ss_timer, session_timer_cb, s);
         if (sc->sc_direct_ip)
                 return session_open_ip(sc, s);
-        s->ss_multi = client_multi_for_session(sc);
+        s->ss_text = calloc(1, sizeof(*s->ss_text));
+        s->ss_multi = s->ss_text ? client_multi_for_session(sc) : NULL;
         e = s->ss_multi ? curl_easy_init() : NULL;
         if (!e) {
+                free(s->ss_text);
                 free(s);
                 return -1;
         }
@@ -2366,7 +2410,7 @@ static int session_open(smtp_client_t *sc) {
         curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->ss_errbuf);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->ss_text->errbuf);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, session_header_cb);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
         curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION,
@@ -2423,6 +2467,7 @@ static void client_free_zombies(smtp_client_t *sc) {
 
                 list_remove(&sc->sc_zombies, s);
                 loop_timer_stop(sc->sc_loop, &s->ss_timer);
+                free(s->ss_text);
                 free(s);
         }
 }
