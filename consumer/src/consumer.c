@@ -51,8 +51,13 @@
  * forwarding of the partition's queue (rd_kafka_toppar_fetch_stop()): a
  * stop still pending from an earlier assignment of the same partition would
  * undo a newer forward, and the partition's messages would stay in its own
- * queue for good. A forward again is a no-op when nothing undid it. */
+ * queue for good. A forward again is a no-op when nothing undid it. The
+ * stop can come much later (a broker thread that was reconnecting through
+ * an outage runs it once the broker is back): after that, the partition is
+ * forwarded again every CONSUMER_REFORWARD_SLOW_MS for as long as it is
+ * assigned (until it is held or revoked). */
 #define CONSUMER_REFORWARD_MS 5000
+#define CONSUMER_REFORWARD_SLOW_MS 1000
 /* Consumers that may be left to the process's exit (consumer_close()): a
  * worker has two. */
 #define CONSUMER_LEFT_RUNNING_MAX 4
@@ -87,10 +92,13 @@ struct consumer_mq {
         int mq_paused;
 };
 
-/* A partition forwarded lately (CONSUMER_REFORWARD_MS). */
+/* A partition forwarded to the topic's queue and still assigned: forwarded
+ * again on each tick until f_until_ms (CONSUMER_REFORWARD_MS), then at
+ * f_next_ms (every CONSUMER_REFORWARD_SLOW_MS). */
 struct consumer_fwd {
         int32_t f_partition;
         int64_t f_until_ms;
+        int64_t f_next_ms;
 };
 
 struct consumer {
@@ -189,20 +197,25 @@ static void consumer_forward(consumer_t *c,
                 }
                 c->c_fwd[c->c_fwd_cnt].f_partition = partition;
                 c->c_fwd[c->c_fwd_cnt].f_until_ms = until;
+                c->c_fwd[c->c_fwd_cnt].f_next_ms = until;
                 c->c_fwd_cnt++;
         }
 }
 
-/* Forwards again the partitions forwarded in the last CONSUMER_REFORWARD_MS. */
+/* Forwards again the partitions forwarded in the last CONSUMER_REFORWARD_MS,
+ * and the others that are due (see CONSUMER_REFORWARD_SLOW_MS). */
 static void consumer_reforward(consumer_t *c) {
         int64_t now = loop_now_ms(c->c_loop);
 
         for (size_t i = 0; i < c->c_fwd_cnt; i++) {
-                if (c->c_fwd[i].f_until_ms < now) {
-                        c->c_fwd[i--] = c->c_fwd[--c->c_fwd_cnt];
-                        continue;
+                struct consumer_fwd *f = &c->c_fwd[i];
+
+                if (f->f_until_ms < now) {
+                        if (f->f_next_ms > now)
+                                continue;
+                        f->f_next_ms = now + CONSUMER_REFORWARD_SLOW_MS;
                 }
-                consumer_forward_one(c, c->c_fwd[i].f_partition);
+                consumer_forward_one(c, f->f_partition);
         }
 }
 
