@@ -555,8 +555,19 @@ def test_two_workers_share_partitions_and_a_sigterm_and_restart_lose_nothing(
     # Mid-load: some results are in, many are not.
     wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results")
     assert kafka.count(topics.results) < n
-    assert w1.stop(timeout=60) == 0, w1.log_tail()
-    assert "stopped" in w1.log()
+    rc = w1.stop(timeout=60)
+    if rc != 0:
+        # librdkafka before 2.3 may abort when the consumer is destroyed, in its
+        # cooperative-sticky assignor (librdkafka issue 4312; docs/operations.md, "Exit on
+        # librdkafka before 2.3"): allowed there only, and only after the revoke. What
+        # follows shows that nothing was lost.
+        version = re.search(r"librdkafka=(\d+)\.(\d+)", w1.log())
+        assert version and (int(version[1]), int(version[2])) < (2, 3), w1.log_tail()
+        assert rc == -signal.SIGABRT, w1.log_tail()
+        assert "rd_kafka_sticky_assignor_state_destroy" in w1.log_tail(), w1.log_tail()
+        assert "partitions revoked" in w1.log(), w1.log_tail()
+    else:
+        assert "stopped" in w1.log()
     w1.start()
 
     final = final_by_id(kafka.results(topics.results, wait=n, timeout=180))
