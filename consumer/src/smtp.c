@@ -45,7 +45,6 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -2115,6 +2114,22 @@ static void session_connect_failed(struct smtp_session *s, CURLcode res) {
         session_close(s);
 }
 
+/* Makes @fd the session's socket, watched for reading. @returns 0, or -1
+ * (logged) with the session closed. */
+static int session_take_fd(struct smtp_session *s, int fd) {
+        smtp_client_t *sc = s->ss_client;
+
+        s->ss_fd = fd;
+        if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
+                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
+                    strerror(errno));
+                session_close(s);
+                return -1;
+        }
+        s->ss_watch = LOOP_READ;
+        return 0;
+}
+
 /* The session is open (greeting, EHLO, STARTTLS and AUTH done): idle, the
  * relay healthy again. */
 static void session_ready(struct smtp_session *s) {
@@ -2178,11 +2193,8 @@ static void session_greet_reply(struct smtp_session *s, int code,
                 return;
         }
         if (s->ss_greet == GREET_EHLO && code != 421 && code / 100 != 2) {
+                /* no capabilities: the 220 reset them, a refusal sets none */
                 s->ss_greet = GREET_HELO;
-                s->ss_cap_pipelining = s->ss_cap_size = 0;
-                s->ss_cap_8bitmime = s->ss_cap_smtputf8 = 0;
-                s->ss_cap_auth = 0;
-                s->ss_size_max = 0;
                 session_greet_send(s, sc->sc_helo_line);
                 return;
         }
@@ -2216,16 +2228,10 @@ static void session_detach(struct smtp_session *s, int fd) {
         s->ss_text = NULL;
         if (--m->m_sessions == 0)
                 sc->sc_multi_emptied = 1;
-        s->ss_fd = fd;
         s->ss_raw = 1;
         s->ss_greet = GREET_WAIT;
-        if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
-                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
-                    strerror(errno));
-                session_close(s);
+        if (session_take_fd(s, fd) == -1)
                 return;
-        }
-        s->ss_watch = LOOP_READ;
         /* what is left of smtp.timeout.connect.ms */
         left = sc->sc_conf.timeout_connect_ms -
                (loop_now_ms(sc->sc_loop) - s->ss_open_ms);
@@ -2256,14 +2262,8 @@ static void session_connected(struct smtp_session *s) {
         }
         /* libcurl said CURL_POLL_REMOVE for it already; be sure */
         smtp_curl_fd_release(sc, fd);
-        if (loop_io_add(sc->sc_loop, fd, LOOP_READ, session_io_cb, s) == -1) {
-                LOG(LL_ERROR, "smtp: cannot watch session fd=%d error=%s", fd,
-                    strerror(errno));
-                session_close(s);
+        if (session_take_fd(s, fd) == -1)
                 return;
-        }
-        s->ss_fd = fd;
-        s->ss_watch = LOOP_READ;
         session_ready(s);
         /* the first recv re-attaches the connection to the handle (no
          * pruning from now on) and notices a server that hung up */
