@@ -192,6 +192,11 @@ static const struct config_key config_keys[] = {
         INT("fetch.nudge.ms", fetch_nudge_ms, "-1", -1, 10000,
             "least gap between two fetch nudges, 0 = none, -1 = 50 on "
             "librdkafka before 2.2 and none from 2.2 on (operations.md)"),
+        INT("fetch.stall.ms", fetch_stall_ms, "30000", 0, 3600000,
+            "an assigned partition behind its end that delivers nothing for "
+            "this long while the worker waits for messages: a warning, and its "
+            "fetch restarted from the worker's position, again every such "
+            "period, 0 = off"),
         INT("rebalance.drain.timeout.ms", rebalance_drain_timeout_ms, "10000",
             0, 600000,
             "time revoked partitions' in-flight sends get to finish"),
@@ -215,6 +220,10 @@ static const struct config_key config_keys[] = {
         {"log.level", CONFIG_T_ENUM_STR, F(log_level), "info", 0, 0,
          config_log_choices,
          "least severe level logged: error, warn, info, debug"},
+        INT("log.repeat.ms", log_repeat_ms, "10000", 0, 3600000,
+            "the same Kafka client error (by code, per client) again within "
+            "this long of the last written is counted, not written; the next "
+            "one written says how many (repeated=), 0 = write every one"),
 };
 
 #undef F

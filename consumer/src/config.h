@@ -168,11 +168,13 @@ struct config {
         int commit_interval_ms; /* commit.interval.ms */
         int commit_timeout_ms; /* commit.timeout.ms */
         int fetch_nudge_ms; /* fetch.nudge.ms, -1 = by librdkafka version */
+        int fetch_stall_ms; /* fetch.stall.ms */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */
         int shutdown_timeout_ms; /* shutdown.timeout.ms */
 
         /* logging */
         char *log_level; /* log.level */
+        int log_repeat_ms; /* log.repeat.ms */
 
         /* DKIM signing */
         char *dkim_headers; /* dkim.headers: the header fields a key signs

@@ -58,6 +58,8 @@
  * assigned (until it is held or revoked). */
 #define CONSUMER_REFORWARD_MS 5000
 #define CONSUMER_REFORWARD_SLOW_MS 1000
+/* How often the fetch watch (fetch.stall.ms) looks at the partitions. */
+#define CONSUMER_WATCH_MS 1000
 /* Consumers that may be left to the process's exit (consumer_close()): a
  * worker has two. */
 #define CONSUMER_LEFT_RUNNING_MAX 4
@@ -94,11 +96,15 @@ struct consumer_mq {
 
 /* A partition forwarded to the topic's queue and still assigned: forwarded
  * again on each tick until f_until_ms (CONSUMER_REFORWARD_MS), then at
- * f_next_ms (every CONSUMER_REFORWARD_SLOW_MS). */
+ * f_next_ms (every CONSUMER_REFORWARD_SLOW_MS). The fetch watch keeps the
+ * worker's position in it as last seen, and since when a partition behind
+ * its end has delivered nothing while the worker waited for messages. */
 struct consumer_fwd {
         int32_t f_partition;
         int64_t f_until_ms;
         int64_t f_next_ms;
+        int64_t f_pos;
+        int64_t f_idle_since_ms;
 };
 
 struct consumer {
@@ -134,6 +140,10 @@ struct consumer {
         const char *c_fatal; /* why the consumer cannot go on, or NULL */
         kstatus_t *c_ks; /* where access errors and probes go (not owned) */
         const char *c_client; /* how c_ks names this consumer */
+        struct log_repeat c_errors; /* log.repeat.ms */
+        int c_stall_ms; /* fetch.stall.ms; 0: no fetch watch */
+        int64_t c_watch_next_ms;
+        uint64_t c_fetch_restarts;
         int c_nudge_ms; /* fetch.nudge.ms; 0: no nudger */
         int64_t c_nudge_last_ms;
         uint64_t c_nudges;
@@ -198,6 +208,8 @@ static void consumer_forward(consumer_t *c,
                 c->c_fwd[c->c_fwd_cnt].f_partition = partition;
                 c->c_fwd[c->c_fwd_cnt].f_until_ms = until;
                 c->c_fwd[c->c_fwd_cnt].f_next_ms = until;
+                c->c_fwd[c->c_fwd_cnt].f_pos = RD_KAFKA_OFFSET_INVALID;
+                c->c_fwd[c->c_fwd_cnt].f_idle_since_ms = until;
                 c->c_fwd_cnt++;
         }
 }
@@ -217,6 +229,98 @@ static void consumer_reforward(consumer_t *c) {
                 }
                 consumer_forward_one(c, f->f_partition);
         }
+}
+
+/* Restarts the fetch of a partition that delivers nothing: messages in its
+ * own queue are forwarded again; with none there, a seek to the worker's
+ * position makes librdkafka fetch it anew from there (what was fetched
+ * before and not consumed is dropped by librdkafka and fetched again, so
+ * nothing is skipped or seen twice). */
+static void consumer_restart_fetch(consumer_t *c, struct consumer_fwd *f,
+                                   int64_t pos, int64_t end, int64_t idle_ms) {
+        rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
+                c->c_rk, c->c_mq.mq_topic, f->f_partition);
+        size_t queued = pq ? rd_kafka_queue_length(pq) : 0;
+        rd_kafka_error_t *error = NULL;
+
+        if (pq)
+                rd_kafka_queue_destroy(pq);
+        c->c_fetch_restarts++;
+        LOG(LL_WARN,
+            "partition delivers nothing while behind its end (fetch.stall.ms)"
+            " topic=%s partition=%d position=%lld end=%lld idle_ms=%lld "
+            "queued_in_partition=%zu action=%s",
+            c->c_mq.mq_topic, (int)f->f_partition, (long long)pos,
+            (long long)end, (long long)idle_ms, queued,
+            queued > 0 ? "forward" : "seek");
+        if (queued > 0) {
+                consumer_forward_one(c, f->f_partition);
+                return;
+        }
+        {
+                rd_kafka_topic_partition_list_t *one =
+                        rd_kafka_topic_partition_list_new(1);
+
+                rd_kafka_topic_partition_list_add(one, c->c_mq.mq_topic,
+                                                  f->f_partition)
+                        ->offset = pos;
+                /* timeout 0: asynchronous, the loop does not wait */
+                error = rd_kafka_seek_partitions(c->c_rk, one, 0);
+                rd_kafka_topic_partition_list_destroy(one);
+        }
+        if (error) {
+                LOG(LL_WARN, "seek failed topic=%s partition=%d err=%s",
+                    c->c_mq.mq_topic, (int)f->f_partition,
+                    rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+        }
+}
+
+/* The fetch watch: a forwarded partition whose position (the next offset the
+ * worker takes) is below its end as of the last fetch, and that delivered
+ * nothing for fetch.stall.ms while the worker waited for messages (not
+ * paused by the in-flight limit, the topic's queue empty), has its fetch
+ * restarted (consumer_restart_fetch()), and again every such period while
+ * it lasts. A broker that is down or slow shows the same (and a seek
+ * then does no harm); librdkafka was seen, rarely, to fetch a partition
+ * no more after the broker came back, without a word. */
+static void consumer_watch_fetch(consumer_t *c) {
+        int64_t now = loop_now_ms(c->c_loop);
+        int waiting = !c->c_mq.mq_paused &&
+                      rd_kafka_queue_length(c->c_mq.mq_queue) == 0;
+        rd_kafka_topic_partition_list_t *pos;
+
+        if (c->c_stall_ms <= 0 || c->c_fwd_cnt == 0 || c->c_closing ||
+            now < c->c_watch_next_ms)
+                return;
+        c->c_watch_next_ms = now + CONSUMER_WATCH_MS;
+        pos = rd_kafka_topic_partition_list_new((int)c->c_fwd_cnt);
+        for (size_t i = 0; i < c->c_fwd_cnt; i++)
+                rd_kafka_topic_partition_list_add(pos, c->c_mq.mq_topic,
+                                                  c->c_fwd[i].f_partition);
+        if (rd_kafka_position(c->c_rk, pos) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                rd_kafka_topic_partition_list_destroy(pos);
+                return;
+        }
+        for (size_t i = 0; i < c->c_fwd_cnt; i++) {
+                struct consumer_fwd *f = &c->c_fwd[i];
+                int64_t at = pos->elems[i].offset, lo, hi;
+
+                if (!waiting || at < 0 || at != f->f_pos ||
+                    rd_kafka_get_watermark_offsets(c->c_rk, c->c_mq.mq_topic,
+                                                   f->f_partition, &lo,
+                                                   &hi) != 0 ||
+                    hi <= at) {
+                        f->f_pos = at;
+                        f->f_idle_since_ms = now;
+                        continue;
+                }
+                if (now - f->f_idle_since_ms < c->c_stall_ms)
+                        continue;
+                consumer_restart_fetch(c, f, at, hi, now - f->f_idle_since_ms);
+                f->f_idle_since_ms = now;
+        }
+        rd_kafka_topic_partition_list_destroy(pos);
 }
 
 /* Keeps the messages of @parts in their partitions' own queues:
@@ -432,12 +536,14 @@ static void consumer_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 static void consumer_error_cb(rd_kafka_t *rk, int err, const char *reason,
                               void *opaque) {
         consumer_t *c = opaque;
+        unsigned long held;
 
         (void)rk;
         kstatus_error(c->c_ks, loop_clock_ms(), c->c_client,
                       (rd_kafka_resp_err_t)err, reason);
-        LOG(LL_WARN, "consumer error err=%s reason=%s",
-            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        if (log_repeat_pass(&c->c_errors, err, loop_clock_ms(), &held))
+                LOG(LL_WARN, "consumer error err=%s reason=%s repeated=%lu",
+                    rd_kafka_err2name((rd_kafka_resp_err_t)err), reason, held);
 }
 
 /* Handles one message or error. */
@@ -672,8 +778,10 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
                     c->c_mq.mq_topic ? c->c_mq.mq_topic : "-", c->c_fatal);
         }
 
-        if (c->c_fwd_cnt > 0 && !c->c_closing)
+        if (c->c_fwd_cnt > 0 && !c->c_closing) {
                 consumer_reforward(c);
+                consumer_watch_fetch(c);
+        }
         /* Also keeps the membership alive while every partition is
          * paused and no event wakes the loop. */
         loop_timer_start(loop, &c->c_timer, CONSUMER_POLL_MS);
@@ -871,6 +979,7 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
         }
         topics = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
+        c->c_stall_ms = conf->fetch_stall_ms;
         c->c_nudge_ms = conf->fetch_nudge_ms;
         if (c->c_nudge_ms < 0)
                 c->c_nudge_ms = rd_kafka_version() < CONSUMER_RDK_FETCH_BACKOFF
@@ -1107,4 +1216,8 @@ uint64_t consumer_commit_errors(const consumer_t *c) {
 
 uint64_t consumer_nudges(const consumer_t *c) {
         return c->c_nudges;
+}
+
+uint64_t consumer_fetch_restarts(const consumer_t *c) {
+        return c->c_fetch_restarts;
 }

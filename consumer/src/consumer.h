@@ -124,6 +124,10 @@ uint64_t consumer_commit_errors(const consumer_t *c);
 /* @returns how many times the fetcher was nudged (fetch.nudge.ms). */
 uint64_t consumer_nudges(const consumer_t *c);
 
+/* @returns how many times a partition that delivered nothing for
+ * fetch.stall.ms had its fetch restarted. */
+uint64_t consumer_fetch_restarts(const consumer_t *c);
+
 /* @returns the topic's partition count as last learnt (a helper thread asks
  * at start, at each assignment and every 30 s), 0 while not known. */
 int32_t consumer_partition_count(const consumer_t *c);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 enum log_level log_threshold = LL_INFO;
+int log_repeat_ms = 10000;
 
 static const char *const log_names[] = {"error", "warn", "info", "debug"};
 
@@ -20,6 +21,35 @@ int log_set_level(const char *name) {
                 }
         }
         return -1;
+}
+
+int log_repeat_pass(struct log_repeat *r, int code, int64_t now_ms,
+                    unsigned long *held) {
+        int pick = -1;
+
+        for (int i = 0; i < LOG_REPEAT_SLOTS; i++) {
+                if (r->lr_slot[i].used && r->lr_slot[i].code == code) {
+                        pick = i;
+                        break;
+                }
+                if (pick < 0 || !r->lr_slot[i].used ||
+                    (r->lr_slot[pick].used &&
+                     r->lr_slot[i].written_ms < r->lr_slot[pick].written_ms))
+                        pick = i;
+        }
+        if (r->lr_slot[pick].used && r->lr_slot[pick].code == code &&
+            now_ms - r->lr_slot[pick].written_ms < log_repeat_ms) {
+                r->lr_slot[pick].held++;
+                return 0;
+        }
+        *held = r->lr_slot[pick].used && r->lr_slot[pick].code == code
+                        ? r->lr_slot[pick].held
+                        : 0;
+        r->lr_slot[pick].used = 1;
+        r->lr_slot[pick].code = code;
+        r->lr_slot[pick].written_ms = now_ms;
+        r->lr_slot[pick].held = 0;
+        return 1;
 }
 
 /* ---- the line being written ---- */

@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Levels; LL_ (not LOG_) so that <syslog.h> can be included alongside. */
 enum log_level { LL_ERROR = 0, LL_WARN, LL_INFO, LL_DEBUG };
@@ -21,6 +22,31 @@ extern enum log_level log_threshold;
 
 /* @returns 0 and sets the threshold from "error|warn|info|debug", or -1. */
 int log_set_level(const char *name);
+
+/* log.repeat.ms: an error of a Kafka client repeated within this long is
+ * counted instead of written (0: every one is written). */
+extern int log_repeat_ms;
+
+/* The errors of one source (a Kafka client's error callback), by code: one
+ * seen again within log_repeat_ms of the last written is counted, not
+ * written. A few codes are followed at once (librdkafka alternates two or
+ * three while a broker is away); a new one takes the slot used longest
+ * ago. */
+#define LOG_REPEAT_SLOTS 8
+struct log_repeat {
+        struct {
+                int code;
+                int used;
+                int64_t written_ms;
+                unsigned long held;
+        } lr_slot[LOG_REPEAT_SLOTS];
+};
+
+/* @returns 1 when an error with @code seen at @now_ms is to be written, with
+ * *@held set to how many like it were counted since the last one written;
+ * 0 when it is only counted. */
+int log_repeat_pass(struct log_repeat *r, int code, int64_t now_ms,
+                    unsigned long *held);
 
 void log_write(enum log_level level, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));

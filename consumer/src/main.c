@@ -163,6 +163,7 @@ int main(int argc, char **argv) {
                 snprintf(errstr, sizeof(errstr), "log.level: unknown level");
                 goto fail;
         }
+        log_repeat_ms = conf->log_repeat_ms;
 
         if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK) {
                 snprintf(errstr, sizeof(errstr), "curl_global_init failed");

@@ -66,6 +66,7 @@ struct results {
         rd_kafka_t *r_rk;
         rd_kafka_queue_t *r_mainq;
         int r_pipe[2]; /* librdkafka writes here when reports are queued */
+        struct log_repeat r_errors; /* log.repeat.ms */
         loop_timer_t r_timer;
         results_ack_cb *r_ack_cb;
         results_ack_cb *r_nack_cb;
@@ -463,6 +464,7 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
                              void *opaque) {
         results_t *r = opaque;
         char fatal[512];
+        unsigned long held;
 
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 kstatus_error(r->r_ks, loop_clock_ms(), "results producer",
@@ -477,8 +479,10 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
         }
         kstatus_error(r->r_ks, loop_clock_ms(), "results producer",
                       (rd_kafka_resp_err_t)err, reason);
-        LOG(LL_WARN, "results producer error err=%s reason=%s",
-            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        if (log_repeat_pass(&r->r_errors, err, loop_clock_ms(), &held))
+                LOG(LL_WARN,
+                    "results producer error err=%s reason=%s repeated=%lu",
+                    rd_kafka_err2name((rd_kafka_resp_err_t)err), reason, held);
 }
 
 int results_fatal(const results_t *r) {

@@ -2011,6 +2011,18 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                                 ? (double)consumer_nudges(
                                           w->w_topics[t].wt_consumer)
                                 : 0);
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(
+                        out, "kafka_mailer_fetch_restarts_total", "counter",
+                        t == 0 ? "partitions that delivered nothing for "
+                                 "fetch.stall.ms while behind their end, "
+                                 "their fetch restarted, by topic"
+                               : NULL,
+                        topic_labels[t],
+                        w->w_topics[t].wt_consumer
+                                ? (double)consumer_fetch_restarts(
+                                          w->w_topics[t].wt_consumer)
+                                : 0);
         metrics_histogram(out, "kafka_mailer_request_duration_seconds",
                           "from a request's first consumption to its final "
                           "outcome (sent, failed or expired; retries "

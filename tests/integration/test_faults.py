@@ -9,6 +9,7 @@ A test that stops the broker uses a module-scoped broker of its own, so the sess
 broker, which the other tests share, is never stopped. Every wait is bounded.
 """
 
+import collections
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, captured_mids,
                      fast_group, final_by_id, make_request, make_requests,
-                     make_tmpdir, ready_kafka, wait_for, worker_knows)
+                     make_tmpdir, parse_logfmt, ready_kafka, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
 
@@ -168,6 +169,14 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
     assert_all_sent_once_or_more(a, n)
     kafka.wait_committed(topics.group, topics.requests, timeout=60)
     assert w.alive(), w.log_tail()
+    # log.repeat.ms (10 s): librdkafka reported the outage many times a second; each
+    # client (two consumers, one producer) wrote each error code at most once in ten
+    # seconds, the lines after the first saying how many were not written.
+    lines = [parse_logfmt(x) for x in w.log().splitlines()]
+    errors = [f for f in lines if f["msg"] in ("consumer error", "results producer error")]
+    per_code = collections.Counter((f["msg"], f["err"]) for f in errors)
+    assert errors and max(per_code.values()) <= 2 * 4, per_code
+    assert any(int(f["repeated"]) > 0 for f in errors), errors
 
 
 def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
@@ -206,6 +215,54 @@ def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
     assert_all_sent_once_or_more(a, n)
     kafka.wait_committed(topics.group, topics.requests, timeout=60)
     assert max(captured_mids(server.dir).values()) == 1, "nothing sent twice"
+
+
+def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
+        own_kafka, capture_server, worker):
+    """The broker frozen (SIGSTOP) with most of a partition's requests not yet fetched:
+    the worker sends what it had prefetched, then waits for messages while its position
+    is below the partition's end. After fetch.stall.ms it warns (position, end, what it
+    does) and restarts the partition's fetch from its position (a seek); when the broker
+    wakes, every request is sent exactly once and committed: the restart skips nothing
+    and repeats nothing."""
+    import urllib.request
+    from harness import free_port
+    kafka = own_kafka
+    topics = Topics.new(partitions=1).create(kafka)
+    server = capture_server()
+    port = free_port()
+    n = 3000
+    # Small batches, and fetches that wait for more than a partition's fetch size
+    # (64 KiB) can give: the worker gets a fetch's worth every 400 ms and waits
+    # for messages in between, far behind the partition's end.
+    kafka.produce(topics.requests, make_requests(n), "-X", "batch.size=4096")
+    w = worker(cfg(kafka, topics, server.url, inflight_max=5000, fetch_stall_ms=1500,
+                   kafka_fetch_min_bytes=1000000, kafka_fetch_wait_max_ms=400,
+                   metrics_listen=f"127.0.0.1:{port}"))
+    wait_for(lambda: kafka.count(topics.results) >= 100, 60, "100 results", interval=0.1)
+    pid = kafka.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "partition delivers nothing while behind its end" in w.log(), 20,
+                 "the fetch.stall.ms warning", interval=0.2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    line = next(x for x in w.log().splitlines()
+                if "partition delivers nothing while behind its end" in x)
+    f = parse_logfmt(line)
+    assert f["level"] == "warn" and f["partition"] == "0" and f["action"] == "seek", line
+    assert int(f["position"]) < int(f["end"]) <= n, line
+    assert int(f["idle_ms"]) >= 1500, line
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    assert_all_sent_once_or_more(a, n)
+    assert max(captured_mids(server.dir).values()) == 1, "nothing sent twice"
+    assert "offset seen already" not in w.log()
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r'^kafka_mailer_fetch_restarts_total\{topic="requests"\} (\S+)$', text,
+                  re.M)
+    assert m and float(m.group(1)) >= 1, text
 
 
 def test_a_worker_with_nothing_moving_says_what_it_waits_on_every_stall_warn_ms(

@@ -113,6 +113,45 @@ static void test_set_level(void **state) {
         assert_int_equal(log_threshold, LL_WARN);
 }
 
+/* One error code repeated: written once per log.repeat.ms, the next line
+ * written carries the count of those not written; another code has its own
+ * window; more codes than slots push out the one written longest ago. */
+static void
+test_repeated_errors_are_counted_within_log_repeat_ms(void **state) {
+        struct log_repeat r;
+        unsigned long held = 99;
+
+        (void)state;
+        memset(&r, 0, sizeof(r));
+        log_repeat_ms = 10000;
+        assert_int_equal(log_repeat_pass(&r, -187, 1000, &held), 1);
+        assert_int_equal(held, 0);
+        for (int64_t t = 1100; t < 11000; t += 100)
+                assert_int_equal(log_repeat_pass(&r, -187, t, &held), 0);
+        /* another code in the meantime: its own window */
+        assert_int_equal(log_repeat_pass(&r, -195, 5000, &held), 1);
+        assert_int_equal(held, 0);
+        assert_int_equal(log_repeat_pass(&r, -195, 5100, &held), 0);
+        assert_int_equal(log_repeat_pass(&r, -187, 11000, &held), 1);
+        assert_int_equal(held, 99);
+        assert_int_equal(log_repeat_pass(&r, -187, 11001, &held), 0);
+        assert_int_equal(log_repeat_pass(&r, -195, 15000, &held), 1);
+        assert_int_equal(held, 1);
+
+        /* LOG_REPEAT_SLOTS other codes: -187 (written longest ago) goes */
+        for (int i = 0; i < LOG_REPEAT_SLOTS - 1; i++)
+                assert_int_equal(log_repeat_pass(&r, i, 20000 + i, &held), 1);
+        assert_int_equal(log_repeat_pass(&r, -195, 20100, &held), 0);
+        assert_int_equal(log_repeat_pass(&r, -187, 20200, &held), 1);
+        assert_int_equal(held, 0);
+
+        /* 0: every one written */
+        log_repeat_ms = 0;
+        assert_int_equal(log_repeat_pass(&r, -187, 20200, &held), 1);
+        assert_int_equal(log_repeat_pass(&r, -187, 20200, &held), 1);
+        log_repeat_ms = 10000;
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(
@@ -125,6 +164,8 @@ int main(void) {
                         test_text_that_is_not_a_key_stays_in_the_message),
                 cmocka_unit_test(test_a_long_line_is_cut_with_its_quote_closed),
                 cmocka_unit_test(test_set_level),
+                cmocka_unit_test(
+                        test_repeated_errors_are_counted_within_log_repeat_ms),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
