@@ -831,7 +831,11 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                          kstatus_t *ks, char *errstr, size_t errstr_size) {
         static const char *const defaults[][2] = {
                 {"auto.offset.reset", "earliest"},
-                {"queued.max.messages.kbytes", "4096"},
+                /* 2 MiB: at 1,000 in flight on a backlog 3 MiB less than
+                 * 4 MiB (benchmark B3), and B1's rate the same within its
+                 * noise; the queue is refilled 20 ms after it was full
+                 * (fetch.queue.backoff.ms below). */
+                {"queued.max.messages.kbytes", "2048"},
                 /* A fetch response stays in memory while any of its messages
                  * is queued: with librdkafka's defaults (1 MiB a partition,
                  * 50 MiB a fetch) the worker held about 60 MiB of prefetched
