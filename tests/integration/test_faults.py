@@ -219,9 +219,9 @@ def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
 
 def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
         own_kafka, capture_server, worker):
-    """The broker frozen (SIGSTOP) with most of a partition's requests not yet fetched:
-    the worker sends what it had prefetched, then waits for messages while its position
-    is below the partition's end. After fetch.stall.ms it warns (position, end, what it
+    """The broker frozen (SIGSTOP) while most of a partition's requests are not fetched
+    yet: the worker sends what it has, then waits for messages while its position is
+    below the partition's end. After fetch.stall.ms it warns (position, end, what it
     does) and restarts the partition's fetch from its position (a seek); when the broker
     wakes, every request is sent exactly once and committed: the restart skips nothing
     and repeats nothing."""
@@ -231,13 +231,13 @@ def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
     topics = Topics.new(partitions=1).create(kafka)
     server = capture_server()
     port = free_port()
-    n = 3000
-    # Small batches, and fetches that wait for more than a partition's fetch size
-    # (64 KiB) can give: the worker gets a fetch's worth every 400 ms and waits
-    # for messages in between, far behind the partition's end.
+    n = 20_000
+    # Batches of 3 requests and fetches of one batch: the worker takes a few thousand
+    # a second, and inflight.max above n never pauses it, so that when the broker
+    # freezes it has sent what it fetched and waits, far behind the end.
     kafka.produce(topics.requests, make_requests(n), "-X", "batch.size=4096")
-    w = worker(cfg(kafka, topics, server.url, inflight_max=5000, fetch_stall_ms=1500,
-                   kafka_fetch_min_bytes=1000000, kafka_fetch_wait_max_ms=400,
+    w = worker(cfg(kafka, topics, server.url, inflight_max=2 * n, fetch_stall_ms=1500,
+                   kafka_max_partition_fetch_bytes=4096,
                    metrics_listen=f"127.0.0.1:{port}"))
     wait_for(lambda: kafka.count(topics.results) >= 100, 60, "100 results", interval=0.1)
     pid = kafka.pid
@@ -253,7 +253,7 @@ def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
     assert f["level"] == "warn" and f["partition"] == "0" and f["action"] == "seek", line
     assert int(f["position"]) < int(f["end"]) <= n, line
     assert int(f["idle_ms"]) >= 1500, line
-    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=180)
     assert_all_sent_once_or_more(a, n)
     assert max(captured_mids(server.dir).values()) == 1, "nothing sent twice"
     assert "offset seen already" not in w.log()
