@@ -1578,12 +1578,22 @@ static void worker_update_share(worker_t *w) {
                                     ? consumer_partition_count(wt->wt_consumer)
                                     : 0;
 
-                if (n <= 0)
-                        continue; /* not known (yet): left out */
+                if (n <= 0) {
+                        /* Not known (yet): left out, unless some of it is
+                         * owned: the share would then be too small (0 with
+                         * the other topic's count known and none of it
+                         * owned), and a limit's part with it. */
+                        if (ledger_part_count(wt->wt_ledger) > 0)
+                                return;
+                        continue;
+                }
                 total += n;
                 owned += ledger_part_count(wt->wt_ledger);
         }
-        if (total > 0)
+        /* Owning nothing, the worker has no traffic to pace: its share is
+         * left as it was (before the first assignment, not known: limited
+         * jobs wait for it). */
+        if (total > 0 && owned > 0)
                 relays_set_share(w->w_relays, (double)owned / (double)total);
 }
 

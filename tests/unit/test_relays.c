@@ -325,6 +325,67 @@ test_a_limit_queues_then_puts_off_at_slots_of_their_own(void **state) {
         config_destroy(c);
 }
 
+/* Jobs put off while the worker's share of a limit is near nothing (before
+ * its partitions are counted right) book slots far apart; once the share is
+ * right, later jobs are put off at slots of the new rate, not behind those
+ * (the bookings are rescaled to the new rate). */
+static void
+test_slots_booked_at_a_tiny_share_are_rescaled_when_it_grows(void **state) {
+        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:1",
+                                         "limit.slow.domains=slow.example",
+                                         "limit.slow.rate.max=2",
+                                         "limit.queue.max.ms=1000", NULL};
+        char err[256] = "";
+        struct config *c = conf_of(kv, err, sizeof(err));
+        loop_t *loop = loop_new();
+        struct outcomes o = {0};
+        static struct smtp_job jobs[12];
+        struct relay_route route = {"shop.example",
+                                    MAIL_PRIORITY_TRANSACTIONAL};
+        relays_t *rs;
+
+        (void)state;
+        assert_non_null(c);
+        rs = relays_new(loop, c, done_cb, &o, err, sizeof(err));
+        assert_non_null(rs);
+        relays_set_share(rs, 0.0); /* the floor: 0.01 msgs/s */
+        for (size_t i = 0; i < 6; i++) {
+                memset(&jobs[i], 0, sizeof(jobs[i]));
+                jobs[i].rcpts = slow_rcpt;
+                jobs[i].rcpt_cnt = 1;
+                relays_submit(rs, &jobs[i], &route);
+        }
+        for (int i = 0; i < 20 && o.cnt < 5; i++)
+                loop_run_once(loop, 50);
+        /* the first took the bucket's token; five are put off, 100 s
+         * apart at 0.01 msgs/s */
+        assert_int_equal(o.cnt, 5);
+        assert_true(o.jobs[4]->defer_ms >= 400000);
+        relays_set_share(rs, 1.0); /* 2 msgs/s */
+        for (size_t i = 6; i < 12; i++) {
+                memset(&jobs[i], 0, sizeof(jobs[i]));
+                jobs[i].rcpts = slow_rcpt;
+                jobs[i].rcpt_cnt = 1;
+                relays_submit(rs, &jobs[i], &route);
+        }
+        for (int i = 0; i < 40 && o.cnt < 8; i++)
+                loop_run_once(loop, 50);
+        /* of the six, at most one goes and two wait in the queue; the
+         * rest are put off within seconds, not after the five before */
+        assert_true(o.cnt >= 8);
+        for (size_t i = 5; i < o.cnt; i++) {
+                if (o.jobs[i]->outcome != SMTP_DEFERRED)
+                        continue;
+                assert_true(o.jobs[i]->defer_ms < 10000);
+        }
+        for (size_t i = 0; i < 12; i++)
+                if (jobs[i].sj_wq)
+                        assert_int_equal(relays_cancel(rs, &jobs[i]), 0);
+        relays_destroy(rs);
+        loop_destroy(loop);
+        config_destroy(c);
+}
+
 static void run_ms(loop_t *loop, int ms) {
         int64_t end = loop_clock_ms() + ms;
 
@@ -386,6 +447,8 @@ int main(void) {
                         test_routes_pick_the_most_specific_relays_by_weight),
                 cmocka_unit_test(
                         test_a_limit_queues_then_puts_off_at_slots_of_their_own),
+                cmocka_unit_test(
+                        test_slots_booked_at_a_tiny_share_are_rescaled_when_it_grows),
                 cmocka_unit_test(
                         test_a_job_waiting_for_its_second_limit_goes_when_it_frees),
         };
