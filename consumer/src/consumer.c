@@ -97,14 +97,14 @@ struct consumer_mq {
 /* A partition forwarded to the topic's queue and still assigned: forwarded
  * again on each tick until f_until_ms (CONSUMER_REFORWARD_MS), then at
  * f_next_ms (every CONSUMER_REFORWARD_SLOW_MS). The fetch watch keeps the
- * worker's position in it as last seen, and since when a partition behind
+ * worker's position in it as last reported, and how long a partition behind
  * its end has delivered nothing while the worker waited for messages. */
 struct consumer_fwd {
         int32_t f_partition;
         int64_t f_until_ms;
         int64_t f_next_ms;
         int64_t f_pos;
-        int64_t f_idle_since_ms;
+        int64_t f_idle_ms;
 };
 
 struct consumer {
@@ -209,7 +209,7 @@ static void consumer_forward(consumer_t *c,
                 c->c_fwd[c->c_fwd_cnt].f_until_ms = until;
                 c->c_fwd[c->c_fwd_cnt].f_next_ms = until;
                 c->c_fwd[c->c_fwd_cnt].f_pos = RD_KAFKA_OFFSET_INVALID;
-                c->c_fwd[c->c_fwd_cnt].f_idle_since_ms = until;
+                c->c_fwd[c->c_fwd_cnt].f_idle_ms = 0;
                 c->c_fwd_cnt++;
         }
 }
@@ -231,17 +231,21 @@ static void consumer_reforward(consumer_t *c) {
         }
 }
 
-/* Restarts the fetch of a partition that delivers nothing: messages in its
- * own queue are forwarded again; with none there, a seek to the worker's
- * position makes librdkafka fetch it anew from there (what was fetched
- * before and not consumed is dropped by librdkafka and fetched again, so
- * nothing is skipped or seen twice). */
+/* Restarts the fetch of a partition that delivers nothing: its queue is
+ * forwarded again (a no-op unless something undid it), then a seek to the
+ * worker's position @pos makes librdkafka fetch it anew from there. What was
+ * fetched for the old position and not consumed is dropped by librdkafka
+ * (the seek's op version), also from the topic's queue, and fetched again:
+ * nothing is skipped or seen twice. */
 static void consumer_restart_fetch(consumer_t *c, struct consumer_fwd *f,
                                    int64_t pos, int64_t end, int64_t idle_ms) {
         rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(
                 c->c_rk, c->c_mq.mq_topic, f->f_partition);
+        /* the partition's own queue when its forward was undone, else the
+         * topic's queue it forwards to (empty when the watch counts) */
         size_t queued = pq ? rd_kafka_queue_length(pq) : 0;
-        rd_kafka_error_t *error = NULL;
+        rd_kafka_topic_partition_list_t *one;
+        rd_kafka_error_t *error;
 
         if (pq)
                 rd_kafka_queue_destroy(pq);
@@ -249,25 +253,17 @@ static void consumer_restart_fetch(consumer_t *c, struct consumer_fwd *f,
         LOG(LL_WARN,
             "partition delivers nothing while behind its end (fetch.stall.ms)"
             " topic=%s partition=%d position=%lld end=%lld idle_ms=%lld "
-            "queued_in_partition=%zu action=%s",
+            "queued=%zu restarts=%llu",
             c->c_mq.mq_topic, (int)f->f_partition, (long long)pos,
             (long long)end, (long long)idle_ms, queued,
-            queued > 0 ? "forward" : "seek");
-        if (queued > 0) {
-                consumer_forward_one(c, f->f_partition);
-                return;
-        }
-        {
-                rd_kafka_topic_partition_list_t *one =
-                        rd_kafka_topic_partition_list_new(1);
-
-                rd_kafka_topic_partition_list_add(one, c->c_mq.mq_topic,
-                                                  f->f_partition)
-                        ->offset = pos;
-                /* timeout 0: asynchronous, the loop does not wait */
-                error = rd_kafka_seek_partitions(c->c_rk, one, 0);
-                rd_kafka_topic_partition_list_destroy(one);
-        }
+            (unsigned long long)c->c_fetch_restarts);
+        consumer_forward_one(c, f->f_partition);
+        one = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(one, c->c_mq.mq_topic, f->f_partition)
+                ->offset = pos;
+        /* timeout 0: asynchronous, the loop does not wait */
+        error = rd_kafka_seek_partitions(c->c_rk, one, 0);
+        rd_kafka_topic_partition_list_destroy(one);
         if (error) {
                 LOG(LL_WARN, "seek failed topic=%s partition=%d err=%s",
                     c->c_mq.mq_topic, (int)f->f_partition,
@@ -276,16 +272,21 @@ static void consumer_restart_fetch(consumer_t *c, struct consumer_fwd *f,
         }
 }
 
-/* The fetch watch: a forwarded partition whose position (the next offset the
- * worker takes) is below its end as of the last fetch, and that delivered
- * nothing for fetch.stall.ms while the worker waited for messages (not
- * paused by the in-flight limit, the topic's queue empty), has its fetch
- * restarted (consumer_restart_fetch()), and again every such period while
- * it lasts. A broker that is down or slow shows the same (and a seek
- * then does no harm); librdkafka was seen, rarely, to fetch a partition
- * no more after the broker came back, without a word. */
+/* The fetch watch, every CONSUMER_WATCH_MS: a forwarded partition whose
+ * position (the next offset the worker takes) is below its end as of the
+ * last fetch, and that delivered nothing during fetch.stall.ms of the worker
+ * waiting for messages (the ticks at which consumption was not paused by
+ * the in-flight limit and the topic's queue was empty: only they count),
+ * has its fetch restarted (consumer_restart_fetch()), and again after each
+ * further such period while it lasts. librdkafka reports no position for a
+ * partition until a message of it is consumed, also after a seek: the last
+ * one it reported stands until then (none yet: not watched). A broker that
+ * is down or frozen shows the same (a seek then does no harm); librdkafka
+ * was seen, rarely, to fetch a partition no more after the broker came back,
+ * without a word. */
 static void consumer_watch_fetch(consumer_t *c) {
         int64_t now = loop_now_ms(c->c_loop);
+        int64_t step;
         int waiting = !c->c_mq.mq_paused &&
                       rd_kafka_queue_length(c->c_mq.mq_queue) == 0;
         rd_kafka_topic_partition_list_t *pos;
@@ -293,6 +294,8 @@ static void consumer_watch_fetch(consumer_t *c) {
         if (c->c_stall_ms <= 0 || c->c_fwd_cnt == 0 || c->c_closing ||
             now < c->c_watch_next_ms)
                 return;
+        /* a tick late (a busy loop) counts as one */
+        step = c->c_watch_next_ms ? CONSUMER_WATCH_MS : 0;
         c->c_watch_next_ms = now + CONSUMER_WATCH_MS;
         pos = rd_kafka_topic_partition_list_new((int)c->c_fwd_cnt);
         for (size_t i = 0; i < c->c_fwd_cnt; i++)
@@ -306,19 +309,26 @@ static void consumer_watch_fetch(consumer_t *c) {
                 struct consumer_fwd *f = &c->c_fwd[i];
                 int64_t at = pos->elems[i].offset, lo, hi;
 
-                if (!waiting || at < 0 || at != f->f_pos ||
+                if (at >= 0 && at != f->f_pos) {
+                        f->f_pos = at; /* moved: delivering */
+                        f->f_idle_ms = 0;
+                        continue;
+                }
+                if (f->f_pos < 0 ||
                     rd_kafka_get_watermark_offsets(c->c_rk, c->c_mq.mq_topic,
                                                    f->f_partition, &lo,
                                                    &hi) != 0 ||
-                    hi <= at) {
-                        f->f_pos = at;
-                        f->f_idle_since_ms = now;
+                    hi <= f->f_pos) {
+                        f->f_idle_ms = 0; /* unknown, or nothing to take */
                         continue;
                 }
-                if (now - f->f_idle_since_ms < c->c_stall_ms)
+                if (!waiting)
+                        continue; /* the worker is busy: not counted */
+                f->f_idle_ms += step;
+                if (f->f_idle_ms < c->c_stall_ms)
                         continue;
-                consumer_restart_fetch(c, f, at, hi, now - f->f_idle_since_ms);
-                f->f_idle_since_ms = now;
+                consumer_restart_fetch(c, f, f->f_pos, hi, f->f_idle_ms);
+                f->f_idle_ms = 0;
         }
         rd_kafka_topic_partition_list_destroy(pos);
 }

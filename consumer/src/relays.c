@@ -775,10 +775,10 @@ static void relays_requeue_times(relays_t *rs, int64_t now) {
         }
 }
 
-/* A limit's part of the group's rate changes from @from to @to msgs/s: the
- * slots booked for jobs put off (@booked_ms) stand for as many slots at the
- * new rate. Without it, slots booked while the part was tiny (the worker's
- * share not yet right) would push every later job that far too. */
+/* A pacer's rate changes from @from to @to msgs/s: the slots booked for
+ * jobs put off (@booked_ms) stand for as many slots at the new rate.
+ * Without it, slots booked while the worker's share was tiny would push
+ * every later job that far too. */
 static void relays_rebook(int64_t *booked_ms, double from, double to,
                           int64_t now) {
         if (*booked_ms <= now || from <= 0 || to <= 0 || from == to)
@@ -787,20 +787,18 @@ static void relays_rebook(int64_t *booked_ms, double from, double to,
 }
 
 /* Gives @p, with slots booked up to @booked_ms, its part of @rate_max at
- * the share just set (@old_share before). */
+ * the share just set. The slots were booked at the pacer's rate (a throttle
+ * may have cut it below the limit, and keeps it so). */
 static void relays_repart(relays_t *rs, struct pacer *p, int64_t *booked_ms,
-                          double rate_max, double old_share, int64_t now) {
-        double before = rate_max * old_share;
-        double after = relays_part(rs, rate_max);
+                          double rate_max, int64_t now) {
+        double before = pacer_rate(p);
 
-        relays_rebook(booked_ms, before > 0 ? before : RELAYS_RATE_FLOOR, after,
-                      now);
-        pacer_set_limit(p, after, now);
+        pacer_set_limit(p, relays_part(rs, rate_max), now);
+        relays_rebook(booked_ms, before, pacer_rate(p), now);
 }
 
 void relays_set_share(relays_t *rs, double share) {
         int64_t now = relays_now(rs);
-        double old_share = rs->rs_share;
 
         if (share < 0)
                 share = 0;
@@ -819,20 +817,20 @@ void relays_set_share(relays_t *rs, double share) {
 
                 if (r->r_rate_max > 0)
                         relays_repart(rs, &r->r_pacer, &r->r_booked_ms,
-                                      r->r_rate_max, old_share, now);
+                                      r->r_rate_max, now);
         }
         for (size_t i = 0; i < rs->rs_named_cnt; i++) {
                 struct dest *d = &rs->rs_named[i];
 
                 if (d->d_rate_max > 0)
                         relays_repart(rs, &d->d_pacer, &d->d_booked_ms,
-                                      d->d_rate_max, old_share, now);
+                                      d->d_rate_max, now);
         }
         for (size_t h = 0; h < RELAYS_DEST_BUCKETS; h++) {
                 for (struct dest *d = rs->rs_hash[h]; d; d = d->d_hnext) {
                         if (d->d_rate_max > 0)
                                 relays_repart(rs, &d->d_pacer, &d->d_booked_ms,
-                                              d->d_rate_max, old_share, now);
+                                              d->d_rate_max, now);
                 }
         }
         relays_pump_soon(rs, 0);

@@ -250,7 +250,7 @@ def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
     line = next(x for x in w.log().splitlines()
                 if "partition delivers nothing while behind its end" in x)
     f = parse_logfmt(line)
-    assert f["level"] == "warn" and f["partition"] == "0" and f["action"] == "seek", line
+    assert f["level"] == "warn" and f["partition"] == "0" and f["restarts"] == "1", line
     assert int(f["position"]) < int(f["end"]) <= n, line
     assert int(f["idle_ms"]) >= 1500, line
     a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=180)
