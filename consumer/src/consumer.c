@@ -287,13 +287,14 @@ static void consumer_restart_fetch(consumer_t *c, struct consumer_fwd *f,
 static void consumer_watch_fetch(consumer_t *c) {
         int64_t now = loop_now_ms(c->c_loop);
         int64_t step;
-        int waiting = !c->c_mq.mq_paused &&
-                      rd_kafka_queue_length(c->c_mq.mq_queue) == 0;
+        int waiting;
         rd_kafka_topic_partition_list_t *pos;
 
         if (c->c_stall_ms <= 0 || c->c_fwd_cnt == 0 || c->c_closing ||
             now < c->c_watch_next_ms)
                 return;
+        waiting = !c->c_mq.mq_paused &&
+                  rd_kafka_queue_length(c->c_mq.mq_queue) == 0;
         /* a tick late (a busy loop) counts as one */
         step = c->c_watch_next_ms ? CONSUMER_WATCH_MS : 0;
         c->c_watch_next_ms = now + CONSUMER_WATCH_MS;
