@@ -262,6 +262,21 @@ static void test_routes_pick_the_most_specific_relays_by_weight(void **state) {
 static const char *const slow_rcpt[] = {"a@slow.example", NULL};
 static const char *const both_rcpts[] = {"a@slow.example", "b@other.example",
                                          NULL};
+/* slow.example limited to 2 msgs/s, a wait of 1 s at most */
+static const char *const slow_limit[] = {
+        "smtp.url=smtp://127.0.0.1:1", "limit.slow.domains=slow.example",
+        "limit.slow.rate.max=2", "limit.queue.max.ms=1000", NULL};
+
+/* Submits jobs[@from..@to) to slow.example, one recipient each. */
+static void submit_slow(relays_t *rs, struct smtp_job *jobs, size_t from,
+                        size_t to, const struct relay_route *route) {
+        for (size_t i = from; i < to; i++) {
+                memset(&jobs[i], 0, sizeof(jobs[i]));
+                jobs[i].rcpts = slow_rcpt;
+                jobs[i].rcpt_cnt = 1;
+                relays_submit(rs, &jobs[i], route);
+        }
+}
 
 /* A limit of 2 msgs/s and limit.queue.max.ms=1000: the first goes at once
  * (a full bucket), two wait (500 and 1000 ms ahead), the rest are put off, each at a slot of its own, without
@@ -269,12 +284,8 @@ static const char *const both_rcpts[] = {"a@slow.example", "b@other.example",
  * off a limit's queue. */
 static void
 test_a_limit_queues_then_puts_off_at_slots_of_their_own(void **state) {
-        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:1",
-                                         "limit.slow.domains=slow.example",
-                                         "limit.slow.rate.max=2",
-                                         "limit.queue.max.ms=1000", NULL};
         char err[256] = "";
-        struct config *c = conf_of(kv, err, sizeof(err));
+        struct config *c = conf_of(slow_limit, err, sizeof(err));
         loop_t *loop = loop_new();
         struct outcomes o = {0};
         static struct smtp_job jobs[10];
@@ -331,12 +342,8 @@ test_a_limit_queues_then_puts_off_at_slots_of_their_own(void **state) {
  * (the bookings are rescaled to the new rate). */
 static void
 test_slots_booked_at_a_tiny_share_are_rescaled_when_it_grows(void **state) {
-        static const char *const kv[] = {"smtp.url=smtp://127.0.0.1:1",
-                                         "limit.slow.domains=slow.example",
-                                         "limit.slow.rate.max=2",
-                                         "limit.queue.max.ms=1000", NULL};
         char err[256] = "";
-        struct config *c = conf_of(kv, err, sizeof(err));
+        struct config *c = conf_of(slow_limit, err, sizeof(err));
         loop_t *loop = loop_new();
         struct outcomes o = {0};
         static struct smtp_job jobs[12];
@@ -349,12 +356,7 @@ test_slots_booked_at_a_tiny_share_are_rescaled_when_it_grows(void **state) {
         rs = relays_new(loop, c, done_cb, &o, err, sizeof(err));
         assert_non_null(rs);
         relays_set_share(rs, 0.0); /* the floor: 0.01 msgs/s */
-        for (size_t i = 0; i < 6; i++) {
-                memset(&jobs[i], 0, sizeof(jobs[i]));
-                jobs[i].rcpts = slow_rcpt;
-                jobs[i].rcpt_cnt = 1;
-                relays_submit(rs, &jobs[i], &route);
-        }
+        submit_slow(rs, jobs, 0, 6, &route);
         for (int i = 0; i < 20 && o.cnt < 5; i++)
                 loop_run_once(loop, 50);
         /* the first took the bucket's token; five are put off, 100 s
@@ -362,12 +364,7 @@ test_slots_booked_at_a_tiny_share_are_rescaled_when_it_grows(void **state) {
         assert_int_equal(o.cnt, 5);
         assert_true(o.jobs[4]->defer_ms >= 400000);
         relays_set_share(rs, 1.0); /* 2 msgs/s */
-        for (size_t i = 6; i < 12; i++) {
-                memset(&jobs[i], 0, sizeof(jobs[i]));
-                jobs[i].rcpts = slow_rcpt;
-                jobs[i].rcpt_cnt = 1;
-                relays_submit(rs, &jobs[i], &route);
-        }
+        submit_slow(rs, jobs, 6, 12, &route);
         for (int i = 0; i < 40 && o.cnt < 8; i++)
                 loop_run_once(loop, 50);
         /* of the six, at most one goes and two wait in the queue; the
