@@ -1953,9 +1953,23 @@ static void worker_render_relays(metrics_out_t *out, const relays_t *rs) {
 
 static void worker_render_kafka(metrics_out_t *out, kstatus_t *ks);
 
+/* The label of each topic's samples, by TOPIC_REQUESTS / TOPIC_RETRY. */
+static const char *const topic_labels[] = {"topic=\"requests\"",
+                                           "topic=\"retry\""};
+
+/* A counter of each topic's consumer, 0 for a topic without one. */
+static void worker_sample_consumers(metrics_out_t *out, const worker_t *w,
+                                    const char *name, const char *help,
+                                    uint64_t (*get)(const consumer_t *)) {
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                metrics_sample(out, name, "counter", t == 0 ? help : NULL,
+                               topic_labels[t],
+                               w->w_topics[t].wt_consumer
+                                       ? (double)get(w->w_topics[t].wt_consumer)
+                                       : 0);
+}
+
 static void worker_render_metrics(metrics_out_t *out, void *opaque) {
-        static const char *const topic_labels[] = {"topic=\"requests\"",
-                                                   "topic=\"retry\""};
         worker_t *w = opaque;
         struct smtp_stats ss;
         const struct worker_stats *st = &w->w_stats;
@@ -2010,29 +2024,14 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
                         w->w_topics[t].wt_consumer
                                 ? consumer_paused(w->w_topics[t].wt_consumer)
                                 : 0);
-        for (int t = 0; t < w->w_topic_cnt; t++)
-                metrics_sample(
-                        out, "kafka_mailer_fetch_nudges_total", "counter",
-                        t == 0 ? "fetch nudges sent (fetch.nudge.ms), by "
-                                 "topic"
-                               : NULL,
-                        topic_labels[t],
-                        w->w_topics[t].wt_consumer
-                                ? (double)consumer_nudges(
-                                          w->w_topics[t].wt_consumer)
-                                : 0);
-        for (int t = 0; t < w->w_topic_cnt; t++)
-                metrics_sample(
-                        out, "kafka_mailer_fetch_restarts_total", "counter",
-                        t == 0 ? "partitions that delivered nothing for "
-                                 "fetch.stall.ms while behind their end, "
-                                 "their fetch restarted, by topic"
-                               : NULL,
-                        topic_labels[t],
-                        w->w_topics[t].wt_consumer
-                                ? (double)consumer_fetch_restarts(
-                                          w->w_topics[t].wt_consumer)
-                                : 0);
+        worker_sample_consumers(out, w, "kafka_mailer_fetch_nudges_total",
+                                "fetch nudges sent (fetch.nudge.ms), by topic",
+                                consumer_nudges);
+        worker_sample_consumers(out, w, "kafka_mailer_fetch_restarts_total",
+                                "partitions that delivered nothing for "
+                                "fetch.stall.ms while behind their end, their "
+                                "fetch restarted, by topic",
+                                consumer_fetch_restarts);
         metrics_histogram(out, "kafka_mailer_request_duration_seconds",
                           "from a request's first consumption to its final "
                           "outcome (sent, failed or expired; retries "
