@@ -25,26 +25,26 @@ int log_set_level(const char *name) {
 
 int log_repeat_pass(struct log_repeat *r, int code, int64_t now_ms,
                     unsigned long *held) {
-        int pick = -1;
+        int pick = 0, match = 0;
 
+        /* the slot of @code, else the first unused, else the one written
+         * longest ago */
         for (int i = 0; i < LOG_REPEAT_SLOTS; i++) {
                 if (r->lr_slot[i].used && r->lr_slot[i].code == code) {
                         pick = i;
+                        match = 1;
                         break;
                 }
-                if (pick < 0 || !r->lr_slot[i].used ||
-                    (r->lr_slot[pick].used &&
+                if (r->lr_slot[pick].used &&
+                    (!r->lr_slot[i].used ||
                      r->lr_slot[i].written_ms < r->lr_slot[pick].written_ms))
                         pick = i;
         }
-        if (r->lr_slot[pick].used && r->lr_slot[pick].code == code &&
-            now_ms - r->lr_slot[pick].written_ms < log_repeat_ms) {
+        if (match && now_ms - r->lr_slot[pick].written_ms < log_repeat_ms) {
                 r->lr_slot[pick].held++;
                 return 0;
         }
-        *held = r->lr_slot[pick].used && r->lr_slot[pick].code == code
-                        ? r->lr_slot[pick].held
-                        : 0;
+        *held = match ? r->lr_slot[pick].held : 0;
         r->lr_slot[pick].used = 1;
         r->lr_slot[pick].code = code;
         r->lr_slot[pick].written_ms = now_ms;
