@@ -1028,6 +1028,7 @@ void relays_stats_total(const relays_t *rs, struct smtp_stats *st) {
                 st->relay_healthy |= one.relay_healthy;
                 st->sessions_opened_total += one.sessions_opened_total;
                 st->relay_failures_total += one.relay_failures_total;
+                st->pipelined_total += one.pipelined_total;
                 if (one.last_relay_error[0])
                         memcpy(st->last_relay_error, one.last_relay_error,
                                sizeof(st->last_relay_error));

@@ -79,6 +79,16 @@
  * job's buffer, and the next commands go in the write after it.
  */
 #define SMTP_DATA_COPY_MAX (16 * 1024)
+/*
+ * Against a relay slow to give its final replies, a job is pipelined behind
+ * a "." only when no session would take it sooner (client_pipeline_pays()).
+ * The times compared are counted in the loop's milliseconds: this much is
+ * the same as none.
+ */
+#define SMTP_PIPELINE_SLACK_MS 2
+/* weight of a new sample in the client's running averages of the time a
+ * session takes to open, to answer MAIL..DATA and to give a final reply */
+#define SMTP_EWMA_WEIGHT 0.125
 #define SMTP_MAXAGE_CONN_S (10L * 365 * 24 * 3600)
 /* Sessions per libcurl multi handle: bounds the connection-cache scan of
  * every curl_easy_send()/recv(); a multi handle costs about 25 KB. */
@@ -177,6 +187,10 @@ struct smtp_session {
         int ss_tcp_connecting; /* connect() of an address under way */
         int ss_connect_errno; /* connect() failed at once with this */
         int64_t ss_open_ms; /* loop_now_ms() when the session was opened */
+        /* loop_now_ms() when ss_job's MAIL was written on this idle session
+         * and when its message was queued (354); -1 when not to be timed */
+        int64_t ss_txn_ms;
+        int64_t ss_data_ms;
         enum { GREET_WAIT, GREET_EHLO, GREET_HELO } ss_greet;
         loop_timer_t ss_timer;
         unsigned ss_messages; /* transactions started */
@@ -261,6 +275,7 @@ struct smtp_client {
         size_t sc_session_cnt;
         size_t sc_connecting;
         size_t sc_busy;
+        size_t sc_pnext_cnt; /* sessions with a transaction behind ss_job */
         struct smtp_session *sc_idle;
         struct smtp_session *sc_zombies;
 
@@ -292,7 +307,14 @@ struct smtp_client {
         uint64_t sc_rand;
         uint64_t sc_opened_total;
         uint64_t sc_failures_total;
+        uint64_t sc_pipelined_total; /* jobs pipelined behind a "." */
         char sc_last_error[256];
+        /* running averages (SMTP_EWMA_WEIGHT), in ms, and their counts of
+         * samples: session set-up (opened -> ready), MAIL..DATA (MAIL
+         * written on an idle session -> 354), final reply (message queued ->
+         * its reply) */
+        double sc_setup_avg_ms, sc_cmd_avg_ms, sc_final_avg_ms;
+        uint64_t sc_setup_n, sc_cmd_n, sc_final_n;
 
         /* fds libcurl watches through us: the multi handle of each */
         struct smtp_multi **sc_curl_fds;
@@ -319,6 +341,48 @@ static int client_job_would_wait(const smtp_client_t *sc) {
         return sc->sc_q_head && !sc->sc_idle &&
                sc->sc_queued > sc->sc_connecting;
 }
+
+/*
+ * A job that would wait for a session (client_job_would_wait()) may be
+ * pipelined behind the "." just queued on a session: it then starts when
+ * that message's final reply comes, without a round trip of its own. That
+ * pays against a relay whose final replies come about as soon as a new
+ * session opens and answers MAIL..DATA. Against one slower to answer the
+ * "." (content checks, a delay per message: seconds), the job would wait
+ * that long behind it while another session frees or opens sooner; it is
+ * pipelined only when more jobs wait than the sessions that may take one
+ * in the meantime: those busy with no job behind their own (each frees at
+ * its final reply, all before the one just queued), and those that may
+ * still be opened. @returns whether the job at the head of the queue
+ * should go behind the "." just queued on a busy session.
+ */
+static int client_pipeline_pays(const smtp_client_t *sc) {
+        size_t freeing = 0, waiting;
+
+        if (sc->sc_final_n == 0 ||
+            sc->sc_final_avg_ms <= sc->sc_setup_avg_ms + sc->sc_cmd_avg_ms +
+                                           SMTP_PIPELINE_SLACK_MS)
+                return 1;
+        /* @s is busy, with no job behind its own yet */
+        if (sc->sc_busy > sc->sc_pnext_cnt + 1)
+                freeing = sc->sc_busy - sc->sc_pnext_cnt - 1;
+        if (sc->sc_healthy &&
+            sc->sc_session_cnt < (size_t)sc->sc_conf.sessions_max)
+                freeing +=
+                        (size_t)sc->sc_conf.sessions_max - sc->sc_session_cnt;
+        waiting = sc->sc_queued > sc->sc_connecting
+                          ? sc->sc_queued - sc->sc_connecting
+                          : 0;
+        return waiting > freeing;
+}
+
+/* Adds @sample (ms) to the running average *@avg of *@n samples. */
+static void client_average(double *avg, uint64_t *n, int64_t sample) {
+        double v = sample > 0 ? (double)sample : 0.0;
+
+        *avg = (*n)++ == 0 ? v : *avg + SMTP_EWMA_WEIGHT * (v - *avg);
+}
+
 static void client_kick(smtp_client_t *sc);
 
 /*
@@ -806,6 +870,18 @@ static void session_set_state(struct smtp_session *s, enum ss_state to,
         s->ss_state = to;
 }
 
+/* Sets the transaction pipelined behind ss_job (NULL: none), keeping the
+ * client's count of them. */
+static void session_set_pnext(struct smtp_session *s, struct smtp_job *job) {
+        smtp_client_t *sc = s->ss_client;
+
+        if (s->ss_pnext && !job)
+                sc->sc_pnext_cnt--;
+        else if (!s->ss_pnext && job)
+                sc->sc_pnext_cnt++;
+        s->ss_pnext = job;
+}
+
 /*
  * Session output
  */
@@ -1052,7 +1128,7 @@ static void session_close(struct smtp_session *s) {
                 /* pipelined: not an attempt, unless its message went */
                 struct smtp_job *next = s->ss_pnext;
 
-                s->ss_pnext = NULL;
+                session_set_pnext(s, NULL);
                 if (s->ss_pnext_at_data) {
                         s->ss_pnext_at_data = 0;
                         job_complete(sc, next, SMTP_TRANSIENT, 0,
@@ -1288,6 +1364,7 @@ static void job_activate(struct smtp_session *s, struct smtp_job *job) {
 /* Resets the per-transaction counts for ss_job, whose first @sent
  * commands are queued. */
 static void session_txn_begin(struct smtp_session *s, size_t sent) {
+        s->ss_txn_ms = s->ss_data_ms = -1;
         s->ss_step = 0;
         s->ss_sent = sent;
         s->ss_rcpt_ok = 0;
@@ -1321,6 +1398,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         s->ss_data_len = s->ss_data_pos = 0;
         sent = session_queue_txn(s, job, params);
         session_txn_begin(s, sent);
+        s->ss_txn_ms = loop_now_ms(sc->sc_loop);
         if (sent == 0) {
                 session_fail(s, session_cmd_error(s));
                 return 0;
@@ -1337,9 +1415,8 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
  * is tried. @returns 0, or -1 when the session failed.
  *
  * Only a job that would otherwise wait for a session goes there (see
- * client_job_would_wait()): a pipelined job waits for this session's final
- * reply, which a relay may take a second or more to give, while an idle or
- * new session would start it at once.
+ * client_job_would_wait()), and against a relay slow to give final replies
+ * only one that no other session would take sooner (client_pipeline_pays()).
  */
 static int session_pipeline_next(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
@@ -1349,7 +1426,7 @@ static int session_pipeline_next(struct smtp_session *s) {
                s->ss_data_pos ==
                        s->ss_data_len && /* none from a job's buffer */
                s->ss_data_end > 0 &&
-               client_job_would_wait(sc) &&
+               client_job_would_wait(sc) && client_pipeline_pays(sc) &&
                s->ss_messages < (unsigned)sc->sc_conf.session_max_messages) {
                 struct smtp_job *job = sc->sc_q_head;
                 char params[64], msg[sizeof(job->reply)];
@@ -1363,7 +1440,8 @@ static int session_pipeline_next(struct smtp_session *s) {
                         continue;
                 }
                 job_activate(s, job);
-                s->ss_pnext = job;
+                session_set_pnext(s, job);
+                sc->sc_pipelined_total++;
                 if (session_queue_txn(s, job, params) == 0) {
                         session_fail(s, session_cmd_error(s));
                         return -1;
@@ -1421,6 +1499,12 @@ static void session_start_data(struct smtp_session *s) {
         int follow = s->ss_pipelined && !sc->sc_no_txn_pipelining &&
                      sc->sc_q_head != NULL;
 
+        int64_t now = loop_now_ms(sc->sc_loop);
+
+        if (s->ss_txn_ms >= 0)
+                client_average(&sc->sc_cmd_avg_ms, &sc->sc_cmd_n,
+                               now - s->ss_txn_ms);
+        s->ss_data_ms = now;
         s->ss_sent = job->rcpt_cnt + 3;
         s->ss_data_end = session_queue_data(s, job, follow);
         if (s->ss_data_end == 0) {
@@ -1438,7 +1522,7 @@ static void session_promote_next(struct smtp_session *s) {
         struct smtp_job *next = s->ss_pnext;
         size_t n = next->rcpt_cnt;
 
-        s->ss_pnext = NULL;
+        session_set_pnext(s, NULL);
         s->ss_job = next;
         if (s->ss_pnext_at_data) {
                 /* only its final reply is still to come */
@@ -1498,7 +1582,7 @@ static void session_out_of_order(struct smtp_session *s, size_t step) {
         s->ss_held = NULL;
         if (realign) {
                 s->ss_job = held;
-                s->ss_pnext = job;
+                session_set_pnext(s, job);
                 session_txn_begin(s, held->rcpt_cnt + 3);
                 s->ss_step = held->rcpt_cnt + 2;
                 s->ss_acked = 1;
@@ -1620,6 +1704,9 @@ static void session_txn_reply(struct smtp_session *s, int code,
         }
 
         /* end of data: the transaction is over whatever the reply */
+        if (s->ss_data_ms >= 0)
+                client_average(&sc->sc_final_avg_ms, &sc->sc_final_n,
+                               loop_now_ms(sc->sc_loop) - s->ss_data_ms);
         job = session_take_job(s);
         if (s->ss_pnext && s->ss_pnext_at_data) {
                 session_promote_next(s);
@@ -2136,6 +2223,8 @@ static void session_ready(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
 
         session_set_state(s, SS_IDLE, "connected");
+        client_average(&sc->sc_setup_avg_ms, &sc->sc_setup_n,
+                       loop_now_ms(sc->sc_loop) - s->ss_open_ms);
         if (!sc->sc_healthy) {
                 sc->sc_healthy = 1;
                 sc->sc_relay_failures = 0;
@@ -2845,7 +2934,7 @@ void smtp_client_destroy(smtp_client_t *sc) {
                 if (s->ss_pnext) {
                         s->ss_pnext->sj_state = SJ_IDLE;
                         s->ss_pnext->sj_session = NULL;
-                        s->ss_pnext = NULL;
+                        session_set_pnext(s, NULL);
                         s->ss_pnext_at_data = 0;
                 }
                 if (s->ss_held) {
@@ -2932,6 +3021,7 @@ void smtp_client_stats(const smtp_client_t *sc, struct smtp_stats *st) {
         st->relay_healthy = sc->sc_healthy;
         st->sessions_opened_total = sc->sc_opened_total;
         st->relay_failures_total = sc->sc_failures_total;
+        st->pipelined_total = sc->sc_pipelined_total;
         snprintf(st->last_relay_error, sizeof(st->last_relay_error), "%s",
                  sc->sc_last_error);
 }

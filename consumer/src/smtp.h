@@ -188,6 +188,7 @@ struct smtp_stats {
         int relay_healthy; /* 0 while backing off after a relay failure */
         uint64_t sessions_opened_total;
         uint64_t relay_failures_total;
+        uint64_t pipelined_total; /* jobs pipelined behind a "." */
         char last_relay_error[256]; /* "" when none */
 };
 

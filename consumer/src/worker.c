@@ -2078,6 +2078,11 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "kafka_mailer_smtp_sessions_opened_total",
                        "counter", "SMTP sessions opened", NULL,
                        (double)ss.sessions_opened_total);
+        metrics_sample(out, "kafka_mailer_smtp_pipelined_total", "counter",
+                       "messages whose MAIL, RCPT and DATA were written "
+                       "behind the end of data of the message before on the "
+                       "same session",
+                       NULL, (double)ss.pipelined_total);
         metrics_sample(
                 out, "kafka_mailer_relay_healthy", "gauge",
                 "0 while the relay is backed off after refusing a session",

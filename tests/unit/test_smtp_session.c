@@ -48,6 +48,7 @@ enum peer_op {
         P_QUIET, /* nothing may arrive for ms */
         P_CLOSE, /* close the connection */
         P_EOF, /* the client must close the connection (nothing else) */
+        P_OTHER, /* go on with the other connection (a second one) */
 };
 
 struct peer_step {
@@ -74,6 +75,8 @@ struct peer_step {
         { P_EOF, NULL, 0 }
 #define END                                                                    \
         { P_END, NULL, 0 }
+#define OTHER                                                                  \
+        { P_OTHER, NULL, 0 }
 
 #define GREETING "220 peer.test ESMTP\r\n"
 #define EHLO_LINE "EHLO client.test"
@@ -96,6 +99,10 @@ struct peer {
         atomic_int p_stop;
         char p_in[PEER_IN_MAX];
         size_t p_in_len;
+        /* the other connection (P_OTHER swaps it with the one above) */
+        int p_fd2;
+        char p_in2[PEER_IN_MAX];
+        size_t p_in2_len;
         struct dynbuf p_log; /* each line received, then "\n" */
         struct dynbuf p_payload; /* the payloads, with their terminator */
         int p_accepts;
@@ -264,6 +271,20 @@ static int peer_step(struct peer *p, const struct peer_step *st) {
         case P_CLOSE:
                 peer_close(p);
                 return 0;
+        case P_OTHER: {
+                static char tmp[PEER_IN_MAX]; /* the peer thread's only */
+                int fd = p->p_fd;
+
+                p->p_fd = p->p_fd2;
+                p->p_fd2 = fd;
+                memcpy(tmp, p->p_in, p->p_in_len);
+                memcpy(p->p_in, p->p_in2, p->p_in2_len);
+                memcpy(p->p_in2, tmp, p->p_in_len);
+                n = p->p_in_len;
+                p->p_in_len = p->p_in2_len;
+                p->p_in2_len = n;
+                return 0;
+        }
         case P_EOF:
                 r = p->p_in_len > 0 ? 1 : peer_recv(p, PEER_WAIT_MS);
                 if (r == 0) {
@@ -289,6 +310,9 @@ static void *peer_main(void *arg) {
                         break;
         }
         peer_close(p);
+        if (p->p_fd2 != -1)
+                close(p->p_fd2);
+        p->p_fd2 = -1;
         atomic_store(&p->p_done, 1);
         return NULL;
 }
@@ -327,7 +351,7 @@ static int fx_setup(void **state) {
         assert_non_null(f);
         f->loop = loop_new();
         assert_non_null(f->loop);
-        f->peer.p_fd = -1;
+        f->peer.p_fd = f->peer.p_fd2 = -1;
         dynbuf_init(&f->peer.p_log, PEER_LOG_MAX);
         dynbuf_init(&f->peer.p_payload, PEER_LOG_MAX);
         f->peer.p_lfd = socket(AF_INET, SOCK_STREAM, 0);
@@ -402,13 +426,11 @@ static struct smtp_job *fx_job(struct fx *f, size_t i, const char *const *rcpts,
         return job;
 }
 
-/* Starts the peer on @script and a client, submits the first @njobs jobs
- * (filled by fx_job()) and runs the loop until every job is done and the
- * script has ended, RUN_MAX_MS at most; then checks the script ran to its
- * end. */
-static void fx_run(struct fx *f, const struct peer_step *script, size_t njobs) {
+/* Starts the peer on @script and a client that is to carry @njobs jobs
+ * (its idle sessions quit once they are done). */
+static void fx_start(struct fx *f, const struct peer_step *script,
+                     size_t njobs) {
         char errstr[256];
-        int64_t end = loop_clock_ms() + RUN_MAX_MS;
 
         f->peer.p_script = script;
         assert_int_equal(
@@ -419,14 +441,37 @@ static void fx_run(struct fx *f, const struct peer_step *script, size_t njobs) {
                                 sizeof(errstr));
         assert_non_null(f->sc);
         f->submitted = njobs;
-        for (size_t i = 0; i < njobs; i++)
-                smtp_client_submit(f->sc, &f->jobs[i]);
-        while ((f->done < njobs || !atomic_load(&f->peer.p_done)) &&
+}
+
+/* Runs the loop until @ndone jobs are done (and, with @script_end, the
+ * script has ended too), RUN_MAX_MS at most. */
+static void fx_wait(struct fx *f, size_t ndone, int script_end) {
+        int64_t end = loop_clock_ms() + RUN_MAX_MS;
+
+        while ((f->done < ndone ||
+                (script_end && !atomic_load(&f->peer.p_done))) &&
                loop_clock_ms() < end)
                 assert_true(loop_run_once(f->loop, 10) >= 0);
+}
+
+/* Runs the loop until every job is done and the script has ended, then
+ * checks the script ran to its end and every job is done. */
+static void fx_finish(struct fx *f) {
+        fx_wait(f, f->submitted, 1);
         fx_stop_peer(f);
         assert_string_equal(f->peer.p_err, "");
-        assert_int_equal(f->done, njobs);
+        assert_int_equal(f->done, f->submitted);
+}
+
+/* Starts the peer on @script and a client, submits the first @njobs jobs
+ * (filled by fx_job()) and runs the loop until every job is done and the
+ * script has ended, RUN_MAX_MS at most; then checks the script ran to its
+ * end. */
+static void fx_run(struct fx *f, const struct peer_step *script, size_t njobs) {
+        fx_start(f, script, njobs);
+        for (size_t i = 0; i < njobs; i++)
+                smtp_client_submit(f->sc, &f->jobs[i]);
+        fx_finish(f);
 }
 
 static const char *peer_log(const struct fx *f) {
@@ -1268,6 +1313,92 @@ test_replies_out_of_order_that_cannot_be_realigned_close(void **state) {
         assert_int_equal(f->peer.p_accepts, 2);
 }
 
+/* Job 0 alone on a first session, the relay taking 100 ms to answer its
+ * "." (slower than a session takes to open and answer MAIL..DATA); then
+ * jobs 1 to @n - 1 submitted at once: job 1's commands come on that
+ * session (not answered yet). */
+#define SLOW_FINAL_FIRST                                                       \
+        TXN0_TO_DOT, QUIET(100), SEND("250 2.0.0 queued as A\r\n"),            \
+                TXN1_PIPELINED
+#define TXN1_TO_DOT SEND("250 ok\r\n250 ok\r\n354 go\r\n"), DATA
+
+/* Jobs 0 to @n - 1 against @script: job 0 alone until it is done, then the
+ * others at once. */
+static void run_phases(struct fx *f, const struct peer_step *script, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                fx_job(f, i, rcpt1, i == 0 ? BODY : BODY2);
+        fx_start(f, script, n);
+        smtp_client_submit(f->sc, &f->jobs[0]);
+        fx_wait(f, 1, 0);
+        assert_int_equal(f->done, 1);
+        for (size_t i = 1; i < n; i++)
+                smtp_client_submit(f->sc, &f->jobs[i]);
+        fx_finish(f);
+}
+
+/* Against a relay slow to answer the ".", a waiting job is not pipelined
+ * behind a "." while another session frees before it: with two sessions
+ * busy (jobs 1 and 2) and job 3 waiting, neither "." has job 3's MAIL
+ * behind it; job 3 goes on the session that frees first. */
+static void
+test_a_slow_final_reply_takes_no_job_another_session_frees_for(void **state) {
+        const struct peer_step script[] = {
+                SLOW_FINAL_FIRST,
+                /* the second session, opened for jobs 2 and 3, takes 2 */
+                OTHER,
+                OPEN(CAPS_PIPELINING),
+                TXN1_PIPELINED,
+                TXN1_TO_DOT,
+                QUIET(50),
+                /* job 1's "." on the first session */
+                OTHER,
+                TXN1_TO_DOT,
+                QUIET(50),
+                SEND("250 2.0.0 queued as B\r\n"),
+                /* that session frees first: job 3 */
+                TXN2_OK,
+                OTHER,
+                SEND("250 2.0.0 queued as C\r\n"),
+                BYE,
+                OTHER,
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+        struct smtp_stats st;
+
+        f->conf.sessions_max = 2;
+        run_phases(f, script, 4);
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as C");
+        assert_outcome(&f->jobs[3], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->peer.p_accepts, 2);
+        smtp_client_stats(f->sc, &st);
+        assert_int_equal(st.pipelined_total, 0);
+}
+
+/* The same slow relay with every session busy and nothing else to free
+ * before it: job 2 is pipelined behind job 1's "." (in the same write). */
+static void
+test_a_slow_final_reply_takes_a_job_no_other_session_would(void **state) {
+        const struct peer_step script[] = {
+                SLOW_FINAL_FIRST,
+                TXN1_TO_DOT,
+                TXN1_AFTER("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+        struct smtp_stats st;
+
+        run_phases(f, script, 3);
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as A");
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_int_equal(f->peer.p_accepts, 1);
+        smtp_client_stats(f->sc, &st);
+        assert_int_equal(st.pipelined_total, 1);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
         const struct CMUnitTest tests[] = {
@@ -1309,6 +1440,8 @@ int main(void) {
                 T(test_a_large_message_is_followed_by_the_next_transaction),
                 T(test_replies_ahead_of_the_final_dot_are_realigned),
                 T(test_replies_out_of_order_that_cannot_be_realigned_close),
+                T(test_a_slow_final_reply_takes_no_job_another_session_frees_for),
+                T(test_a_slow_final_reply_takes_a_job_no_other_session_would),
         };
 #undef T
         int rc;
