@@ -97,6 +97,10 @@ static const struct config_key config_keys[] = {
              "with smtp.pipelining: write the next message's MAIL/RCPT/DATA "
              "right after the end of data of the one before, without waiting "
              "for its reply"),
+        BOOL("smtp.chunking", smtp_chunking, "true",
+             "send the message with BDAT (RFC 3030) when the relay offers "
+             "CHUNKING: with pipelining, a message's commands and body go in "
+             "one write, one round trip a message"),
         INT("smtp.sessions.max", smtp_sessions_max, "100", 1, 20000,
             "most SMTP sessions open to the relay at once"),
         INT("smtp.transaction.max.recipients", smtp_transaction_max_recipients,

@@ -124,6 +124,7 @@ struct config {
         char *smtp_helo_name; /* smtp.helo.name, "" = libcurl's default */
         int smtp_pipelining; /* smtp.pipelining (bool): use PIPELINING if offered */
         int smtp_pipelining_txns; /* smtp.pipelining.transactions (bool) */
+        int smtp_chunking; /* smtp.chunking (bool) */
         int smtp_transaction_max_recipients; /* smtp.transaction.max.recipients */
         int smtp_sessions_max; /* smtp.sessions.max */
         int smtp_session_max_messages; /* smtp.session.max.messages */

@@ -197,6 +197,7 @@ struct smtp_session {
 
         /* EHLO capabilities (reset on every 220 line) */
         int ss_cap_pipelining;
+        int ss_cap_chunking;
         int ss_cap_size;
         uint64_t ss_size_max; /* 0: no limit given */
         int ss_cap_8bitmime;
@@ -225,6 +226,11 @@ struct smtp_session {
         int ss_pnext_at_data;
         uint64_t ss_pnext_data_end;
         int ss_pipelined;
+        /* ss_job's message goes with "BDAT <size> LAST" (RFC 3030) instead
+         * of DATA: its reply is the final one, at step n + 2 (there is no
+         * step n + 1), and nothing is pipelined behind it */
+        int ss_bdat;
+        char *ss_unstuffed; /* a message copied without its dot-stuffing */
         size_t ss_step; /* command whose reply comes next: 0 MAIL,
                          * 1..n RCPT, n+1 DATA, n+2 end of data */
         size_t ss_sent; /* commands sent so far */
@@ -1031,6 +1037,19 @@ static const char *session_step_name(const struct smtp_session *s,
         return "end of data";
 }
 
+/* @returns how long a session in a transaction waits for its next reply:
+ * smtp.timeout.data.ms for the final one, and for any once a BDAT message
+ * is queued (the relay may answer its MAIL and RCPT only once it has read
+ * it), else smtp.timeout.command.ms. */
+static int session_txn_timeout_ms(const struct smtp_session *s) {
+        const struct smtp_client_conf *c = &s->ss_client->sc_conf;
+
+        return s->ss_step == s->ss_job->rcpt_cnt + 2 ||
+                               (s->ss_bdat && s->ss_data_end > 0)
+                       ? c->timeout_data_ms
+                       : c->timeout_command_ms;
+}
+
 /* (Re)arms the session timer for the current state. */
 static void session_arm(struct smtp_session *s) {
         const struct smtp_client_conf *c = &s->ss_client->sc_conf;
@@ -1042,9 +1061,7 @@ static void session_arm(struct smtp_session *s) {
                 ms = c->session_idle_ms;
                 break;
         case SS_TXN:
-                ms = s->ss_step == s->ss_job->rcpt_cnt + 2
-                             ? c->timeout_data_ms
-                             : c->timeout_command_ms;
+                ms = session_txn_timeout_ms(s);
                 break;
         case SS_DRAIN:
         case SS_RSET:
@@ -1121,6 +1138,8 @@ static void session_close(struct smtp_session *s) {
         dynbuf_fini(&s->ss_in);
         dynbuf_fini(&s->ss_out);
         s->ss_out_pos = 0;
+        free(s->ss_unstuffed);
+        s->ss_unstuffed = NULL;
         list_insert(&sc->sc_zombies, s);
         client_kick(sc);
         session_release_held(s);
@@ -1259,6 +1278,10 @@ static void session_abort_txn(struct smtp_session *s, enum smtp_outcome outcome,
 
         session_release_held(s);
         s->ss_drain = s->ss_sent > s->ss_step ? s->ss_sent - s->ss_step : 0;
+        if (s->ss_bdat && s->ss_drain > 0 &&
+            s->ss_step <= s->ss_job->rcpt_cnt + 1 &&
+            s->ss_sent == s->ss_job->rcpt_cnt + 3)
+                s->ss_drain--; /* BDAT queued: no step n + 1 to answer */
         job = session_take_job(s);
         if (s->ss_drain > 0) {
                 session_set_state(s, SS_DRAIN, "transaction aborted");
@@ -1347,9 +1370,91 @@ static size_t session_queue_txn(struct smtp_session *s,
                 if (session_cmd_addr(s, "RCPT TO:<", job->rcpts[i], NULL) == -1)
                         return 0;
         }
+        if (s->ss_bdat)
+                return job->rcpt_cnt + 1; /* BDAT follows */
         if (session_cmd(s, "DATA") == -1)
                 return 0;
         return job->rcpt_cnt + 2;
+}
+
+/* Copies the @len bytes of dot-stuffed message at @src to @dst without the
+ * stuffing: a '.' that starts the message or follows a CRLF is dropped (as
+ * message.c writes it and dkim.c reads it). With @dst NULL, only counts.
+ * @returns the length without the stuffing. */
+static size_t smtp_unstuff(char *dst, const char *src, size_t len) {
+        size_t out = 0, i = len > 0 && src[0] == '.';
+
+        while (i < len) {
+                const char *at = memmem(src + i, len - i, "\r\n.", 3);
+                size_t n = at ? (size_t)(at - (src + i)) + 2 : len - i;
+
+                if (dst)
+                        memcpy(dst + out, src + i, n);
+                out += n;
+                i += n + (at != NULL);
+        }
+        return out;
+}
+
+/*
+ * Queues "BDAT <size> LAST" and @job's message without its dot-stuffing
+ * (RFC 3030: the size, not a ".", says where it ends): copied behind the
+ * command when small, else sent from the job's buffer, or from a copy when
+ * it has stuffing to drop. @returns the output position where it ends, or
+ * 0 when the output buffer (or the copy) failed.
+ */
+static uint64_t session_queue_bdat(struct smtp_session *s,
+                                   const struct smtp_job *job) {
+        size_t len = smtp_unstuff(NULL, job->data, job->data_len);
+        char line[40] = "BDAT ";
+        size_t n = 5, from;
+        char *p;
+
+        n += fmt_u64(line + n, len);
+        memcpy(line + n, " LAST", sizeof(" LAST"));
+        if (session_cmd(s, line) == -1)
+                return 0;
+        free(s->ss_unstuffed);
+        s->ss_unstuffed = NULL;
+        if (len <= SMTP_DATA_COPY_MAX) {
+                from = session_out_begin(s);
+                p = dynbuf_reserve(&s->ss_out, len);
+                if (!p)
+                        return 0;
+                smtp_unstuff(p, job->data, job->data_len);
+                dynbuf_setlen(&s->ss_out, dynbuf_len(&s->ss_out) + len);
+                if (session_out_end(s, from) == -1)
+                        return 0;
+                return s->ss_out_queued;
+        }
+        if (len == job->data_len) {
+                s->ss_data = job->data;
+        } else {
+                s->ss_unstuffed = malloc(len);
+                if (!s->ss_unstuffed)
+                        return 0;
+                smtp_unstuff(s->ss_unstuffed, job->data, job->data_len);
+                s->ss_data = s->ss_unstuffed;
+        }
+        s->ss_data_len = len;
+        s->ss_data_pos = 0;
+        s->ss_out_queued += len;
+        return s->ss_out_queued;
+}
+
+/* Queues "BDAT <size> LAST" and ss_job's message, whose reply is the final
+ * one (step n + 2). @returns 0, or -1 when the session failed. */
+static int session_start_bdat(struct smtp_session *s) {
+        const struct smtp_job *job = s->ss_job;
+
+        s->ss_data_ms = loop_now_ms(s->ss_client->sc_loop);
+        s->ss_data_end = session_queue_bdat(s, job);
+        if (s->ss_data_end == 0) {
+                session_fail(s, session_cmd_error(s));
+                return -1;
+        }
+        s->ss_sent = job->rcpt_cnt + 3;
+        return 0;
 }
 
 /* Marks @job as running on @s. */
@@ -1394,6 +1499,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
         s->ss_job = job;
         session_set_state(s, SS_TXN, "job started");
         s->ss_pipelined = sc->sc_conf.pipelining && s->ss_cap_pipelining;
+        s->ss_bdat = sc->sc_conf.chunking && s->ss_cap_chunking;
         s->ss_data = NULL;
         s->ss_data_len = s->ss_data_pos = 0;
         sent = session_queue_txn(s, job, params);
@@ -1403,6 +1509,8 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
                 session_fail(s, session_cmd_error(s));
                 return 0;
         }
+        if (s->ss_bdat && s->ss_pipelined && session_start_bdat(s) == -1)
+                return 0;
         session_arm(s);
         session_flush(s);
         return 0;
@@ -1421,7 +1529,7 @@ static int session_start_job(struct smtp_session *s, struct smtp_job *job) {
 static int session_pipeline_next(struct smtp_session *s) {
         smtp_client_t *sc = s->ss_client;
 
-        while (s->ss_state == SS_TXN && s->ss_pipelined &&
+        while (s->ss_state == SS_TXN && s->ss_pipelined && !s->ss_bdat &&
                !sc->sc_no_txn_pipelining && !s->ss_pnext &&
                s->ss_data_pos ==
                        s->ss_data_len && /* none from a job's buffer */
@@ -1458,6 +1566,8 @@ static int session_send_step(struct smtp_session *s, size_t step) {
         if (step <= job->rcpt_cnt)
                 rc = session_cmd_addr(s, "RCPT TO:<", job->rcpts[step - 1],
                                       NULL);
+        else if (s->ss_bdat)
+                return session_start_bdat(s) == -1 ? -1 : session_flush(s);
         else
                 rc = session_cmd(s, "DATA");
         if (rc == -1) {
@@ -1685,6 +1795,15 @@ static void session_txn_reply(struct smtp_session *s, int code,
                                           job->code, job->reply);
                         return;
                 }
+                if (step == n && s->ss_bdat) {
+                        /* no DATA: the BDAT reply is the final one */
+                        s->ss_step = n + 2;
+                        if (!s->ss_pipelined)
+                                session_send_step(s, n + 1);
+                        else
+                                session_arm(s);
+                        return;
+                }
                 if (!s->ss_pipelined)
                         session_send_step(s, step + 1);
                 else
@@ -1704,6 +1823,8 @@ static void session_txn_reply(struct smtp_session *s, int code,
         }
 
         /* end of data: the transaction is over whatever the reply */
+        free(s->ss_unstuffed); /* all of it was written */
+        s->ss_unstuffed = NULL;
         if (s->ss_data_ms >= 0)
                 client_average(&sc->sc_final_avg_ms, &sc->sc_final_n,
                                loop_now_ms(sc->sc_loop) - s->ss_data_ms);
@@ -1939,9 +2060,7 @@ static void session_timer_cb(loop_t *loop, void *opaque) {
                 break;
         case SS_TXN:
                 snprintf(reason, sizeof(reason), "timeout (%d ms)",
-                         s->ss_step == s->ss_job->rcpt_cnt + 2
-                                 ? c->timeout_data_ms
-                                 : c->timeout_command_ms);
+                         session_txn_timeout_ms(s));
                 /* a timeout is an attempt: the server saw the command */
                 s->ss_acked = 1;
                 session_fail(s, reason);
@@ -2010,6 +2129,7 @@ static void session_cap_line(struct smtp_session *s, const char *buf,
         if (l >= 3 && memcmp(buf, "220", 3) == 0) {
                 /* greeting, or ready for TLS: EHLO follows again */
                 s->ss_cap_pipelining = s->ss_cap_size = 0;
+                s->ss_cap_chunking = 0;
                 s->ss_cap_8bitmime = s->ss_cap_smtputf8 = 0;
                 s->ss_cap_auth = 0;
                 s->ss_size_max = 0;
@@ -2026,6 +2146,8 @@ static void session_cap_line(struct smtp_session *s, const char *buf,
         (kwlen == sizeof(name) - 1 && strncasecmp(kw, name, kwlen) == 0)
         if (KW_IS("PIPELINING")) {
                 s->ss_cap_pipelining = 1;
+        } else if (KW_IS("CHUNKING")) {
+                s->ss_cap_chunking = 1;
         } else if (KW_IS("SIZE")) {
                 uint64_t v = 0;
 
@@ -2237,8 +2359,9 @@ static void session_ready(struct smtp_session *s) {
                         sc->sc_conf.health_cb(sc->sc_conf.health_opaque, 1);
         }
         LOG(LL_DEBUG,
-            "smtp session connected relay=%s fd=%d pipelining=%d size=%llu",
-            sc->sc_relay, s->ss_fd, s->ss_cap_pipelining,
+            "smtp session connected relay=%s fd=%d pipelining=%d chunking=%d "
+            "size=%llu",
+            sc->sc_relay, s->ss_fd, s->ss_cap_pipelining, s->ss_cap_chunking,
             (unsigned long long)s->ss_size_max);
 }
 
@@ -2661,6 +2784,7 @@ void smtp_client_conf_from_config(struct smtp_client_conf *scc,
         scc->helo_name = conf->smtp_helo_name;
         scc->pipelining = conf->smtp_pipelining;
         scc->pipelining_txns = conf->smtp_pipelining_txns;
+        scc->chunking = conf->smtp_chunking;
         scc->sessions_max = conf->smtp_sessions_max;
         scc->session_max_messages = conf->smtp_session_max_messages;
         scc->session_idle_ms = conf->smtp_session_idle_ms;

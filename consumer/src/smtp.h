@@ -119,6 +119,7 @@ struct smtp_client_conf {
         const char *helo_name; /* NULL or "": libcurl's default */
         int pipelining;
         int pipelining_txns; /* the next MAIL right after a "." */
+        int chunking; /* BDAT when the relay offers CHUNKING */
         int sessions_max;
         int session_max_messages;
         int session_idle_ms;

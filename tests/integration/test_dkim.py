@@ -100,13 +100,15 @@ def requests():
     ]
 
 
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
 def test_both_algorithms_sign_and_verify_with_dkimpy(kafka, topics, capture_server,
-                                                     worker):
+                                                     worker, chunking):
+    """Sent with DATA (dot-stuffed) or with BDAT (as built): the same signatures."""
     keys = make_tmpdir("dkim-keys")
     rsa = genkey(keys / "rsa.pem", "RSA")
     ed = genkey(keys / "ed.pem", "ED25519")
     other = genkey(keys / "other.pem", "ED25519")
-    server = capture_server()
+    server = capture_server(extra=["--chunking"] if chunking else [])
     mport = free_port()
     signed = requests()
     unsigned = [make_request(10, **{"from": f"Other <a@{OTHER}.org>"}),
@@ -129,6 +131,7 @@ def test_both_algorithms_sign_and_verify_with_dkimpy(kafka, topics, capture_serv
     assert "key=shop-rsa" in w.log() and "bits=2048" in w.log()
 
     by_mid = {m.msg["Message-ID"]: m for m in server.messages()}
+    assert {m.meta["bdat"] for m in by_mid.values()} == {chunking}
     for req in signed:
         m = by_mid[f"<{req['id']}@{req['from'].rstrip('>').rsplit('@', 1)[1]}>"]
         got = verify_each(m.raw, records)

@@ -193,6 +193,47 @@ def test_thousand_requests_over_four_partitions_are_sent_captured_and_committed(
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 
+def test_a_relay_offering_chunking_gets_every_message_once_with_bdat(
+        kafka, topics, capture_server, worker):
+    """smtp.chunking: against a relay that offers CHUNKING every message goes with BDAT,
+    as built (lines that start with a dot, a body past the size copied behind the
+    commands), once by Message-ID; a refused recipient fails its request at once and the
+    session goes on; every offset is committed."""
+    server = capture_server(reject_rcpt="refused", extra=["--chunking"])
+    big = "".join(f".line {j} of a long body\n" if j % 5 == 0 else f"line {j}\n"
+                  for j in range(3000))
+    reqs = [varied_request(i) for i in range(300)]
+    for i, req in enumerate(reqs):
+        if i % 4 == 0:
+            req["text"] = f".starts with a dot {i}\n..two dots\n.\nend\n"
+        if i % 50 == 1:
+            req["text"] = big
+    refused = [make_request(i, id=f"refused-{i}", to=[f"refused{i}@example.com"])
+               for i in range(20)]
+    kafka.produce(topics.requests, reqs[:150] + refused + reqs[150:])
+    worker(Worker.base_config(kafka, topics, server.url, smtp_starttls="off",
+                              inflight_max=100, smtp_sessions_max=10))
+
+    final = final_by_id(kafka.results(topics.results, wait=320, timeout=180))
+    assert len(final) == 320
+    for req in refused:
+        r = final[req["id"]]
+        assert (r["status"], r["smtp_code"], r["attempts"]) == ("failed", 550, 1), r
+    by_mid = {}
+    for m in server.wait_messages(300, timeout=60):
+        assert m.meta["bdat"] is True
+        assert m.msg["Message-ID"] not in by_mid, m.msg["Message-ID"]
+        by_mid[m.msg["Message-ID"]] = m
+    assert len(by_mid) == 300
+    for req in reqs:
+        r = final[req["id"]]
+        assert r["status"] == "sent" and r["attempts"] == 1, r
+        m = by_mid[r["message_id"]]
+        text = m.msg.get_body(preferencelist=("plain",))
+        assert text.get_content().replace("\r\n", "\n") == req["text"], req["id"]
+    kafka.wait_committed(topics.group, topics.requests, timeout=30)
+
+
 def test_starttls_and_auth_deliver_with_a_verified_certificate(
         kafka, topics, capture_server, worker):
     server = capture_server(tls=True, require_tls=True, auth=f"mailer:{PASSWORD}")

@@ -6,6 +6,7 @@
  *              [--starttls off|opportunistic|required]
  *              [--user U --password P] [--ca FILE] [--insecure]
  *              [--helo NAME] [--no-pipelining] [--no-txn-pipelining]
+ *              [--no-chunking]
  *              [--max-messages M] [--timeout-data MS] [--max-seconds SEC] [--log LEVEL]
  *              [--to ADDR]...
  *
@@ -118,7 +119,8 @@ static void drive_usage(FILE *fp) {
                     "       [--starttls off|opportunistic|required] [--user U "
                     "--password P] [--ca FILE] [--insecure]\n"
                     "       [--helo NAME] [--no-pipelining] "
-                    "[--no-txn-pipelining] [--max-messages M]\n"
+                    "[--no-txn-pipelining] [--no-chunking] "
+                    "[--max-messages M]\n"
                     "       [--timeout-data MS] [--max-seconds SEC] "
                     "[--log LEVEL]\n"
                     "       [--to ADDR]... (up to 8, replaces the default "
@@ -140,6 +142,7 @@ struct drive_args {
         int insecure;
         int no_pipelining;
         int no_txn_pipelining;
+        int no_chunking;
 };
 
 /* --starttls: arg is the enum config_tls_mode. */
@@ -191,6 +194,7 @@ int main(int argc, char **argv) {
                 .tls_verify = 1,
                 .pipelining = 1,
                 .pipelining_txns = 1,
+                .chunking = 1,
                 .sessions_max = 20,
                 .session_max_messages = 1000000,
                 .session_idle_ms = 10000,
@@ -225,6 +229,7 @@ int main(int argc, char **argv) {
                 TOOL_OPT_STRING("helo", 0, &scc.helo_name),
                 TOOL_OPT_FLAG("no-pipelining", 0, &da.no_pipelining),
                 TOOL_OPT_FLAG("no-txn-pipelining", 0, &da.no_txn_pipelining),
+                TOOL_OPT_FLAG("no-chunking", 0, &da.no_chunking),
                 DRIVE_OPT_NUM("max-messages", &da.max_messages),
                 DRIVE_OPT_NUM("timeout-data", &da.timeout_data),
                 DRIVE_OPT_NUM("max-seconds", &da.max_seconds),
@@ -263,6 +268,8 @@ int main(int argc, char **argv) {
                 scc.pipelining = 0;
         if (da.no_txn_pipelining)
                 scc.pipelining_txns = 0;
+        if (da.no_chunking)
+                scc.chunking = 0;
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         loop = loop_new();

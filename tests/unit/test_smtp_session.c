@@ -49,6 +49,7 @@ enum peer_op {
         P_CLOSE, /* close the connection */
         P_EOF, /* the client must close the connection (nothing else) */
         P_OTHER, /* go on with the other connection (a second one) */
+        P_CHUNK, /* read "BDAT <n> LAST" and n bytes of payload */
 };
 
 struct peer_step {
@@ -77,6 +78,8 @@ struct peer_step {
         { P_END, NULL, 0 }
 #define OTHER                                                                  \
         { P_OTHER, NULL, 0 }
+#define CHUNK                                                                  \
+        { P_CHUNK, NULL, 0 }
 
 #define GREETING "220 peer.test ESMTP\r\n"
 #define EHLO_LINE "EHLO client.test"
@@ -271,6 +274,34 @@ static int peer_step(struct peer *p, const struct peer_step *st) {
         case P_CLOSE:
                 peer_close(p);
                 return 0;
+        case P_CHUNK: {
+                char line[64];
+                size_t size;
+                char tail;
+
+                n = peer_read_until(p, "\r\n", "BDAT");
+                if (n == 0)
+                        return -1;
+                snprintf(line, sizeof(line), "%.*s", (int)(n - 2), p->p_in);
+                if (sscanf(line, "BDAT %zu LAST%c", &size, &tail) != 1) {
+                        peer_fail(p, "expected BDAT <size> LAST, got \"%s\"",
+                                  line);
+                        return -1;
+                }
+                dynbuf_appends(&p->p_log, line);
+                dynbuf_appends(&p->p_log, "\n<chunk>\n");
+                peer_consume(p, n);
+                while (p->p_in_len < size) {
+                        if (peer_recv(p, PEER_WAIT_MS) <= 0) {
+                                peer_fail(p, "chunk: %zu of %zu bytes",
+                                          p->p_in_len, size);
+                                return -1;
+                        }
+                }
+                dynbuf_append(&p->p_payload, p->p_in, size);
+                peer_consume(p, size);
+                return 0;
+        }
         case P_OTHER: {
                 static char tmp[PEER_IN_MAX]; /* the peer thread's only */
                 int fd = p->p_fd;
@@ -371,6 +402,7 @@ static int fx_setup(void **state) {
         f->conf.helo_name = "client.test";
         f->conf.pipelining = 1;
         f->conf.pipelining_txns = 1;
+        f->conf.chunking = 1;
         f->conf.sessions_max = 1;
         f->conf.session_max_messages = 100;
         f->conf.session_idle_ms = 10000;
@@ -1399,6 +1431,204 @@ test_a_slow_final_reply_takes_a_job_no_other_session_would(void **state) {
         assert_int_equal(st.pipelined_total, 1);
 }
 
+/*
+ * CHUNKING (RFC 3030): BDAT <size> LAST and the message without its
+ * dot-stuffing, no "." at its end.
+ */
+
+#define CAPS_CHUNKING "250-peer.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+#define CAPS_CHUNKING_ONLY "250-peer.test\r\n250 CHUNKING\r\n"
+#define BODY_SENT "Subject: t\r\n\r\nhello\r\n.dot-stuffed line\r\n"
+#define BODY2_SENT "Subject: u\r\n\r\nsecond\r\n"
+#define MAIL_RCPT1                                                             \
+        EXPECT("MAIL FROM:<a@client.test>"), EXPECT("RCPT TO:<b@peer.test>")
+/* job 1 (BODY2 to rcpt1) with BDAT, accepted */
+#define TXN2_BDAT_OK                                                           \
+        MAIL_RCPT1, CHUNK, SEND("250 ok\r\n250 ok\r\n250 2.0.0 queued as B\r\n")
+
+/* With PIPELINING, MAIL, RCPT, BDAT and the message go before any reply;
+ * nothing follows until the final reply (no transaction pipelined behind a
+ * BDAT); the message goes without its dot-stuffing and its size is
+ * exact. */
+static void
+test_chunking_sends_commands_and_message_before_any_reply(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                MAIL_RCPT1,
+                CHUNK,
+                QUIET(50),
+                SEND("250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as "
+                     "A\r\n"),
+                TXN2_BDAT_OK,
+                BYE,
+                END,
+        };
+        struct fx *f;
+
+        f = run_two(state, script, rcpt1, BODY, SMTP_OK, 250,
+                    "2.0.0 queued as A");
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload),
+                            BODY_SENT BODY2_SENT);
+        assert_string_equal(peer_log(f),
+                            EHLO_LINE "\nMAIL FROM:<a@client.test>\n"
+                                      "RCPT TO:<b@peer.test>\n"
+                                      "BDAT 40 LAST\n<chunk>\n"
+                                      "MAIL FROM:<a@client.test>\n"
+                                      "RCPT TO:<b@peer.test>\n"
+                                      "BDAT 22 LAST\n<chunk>\nQUIT\n"
+                                      "<closed>\n");
+}
+
+/* Without PIPELINING each command waits for its reply; BDAT and the
+ * message go together. */
+static void
+test_chunking_without_pipelining_waits_for_each_reply(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING_ONLY),
+                MAIL_LOCKSTEP,
+                LOCKSTEP("RCPT TO:<b@peer.test>", "250 ok\r\n"),
+                CHUNK,
+                SEND("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f;
+
+        f = run_one(state, script, rcpt1, BODY, SMTP_OK, 250,
+                    "2.0.0 queued as A");
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload), BODY_SENT);
+}
+
+/* smtp.chunking=false: DATA although CHUNKING is offered. */
+static void test_chunking_off_in_the_conf_uses_data(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                TXN1_PIPELINED,
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                SEND("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+
+        f->conf.chunking = 0;
+        f = run_one(state, script, rcpt1, BODY, SMTP_OK, 250,
+                    "2.0.0 queued as A");
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload), BODY);
+}
+
+/* Every RCPT refused: the BDAT already sent is refused too (its reply is
+ * read and dropped), the outcome is the RCPT's, RSET follows and the
+ * session carries the next job. */
+static void
+test_chunking_with_every_rcpt_refused_is_the_rcpt_outcome(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                MAIL_RCPT1,
+                CHUNK,
+                SEND("250 ok\r\n550 5.1.1 no such user\r\n"
+                     "554 5.5.1 Error: no valid recipients\r\n"),
+                EXPECT("RSET"),
+                SEND("250 ok\r\n"),
+                TXN2_BDAT_OK,
+                BYE,
+                END,
+        };
+
+        run_two(state, script, rcpt1, BODY, SMTP_PERMANENT, 550,
+                "5.1.1 no such user");
+}
+
+/* MAIL refused: the RCPT and BDAT replies are read and dropped, RSET. */
+static void test_chunking_with_mail_refused_drains_to_rset(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                MAIL_RCPT1,
+                CHUNK,
+                SEND("451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n"
+                     "503 5.5.1 need MAIL\r\n"),
+                EXPECT("RSET"),
+                SEND("250 ok\r\n"),
+                TXN2_BDAT_OK,
+                BYE,
+                END,
+        };
+
+        run_two(state, script, rcpt1, BODY, SMTP_TRANSIENT, 451,
+                "4.3.0 try later");
+}
+
+/* The BDAT refused: that is the final reply; RSET, then the next job. */
+static void test_chunking_with_the_message_refused_is_final(void **state) {
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                MAIL_RCPT1,
+                CHUNK,
+                SEND("250 ok\r\n250 ok\r\n554 5.7.1 spam\r\n"),
+                EXPECT("RSET"),
+                SEND("250 ok\r\n"),
+                TXN2_BDAT_OK,
+                BYE,
+                END,
+        };
+
+        run_two(state, script, rcpt1, BODY, SMTP_PERMANENT, 554, "5.7.1 spam");
+}
+
+#define BIG_LINES 2000 /* of 20 bytes: 40 KB, past SMTP_DATA_COPY_MAX */
+
+/* Fills @stuffed with a message of BIG_LINES lines, every @every-th one
+ * starting with a '.' (stuffed: ".."), and @sent with what goes over the
+ * wire with BDAT. */
+static void big_message(char *stuffed, char *sent, int every) {
+        char *p = stuffed, *q = sent;
+
+        p += sprintf(p, "Subject: big\r\n\r\n");
+        q += sprintf(q, "Subject: big\r\n\r\n");
+        for (int i = 0; i < BIG_LINES; i++) {
+                int dot = every && i % every == 0;
+
+                p += sprintf(p, "%s%s%013d\r\n", dot ? ".." : "", "line ", i);
+                q += sprintf(q, "%s%s%013d\r\n", dot ? "." : "", "line ", i);
+        }
+        strcpy(p, ".\r\n");
+}
+
+/* A message too big to be copied behind the commands goes from the job's
+ * buffer, or, when it has stuffing to drop, from a copy without it. */
+static void test_chunking_sends_a_big_message_whole(void **state) {
+        static char stuffed[2][BIG_LINES * 24 + 64], sent[2][BIG_LINES * 24];
+        const struct peer_step script[] = {
+                OPEN(CAPS_CHUNKING),
+                MAIL_RCPT1,
+                CHUNK,
+                SEND("250 ok\r\n250 ok\r\n250 2.0.0 queued as A\r\n"),
+                MAIL_RCPT1,
+                CHUNK,
+                SEND("250 ok\r\n250 ok\r\n250 2.0.0 queued as B\r\n"),
+                BYE,
+                END,
+        };
+        struct fx *f = *state;
+        char *want;
+
+        big_message(stuffed[0], sent[0], 0);
+        big_message(stuffed[1], sent[1], 7);
+        assert_true(strlen(sent[0]) > 16 * 1024);
+        fx_job(f, 0, rcpt1, stuffed[0]);
+        fx_job(f, 1, rcpt1, stuffed[1]);
+        fx_run(f, script, 2);
+        assert_outcome(&f->jobs[0], SMTP_OK, 250, "2.0.0 queued as A");
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        want = malloc(strlen(sent[0]) + strlen(sent[1]) + 1);
+        assert_non_null(want);
+        strcpy(want, sent[0]);
+        strcat(want, sent[1]);
+        assert_string_equal(dynbuf_ptr(&f->peer.p_payload), want);
+        free(want);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
         const struct CMUnitTest tests[] = {
@@ -1442,6 +1672,13 @@ int main(void) {
                 T(test_replies_out_of_order_that_cannot_be_realigned_close),
                 T(test_a_slow_final_reply_takes_no_job_another_session_frees_for),
                 T(test_a_slow_final_reply_takes_a_job_no_other_session_would),
+                T(test_chunking_sends_commands_and_message_before_any_reply),
+                T(test_chunking_without_pipelining_waits_for_each_reply),
+                T(test_chunking_off_in_the_conf_uses_data),
+                T(test_chunking_with_every_rcpt_refused_is_the_rcpt_outcome),
+                T(test_chunking_with_mail_refused_drains_to_rset),
+                T(test_chunking_with_the_message_refused_is_final),
+                T(test_chunking_sends_a_big_message_whole),
         };
 #undef T
         int rc;
