@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import harness  # noqa: E402
-from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker,  # noqa: E402,F401
-                     have_binary, make_tmpdir, parse_logfmt, ready_kafka)
+from harness import (CaptureServer, Kafka, PostfixServer, SmtpSink, Topics,  # noqa: E402,F401
+                     Worker, have_binary, make_tmpdir, parse_logfmt, ready_kafka)
 
 
 def _sigterm_to_interrupt(signum, frame):
@@ -100,6 +100,13 @@ def capture_server():
     """Factory: capture_server(tls=..., auth="u:p", ...) -> CaptureServer; all stopped at
     the end of the test."""
     yield from _started_by(CaptureServer.start)
+
+
+@pytest.fixture
+def postfix():
+    """Factory: postfix(relay_port=P, refuse_domains=[...]) -> PostfixServer, a private
+    Postfix instance relaying to 127.0.0.1:P; all stopped at the end of the test."""
+    yield from _started_by(PostfixServer.start)
 
 
 @pytest.fixture

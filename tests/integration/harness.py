@@ -28,12 +28,12 @@ from typing import Iterable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import kmstack  # noqa: E402
-from kmstack import (REPO, TOOL_TIMEOUT, CaptureServer, SmtpSink, binary,  # noqa: E402
-                     build_dir, existing_run_root, free_port, have_binary, make_tmpdir,
+from kmstack import (REPO, TOOL_TIMEOUT, CaptureServer, PostfixServer, SmtpSink,  # noqa: E402
+                     binary, build_dir, existing_run_root, free_port, have_binary, make_tmpdir,
                      port_open, remove_run_root, run, run_root, stop_all, wait_for)
 
 # The tests' names: the stack's, re-exported, and this module's own.
-__all__ = ["REPO", "CaptureServer", "SmtpSink", "binary", "build_dir",
+__all__ = ["REPO", "CaptureServer", "PostfixServer", "SmtpSink", "binary", "build_dir",
            "existing_run_root", "free_port", "have_binary", "make_tmpdir",
            "remove_run_root", "run", "run_root", "stop_all", "wait_for",
            "KAFKA_VERSION", "GROUP_PROTOCOL", "FAST_GROUP_CLASSIC", "broker_props",

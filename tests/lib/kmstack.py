@@ -549,6 +549,128 @@ class CaptureServer:
         return self.proc.stop()
 
 
+class PostfixServer:
+    """A private Postfix instance, a real MTA (its smtpd offers PIPELINING, CHUNKING,
+    SMTPUTF8, 8BITMIME, SIZE), on 127.0.0.1 at a free port; it relays everything it
+    accepts to 127.0.0.1:@relay_port (e.g. a CaptureServer). Recipients in
+    @refuse_domains are refused at RCPT with "550 5.1.1". Its own folder is under /tmp
+    (its daemons run as the postfix user and must reach it); its master runs in the
+    foreground (master -d) as a Proc, stopped by pid, and the folder goes with it.
+    Starting Postfix needs root."""
+
+    MASTER = "/usr/lib/postfix/sbin/master"
+
+    def __init__(self, proc: Proc, port: int, base: Path):
+        self.proc = proc
+        self.port = port
+        self.base = base
+
+    @classmethod
+    def start(cls, relay_port: int, refuse_domains: Sequence[str] = (),
+              timeout: float = 30) -> "PostfixServer":
+        if os.geteuid() != 0:
+            raise StartFailed("a private Postfix instance needs root")
+        base = Path(tempfile.mkdtemp(prefix="km-postfix-", dir="/tmp"))
+        base.chmod(0o755)
+        etc, data = base / "etc", base / "data"
+        etc.mkdir()
+        (base / "queue").mkdir()
+        data.mkdir(mode=0o700)
+        shutil.chown(data, "postfix")
+        port = free_port()
+        refuse = ""
+        if refuse_domains:
+            refuse = ("check_recipient_access inline:{" + ", ".join(
+                f"{{{d} = 550 5.1.1 refused by the test}}" for d in refuse_domains) + "}, ")
+        (etc / "main.cf").write_text(f"""compatibility_level = 3.6
+queue_directory = {base}/queue
+data_directory = {data}
+maillog_file = {base}/maillog
+maillog_file_prefixes = {base}
+myhostname = mta.localhost
+mydomain = localhost
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{relay_port}
+smtpd_relay_restrictions = {refuse}permit_mynetworks, reject
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+alias_maps =
+alias_database =
+local_recipient_maps =
+""")
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            f = line.split()
+            if not line[:1].strip() or line.startswith("#") or len(f) < 8:
+                lines.append(line)
+                continue
+            if f[0] == "smtp" and f[1] == "inet":
+                f[0] = f"127.0.0.1:{port}"
+            f[4] = "n"  # no chroot: nothing is copied into the queue folder
+            lines.append(" ".join(f))
+        (etc / "master.cf").write_text("\n".join(lines) + "\n")
+        try:
+            run(["postfix", "-c", etc, "check"], check=True, timeout=60)
+            proc = Proc([cls.MASTER, "-c", etc, "-d"], f"postfix-{port}",
+                        make_tmpdir("postfix"))
+        except Exception:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        mta = cls(proc, port, base)
+
+        def listening():
+            if not proc.alive():
+                raise StartFailed(f"postfix master exited: {proc.log_tail()}\n"
+                                  f"{mta.maillog()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        try:
+            wait_for(listening, timeout, "postfix listening")
+        except Exception:
+            mta.stop()
+            raise
+        return mta
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def maillog(self) -> str:
+        try:
+            return (self.base / "maillog").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def smtpd_commands(self) -> "dict":
+        """Sums, over the smtpd sessions that ended, the commands each "disconnect from"
+        line counts as accepted (mail=, rcpt=, data=, bdat=, ...; "rcpt=1/2" is one
+        accepted of two): {"bdat": 120, ...}."""
+        out: dict = {}
+        for line in self.maillog().splitlines():
+            if "postfix/smtpd" not in line or " disconnect from " not in line:
+                continue
+            for word in line.split():
+                name, eq, value = word.partition("=")
+                if eq and name.isalpha():
+                    n = value.split("/")[0]
+                    if n.isdigit():
+                        out[name] = out.get(name, 0) + int(n)
+        return out
+
+    def stop(self) -> int:
+        try:
+            return self.proc.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
 class SmtpSink:
     """Postfix's smtp-sink on a free port (accepts and discards): as nobody when run as
     root, with @options (default: a counter on stdout and at most 1024 sessions), then
