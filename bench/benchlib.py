@@ -440,19 +440,24 @@ def setup(name, quick_note=None, tools=TOOLS_ALL, build_dir=None, slow_sink=True
     return run_
 
 
-def start_slow_sink(run_, delay_ms=1000, rtt_ms=0, netns=None, host="127.0.0.1", port=None):
+def start_slow_sink(run_, delay_ms=1000, rtt_ms=0, netns=None, host="127.0.0.1", port=None,
+                    chunking=False):
     """bench/slow_sink on HOST:PORT (default a free port of 127.0.0.1),
-    optionally inside network namespace @netns. @returns (Popen, port)."""
+    optionally inside network namespace @netns, offering CHUNKING with
+    @chunking. @returns (Popen, port)."""
     port = port or ks.free_port()
     cmd = []
     if netns:
         cmd = ["ip", "netns", "exec", netns]
-    cmd += [run_.bin / "slow_sink", "--delay-ms", delay_ms, "--rtt-ms", rtt_ms,
-            "%s:%d" % (host, port)]
-    p = run_.start_process("slow_sink", cmd)
+    cmd += [run_.bin / "slow_sink", "--delay-ms", delay_ms, "--rtt-ms", rtt_ms]
+    if chunking:
+        cmd.append("--chunking")
+    cmd.append("%s:%d" % (host, port))
+    p = run_.start_process("slow_sink-chunking" if chunking else "slow_sink", cmd)
     ks.wait_port(port, 10, p, host)
-    log("slow_sink (pid %d) on %s:%d, final-reply delay %d ms, emulated RTT %d ms%s"
-        % (p.pid, host, port, delay_ms, rtt_ms, " in netns " + netns if netns else ""))
+    log("slow_sink (pid %d) on %s:%d, final-reply delay %d ms, emulated RTT %d ms%s%s"
+        % (p.pid, host, port, delay_ms, rtt_ms, ", CHUNKING" if chunking else "",
+           " in netns " + netns if netns else ""))
     return p, port
 
 

@@ -4,7 +4,7 @@
  * one thread (epoll, level-triggered; the delays are two FIFO queues, since
  * every entry of a queue has the same delay).
  *
- *   slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] ADDR:PORT
+ *   slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] [--chunking] ADDR:PORT
  *
  * --delay-ms MS  delay the reply to the final "." of DATA by MS (default
  *                1000), like `smtp-sink -W .:1`. Input that the client
@@ -14,6 +14,9 @@
  *                the input; the replies go out at once). Used by B6 when the
  *                kernel has no netem.
  * --backlog N    listen backlog (default 65535).
+ * --chunking     also advertise CHUNKING and take BDAT <size> [LAST] (RFC
+ *                3030); the reply to the LAST chunk is delayed as the one to
+ *                a final "." is.
  *
  * Speaks EHLO/HELO (advertising PIPELINING, 8BITMIME, SIZE), MAIL, RCPT,
  * DATA, RSET, NOOP, QUIT; anything else gets 502. Bodies are discarded.
@@ -39,7 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { ST_CMD, ST_DATA };
+enum { ST_CMD, ST_DATA, ST_BDAT };
 
 struct conn {
         int fd;
@@ -48,6 +51,8 @@ struct conn {
         int dead; /* closed; freed when refs reaches 0 */
         int refs; /* entries in the queues that point here */
         int want_out; /* EPOLLOUT registered */
+        unsigned long long bdat_left; /* ST_BDAT: bytes of the chunk to come */
+        int bdat_last; /* ST_BDAT: the chunk is the LAST one */
         char *in;
         size_t inlen, incap;
         char *out;
@@ -68,6 +73,7 @@ struct queue {
 };
 
 static int64_t delay_us = 1000000, rtt_us = 0;
+static int chunking;
 static struct queue final_q, input_q;
 static int epfd;
 static volatile sig_atomic_t stop;
@@ -187,10 +193,43 @@ static void final_reply(struct conn *c) {
         reply(c, "250 2.0.0 Ok: queued\r\n");
 }
 
-/* Processes the complete lines of c->in until it must wait. */
+/* The message is in: its final reply now or after the delay. */
+static void message_end(struct conn *c) {
+        c->state = ST_CMD;
+        if (delay_us > 0) {
+                struct qent *e = xrealloc(NULL, sizeof *e);
+                e->due_us = now_us() + delay_us;
+                e->c = c;
+                e->len = 0;
+                c->refs++;
+                c->waiting = 1;
+                q_push(&final_q, e);
+        } else {
+                final_reply(c);
+        }
+}
+
+/* Processes the complete lines (and BDAT chunks) of c->in until it must
+ * wait. */
 static void process(struct conn *c) {
         size_t off = 0;
         while (!c->dead && !c->waiting && off < c->inlen) {
+                if (c->state == ST_BDAT) {
+                        size_t n = c->inlen - off;
+                        if (n > c->bdat_left)
+                                n = c->bdat_left;
+                        off += n;
+                        c->bdat_left -= n;
+                        if (c->bdat_left > 0)
+                                break;
+                        if (c->bdat_last) {
+                                message_end(c);
+                        } else {
+                                c->state = ST_CMD;
+                                reply(c, "250 2.0.0 Ok: chunk\r\n");
+                        }
+                        continue;
+                }
                 char *line = c->in + off;
                 char *nl = memchr(line, '\n', c->inlen - off);
                 if (!nl)
@@ -199,29 +238,34 @@ static void process(struct conn *c) {
                 off += len;
                 if (c->state == ST_DATA) {
                         if ((len == 3 && line[0] == '.' && line[1] == '\r') ||
-                            (len == 2 && line[0] == '.')) {
-                                c->state = ST_CMD;
-                                if (delay_us > 0) {
-                                        struct qent *e =
-                                                xrealloc(NULL, sizeof *e);
-                                        e->due_us = now_us() + delay_us;
-                                        e->c = c;
-                                        e->len = 0;
-                                        c->refs++;
-                                        c->waiting = 1;
-                                        q_push(&final_q, e);
-                                } else {
-                                        final_reply(c);
-                                }
-                        }
+                            (len == 2 && line[0] == '.'))
+                                message_end(c);
                         continue;
                 }
                 if (len < 4) {
                         reply(c, "500 5.5.2 Error: bad syntax\r\n");
                 } else if (!strncasecmp(line, "EHLO", 4)) {
                         reply(c,
-                              "250-slow-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                              "250 SIZE 104857600\r\n");
+                              "250-slow-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n");
+                        if (chunking)
+                                reply(c, "250-CHUNKING\r\n");
+                        reply(c, "250 SIZE 104857600\r\n");
+                } else if (chunking && len > 5 &&
+                           !strncasecmp(line, "BDAT ", 5)) {
+                        char *end;
+                        c->bdat_left = strtoull(line + 5, &end, 10);
+                        c->bdat_last = !strncasecmp(end, " LAST", 5);
+                        if (end == line + 5) {
+                                reply(c,
+                                      "501 5.5.4 Syntax: BDAT size [LAST]\r\n");
+                        } else if (c->bdat_left == 0) {
+                                if (c->bdat_last)
+                                        message_end(c);
+                                else
+                                        reply(c, "250 2.0.0 Ok: chunk\r\n");
+                        } else {
+                                c->state = ST_BDAT;
+                        }
                 } else if (!strncasecmp(line, "HELO", 4)) {
                         reply(c, "250 slow-sink\r\n");
                 } else if (!strncasecmp(line, "MAIL", 4)) {
@@ -364,7 +408,8 @@ static void on_signal(int sig) {
 
 static void usage(void) {
         fprintf(stderr,
-                "usage: slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] ADDR:PORT\n");
+                "usage: slow_sink [--delay-ms MS] [--rtt-ms MS] [--backlog N] "
+                "[--chunking] ADDR:PORT\n");
         exit(2);
 }
 
@@ -378,6 +423,8 @@ int main(int argc, char **argv) {
                         rtt_us = atoll(argv[++i]) * 1000;
                 else if (!strcmp(argv[i], "--backlog") && i + 1 < argc)
                         backlog = atoi(argv[++i]);
+                else if (!strcmp(argv[i], "--chunking"))
+                        chunking = 1;
                 else if (argv[i][0] == '-' || addr)
                         usage();
                 else
