@@ -189,6 +189,11 @@ static const struct config_key config_keys[] = {
             "longest wait for the answer to a commit: a routine one is then "
             "offered again, the one on revoke and SIGTERM given up (there also "
             "within shutdown.timeout.ms)"),
+        INT("commit.stall.exit.ms", commit_stall_exit_ms, "120000", 0, 86400000,
+            "offsets offered for commit and none of a topic stored for this "
+            "long since Kafka answered (a Kafka client stuck after an outage): "
+            "the worker stops as on SIGTERM and exits with status 3, for its "
+            "supervisor to start it anew, 0 = never"),
         INT("stall.warn.ms", stall_warn_ms, "30000", 0, 3600000,
             "requests held with nothing consumed, finished or committed for "
             "this long: a warning with what the worker waits on, again every "

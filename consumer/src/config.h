@@ -168,6 +168,7 @@ struct config {
         enum config_group_protocol group_protocol; /* group.protocol */
         int commit_interval_ms; /* commit.interval.ms */
         int commit_timeout_ms; /* commit.timeout.ms */
+        int commit_stall_exit_ms; /* commit.stall.exit.ms */
         int fetch_nudge_ms; /* fetch.nudge.ms, -1 = by librdkafka version */
         int fetch_stall_ms; /* fetch.stall.ms */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */

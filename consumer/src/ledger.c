@@ -343,3 +343,14 @@ enum ledger_pressure ledger_pressure(const ledger_t *l, int paused) {
 int ledger_commit_urgent(const ledger_t *l) {
         return l->l_held * 2 >= l->l_limit;
 }
+
+int ledger_commit_outstanding(const ledger_t *l) {
+        for (size_t i = 0; i < l->l_parts_size; i++) {
+                const ledger_part_t *p = l->l_parts[i];
+
+                if (p && !p->lp_released &&
+                    p->lp_sent_below > p->lp_acked_below)
+                        return 1;
+        }
+        return 0;
+}

@@ -179,4 +179,8 @@ enum ledger_pressure ledger_pressure(const ledger_t *l, int paused);
 /* @returns whether half the limit is held: committing soon frees intake. */
 int ledger_commit_urgent(const ledger_t *l);
 
+/* @returns whether a watermark offered for commit (ledger_commit_take()) of
+ * a partition still owned is not confirmed yet (ledger_committed()). */
+int ledger_commit_outstanding(const ledger_t *l);
+
 #endif

@@ -170,6 +170,12 @@ struct worker_topic {
         /* When the async commit still unanswered was sent (0: none): one at
          * a time, so that a rebalance meets one commit, not a queue. */
         int64_t wt_commit_sent_ms;
+        /* commit.stall.exit.ms (worker_watch_commits()): partitions' commits
+         * stored so far, the count at the last look, and since when offers
+         * were outstanding with none stored (0: not so) */
+        uint64_t wt_commits_stored;
+        uint64_t wt_commits_stored_seen;
+        int64_t wt_commit_stuck_ms;
 };
 
 struct worker {
@@ -202,6 +208,8 @@ struct worker {
         size_t w_with_deadline; /* live entries whose request has a deadline */
 
         volatile sig_atomic_t w_stop;
+        int w_exit_status; /* worker_run()'s, when not 0 */
+        int64_t w_kafka_answered_ms; /* when Kafka was last seen ready */
         int w_stopping;
         int64_t w_stop_deadline_ms; /* loop_clock_ms() by which to exit */
 
@@ -1369,10 +1377,12 @@ static void worker_on_commit(void *opaque,
                 struct worker_topic *of =
                         worker_topic_of(w, offsets->elems[i].topic);
 
-                if (of && !offsets->elems[i].err)
+                if (of && !offsets->elems[i].err) {
                         ledger_committed(of->wt_ledger,
                                          offsets->elems[i].partition,
                                          offsets->elems[i].offset);
+                        of->wt_commits_stored++;
+                }
         }
         worker_check_pressure(w);
         /* Completions that came while this commit was out may be waiting. */
@@ -1597,13 +1607,56 @@ static void worker_update_share(worker_t *w) {
                 relays_set_share(w->w_relays, (double)owned / (double)total);
 }
 
+/*
+ * commit.stall.exit.ms: a topic whose offers to commit have been
+ * outstanding that long, none stored, counted from a moment Kafka answered
+ * (its metadata requests, kstatus), has a Kafka client that will not
+ * recover by itself (librdkafka after an outage, seen waiting for its
+ * group coordinator for minutes). The worker stops as on SIGTERM and exits
+ * with status 3: a new process joins the group afresh, and the results
+ * topic it reads at assignment keeps it from sending anything again.
+ */
+static void worker_watch_commits(worker_t *w, int64_t now) {
+        int limit = w->w_conf->commit_stall_exit_ms;
+
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                struct worker_topic *wt = &w->w_topics[t];
+
+                if (limit == 0 || w->w_stop ||
+                    wt->wt_commits_stored != wt->wt_commits_stored_seen ||
+                    !ledger_commit_outstanding(wt->wt_ledger)) {
+                        wt->wt_commits_stored_seen = wt->wt_commits_stored;
+                        wt->wt_commit_stuck_ms = 0;
+                        continue;
+                }
+                /* counted from a moment Kafka answered: not through an
+                 * outage, after which commits take a few seconds to resume */
+                if (wt->wt_commit_stuck_ms == 0 &&
+                    w->w_kafka_answered_ms == now)
+                        wt->wt_commit_stuck_ms = now;
+                if (wt->wt_commit_stuck_ms == 0 ||
+                    now - wt->wt_commit_stuck_ms < limit)
+                        continue;
+                LOG(LL_ERROR,
+                    "offsets not committed for commit.stall.exit.ms (%d ms) "
+                    "while Kafka answers: stopping, for the worker to be "
+                    "started anew (exit status 3) topic=%s",
+                    limit, wt->wt_name);
+                w->w_exit_status = 3;
+                worker_stop(w);
+                return;
+        }
+}
+
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
         worker_watch_progress(w);
         worker_update_share(w);
         /* The log lines when readiness changes, also with no one asking. */
-        kstatus_ready(w->w_kstatus, loop_clock_ms(), NULL, NULL, 0);
+        if (kstatus_ready(w->w_kstatus, loop_clock_ms(), NULL, NULL, 0))
+                w->w_kafka_answered_ms = loop_now_ms(loop);
+        worker_watch_commits(w, loop_now_ms(loop));
         w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
@@ -2363,6 +2416,8 @@ int worker_run(worker_t *w) {
             (unsigned long long)w->w_stats.duplicates, left);
         if (fatal)
                 return 2;
+        if (w->w_exit_status)
+                return w->w_exit_status;
         return left > 0 ? 1 : 0;
 }
 

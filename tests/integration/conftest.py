@@ -174,6 +174,10 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call" and rep.failed:
         for w in getattr(item, "_km_workers", []):
             rep.sections.append((f"{w.name} log tail", w.log_tail(80)))
+        # the broker's side of a failure (a local broker: its log is here)
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Kafka) and value.dir is not None:
+                rep.sections.append((f"broker ({name}) log tail", value.log_tail(60)))
 
 
 def pytest_sessionfinish(session, exitstatus):

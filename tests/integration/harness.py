@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ __all__ = ["REPO", "CaptureServer", "PostfixServer", "SmtpSink", "binary", "buil
            "KAFKA_VERSION", "GROUP_PROTOCOL", "FAST_GROUP_CLASSIC", "broker_props",
            "librdkafka_version", "fast_group", "parse_logfmt", "unique", "Kafka",
            "Topics", "worker_knows", "Worker", "make_request", "make_requests",
-           "captured_mids", "unknown_outcomes", "final_by_id"]
+           "captured_mids", "unknown_outcomes", "final_by_id", "Supervisor"]
 
 KAFKA_VERSION = os.environ.get("KM_KAFKA_VERSION") or "4.4.0"
 GROUP_PROTOCOL = os.environ.get("KM_GROUP_PROTOCOL") or ""
@@ -383,6 +384,34 @@ def final_by_id(results: Iterable[dict]) -> dict:
     for r in results:
         out[r.get("id")] = r
     return out
+
+
+class Supervisor:
+    """Starts @worker anew when it exits with one of @statuses, as systemd's
+    Restart=on-failure or Kubernetes would (kafka-mailer exits with 3 when its Kafka
+    client is stuck, commit.stall.exit.ms), @max_restarts times at most; a thread polls
+    every @interval s until stop(). .restarts lists the statuses it restarted after."""
+
+    def __init__(self, worker, statuses=(3,), max_restarts=3, interval=0.5):
+        self.worker, self.statuses, self.max_restarts = worker, statuses, max_restarts
+        self.interval = interval
+        self.restarts: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            w = self.worker
+            rc = w.proc.returncode if w.proc is not None else None
+            if rc in self.statuses and len(self.restarts) < self.max_restarts:
+                self.restarts.append(rc)
+                print(f"supervisor: {w.name} exited {rc}: started anew", flush=True)
+                w.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def ready_kafka(k):

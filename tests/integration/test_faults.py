@@ -10,6 +10,7 @@ broker, which the other tests share, is never stopped. Every wait is bounded.
 """
 
 import collections
+import datetime
 import os
 import re
 import signal
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (CaptureServer, Kafka, SmtpSink, Topics, Worker, captured_mids,
-                     fast_group, final_by_id, make_request, make_requests,
+from harness import (CaptureServer, Kafka, SmtpSink, Supervisor, Topics, Worker,
+                     captured_mids, fast_group, final_by_id, make_request, make_requests,
                      make_tmpdir, parse_logfmt, ready_kafka, wait_for, worker_knows)
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
@@ -148,7 +149,12 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
     server = capture_server(delay_data=0.05)
     n = 1500
     kafka.produce(topics.requests, make_requests(n))
-    w = worker(cfg(kafka, topics, server.url, inflight_max=100, smtp_sessions_max=10))
+    # commit.stall.exit.ms: a Kafka client stuck after the outage (seen: librdkafka 2.14
+    # waiting for its group coordinator for minutes) ends the worker with status 3, and
+    # the supervisor starts it anew, as systemd or Kubernetes would
+    w = worker(cfg(kafka, topics, server.url, inflight_max=100, smtp_sessions_max=10,
+                   commit_stall_exit_ms=30000))
+    sup = Supervisor(w)
     wait_for(lambda: kafka.count(topics.results) >= 200, 60, "200 results", interval=0.2)
 
     kafka.stop()
@@ -165,19 +171,67 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
           f"{captured_while_down} sends completed meanwhile")
     kafka.wait_ready(60)
 
-    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=180)
     assert_all_sent_once_or_more(a, n)
     kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    sup.stop()
+    print(f"worker started anew after exit statuses {sup.restarts}")
     assert w.alive(), w.log_tail()
     # log.repeat.ms (10 s): librdkafka 2.14 reports the outage several times a second
     # (2.0.2 about once); each client (two consumers, one producer) wrote each error
     # code at most once in ten seconds, each line saying how many like it were not
-    # written since the last.
+    # written since the last. The lines do not name the consumer: two lines of an
+    # error code of the consumers within 10 s may come, never three.
     lines = [parse_logfmt(x) for x in w.log().splitlines()]
     errors = [f for f in lines if f["msg"] in ("consumer error", "results producer error")]
-    per_code = collections.Counter((f["msg"], f["err"]) for f in errors)
-    assert errors and max(per_code.values()) <= 2 * 4, per_code
-    assert all(f["repeated"].isdigit() for f in errors), errors
+    assert errors and all(f["repeated"].isdigit() for f in errors), errors
+    by_code = collections.defaultdict(list)
+    for f in errors:
+        by_code[(f["msg"], f["err"])].append(
+            datetime.datetime.strptime(f["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp())
+    for (msg, err), ts in by_code.items():
+        clients = 2 if msg == "consumer error" else 1
+        for i in range(clients, len(ts)):
+            assert ts[i] - ts[i - clients] >= 9.9, (msg, err, ts)
+
+
+def test_commits_never_stored_while_kafka_answers_stop_the_worker_with_status_3(
+        capture_server, worker):
+    """commit.stall.exit.ms: a broker that answers everything but stores no commit of
+    the worker (offset.metadata.max.bytes=8: the worker's commit metadata, "kafka-mailer/1
+    results=...", is longer), as a Kafka client stuck after an outage sees it. After
+    commit.stall.exit.ms of that, the worker says so, stops as on SIGTERM and exits with
+    status 3, having lost nothing and sent nothing twice. With commit.stall.exit.ms=0 a
+    worker started after it keeps running (it sends the requests again: no commit was
+    ever stored here, so it has no results floor to read from)."""
+    gen = ready_kafka(Kafka.start(make_tmpdir("kafka-nocommit"), local=True,
+                                  props=["offset.metadata.max.bytes=8"]))
+    kafka = next(gen)
+    try:
+        topics = Topics.new(partitions=2).create(kafka)
+        server = capture_server()
+        n = 200
+        kafka.produce(topics.requests, make_requests(n))
+        w = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=4000))
+        rc = w.wait(90)
+        assert rc == 3, w.log_tail()
+        lines = [parse_logfmt(x) for x in w.log().splitlines()]
+        stuck = [f for f in lines if f["msg"].startswith(
+            "offsets not committed for commit.stall.exit.ms (4000 ms) while Kafka answers")]
+        assert stuck and stuck[0]["level"] == "error", w.log_tail()
+        assert any(f["msg"] == "stopped" for f in lines), w.log_tail()
+        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
+        assert a["lost"] == 0 and a["final"] == n, a
+        assert max(captured_mids(server.dir).values()) == 1
+
+        w2 = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=0))
+        wait_for(lambda: sum(captured_mids(server.dir).values()) >= 2 * n, 60,
+                 "the requests sent again")
+        time.sleep(8)
+        assert w2.alive(), w2.log_tail()
+        assert "offsets not committed for commit.stall.exit.ms" not in w2.log()
+    finally:
+        next(gen, None)
 
 
 def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from harness import (Kafka, Topics, captured_mids, fast_group, final_by_id,
+from harness import (Kafka, Supervisor, Topics, captured_mids, fast_group, final_by_id,
                      librdkafka_version, make_requests, make_tmpdir, unknown_outcomes,
                      wait_for)
 from test_faults import assert_all_sent_once_or_more, cfg
@@ -228,9 +228,12 @@ def test_broker_stopped_25s_repeats_only_sends_whose_outcome_was_unknown(
     kafka = session_kafka
     topics = Topics.new(partitions=6).create(kafka)
     server = capture_server(delay_data=0.02)
+    # commit.stall.exit.ms: a Kafka client stuck after the outage ends its worker with
+    # status 3, and the supervisor starts it anew (test_faults.py says more)
     conf = session_conf(kafka, topics, server.url, kafka.session_ms, inflight_max=200,
-                        smtp_sessions_max=10)
+                        smtp_sessions_max=10, commit_stall_exit_ms=30000)
     ws = start_group(worker, conf, ["w1", "w2"])
+    sups = [Supervisor(w) for w in ws]
     kafka.produce(topics.requests, make_requests(N))
     wait_results(kafka, topics, 2000, "before the broker stops")
     kafka.stop()
@@ -250,9 +253,11 @@ def test_broker_stopped_25s_repeats_only_sends_whose_outcome_was_unknown(
 
     finish(kafka, topics, server)
     rep = repeated(server)
+    for sup in sups:
+        sup.stop()
     print(f"round {round} session {kafka.session_ms} ms: sent while Kafka was down="
           f"{sent_while_down}; unknown outcomes={len(unknown)}; repeated sends="
-          f"{repeats(server)}")
+          f"{repeats(server)}; started anew after {[s.restarts for s in sups]}")
     assert set(rep) <= unknown, sorted(set(rep) - unknown)[:20]
     assert all(c == 2 for c in rep.values()), rep
     kafka.wait_committed(topics.group, topics.requests, timeout=60)

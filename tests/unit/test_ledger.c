@@ -145,6 +145,33 @@ static void test_confirmed_commit_frees_what_it_covered(void **state) {
         ledger_destroy(l);
 }
 
+/* ledger_commit_outstanding(): from an offer until its confirmation, also
+ * through a failed one (offered again), and not for a released partition. */
+static void test_an_offer_is_outstanding_until_confirmed(void **state) {
+        ledger_t *l = ledger_for(10, 50);
+        ledger_part_t *p = ledger_part_add(l, 1);
+
+        (void)state;
+        assert_false(ledger_commit_outstanding(l));
+        consume(l, p, 0);
+        finish(l, p, 0);
+        assert_false(ledger_commit_outstanding(l)); /* not offered yet */
+        take_one(l, NULL, 0, 1, 1, NULL);
+        assert_true(ledger_commit_outstanding(l));
+        ledger_commit_failed(l, 1);
+        assert_true(ledger_commit_outstanding(l));
+        take_one(l, NULL, 0, 1, 1, NULL);
+        ledger_committed(l, 1, 1);
+        assert_false(ledger_commit_outstanding(l));
+        consume(l, p, 1);
+        finish(l, p, 1);
+        take_one(l, NULL, 0, 1, 2, NULL);
+        assert_true(ledger_commit_outstanding(l));
+        ledger_part_release(l, p);
+        assert_false(ledger_commit_outstanding(l));
+        ledger_destroy(l);
+}
+
 static void test_failed_commit_is_offered_again(void **state) {
         ledger_t *l = ledger_for(10, 50);
         ledger_part_t *p0 = ledger_part_add(l, 0);
@@ -393,6 +420,7 @@ int main(void) {
                         test_out_of_order_completion_commits_contiguous_watermark),
                 cmocka_unit_test(test_offset_seen_again_is_refused),
                 cmocka_unit_test(test_confirmed_commit_frees_what_it_covered),
+                cmocka_unit_test(test_an_offer_is_outstanding_until_confirmed),
                 cmocka_unit_test(test_failed_commit_is_offered_again),
                 cmocka_unit_test(test_commit_of_some_partitions_only),
                 cmocka_unit_test(test_no_metadata_without_results_partition),
