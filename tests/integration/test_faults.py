@@ -291,13 +291,31 @@ def test_a_partition_that_delivers_nothing_for_fetch_stall_ms_is_fetched_anew(
     # a second, and inflight.max above n never pauses it, so that when the broker
     # freezes it has sent what it fetched and waits, far behind the end.
     kafka.produce(topics.requests, make_requests(n), "-X", "batch.size=4096")
-    w = worker(cfg(kafka, topics, server.url, inflight_max=2 * n, fetch_stall_ms=1500,
-                   kafka_max_partition_fetch_bytes=4096,
-                   metrics_listen=f"127.0.0.1:{port}"))
-    wait_for(lambda: kafka.count(topics.results) >= 100, 60, "100 results", interval=0.1)
+    conf = cfg(kafka, topics, server.url, inflight_max=2 * n, fetch_stall_ms=1500,
+               kafka_max_partition_fetch_bytes=4096, metrics_listen=f"127.0.0.1:{port}")
+    if fast_group():
+        # the classic protocol: the member keeps its partition through the freeze
+        conf["kafka.consumer.session.timeout.ms"] = 45000
+    w = worker(conf)
+
+    def consumed():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                        timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0
+        m = re.search(r'^kafka_mailer_requests_consumed_total(?:\{[^}]*\})? (\S+)$', text,
+                      re.M)
+        return float(m.group(1)) if m else 0
+
+    # frozen early (the worker's own count, read every 20 ms): far behind the end
+    wait_for(lambda: consumed() >= 50, 60, "50 requests consumed", interval=0.02)
     pid = kafka.pid
     os.kill(pid, signal.SIGSTOP)
     try:
+        taken = consumed()
+        assert taken < n, f"precondition: the worker took all {n} before the freeze"
         # A seek leaves librdkafka with no position until a message comes: the watch
         # keeps the last one and, the broker still frozen, restarts again a period later.
         wait_for(lambda: "restarts=2" in w.log(), 20, "two fetch.stall.ms warnings",
