@@ -1377,6 +1377,18 @@ static size_t session_queue_txn(struct smtp_session *s,
         return job->rcpt_cnt + 2;
 }
 
+/* Queues @len bytes at @p to be written from there, once the output buffer
+ * is (@p must live until they are). @returns the output position where
+ * they end. */
+static uint64_t session_queue_from(struct smtp_session *s, const char *p,
+                                   size_t len) {
+        s->ss_data = p;
+        s->ss_data_len = len;
+        s->ss_data_pos = 0;
+        s->ss_out_queued += len;
+        return s->ss_out_queued;
+}
+
 /* Copies the @len bytes of dot-stuffed message at @src to @dst without the
  * stuffing: a '.' that starts the message or follows a CRLF is dropped (as
  * message.c writes it and dkim.c reads it). With @dst NULL, only counts.
@@ -1427,19 +1439,13 @@ static uint64_t session_queue_bdat(struct smtp_session *s,
                         return 0;
                 return s->ss_out_queued;
         }
-        if (len == job->data_len) {
-                s->ss_data = job->data;
-        } else {
-                s->ss_unstuffed = malloc(len);
-                if (!s->ss_unstuffed)
-                        return 0;
-                smtp_unstuff(s->ss_unstuffed, job->data, job->data_len);
-                s->ss_data = s->ss_unstuffed;
-        }
-        s->ss_data_len = len;
-        s->ss_data_pos = 0;
-        s->ss_out_queued += len;
-        return s->ss_out_queued;
+        if (len == job->data_len)
+                return session_queue_from(s, job->data, len);
+        s->ss_unstuffed = malloc(len);
+        if (!s->ss_unstuffed)
+                return 0;
+        smtp_unstuff(s->ss_unstuffed, job->data, job->data_len);
+        return session_queue_from(s, s->ss_unstuffed, len);
 }
 
 /* Queues "BDAT <size> LAST" and ss_job's message, whose reply is the final
@@ -1592,13 +1598,9 @@ static uint64_t session_queue_data(struct smtp_session *s,
                 dynbuf_append(&s->ss_out, job->data, len);
                 if (session_out_end(s, from) == -1)
                         return 0;
-        } else {
-                s->ss_data = job->data;
-                s->ss_data_len = len;
-                s->ss_data_pos = 0;
-                s->ss_out_queued += len;
+                return s->ss_out_queued;
         }
-        return s->ss_out_queued;
+        return session_queue_from(s, job->data, len);
 }
 
 /* DATA was answered 354: queue the message and its ".\r\n", and the next
