@@ -540,9 +540,24 @@ def avg_value_bytes(run_, bootstrap, topic, timeout=300):
 BURST_GAP_S = 0.2
 
 
-def completion_stats(results, lo=0.1, hi=0.9):
+def completion_stats(results, lo=0.1, hi=0.9, inflight=None):
     """From results' completed_at: first and last completion (epoch) and the
     steady rate, which leaves out the ramp-up and the tail.
+    - With @inflight (the slots of a closed loop: every completion frees one
+      for the next request) and at least three times that many completions:
+      the rate over windows of @inflight consecutive completions, each window
+      one reply cycle of every slot, averaged over the windows that start
+      from the @lo fraction and end by the @hi one: @inflight / the mean
+      time such a window took (steady_method "windows"). It does not depend
+      on where bursts start: a window from any completion to the one
+      @inflight later holds one completion of each slot whether the
+      completions come in bursts a second apart or spread evenly (the
+      fraction rate below counts the idle end of the first burst when the
+      @lo fraction falls there, as it does at 10,000 in flight of 100,000:
+      4-6 % low). Its cycles and fractions figures are kept as
+      cycles_rate and fractions_rate, and the rate of each cycle (the
+      windows that start in it: completions 0 to @inflight - 1, then the
+      next @inflight, ...) as cycle_rates.
     - Completions in bursts (gaps longer than BURST_GAP_S): the rate over the
       whole cycles from the first burst that starts at or after the @lo
       fraction of the completions to the last that starts at or before the
@@ -564,12 +579,28 @@ def completion_stats(results, lo=0.1, hi=0.9):
     st = {"n": len(ts), "first": ts[0], "last": ts[-1],
           "steady_rate": (j - i) / span if span > 0 else None,
           "steady_method": "fractions", "steady_count": j - i, "steady_seconds": span}
+    st["fractions_rate"] = st["steady_rate"]
     starts = [k for k in range(max(i, 1), j + 1) if ts[k] - ts[k - 1] > BURST_GAP_S]
     if len(starts) >= 3:
         a, b = starts[0], starts[-1]
         st.update(steady_rate=(b - a) / (ts[b] - ts[a]), steady_method="cycles",
                   steady_cycles=len(starts) - 1, steady_count=b - a,
-                  steady_seconds=ts[b] - ts[a])
+                  steady_seconds=ts[b] - ts[a], cycles_rate=(b - a) / (ts[b] - ts[a]))
+    n_ = len(ts)
+    if inflight and n_ >= 3 * inflight:
+        a, b = int(lo * n_), int(hi * n_) - inflight
+        spans = [ts[k + inflight] - ts[k] for k in range(a, b)]
+        total = sum(spans)
+        if spans and total > 0:
+            st.update(steady_rate=inflight * len(spans) / total, steady_method="windows",
+                      steady_count=inflight * len(spans), steady_seconds=total,
+                      steady_windows=len(spans))
+        # Each cycle's rate: the windows that start within it.
+        st["cycle_rates"] = []
+        for c in range(0, n_ - inflight, inflight):
+            w = [ts[k + inflight] - ts[k] for k in range(c, min(c + inflight, n_ - inflight))]
+            if sum(w) > 0:
+                st["cycle_rates"].append(inflight * len(w) / sum(w))
     return st
 
 
@@ -591,6 +622,7 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     rate (count / seconds), steady_rate, steady_method, steady_count and
     steady_seconds (from the results' completed_at: completion_stats()),
     sent, peak_rss_kib and cpu_seconds of each worker, sink_cpu (CPU seconds the sink used during the point, if @sink),
+    broker_cpu (CPU seconds the run's brokers used during the point),
     loadavg at the end."""
     admin = run_.tool("mailer-admin")
     req, res, dlq = name + ".requests", name + ".results", name + ".deadletter"
@@ -601,6 +633,8 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
                                (req, res, dlq), settings) for i in range(workers)]
     wait_assigned(procs)
     sink_cpu0 = cpu_seconds(sink.pid) if sink is not None else None
+    broker_pids = [k.pid for k in run_.kafkas if k.pid]
+    broker_cpu0 = [cpu_seconds(x) for x in broker_pids]
     log("%s: %d requests%s, %d worker(s), inflight.max=%d, smtp.sessions.max=%d %s"
         % (name, count, " at %d/s" % rate if rate else "", workers, inflight, sessions,
            " ".join(extra)))
@@ -629,6 +663,10 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     if sink is not None and sink_cpu0 is not None:
         c = cpu_seconds(sink.pid)
         point["sink_cpu"] = None if c is None else round(c - sink_cpu0, 2)
+    if broker_pids and None not in broker_cpu0:
+        c = [cpu_seconds(x) for x in broker_pids]
+        if None not in c:
+            point["broker_cpu"] = round(sum(c) - sum(broker_cpu0), 2)
     for p in procs:
         rc = run_.stop(p)
         if rc not in (0, None):
@@ -637,10 +675,11 @@ def slow_point(run_, bootstrap, smtp_url, name, count, inflight, sessions, worke
     with open(os.path.join(run_.dir, name + "-results.jsonl"), "w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
-    st = completion_stats(results)
+    st = completion_stats(results, inflight=min(inflight, sessions) * workers)
     point["sent"] = st["n"]
     point["steady_rate"] = st.get("steady_rate")
-    for k in ("steady_method", "steady_cycles", "steady_count", "steady_seconds"):
+    for k in ("steady_method", "steady_cycles", "steady_count", "steady_seconds",
+              "steady_windows", "cycles_rate", "fractions_rate", "cycle_rates"):
         if k in st:
             point[k] = st[k]
     if st["n"] != count:

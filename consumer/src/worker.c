@@ -2407,13 +2407,14 @@ int worker_run(worker_t *w) {
         }
         LOG(LL_INFO,
             "stopped consumed=%llu sent=%llu failed=%llu rejected=%llu "
-            "expired=%llu duplicates=%llu left=%zu",
+            "expired=%llu duplicates=%llu commits=%llu left=%zu",
             (unsigned long long)w->w_stats.consumed,
             (unsigned long long)w->w_stats.sent,
             (unsigned long long)w->w_stats.failed,
             (unsigned long long)w->w_stats.rejected,
             (unsigned long long)w->w_stats.expired,
-            (unsigned long long)w->w_stats.duplicates, left);
+            (unsigned long long)w->w_stats.duplicates,
+            (unsigned long long)w->w_stats.commits_answered, left);
         if (fatal)
                 return 2;
         if (w->w_exit_status)

@@ -70,3 +70,50 @@ def test_two_bursts_are_too_few_cycles_and_fall_back_to_the_fractions():
 def test_too_few_completions_give_no_rate():
     st = benchlib.completion_stats(results([BASE + k for k in range(5)]))
     assert st == {"n": 5}
+
+
+@pytest.mark.parametrize("skip", [0, 1, 500, 999])
+def test_windows_of_in_flight_completions_measure_each_reply_cycle(skip):
+    # 1,000 slots completing every 1.1 s: every window of 1,000 consecutive
+    # completions spans exactly one cycle, wherever it starts.
+    times = bursts(20, 1000, 1.1, 0.04)[skip:]
+    st = benchlib.completion_stats(results(times), inflight=1000)
+    assert st["steady_method"] == "windows"
+    assert st["steady_rate"] == pytest.approx(1000 / 1.1, rel=0.001)
+    assert st["steady_count"] / st["steady_seconds"] == pytest.approx(st["steady_rate"])
+    assert st["cycles_rate"] == pytest.approx(1000 / 1.1, rel=0.005)
+    assert all(r == pytest.approx(1000 / 1.1, rel=0.001) for r in st["cycle_rates"])
+
+
+def test_windows_do_not_count_the_idle_end_of_the_first_burst():
+    # 10 cycles of 10,000 slots, 1 s each; the first burst 0.3 s long, the
+    # later ones spread over 0.9 s (as a just-started worker's do). The 10 %
+    # completion is the last of the first burst: the 10 %-90 % rate holds that
+    # burst's idle 0.7 s, and no gap between the later bursts is long enough to
+    # find whole cycles; the windows give the cycle.
+    times = [BASE + k * 1.0 + (0.3 if k == 0 else 0.9) * m / 10000
+             for k in range(10) for m in range(10000)]
+    st = benchlib.completion_stats(results(times), inflight=10000)
+    assert st["steady_method"] == "windows"
+    assert st["steady_rate"] == pytest.approx(10000, rel=0.001)
+    assert st["fractions_rate"] < 0.95 * 10000
+    assert "cycles_rate" not in st
+
+
+def test_cycle_rates_show_a_slow_start():
+    # 1,000 slots, each starting at its own offset: the first cycle takes
+    # 1.3 s, every later one 1.0 s.
+    times = sorted(BASE + s * 0.001 + 1.3 * min(k, 1) + max(0, k - 1) * 1.0
+                   for s in range(1000) for k in range(0, 20))
+    st = benchlib.completion_stats(results(times), inflight=1000)
+    rates = st["cycle_rates"]
+    assert rates[0] == pytest.approx(1000 / 1.3, rel=0.01)
+    assert rates[1] == pytest.approx(1000 / 1.0, rel=0.01)
+    assert st["steady_rate"] == pytest.approx(1000, rel=0.01)
+
+
+def test_fewer_than_three_cycles_of_completions_give_no_windows():
+    times = bursts(2, 1000, 1.1, 0.04)
+    st = benchlib.completion_stats(results(times), inflight=1000)
+    assert st["steady_method"] == "fractions"
+    assert "cycle_rates" not in st

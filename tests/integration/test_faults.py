@@ -234,6 +234,54 @@ def test_commits_never_stored_while_kafka_answers_stop_the_worker_with_status_3(
         next(gen, None)
 
 
+def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
+        capture_server, worker):
+    """commit.stall.exit.ms with a results floor: a broker that stores the worker's first
+    commits and refuses the later ones while answering everything else
+    (offset.metadata.max.bytes=27: the metadata "kafka-mailer/1 results=0@<offset>" fits
+    while the results offset has two digits). The worker exits with status 3, its
+    supervisor starts it anew, and the new process reads the results topic from the
+    floor of the last stored commit: the requests finished after that commit are
+    answered as repeats, none reaches the relay twice, none is lost."""
+    meta_max = len("kafka-mailer/1 results=0@") + 2
+    gen = ready_kafka(Kafka.start(make_tmpdir("kafka-latecommit"), local=True,
+                                  props=[f"offset.metadata.max.bytes={meta_max}"]))
+    kafka = next(gen)
+    sup = None
+    try:
+        topics = Topics.new(partitions=1).create(kafka)
+        server = capture_server()
+        first, n = 60, 160
+        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
+        w = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=3000))
+        sup = Supervisor(w, max_restarts=1)
+        # Results 0..59: the commits carry a floor below 100 and are stored.
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        # Results 60..159: once the floor reaches 100 no commit is stored.
+        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        wait_for(lambda: sup.restarts, 90, "the worker to exit 3 and be started anew")
+        assert sup.restarts == [3], w.all_logs()[-4000:]
+        runs = w.run_logs()
+        assert "offsets not committed for commit.stall.exit.ms (3000 ms)" in runs[0]
+        # The new process: results read from the floor, what was finished not sent.
+        wait_for(lambda: w.proc.returncode is not None, 90,
+                 "the restarted worker to stop (its commits are refused too)")
+        again = [parse_logfmt(x) for x in w.run_logs()[1].splitlines()]
+        read = [f for f in again if f["msg"] == "results read at assignment"]
+        assert read and int(read[0]["final_ids"]) >= 1, w.run_logs()[1][-4000:]
+        stopped = [f for f in again if f["msg"] == "stopped"]
+        assert stopped and int(stopped[0]["duplicates"]) >= 1, w.run_logs()[1][-4000:]
+        assert int(stopped[0]["sent"]) == 0, w.run_logs()[1][-4000:]
+        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
+        assert a["lost"] == 0 and a["final"] == n, a
+        mids = captured_mids(server.dir)
+        assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
+    finally:
+        if sup:
+            sup.stop()
+        next(gen, None)
+
+
 def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
         own_kafka, capture_server, worker):
     """The broker frozen (SIGSTOP) for 4 s while results flow at about 100/s: its
