@@ -19,6 +19,9 @@
 /* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
+/* The longest commit metadata a worker writes (docs/wire-format.md, "Offset
+ * commit metadata"; LEDGER_META_MAX with its NUL). */
+#define CONSUMER_COMMIT_META_MAX 64
 /* Longest a cooperative rebalance is assumed to last between its rounds
  * (librdkafka before 2.10 only, see consumer_new()). */
 #define CONSUMER_REBALANCE_MAX_MS 10000
@@ -117,6 +120,7 @@ struct consumer {
         struct consumer_handlers c_h;
         void *c_opaque;
         uint64_t c_commit_errors;
+        int c_meta_refused_told; /* OFFSET_METADATA_TOO_LARGE was logged */
         /* Loop time of a cooperative revoke whose second round has not
          * ended yet (0: none), and the assignment callbacks still to come
          * before it has: one closes the revoke's round, one the next. */
@@ -516,12 +520,36 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
 }
 
+/* A broker whose offset.metadata.max.bytes is below the worker's commit
+ * metadata stores no commit of it, ever: says so once, in words an operator
+ * can act on (the generic warning follows every refused commit). */
+static void
+consumer_check_meta_refused(consumer_t *c,
+                            const rd_kafka_topic_partition_list_t *offsets,
+                            rd_kafka_resp_err_t err) {
+        int refused = err == RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE;
+
+        for (int i = 0; !refused && offsets && i < offsets->cnt; i++)
+                refused = offsets->elems[i].err ==
+                          RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE;
+        if (!refused || c->c_meta_refused_told)
+                return;
+        c->c_meta_refused_told = 1;
+        LOG(LL_ERROR,
+            "Kafka refuses the offset commit metadata as too large: the "
+            "broker's offset.metadata.max.bytes must be at least %d (the "
+            "worker's commit metadata, docs/wire-format.md); no offset of "
+            "this worker can be stored until it is raised topic=%s",
+            CONSUMER_COMMIT_META_MAX, c->c_mq.mq_topic);
+}
+
 static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                rd_kafka_topic_partition_list_t *offsets,
                                void *opaque) {
         consumer_t *c = opaque;
 
         (void)rk;
+        consumer_check_meta_refused(c, offsets, err);
         if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
                 c->c_commit_errors++;
                 kstatus_error(c->c_ks, loop_clock_ms(), c->c_client, err,

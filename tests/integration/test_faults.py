@@ -219,6 +219,11 @@ def test_commits_never_stored_while_kafka_answers_stop_the_worker_with_status_3(
         stuck = [f for f in lines if f["msg"].startswith(
             "offsets not committed for commit.stall.exit.ms (4000 ms) while Kafka answers")]
         assert stuck and stuck[0]["level"] == "error", w.log_tail()
+        # What the broker said, once, in words an operator can act on.
+        told = [f for f in lines if f["msg"].startswith(
+            "Kafka refuses the offset commit metadata as too large")]
+        assert len(told) == 1 and told[0]["level"] == "error", w.log_tail()
+        assert "offset.metadata.max.bytes must be at least 64" in told[0]["msg"]
         assert any(f["msg"] == "stopped" for f in lines), w.log_tail()
         a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
         assert a["lost"] == 0 and a["final"] == n, a

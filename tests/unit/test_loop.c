@@ -469,13 +469,14 @@ static void test_wall_clock_is_read_once_per_iteration(void **state) {
 /* The loop is not re-entrant: run from one of its callbacks, it refuses
  * (EDEADLK) and the outer run goes on as if nothing happened. */
 static int nest_result = 1, nest_errno, nest_calls_b;
+static int nest_tag_a, nest_tag_b; /* which pipe a callback is for */
 
 static void nest_cb(loop_t *l, int fd, unsigned ev, void *o) {
         char c;
 
         (void)ev;
         assert_int_equal(read(fd, &c, 1), 1);
-        if (o == (void *)"a") {
+        if (o == &nest_tag_a) {
                 nest_result = loop_run_once(l, 0);
                 nest_errno = errno;
         } else {
@@ -490,7 +491,6 @@ static void nest_timer_cb(loop_t *l, void *o) {
 }
 
 static void test_a_callback_cannot_run_the_loop_again(void **state) {
-        static const char *a = "a", *b = "b";
         int pa[2], pb[2];
         loop_t *l = loop_new();
         loop_timer_t t;
@@ -498,9 +498,9 @@ static void test_a_callback_cannot_run_the_loop_again(void **state) {
         (void)state;
         assert_int_equal(pipe2(pa, O_NONBLOCK), 0);
         assert_int_equal(pipe2(pb, O_NONBLOCK), 0);
-        assert_int_equal(loop_io_add(l, pa[0], LOOP_READ, nest_cb, (void *)a),
+        assert_int_equal(loop_io_add(l, pa[0], LOOP_READ, nest_cb, &nest_tag_a),
                          0);
-        assert_int_equal(loop_io_add(l, pb[0], LOOP_READ, nest_cb, (void *)b),
+        assert_int_equal(loop_io_add(l, pb[0], LOOP_READ, nest_cb, &nest_tag_b),
                          0);
         loop_timer_init(&t, nest_timer_cb, NULL);
         loop_timer_start(l, &t, 0);
