@@ -765,6 +765,96 @@ static void test_no_greeting_within_the_connect_timeout(void **state) {
         check_reopened_after(state, failed, 1, "no greeting reply within 300");
 }
 
+/* Points the client at 127.0.0.1:@port (a relay that is not there to
+ * talk to), with backoff and probes too long to retry within the test,
+ * submits one job and runs the loop until the first relay failure (3 s at
+ * most). @returns the milliseconds that took, with the stats in @st. */
+static int64_t fx_first_relay_failure(struct fx *f, int port,
+                                      struct smtp_stats *st) {
+        char errstr[256];
+        int64_t start, end;
+
+        snprintf(f->url, sizeof(f->url), "smtp://127.0.0.1:%d", port);
+        f->conf.relay_probe_ms = 60000;
+        f->conf.relay_backoff_initial_ms = 60000;
+        f->conf.relay_backoff_max_ms = 60000;
+        f->sc = smtp_client_new(f->loop, &f->conf, fx_done_cb, f, errstr,
+                                sizeof(errstr));
+        assert_non_null(f->sc);
+        f->submitted = 1;
+        smtp_client_submit(f->sc, fx_job(f, 0, rcpt1, BODY));
+        memset(st, 0, sizeof(*st));
+        start = loop_clock_ms();
+        end = start + 3000;
+        while (st->relay_failures_total == 0 && loop_clock_ms() < end) {
+                assert_true(loop_run_once(f->loop, 10) >= 0);
+                smtp_client_stats(f->sc, st);
+        }
+        assert_int_equal(st->relay_failures_total, 1);
+        assert_int_equal(st->relay_healthy, 0);
+        /* A relay failure costs the job no attempt: it waits. */
+        assert_int_equal(f->done, 0);
+        return loop_clock_ms() - start;
+}
+
+/* A relay whose TCP handshake never completes (its accept queue is full,
+ * so the kernel drops the SYN): the connect itself ends after
+ * smtp.timeout.connect.ms, as a relay failure that says so. */
+static void test_a_tcp_connect_that_never_completes_times_out(void **state) {
+        struct fx *f = *state;
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t salen = sizeof(sa);
+        struct smtp_stats st;
+        int lfd, cfd[4];
+        int64_t took;
+
+        lfd = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(lfd >= 0);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        assert_int_equal(listen(lfd, 0), 0);
+        assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &salen), 0);
+        /* Never accepted: the first connections fill the queue, later SYNs
+         * are dropped. */
+        for (size_t i = 0; i < 4; i++) {
+                cfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+                assert_true(cfd[i] >= 0);
+                (void)connect(cfd[i], (struct sockaddr *)&sa, sizeof(sa));
+        }
+        f->conf.timeout_connect_ms = 300;
+        took = fx_first_relay_failure(f, ntohs(sa.sin_port), &st);
+        assert_non_null(
+                strstr(st.last_relay_error, "no connection within 300"));
+        assert_true(took >= 280 && took < 2000);
+        for (size_t i = 0; i < 4; i++)
+                close(cfd[i]);
+        close(lfd);
+}
+
+/* Nothing listens on the relay's port: the refusal is a relay failure at
+ * once (not after smtp.timeout.connect.ms), naming the address and why. */
+static void test_a_refused_connection_fails_at_once(void **state) {
+        struct fx *f = *state;
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t salen = sizeof(sa);
+        struct smtp_stats st;
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+        int64_t took;
+
+        /* A port that was free a moment ago, with nothing listening on it. */
+        assert_true(fd >= 0);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &salen), 0);
+        port = ntohs(sa.sin_port);
+        close(fd);
+        f->conf.timeout_connect_ms = 5000;
+        took = fx_first_relay_failure(f, port, &st);
+        assert_non_null(strstr(st.last_relay_error, "cannot connect to"));
+        assert_non_null(strstr(st.last_relay_error, "Connection refused"));
+        assert_true(took < 1000);
+}
+
 /* A relay given by a host name: libcurl resolves and connects (an http://
  * URL, nothing sent), then lets go of the socket; the session greets the
  * relay itself, as with an address. */
@@ -1640,6 +1730,8 @@ int main(void) {
                 T(test_ehlo_refused_falls_back_to_helo_without_pipelining),
                 T(test_drop_while_opening_retries_on_a_new_connection),
                 T(test_no_greeting_within_the_connect_timeout),
+                T(test_a_tcp_connect_that_never_completes_times_out),
+                T(test_a_refused_connection_fails_at_once),
                 T(test_a_host_name_is_connected_by_libcurl_and_greeted_here),
                 T(test_an_unusable_helo_name_is_refused),
                 T(test_drop_before_any_reply_requeues_the_job_once),
