@@ -557,7 +557,10 @@ def completion_stats(results, lo=0.1, hi=0.9, inflight=None):
       4-6 % low). Its cycles and fractions figures are kept as
       cycles_rate and fractions_rate, and the rate of each cycle (the
       windows that start in it: completions 0 to @inflight - 1, then the
-      next @inflight, ...) as cycle_rates.
+      next @inflight, ...; None for one whose windows took no time) as
+      cycle_rates. The first cycle so measured runs from each slot's first
+      completion to its second: the first reply after the start is not in
+      it.
     - Completions in bursts (gaps longer than BURST_GAP_S): the rate over the
       whole cycles from the first burst that starts at or after the @lo
       fraction of the completions to the last that starts at or before the
@@ -592,15 +595,17 @@ def completion_stats(results, lo=0.1, hi=0.9, inflight=None):
         spans = [ts[k + inflight] - ts[k] for k in range(a, b)]
         total = sum(spans)
         if spans and total > 0:
+            # Counted as completions over seconds (a window is @inflight
+            # completions over its span), like the other methods, so that runs
+            # measured either way pool.
             st.update(steady_rate=inflight * len(spans) / total, steady_method="windows",
-                      steady_count=inflight * len(spans), steady_seconds=total,
+                      steady_count=len(spans), steady_seconds=total / inflight,
                       steady_windows=len(spans))
         # Each cycle's rate: the windows that start within it.
         st["cycle_rates"] = []
         for c in range(0, n_ - inflight, inflight):
             w = [ts[k + inflight] - ts[k] for k in range(c, min(c + inflight, n_ - inflight))]
-            if sum(w) > 0:
-                st["cycle_rates"].append(inflight * len(w) / sum(w))
+            st["cycle_rates"].append(inflight * len(w) / sum(w) if sum(w) > 0 else None)
     return st
 
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "kconf.h"
+#include "ledger.h"
 #include "log.h"
 
 /* Messages handled per wake-up before other fds get a turn. */
@@ -19,9 +20,6 @@
 /* librdkafka needs rd_kafka_consumer_poll() well within max.poll.interval.ms
  * even while every partition is paused. */
 #define CONSUMER_POLL_MS 100
-/* The longest commit metadata a worker writes (docs/wire-format.md, "Offset
- * commit metadata"; LEDGER_META_MAX with its NUL). */
-#define CONSUMER_COMMIT_META_MAX 64
 /* Longest a cooperative rebalance is assumed to last between its rounds
  * (librdkafka before 2.10 only, see consumer_new()). */
 #define CONSUMER_REBALANCE_MAX_MS 10000
@@ -521,8 +519,9 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 /* A broker whose offset.metadata.max.bytes is below the worker's commit
- * metadata stores no commit of it, ever: says so once, in words an operator
- * can act on (the generic warning follows every refused commit). */
+ * metadata (LEDGER_META_MAX at most, docs/wire-format.md) refuses every
+ * commit whose metadata is longer, and the metadata grows with the results
+ * offset it names: says so once, in words an operator can act on. */
 static void
 consumer_check_meta_refused(consumer_t *c,
                             const rd_kafka_topic_partition_list_t *offsets,
@@ -538,9 +537,9 @@ consumer_check_meta_refused(consumer_t *c,
         LOG(LL_ERROR,
             "Kafka refuses the offset commit metadata as too large: the "
             "broker's offset.metadata.max.bytes must be at least %d (the "
-            "worker's commit metadata, docs/wire-format.md); no offset of "
-            "this worker can be stored until it is raised topic=%s",
-            CONSUMER_COMMIT_META_MAX, c->c_mq.mq_topic);
+            "worker's commit metadata, docs/wire-format.md); commits whose "
+            "metadata is longer are not stored until it is raised topic=%s",
+            LEDGER_META_MAX, c->c_mq.mq_topic);
 }
 
 static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,

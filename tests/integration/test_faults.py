@@ -274,6 +274,8 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
         again = [parse_logfmt(x) for x in w.run_logs()[1].splitlines()]
         read = [f for f in again if f["msg"] == "results read at assignment"]
         assert read and int(read[0]["final_ids"]) >= 1, w.run_logs()[1][-4000:]
+        # The floor came from the stored commit.
+        assert int(read[0]["with_results_offset"]) == 1, w.run_logs()[1][-4000:]
         stopped = [f for f in again if f["msg"] == "stopped"]
         assert stopped and int(stopped[0]["duplicates"]) >= 1, w.run_logs()[1][-4000:]
         assert int(stopped[0]["sent"]) == 0, w.run_logs()[1][-4000:]

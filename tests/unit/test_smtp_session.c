@@ -821,6 +821,18 @@ static void test_a_tcp_connect_that_never_completes_times_out(void **state) {
                 assert_true(cfd[i] >= 0);
                 (void)connect(cfd[i], (struct sockaddr *)&sa, sizeof(sa));
         }
+        /* Until the kernel has queued one (for a listener, tcpi_unacked is
+         * the accept queue's length), a SYN could still be answered. */
+        for (int i = 0; i < 200; i++) {
+                struct tcp_info ti;
+                socklen_t tlen = sizeof(ti);
+
+                assert_int_equal(
+                        getsockopt(lfd, IPPROTO_TCP, TCP_INFO, &ti, &tlen), 0);
+                if (ti.tcpi_unacked >= 1)
+                        break;
+                usleep(10000);
+        }
         f->conf.timeout_connect_ms = 300;
         took = fx_first_relay_failure(f, ntohs(sa.sin_port), &st);
         assert_non_null(
