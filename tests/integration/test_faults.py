@@ -272,7 +272,8 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
         wait_for(lambda: w.proc.returncode is not None, 90,
                  "the restarted worker to stop (its commits are refused too)")
         again = [parse_logfmt(x) for x in w.run_logs()[1].splitlines()]
-        read = [f for f in again if f["msg"] == "results read at assignment"]
+        read = [f for f in again if f["msg"] == "results read at assignment"
+                and f.get("topic") == topics.requests]
         assert read and int(read[0]["final_ids"]) >= 1, w.run_logs()[1][-4000:]
         # The floor came from the stored commit.
         assert int(read[0]["with_results_offset"]) == 1, w.run_logs()[1][-4000:]
