@@ -588,24 +588,25 @@ def completion_stats(results, lo=0.1, hi=0.9, inflight=None):
         a, b = starts[0], starts[-1]
         st.update(steady_rate=(b - a) / (ts[b] - ts[a]), steady_method="cycles",
                   steady_cycles=len(starts) - 1, steady_count=b - a,
-                  steady_seconds=ts[b] - ts[a], cycles_rate=(b - a) / (ts[b] - ts[a]))
-    n_ = len(ts)
-    if inflight and n_ >= 3 * inflight:
-        a, b = int(lo * n_), int(hi * n_) - inflight
-        spans = [ts[k + inflight] - ts[k] for k in range(a, b)]
-        total = sum(spans)
-        if spans and total > 0:
+                  steady_seconds=ts[b] - ts[a])
+        st["cycles_rate"] = st["steady_rate"]
+    n = len(ts)
+    if inflight and n >= 3 * inflight:
+        # spans[k]: the window from completion k to completion k + inflight.
+        spans = [ts[k + inflight] - ts[k] for k in range(n - inflight)]
+        steady = spans[int(lo * n):int(hi * n) - inflight]
+        total = sum(steady)
+        if total > 0:
             # Counted as completions over seconds (a window is @inflight
             # completions over its span), like the other methods, so that runs
             # measured either way pool.
-            st.update(steady_rate=inflight * len(spans) / total, steady_method="windows",
-                      steady_count=len(spans), steady_seconds=total / inflight,
-                      steady_windows=len(spans))
+            st.update(steady_rate=inflight * len(steady) / total, steady_method="windows",
+                      steady_count=len(steady), steady_seconds=total / inflight,
+                      steady_windows=len(steady))
         # Each cycle's rate: the windows that start within it.
-        st["cycle_rates"] = []
-        for c in range(0, n_ - inflight, inflight):
-            w = [ts[k + inflight] - ts[k] for k in range(c, min(c + inflight, n_ - inflight))]
-            st["cycle_rates"].append(inflight * len(w) / sum(w) if sum(w) > 0 else None)
+        cycles = [spans[c:c + inflight] for c in range(0, len(spans), inflight)]
+        st["cycle_rates"] = [inflight * len(w) / sum(w) if sum(w) > 0 else None
+                             for w in cycles]
     return st
 
 

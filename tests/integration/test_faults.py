@@ -90,6 +90,22 @@ def own_kafka():
 
 
 @pytest.fixture
+def broker_with():
+    """Factory: broker_with(tag, *props) -> a local broker of the test's own with @props
+    in its server.properties (a broker set up to misbehave), stopped at the test's end
+    (after its workers, when the test asks for this fixture before `worker`)."""
+    gens = []
+
+    def start(tag, *props):
+        gens.append(ready_kafka(Kafka.start(make_tmpdir(tag), local=True,
+                                            props=list(props))))
+        return next(gens[-1])
+    yield start
+    for g in gens:
+        next(g, None)
+
+
+@pytest.fixture
 def servers():
     """Stops every SMTP server (capture, sink, silent) a test started, also on failure."""
     started = []
@@ -196,7 +212,7 @@ def test_broker_stopped_for_20s_under_load_loses_nothing(own_kafka, capture_serv
 
 
 def test_commits_never_stored_while_kafka_answers_stop_the_worker_with_status_3(
-        capture_server, worker):
+        broker_with, capture_server, worker):
     """commit.stall.exit.ms: a broker that answers everything but stores no commit of
     the worker (offset.metadata.max.bytes=8: the worker's commit metadata, "kafka-mailer/1
     results=...", is longer), as a Kafka client stuck after an outage sees it. After
@@ -204,43 +220,38 @@ def test_commits_never_stored_while_kafka_answers_stop_the_worker_with_status_3(
     status 3, having lost nothing and sent nothing twice. With commit.stall.exit.ms=0 a
     worker started after it keeps running (it sends the requests again: no commit was
     ever stored here, so it has no results floor to read from)."""
-    gen = ready_kafka(Kafka.start(make_tmpdir("kafka-nocommit"), local=True,
-                                  props=["offset.metadata.max.bytes=8"]))
-    kafka = next(gen)
-    try:
-        topics = Topics.new(partitions=2).create(kafka)
-        server = capture_server()
-        n = 200
-        kafka.produce(topics.requests, make_requests(n))
-        w = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=4000))
-        rc = w.wait(90)
-        assert rc == 3, w.log_tail()
-        lines = [parse_logfmt(x) for x in w.log().splitlines()]
-        stuck = [f for f in lines if f["msg"].startswith(
-            "offsets not committed for commit.stall.exit.ms (4000 ms) while Kafka answers")]
-        assert stuck and stuck[0]["level"] == "error", w.log_tail()
-        # What the broker said, once, in words an operator can act on.
-        told = [f for f in lines if f["msg"].startswith(
-            "Kafka refuses the offset commit metadata as too large")]
-        assert len(told) == 1 and told[0]["level"] == "error", w.log_tail()
-        assert "offset.metadata.max.bytes must be at least 64" in told[0]["msg"]
-        assert any(f["msg"] == "stopped" for f in lines), w.log_tail()
-        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
-        assert a["lost"] == 0 and a["final"] == n, a
-        assert max(captured_mids(server.dir).values()) == 1
+    kafka = broker_with("kafka-nocommit", "offset.metadata.max.bytes=8")
+    topics = Topics.new(partitions=2).create(kafka)
+    server = capture_server()
+    n = 200
+    kafka.produce(topics.requests, make_requests(n))
+    w = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=4000))
+    rc = w.wait(90)
+    assert rc == 3, w.log_tail()
+    lines = [parse_logfmt(x) for x in w.log().splitlines()]
+    stuck = [f for f in lines if f["msg"].startswith(
+        "offsets not committed for commit.stall.exit.ms (4000 ms) while Kafka answers")]
+    assert stuck and stuck[0]["level"] == "error", w.log_tail()
+    # What the broker said, once, in words an operator can act on.
+    told = [f for f in lines if f["msg"].startswith(
+        "Kafka refuses the offset commit metadata as too large")]
+    assert len(told) == 1 and told[0]["level"] == "error", w.log_tail()
+    assert "offset.metadata.max.bytes must be at least 64" in told[0]["msg"]
+    assert any(f["msg"] == "stopped" for f in lines), w.log_tail()
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
+    assert a["lost"] == 0 and a["final"] == n, a
+    assert max(captured_mids(server.dir).values()) == 1
 
-        w2 = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=0))
-        wait_for(lambda: sum(captured_mids(server.dir).values()) >= 2 * n, 60,
-                 "the requests sent again")
-        time.sleep(8)
-        assert w2.alive(), w2.log_tail()
-        assert "offsets not committed for commit.stall.exit.ms" not in w2.log()
-    finally:
-        next(gen, None)
+    w2 = worker(cfg(kafka, topics, server.url, commit_stall_exit_ms=0))
+    wait_for(lambda: sum(captured_mids(server.dir).values()) >= 2 * n, 60,
+             "the requests sent again")
+    time.sleep(8)
+    assert w2.alive(), w2.log_tail()
+    assert "offsets not committed for commit.stall.exit.ms" not in w2.log()
 
 
 def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
-        capture_server, worker):
+        broker_with, capture_server, worker):
     """commit.stall.exit.ms with a results floor: a broker that stores the worker's first
     commits and refuses the later ones while answering everything else
     (offset.metadata.max.bytes=27: the metadata "kafka-mailer/1 results=0@<offset>" fits
@@ -249,9 +260,7 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
     floor of the last stored commit: the requests finished after that commit are
     answered as repeats, none reaches the relay twice, none is lost."""
     meta_max = len("kafka-mailer/1 results=0@") + 2
-    gen = ready_kafka(Kafka.start(make_tmpdir("kafka-latecommit"), local=True,
-                                  props=[f"offset.metadata.max.bytes={meta_max}"]))
-    kafka = next(gen)
+    kafka = broker_with("kafka-latecommit", f"offset.metadata.max.bytes={meta_max}")
     sup = None
     try:
         topics = Topics.new(partitions=1).create(kafka)
@@ -287,7 +296,6 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
     finally:
         if sup:
             sup.stop()
-        next(gen, None)
 
 
 def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(

@@ -374,10 +374,22 @@ static void fx_done_cb(struct smtp_job *job, void *opaque) {
                 smtp_client_close_idle(f->sc);
 }
 
+/* Binds @fd to 127.0.0.1 on a free port. @returns the port, with the
+ * address in @sa. */
+static int bind_loopback(int fd, struct sockaddr_in *sa) {
+        socklen_t salen = sizeof(*sa);
+
+        memset(sa, 0, sizeof(*sa));
+        sa->sin_family = AF_INET;
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(bind(fd, (struct sockaddr *)sa, sizeof(*sa)), 0);
+        assert_int_equal(getsockname(fd, (struct sockaddr *)sa, &salen), 0);
+        return ntohs(sa->sin_port);
+}
+
 static int fx_setup(void **state) {
         struct fx *f = calloc(1, sizeof(*f));
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t salen = sizeof(sa);
+        struct sockaddr_in sa;
 
         assert_non_null(f);
         f->loop = loop_new();
@@ -387,13 +399,8 @@ static int fx_setup(void **state) {
         dynbuf_init(&f->peer.p_payload, PEER_LOG_MAX);
         f->peer.p_lfd = socket(AF_INET, SOCK_STREAM, 0);
         assert_true(f->peer.p_lfd >= 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(
-                bind(f->peer.p_lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        f->peer.p_port = bind_loopback(f->peer.p_lfd, &sa);
         assert_int_equal(listen(f->peer.p_lfd, 8), 0);
-        assert_int_equal(
-                getsockname(f->peer.p_lfd, (struct sockaddr *)&sa, &salen), 0);
-        f->peer.p_port = ntohs(sa.sin_port);
         snprintf(f->url, sizeof(f->url), "smtp://127.0.0.1:%d", f->peer.p_port);
 
         f->conf.url = f->url;
@@ -802,18 +809,15 @@ static int64_t fx_first_relay_failure(struct fx *f, int port,
  * smtp.timeout.connect.ms, as a relay failure that says so. */
 static void test_a_tcp_connect_that_never_completes_times_out(void **state) {
         struct fx *f = *state;
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t salen = sizeof(sa);
+        struct sockaddr_in sa;
         struct smtp_stats st;
-        int lfd, cfd[4];
+        int lfd, cfd[4], port;
         int64_t took;
 
         lfd = socket(AF_INET, SOCK_STREAM, 0);
         assert_true(lfd >= 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        port = bind_loopback(lfd, &sa);
         assert_int_equal(listen(lfd, 0), 0);
-        assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &salen), 0);
         /* Never accepted: the first connections fill the queue, later SYNs
          * are dropped. */
         for (size_t i = 0; i < 4; i++) {
@@ -834,7 +838,7 @@ static void test_a_tcp_connect_that_never_completes_times_out(void **state) {
                 usleep(10000);
         }
         f->conf.timeout_connect_ms = 300;
-        took = fx_first_relay_failure(f, ntohs(sa.sin_port), &st);
+        took = fx_first_relay_failure(f, port, &st);
         assert_non_null(
                 strstr(st.last_relay_error, "no connection within 300"));
         assert_true(took >= 280 && took < 2000);
@@ -847,18 +851,14 @@ static void test_a_tcp_connect_that_never_completes_times_out(void **state) {
  * once (not after smtp.timeout.connect.ms), naming the address and why. */
 static void test_a_refused_connection_fails_at_once(void **state) {
         struct fx *f = *state;
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t salen = sizeof(sa);
+        struct sockaddr_in sa;
         struct smtp_stats st;
         int fd = socket(AF_INET, SOCK_STREAM, 0), port;
         int64_t took;
 
         /* A port that was free a moment ago, with nothing listening on it. */
         assert_true(fd >= 0);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &salen), 0);
-        port = ntohs(sa.sin_port);
+        port = bind_loopback(fd, &sa);
         close(fd);
         f->conf.timeout_connect_ms = 5000;
         took = fx_first_relay_failure(f, port, &st);
