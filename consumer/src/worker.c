@@ -1417,6 +1417,22 @@ static int worker_stop_left_ms(const worker_t *w) {
         return left > 0 ? (int)left : 0;
 }
 
+/* @returns the part of shutdown.timeout.ms kept for the last commits. */
+static int worker_stop_reserve_ms(const struct config *conf) {
+        int quarter = conf->shutdown_timeout_ms / 4;
+
+        return quarter < conf->commit_timeout_ms ? quarter
+                                                 : conf->commit_timeout_ms;
+}
+
+/* @returns how long a stopping worker may still empty partitions: until
+ * the part of shutdown.timeout.ms kept for the last commits (>= 0). */
+static int worker_stop_drain_left_ms(const worker_t *w) {
+        int left = worker_stop_left_ms(w) - worker_stop_reserve_ms(w->w_conf);
+
+        return left > 0 ? left : 0;
+}
+
 /* @returns how long a synchronous commit may wait for its answer:
  * commit.timeout.ms, and on SIGTERM no longer than shutdown.timeout.ms
  * allows. */
@@ -1909,9 +1925,12 @@ static void worker_on_revoke(void *opaque,
         }
         if (deferred) {
                 /* The consumer keeps @parts (consumer_revoking_parts()). */
+                /* A stopping worker empties them like the rest, within
+                 * what is left of its drain: released earlier, their sends
+                 * under way would be consumed again by the next owner. */
                 worker_drain_start(
                         w, &rv->rv_drain, parts,
-                        w->w_stopping ? 0
+                        w->w_stopping ? worker_stop_drain_left_ms(w)
                                       : w->w_conf->rebalance_drain_timeout_ms,
                         1);
                 loop_timer_start(w->w_loop, &rv->rv_timer, 0);
@@ -2338,14 +2357,6 @@ fail:
 void worker_stop(worker_t *w) {
         w->w_stop = 1;
         loop_wakeup(w->w_loop);
-}
-
-/* @returns the part of shutdown.timeout.ms kept for the last commits. */
-static int worker_stop_reserve_ms(const struct config *conf) {
-        int quarter = conf->shutdown_timeout_ms / 4;
-
-        return quarter < conf->commit_timeout_ms ? quarter
-                                                 : conf->commit_timeout_ms;
 }
 
 /* @returns why a consumer cannot go on, or NULL. */

@@ -174,10 +174,26 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call" and rep.failed:
         for w in getattr(item, "_km_workers", []):
             rep.sections.append((f"{w.name} log tail", w.log_tail(80)))
+            earlier = notable_lines(w.run_logs()[:-1])
+            if earlier:
+                rep.sections.append((f"{w.name} earlier runs: warnings, revokes, stops",
+                                     earlier))
         # the broker's side of a failure (a local broker: its log is here)
         for name, value in getattr(item, "funcargs", {}).items():
             if isinstance(value, Kafka) and value.dir is not None:
                 rep.sections.append((f"broker ({name}) log tail", value.log_tail(60)))
+
+
+NOTABLE = ("level=warn", "level=error", 'msg="partitions revoked"', 'msg="stopping',
+           "msg=stopped", 'msg="moved to the retry topic before release"')
+
+
+def notable_lines(logs, n=80) -> str:
+    """The last @n lines of earlier runs' logs that a failure in a group change is read
+    from (a restarted worker's report shows only its last run's tail)."""
+    lines = [f"[run {i + 1}] {ln}" for i, log in enumerate(logs)
+             for ln in log.splitlines() if any(k in ln for k in NOTABLE)]
+    return "\n".join(lines[-n:])
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -143,6 +143,37 @@ def test_rolling_restart_with_retries_waiting_repeats_nothing(kafka, capture_ser
     kafka.wait_committed(topics.group, topics.requests, timeout=30)
 
 
+def test_a_revoke_during_shutdown_waits_for_the_sends_under_way(kafka, capture_server, worker):
+    """A worker stopping (SIGTERM) with sends under way at a slow relay, while another
+    joins: the group revokes half the partitions during the stopping worker's drain.
+    The revoke waits for their sends like the drain does (up to shutdown.timeout.ms)
+    and commits after them, so the partitions' next owner sends none of them again;
+    released at once, their sends would be consumed again by the new worker."""
+    topics = Topics.new(partitions=4).create(kafka)
+    server = capture_server(delay_data=4)
+    n = 40
+    conf = cfg(kafka, topics, server.url, inflight_max=n, smtp_sessions_max=n)
+    w1 = start_group(worker, conf, ["w1"])[0]
+    kafka.produce(topics.requests, make_requests(n))
+    time.sleep(1.5)  # consumed and sent; the relay answers the end of DATA after 4 s
+    assert kafka.count(topics.results) == 0, "the sends were still under way"
+    w1.send_signal(signal.SIGTERM)
+    w2 = worker(conf, {"worker.id": "w2"}, name="w2")
+    assert w1.proc.wait(timeout=40) == 0, w1.log_tail()
+    w2.wait_log("results read at assignment", timeout=60)
+    kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
+    stop_within(w2, conf, "w2")  # what it sends it finishes: a repeat arrives before
+    a = kafka.audit(topics, capture_dir=server.dir)
+    assert_all_sent_once_or_more(a, n)
+    revoked = [ln for ln in w1.log().splitlines()
+               if 'msg="partitions revoked"' in ln and f"topic={topics.requests} " in ln]
+    print(f"repeated sends={repeats(server)}; w1's revokes of {topics.requests}: "
+          f"{len(revoked)}")
+    assert len(revoked) >= 2, f"a revoke came during the drain, before the close:\n{w1.log()}"
+    assert repeats(server) == 0, repeated(server)
+    assert "still had sends in flight" not in w1.log(), w1.log_tail()
+
+
 def round_to(x):
     return float(f"{x:.1f}")
 
