@@ -1319,7 +1319,10 @@ static const char *session_check_job(const struct smtp_session *s,
                     !smtp_addr_ok(job->rcpts[i], &non_ascii))
                         return "invalid recipient address";
         }
-        if (!non_ascii)
+        /* One pass over the message finds most of them all ASCII; only
+         * one with 8-bit bytes has its header block looked at. */
+        eightbit = memchr_8bit(job->data, job->data_len);
+        if (!non_ascii && eightbit)
                 non_ascii = smtp_header_block_utf8(job->data, job->data_len);
         if (non_ascii && !s->ss_cap_smtputf8)
                 return "relay does not offer SMTPUTF8, needed for a UTF-8 "
@@ -1331,8 +1334,8 @@ static const char *session_check_job(const struct smtp_session *s,
                          job->data_len, (unsigned long long)s->ss_size_max);
                 return msg;
         }
-        if (s->ss_cap_8bitmime)
-                eightbit = memchr_8bit(job->data, job->data_len);
+        if (!s->ss_cap_8bitmime)
+                eightbit = 0;
 
         /* " SIZE=<n> BODY=8BITMIME SMTPUTF8": 44 bytes at most */
         if (params_size < 48)

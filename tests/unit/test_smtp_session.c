@@ -1235,6 +1235,73 @@ test_size_is_declared_and_a_larger_message_refused_locally(void **state) {
         assert_true(starts_with(peer_log(f), EHLO_LINE "\nMAIL"));
 }
 
+/* The MAIL parameters follow the message's bytes: 8-bit text only in the
+ * body asks for BODY=8BITMIME alone; raw UTF-8 in the header block (an
+ * address written as RFC 6532 allows) asks for SMTPUTF8 too, and fails
+ * where the relay does not offer it; an all-ASCII message asks for
+ * neither. */
+#define BODY_8BIT "Subject: t\r\n\r\ngr\xc3\xbc\xc3\x9f\r\n.\r\n"
+#define HDR_UTF8 "Reply-To: j\xc3\xb6rg@example.org\r\n\r\nhi\r\n.\r\n"
+#define CAPS_UTF8                                                              \
+        "250-peer.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"
+
+static void test_mail_parameters_follow_the_message_bytes(void **state) {
+        struct fx *f = *state;
+        const struct peer_step script[] = {
+                OPEN(CAPS_UTF8),
+                EXPECT("MAIL FROM:<a@client.test> BODY=8BITMIME"),
+                EXPECT("RCPT TO:<b@peer.test>"),
+                EXPECT("DATA"),
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                EXPECT("MAIL FROM:<a@client.test> BODY=8BITMIME SMTPUTF8"),
+                EXPECT("RCPT TO:<b@peer.test>"),
+                EXPECT("DATA"),
+                SEND("250 2.0.0 queued as A\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                EXPECT("MAIL FROM:<a@client.test>"),
+                EXPECT("RCPT TO:<b@peer.test>"),
+                EXPECT("DATA"),
+                SEND("250 2.0.0 queued as B\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                SEND("250 2.0.0 queued as C\r\n"),
+                BYE,
+                END,
+        };
+
+        fx_job(f, 0, rcpt1, BODY_8BIT);
+        fx_job(f, 1, rcpt1, HDR_UTF8);
+        fx_job(f, 2, rcpt1, BODY2);
+        fx_run(f, script, 3);
+        assert_outcome(&f->jobs[0], SMTP_OK, 250, "2.0.0 queued as A");
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+        assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as C");
+}
+
+static void
+test_a_utf8_header_fails_where_smtputf8_is_not_offered(void **state) {
+        struct fx *f = *state;
+        const struct peer_step script[] = {
+                OPEN(CAPS_PIPELINING),
+                EXPECT("MAIL FROM:<a@client.test> BODY=8BITMIME"),
+                EXPECT("RCPT TO:<b@peer.test>"),
+                EXPECT("DATA"),
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                SEND("250 2.0.0 queued as B\r\n"),
+                BYE,
+                END,
+        };
+
+        fx_job(f, 0, rcpt1, HDR_UTF8);
+        fx_job(f, 1, rcpt1, BODY_8BIT);
+        fx_run(f, script, 2);
+        assert_outcome(&f->jobs[0], SMTP_PERMANENT, 0,
+                       "relay does not offer SMTPUTF8, needed for a UTF-8 "
+                       "address");
+        assert_outcome(&f->jobs[1], SMTP_OK, 250, "2.0.0 queued as B");
+}
+
 /*
  * Pipelining across transactions (RFC 2920): job 1's MAIL, RCPT and DATA
  * follow job 0's final "." before its reply. The peer reads them before it
@@ -1766,6 +1833,8 @@ int main(void) {
                 T(test_command_reply_timeout_is_transient_and_closes),
                 T(test_final_reply_timeout_uses_the_data_timeout),
                 T(test_size_is_declared_and_a_larger_message_refused_locally),
+                T(test_mail_parameters_follow_the_message_bytes),
+                T(test_a_utf8_header_fails_where_smtputf8_is_not_offered),
                 T(test_the_next_transaction_follows_the_final_dot_in_one_write),
                 T(test_a_refused_final_dot_leaves_the_pipelined_next_unharmed),
                 T(test_421_at_the_final_dot_requeues_the_pipelined_next),
