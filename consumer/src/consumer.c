@@ -128,6 +128,9 @@ struct consumer {
          * partitions back), or NULL; and whether it is incremental. */
         rd_kafka_topic_partition_list_t *c_revoking;
         int c_revoking_coop;
+        /* An incremental unassign was made and the assignment that follows
+         * it (the group's next round) has not come yet. */
+        int c_await_assign;
         int c_closing;
         int c_hold_assigned; /* consumer_hold_assigned() */
         int c_group_consumer; /* group.protocol=consumer (KIP-848) */
@@ -403,6 +406,7 @@ static void consumer_unassign(consumer_t *c,
 
         if (cooperative) {
                 error = rd_kafka_incremental_unassign(c->c_rk, parts);
+                c->c_await_assign = !c->c_closing;
                 /* Under the classic protocol a second round follows; a
                  * commit sent before it ends fails with an old generation,
                  * and librdkafka before 2.10 then drops the whole
@@ -470,6 +474,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 LOG(LL_INFO,
                     "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq.mq_topic, parts->cnt, cooperative);
+                c->c_await_assign = 0;
                 /* Before the assignment: once fetching starts, librdkafka
                  * forwards a partition queue the application has not. */
                 if (c->c_hold_assigned)
@@ -1241,6 +1246,10 @@ int consumer_commit(consumer_t *c,
 
 const char *consumer_fatal(const consumer_t *c) {
         return c->c_fatal;
+}
+
+int consumer_awaits_assignment(const consumer_t *c) {
+        return c && c->c_rk && c->c_await_assign;
 }
 
 int consumer_rebalancing(const consumer_t *c) {

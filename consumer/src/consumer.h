@@ -101,6 +101,12 @@ int consumer_commit(consumer_t *c,
                     const rd_kafka_topic_partition_list_t *offsets,
                     int wait_ms);
 
+/* @returns non-zero after an incremental unassign until the assignment
+ * callback that follows it (the group's next round). Closing the consumer in
+ * between can leave librdkafka's closing unassign waiting for ever (seen
+ * under the classic protocol on 2.14: its issues 4527 and 4884). */
+int consumer_awaits_assignment(const consumer_t *c);
+
 /* @returns non-zero between the two rounds of a classic cooperative
  * rebalance on librdkafka before 2.10, when an async commit would only fail
  * and make librdkafka treat the assignment as lost; always 0 under KIP-848

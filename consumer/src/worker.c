@@ -31,6 +31,9 @@
 #define WORKER_IDLE_WAIT_MS 1000
 /* How often a drain (revoke, shutdown) re-checks what is left. */
 #define WORKER_DRAIN_STEP_MS 50
+/* The longest a stopping worker waits for the group's round after a revoke
+ * before it closes its consumers (worker_settle_before_close()). */
+#define WORKER_SETTLE_MAX_MS 3000
 /* Shortest gap between commits asked for early by back-pressure. */
 #define WORKER_COMMIT_MIN_GAP_MS 20
 
@@ -2370,6 +2373,29 @@ static const char *worker_consumer_fatal(const worker_t *w) {
         return NULL;
 }
 
+/* Waits, running the loop, until no consumer is between an incremental
+ * unassign and the assignment that follows it (a revoke emptied while
+ * stopping), for at most half of what is left of shutdown.timeout.ms and
+ * WORKER_SETTLE_MAX_MS: closed in between, librdkafka's closing unassign
+ * could wait for ever. */
+static void worker_settle_before_close(worker_t *w) {
+        int left = worker_stop_left_ms(w) / 2;
+        int64_t until =
+                loop_clock_ms() +
+                (left < WORKER_SETTLE_MAX_MS ? left : WORKER_SETTLE_MAX_MS);
+
+        for (;;) {
+                int waiting = 0;
+
+                for (int t = 0; t < w->w_topic_cnt; t++)
+                        waiting |= consumer_awaits_assignment(
+                                w->w_topics[t].wt_consumer);
+                if (!waiting || loop_clock_ms() >= until)
+                        return;
+                loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
+        }
+}
+
 int worker_run(worker_t *w) {
         size_t left;
         int fatal;
@@ -2408,6 +2434,7 @@ int worker_run(worker_t *w) {
                 worker_revoke_finish(w, &w->w_topics[t]);
                 worker_commit(w, &w->w_topics[t], NULL, 0);
         }
+        worker_settle_before_close(w);
         /* Its thread reads committed offsets through the consumers. */
         recall_destroy(w->w_recall);
         w->w_recall = NULL;

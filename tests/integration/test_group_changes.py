@@ -153,13 +153,15 @@ def test_a_revoke_during_shutdown_waits_for_the_sends_under_way(kafka, capture_s
     server = capture_server(delay_data=4)
     n = 40
     conf = cfg(kafka, topics, server.url, inflight_max=n, smtp_sessions_max=n)
-    w1 = start_group(worker, conf, ["w1"])[0]
+    w1 = worker(conf, {"worker.id": "w1"}, name="w1")
+    w1.wait_log(f'results read at assignment" topic={topics.requests} ', timeout=60)
     kafka.produce(topics.requests, make_requests(n))
     time.sleep(1.5)  # consumed and sent; the relay answers the end of DATA after 4 s
     assert kafka.count(topics.results) == 0, "the sends were still under way"
     w1.send_signal(signal.SIGTERM)
     w2 = worker(conf, {"worker.id": "w2"}, name="w2")
     assert w1.proc.wait(timeout=40) == 0, w1.log_tail()
+    assert f'msg="stopping: draining in-flight sends" inflight={n}' in w1.log(), w1.log()
     w2.wait_log("results read at assignment", timeout=60)
     kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=60)
     stop_within(w2, conf, "w2")  # what it sends it finishes: a repeat arrives before
