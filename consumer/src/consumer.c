@@ -128,8 +128,8 @@ struct consumer {
          * partitions back), or NULL; and whether it is incremental. */
         rd_kafka_topic_partition_list_t *c_revoking;
         int c_revoking_coop;
-        /* An incremental unassign was made and the assignment that follows
-         * it (the group's next round) has not come yet. */
+        /* An incremental unassign was made and the assignment callback
+         * librdkafka serves after it has not come yet. */
         int c_await_assign;
         int c_closing;
         int c_hold_assigned; /* consumer_hold_assigned() */
@@ -406,7 +406,7 @@ static void consumer_unassign(consumer_t *c,
 
         if (cooperative) {
                 error = rd_kafka_incremental_unassign(c->c_rk, parts);
-                c->c_await_assign = !c->c_closing;
+                c->c_await_assign = !error && !c->c_closing;
                 /* Under the classic protocol a second round follows; a
                  * commit sent before it ends fails with an old generation,
                  * and librdkafka before 2.10 then drops the whole
@@ -1104,6 +1104,22 @@ void consumer_close(consumer_t *c, int timeout_ms) {
         if (c->c_rk) {
                 /* A revoke still being emptied: the close waits for it. */
                 consumer_revoke_done(c);
+                if (c->c_await_assign) {
+                        /* Closed now, librdkafka's closing unassign could
+                         * wait for ever (consumer_awaits_assignment()): the
+                         * handle goes without leaving the group. */
+                        LOG(LL_WARN,
+                            "consumer closed between an unassign and the "
+                            "assignment after it, without leaving the group: "
+                            "its partitions move when the member's session "
+                            "times out topic=%s",
+                            c->c_mq.mq_topic);
+                        rd_kafka_destroy_flags(
+                                c->c_rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+                        c->c_rk = NULL;
+                }
+        }
+        if (c->c_rk) {
                 /* Leaves the group, serving the final revoke through the
                  * rebalance callback, for at most @timeout_ms: with Kafka
                  * away rd_kafka_consumer_close() waited 40 s. */

@@ -102,9 +102,10 @@ int consumer_commit(consumer_t *c,
                     int wait_ms);
 
 /* @returns non-zero after an incremental unassign until the assignment
- * callback that follows it (the group's next round). Closing the consumer in
- * between can leave librdkafka's closing unassign waiting for ever (seen
- * under the classic protocol on 2.14: its issues 4527 and 4884). */
+ * callback librdkafka serves after it (at once, with what is left). Closing
+ * the consumer in between was seen to leave librdkafka's closing unassign
+ * waiting for ever (classic protocol, 2.14: its issues 4527 and 4884), so
+ * consumer_close() then drops the handle without leaving the group. */
 int consumer_awaits_assignment(const consumer_t *c);
 
 /* @returns non-zero between the two rounds of a classic cooperative

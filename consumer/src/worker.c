@@ -1436,6 +1436,17 @@ static int worker_stop_drain_left_ms(const worker_t *w) {
         return left > 0 ? left : 0;
 }
 
+/* @returns how long a revoke that comes while the worker is stopping may
+ * be emptied: rebalance.drain.timeout.ms, within what is left of the stop's
+ * drain. */
+static int worker_revoke_stopping_ms(const worker_t *w) {
+        int left = worker_stop_drain_left_ms(w);
+
+        return left < w->w_conf->rebalance_drain_timeout_ms
+                       ? left
+                       : w->w_conf->rebalance_drain_timeout_ms;
+}
+
 /* @returns how long a synchronous commit may wait for its answer:
  * commit.timeout.ms, and on SIGTERM no longer than shutdown.timeout.ms
  * allows. */
@@ -1933,7 +1944,7 @@ static void worker_on_revoke(void *opaque,
                  * under way would be consumed again by the next owner. */
                 worker_drain_start(
                         w, &rv->rv_drain, parts,
-                        w->w_stopping ? worker_stop_drain_left_ms(w)
+                        w->w_stopping ? worker_revoke_stopping_ms(w)
                                       : w->w_conf->rebalance_drain_timeout_ms,
                         1);
                 loop_timer_start(w->w_loop, &rv->rv_timer, 0);
@@ -2373,27 +2384,35 @@ static const char *worker_consumer_fatal(const worker_t *w) {
         return NULL;
 }
 
-/* Waits, running the loop, until no consumer is between an incremental
- * unassign and the assignment that follows it (a revoke emptied while
- * stopping), for at most half of what is left of shutdown.timeout.ms and
- * WORKER_SETTLE_MAX_MS: closed in between, librdkafka's closing unassign
- * could wait for ever. */
+/* @returns whether a consumer of @w is emptying a revoke, or is between an
+ * incremental unassign and the assignment callback after it. */
+static int worker_consumers_moving(const worker_t *w) {
+        for (int t = 0; t < w->w_topic_cnt; t++) {
+                const consumer_t *c = w->w_topics[t].wt_consumer;
+
+                if ((c && consumer_revoking_parts(c)) ||
+                    consumer_awaits_assignment(c))
+                        return 1;
+        }
+        return 0;
+}
+
+/* Before the consumers close: runs the loop until none is emptying a revoke
+ * (one may come during the drain's last commits) or waiting for the
+ * assignment callback after its unassign, for at most half of what is left
+ * of shutdown.timeout.ms and WORKER_SETTLE_MAX_MS; then finishes what is
+ * still being emptied. Closed in between, librdkafka's closing unassign was
+ * seen to wait for ever (consumer_awaits_assignment()). */
 static void worker_settle_before_close(worker_t *w) {
         int left = worker_stop_left_ms(w) / 2;
         int64_t until =
                 loop_clock_ms() +
                 (left < WORKER_SETTLE_MAX_MS ? left : WORKER_SETTLE_MAX_MS);
 
-        for (;;) {
-                int waiting = 0;
-
-                for (int t = 0; t < w->w_topic_cnt; t++)
-                        waiting |= consumer_awaits_assignment(
-                                w->w_topics[t].wt_consumer);
-                if (!waiting || loop_clock_ms() >= until)
-                        return;
+        while (worker_consumers_moving(w) && loop_clock_ms() < until)
                 loop_run_once(w->w_loop, WORKER_DRAIN_STEP_MS);
-        }
+        for (int t = 0; t < w->w_topic_cnt; t++)
+                worker_revoke_finish(w, &w->w_topics[t]);
 }
 
 int worker_run(worker_t *w) {

@@ -16,12 +16,13 @@ import os
 import random
 import signal
 import time
+from datetime import datetime
 
 import pytest
 
 from harness import (Kafka, Supervisor, Topics, captured_mids, fast_group, final_by_id,
-                     librdkafka_version, make_requests, make_tmpdir, unknown_outcomes,
-                     wait_for)
+                     librdkafka_version, make_requests, make_tmpdir, parse_logfmt,
+                     unknown_outcomes, wait_for)
 from test_faults import assert_all_sent_once_or_more, cfg
 
 pytestmark = [pytest.mark.needs_worker, pytest.mark.needs_tools, pytest.mark.slow]
@@ -144,19 +145,19 @@ def test_rolling_restart_with_retries_waiting_repeats_nothing(kafka, capture_ser
 
 
 def test_a_revoke_during_shutdown_waits_for_the_sends_under_way(kafka, capture_server, worker):
-    """A worker stopping (SIGTERM) with sends under way at a slow relay, while another
+    """A worker stopping (SIGTERM) with sends under way at a slow relay (8 s), while another
     joins: the group revokes half the partitions during the stopping worker's drain.
     The revoke waits for their sends like the drain does (up to shutdown.timeout.ms)
     and commits after them, so the partitions' next owner sends none of them again;
     released at once, their sends would be consumed again by the new worker."""
     topics = Topics.new(partitions=4).create(kafka)
-    server = capture_server(delay_data=4)
+    server = capture_server(delay_data=8)
     n = 40
     conf = cfg(kafka, topics, server.url, inflight_max=n, smtp_sessions_max=n)
     w1 = worker(conf, {"worker.id": "w1"}, name="w1")
     w1.wait_log(f'results read at assignment" topic={topics.requests} ', timeout=60)
     kafka.produce(topics.requests, make_requests(n))
-    time.sleep(1.5)  # consumed and sent; the relay answers the end of DATA after 4 s
+    time.sleep(1.5)  # consumed and sent; the relay answers the end of DATA after 8 s
     assert kafka.count(topics.results) == 0, "the sends were still under way"
     w1.send_signal(signal.SIGTERM)
     w2 = worker(conf, {"worker.id": "w2"}, name="w2")
@@ -172,8 +173,15 @@ def test_a_revoke_during_shutdown_waits_for_the_sends_under_way(kafka, capture_s
     print(f"repeated sends={repeats(server)}; w1's revokes of {topics.requests}: "
           f"{len(revoked)}")
     assert len(revoked) >= 2, f"a revoke came during the drain, before the close:\n{w1.log()}"
+    first_mail = min(datetime.fromisoformat(m.meta["received_at"]) for m in server.messages())
+    assert log_time(revoked[0]) < first_mail, "the revoke came while the sends were under way"
     assert repeats(server) == 0, repeated(server)
     assert "still had sends in flight" not in w1.log(), w1.log_tail()
+
+
+def log_time(line):
+    """The time stamp of a worker's log line (ts=...Z)."""
+    return datetime.fromisoformat(parse_logfmt(line)["ts"].replace("Z", "+00:00"))
 
 
 def round_to(x):

@@ -1278,6 +1278,25 @@ static void test_mail_parameters_follow_the_message_bytes(void **state) {
         assert_outcome(&f->jobs[2], SMTP_OK, 250, "2.0.0 queued as C");
 }
 
+/* 8-bit text goes without BODY=8BITMIME to a relay that does not offer it
+ * (RFC 6152: the parameter is only for one that does). */
+static void test_no_body_parameter_where_8bitmime_is_not_offered(void **state) {
+        struct fx *f = *state;
+        const struct peer_step script[] = {
+                OPEN("250-peer.test\r\n250 PIPELINING\r\n"),
+                TXN1_PIPELINED,
+                SEND("250 ok\r\n250 ok\r\n354 go\r\n"),
+                DATA,
+                SEND("250 2.0.0 queued as A\r\n"),
+                BYE,
+                END,
+        };
+
+        fx_job(f, 0, rcpt1, BODY_8BIT);
+        fx_run(f, script, 1);
+        assert_outcome(&f->jobs[0], SMTP_OK, 250, "2.0.0 queued as A");
+}
+
 static void
 test_a_utf8_header_fails_where_smtputf8_is_not_offered(void **state) {
         struct fx *f = *state;
@@ -1835,6 +1854,7 @@ int main(void) {
                 T(test_size_is_declared_and_a_larger_message_refused_locally),
                 T(test_mail_parameters_follow_the_message_bytes),
                 T(test_a_utf8_header_fails_where_smtputf8_is_not_offered),
+                T(test_no_body_parameter_where_8bitmime_is_not_offered),
                 T(test_the_next_transaction_follows_the_final_dot_in_one_write),
                 T(test_a_refused_final_dot_leaves_the_pipelined_next_unharmed),
                 T(test_421_at_the_final_dot_requeues_the_pipelined_next),
