@@ -194,6 +194,11 @@ static const struct config_key config_keys[] = {
             "long since Kafka answered (a Kafka client stuck after an outage): "
             "the worker stops as on SIGTERM and exits with status 3, for its "
             "supervisor to start it anew, 0 = never"),
+        INT("results.stall.ms", results_stall_ms, "60000", 0, 86400000,
+            "records handed to the results producer and no delivery report "
+            "for this long since Kafka answered (a producer stuck after an "
+            "outage): the producer is replaced by a new one that takes over "
+            "its records, 0 = never"),
         INT("stall.warn.ms", stall_warn_ms, "30000", 0, 3600000,
             "requests held with nothing consumed, finished or committed for "
             "this long: a warning with what the worker waits on, again every "

@@ -169,6 +169,7 @@ struct config {
         int commit_interval_ms; /* commit.interval.ms */
         int commit_timeout_ms; /* commit.timeout.ms */
         int commit_stall_exit_ms; /* commit.stall.exit.ms */
+        int results_stall_ms; /* results.stall.ms */
         int fetch_nudge_ms; /* fetch.nudge.ms, -1 = by librdkafka version */
         int fetch_stall_ms; /* fetch.stall.ms */
         int rebalance_drain_timeout_ms; /* rebalance.drain.timeout.ms */

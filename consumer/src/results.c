@@ -61,10 +61,24 @@ struct backlog {
         int tries;
 };
 
+/* One librdkafka producer: the results' own, and the one it replaced
+ * (results_renew()) until it has given back what it held. */
+struct results_client {
+        rd_kafka_t *rk;
+        rd_kafka_queue_t *mainq;
+        /* Handles of the three topics, made at start so that librdkafka
+         * fetches their metadata before the first result: on first use it
+         * took about 0.5 s, which held the first sends' offsets that long. */
+        rd_kafka_topic_t *rkt[3];
+};
+
 struct results {
         loop_t *r_loop;
-        rd_kafka_t *r_rk;
-        rd_kafka_queue_t *r_mainq;
+        const struct config *r_conf;
+        struct results_client r_client;
+        struct results_client r_old; /* rk NULL: none */
+        uint64_t r_reports; /* delivery reports served */
+        int r_renewals; /* results_renew() calls */
         int r_pipe[2]; /* librdkafka writes here when reports are queued */
         struct log_repeat r_errors; /* log.repeat.ms */
         loop_timer_t r_timer;
@@ -73,10 +87,6 @@ struct results {
         char *r_topic_results;
         char *r_topic_deadletter;
         char *r_topic_retry;
-        /* Handles of the three topics, made at start so that librdkafka
-         * fetches their metadata before the first result: on first use it
-         * took about 0.5 s, which held the first sends' offsets that long. */
-        rd_kafka_topic_t *r_rkt[3];
         char *r_relay;
         char *r_worker;
         struct backlog *r_backlog_head;
@@ -93,6 +103,8 @@ struct results {
          * to the next unless it grew past RESULTS_FMT_KEEP. */
         struct dynbuf r_fmt;
 };
+
+static void results_old_check(results_t *r);
 
 static const char *const status_names[] = {"sent", "failed", "rejected",
                                            "expired"};
@@ -186,7 +198,7 @@ results_produce(results_t *r, const char *topic, int32_t partition,
                 vu[n].vtype = RD_KAFKA_VTYPE_HEADERS;
                 vu[n++].u.headers = headers;
         }
-        error = rd_kafka_produceva(r->r_rk, vu, n);
+        error = rd_kafka_produceva(r->r_client.rk, vu, n);
         if (error) {
                 err = rd_kafka_error_code(error);
                 rd_kafka_error_destroy(error);
@@ -434,13 +446,28 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         rd_kafka_headers_t *copy = NULL;
         const char *topic = rd_kafka_topic_name(m->rkt);
 
-        (void)rk;
         r->r_inflight--;
+        r->r_reports++;
         if (!m->err) {
                 if (m->partition >= 0 && m->offset >= 0 &&
                     results_kind_of(r, topic) == REC_RESULT)
                         results_note_end(r, m->partition, m->offset + 1);
                 r->r_ack_cb(m->_private);
+                return;
+        }
+        if (rk != r->r_client.rk || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+            m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+                /* Given back by the producer results_renew() replaced:
+                 * offered to the new one at once, as it was. */
+                if (rd_kafka_message_headers(m, &hdrs) ==
+                    RD_KAFKA_RESP_ERR_NO_ERROR)
+                        copy = rd_kafka_headers_copy(hdrs);
+                results_backlog_add(r, results_kind_of(r, topic), topic,
+                                    results_kind_of(r, topic) == REC_RESULT
+                                            ? m->partition
+                                            : RD_KAFKA_PARTITION_UA,
+                                    m->key, m->key_len, m->payload, m->len,
+                                    copy, m->_private);
                 return;
         }
         /* Not stored: the request stays uncommitted until a copy is. */
@@ -466,6 +493,14 @@ static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
         char fatal[512];
         unsigned long held;
 
+        if (rk != r->r_client.rk) {
+                /* The producer results_renew() replaced: nothing of it
+                 * matters but the records it gives back. */
+                LOG(LL_DEBUG,
+                    "replaced results producer error err=%s reason=%s",
+                    rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+                return;
+        }
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 kstatus_error(r->r_ks, loop_clock_ms(), "results producer",
                               rd_kafka_fatal_error(rk, fatal, sizeof(fatal)),
@@ -490,7 +525,8 @@ int results_fatal(const results_t *r) {
 }
 
 void results_poll(results_t *r) {
-        rd_kafka_poll(r->r_rk, 0);
+        rd_kafka_poll(r->r_client.rk, 0);
+        results_old_check(r);
         if (r->r_backlog_head)
                 results_backlog_drain(r);
 }
@@ -529,9 +565,10 @@ static int results_conf_has(const struct config *conf, const char *key) {
         return 0;
 }
 
-results_t *results_new(loop_t *loop, const struct config *conf,
-                       results_ack_cb *ack_cb, results_ack_cb *nack_cb,
-                       kstatus_t *ks, char *errstr, size_t errstr_size) {
+/* Makes a producer for @r into @c: the settings, callbacks, the wake-up
+ * of the loop and the topics' handles. @returns 0, or -1 with @errstr. */
+static int results_client_new(results_t *r, struct results_client *c,
+                              char *errstr, size_t errstr_size) {
         /* Defaults first; kafka.* settings may replace any of them except
          * idempotence, which the contract needs. */
         static const char *const defaults[][2] = {
@@ -540,11 +577,73 @@ results_t *results_new(loop_t *loop, const struct config *conf,
                 {"queue.buffering.max.messages", "1000000"},
                 {"compression.type", "lz4"},
         };
-        rd_kafka_conf_t *kc = NULL;
-        results_t *r = NULL;
+        const struct config *conf = r->r_conf;
+        const char *topics[] = {r->r_topic_results, r->r_topic_deadletter,
+                                r->r_topic_retry};
+        rd_kafka_conf_t *kc = rd_kafka_conf_new();
         char rderr[512];
 
-        r = calloc(1, sizeof(*r));
+        memset(c, 0, sizeof(*c));
+        if (kconf_set_table(kc, RESULTS_SCOPE, defaults,
+                            sizeof(defaults) / sizeof(defaults[0]), errstr,
+                            errstr_size) ||
+            kconf_set_kvs(kc, RESULTS_SCOPE, conf->kafka_producer,
+                          conf->kafka_producer_cnt, results_conf_takes, errstr,
+                          errstr_size) ||
+            kconf_set(kc, RESULTS_SCOPE, "enable.idempotence", "true", errstr,
+                      errstr_size))
+                goto fail;
+        if (!results_conf_has(conf, "message.max.bytes")) {
+                /* Room for the dead-letter copy or retry record of the
+                 * largest request accepted (a retry record escapes it). */
+                long max = 2L * conf->request_max_bytes + 65536;
+                char num[32];
+
+                snprintf(num, sizeof(num), "%ld",
+                         max < 1000000 ? 1000000 : max);
+                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num,
+                              errstr, errstr_size))
+                        goto fail;
+        }
+        rd_kafka_conf_set_dr_msg_cb(kc, results_dr_cb);
+        rd_kafka_conf_set_error_cb(kc, results_error_cb);
+        rd_kafka_conf_set_log_cb(kc, log_rdkafka);
+        rd_kafka_conf_set_opaque(kc, r);
+
+        c->rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, rderr, sizeof(rderr));
+        if (!c->rk) {
+                snprintf(errstr, errstr_size, "results producer: %s", rderr);
+                goto fail;
+        }
+        c->mainq = rd_kafka_queue_get_main(c->rk);
+        rd_kafka_queue_io_event_enable(c->mainq, r->r_pipe[1], "1", 1);
+        for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
+                c->rkt[i] = rd_kafka_topic_new(c->rk, topics[i], NULL);
+        return 0;
+
+fail:
+        rd_kafka_conf_destroy(kc);
+        return -1;
+}
+
+static void results_client_destroy(struct results_client *c) {
+        if (c->mainq) {
+                rd_kafka_queue_io_event_enable(c->mainq, -1, NULL, 0);
+                rd_kafka_queue_destroy(c->mainq);
+        }
+        for (size_t i = 0; i < sizeof(c->rkt) / sizeof(c->rkt[0]); i++)
+                if (c->rkt[i])
+                        rd_kafka_topic_destroy(c->rkt[i]);
+        if (c->rk)
+                rd_kafka_destroy(c->rk);
+        memset(c, 0, sizeof(*c));
+}
+
+results_t *results_new(loop_t *loop, const struct config *conf,
+                       results_ack_cb *ack_cb, results_ack_cb *nack_cb,
+                       kstatus_t *ks, char *errstr, size_t errstr_size) {
+        results_t *r = calloc(1, sizeof(*r));
+
         if (!r) {
                 snprintf(errstr, errstr_size, "out of memory");
                 return NULL;
@@ -552,6 +651,7 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         r->r_pipe[0] = r->r_pipe[1] = -1;
         dynbuf_init(&r->r_fmt, RESULTS_RECORD_MAX);
         r->r_loop = loop;
+        r->r_conf = conf;
         r->r_ks = ks;
         r->r_ack_cb = ack_cb;
         r->r_nack_cb = nack_cb;
@@ -563,73 +663,79 @@ results_t *results_new(loop_t *loop, const struct config *conf,
         r->r_relay =
                 strdup(conf->smtp_url); /* config refuses credentials in it */
         if (!r->r_topic_results || !r->r_topic_deadletter ||
-            !r->r_topic_retry || !r->r_worker || !r->r_relay)
+            !r->r_topic_retry || !r->r_worker || !r->r_relay) {
+                snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
-
-        kc = rd_kafka_conf_new();
-        if (kconf_set_table(kc, RESULTS_SCOPE, defaults,
-                            sizeof(defaults) / sizeof(defaults[0]), errstr,
-                            errstr_size) ||
-            kconf_set_kvs(kc, RESULTS_SCOPE, conf->kafka_producer,
-                          conf->kafka_producer_cnt, results_conf_takes, errstr,
-                          errstr_size))
-                goto fail_set;
-        if (kconf_set(kc, RESULTS_SCOPE, "enable.idempotence", "true", errstr,
-                      errstr_size))
-                goto fail_set;
-        if (!results_conf_has(conf, "message.max.bytes")) {
-                /* Room for the dead-letter copy or retry record of the
-                 * largest request accepted (a retry record escapes it). */
-                long max = 2L * conf->request_max_bytes + 65536;
-                char num[32];
-
-                snprintf(num, sizeof(num), "%ld",
-                         max < 1000000 ? 1000000 : max);
-                if (kconf_set(kc, RESULTS_SCOPE, "message.max.bytes", num,
-                              errstr, errstr_size))
-                        goto fail_set;
         }
-        rd_kafka_conf_set_dr_msg_cb(kc, results_dr_cb);
-        rd_kafka_conf_set_error_cb(kc, results_error_cb);
-        rd_kafka_conf_set_log_cb(kc, log_rdkafka);
-        rd_kafka_conf_set_opaque(kc, r);
-
-        r->r_rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, rderr, sizeof(rderr));
-        if (!r->r_rk) {
-                snprintf(errstr, errstr_size, "results producer: %s", rderr);
-                goto fail_set;
-        }
-        kc = NULL; /* owned by r_rk now */
-
         if (pipe2(r->r_pipe, O_NONBLOCK | O_CLOEXEC) == -1) {
                 snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail_set;
+                goto fail;
         }
-        r->r_mainq = rd_kafka_queue_get_main(r->r_rk);
-        rd_kafka_queue_io_event_enable(r->r_mainq, r->r_pipe[1], "1", 1);
+        if (results_client_new(r, &r->r_client, errstr, errstr_size))
+                goto fail;
         if (loop_io_add(loop, r->r_pipe[0], LOOP_READ, results_on_pipe, r)) {
                 snprintf(errstr, errstr_size, "loop: %s", strerror(errno));
-                goto fail_set;
-        }
-        {
-                const char *topics[] = {r->r_topic_results,
-                                        r->r_topic_deadletter,
-                                        r->r_topic_retry};
-
-                for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
-                        r->r_rkt[i] =
-                                rd_kafka_topic_new(r->r_rk, topics[i], NULL);
+                goto fail;
         }
         loop_timer_start(loop, &r->r_timer, RESULTS_POLL_MS);
         return r;
 
 fail:
-        snprintf(errstr, errstr_size, "out of memory");
-fail_set:
-        if (kc)
-                rd_kafka_conf_destroy(kc);
         results_destroy(r, 0);
         return NULL;
+}
+
+/* Gives up the producer replaced by results_renew() once it holds nothing:
+ * what it held came back as delivery reports (purged) and was offered to
+ * the new one. */
+static void results_old_check(results_t *r) {
+        if (!r->r_old.rk)
+                return;
+        rd_kafka_poll(r->r_old.rk, 0);
+        if (rd_kafka_outq_len(r->r_old.rk) > 0)
+                return;
+        results_client_destroy(&r->r_old);
+        LOG(LL_INFO, "replaced results producer closed");
+}
+
+int results_renew(results_t *r, char *errstr, size_t errstr_size) {
+        struct results_client c;
+        int held;
+
+        if (r->r_old.rk) {
+                snprintf(errstr, errstr_size,
+                         "the producer replaced before still holds %d "
+                         "records",
+                         rd_kafka_outq_len(r->r_old.rk));
+                return -1;
+        }
+        if (results_client_new(r, &c, errstr, errstr_size))
+                return -1;
+        held = rd_kafka_outq_len(r->r_client.rk);
+        r->r_old = r->r_client;
+        r->r_client = c;
+        /* Each record it held comes back with a delivery report saying so
+         * (results_dr_cb()) and goes to the new producer; one that was
+         * under way may be stored twice. */
+        rd_kafka_purge(r->r_old.rk, RD_KAFKA_PURGE_F_QUEUE |
+                                            RD_KAFKA_PURGE_F_INFLIGHT |
+                                            RD_KAFKA_PURGE_F_NON_BLOCKING);
+        r->r_renewals++;
+        LOG(LL_INFO, "results producer replaced held=%d", held);
+        results_old_check(r);
+        return 0;
+}
+
+uint64_t results_reports(const results_t *r) {
+        return r->r_reports;
+}
+
+size_t results_unreported(const results_t *r) {
+        return r->r_inflight;
+}
+
+int results_renewals(const results_t *r) {
+        return r->r_renewals;
 }
 
 void results_destroy(results_t *r, int timeout_ms) {
@@ -638,34 +744,27 @@ void results_destroy(results_t *r, int timeout_ms) {
 
         if (!r)
                 return;
-        if (r->r_rk) {
+        if (r->r_client.rk) {
                 deadline = loop_clock_ms() + timeout_ms;
                 while ((r->r_backlog_head || r->r_inflight) &&
                        loop_clock_ms() < deadline) {
+                        results_old_check(r);
                         results_backlog_drain(r);
-                        rd_kafka_poll(r->r_rk, 50);
+                        rd_kafka_poll(r->r_client.rk, 50);
                 }
-                if (r->r_backlog_cnt || rd_kafka_outq_len(r->r_rk) > 0)
+                if (r->r_backlog_cnt || r->r_inflight > 0)
                         LOG(LL_WARN,
                             "results not acknowledged at exit (their "
                             "requests stay uncommitted) count=%zu",
-                            r->r_backlog_cnt +
-                                    (size_t)rd_kafka_outq_len(r->r_rk));
+                            r->r_backlog_cnt + r->r_inflight);
         }
         loop_timer_stop(r->r_loop, &r->r_timer);
         if (r->r_pipe[0] != -1) {
                 loop_io_del(r->r_loop, r->r_pipe[0]);
                 close(r->r_pipe[0]);
         }
-        if (r->r_mainq) {
-                rd_kafka_queue_io_event_enable(r->r_mainq, -1, NULL, 0);
-                rd_kafka_queue_destroy(r->r_mainq);
-        }
-        for (size_t i = 0; i < sizeof(r->r_rkt) / sizeof(r->r_rkt[0]); i++)
-                if (r->r_rkt[i])
-                        rd_kafka_topic_destroy(r->r_rkt[i]);
-        if (r->r_rk)
-                rd_kafka_destroy(r->r_rk);
+        results_client_destroy(&r->r_old);
+        results_client_destroy(&r->r_client);
         if (r->r_pipe[1] != -1)
                 close(r->r_pipe[1]);
         while ((b = r->r_backlog_head) != NULL) {

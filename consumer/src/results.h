@@ -124,6 +124,24 @@ int64_t results_end(const results_t *r, int32_t partition);
  * those still waiting to be handed over. */
 size_t results_pending(const results_t *r);
 
+/* @returns how many delivery reports (acknowledged or not) were served so
+ * far: the worker's watch on a producer that stopped answering. */
+uint64_t results_reports(const results_t *r);
+
+/* @returns the records handed to librdkafka with no delivery report yet. */
+size_t results_unreported(const results_t *r);
+
+/* Replaces the producer by a new one (results.stall.ms: one that has given no
+ * delivery report for that long while Kafka answers is taken to be stuck).
+ * What the old one held is purged from it and offered to the new one; a
+ * record that was under way may be stored twice. @returns 0, or -1 with
+ * @errstr when no new producer could be made or the one replaced before
+ * still holds records (the worker then stops). */
+int results_renew(results_t *r, char *errstr, size_t errstr_size);
+
+/* @returns how many times results_renew() replaced the producer. */
+int results_renewals(const results_t *r);
+
 /* Serves delivery reports now (also done on the loop by itself). */
 void results_poll(results_t *r);
 

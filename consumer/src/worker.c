@@ -213,6 +213,11 @@ struct worker {
         volatile sig_atomic_t w_stop;
         int w_exit_status; /* worker_run()'s, when not 0 */
         int64_t w_kafka_answered_ms; /* when Kafka was last seen ready */
+        /* results.stall.ms (worker_watch_results()): the producer's
+         * delivery reports at the last look, and since when records waited
+         * with none served (0: not so) */
+        uint64_t w_results_reports_seen;
+        int64_t w_results_stuck_ms;
         int w_stopping;
         int64_t w_stop_deadline_ms; /* loop_clock_ms() by which to exit */
 
@@ -1678,6 +1683,48 @@ static void worker_watch_commits(worker_t *w, int64_t now) {
         }
 }
 
+/*
+ * results.stall.ms: records handed to the results producer and no delivery
+ * report for that long, counted from a moment Kafka answered, mean a
+ * producer that will not recover by itself (seen once: librdkafka 2.14's
+ * idempotent producer after a 25 s outage, 200 results unacknowledged for
+ * minutes while everything else worked). Its requests would stay held and
+ * uncommitted for ever. A new producer takes over its records; no mail is
+ * sent again. When that cannot be done the worker stops as on SIGTERM and
+ * exits with status 3.
+ */
+static void worker_watch_results(worker_t *w, int64_t now) {
+        int limit = w->w_conf->results_stall_ms;
+        uint64_t reports = results_reports(w->w_results);
+        size_t waiting = results_unreported(w->w_results);
+        char errstr[256];
+
+        if (limit == 0 || w->w_stop || waiting == 0 ||
+            reports != w->w_results_reports_seen) {
+                w->w_results_reports_seen = reports;
+                w->w_results_stuck_ms = 0;
+                return;
+        }
+        if (w->w_results_stuck_ms == 0 && w->w_kafka_answered_ms == now)
+                w->w_results_stuck_ms = now;
+        if (w->w_results_stuck_ms == 0 || now - w->w_results_stuck_ms < limit)
+                return;
+        w->w_results_stuck_ms = 0;
+        LOG(LL_ERROR,
+            "no delivery report from the results producer for "
+            "results.stall.ms (%d ms) while Kafka answers: replacing it "
+            "records=%zu",
+            limit, waiting);
+        if (results_renew(w->w_results, errstr, sizeof(errstr)) == 0)
+                return;
+        LOG(LL_ERROR,
+            "results producer not replaced: stopping, for the worker to be "
+            "started anew (exit status 3) reason=%s",
+            errstr);
+        w->w_exit_status = 3;
+        worker_stop(w);
+}
+
 static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         worker_t *w = opaque;
 
@@ -1687,6 +1734,7 @@ static void worker_on_commit_timer(loop_t *loop, void *opaque) {
         if (kstatus_ready(w->w_kstatus, loop_clock_ms(), NULL, NULL, 0))
                 w->w_kafka_answered_ms = loop_now_ms(loop);
         worker_watch_commits(w, loop_now_ms(loop));
+        worker_watch_results(w, loop_now_ms(loop));
         w->w_last_commit_ms = loop_now_ms(loop);
         if (w->w_with_deadline > 0)
                 worker_expire_waiting(w);
@@ -2152,6 +2200,11 @@ static void worker_render_metrics(metrics_out_t *out, void *opaque) {
         metrics_sample(out, "kafka_mailer_results_unacknowledged", "gauge",
                        "result records not yet acknowledged by Kafka", NULL,
                        (double)results_pending(w->w_results));
+        metrics_sample(out, "kafka_mailer_results_producer_replaced_total",
+                       "counter",
+                       "results producers replaced after results.stall.ms "
+                       "with no delivery report while Kafka answered",
+                       NULL, (double)results_renewals(w->w_results));
         metrics_sample(out, "kafka_mailer_smtp_sessions", "gauge",
                        "SMTP sessions open (connecting or connected)", NULL,
                        (double)ss.sessions_open);

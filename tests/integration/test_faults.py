@@ -298,6 +298,187 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
             sup.stop()
 
 
+class ProduceHoldingProxy:
+    """A TCP proxy in front of a broker (which advertises the proxy's address, so every
+    client connection goes through it) that can hold every Produce request on the
+    connections open at one moment: they never reach the broker and are never answered,
+    while everything else on them, and every connection opened later, works. So a
+    producer looks stuck on its connections (no delivery report for ever) while Kafka
+    answers the rest of the worker, as a results producer stuck after an outage did.
+    Every thread and socket is bounded by timeouts and stopped by stop()."""
+
+    PRODUCE = 0
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.target = None  # the broker's port, set once it runs
+        self.lock = threading.Lock()
+        self.conns = []  # [client socket, broker socket, {"hold": bool}]
+        self.held = 0
+        self.running = True
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def hold_open_connections(self):
+        with self.lock:
+            for c in self.conns:
+                c[2]["hold"] = True
+
+    def _accept(self):
+        while self.running:
+            try:
+                client, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.target is None:
+                client.close()
+                continue
+            try:
+                broker = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for x in (client, broker):
+                x.settimeout(0.5)
+            state = {"hold": False}
+            with self.lock:
+                self.conns.append([client, broker, state])
+            for fn, args in ((self._requests, (client, broker, state)),
+                             (self._pump, (broker, client))):
+                t = threading.Thread(target=fn, args=args, daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _recv_exact(self, s, n):
+        buf = b""
+        while len(buf) < n and self.running:
+            try:
+                chunk = s.recv(n - len(buf))
+            except socket.timeout:
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return buf if len(buf) == n else None
+
+    def _requests(self, client, broker, state):
+        """Client to broker, a request at a time (4-byte size, then api_key first)."""
+        while self.running:
+            head = self._recv_exact(client, 4)
+            body = head and self._recv_exact(client, int.from_bytes(head, "big"))
+            if body is None:
+                break
+            if state["hold"] and int.from_bytes(body[:2], "big") == self.PRODUCE:
+                with self.lock:
+                    self.held += 1
+                continue
+            try:
+                broker.sendall(head + body)
+            except OSError:
+                break
+        self._close(client, broker)
+
+    def _pump(self, src, dst):
+        while self.running:
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        self._close(src, dst)
+
+    def _close(self, *socks):
+        for x in socks:
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.running = False
+        self.sock.close()
+        with self.lock:
+            for client, broker, _ in self.conns:
+                self._close(client, broker)
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_twice(
+        capture_server, worker):
+    """results.stall.ms: the results producer's connections stop answering its writes
+    (a proxy in front of the broker holds every Produce request on them) while Kafka
+    answers everything else and new connections work, as the results producer stuck
+    after an outage looked (200 results unacknowledged for minutes, the worker's requests
+    held). After results.stall.ms with no delivery report the worker replaces its
+    producer (an error line, the metric); the replaced one gives its records back and is
+    closed, the new one stores them. Every result stored once, every request committed,
+    each mail sent once, the worker still running."""
+    import urllib.request
+    from harness import free_port
+    proxy = ProduceHoldingProxy()
+    kafka = Kafka.start(make_tmpdir("kafka-proxied"), local=True,
+                        props=[f"advertised.listeners=PLAINTEXT://127.0.0.1:{proxy.port}"])
+    proxy.target = kafka.port
+    broker = ready_kafka(kafka)
+    next(broker)
+    w = None
+    try:
+        topics = Topics.new(partitions=2).create(kafka)
+        server = capture_server()
+        port = free_port()
+        first, n = 20, 120
+        w = worker(cfg(kafka, topics, server.url, results_stall_ms=3000,
+                       metrics_listen=f"127.0.0.1:{port}"))
+        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        proxy.hold_open_connections()
+        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+
+        def replaced():
+            return [f for f in (parse_logfmt(x) for x in w.log().splitlines())
+                    if f["msg"].startswith("no delivery report from the results "
+                                           "producer for results.stall.ms (3000 ms)")]
+        wait_for(lambda: replaced() or not w.alive(), 90, "the results producer replaced")
+        assert w.alive(), w.log_tail()
+        assert proxy.held >= 1
+        assert replaced()[0]["level"] == "error", w.log_tail()
+        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=90)
+        assert a["lost"] == 0 and a["final"] == n, a
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        assert kafka.count(topics.results) == n, "each result stored once"
+        mids = captured_mids(server.dir)
+        assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
+        assert "replaced results producer closed" in w.log(), w.log_tail()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        m = re.search(r"^kafka_mailer_results_producer_replaced_total (\S+)$", text,
+                      re.M)
+        assert m and float(m.group(1)) == len(replaced()) >= 1, text
+        assert w.alive(), w.log_tail()
+    finally:
+        if w:
+            w.stop()
+        next(broker, None)
+        proxy.stop()
+
+
 def test_commits_unanswered_while_the_broker_is_frozen_are_offered_again(
         own_kafka, capture_server, worker):
     """The broker frozen (SIGSTOP) for 4 s while results flow at about 100/s: its
