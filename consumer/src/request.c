@@ -1205,6 +1205,27 @@ static int copy_opt_string(const json_t *root, const char *name, int header,
         return 0;
 }
 
+/* Like copy_opt_string() without a header's rules, for the body parts: no
+ * copy, the string value is kept (@ref, a new reference) and *@out points
+ * into it until request_drop_content(). */
+static int ref_opt_string(const json_t *root, const char *name,
+                          const char **out, json_t **ref, char *errstr,
+                          size_t errstr_size) {
+        const json_t *v;
+
+        if (get_opt_string(root, name, &v, errstr, errstr_size) != 0)
+                return -1;
+        if (v == NULL)
+                return 0;
+        if (has_nul(v)) {
+                fail(errstr, errstr_size, "%s: NUL not allowed", name);
+                return -1;
+        }
+        *ref = json_incref((json_t *)v);
+        *out = json_string_value(v);
+        return 0;
+}
+
 static int check_version(const json_t *root, char *errstr, size_t errstr_size) {
         const json_t *v = json_object_get(root, "v");
 
@@ -1356,10 +1377,10 @@ struct mail_request *request_parse(const char *json, size_t len,
                         goto out;
                 }
         }
-        if (copy_opt_string(root, "text", 0, &req->text, errstr, errstr_size) !=
-                    0 ||
-            copy_opt_string(root, "html", 0, &req->html, errstr, errstr_size) !=
-                    0)
+        if (ref_opt_string(root, "text", &req->text, &req->text_json, errstr,
+                           errstr_size) != 0 ||
+            ref_opt_string(root, "html", &req->html, &req->html_json, errstr,
+                           errstr_size) != 0)
                 goto out;
         if (req->text == NULL && req->html == NULL) {
                 fail(errstr, errstr_size, "text: one of text or html required");
@@ -1401,9 +1422,11 @@ void request_destroy(struct mail_request *req) {
 }
 
 void request_drop_content(struct mail_request *req) {
-        free(req->text);
+        json_decref(req->text_json);
+        req->text_json = NULL;
         req->text = NULL;
-        free(req->html);
+        json_decref(req->html_json);
+        req->html_json = NULL;
         req->html = NULL;
         for (size_t i = 0; i < req->header_cnt; i++) {
                 free(req->headers[i].name);

@@ -58,8 +58,12 @@ struct mail_request {
         struct mail_address *reply_to;
         size_t reply_to_cnt;
         char *subject; /* UTF-8, "" when absent */
-        char *text; /* UTF-8 or NULL */
-        char *html; /* UTF-8 or NULL; at least one of text/html is set */
+        /* UTF-8 or NULL; at least one of text/html is set. Each points into
+         * its JSON string (*_json), not copied. */
+        const char *text;
+        const char *html;
+        json_t *text_json;
+        json_t *html_json;
         struct mail_header *headers;
         size_t header_cnt;
         struct mail_attachment *attachments;
