@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -688,14 +689,40 @@ fail:
 /* Gives up the producer replaced by results_renew() once it holds nothing:
  * what it held came back as delivery reports (purged) and was offered to
  * the new one. */
+static void *results_client_reap(void *arg) {
+        results_client_destroy(arg);
+        free(arg);
+        return NULL;
+}
+
 static void results_old_check(results_t *r) {
+        struct results_client *c;
+        pthread_attr_t attr;
+        pthread_t tid;
+        int rc = -1;
+
         if (!r->r_old.rk)
                 return;
         rd_kafka_poll(r->r_old.rk, 0);
         if (rd_kafka_outq_len(r->r_old.rk) > 0)
                 return;
-        results_client_destroy(&r->r_old);
         LOG(LL_INFO, "replaced results producer closed");
+        /* No more wake-ups from it. Destroyed on a thread of its own: the
+         * loop does not wait for the threads of a producer that was
+         * stuck. */
+        rd_kafka_queue_io_event_enable(r->r_old.mainq, -1, NULL, 0);
+        c = malloc(sizeof(*c));
+        if (c && pthread_attr_init(&attr) == 0) {
+                *c = r->r_old;
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                rc = pthread_create(&tid, &attr, results_client_reap, c);
+                pthread_attr_destroy(&attr);
+        }
+        if (rc != 0) {
+                free(c);
+                results_client_destroy(&r->r_old);
+        }
+        memset(&r->r_old, 0, sizeof(r->r_old));
 }
 
 int results_renew(results_t *r, char *errstr, size_t errstr_size) {

@@ -147,6 +147,17 @@ static char *take_content_type(struct src *s) {
         return strdup(types[take_byte(s) % (sizeof(types) / sizeof(types[0]))]);
 }
 
+/* A body part as request_parse() leaves it: kept in a JSON string. */
+static const char *take_body(struct src *s, json_t **ref) {
+        char *text = take_text(s, 0);
+
+        *ref = json_string_nocheck(text);
+        free(text);
+        if (*ref == NULL)
+                abort();
+        return json_string_value(*ref);
+}
+
 static struct mail_request *take_request(struct src *s) {
         struct mail_request *req = calloc(1, sizeof(*req));
         char idbuf[220];
@@ -173,9 +184,9 @@ static struct mail_request *take_request(struct src *s) {
         req->subject = take_text(s, 1);
         flags = take_byte(s);
         if ((flags & 3) != 2)
-                req->text = take_text(s, 0);
+                req->text = take_body(s, &req->text_json);
         if ((flags & 3) != 1)
-                req->html = take_text(s, 0);
+                req->html = take_body(s, &req->html_json);
         req->header_cnt = take_byte(s) % (HEADERS_MAX + 1);
         req->headers = calloc(req->header_cnt + 1, sizeof(*req->headers));
         if (req->headers == NULL)
