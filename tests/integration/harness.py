@@ -405,9 +405,11 @@ class Supervisor:
             w = self.worker
             rc = w.proc.returncode if w.proc is not None else None
             if rc in self.statuses and len(self.restarts) < self.max_restarts:
-                self.restarts.append(rc)
                 print(f"supervisor: {w.name} exited {rc}: started anew", flush=True)
                 w.start()
+                # counted once started: a test that waits for .restarts then
+                # finds the new process in worker.proc, not the one that exited
+                self.restarts.append(rc)
 
     def stop(self):
         self._stop.set()
