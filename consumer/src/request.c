@@ -1181,22 +1181,33 @@ static int parse_priority(const json_t *root, struct mail_request *req,
         return 0;
 }
 
-/* Copies an optional string field (NUL rejected; @header: CR/LF too). */
+/* Finds an optional string field and checks it (NUL rejected; @header:
+ * CR/LF too). @returns 0 with *@out the value or NULL when absent, or -1. */
+static int check_opt_string(const json_t *root, const char *name, int header,
+                            const json_t **out, char *errstr,
+                            size_t errstr_size) {
+        if (get_opt_string(root, name, out, errstr, errstr_size) != 0)
+                return -1;
+        if (*out == NULL)
+                return 0;
+        if (header)
+                return check_header_text(*out, name, errstr, errstr_size);
+        if (has_nul(*out)) {
+                fail(errstr, errstr_size, "%s: NUL not allowed", name);
+                return -1;
+        }
+        return 0;
+}
+
+/* Copies an optional string field checked by check_opt_string(). */
 static int copy_opt_string(const json_t *root, const char *name, int header,
                            char **out, char *errstr, size_t errstr_size) {
         const json_t *v;
 
-        if (get_opt_string(root, name, &v, errstr, errstr_size) != 0)
+        if (check_opt_string(root, name, header, &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
-        if (header) {
-                if (check_header_text(v, name, errstr, errstr_size) != 0)
-                        return -1;
-        } else if (has_nul(v)) {
-                fail(errstr, errstr_size, "%s: NUL not allowed", name);
-                return -1;
-        }
         *out = strdup(json_string_value(v));
         if (*out == NULL) {
                 fail(errstr, errstr_size, "%s: out of memory", name);
@@ -1205,22 +1216,17 @@ static int copy_opt_string(const json_t *root, const char *name, int header,
         return 0;
 }
 
-/* Like copy_opt_string() without a header's rules, for the body parts: no
- * copy, the string value is kept (@ref, a new reference) and *@out points
- * into it until request_drop_content(). */
+/* For the body parts: no copy, the string value is kept (@ref, a new
+ * reference) and *@out points into it until request_drop_content(). */
 static int ref_opt_string(const json_t *root, const char *name,
                           const char **out, json_t **ref, char *errstr,
                           size_t errstr_size) {
         const json_t *v;
 
-        if (get_opt_string(root, name, &v, errstr, errstr_size) != 0)
+        if (check_opt_string(root, name, 0, &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
-        if (has_nul(v)) {
-                fail(errstr, errstr_size, "%s: NUL not allowed", name);
-                return -1;
-        }
         *ref = json_incref((json_t *)v);
         *out = json_string_value(v);
         return 0;

@@ -446,6 +446,8 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         rd_kafka_headers_t *hdrs = NULL;
         rd_kafka_headers_t *copy = NULL;
         const char *topic = rd_kafka_topic_name(m->rkt);
+        enum rec_kind kind;
+        int32_t partition;
 
         r->r_inflight--;
         r->r_reports++;
@@ -456,19 +458,16 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 r->r_ack_cb(m->_private);
                 return;
         }
-        if (rk != r->r_client.rk || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
-            m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
-                /* Given back by the producer results_renew() replaced:
-                 * offered to the new one at once, as it was. */
-                if (rd_kafka_message_headers(m, &hdrs) ==
-                    RD_KAFKA_RESP_ERR_NO_ERROR)
-                        copy = rd_kafka_headers_copy(hdrs);
-                results_backlog_add(r, results_kind_of(r, topic), topic,
-                                    results_kind_of(r, topic) == REC_RESULT
-                                            ? m->partition
-                                            : RD_KAFKA_PARTITION_UA,
-                                    m->key, m->key_len, m->payload, m->len,
-                                    copy, m->_private);
+        kind = results_kind_of(r, topic);
+        if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                copy = rd_kafka_headers_copy(hdrs);
+        partition = kind == REC_RESULT ? m->partition : RD_KAFKA_PARTITION_UA;
+        if (rk != r->r_client.rk) {
+                /* Given back (purged) by the producer results_renew()
+                 * replaced: offered to the new one at once, as it was. */
+                results_backlog_add(r, kind, topic, partition, m->key,
+                                    m->key_len, m->payload, m->len, copy,
+                                    m->_private);
                 return;
         }
         /* Not stored: the request stays uncommitted until a copy is. */
@@ -476,16 +475,11 @@ static void results_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                       rd_kafka_err2str(m->err));
         LOG(LL_WARN, "record delivery failed topic=%s err=%s", topic,
             rd_kafka_err2str(m->err));
-        if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
-                copy = rd_kafka_headers_copy(hdrs);
-        results_refused(
-                r, results_kind_of(r, topic), topic,
-                results_kind_of(r, topic) == REC_RESULT ? m->partition
-                                                        : RD_KAFKA_PARTITION_UA,
-                m->key, m->key_len, m->payload, m->len, copy, m->_private, 0,
-                m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
-                        ? RD_KAFKA_RESP_ERR__FAIL
-                        : m->err);
+        results_refused(r, kind, topic, partition, m->key, m->key_len,
+                        m->payload, m->len, copy, m->_private, 0,
+                        m->err == RD_KAFKA_RESP_ERR__QUEUE_FULL
+                                ? RD_KAFKA_RESP_ERR__FAIL
+                                : m->err);
 }
 
 static void results_error_cb(rd_kafka_t *rk, int err, const char *reason,
