@@ -30,6 +30,16 @@ void dynbuf_reset(struct dynbuf *d) {
                 d->db_p[0] = '\0';
 }
 
+void dynbuf_reuse(struct dynbuf *d, size_t max, size_t keep) {
+        if (d->db_cap > keep || d->db_cap > max + 1) {
+                free(d->db_p);
+                d->db_p = NULL;
+                d->db_cap = 0;
+        }
+        d->db_max = max;
+        dynbuf_reset(d);
+}
+
 /* Makes room for @n more bytes and the NUL. @returns 0 or -1, the failure
  * remembered. */
 static int dynbuf_grow(struct dynbuf *d, size_t n) {
@@ -61,7 +71,7 @@ static int dynbuf_grow(struct dynbuf *d, size_t n) {
         return 0;
 }
 
-int dynbuf_append(struct dynbuf *d, const void *p, size_t n) {
+int dynbuf_append_grow(struct dynbuf *d, const void *p, size_t n) {
         if (dynbuf_grow(d, n) != 0)
                 return -1;
         if (n > 0)
@@ -69,14 +79,6 @@ int dynbuf_append(struct dynbuf *d, const void *p, size_t n) {
         d->db_len += n;
         d->db_p[d->db_len] = '\0';
         return 0;
-}
-
-int dynbuf_appends(struct dynbuf *d, const char *s) {
-        return dynbuf_append(d, s, strlen(s));
-}
-
-int dynbuf_appendc(struct dynbuf *d, char c) {
-        return dynbuf_append(d, &c, 1);
 }
 
 int dynbuf_vappendf(struct dynbuf *d, const char *fmt, va_list ap) {

@@ -12,6 +12,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 
 enum dynbuf_err {
         DYNBUF_OK = 0,
@@ -37,18 +38,40 @@ void dynbuf_fini(struct dynbuf *d);
 /* Empties @d, keeping its memory, and forgets a failure. */
 void dynbuf_reset(struct dynbuf *d);
 
-/* Appends @n bytes from @p. @returns 0, or -1 (see dynbuf_error()). */
-int dynbuf_append(struct dynbuf *d, const void *p, size_t n);
+/* Empties @d as dynbuf_reset() does, with the limit @max from now on; its
+ * memory is kept when it holds at most @keep bytes and @max + 1, else
+ * freed. A buffer that was never initialised must be all zero. */
+void dynbuf_reuse(struct dynbuf *d, size_t max, size_t keep);
+
+/* dynbuf_append() when @d has no room for @n more bytes and the NUL, or
+ * has failed. */
+int dynbuf_append_grow(struct dynbuf *d, const void *p, size_t n);
+
+/* Appends @n bytes from @p. @returns 0, or -1 (see dynbuf_error()). Inline:
+ * a message is built from about a hundred short pieces. */
+static inline int dynbuf_append(struct dynbuf *d, const void *p, size_t n) {
+        /* db_cap is at most db_max + 1: room here is within the limit */
+        if (d->db_err != DYNBUF_OK || d->db_cap - d->db_len <= n)
+                return dynbuf_append_grow(d, p, n);
+        memcpy(d->db_p + d->db_len, p, n);
+        d->db_len += n;
+        d->db_p[d->db_len] = '\0';
+        return 0;
+}
 
 /* Appends the NUL-terminated @s. @returns 0 or -1. */
-int dynbuf_appends(struct dynbuf *d, const char *s);
+static inline int dynbuf_appends(struct dynbuf *d, const char *s) {
+        return dynbuf_append(d, s, strlen(s));
+}
 
 /* Appends the string literal @lit (its length known when compiled).
  * @returns 0 or -1. */
 #define dynbuf_appendlit(d, lit) dynbuf_append((d), "" lit, sizeof(lit) - 1)
 
 /* Appends the byte @c. @returns 0 or -1. */
-int dynbuf_appendc(struct dynbuf *d, char c);
+static inline int dynbuf_appendc(struct dynbuf *d, char c) {
+        return dynbuf_append(d, &c, 1);
+}
 
 /* Appends printf output. @returns 0 or -1 (also on a format error, as
  * DYNBUF_ENOMEM). */

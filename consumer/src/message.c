@@ -1,4 +1,5 @@
 #include "message.h"
+#include "bytescan.h"
 #include "civil.h"
 #include "dynbuf.h"
 #include "hash.h"
@@ -26,6 +27,8 @@
  * (request.max.bytes, at most 100 MiB) can grow to, every byte sent
  * quoted-printable (=XX and soft line breaks: under 3.2 times). */
 #define MESSAGE_MAX_BYTES (1024u * 1024 * 1024)
+/* A thread's build buffers keep at most this much between messages. */
+#define MESSAGE_BUILD_KEEP (256u * 1024)
 
 static const char hex_upper[] = "0123456789ABCDEF";
 
@@ -585,11 +588,7 @@ struct body_info {
 
 /* @returns the length of the line at @s + @i: bytes up to CR, LF or @len. */
 static size_t line_len(const char *s, size_t i, size_t len) {
-        const char *lf = memchr(s + i, '\n', len - i);
-        size_t end = lf != NULL ? (size_t)(lf - s) : len;
-        const char *cr = memchr(s + i, '\r', end - i);
-
-        return (cr != NULL ? (size_t)(cr - s) : end) - i;
+        return bytescan_eol(s + i, len - i);
 }
 
 /* @returns the index past the line end (CRLF, CR or LF) at @s + @i, which
@@ -598,22 +597,6 @@ static size_t past_line_end(const char *s, size_t i, size_t len) {
         if (s[i] == '\r' && i + 1 < len && s[i + 1] == '\n')
                 i++;
         return i + 1;
-}
-
-/* @returns whether any of @len bytes at @s is not ASCII. */
-static int has_non_ascii(const char *s, size_t len) {
-        uint64_t acc = 0;
-        size_t i = 0;
-
-        for (; i + 8 <= len; i += 8) {
-                uint64_t w;
-
-                memcpy(&w, s + i, 8);
-                acc |= w;
-        }
-        for (; i < len; i++)
-                acc |= (unsigned char)s[i];
-        return (acc & 0x8080808080808080u) != 0;
 }
 
 /* @returns whether @len bytes at @s hold "=_km_", how every boundary
@@ -654,7 +637,7 @@ static void body_scan(const char *s, size_t len, struct body_info *bi) {
                 out += 2;
         }
         bi->out7 = out;
-        bi->qp = too_long || has_non_ascii(s, len) ||
+        bi->qp = too_long || bytescan_has_8bit(s, len) ||
                  has_boundary_prefix(s, len);
 }
 
@@ -984,12 +967,18 @@ static struct message *message_new(const struct mail_request *req,
         return msg;
 }
 
+/* The buffers a thread builds its messages in, kept from one message to
+ * the next up to MESSAGE_BUILD_KEEP bytes each: the message is copied out
+ * at its size, one allocation a message. */
+static __thread struct dynbuf build_buf;
+static __thread struct dynbuf build_scratch;
+
 struct message *message_build(const struct mail_request *req,
                               const struct message_opts *opts, char *errstr,
                               size_t errstr_size) {
         struct message *msg = NULL;
-        struct dynbuf b;
-        struct dynbuf scratch;
+        struct dynbuf *const b = &build_buf;
+        struct dynbuf *const scratch = &build_scratch;
         struct hdr h;
         char mid[512];
         char alt[40];
@@ -1003,8 +992,8 @@ struct message *message_build(const struct mail_request *req,
                 snprintf(errstr, errstr_size, "message: headroom too large");
                 return NULL;
         }
-        dynbuf_init(&b, MESSAGE_MAX_BYTES + opts->headroom);
-        dynbuf_init(&scratch, MESSAGE_MAX_BYTES);
+        dynbuf_reuse(b, MESSAGE_MAX_BYTES + opts->headroom, MESSAGE_BUILD_KEEP);
+        dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
         if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) !=
             0) {
                 snprintf(errstr, errstr_size,
@@ -1019,60 +1008,64 @@ struct message *message_build(const struct mail_request *req,
         boundary_of(alt, hash, 'a');
         boundary_of(mixed, hash, 'm');
         estimate = estimate_size(req);
-        if (dynbuf_reserve(&b, opts->headroom +
-                                       (estimate < MESSAGE_MAX_BYTES
-                                                ? estimate
-                                                : MESSAGE_MAX_BYTES)) == NULL)
+        if (dynbuf_reserve(b, opts->headroom + (estimate < MESSAGE_MAX_BYTES
+                                                        ? estimate
+                                                        : MESSAGE_MAX_BYTES)) ==
+            NULL)
                 goto oom;
-        dynbuf_setlen(&b, opts->headroom); /* filled by message_prepend() */
+        dynbuf_setlen(b, opts->headroom); /* filled by message_prepend() */
 
-        write_date(&b, opts->date_ms);
-        write_addresses(&b, &scratch, "From", &req->from, 1);
-        write_addresses(&b, &scratch, "To", req->to, req->to_cnt);
-        write_addresses(&b, &scratch, "Cc", req->cc, req->cc_cnt);
-        write_addresses(&b, &scratch, "Reply-To", req->reply_to,
+        write_date(b, opts->date_ms);
+        write_addresses(b, scratch, "From", &req->from, 1);
+        write_addresses(b, scratch, "To", req->to, req->to_cnt);
+        write_addresses(b, scratch, "Cc", req->cc, req->cc_cnt);
+        write_addresses(b, scratch, "Reply-To", req->reply_to,
                         req->reply_to_cnt);
-        hdr_begin(&h, &b, "Subject");
+        hdr_begin(&h, b, "Subject");
         hdr_unstructured(&h, req->subject);
         hdr_end(&h);
-        hdr_begin(&h, &b, "Message-ID");
+        hdr_begin(&h, b, "Message-ID");
         hdr_token(&h, mid, strlen(mid));
         hdr_end(&h);
-        dynbuf_appendlit(&b, "MIME-Version: 1.0\r\n");
+        dynbuf_appendlit(b, "MIME-Version: 1.0\r\n");
         for (size_t i = 0; i < req->header_cnt; i++) {
-                hdr_begin(&h, &b, req->headers[i].name);
+                hdr_begin(&h, b, req->headers[i].name);
                 hdr_unstructured(&h, req->headers[i].value);
                 hdr_end(&h);
         }
 
         if (req->attachment_cnt > 0) {
-                write_multipart_header(&b, "mixed", mixed);
-                write_boundary(&b, "--", mixed, "\r\n");
-                write_body(&b, req, alt);
+                write_multipart_header(b, "mixed", mixed);
+                write_boundary(b, "--", mixed, "\r\n");
+                write_body(b, req, alt);
                 for (size_t i = 0; i < req->attachment_cnt; i++) {
-                        write_boundary(&b, "\r\n--", mixed, "\r\n");
-                        write_attachment(&b, &req->attachments[i]);
+                        write_boundary(b, "\r\n--", mixed, "\r\n");
+                        write_attachment(b, &req->attachments[i]);
                 }
-                write_boundary(&b, "\r\n--", mixed, "--\r\n");
+                write_boundary(b, "\r\n--", mixed, "--\r\n");
         } else {
-                write_body(&b, req, alt);
-                size_t len = dynbuf_len(&b);
-                const char *p = dynbuf_ptr(&b);
+                write_body(b, req, alt);
+                size_t len = dynbuf_len(b);
+                const char *p = dynbuf_ptr(b);
 
                 if (len < 2 || p[len - 2] != '\r' || p[len - 1] != '\n')
-                        dynbuf_append(&b, "\r\n", 2);
+                        dynbuf_append(b, "\r\n", 2);
         }
         /* The terminator follows the payload, so that a session sends both
          * from here in one write (struct message). */
-        dynbuf_append(&b, ".\r\n", 3);
-        if (dynbuf_error(&b) == DYNBUF_ELIMIT) {
+        dynbuf_append(b, ".\r\n", 3);
+        if (dynbuf_error(b) == DYNBUF_ELIMIT) {
                 snprintf(errstr, errstr_size, "message: larger than %u bytes",
                          MESSAGE_MAX_BYTES);
                 goto out;
         }
-        msg->buf = dynbuf_take(&b, &data_len);
+        if (dynbuf_error(b) != DYNBUF_OK)
+                goto oom;
+        data_len = dynbuf_len(b);
+        msg->buf = malloc(data_len + 1);
         if (msg->buf == NULL)
                 goto oom;
+        memcpy(msg->buf, dynbuf_ptr(b), data_len + 1);
         msg->headroom = opts->headroom;
         msg->data = msg->buf + opts->headroom;
         msg->data_len = data_len - opts->headroom - 3;
@@ -1082,8 +1075,8 @@ struct message *message_build(const struct mail_request *req,
 oom:
         snprintf(errstr, errstr_size, "message: out of memory");
 out:
-        dynbuf_fini(&b);
-        dynbuf_fini(&scratch);
+        dynbuf_reuse(b, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
+        dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
         if (!ok) {
                 message_destroy(msg);
                 msg = NULL;

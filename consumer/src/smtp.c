@@ -35,6 +35,7 @@
  * is being closed. It must not destroy the client.
  */
 #include "smtp.h"
+#include "bytescan.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -448,23 +449,6 @@ long smtp_reply_parse(const char *buf, size_t len, int *code, char *text,
 /*
  * Small helpers
  */
-
-/* @returns whether @p[0..@len) has a byte with the high bit set. */
-static int memchr_8bit(const char *p, size_t len) {
-        size_t i = 0;
-        uint64_t w;
-
-        for (; i + 8 <= len; i += 8) {
-                memcpy(&w, p + i, 8);
-                if (w & UINT64_C(0x8080808080808080))
-                        return 1;
-        }
-        for (; i < len; i++) {
-                if ((unsigned char)p[i] & 0x80)
-                        return 1;
-        }
-        return 0;
-}
 
 /* Writes @v in decimal at @dst (room for 20 digits). @returns its length. */
 static size_t fmt_u64(char *dst, uint64_t v) {
@@ -1321,7 +1305,7 @@ static const char *session_check_job(const struct smtp_session *s,
         }
         /* One pass over the message finds most of them all ASCII; only
          * one with 8-bit bytes has its header block looked at. */
-        eightbit = memchr_8bit(job->data, job->data_len);
+        eightbit = bytescan_has_8bit(job->data, job->data_len);
         if (!non_ascii && eightbit)
                 non_ascii = smtp_header_block_utf8(job->data, job->data_len);
         if (non_ascii && !s->ss_cap_smtputf8)

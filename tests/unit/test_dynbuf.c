@@ -186,6 +186,38 @@ test_consume_drops_from_the_front_and_avail_is_the_room(void **state) {
         dynbuf_fini(&d);
 }
 
+/* A reused buffer is empty, has its new limit and no failure, and keeps its
+ * memory only up to the size given. */
+static void test_reuse_empties_and_keeps_memory_up_to_a_size(void **state) {
+        struct dynbuf d;
+        const char *p;
+
+        (void)state;
+        memset(&d, 0, sizeof(d)); /* as a static buffer starts */
+        dynbuf_reuse(&d, 8, 64);
+        assert_int_equal(dynbuf_append(&d, "12345678", 8), 0);
+        assert_int_equal(dynbuf_appendc(&d, '9'), -1);
+        p = dynbuf_ptr(&d);
+        dynbuf_reuse(&d, 100, 64);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_OK);
+        assert_int_equal(dynbuf_len(&d), 0);
+        assert_ptr_equal(dynbuf_ptr(&d), p); /* kept */
+        assert_string_equal(dynbuf_ptr(&d), "");
+        assert_int_equal(dynbuf_append(&d, "123456789", 9), 0);
+        assert_non_null(dynbuf_reserve(&d, 90));
+        assert_null(dynbuf_reserve(&d, 92)); /* 9 + 92 > 100 */
+        dynbuf_reuse(&d, 100, 64); /* 100 bytes held: more than 64 */
+        assert_null(dynbuf_ptr(&d));
+        assert_int_equal(dynbuf_append(&d, "ab", 2), 0);
+        /* a lower limit than the memory held: freed */
+        assert_non_null(dynbuf_reserve(&d, 40));
+        dynbuf_reuse(&d, 4, 64);
+        assert_null(dynbuf_ptr(&d));
+        assert_int_equal(dynbuf_append(&d, "abcde", 5), -1);
+        assert_int_equal(dynbuf_error(&d), DYNBUF_ELIMIT);
+        dynbuf_fini(&d);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(
@@ -201,6 +233,8 @@ int main(void) {
                 cmocka_unit_test(test_take_gives_back_unused_room),
                 cmocka_unit_test(
                         test_consume_drops_from_the_front_and_avail_is_the_room),
+                cmocka_unit_test(
+                        test_reuse_empties_and_keeps_memory_up_to_a_size),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
