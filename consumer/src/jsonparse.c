@@ -409,6 +409,81 @@ json_t *jsonparse_loadb(const char *buf, size_t len) {
         return v;
 }
 
+/* @returns the index of the @key_len bytes at @key among the @n @names, or
+ * -1. */
+static int jp_name_index(const char *key, size_t key_len,
+                         const char *const *names, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (strlen(names[i]) == key_len &&
+                    memcmp(names[i], key, key_len) == 0)
+                        return (int)i;
+        return -1;
+}
+
+int jsonparse_fields(const char *buf, size_t len, const char *const *names,
+                     size_t n, json_t **out) {
+        char stack[JSONPARSE_STACK_SCRATCH];
+        struct jp jp = {.p = (const unsigned char *)buf,
+                        .end = (const unsigned char *)buf + len,
+                        .scratch = stack,
+                        .scratch_cap = sizeof(stack),
+                        .depth = 1}; /* in the object, as jp_object() is */
+        int ok = 0;
+
+        for (size_t i = 0; i < n; i++)
+                out[i] = NULL;
+        jp_ws(&jp);
+        if (jp.p >= jp.end || *jp.p != '{')
+                goto out;
+        jp.p++;
+        jp_ws(&jp);
+        if (jp.p < jp.end && *jp.p == '}') {
+                jp.p++;
+                ok = 1;
+        }
+        while (!ok) {
+                const char *key;
+                size_t key_len;
+                int k;
+
+                if (jp.p >= jp.end || *jp.p != '"' ||
+                    jp_string(&jp, &key, &key_len) != 0)
+                        goto out;
+                /* matched before the value may reuse the scratch buffer */
+                k = jp_name_index(key, key_len, names, n);
+                if (k < 0 || out[k] != NULL)
+                        goto out;
+                jp_ws(&jp);
+                if (jp.p >= jp.end || *jp.p != ':')
+                        goto out;
+                jp.p++;
+                jp_ws(&jp);
+                out[k] = jp_value(&jp);
+                if (out[k] == NULL)
+                        goto out;
+                jp_ws(&jp);
+                if (jp.p >= jp.end)
+                        goto out;
+                if (*jp.p == '}')
+                        ok = 1;
+                else if (*jp.p != ',')
+                        goto out;
+                jp.p++;
+                jp_ws(&jp);
+        }
+        jp_ws(&jp);
+        ok = jp.p == jp.end;
+out:
+        if (!ok)
+                for (size_t i = 0; i < n; i++) {
+                        json_decref(out[i]);
+                        out[i] = NULL;
+                }
+        if (jp.scratch_heap)
+                free(jp.scratch);
+        return ok ? 0 : -1;
+}
+
 json_t *jsonparse_string(const char *s) {
         json_t *v = json_string(s ? s : "");
         char *fixed;

@@ -29,6 +29,16 @@
  * not valid JSON or uses something this parser leaves to jansson. */
 json_t *jsonparse_loadb(const char *buf, size_t len);
 
+/* Parses @len bytes at @buf, a JSON object, into the values of its members
+ * (jsonparse_loadb()'s values) without the object: out[i] is a new reference
+ * to the value of the key @names[i], NULL when the key is not there. A
+ * request is read this way: no hash table, no lookups.
+ * @returns 0, or -1 (every out[i] NULL) when the input is not an object, has
+ * a key not among the @n @names or one twice, is not valid JSON or uses
+ * something this parser leaves to jansson: json_loadb() decides then. */
+int jsonparse_fields(const char *buf, size_t len, const char *const *names,
+                     size_t n, json_t **out);
+
 /* @returns a new JSON string of @s (NULL: ""): text that is not UTF-8, such
  * as a relay's 8-bit reply, which jansson refuses, is repaired first
  * (utf8_repair(): U+FFFD for each bad sequence). Aborts when out of

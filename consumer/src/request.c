@@ -32,10 +32,42 @@ static void fail(char *errstr, size_t errstr_size, const char *fmt, ...) {
         va_end(ap);
 }
 
-static const char *const request_fields[] = {
-        "v",       "id",          "from",     "to",       "cc",
-        "bcc",     "reply_to",    "subject",  "text",     "html",
-        "headers", "attachments", "deadline", "metadata", "priority",
+/* The fields of a request, and their names (docs/wire-format.md). */
+enum request_field {
+        F_V,
+        F_ID,
+        F_FROM,
+        F_TO,
+        F_CC,
+        F_BCC,
+        F_REPLY_TO,
+        F_SUBJECT,
+        F_TEXT,
+        F_HTML,
+        F_HEADERS,
+        F_ATTACHMENTS,
+        F_DEADLINE,
+        F_METADATA,
+        F_PRIORITY,
+        F_COUNT
+};
+
+static const char *const request_fields[F_COUNT] = {
+        [F_V] = "v",
+        [F_ID] = "id",
+        [F_FROM] = "from",
+        [F_TO] = "to",
+        [F_CC] = "cc",
+        [F_BCC] = "bcc",
+        [F_REPLY_TO] = "reply_to",
+        [F_SUBJECT] = "subject",
+        [F_TEXT] = "text",
+        [F_HTML] = "html",
+        [F_HEADERS] = "headers",
+        [F_ATTACHMENTS] = "attachments",
+        [F_DEADLINE] = "deadline",
+        [F_METADATA] = "metadata",
+        [F_PRIORITY] = "priority",
 };
 
 /* The headers the worker writes itself; a request may not set them. */
@@ -539,14 +571,13 @@ static void name_element(char *errstr, size_t errstr_size, const char *name,
 }
 
 /*
- * Parses an optional array of addresses (or, with @allow_string, one string)
- * under @name. @returns 0 or -1 with @errstr.
+ * Parses @v, the optional array of addresses (or, with @allow_string, one
+ * string) of the field @name. @returns 0 or -1 with @errstr.
  */
-static int parse_address_list(const json_t *root, const char *name,
+static int parse_address_list(const json_t *v, const char *name,
                               int allow_string, struct mail_address **out,
                               size_t *out_cnt, int *utf8, char *errstr,
                               size_t errstr_size) {
-        const json_t *v = json_object_get(root, name);
         struct mail_address *list = NULL;
         size_t cnt;
 
@@ -596,12 +627,9 @@ static int parse_address_list(const json_t *root, const char *name,
         return 0;
 }
 
-/* An optional string field: NULL when absent or null. */
-static int get_opt_string(const json_t *root, const char *name,
-                          const json_t **out, char *errstr,
-                          size_t errstr_size) {
-        const json_t *v = json_object_get(root, name);
-
+/* @v, the optional string field @name: *@out NULL when absent or null. */
+static int get_opt_string(const json_t *v, const char *name, const json_t **out,
+                          char *errstr, size_t errstr_size) {
         *out = NULL;
         if (v == NULL || json_is_null(v))
                 return 0;
@@ -715,10 +743,9 @@ static int check_display_names(const struct mail_request *req,
         return 0;
 }
 
-static int parse_headers(const json_t *root, struct mail_request *req,
+static int parse_headers(const json_t *obj, struct mail_request *req,
                          const struct request_limits *limits, char *errstr,
                          size_t errstr_size) {
-        const json_t *obj = json_object_get(root, "headers");
         const char *name;
         json_t *val;
         size_t i = 0;
@@ -1014,9 +1041,8 @@ static int parse_attachment(const json_t *v, size_t idx,
         return 0;
 }
 
-static int parse_attachments(const json_t *root, struct mail_request *req,
+static int parse_attachments(const json_t *arr, struct mail_request *req,
                              char *errstr, size_t errstr_size) {
-        const json_t *arr = json_object_get(root, "attachments");
         size_t cnt;
 
         if (arr == NULL || json_is_null(arr))
@@ -1139,12 +1165,12 @@ static int parse_rfc3339(const char *s, int64_t *out) {
         return 0;
 }
 
-static int parse_deadline(const json_t *root, struct mail_request *req,
+static int parse_deadline(const json_t *field, struct mail_request *req,
                           char *errstr, size_t errstr_size) {
         const json_t *v;
         int64_t ms;
 
-        if (get_opt_string(root, "deadline", &v, errstr, errstr_size) != 0)
+        if (get_opt_string(field, "deadline", &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
@@ -1159,12 +1185,12 @@ static int parse_deadline(const json_t *root, struct mail_request *req,
         return 0;
 }
 
-static int parse_priority(const json_t *root, struct mail_request *req,
+static int parse_priority(const json_t *field, struct mail_request *req,
                           char *errstr, size_t errstr_size) {
         const json_t *v;
         const char *s;
 
-        if (get_opt_string(root, "priority", &v, errstr, errstr_size) != 0)
+        if (get_opt_string(field, "priority", &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
@@ -1181,12 +1207,12 @@ static int parse_priority(const json_t *root, struct mail_request *req,
         return 0;
 }
 
-/* Finds an optional string field and checks it (NUL rejected; @header:
+/* Checks @field, the optional string field @name (NUL rejected; @header:
  * CR/LF too). @returns 0 with *@out the value or NULL when absent, or -1. */
-static int check_opt_string(const json_t *root, const char *name, int header,
+static int check_opt_string(const json_t *field, const char *name, int header,
                             const json_t **out, char *errstr,
                             size_t errstr_size) {
-        if (get_opt_string(root, name, out, errstr, errstr_size) != 0)
+        if (get_opt_string(field, name, out, errstr, errstr_size) != 0)
                 return -1;
         if (*out == NULL)
                 return 0;
@@ -1200,11 +1226,11 @@ static int check_opt_string(const json_t *root, const char *name, int header,
 }
 
 /* Copies an optional string field checked by check_opt_string(). */
-static int copy_opt_string(const json_t *root, const char *name, int header,
+static int copy_opt_string(const json_t *field, const char *name, int header,
                            char **out, char *errstr, size_t errstr_size) {
         const json_t *v;
 
-        if (check_opt_string(root, name, header, &v, errstr, errstr_size) != 0)
+        if (check_opt_string(field, name, header, &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
@@ -1218,12 +1244,12 @@ static int copy_opt_string(const json_t *root, const char *name, int header,
 
 /* For the body parts: no copy, the string value is kept (@ref, a new
  * reference) and *@out points into it until request_drop_content(). */
-static int ref_opt_string(const json_t *root, const char *name,
+static int ref_opt_string(const json_t *field, const char *name,
                           const char **out, json_t **ref, char *errstr,
                           size_t errstr_size) {
         const json_t *v;
 
-        if (check_opt_string(root, name, 0, &v, errstr, errstr_size) != 0)
+        if (check_opt_string(field, name, 0, &v, errstr, errstr_size) != 0)
                 return -1;
         if (v == NULL)
                 return 0;
@@ -1232,9 +1258,7 @@ static int ref_opt_string(const json_t *root, const char *name,
         return 0;
 }
 
-static int check_version(const json_t *root, char *errstr, size_t errstr_size) {
-        const json_t *v = json_object_get(root, "v");
-
+static int check_version(const json_t *v, char *errstr, size_t errstr_size) {
         if (v == NULL)
                 return 0;
         if (!json_is_integer(v)) {
@@ -1255,17 +1279,14 @@ static int check_unknown_fields(const json_t *root, char *errstr,
         const char *key;
         json_t *val;
 
-        const size_t nfields =
-                sizeof(request_fields) / sizeof(request_fields[0]);
-
         json_object_foreach((json_t *)root, key, val) {
                 size_t k;
 
-                for (k = 0; k < nfields; k++) {
+                for (k = 0; k < F_COUNT; k++) {
                         if (strcmp(key, request_fields[k]) == 0)
                                 break;
                 }
-                if (k == nfields) {
+                if (k == F_COUNT) {
                         char nbuf[40];
 
                         fail(errstr, errstr_size, "unknown field \"%s\"",
@@ -1276,15 +1297,48 @@ static int check_unknown_fields(const json_t *root, char *errstr,
         return 0;
 }
 
+/* Reads the request's fields into @f with jansson, when the fast path
+ * (jsonparse_fields()) left the request: jansson finds what is wrong with it,
+ * or parses what the fast path does not. @returns 0 with a new reference in
+ * each f[i] (NULL when absent), or -1 with @errstr: f[i] are filled then
+ * too when the request is an object (its id names it in the result). */
+static int parse_fields_slow(const char *json, size_t len, json_t **f,
+                             char *errstr, size_t errstr_size) {
+        json_error_t jerr;
+        int rc;
+        json_t *root = json_loadb(json, len,
+                                  JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                                          JSON_ALLOW_NUL,
+                                  &jerr);
+
+        if (root == NULL) {
+                fail(errstr, errstr_size,
+                     "request: invalid JSON at line %d "
+                     "column %d: %s",
+                     jerr.line, jerr.column, jerr.text);
+                return -1;
+        }
+        if (!json_is_object(root)) {
+                fail(errstr, errstr_size, "request: must be a JSON object");
+                json_decref(root);
+                return -1;
+        }
+        for (size_t i = 0; i < F_COUNT; i++)
+                f[i] = json_incref(json_object_get(root, request_fields[i]));
+        rc = check_unknown_fields(root, errstr, errstr_size);
+        json_decref(root);
+        return rc;
+}
+
 struct mail_request *request_parse(const char *json, size_t len,
                                    const struct request_limits *limits,
                                    char *idbuf, size_t idbuf_size, char *errstr,
                                    size_t errstr_size) {
         struct mail_request *req = NULL;
-        json_t *root = NULL;
-        json_error_t jerr;
+        json_t *f[F_COUNT] = {NULL};
         const json_t *idv;
         size_t rcpts;
+        int rc = 0;
         int ok = 0;
 
         if (idbuf_size > 0)
@@ -1296,31 +1350,15 @@ struct mail_request *request_parse(const char *json, size_t len,
                      len, limits->max_bytes);
                 goto out;
         }
-        /* The fast path; json_loadb() decides what it leaves (and gives
-         * the error message). */
-        root = jsonparse_loadb(json, len);
-        if (root == NULL)
-                root = json_loadb(json, len,
-                                  JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
-                                          JSON_ALLOW_NUL,
-                                  &jerr);
-        if (root == NULL) {
-                fail(errstr, errstr_size,
-                     "request: invalid JSON at line %d "
-                     "column %d: %s",
-                     jerr.line, jerr.column, jerr.text);
-                goto out;
-        }
-        if (!json_is_object(root)) {
-                fail(errstr, errstr_size, "request: must be a JSON object");
-                goto out;
-        }
-        idv = json_object_get(root, "id");
+        /* The fast path; jansson decides what it leaves (and gives the
+         * error message). */
+        if (jsonparse_fields(json, len, request_fields, F_COUNT, f) != 0)
+                rc = parse_fields_slow(json, len, f, errstr, errstr_size);
+        idv = f[F_ID];
         if (idv != NULL && json_is_string(idv) && idbuf_size > 0)
                 cstr_copy(idbuf, idbuf_size, json_string_value(idv));
 
-        if (check_unknown_fields(root, errstr, errstr_size) != 0 ||
-            check_version(root, errstr, errstr_size) != 0 ||
+        if (rc != 0 || check_version(f[F_V], errstr, errstr_size) != 0 ||
             check_id(idv, errstr, errstr_size) != 0)
                 goto out;
 
@@ -1335,18 +1373,18 @@ struct mail_request *request_parse(const char *json, size_t len,
                 goto out;
         }
 
-        if (json_object_get(root, "from") == NULL) {
+        if (f[F_FROM] == NULL) {
                 fail(errstr, errstr_size, "from: missing");
                 goto out;
         }
-        if (parse_mailbox(json_object_get(root, "from"), "from", &req->from,
-                          &req->smtputf8, errstr, errstr_size) != 0)
+        if (parse_mailbox(f[F_FROM], "from", &req->from, &req->smtputf8, errstr,
+                          errstr_size) != 0)
                 goto out;
-        if (parse_address_list(root, "to", 0, &req->to, &req->to_cnt,
+        if (parse_address_list(f[F_TO], "to", 0, &req->to, &req->to_cnt,
                                &req->smtputf8, errstr, errstr_size) != 0 ||
-            parse_address_list(root, "cc", 0, &req->cc, &req->cc_cnt,
+            parse_address_list(f[F_CC], "cc", 0, &req->cc, &req->cc_cnt,
                                &req->smtputf8, errstr, errstr_size) != 0 ||
-            parse_address_list(root, "bcc", 0, &req->bcc, &req->bcc_cnt,
+            parse_address_list(f[F_BCC], "bcc", 0, &req->bcc, &req->bcc_cnt,
                                &req->smtputf8, errstr, errstr_size) != 0)
                 goto out;
         rcpts = request_recipient_count(req);
@@ -1361,12 +1399,12 @@ struct mail_request *request_parse(const char *json, size_t len,
                      rcpts, limits->max_recipients);
                 goto out;
         }
-        if (parse_address_list(root, "reply_to", 1, &req->reply_to,
+        if (parse_address_list(f[F_REPLY_TO], "reply_to", 1, &req->reply_to,
                                &req->reply_to_cnt, &req->smtputf8, errstr,
                                errstr_size) != 0)
                 goto out;
 
-        if (copy_opt_string(root, "subject", 1, &req->subject, errstr,
+        if (copy_opt_string(f[F_SUBJECT], "subject", 1, &req->subject, errstr,
                             errstr_size) != 0)
                 goto out;
         if (req->subject &&
@@ -1383,28 +1421,30 @@ struct mail_request *request_parse(const char *json, size_t len,
                         goto out;
                 }
         }
-        if (ref_opt_string(root, "text", &req->text, &req->text_json, errstr,
-                           errstr_size) != 0 ||
-            ref_opt_string(root, "html", &req->html, &req->html_json, errstr,
-                           errstr_size) != 0)
+        if (ref_opt_string(f[F_TEXT], "text", &req->text, &req->text_json,
+                           errstr, errstr_size) != 0 ||
+            ref_opt_string(f[F_HTML], "html", &req->html, &req->html_json,
+                           errstr, errstr_size) != 0)
                 goto out;
         if (req->text == NULL && req->html == NULL) {
                 fail(errstr, errstr_size, "text: one of text or html required");
                 goto out;
         }
-        if (parse_headers(root, req, limits, errstr, errstr_size) != 0 ||
-            parse_attachments(root, req, errstr, errstr_size) != 0 ||
-            parse_deadline(root, req, errstr, errstr_size) != 0 ||
-            parse_priority(root, req, errstr, errstr_size) != 0)
+        if (parse_headers(f[F_HEADERS], req, limits, errstr, errstr_size) !=
+                    0 ||
+            parse_attachments(f[F_ATTACHMENTS], req, errstr, errstr_size) !=
+                    0 ||
+            parse_deadline(f[F_DEADLINE], req, errstr, errstr_size) != 0 ||
+            parse_priority(f[F_PRIORITY], req, errstr, errstr_size) != 0)
                 goto out;
 
-        req->metadata = json_object_get(root, "metadata");
-        if (req->metadata != NULL)
-                json_incref(req->metadata);
+        req->metadata = f[F_METADATA];
+        f[F_METADATA] = NULL; /* the request's reference now */
         ok = 1;
 
 out:
-        json_decref(root);
+        for (size_t i = 0; i < F_COUNT; i++)
+                json_decref(f[i]);
         if (!ok) {
                 request_destroy(req);
                 req = NULL;

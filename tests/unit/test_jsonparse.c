@@ -236,6 +236,96 @@ static void test_escaped_strings_of_any_length_decode_alike(void **state) {
         }
 }
 
+static const char *const field_names[] = {"id", "to", "text", "meta"};
+#define FIELDS (sizeof(field_names) / sizeof(field_names[0]))
+
+/* jsonparse_fields() of @s gives the members jansson reads, by name. */
+static void assert_fields(const char *s) {
+        json_t *f[FIELDS];
+        json_t *ref = reference(s, strlen(s));
+        size_t got = 0;
+
+        if (jsonparse_fields(s, strlen(s), field_names, FIELDS, f) != 0)
+                fail_msg("fields not read: %s", s);
+        assert_non_null(ref);
+        for (size_t i = 0; i < FIELDS; i++) {
+                json_t *r = json_object_get(ref, field_names[i]);
+
+                if ((f[i] == NULL) != (r == NULL) ||
+                    (f[i] != NULL && !json_equal(f[i], r)))
+                        fail_msg("field %s differs: %s", field_names[i], s);
+                got += f[i] != NULL;
+                json_decref(f[i]);
+        }
+        assert_int_equal(got, json_object_size(ref));
+        json_decref(ref);
+}
+
+/* jsonparse_fields() of @s leaves it to jansson, every value NULL. */
+static void assert_fields_left(const char *s) {
+        json_t *f[FIELDS];
+
+        memset(f, 0xff, sizeof(f)); /* not NULL before */
+        if (jsonparse_fields(s, strlen(s), field_names, FIELDS, f) != -1)
+                fail_msg("fields read: %s", s);
+        for (size_t i = 0; i < FIELDS; i++)
+                assert_null(f[i]);
+}
+
+static void test_fields_are_read_by_name_or_left_to_jansson(void **state) {
+        char deep[2 * JSONPARSE_MAX_DEPTH + 32];
+        size_t n;
+
+        (void)state;
+        assert_fields("{}");
+        assert_fields(" { \"id\" : \"a.1\" } ");
+        assert_fields(
+                "{\"to\":[\"x@y.example\"],\"id\":\"a\","
+                "\"text\":\"line\\nline\",\"meta\":{\"k\":[1,true,null]}}");
+        /* an escaped key is the name it decodes to */
+        assert_fields("{\"\\u0069d\":\"a\",\"te\\u0078t\":\"\\u00e9\"}");
+        assert_fields("{\"meta\":null}");
+
+        assert_fields_left("");
+        assert_fields_left("[]");
+        assert_fields_left("\"id\"");
+        assert_fields_left("{\"id\":\"a\",\"other\":1}");
+        assert_fields_left("{\"i\":1}"); /* a name's start */
+        assert_fields_left("{\"idx\":1}"); /* longer than a name */
+        assert_fields_left("{\"i\\u0000d\":1}");
+        assert_fields_left("{\"id\":\"a\",\"id\":\"b\"}");
+        assert_fields_left("{\"id\":\"a\"} x");
+        assert_fields_left("{\"id\":\"a\",}");
+        assert_fields_left("{\"id\":\"a\"");
+        assert_fields_left("{\"id\" \"a\"}");
+        assert_fields_left("{\"meta\":1.5}"); /* a real number: jansson's */
+        assert_fields_left("{\"id\":\"a\"}{}");
+
+        /* nesting: as deep as jsonparse_loadb() goes, and no deeper (the
+         * object counts as a level) */
+        for (int depth = JSONPARSE_MAX_DEPTH; depth <= JSONPARSE_MAX_DEPTH + 1;
+             depth++) {
+                json_t *whole;
+
+                n = (size_t)snprintf(deep, sizeof(deep), "{\"meta\":");
+                for (int i = 1; i < depth; i++)
+                        deep[n++] = '[';
+                for (int i = 1; i < depth; i++)
+                        deep[n++] = ']';
+                deep[n++] = '}';
+                deep[n] = '\0';
+                whole = jsonparse_loadb(deep, n);
+                if (depth <= JSONPARSE_MAX_DEPTH) {
+                        assert_non_null(whole);
+                        assert_fields(deep);
+                } else {
+                        assert_null(whole);
+                        assert_fields_left(deep);
+                }
+                json_decref(whole);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_request_takes_the_fast_path),
@@ -246,6 +336,8 @@ int main(void) {
                 cmocka_unit_test(test_string_bytes_found_at_every_position),
                 cmocka_unit_test(
                         test_escaped_strings_of_any_length_decode_alike),
+                cmocka_unit_test(
+                        test_fields_are_read_by_name_or_left_to_jansson),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

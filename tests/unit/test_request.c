@@ -314,6 +314,25 @@ static void test_idbuf_filled_on_rejection(void **state) {
                                 "keep-me", "from: missing '@' in address");
 }
 
+/* The request's id is known whichever parser reads it: the fast path, or
+ * jansson for what the fast path leaves (an unknown field, a real number,
+ * a key twice). */
+static void test_idbuf_filled_whichever_parser_reads_the_request(void **state) {
+        (void)state;
+        assert_rejected_with_id("{\"id\":\"keep-me\",\"colour\":1}", 64,
+                                "keep-me", "unknown field \"colour\"");
+        assert_rejected_with_id("{\"colour\":1,\"id\":\"keep-me\"}", 64,
+                                "keep-me", "unknown field \"colour\"");
+        assert_rejected_with_id("{\"id\":\"keep-me\",\"v\":1.5}", 64, "keep-me",
+                                "v: must be an integer");
+        assert_rejected_with_id("{\"id\":\"keep-me\",\"v\":2}", 64, "keep-me",
+                                "v: unsupported version 2");
+        assert_rejected_with_id("{\"id\":\"keep-me\",\"id\":\"other\"}", 64, "",
+                                NULL);
+        assert_rejected_with_id("[{\"id\":\"keep-me\"}]", 64, "",
+                                "request: must be a JSON object");
+}
+
 static void test_idbuf_empty_when_json_invalid(void **state) {
         (void)state;
         assert_rejected_with_id("{\"id\":\"keep-me\",", 64, "", NULL);
@@ -587,6 +606,8 @@ int main(void) {
                 cmocka_unit_test(test_deadline_absent_is_zero),
                 cmocka_unit_test(test_idbuf_filled_on_rejection),
                 cmocka_unit_test(test_idbuf_empty_when_json_invalid),
+                cmocka_unit_test(
+                        test_idbuf_filled_whichever_parser_reads_the_request),
                 cmocka_unit_test(test_idbuf_truncated_to_its_size),
                 cmocka_unit_test(test_oversize_rejected_without_reading_bytes),
                 cmocka_unit_test(test_address_forms_accepted),
