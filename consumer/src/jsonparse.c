@@ -413,8 +413,10 @@ json_t *jsonparse_loadb(const char *buf, size_t len) {
  * -1. */
 static int jp_name_index(const char *key, size_t key_len,
                          const char *const *names, size_t n) {
+        if (key_len == 0)
+                return -1; /* no name is empty */
         for (size_t i = 0; i < n; i++)
-                if (strlen(names[i]) == key_len &&
+                if (names[i][0] == key[0] && strlen(names[i]) == key_len &&
                     memcmp(names[i], key, key_len) == 0)
                         return (int)i;
         return -1;

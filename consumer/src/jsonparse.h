@@ -35,7 +35,8 @@ json_t *jsonparse_loadb(const char *buf, size_t len);
  * request is read this way: no hash table, no lookups.
  * @returns 0, or -1 (every out[i] NULL) when the input is not an object, has
  * a key not among the @n @names or one twice, is not valid JSON or uses
- * something this parser leaves to jansson: json_loadb() decides then. */
+ * something this parser leaves to jansson: json_loadb() decides then. No
+ * name may be empty. */
 int jsonparse_fields(const char *buf, size_t len, const char *const *names,
                      size_t n, json_t **out);
 

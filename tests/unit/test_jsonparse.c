@@ -291,6 +291,7 @@ static void test_fields_are_read_by_name_or_left_to_jansson(void **state) {
         assert_fields_left("\"id\"");
         assert_fields_left("{\"id\":\"a\",\"other\":1}");
         assert_fields_left("{\"i\":1}"); /* a name's start */
+        assert_fields_left("{\"\":1}");
         assert_fields_left("{\"idx\":1}"); /* longer than a name */
         assert_fields_left("{\"i\\u0000d\":1}");
         assert_fields_left("{\"id\":\"a\",\"id\":\"b\"}");
