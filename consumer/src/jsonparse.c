@@ -1,13 +1,10 @@
 #include "jsonparse.h"
+#include "bytescan.h"
 #include "utf8.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* Integers of more digits than this are left to jansson (overflow). */
 #define JSONPARSE_INT_DIGITS 18
@@ -51,52 +48,6 @@ static int jp_hex4(const unsigned char *p, uint32_t *out) {
         return 0;
 }
 
-/* @returns whether none of the 8 bytes at @p ends a plain run of a string:
- * a control byte, a byte of 0x80 or more, a quote or a backslash. */
-static int jp_word_plain(const unsigned char *p) {
-        const uint64_t ones = 0x0101010101010101u;
-        const uint64_t highs = 0x8080808080808080u;
-        uint64_t w, q, b, hit;
-
-        memcpy(&w, p, 8);
-        q = w ^ (ones * '"');
-        b = w ^ (ones * '\\');
-        /* Each term has a high bit set when some byte is below 0x20, is 0x80
-         * or more, is a quote (q has a zero byte), is a backslash. */
-        hit = ((w - ones * 0x20) & ~w) | w | ((q - ones) & ~q) |
-              ((b - ones) & ~b);
-        return (hit & highs) == 0;
-}
-
-/* @returns how many bytes from @p on (at most @max) need no look: none is a
- * control byte, a byte of 0x80 or more, a quote or a backslash. 16 bytes at
- * a time with SSE2 (every x86-64 has it), else 8 (jp_word_plain()). */
-static size_t jp_plain_run(const unsigned char *p, size_t max) {
-        size_t i = 0;
-
-#ifdef __SSE2__
-        const __m128i quote = _mm_set1_epi8('"');
-        const __m128i bslash = _mm_set1_epi8('\\');
-        const __m128i space = _mm_set1_epi8(0x20);
-
-        for (; max - i >= 16; i += 16) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(p + i));
-                /* signed: a byte of 0x80 or more is below 0x20 too */
-                __m128i hit =
-                        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
-                                                  _mm_cmpeq_epi8(v, bslash)),
-                                     _mm_cmplt_epi8(v, space));
-                unsigned mask = (unsigned)_mm_movemask_epi8(hit);
-
-                if (mask)
-                        return i + (size_t)__builtin_ctz(mask);
-        }
-#endif
-        for (; max - i >= 8 && jp_word_plain(p + i); i += 8)
-                ;
-        return i;
-}
-
 /* Reads the string whose opening quote is at jp->p. Unescaped, it is left
  * in the input; escaped, it is decoded into jp->scratch.
  * @returns 0 with *s and *n set, or -1. */
@@ -112,7 +63,7 @@ static int jp_string(struct jp *jp, const char **s, size_t *n) {
 
                 /* the run up to a quote, a backslash or a byte to check */
                 while (p < jp->end) {
-                        p += jp_plain_run(p, (size_t)(jp->end - p));
+                        p += bytescan_json_plain(p, (size_t)(jp->end - p));
                         if (p >= jp->end || *p < 0x20 || *p >= 0x80 ||
                             *p == '"' || *p == '\\')
                                 break;

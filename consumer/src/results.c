@@ -11,6 +11,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "backoff.h"
+#include "bytescan.h"
 #include "civil.h"
 #include "dynbuf.h"
 #include "kconf.h"
@@ -824,10 +825,16 @@ static void jb_str(struct dynbuf *b, const char *s) {
         n = strlen(s);
         dynbuf_append(b, "\"", 1);
         for (size_t i = 0; i < n;) {
-                unsigned char c = p[i];
+                unsigned char c;
                 size_t len;
                 char esc[6];
 
+                len = bytescan_json_plain(p + i, n - i);
+                run += len;
+                i += len;
+                if (i >= n)
+                        break;
+                c = p[i];
                 if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
                         run++;
                         i++;

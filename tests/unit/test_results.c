@@ -123,6 +123,52 @@ static void test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json(
         json_decref(o);
 }
 
+/* A byte that needs a look is found and written right wherever it stands,
+ * before, in and after the 16- and 8-byte steps of the scan. */
+static void
+test_special_bytes_at_every_position_are_written_right(void **state) {
+        static const struct {
+                const char *in;
+                const char *out; /* decoded from the JSON */
+        } specials[] = {
+                {"\"", "\""},
+                {"\\", "\\"},
+                {"\x01", "\x01"},
+                {"\x1f", "\x1f"},
+                {"\xc3\xa9", "\xc3\xa9"},
+                {"\xff", "\xef\xbf\xbd"},
+        };
+        static const char as[] = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        char in[96];
+        char want[96];
+
+        (void)state;
+        for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++)
+                for (size_t len = 1; len <= 40; len++)
+                        for (size_t at = 0; at < len; at++) {
+                                struct result_rec rec = base_rec();
+                                json_t *o;
+                                const char *got;
+
+                                /* "a" * at, the byte(s), "a" up to len */
+                                snprintf(in, sizeof(in), "%.*s%s%.*s", (int)at,
+                                         as, specials[k].in,
+                                         (int)(len - at - 1), as);
+                                snprintf(want, sizeof(want), "%.*s%s%.*s",
+                                         (int)at, as, specials[k].out,
+                                         (int)(len - at - 1), as);
+                                rec.smtp_reply = in;
+                                o = format_and_parse(&rec);
+                                got = json_string_value(
+                                        json_object_get(o, "smtp_reply"));
+                                if (got == NULL || strcmp(got, want) != 0)
+                                        fail_msg("special %zu at %zu of %zu: "
+                                                 "%s",
+                                                 k, at, len, got ? got : "-");
+                                json_decref(o);
+                        }
+}
+
 static void test_missing_id_code_and_metadata_are_null(void **state) {
         struct result_rec rec = rejected_rec("to[0]: CR or LF not allowed");
         json_t *o;
@@ -256,6 +302,8 @@ int main(void) {
                 cmocka_unit_test(test_sent_result_has_every_v1_field),
                 cmocka_unit_test(
                         test_reply_text_that_is_not_utf8_or_has_controls_stays_valid_json),
+                cmocka_unit_test(
+                        test_special_bytes_at_every_position_are_written_right),
                 cmocka_unit_test(test_missing_id_code_and_metadata_are_null),
                 cmocka_unit_test(test_an_id_from_the_key_says_so),
                 cmocka_unit_test(test_delivered_and_recipients),
