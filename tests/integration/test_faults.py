@@ -301,8 +301,9 @@ def test_a_worker_restarted_after_commit_stall_sends_nothing_it_finished_again(
 class ProduceHoldingProxy:
     """A TCP proxy in front of a broker (which advertises the proxy's address, so every
     client connection goes through it) that can hold every Produce request on the
-    connections open at one moment: they never reach the broker and are never answered,
-    while everything else on them, and every connection opened later, works. So a
+    connections open at one moment (hold_open_connections()) or on every connection
+    (hold_all()): they never reach the broker and are never answered, while everything
+    else works, and the Produce requests of the test's own tools pass. So a
     producer looks stuck on its connections (no delivery report for ever) while Kafka
     answers the rest of the worker, as a results producer stuck after an outage did.
     Every thread and socket is bounded by timeouts and stopped by stop()."""
@@ -320,6 +321,7 @@ class ProduceHoldingProxy:
         self.lock = threading.Lock()
         self.conns = []  # [client socket, broker socket, {"hold": bool}]
         self.held = 0
+        self.hold_new = False  # connections opened from now on hold too
         self.running = True
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()
@@ -328,6 +330,20 @@ class ProduceHoldingProxy:
         with self.lock:
             for c in self.conns:
                 c[2]["hold"] = True
+
+    def hold_all(self):
+        """Every Produce request from now on, on every connection (new ones too)."""
+        with self.lock:
+            self.hold_new = True
+            for c in self.conns:
+                c[2]["hold"] = True
+
+    def release(self):
+        """Produce requests pass again (those held stay unanswered)."""
+        with self.lock:
+            self.hold_new = False
+            for c in self.conns:
+                c[2]["hold"] = False
 
     def _accept(self):
         while self.running:
@@ -347,8 +363,8 @@ class ProduceHoldingProxy:
                 continue
             for x in (client, broker):
                 x.settimeout(0.5)
-            state = {"hold": False}
             with self.lock:
+                state = {"hold": self.hold_new}
                 self.conns.append([client, broker, state])
             for fn, args in ((self._requests, (client, broker, state)),
                              (self._pump, (broker, client))):
@@ -377,7 +393,8 @@ class ProduceHoldingProxy:
             body = head and self._recv_exact(client, int.from_bytes(head, "big"))
             if body is None:
                 break
-            if state["hold"] and int.from_bytes(body[:2], "big") == self.PRODUCE:
+            if state["hold"] and int.from_bytes(body[:2], "big") == self.PRODUCE \
+                    and not self._from_tool(body):
                 with self.lock:
                     self.held += 1
                 continue
@@ -386,6 +403,14 @@ class ProduceHoldingProxy:
             except OSError:
                 break
         self._close(client, broker)
+
+    @staticmethod
+    def _from_tool(body):
+        """Whether a request comes from one of the test's tools (client.id mailer-*,
+        the worker's is librdkafka's own): the request header's client id, an int16
+        length after api_key, api_version and correlation_id."""
+        n = int.from_bytes(body[8:10], "big", signed=True)
+        return n > 0 and body[10:10 + n].startswith(b"mailer-")
 
     def _pump(self, src, dst):
         while self.running:
@@ -432,12 +457,7 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
     each mail sent once, the worker still running."""
     import urllib.request
     from harness import free_port
-    proxy = ProduceHoldingProxy()
-    kafka = Kafka.start(make_tmpdir("kafka-proxied"), local=True,
-                        props=[f"advertised.listeners=PLAINTEXT://127.0.0.1:{proxy.port}"])
-    proxy.target = kafka.port
-    broker = ready_kafka(kafka)
-    next(broker)
+    proxy, kafka, broker = proxied_kafka("kafka-proxied")
     w = None
     try:
         topics = Topics.new(partitions=2).create(kafka)
@@ -452,9 +472,7 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
         kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
 
         def replaced():
-            return [f for f in (parse_logfmt(x) for x in w.log().splitlines())
-                    if f["msg"].startswith("no delivery report from the results "
-                                           "producer for results.stall.ms (3000 ms)")]
+            return replacements(w, 3000)
         wait_for(lambda: replaced() or not w.alive(), 90, "the results producer replaced")
         assert w.alive(), w.log_tail()
         assert proxy.held >= 1
@@ -472,6 +490,136 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
                       re.M)
         assert m and float(m.group(1)) == len(replaced()) >= 1, text
         assert w.alive(), w.log_tail()
+    finally:
+        if w:
+            w.stop()
+        next(broker, None)
+        proxy.stop()
+
+
+def proxied_kafka(tag):
+    """A broker behind a ProduceHoldingProxy: (proxy, kafka, broker generator)."""
+    proxy = ProduceHoldingProxy()
+    kafka = Kafka.start(make_tmpdir(tag), local=True,
+                        props=[f"advertised.listeners=PLAINTEXT://127.0.0.1:{proxy.port}"])
+    proxy.target = kafka.port
+    broker = ready_kafka(kafka)
+    next(broker)
+    return proxy, kafka, broker
+
+
+def replacements(w, stall_ms):
+    """The worker's "replacing it" log lines (results.stall.ms of @stall_ms)."""
+    head = ("no delivery report from the results producer for results.stall.ms "
+            f"({stall_ms} ms)")
+    return [f for f in (parse_logfmt(x) for x in w.log().splitlines())
+            if f["msg"].startswith(head)]
+
+
+def test_results_producers_are_replaced_again_while_the_topics_store_nothing(
+        capture_server, worker):
+    """results.stall.ms while no write of any producer is answered (the proxy holds
+    every Produce request, on new connections too): each new producer is replaced in
+    turn after results.stall.ms, the one before having given its records back (so the
+    worker goes on: no exit). Once writes pass again the next producer stores every
+    result; every request committed, each mail sent once, the metric the number of
+    replacements."""
+    import urllib.request
+    from harness import free_port
+    proxy, kafka, broker = proxied_kafka("kafka-proxied-all")
+    w = None
+    try:
+        topics = Topics.new(partitions=2).create(kafka)
+        server = capture_server()
+        port = free_port()
+        first, n = 20, 80
+        w = worker(cfg(kafka, topics, server.url, results_stall_ms=2000,
+                       metrics_listen=f"127.0.0.1:{port}"))
+        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        proxy.hold_all()
+        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        wait_for(lambda: len(replacements(w, 2000)) >= 2 or not w.alive(), 90,
+                 "the results producer replaced twice")
+        assert w.alive(), w.log_tail()
+        assert w.log().count("replaced results producer closed") >= 1, w.log_tail()
+        proxy.release()
+        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=90)
+        assert a["lost"] == 0 and a["final"] == n, a
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        mids = captured_mids(server.dir)
+        assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
+        assert w.alive(), w.log_tail()
+        assert "the producer replaced before still holds" not in w.log(), w.log_tail()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        m = re.search(r"^kafka_mailer_results_producer_replaced_total (\S+)$", text,
+                      re.M)
+        assert m and float(m.group(1)) == len(replacements(w, 2000)) >= 2, text
+    finally:
+        if w:
+            w.stop()
+        next(broker, None)
+        proxy.stop()
+
+
+# A librdkafka whose purge does nothing: a producer that keeps its records when
+# replaced, as one whose threads no longer answer would.
+PURGE_SHIM = """
+int rd_kafka_purge(void *rk, int purge_flags);
+int rd_kafka_purge(void *rk, int purge_flags) {
+        (void)rk;
+        (void)purge_flags;
+        return 0;
+}
+"""
+
+
+def test_a_worker_whose_replaced_results_producer_keeps_its_records_exits_3(
+        capture_server, worker):
+    """The producer replaced after results.stall.ms does not give its records back
+    (librdkafka's purge made a no-op by a preloaded library) and the new one gets no
+    delivery report either: at the next results.stall.ms the worker cannot replace it
+    again, says why (an error line) and stops as on SIGTERM with exit status 3, its
+    results unacknowledged and their requests uncommitted. A worker started again once
+    writes pass sends what was not committed: nothing lost."""
+    import subprocess
+    proxy, kafka, broker = proxied_kafka("kafka-proxied-keep")
+    w = None
+    try:
+        d = make_tmpdir("purge-shim")
+        (d / "shim.c").write_text(PURGE_SHIM)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(d / "shim.so"),
+                        str(d / "shim.c")], check=True, timeout=60)
+        topics = Topics.new(partitions=2).create(kafka)
+        server = capture_server()
+        first, n = 20, 60
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": str(d / "shim.so"),
+               "ASAN_OPTIONS": f"{asan}:verify_asan_link_order=0".lstrip(":")}
+        conf = cfg(kafka, topics, server.url, results_stall_ms=2000,
+                   shutdown_timeout_ms=3000)
+        w = worker(conf, env=env)
+        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        proxy.hold_all()
+        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        rc = w.wait(90)
+        assert rc == 3, w.log_tail()
+        assert len(replacements(w, 2000)) == 2, w.log_tail()
+        stop = [f for f in (parse_logfmt(x) for x in w.log().splitlines())
+                if f["msg"].startswith("results producer not replaced: stopping")]
+        assert stop and stop[0]["level"] == "error", w.log_tail()
+        assert "the producer replaced before still holds" in stop[0].get("reason", ""), \
+            w.log_tail()
+        assert not kafka.fully_committed(topics.group, topics.requests)
+        assert kafka.count(topics.results) < n, "results held"
+        proxy.release()
+        w2 = worker(conf)
+        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=120)
+        assert a["lost"] == 0 and a["final"] == n, a
+        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        assert w2.alive(), w2.log_tail()
     finally:
         if w:
             w.stop()
