@@ -155,6 +155,17 @@ struct worker_revoke {
 
 /* One consumed topic: its consumer, its partitions' ledger and its commits.
  * Also what the consumer's callbacks are given. */
+/*
+ * A count that moves while work is done (commits stored, delivery reports
+ * served) watched while work waits on it: how long it has stood still,
+ * counted from a moment Kafka answered (not through an outage, after which
+ * Kafka clients take a few seconds to resume). stall_watch_check().
+ */
+struct stall_watch {
+        uint64_t sw_seen; /* the count at the last look */
+        int64_t sw_since_ms; /* stood still since (0: moving, or no work) */
+};
+
 struct worker_topic {
         worker_t *wt_worker;
         int wt_index; /* TOPIC_REQUESTS, TOPIC_RETRY */
@@ -174,11 +185,9 @@ struct worker_topic {
          * a time, so that a rebalance meets one commit, not a queue. */
         int64_t wt_commit_sent_ms;
         /* commit.stall.exit.ms (worker_watch_commits()): partitions' commits
-         * stored so far, the count at the last look, and since when offers
-         * were outstanding with none stored (0: not so) */
+         * stored so far, watched while offers are outstanding */
         uint64_t wt_commits_stored;
-        uint64_t wt_commits_stored_seen;
-        int64_t wt_commit_stuck_ms;
+        struct stall_watch wt_commit_watch;
 };
 
 struct worker {
@@ -214,10 +223,8 @@ struct worker {
         int w_exit_status; /* worker_run()'s, when not 0 */
         int64_t w_kafka_answered_ms; /* when Kafka was last seen ready */
         /* results.stall.ms (worker_watch_results()): the producer's
-         * delivery reports at the last look, and since when records waited
-         * with none served (0: not so) */
-        uint64_t w_results_reports_seen;
-        int64_t w_results_stuck_ms;
+         * delivery reports, watched while records wait for one */
+        struct stall_watch w_results_watch;
         int w_stopping;
         int64_t w_stop_deadline_ms; /* loop_clock_ms() by which to exit */
 
@@ -1643,6 +1650,27 @@ static void worker_update_share(worker_t *w) {
 }
 
 /*
+ * Looks at @sw's @count while @waiting (work waits on the count moving):
+ * @returns 1 when it has stood still for @limit ms (0: never), counted from
+ * a moment Kafka answered (@answered_ms == @now), and starts counting anew.
+ */
+static int stall_watch_check(struct stall_watch *sw, uint64_t count,
+                             int waiting, int64_t answered_ms, int64_t now,
+                             int limit) {
+        if (limit == 0 || !waiting || count != sw->sw_seen) {
+                sw->sw_seen = count;
+                sw->sw_since_ms = 0;
+                return 0;
+        }
+        if (sw->sw_since_ms == 0 && answered_ms == now)
+                sw->sw_since_ms = now;
+        if (sw->sw_since_ms == 0 || now - sw->sw_since_ms < limit)
+                return 0;
+        sw->sw_since_ms = 0;
+        return 1;
+}
+
+/*
  * commit.stall.exit.ms: a topic whose offers to commit have been
  * outstanding that long, none stored, counted from a moment Kafka answered
  * (its metadata requests, kstatus), has a Kafka client that will not
@@ -1657,20 +1685,11 @@ static void worker_watch_commits(worker_t *w, int64_t now) {
         for (int t = 0; t < w->w_topic_cnt; t++) {
                 struct worker_topic *wt = &w->w_topics[t];
 
-                if (limit == 0 || w->w_stop ||
-                    wt->wt_commits_stored != wt->wt_commits_stored_seen ||
-                    !ledger_commit_outstanding(wt->wt_ledger)) {
-                        wt->wt_commits_stored_seen = wt->wt_commits_stored;
-                        wt->wt_commit_stuck_ms = 0;
-                        continue;
-                }
-                /* counted from a moment Kafka answered: not through an
-                 * outage, after which commits take a few seconds to resume */
-                if (wt->wt_commit_stuck_ms == 0 &&
-                    w->w_kafka_answered_ms == now)
-                        wt->wt_commit_stuck_ms = now;
-                if (wt->wt_commit_stuck_ms == 0 ||
-                    now - wt->wt_commit_stuck_ms < limit)
+                if (!stall_watch_check(
+                            &wt->wt_commit_watch, wt->wt_commits_stored,
+                            !w->w_stop &&
+                                    ledger_commit_outstanding(wt->wt_ledger),
+                            w->w_kafka_answered_ms, now, limit))
                         continue;
                 LOG(LL_ERROR,
                     "offsets not committed for commit.stall.exit.ms (%d ms) "
@@ -1699,17 +1718,10 @@ static void worker_watch_results(worker_t *w, int64_t now) {
         size_t waiting = results_unreported(w->w_results);
         char errstr[256];
 
-        if (limit == 0 || w->w_stop || waiting == 0 ||
-            reports != w->w_results_reports_seen) {
-                w->w_results_reports_seen = reports;
-                w->w_results_stuck_ms = 0;
+        if (!stall_watch_check(&w->w_results_watch, reports,
+                               !w->w_stop && waiting > 0,
+                               w->w_kafka_answered_ms, now, limit))
                 return;
-        }
-        if (w->w_results_stuck_ms == 0 && w->w_kafka_answered_ms == now)
-                w->w_results_stuck_ms = now;
-        if (w->w_results_stuck_ms == 0 || now - w->w_results_stuck_ms < limit)
-                return;
-        w->w_results_stuck_ms = 0;
         LOG(LL_ERROR,
             "no delivery report from the results producer for "
             "results.stall.ms (%d ms) while Kafka answers: replacing it "
