@@ -455,7 +455,6 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
     producer (an error line, the metric); the replaced one gives its records back and is
     closed, the new one stores them. Every result stored once, every request committed,
     each mail sent once, the worker still running."""
-    import urllib.request
     from harness import free_port
     proxy, kafka, broker = proxied_kafka("kafka-proxied")
     w = None
@@ -466,10 +465,7 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
         first, n = 20, 120
         w = worker(cfg(kafka, topics, server.url, results_stall_ms=3000,
                        metrics_listen=f"127.0.0.1:{port}"))
-        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
-        kafka.wait_committed(topics.group, topics.requests, timeout=60)
-        proxy.hold_open_connections()
-        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        produce_then_hold(kafka, topics, proxy.hold_open_connections, first, n)
 
         def replaced():
             return replacements(w, 3000)
@@ -477,18 +473,10 @@ def test_a_results_producer_that_reports_nothing_is_replaced_and_nothing_sent_tw
         assert w.alive(), w.log_tail()
         assert proxy.held >= 1
         assert replaced()[0]["level"] == "error", w.log_tail()
-        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=90)
-        assert a["lost"] == 0 and a["final"] == n, a
-        kafka.wait_committed(topics.group, topics.requests, timeout=60)
+        assert_all_sent_once_and_committed(kafka, topics, server, n)
         assert kafka.count(topics.results) == n, "each result stored once"
-        mids = captured_mids(server.dir)
-        assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
         assert "replaced results producer closed" in w.log(), w.log_tail()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        m = re.search(r"^kafka_mailer_results_producer_replaced_total (\S+)$", text,
-                      re.M)
-        assert m and float(m.group(1)) == len(replaced()) >= 1, text
+        assert replaced_metric(port) == len(replaced()) >= 1
         assert w.alive(), w.log_tail()
     finally:
         if w:
@@ -516,6 +504,33 @@ def replacements(w, stall_ms):
             if f["msg"].startswith(head)]
 
 
+def produce_then_hold(kafka, topics, hold, first, n):
+    """Requests 0..@first done and committed, then @hold() on the proxy, then the
+    requests up to @n."""
+    kafka.produce(topics.requests, [make_request(i) for i in range(first)])
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    hold()
+    kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+
+
+def assert_all_sent_once_and_committed(kafka, topics, server, n):
+    a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=90)
+    assert a["lost"] == 0 and a["final"] == n, a
+    kafka.wait_committed(topics.group, topics.requests, timeout=60)
+    mids = captured_mids(server.dir)
+    assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
+
+
+def replaced_metric(port):
+    """kafka_mailer_results_producer_replaced_total of the worker's /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^kafka_mailer_results_producer_replaced_total (\S+)$", text, re.M)
+    assert m, text
+    return float(m.group(1))
+
+
 def test_results_producers_are_replaced_again_while_the_topics_store_nothing(
         capture_server, worker):
     """results.stall.ms while no write of any producer is answered (the proxy holds
@@ -524,7 +539,6 @@ def test_results_producers_are_replaced_again_while_the_topics_store_nothing(
     worker goes on: no exit). Once writes pass again the next producer stores every
     result; every request committed, each mail sent once, the metric the number of
     replacements."""
-    import urllib.request
     from harness import free_port
     proxy, kafka, broker = proxied_kafka("kafka-proxied-all")
     w = None
@@ -535,27 +549,16 @@ def test_results_producers_are_replaced_again_while_the_topics_store_nothing(
         first, n = 20, 80
         w = worker(cfg(kafka, topics, server.url, results_stall_ms=2000,
                        metrics_listen=f"127.0.0.1:{port}"))
-        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
-        kafka.wait_committed(topics.group, topics.requests, timeout=60)
-        proxy.hold_all()
-        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        produce_then_hold(kafka, topics, proxy.hold_all, first, n)
         wait_for(lambda: len(replacements(w, 2000)) >= 2 or not w.alive(), 90,
                  "the results producer replaced twice")
         assert w.alive(), w.log_tail()
         assert w.log().count("replaced results producer closed") >= 1, w.log_tail()
         proxy.release()
-        a = kafka.wait_audit(topics, n, capture_dir=server.dir, timeout=90)
-        assert a["lost"] == 0 and a["final"] == n, a
-        kafka.wait_committed(topics.group, topics.requests, timeout=60)
-        mids = captured_mids(server.dir)
-        assert len(mids) == n and max(mids.values()) == 1, mids.most_common(3)
+        assert_all_sent_once_and_committed(kafka, topics, server, n)
         assert w.alive(), w.log_tail()
         assert "the producer replaced before still holds" not in w.log(), w.log_tail()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        m = re.search(r"^kafka_mailer_results_producer_replaced_total (\S+)$", text,
-                      re.M)
-        assert m and float(m.group(1)) == len(replacements(w, 2000)) >= 2, text
+        assert replaced_metric(port) == len(replacements(w, 2000)) >= 2
     finally:
         if w:
             w.stop()
@@ -600,10 +603,7 @@ def test_a_worker_whose_replaced_results_producer_keeps_its_records_exits_3(
         conf = cfg(kafka, topics, server.url, results_stall_ms=2000,
                    shutdown_timeout_ms=3000)
         w = worker(conf, env=env)
-        kafka.produce(topics.requests, [make_request(i) for i in range(first)])
-        kafka.wait_committed(topics.group, topics.requests, timeout=60)
-        proxy.hold_all()
-        kafka.produce(topics.requests, [make_request(i) for i in range(first, n)])
+        produce_then_hold(kafka, topics, proxy.hold_all, first, n)
         rc = w.wait(90)
         assert rc == 3, w.log_tail()
         assert len(replacements(w, 2000)) == 2, w.log_tail()
