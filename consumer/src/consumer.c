@@ -36,6 +36,11 @@
  * KIP-848 protocol; librdkafka itself only retries, silently. */
 #define CONSUMER_NO_KIP848                                                     \
         "ConsumerGroupHeartbeatRequest not supported by broker"
+/* librdkafka's debug lines (context cgrp) for a JoinGroup request sent
+ * (facility "JOIN") and for its response (facility "JOINGROUP"). */
+#define CONSUMER_JOIN_SENT "Joining group"
+#define CONSUMER_JOIN_FAC "JOIN"
+#define CONSUMER_JOINED_FAC "JOINGROUP"
 /* How long the nudger waits for the end offsets it asked for (only the
  * request matters; this bounds how long closing waits for the thread). */
 #define CONSUMER_NUDGE_WAIT_MS 500
@@ -138,6 +143,14 @@ struct consumer {
          * make librdkafka before 2.10 drop the assignment as lost: hold
          * them (classic protocol on such a librdkafka only). */
         int c_hold_in_rebalance;
+        /* On such a librdkafka, also from the moment librdkafka sends a
+         * JoinGroup request (its debug line, seen on its thread) until the
+         * response: a commit sent behind the request is answered after the
+         * broker moved to the next generation, and the assignment is
+         * dropped as lost. 0: no join under way. Bounded by
+         * max.poll.interval.ms, the longest the broker holds a join. */
+        atomic_llong c_join_ms;
+        int64_t c_join_max_ms;
         atomic_int c_no_kip848; /* set from librdkafka's threads */
         /* The worker turned librdkafka's debug lines on (only to watch for
          * CONSUMER_NO_KIP848) and turns them off at the first assignment. */
@@ -464,7 +477,8 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         rd_kafka_error_t *error = NULL;
         rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && c->c_debug_ours) {
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && c->c_debug_ours &&
+            !c->c_hold_in_rebalance) {
                 /* The broker speaks KIP-848: nothing left to watch for. The
                  * level check comes before librdkafka formats a line. */
                 rd_kafka_set_log_level(rk, CONSUMER_RDK_LOG_INFO);
@@ -475,6 +489,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     "partitions assigned topic=%s count=%d cooperative=%d",
                     c->c_mq.mq_topic, parts->cnt, cooperative);
                 c->c_await_assign = 0;
+                atomic_store(&c->c_join_ms, 0);
                 /* Before the assignment: once fetching starts, librdkafka
                  * forwards a partition queue the application has not. */
                 if (c->c_hold_assigned)
@@ -565,14 +580,22 @@ static void consumer_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 /* librdkafka's log lines: written through log_rdkafka(), and watched for the
- * one that says the broker lacks the KIP-848 protocol. Runs on librdkafka's
- * threads: it only sets an atomic flag the loop reads. */
+ * one that says the broker lacks the KIP-848 protocol and, where commits
+ * are held in a rebalance, for a JoinGroup request and its response. Runs
+ * on librdkafka's threads: it only sets atomic values the loop reads. */
 static void consumer_log_cb(const rd_kafka_t *rk, int level, const char *fac,
                             const char *buf) {
         consumer_t *c = rd_kafka_opaque(rk);
 
         if (c && c->c_group_consumer && strstr(buf, CONSUMER_NO_KIP848))
                 atomic_store(&c->c_no_kip848, 1);
+        if (c && c->c_hold_in_rebalance) {
+                if (strcmp(fac, CONSUMER_JOIN_FAC) == 0 &&
+                    strstr(buf, CONSUMER_JOIN_SENT))
+                        atomic_store(&c->c_join_ms, loop_clock_ms());
+                else if (strcmp(fac, CONSUMER_JOINED_FAC) == 0)
+                        atomic_store(&c->c_join_ms, 0);
+        }
         log_rdkafka(rk, level, fac, buf);
 }
 
@@ -832,9 +855,10 @@ static void consumer_on_timer(loop_t *loop, void *opaque) {
 }
 
 /* Adds librdkafka's debug context "cgrp" to those already set: its debug
- * lines are the only sign that a broker lacks the KIP-848 protocol
- * (consumer_log_cb()). They are logged at level debug only, and when the
- * user set no debug context of their own, stop at the first assignment. */
+ * lines are the only sign that a broker lacks the KIP-848 protocol, and
+ * that a classic member sent a JoinGroup request (consumer_log_cb()). They
+ * are logged at level debug only; for the KIP-848 watch, when the user set
+ * no debug context of their own, they stop at the first assignment. */
 static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc, char *errstr,
                                size_t errstr_size) {
         char debug[512], value[560];
@@ -848,6 +872,23 @@ static int consumer_debug_cgrp(consumer_t *c, rd_kafka_conf_t *kc, char *errstr,
         snprintf(value, sizeof(value), "%s%scgrp", debug, debug[0] ? "," : "");
         return kconf_set(kc, CONSUMER_SCOPE, "debug", value, errstr,
                          errstr_size);
+}
+
+/* Reads max.poll.interval.ms, the rebalance timeout a classic member sends
+ * with its JoinGroup request: the broker answers the request within it. */
+static int consumer_join_max(consumer_t *c, rd_kafka_conf_t *kc, char *errstr,
+                             size_t errstr_size) {
+        char value[32];
+        size_t n = sizeof(value);
+
+        if (rd_kafka_conf_get(kc, "max.poll.interval.ms", value, &n) !=
+            RD_KAFKA_CONF_OK) {
+                snprintf(errstr, errstr_size,
+                         "kafka.consumer.max.poll.interval.ms: not readable");
+                return -1;
+        }
+        c->c_join_max_ms = strtoll(value, NULL, 10);
+        return 0;
 }
 
 /* librdkafka refuses a fetch.max.bytes below message.max.bytes: a larger
@@ -973,8 +1014,11 @@ consumer_t *consumer_new(loop_t *loop, const struct config *conf,
                 goto fail;
         if (consumer_fetch_fit(kc, errstr, errstr_size))
                 goto fail;
-        if (c->c_group_consumer &&
+        if ((c->c_group_consumer || c->c_hold_in_rebalance) &&
             consumer_debug_cgrp(c, kc, errstr, errstr_size))
+                goto fail;
+        if (c->c_hold_in_rebalance &&
+            consumer_join_max(c, kc, errstr, errstr_size))
                 goto fail;
         if (kconf_set_table(kc, CONSUMER_SCOPE, fixed,
                             sizeof(fixed) / sizeof(fixed[0]), errstr,
@@ -1269,8 +1313,11 @@ int consumer_awaits_assignment(const consumer_t *c) {
 }
 
 int consumer_rebalancing(const consumer_t *c) {
-        return c->c_revoked_ms != 0 &&
-               loop_clock_ms() - c->c_revoked_ms < CONSUMER_REBALANCE_MAX_MS;
+        int64_t now = loop_clock_ms(), join = atomic_load(&c->c_join_ms);
+
+        return (c->c_revoked_ms != 0 &&
+                now - c->c_revoked_ms < CONSUMER_REBALANCE_MAX_MS) ||
+               (join != 0 && now - join < c->c_join_max_ms);
 }
 
 int consumer_holds_commits(const consumer_t *c) {
