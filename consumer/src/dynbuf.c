@@ -154,6 +154,10 @@ size_t dynbuf_len(const struct dynbuf *d) {
         return d->db_len;
 }
 
+size_t dynbuf_size(const struct dynbuf *d) {
+        return d->db_cap;
+}
+
 void dynbuf_fail(struct dynbuf *d, enum dynbuf_err err) {
         if (d->db_err == DYNBUF_OK)
                 d->db_err = err;

@@ -38,9 +38,9 @@ void dynbuf_fini(struct dynbuf *d);
 /* Empties @d, keeping its memory, and forgets a failure. */
 void dynbuf_reset(struct dynbuf *d);
 
-/* Empties @d as dynbuf_reset() does, with the limit @max from now on; its
- * memory is kept when it holds at most @keep bytes and @max + 1, else
- * freed. A buffer that was never initialised must be all zero. */
+/* Empties @d as dynbuf_reset() does, with the limit @max (less than
+ * SIZE_MAX) from now on; its memory is kept when it holds at most @keep
+ * bytes and @max + 1, else freed. */
 void dynbuf_reuse(struct dynbuf *d, size_t max, size_t keep);
 
 /* dynbuf_append() when @d has no room for @n more bytes and the NUL, or
@@ -53,7 +53,8 @@ static inline int dynbuf_append(struct dynbuf *d, const void *p, size_t n) {
         /* db_cap is at most db_max + 1: room here is within the limit */
         if (d->db_err != DYNBUF_OK || d->db_cap - d->db_len <= n)
                 return dynbuf_append_grow(d, p, n);
-        memcpy(d->db_p + d->db_len, p, n);
+        if (n > 0) /* @p may be NULL then */
+                memcpy(d->db_p + d->db_len, p, n);
         d->db_len += n;
         d->db_p[d->db_len] = '\0';
         return 0;
@@ -106,6 +107,9 @@ const char *dynbuf_ptr(const struct dynbuf *d);
 
 /* @returns the length of the content. */
 size_t dynbuf_len(const struct dynbuf *d);
+
+/* @returns the bytes allocated for @d's content. */
+size_t dynbuf_size(const struct dynbuf *d);
 
 /* Marks @d failed with @err (not DYNBUF_OK) as a failed append would, for
  * a writer that met an error of its own; an earlier failure stays. */

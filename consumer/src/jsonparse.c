@@ -387,7 +387,7 @@ int jsonparse_fields(const char *buf, size_t len, const char *const *names,
                 out[i] = NULL;
         jp_ws(&jp);
         if (jp.p >= jp.end || *jp.p != '{')
-                goto out;
+                goto done;
         jp.p++;
         jp_ws(&jp);
         if (jp.p < jp.end && *jp.p == '}') {
@@ -401,32 +401,32 @@ int jsonparse_fields(const char *buf, size_t len, const char *const *names,
 
                 if (jp.p >= jp.end || *jp.p != '"' ||
                     jp_string(&jp, &key, &key_len) != 0)
-                        goto out;
+                        goto done;
                 /* matched before the value may reuse the scratch buffer */
                 k = jp_name_index(key, key_len, names, n);
                 if (k < 0 || out[k] != NULL)
-                        goto out;
+                        goto done;
                 jp_ws(&jp);
                 if (jp.p >= jp.end || *jp.p != ':')
-                        goto out;
+                        goto done;
                 jp.p++;
                 jp_ws(&jp);
                 out[k] = jp_value(&jp);
                 if (out[k] == NULL)
-                        goto out;
+                        goto done;
                 jp_ws(&jp);
                 if (jp.p >= jp.end)
-                        goto out;
+                        goto done;
                 if (*jp.p == '}')
                         ok = 1;
                 else if (*jp.p != ',')
-                        goto out;
+                        goto done;
                 jp.p++;
                 jp_ws(&jp);
         }
         jp_ws(&jp);
         ok = jp.p == jp.end;
-out:
+done:
         if (!ok)
                 for (size_t i = 0; i < n; i++) {
                         json_decref(out[i]);

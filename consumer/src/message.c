@@ -27,8 +27,6 @@
  * (request.max.bytes, at most 100 MiB) can grow to, every byte sent
  * quoted-printable (=XX and soft line breaks: under 3.2 times). */
 #define MESSAGE_MAX_BYTES (1024u * 1024 * 1024)
-/* A thread's build buffers keep at most this much between messages. */
-#define MESSAGE_BUILD_KEEP (256u * 1024)
 
 static const char hex_upper[] = "0123456789ABCDEF";
 
@@ -967,18 +965,24 @@ static struct message *message_new(const struct mail_request *req,
         return msg;
 }
 
-/* The buffers a thread builds its messages in, kept from one message to
- * the next up to MESSAGE_BUILD_KEEP bytes each: the message is copied out
- * at its size, one allocation a message. */
-static __thread struct dynbuf build_buf;
-static __thread struct dynbuf build_scratch;
+void message_scratch_init(struct message_scratch *ms) {
+        dynbuf_init(&ms->ms_buf, MESSAGE_MAX_BYTES);
+        dynbuf_init(&ms->ms_word, MESSAGE_MAX_BYTES);
+}
+
+void message_scratch_fini(struct message_scratch *ms) {
+        dynbuf_fini(&ms->ms_buf);
+        dynbuf_fini(&ms->ms_word);
+}
 
 struct message *message_build(const struct mail_request *req,
                               const struct message_opts *opts, char *errstr,
                               size_t errstr_size) {
         struct message *msg = NULL;
-        struct dynbuf *const b = &build_buf;
-        struct dynbuf *const scratch = &build_scratch;
+        struct message_scratch own;
+        struct message_scratch *ms = opts->scratch ? opts->scratch : &own;
+        struct dynbuf *const b = &ms->ms_buf;
+        struct dynbuf *const scratch = &ms->ms_word;
         struct hdr h;
         char mid[512];
         char alt[40];
@@ -992,8 +996,11 @@ struct message *message_build(const struct mail_request *req,
                 snprintf(errstr, errstr_size, "message: headroom too large");
                 return NULL;
         }
-        dynbuf_reuse(b, MESSAGE_MAX_BYTES + opts->headroom, MESSAGE_BUILD_KEEP);
-        dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
+        if (!opts->scratch)
+                message_scratch_init(&own);
+        dynbuf_reuse(b, MESSAGE_MAX_BYTES + opts->headroom,
+                     MESSAGE_SCRATCH_KEEP);
+        dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_SCRATCH_KEEP);
         if (message_id_for(req, opts->message_id_domain, mid, sizeof(mid)) !=
             0) {
                 snprintf(errstr, errstr_size,
@@ -1059,13 +1066,17 @@ struct message *message_build(const struct mail_request *req,
                          MESSAGE_MAX_BYTES);
                 goto out;
         }
-        if (dynbuf_error(b) != DYNBUF_OK)
-                goto oom;
-        data_len = dynbuf_len(b);
-        msg->buf = malloc(data_len + 1);
+        if (!opts->scratch || dynbuf_size(b) > MESSAGE_SCRATCH_KEEP) {
+                /* the buffer goes with the message (not copied) */
+                msg->buf = dynbuf_take(b, &data_len);
+        } else if (dynbuf_error(b) == DYNBUF_OK) {
+                data_len = dynbuf_len(b);
+                msg->buf = malloc(data_len + 1);
+                if (msg->buf != NULL)
+                        memcpy(msg->buf, dynbuf_ptr(b), data_len + 1);
+        }
         if (msg->buf == NULL)
                 goto oom;
-        memcpy(msg->buf, dynbuf_ptr(b), data_len + 1);
         msg->headroom = opts->headroom;
         msg->data = msg->buf + opts->headroom;
         msg->data_len = data_len - opts->headroom - 3;
@@ -1075,8 +1086,12 @@ struct message *message_build(const struct mail_request *req,
 oom:
         snprintf(errstr, errstr_size, "message: out of memory");
 out:
-        dynbuf_reuse(b, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
-        dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_BUILD_KEEP);
+        if (opts->scratch) {
+                dynbuf_reuse(b, MESSAGE_MAX_BYTES, MESSAGE_SCRATCH_KEEP);
+                dynbuf_reuse(scratch, MESSAGE_MAX_BYTES, MESSAGE_SCRATCH_KEEP);
+        } else {
+                message_scratch_fini(&own);
+        }
         if (!ok) {
                 message_destroy(msg);
                 msg = NULL;

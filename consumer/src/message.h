@@ -12,7 +12,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dynbuf.h"
 #include "request.h"
+
+/* What a message_scratch keeps between messages, at most, in each buffer. */
+#define MESSAGE_SCRATCH_KEEP (256u * 1024)
+
+/*
+ * The buffers message_build() builds in, kept from one message to the next
+ * (up to MESSAGE_SCRATCH_KEEP bytes each), so that a message costs one
+ * allocation: it is copied out at its size (a larger one takes the buffer
+ * with it). Embedded by its owner (message_scratch_init()/_fini()); used by
+ * one thread at a time.
+ */
+struct message_scratch {
+        struct dynbuf ms_buf; /* the message */
+        struct dynbuf ms_word; /* a header word, while it is being folded */
+};
+
+void message_scratch_init(struct message_scratch *ms);
+
+/* Frees what @ms kept. */
+void message_scratch_fini(struct message_scratch *ms);
 
 struct message_opts {
         const char
@@ -20,6 +41,7 @@ struct message_opts {
         int64_t date_ms; /* Unix ms for the Date header */
         size_t headroom; /* bytes kept free in front of data, so that
                             message_prepend() of that much copies nothing */
+        struct message_scratch *scratch; /* NULL: buffers of the call's own */
 };
 
 /* One built message, ready for SMTP. */

@@ -52,7 +52,9 @@ enum request_field {
         F_COUNT
 };
 
-static const char *const request_fields[F_COUNT] = {
+_Static_assert(F_COUNT == REQUEST_FIELDS, "request_fields: one per field");
+
+const char *const request_fields[REQUEST_FIELDS] = {
         [F_V] = "v",
         [F_ID] = "id",
         [F_FROM] = "from",

@@ -10,6 +10,11 @@
 #include <stdint.h>
 #include <jansson.h>
 
+/* The names of a request's fields (docs/wire-format.md), in the order
+ * request_parse() reads them into; no other member is accepted. */
+#define REQUEST_FIELDS 15
+extern const char *const request_fields[REQUEST_FIELDS];
+
 struct request_limits {
         size_t max_bytes; /* request.max.bytes: the whole JSON value */
         size_t max_recipients; /* request.max.recipients: to + cc + bcc */

@@ -153,8 +153,6 @@ struct worker_revoke {
         loop_timer_t rv_timer; /* worker_on_revoke_timer() */
 };
 
-/* One consumed topic: its consumer, its partitions' ledger and its commits.
- * Also what the consumer's callbacks are given. */
 /*
  * A count that moves while work is done (commits stored, delivery reports
  * served) watched while work waits on it: how long it has stood still,
@@ -166,6 +164,8 @@ struct stall_watch {
         int64_t sw_since_ms; /* stood still since (0: moving, or no work) */
 };
 
+/* One consumed topic: its consumer, its partitions' ledger and its commits.
+ * Also what the consumer's callbacks are given. */
 struct worker_topic {
         worker_t *wt_worker;
         int wt_index; /* TOPIC_REQUESTS, TOPIC_RETRY */
@@ -225,6 +225,8 @@ struct worker {
         /* results.stall.ms (worker_watch_results()): the producer's
          * delivery reports, watched while records wait for one */
         struct stall_watch w_results_watch;
+        /* the buffers messages are built in (worker_on_message()) */
+        struct message_scratch w_msg_scratch;
         int w_stopping;
         int64_t w_stop_deadline_ms; /* loop_clock_ms() by which to exit */
 
@@ -1245,6 +1247,7 @@ static void worker_on_message(void *opaque, const rd_kafka_message_t *m) {
         mo.message_id_domain = w->w_conf->message_id_domain;
         mo.date_ms = e->e_received_ms;
         mo.headroom = signer_headroom(w->w_signer, e->e_req->from.addr);
+        mo.scratch = &w->w_msg_scratch;
         e->e_msg = message_build(e->e_req, &mo, errstr, sizeof(errstr));
         if (!e->e_msg) {
                 if (e->e_req->deadline_ms)
@@ -2304,6 +2307,7 @@ worker_t *worker_new(const struct config *conf, char *errstr,
                 return NULL;
         }
         w->w_conf = conf;
+        message_scratch_init(&w->w_msg_scratch);
         if (conf->topic_requests[0] == '^' || conf->topic_retry[0] == '^') {
                 /* A pattern would subscribe to topics the worker cannot tell
                  * apart, and their messages would be dropped. */
@@ -2584,6 +2588,7 @@ void worker_destroy(worker_t *w) {
                 w->w_topics[t].wt_ledger = NULL;
         }
         dedupe_destroy(w->w_dedupe);
+        message_scratch_fini(&w->w_msg_scratch);
         signer_destroy(w->w_signer);
         free(w->w_retry_group);
         if (w->w_loop)

@@ -185,6 +185,71 @@ static struct built build_json(json_t *o, int header_soft) {
         return b;
 }
 
+/* A message built in kept buffers (a message_scratch shared by the builds,
+ * one of them larger than what the buffers keep) is the one built without
+ * them, byte for byte; the buffers keep at most MESSAGE_SCRATCH_KEEP. */
+static void test_kept_buffers_build_the_same_messages(void **state) {
+        const size_t big = MESSAGE_SCRATCH_KEEP + 4096;
+        char *large = malloc(big + 200);
+        const char *jsons[] = {
+                "{\"id\":\"k.1\",\"from\":\"Shop <s@shop.example>\","
+                "\"to\":[\"a@example.com\"],\"subject\":\"One\",\"text\":\"a\\nb\"}",
+                NULL, /* large */
+                "{\"id\":\"k.3\",\"from\":\"s@shop.example\",\"to\":[\"b@example.com\"],"
+                "\"subject\":\"Caf\u00e9\",\"text\":\"T\",\"html\":\"<p>H</p>\","
+                "\"attachments\":[{\"filename\":\"a.txt\",\"content_base64\":\"aGk=\"}]}",
+                "{\"id\":\"k.4\",\"from\":\"s@shop.example\",\"to\":[\"c@example.com\"],"
+                "\"text\":\".dot\\nline\"}",
+        };
+        struct message_scratch ms;
+        size_t n;
+
+        (void)state;
+        assert_non_null(large);
+        n = (size_t)snprintf(large, 200,
+                             "{\"id\":\"k.2\",\"from\":\"s@shop.example\","
+                             "\"to\":[\"d@example.com\"],\"text\":\"");
+        for (size_t i = 0; i < big; i++)
+                large[n++] = i % 64 == 63 ? ' ' : 'x';
+        memcpy(large + n, "\"}", 3);
+        jsons[1] = large;
+        message_scratch_init(&ms);
+        for (int round = 0; round < 2; round++)
+                for (size_t k = 0; k < sizeof(jsons) / sizeof(jsons[0]); k++) {
+                        char id[64], err[256];
+                        struct mail_request *req = request_parse(
+                                jsons[k], strlen(jsons[k]), &test_limits, id,
+                                sizeof(id), err, sizeof(err));
+                        struct message_opts plain = {.date_ms = TEST_DATE_MS,
+                                                     .headroom = round * 100};
+                        struct message_opts kept = plain;
+                        struct message *a, *b;
+
+                        if (req == NULL)
+                                fail_msg("request %zu: %s", k, err);
+                        kept.scratch = &ms;
+                        a = message_build(req, &plain, err, sizeof(err));
+                        b = message_build(req, &kept, err, sizeof(err));
+                        assert_non_null(a);
+                        assert_non_null(b);
+                        assert_int_equal(a->data_len, b->data_len);
+                        assert_memory_equal(a->data, b->data, a->data_len + 3);
+                        assert_int_equal(a->headroom, b->headroom);
+                        assert_string_equal(a->message_id, b->message_id);
+                        assert_true(dynbuf_size(&ms.ms_buf) <=
+                                    MESSAGE_SCRATCH_KEEP);
+                        assert_true(dynbuf_size(&ms.ms_word) <=
+                                    MESSAGE_SCRATCH_KEEP);
+                        if (k == 0 && round == 1) /* kept, not freed */
+                                assert_true(dynbuf_size(&ms.ms_buf) > 0);
+                        message_destroy(a);
+                        message_destroy(b);
+                        request_destroy(req);
+                }
+        message_scratch_fini(&ms);
+        free(large);
+}
+
 static void built_free(struct built *b) {
         message_destroy(b->msg);
         request_destroy(b->req);
@@ -1563,6 +1628,7 @@ int main(void) {
                 cmocka_unit_test(test_headroom_leaves_the_message_as_it_is),
                 cmocka_unit_test(
                         test_body_containing_boundary_prefix_forced_to_qp),
+                cmocka_unit_test(test_kept_buffers_build_the_same_messages),
         };
         char **valid;
         size_t nv = fixture_list("requests/valid", &valid);
