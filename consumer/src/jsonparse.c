@@ -213,65 +213,82 @@ static int jp_literal(struct jp *jp, const char *word, size_t n) {
         return 0;
 }
 
-static json_t *jp_object(struct jp *jp) {
-        json_t *obj = json_object();
-
-        if (!obj)
-                return NULL;
+/* Reads the members of the object at jp->p (its '{'), calling @member
+ * for each with jp->p at the value and the member's key, which the value's
+ * own strings may overwrite when it is in the scratch buffer. @returns 0
+ * after the '}', -1 on invalid JSON or when @member returns non-zero. */
+static int jp_members(struct jp *jp,
+                      int (*member)(struct jp *jp, const char *key,
+                                    size_t key_len, void *arg),
+                      void *arg) {
         jp->p++; /* '{' */
         jp_ws(jp);
         if (jp->p < jp->end && *jp->p == '}') {
                 jp->p++;
-                return obj;
+                return 0;
         }
         for (;;) {
                 const char *key;
                 size_t key_len;
-                char *key_copy = NULL;
-                json_t *v;
 
                 if (jp->p >= jp->end || *jp->p != '"' ||
-                    jp_string(jp, &key, &key_len) != 0 ||
-                    memchr(key, '\0', key_len) != NULL)
-                        goto fail;
-                if (key == jp->scratch) {
-                        /* The value may reuse the scratch buffer. */
-                        key_copy = malloc(key_len ? key_len : 1);
-                        if (!key_copy)
-                                goto fail;
-                        memcpy(key_copy, key, key_len);
-                        key = key_copy;
-                }
+                    jp_string(jp, &key, &key_len) != 0)
+                        return -1;
                 jp_ws(jp);
-                if (jp->p >= jp->end || *jp->p != ':' ||
-                    json_object_getn(obj, key, key_len) != NULL) {
-                        free(key_copy);
-                        goto fail;
-                }
+                if (jp->p >= jp->end || *jp->p != ':')
+                        return -1;
                 jp->p++;
                 jp_ws(jp);
-                v = jp_value(jp);
-                if (!v ||
-                    json_object_setn_new_nocheck(obj, key, key_len, v) != 0) {
-                        free(key_copy);
-                        goto fail;
-                }
-                free(key_copy);
+                if (member(jp, key, key_len, arg) != 0)
+                        return -1;
                 jp_ws(jp);
                 if (jp->p >= jp->end)
-                        goto fail;
+                        return -1;
                 if (*jp->p == '}') {
                         jp->p++;
-                        return obj;
+                        return 0;
                 }
                 if (*jp->p != ',')
-                        goto fail;
+                        return -1;
                 jp->p++;
                 jp_ws(jp);
         }
-fail:
-        json_decref(obj);
-        return NULL;
+}
+
+/* jp_members() for jp_object(): @arg is the object. */
+static int jp_object_member(struct jp *jp, const char *key, size_t key_len,
+                            void *arg) {
+        json_t *obj = arg;
+        char *key_copy = NULL;
+        json_t *v;
+        int ret = -1;
+
+        if (memchr(key, '\0', key_len) != NULL ||
+            json_object_getn(obj, key, key_len) != NULL)
+                return -1;
+        if (key == jp->scratch) {
+                /* The value may reuse the scratch buffer. */
+                key_copy = malloc(key_len ? key_len : 1);
+                if (!key_copy)
+                        return -1;
+                memcpy(key_copy, key, key_len);
+                key = key_copy;
+        }
+        v = jp_value(jp);
+        if (v && json_object_setn_new_nocheck(obj, key, key_len, v) == 0)
+                ret = 0;
+        free(key_copy);
+        return ret;
+}
+
+static json_t *jp_object(struct jp *jp) {
+        json_t *obj = json_object();
+
+        if (obj && jp_members(jp, jp_object_member, obj) != 0) {
+                json_decref(obj);
+                obj = NULL;
+        }
+        return obj;
 }
 
 static json_t *jp_array(struct jp *jp) {
@@ -373,6 +390,26 @@ static int jp_name_index(const char *key, size_t key_len,
         return -1;
 }
 
+/* The known fields jsonparse_fields() reads into. */
+struct jp_fields {
+        const char *const *names;
+        size_t n;
+        json_t **out;
+};
+
+/* jp_members() for jsonparse_fields(): @arg is the struct jp_fields. */
+static int jp_field_member(struct jp *jp, const char *key, size_t key_len,
+                           void *arg) {
+        struct jp_fields *f = arg;
+        /* matched before the value may reuse the scratch buffer */
+        int k = jp_name_index(key, key_len, f->names, f->n);
+
+        if (k < 0 || f->out[k] != NULL)
+                return -1;
+        f->out[k] = jp_value(jp);
+        return f->out[k] ? 0 : -1;
+}
+
 int jsonparse_fields(const char *buf, size_t len, const char *const *names,
                      size_t n, json_t **out) {
         char stack[JSONPARSE_STACK_SCRATCH];
@@ -381,52 +418,18 @@ int jsonparse_fields(const char *buf, size_t len, const char *const *names,
                         .scratch = stack,
                         .scratch_cap = sizeof(stack),
                         .depth = 1}; /* in the object, as jp_object() is */
-        int ok = 0;
+        struct jp_fields f = {.names = names, .n = n, .out = out};
+        int ok;
 
         for (size_t i = 0; i < n; i++)
                 out[i] = NULL;
         jp_ws(&jp);
-        if (jp.p >= jp.end || *jp.p != '{')
-                goto done;
-        jp.p++;
-        jp_ws(&jp);
-        if (jp.p < jp.end && *jp.p == '}') {
-                jp.p++;
-                ok = 1;
+        ok = jp.p < jp.end && *jp.p == '{' &&
+             jp_members(&jp, jp_field_member, &f) == 0;
+        if (ok) {
+                jp_ws(&jp);
+                ok = jp.p == jp.end;
         }
-        while (!ok) {
-                const char *key;
-                size_t key_len;
-                int k;
-
-                if (jp.p >= jp.end || *jp.p != '"' ||
-                    jp_string(&jp, &key, &key_len) != 0)
-                        goto done;
-                /* matched before the value may reuse the scratch buffer */
-                k = jp_name_index(key, key_len, names, n);
-                if (k < 0 || out[k] != NULL)
-                        goto done;
-                jp_ws(&jp);
-                if (jp.p >= jp.end || *jp.p != ':')
-                        goto done;
-                jp.p++;
-                jp_ws(&jp);
-                out[k] = jp_value(&jp);
-                if (out[k] == NULL)
-                        goto done;
-                jp_ws(&jp);
-                if (jp.p >= jp.end)
-                        goto done;
-                if (*jp.p == '}')
-                        ok = 1;
-                else if (*jp.p != ',')
-                        goto done;
-                jp.p++;
-                jp_ws(&jp);
-        }
-        jp_ws(&jp);
-        ok = jp.p == jp.end;
-done:
         if (!ok)
                 for (size_t i = 0; i < n; i++) {
                         json_decref(out[i]);
