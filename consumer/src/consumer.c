@@ -152,8 +152,9 @@ struct consumer {
         atomic_llong c_join_ms;
         int64_t c_join_max_ms;
         atomic_int c_no_kip848; /* set from librdkafka's threads */
-        /* The worker turned librdkafka's debug lines on (only to watch for
-         * CONSUMER_NO_KIP848) and turns them off at the first assignment. */
+        /* The worker turned librdkafka's debug lines on: to watch for
+         * CONSUMER_NO_KIP848, off again at the first assignment; to watch
+         * for JoinGroup requests (c_hold_in_rebalance), kept on. */
         int c_debug_ours;
         const char *c_fatal; /* why the consumer cannot go on, or NULL */
         kstatus_t *c_ks; /* where access errors and probes go (not owned) */
